@@ -1,0 +1,239 @@
+//! The command line, as clap sees it. Nothing here does work; `settings.rs` resolves these into
+//! what the commands take.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Batch data pipelines that never lose or duplicate a row.";
+
+const LONG_ABOUT: &str = "\
+strata lands raw files, runs cleaned and curated transforms in DataFusion, and publishes
+versioned Parquet behind an atomic JSON pointer. Every dataset version becomes visible all at
+once or not at all; rolling back is a pointer flip.
+
+A lake is a local directory or an S3 prefix (s3://bucket/prefix). It defaults to ./lake and is
+chosen with --lake or STRATA_LAKE.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  strata publish orders --from ./exports/ --partition-by order_date
+  strata versions orders
+  strata query \"SELECT order_date, sum(amount) FROM orders GROUP BY 1 ORDER BY 1\"
+  strata query 'SELECT count(*) FROM \"orders@1\"'
+  strata rollback orders --to 1 --reason \"bad upstream file\"
+  strata verify orders
+
+Exit codes: 0 success, 2 a problem with the input or the lake (the message says what to do),
+1 an unexpected failure.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Where the lake is: a local directory, file:///path, or s3://bucket/prefix.
+    /// [default: ./lake]
+    #[arg(long, global = true, env = "STRATA_LAKE", value_name = "URL")]
+    pub lake: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish Parquet files as a new version of a dataset.
+    #[command(long_about = PUBLISH_LONG, after_help = PUBLISH_AFTER)]
+    Publish(PublishArgs),
+
+    /// List the datasets of the lake with their current version.
+    Datasets(ListArgs),
+
+    /// List the published versions of a dataset, marking the current one.
+    Versions(DatasetArgs),
+
+    /// Show every flip of a dataset's pointer: publishes and rollbacks.
+    History(DatasetArgs),
+
+    /// Make an earlier version current again (a pointer flip: no data is read or copied).
+    #[command(after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\"")]
+    Rollback(RollbackArgs),
+
+    /// Run SQL over the lake: every dataset is a table at its current version.
+    #[command(long_about = QUERY_LONG, after_help = QUERY_AFTER)]
+    Query(QueryArgs),
+
+    /// Recompute the size and sha256 of every file of a version and report any difference.
+    #[command(
+        long_about = "Recompute the size and sha256 of every file listed in a version record and \
+                      compare them with the record.\n\nEach missing or changed file is named. Exit \
+                      code 2 if any file is missing or changed."
+    )]
+    Verify(VerifyArgs),
+
+    /// List the data files of a version, for reading them with another engine.
+    #[command(after_help = FILES_AFTER)]
+    Files(FilesArgs),
+}
+
+const PUBLISH_LONG: &str = "\
+Publish Parquet files as a new version of a dataset.
+
+The rows are rewritten into the dataset's layout under <dataset>/run_id=<run>/, a version record
+listing every file with its size, row count and sha256 is written, and then the dataset's pointer
+is flipped. Readers see the old version or the new one, never a mix.
+
+With --partition-by, only the partitions present in the input are replaced; every other
+partition is reused from the current version without copying (copy-on-write). A dataset that is
+already partitioned keeps its partitioning when --partition-by is omitted. Replacing every
+partition, dropping the ones not in the input, needs --replace-all.";
+
+const PUBLISH_AFTER: &str = "\
+Examples:
+  strata publish orders --from orders.parquet
+  strata publish orders --from ./exports/ --partition-by order_date
+  strata publish orders --from fix-2026-01-03.parquet --reason \"corrected totals\"
+  strata publish orders --from full-reload/ --replace-all";
+
+const QUERY_LONG: &str = "\
+Run one SQL query over the lake with DataFusion.
+
+Every dataset that `strata datasets` lists is a table at its current version. A published older
+version is the table \"<dataset>@<version>\" (double-quoted, because of the @). Names that are not
+plain lower-case SQL identifiers, such as \"cleaned.orders\" or \"Orders\", are double-quoted too.
+
+Queries are read-only: DDL, DML and COPY are refused.";
+
+const QUERY_AFTER: &str = "\
+Examples:
+  strata query \"SELECT count(*) FROM orders\"
+  strata query 'SELECT * FROM \"orders@2\" EXCEPT SELECT * FROM orders' --format csv
+  strata query \"SELECT order_date, sum(amount) FROM orders GROUP BY 1\" --format json";
+
+const FILES_AFTER: &str = "\
+Examples:
+  strata files orders
+  strata files orders --version 3 --json
+
+With DuckDB, for instance:
+  duckdb -c \"SELECT count(*) FROM read_parquet([$(strata files orders --quoted)])\"";
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Dataset to publish into (created by its first publish).
+    pub dataset: String,
+
+    /// A Parquet file, or a directory searched recursively for *.parquet. Repeatable.
+    #[arg(long = "from", value_name = "PATH", required = true, num_args = 1..)]
+    pub from: Vec<PathBuf>,
+
+    /// Partition the dataset by this column (repeatable, outermost first). Partition values
+    /// become directories: <col>=<value>.
+    #[arg(long = "partition-by", value_name = "COL")]
+    pub partition_by: Vec<String>,
+
+    /// Replace every partition: the new version holds only the input's rows.
+    #[arg(long)]
+    pub replace_all: bool,
+
+    /// Why this version is published; recorded in the version record and the history.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// The published version to make current.
+    #[arg(long, value_name = "VERSION")]
+    pub to: u64,
+
+    /// Why; recorded in the history.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQL query.
+    pub sql: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// The version to verify [default: the current one].
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// The version [default: the current one].
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+
+    /// Print as JSON, with partition, size, rows and sha256 of each file.
+    #[arg(long, conflicts_with = "quoted")]
+    pub json: bool,
+
+    /// Print the locations single-quoted and comma-separated, ready for a SQL list.
+    #[arg(long)]
+    pub quoted: bool,
+}

@@ -1,0 +1,463 @@
+//! The commands: thin adapters from settings to the library crates, and printing.
+
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use serde_json::json;
+use strata_medallion::{session_for_lake, QueryOptions};
+use strata_publish::input::ParquetInput;
+use strata_publish::{Dataset, OpenMode, PublishOptions, RollbackOutcome, WriterOptions};
+
+use crate::cli::{
+    Cli, Command, DatasetArgs, FilesArgs, Format, ListArgs, PublishArgs, QueryArgs, RollbackArgs,
+    VerifyArgs,
+};
+use crate::output;
+use crate::settings::{run_context, Settings};
+use crate::user_error;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_cli(&cli);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let code = match cli.command {
+        Command::Publish(args) => publish(&settings, args, &mut out).await?,
+        Command::Datasets(args) => datasets(&settings, args, &mut out).await?,
+        Command::Versions(args) => versions(&settings, args, &mut out).await?,
+        Command::History(args) => history(&settings, args, &mut out).await?,
+        Command::Rollback(args) => rollback(&settings, args, &mut out).await?,
+        Command::Query(args) => query(&settings, args, &mut out).await?,
+        Command::Verify(args) => verify(&settings, args, &mut out).await?,
+        Command::Files(args) => files(&settings, args, &mut out).await?,
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+fn dataset(settings: &Settings, name: &str, mode: OpenMode) -> anyhow::Result<Dataset> {
+    Ok(settings.open_lake(mode)?.dataset(name)?)
+}
+
+/// The Parquet files named by `--from`: files as given, directories searched recursively for
+/// `*.parquet`, in sorted order so that the same inputs always give the same output.
+fn input_files(from: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in from {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| user_error!("cannot read --from {}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let before = files.len();
+            collect_parquet(path, &mut files)?;
+            if files.len() == before {
+                return Err(user_error!(
+                    "--from {} is a directory with no *.parquet files in it",
+                    path.display()
+                ));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut unique = Vec::new();
+    for f in files {
+        let canonical = std::fs::canonicalize(&f)
+            .map_err(|e| user_error!("cannot read {}: {e}", f.display()))?;
+        if seen.insert(canonical.clone()) {
+            unique.push(canonical);
+        }
+    }
+    Ok(unique)
+}
+
+fn collect_parquet(dir: &FsPath, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| user_error!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect_parquet(&p, files)?;
+        } else if p.extension().is_some_and(|e| e == "parquet") {
+            files.push(p);
+        }
+    }
+    Ok(())
+}
+
+async fn publish(settings: &Settings, args: PublishArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let files = input_files(&args.from)?;
+    let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
+    let mut inputs = Vec::with_capacity(files.len());
+    for f in &files {
+        let path = Path::from_absolute_path(f)
+            .map_err(|e| user_error!("cannot use {} as an input path: {e}", f.display()))?;
+        inputs.push(ParquetInput::open(local.clone(), path, f.display().to_string()).await?);
+    }
+    let schema = inputs[0].schema.clone();
+    for input in &inputs[1..] {
+        if let Some(diff) = strata_publish::protocol::schema_difference(&schema, &input.schema) {
+            return Err(user_error!(
+                "the inputs disagree on their schema: {} differs from {} ({diff}); publish them \
+                 separately or fix the files",
+                input.display,
+                inputs[0].display
+            ));
+        }
+    }
+    let lake = settings.open_lake(OpenMode::Create)?;
+    let ds = lake.dataset(&args.dataset)?;
+    let current = ds.check_compatible(&schema, &args.partition_by, true, "").await?;
+    // A partitioned dataset keeps its partitioning unless told otherwise.
+    let partition_by = match (&current, args.partition_by.is_empty()) {
+        (Some(record), true) if !args.replace_all => record.partition_by.clone(),
+        _ => args.partition_by.clone(),
+    };
+    let source = if inputs.len() == 1 { inputs[0].display.clone() } else { format!("{} input files", inputs.len()) };
+    ds.check_compatible(&schema, &partition_by, args.replace_all, &source).await?;
+
+    let ctx = run_context()?;
+    let options = WriterOptions { partition_by, ..Default::default() };
+    let mut writer = ds.writer(&ctx, schema, options)?;
+    let staged = async {
+        for input in &mut inputs {
+            while let Some(batch) = input.next_batch().await? {
+                writer.write(&batch).await?;
+            }
+        }
+        writer.finish().await
+    }
+    .await;
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            ds.discard(ctx.run_id(), None).await;
+            return Err(e.into());
+        }
+    };
+    let options = PublishOptions { replace_all: args.replace_all, reason: args.reason.clone() };
+    let published = match ds.publish(staged, &options, &ctx).await {
+        Ok(p) => p,
+        Err(e) => {
+            if !matches!(e, strata_publish::Error::UnknownCommit { .. }) {
+                ds.discard(ctx.run_id(), None).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let r = &published.record;
+    if args.json {
+        output::json(
+            out,
+            &json!({
+                "dataset": r.dataset,
+                "version": r.version,
+                "parent": r.parent,
+                "run_id": r.run_id,
+                "pointer_seq": published.flip.seq,
+                "created_at": r.created_at,
+                "summary": r.summary,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "published {} version {} (run {}, parent {}): {} partition(s) written, {} reused, {} dropped; \
+             {} rows in {} file(s), {}",
+            r.dataset,
+            r.version,
+            r.run_id,
+            r.parent.map_or("none".to_string(), |p| p.to_string()),
+            r.summary.partitions_written,
+            r.summary.partitions_reused,
+            r.summary.partitions_dropped,
+            r.summary.rows,
+            r.summary.files,
+            output::bytes(r.summary.bytes)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn datasets(settings: &Settings, args: ListArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let lake = settings.open_lake(OpenMode::Existing)?;
+    let mut rows = Vec::new();
+    for name in lake.datasets().await? {
+        let head = lake.dataset(&name)?.require_head().await?;
+        rows.push((name, head));
+    }
+    if args.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(name, h)| {
+                json!({
+                    "dataset": name,
+                    "current_version": h.to,
+                    "rows": h.version.rows,
+                    "files": h.version.files,
+                    "bytes": h.version.bytes,
+                    "updated_at": h.at,
+                    "pointer_seq": h.seq,
+                })
+            })
+            .collect();
+        output::json(out, &list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no datasets in {}; `strata publish` creates one", lake.url())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, h)| {
+            vec![
+                name.clone(),
+                h.to.to_string(),
+                h.version.rows.to_string(),
+                h.version.files.to_string(),
+                output::bytes(h.version.bytes),
+                output::time(&h.at),
+            ]
+        })
+        .collect();
+    output::table(out, &["DATASET", "CURRENT", "ROWS", "FILES", "SIZE", "UPDATED"], &table)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn versions(settings: &Settings, args: DatasetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let versions = ds.versions().await?;
+    if args.json {
+        output::json(out, &versions)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            vec![
+                format!("{}{}", v.brief.version, if v.current { " *" } else { "" }),
+                v.brief.run_id.clone(),
+                output::time(&v.brief.created_at),
+                v.brief.rows.to_string(),
+                v.brief.files.to_string(),
+                v.brief.bytes.to_string(),
+                v.parent.map_or("-".into(), |p| p.to_string()),
+            ]
+        })
+        .collect();
+    output::table(out, &["VERSION", "RUN ID", "CREATED", "ROWS", "FILES", "BYTES", "PARENT"], &rows)?;
+    writeln!(out, "(* = current)")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(settings: &Settings, args: DatasetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let history = ds.history().await?;
+    if args.json {
+        output::json(out, &history)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|f| {
+            vec![
+                f.seq.to_string(),
+                output::time(&f.at),
+                f.kind.to_string(),
+                f.from.map_or("-".into(), |v| v.to_string()),
+                f.to.to_string(),
+                f.run_id.clone(),
+                f.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(out, &["SEQ", "AT", "KIND", "FROM", "TO", "RUN ID", "REASON"], &rows)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rollback(settings: &Settings, args: RollbackArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let ctx = run_context()?;
+    let outcome = ds.rollback(args.to, args.reason, &ctx).await?;
+    let (flip, changed) = match &outcome {
+        RollbackOutcome::Flipped(f) => (f, true),
+        RollbackOutcome::AlreadyCurrent(f) => (f, false),
+    };
+    if args.json {
+        output::json(out, &json!({ "changed": changed, "flip": flip }))?;
+    } else if changed {
+        writeln!(
+            out,
+            "rolled back {} from version {} to version {} (pointer #{}, run {})",
+            ds.name(),
+            flip.from.map_or("-".into(), |v| v.to_string()),
+            flip.to,
+            flip.seq,
+            flip.run_id
+        )?;
+    } else {
+        writeln!(out, "{} is already at version {}; nothing changed", ds.name(), flip.to)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query(settings: &Settings, args: QueryArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let lake = settings.open_lake(OpenMode::Existing)?;
+    let ctx = session_for_lake(&lake, QueryOptions::default()).await?;
+    let stream = plan(&ctx, &args.sql).await?;
+    write_stream(stream, args.format, out).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Plans and starts a read-only query.
+async fn plan(ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream, strata_medallion::Error> {
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await?;
+    Ok(df.execute_stream().await?)
+}
+
+async fn write_stream(
+    mut stream: SendableRecordBatchStream,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let next = |b: Option<datafusion::error::Result<arrow::array::RecordBatch>>| {
+        b.transpose().map_err(strata_medallion::Error::from)
+    };
+    match format {
+        Format::Table => {
+            // A table needs every row to size its columns.
+            let mut batches = Vec::new();
+            while let Some(b) = next(stream.next().await)? {
+                batches.push(b);
+            }
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                let names: Vec<&str> = stream.schema().fields().iter().map(|f| f.name().as_str()).collect();
+                writeln!(out, "(no rows; columns: {})", names.join(", "))?;
+                return Ok(());
+            }
+            let text = arrow::util::pretty::pretty_format_batches(&batches)?;
+            writeln!(out, "{text}")?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut wrote = false;
+            while let Some(b) = next(stream.next().await)? {
+                w.write(&b)?;
+                wrote = true;
+            }
+            if !wrote {
+                let names: Vec<&str> = stream.schema().fields().iter().map(|f| f.name().as_str()).collect();
+                drop(w);
+                writeln!(out, "{}", names.join(","))?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(&mut *out);
+            while let Some(b) = next(stream.next().await)? {
+                w.write(&b)?;
+            }
+            w.finish()?;
+            drop(w);
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+async fn verify(settings: &Settings, args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let report = ds.verify(args.version).await?;
+    let ok = report.problems.is_empty();
+    if args.json {
+        output::json(out, &json!({ "ok": ok, "report": report }))?;
+    } else {
+        for p in &report.problems {
+            writeln!(out, "{}: {} (expected {}, found {})", p.path, p.problem, p.expected, p.found)?;
+        }
+        if ok {
+            writeln!(
+                out,
+                "ok: {} version {}: {} file(s), {} verified",
+                report.dataset,
+                report.version,
+                report.files_checked,
+                output::bytes(report.bytes_checked)
+            )?;
+        }
+    }
+    if ok {
+        return Ok(ExitCode::SUCCESS);
+    }
+    out.flush()?;
+    Err(user_error!(
+        "{} of {} file(s) of {} version {} are missing or changed; restore them from a backup, or \
+         `strata rollback {}` to a version that verifies",
+        report.problems.len(),
+        report.files_checked,
+        report.dataset,
+        report.version,
+        report.dataset
+    ))
+}
+
+async fn files(settings: &Settings, args: FilesArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let lake = settings.open_lake(OpenMode::Existing)?;
+    let ds = lake.dataset(&args.dataset)?;
+    let record = match args.version {
+        Some(v) => ds.version(v).await?,
+        None => ds.current().await?,
+    };
+    let base = location_base(&settings.lake_url)?;
+    let locate = |p: &str| format!("{base}/{p}");
+    if args.json {
+        let list: Vec<_> = record
+            .partitions
+            .iter()
+            .flat_map(|part| {
+                part.files.iter().map(|f| {
+                    json!({
+                        "location": locate(&f.path),
+                        "path": f.path,
+                        "partition": part.key,
+                        "size": f.size,
+                        "rows": f.rows,
+                        "sha256": f.sha256,
+                    })
+                })
+            })
+            .collect();
+        output::json(out, &json!({ "dataset": record.dataset, "version": record.version, "files": list }))?;
+    } else if args.quoted {
+        let quoted: Vec<String> = record.files().map(|f| format!("'{}'", locate(&f.path))).collect();
+        writeln!(out, "{}", quoted.join(", "))?;
+    } else {
+        for f in record.files() {
+            writeln!(out, "{}", locate(&f.path))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the lake root is, for other engines: an absolute local path or the s3:// URL.
+fn location_base(lake_url: &str) -> anyhow::Result<String> {
+    if lake_url.contains("://") && !lake_url.starts_with("file://") {
+        return Ok(lake_url.trim_end_matches('/').to_string());
+    }
+    let local = lake_url.strip_prefix("file://").unwrap_or(lake_url);
+    let abs = std::fs::canonicalize(local).with_context(|| format!("cannot resolve {local}"))?;
+    Ok(abs.display().to_string())
+}

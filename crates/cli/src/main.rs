@@ -1,0 +1,79 @@
+//! `strata`: the command-line tool. This crate is only the binary: flags are parsed in `cli`,
+//! resolved in `settings`, and the commands call the library crates.
+
+mod cli;
+mod commands;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// An error the user can act on: printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Shorthand for returning a [`UserError`].
+#[macro_export]
+macro_rules! user_error {
+    ($($arg:tt)*) => { anyhow::Error::new($crate::UserError(format!($($arg)*))) };
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strata: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(commands::run(cli));
+    // Do not wait for lingering background IO on the way out.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Prints an error the way its kind deserves and picks the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(err) {
+        return ExitCode::SUCCESS;
+    }
+    if is_user_error(err) {
+        eprintln!("error: {err}");
+        ExitCode::from(2)
+    } else {
+        eprintln!("error: {err:#}");
+        eprintln!("This is unexpected. If it persists, report it with the command that caused it.");
+        ExitCode::from(1)
+    }
+}
+
+fn is_user_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<UserError>().is_some()
+            || e.downcast_ref::<strata_publish::Error>().is_some_and(|e| e.is_user_error())
+            || e.downcast_ref::<strata_medallion::Error>().is_some_and(|e| e.is_user_error())
+    })
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<arrow::error::ArrowError>().is_some_and(|e| {
+                matches!(e, arrow::error::ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}

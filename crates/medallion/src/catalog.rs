@@ -1,0 +1,192 @@
+//! A lake as a DataFusion catalog: one table per dataset, at its current or a named version.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, SchemaProvider, TableProvider};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use strata_publish::{Lake, VersionRecord};
+
+use crate::error::Result;
+
+/// The object-store URL under which a session sees the lake's store. Paths in version records
+/// are relative to the lake root, which is this URL's root.
+pub const LAKE_URL: &str = "strata://lake";
+
+/// Settings of a query session.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// Rows per record batch.
+    pub batch_size: usize,
+    /// Parallelism; 0 means the number of cores.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions { batch_size: 8192, target_partitions: 0 }
+    }
+}
+
+/// Splits `"orders@3"` into `("orders", Some(3))` and `"orders"` into `("orders", None)`.
+/// Returns `None` when the part after `@` is not a version number.
+pub fn parse_table_name(name: &str) -> Option<(&str, Option<u64>)> {
+    match name.rsplit_once('@') {
+        None => Some((name, None)),
+        Some((base, v)) => v.parse().ok().map(|v| (base, Some(v))),
+    }
+}
+
+/// A session whose default schema is the lake: `SELECT * FROM orders` reads the current version
+/// of `orders`, `SELECT * FROM "orders@3"` reads version 3.
+pub async fn session_for_lake(lake: &Lake, options: QueryOptions) -> Result<SessionContext> {
+    let mut config = SessionConfig::new().with_batch_size(options.batch_size);
+    if options.target_partitions > 0 {
+        config = config.with_target_partitions(options.target_partitions);
+    }
+    // Identifiers keep their case only when quoted; dataset names are matched as DataFusion
+    // normalises them (lower case for unquoted names).
+    let ctx = SessionContext::new_with_config(config);
+    let url = ObjectStoreUrl::parse(LAKE_URL)?;
+    ctx.register_object_store(url.as_ref(), lake.store().clone());
+    let names = lake.datasets().await?;
+    let schema = Arc::new(LakeSchema { lake: lake.clone(), names, url });
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
+    catalog.register_schema("public", schema)?;
+    Ok(ctx)
+}
+
+/// The lake's datasets as the tables of a schema.
+#[derive(Debug)]
+struct LakeSchema {
+    lake: Lake,
+    names: Vec<String>,
+    url: ObjectStoreUrl,
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let Some((base, version)) = parse_table_name(name) else { return Ok(None) };
+        if !self.names.iter().any(|n| n == base) {
+            return Ok(None);
+        }
+        let dataset = self.lake.dataset(base).map_err(external)?;
+        let record = match version {
+            Some(v) => dataset.version(v).await,
+            None => dataset.current().await,
+        }
+        .map_err(external)?;
+        Ok(Some(Arc::new(VersionTable::new(record, self.url.clone()))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        parse_table_name(name).is_some_and(|(base, _)| self.names.iter().any(|n| n == base))
+    }
+}
+
+fn external(e: strata_publish::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// One published version of a dataset as a DataFusion table.
+#[derive(Debug)]
+pub struct VersionTable {
+    record: VersionRecord,
+    schema: SchemaRef,
+    url: ObjectStoreUrl,
+}
+
+impl VersionTable {
+    /// A table over the files of `record`, read from the store registered at `url`.
+    pub fn new(record: VersionRecord, url: ObjectStoreUrl) -> Self {
+        let schema = Arc::new(record.schema.clone());
+        VersionTable { record, schema, url }
+    }
+
+    pub fn record(&self) -> &VersionRecord {
+        &self.record
+    }
+
+    /// The version's files in `n` groups of about equal bytes, largest files first.
+    fn file_groups(&self, n: usize) -> Vec<FileGroup> {
+        let mut files: Vec<_> = self.record.files().collect();
+        files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+        let n = n.clamp(1, files.len().max(1));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+        for f in files {
+            let smallest = groups.iter_mut().min_by_key(|g| g.0).expect("n >= 1");
+            smallest.0 += f.size;
+            smallest.1.push(PartitionedFile::new(f.path.clone(), f.size));
+        }
+        groups.into_iter().filter(|g| !g.1.is_empty()).map(|g| FileGroup::new(g.1)).collect()
+    }
+}
+
+#[async_trait]
+impl TableProvider for VersionTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let groups = self.file_groups(state.config().target_partitions());
+        if groups.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let source = format.file_source(TableSchema::from_file_schema(self.schema.clone()));
+        let config = FileScanConfigBuilder::new(self.url.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(parse_table_name("orders"), Some(("orders", None)));
+        assert_eq!(parse_table_name("orders@3"), Some(("orders", Some(3))));
+        assert_eq!(parse_table_name("cleaned.orders@12"), Some(("cleaned.orders", Some(12))));
+        assert_eq!(parse_table_name("orders@x"), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The one error type of `strata-medallion`.
+
+use datafusion::error::DataFusionError;
+
+/// What can go wrong while planning or running SQL over a lake.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A lake or dataset problem (not found, corrupt, missing file…).
+    #[error(transparent)]
+    Lake(#[from] strata_publish::Error),
+
+    /// The SQL does not parse or does not plan (unknown table or column, type error…).
+    #[error("{message}")]
+    Sql { message: String },
+
+    /// A data file named by the version record is missing from the store.
+    #[error(
+        "a data file is missing ({detail}); run `strata verify <dataset>` to list every missing \
+         or changed file, or `strata rollback` to a healthy version"
+    )]
+    MissingFile { detail: String },
+
+    /// Execution failed.
+    #[error("query failed")]
+    DataFusion(#[source] DataFusionError),
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when the user can fix it (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Lake(e) => e.is_user_error(),
+            Error::Sql { .. } | Error::MissingFile { .. } => true,
+            Error::DataFusion(_) => false,
+        }
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        classify(e)
+    }
+}
+
+/// Sorts a DataFusion error into what the user did wrong and what went wrong underneath.
+fn classify(e: DataFusionError) -> Error {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<strata_publish::Error>() {
+            Ok(lake) => Error::Lake(*lake),
+            Err(other) => Error::DataFusion(DataFusionError::External(other)),
+        },
+        DataFusionError::Context(ctx, inner) => match classify(*inner) {
+            Error::DataFusion(inner) => Error::DataFusion(DataFusionError::Context(ctx, Box::new(inner))),
+            other => other,
+        },
+        DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+            Ok(inner) => classify(inner),
+            Err(shared) => Error::DataFusion(DataFusionError::Shared(shared)),
+        },
+        DataFusionError::ObjectStore(os) => match *os {
+            object_store::Error::NotFound { path, .. } => Error::MissingFile { detail: path },
+            other => Error::DataFusion(DataFusionError::ObjectStore(Box::new(other))),
+        },
+        DataFusionError::ParquetError(pq) => {
+            let text = pq.to_string();
+            if text.contains("NotFound") || text.contains("not found") {
+                Error::MissingFile { detail: text }
+            } else {
+                Error::DataFusion(DataFusionError::ParquetError(pq))
+            }
+        }
+        e @ (DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)) => Error::Sql { message: sql_message(&e) },
+        other => {
+            let text = other.to_string();
+            if text.contains("Object at location") && text.contains("not found") {
+                Error::MissingFile { detail: text }
+            } else {
+                Error::DataFusion(other)
+            }
+        }
+    }
+}
+
+/// A one-line SQL error with a hint on what to do.
+fn sql_message(e: &DataFusionError) -> String {
+    let text = e.strip_backtrace();
+    let text = text.lines().next().unwrap_or_default().to_string();
+    let hint = if text.contains("table") && text.contains("not found") {
+        "; `strata datasets` lists the tables, and \"name@N\" reads version N"
+    } else {
+        "; check the SQL (DataFusion dialect; quote names like \"cleaned.orders\" or \"orders@3\")"
+    };
+    format!("SQL error: {text}{hint}")
+}

@@ -1,0 +1,652 @@
+//! One dataset of a lake: reading its pointer and versions, publishing, rolling back, verifying.
+//!
+//! Every commit is a create-if-absent ([`PutMode::Create`]) of the next pointer entry, which
+//! local disk, memory and S3 all provide. The retry loop for the one contended step, allocating
+//! a version number, lives in [`Dataset::prepare`]; the flip itself is never retried blindly: an
+//! `AlreadyExists` answer is resolved by reading what is there (see [`Dataset::flip`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::context::RunContext;
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::layout;
+use crate::model::{
+    FileEntry, Flip, FlipKind, VersionBrief, VersionRecord, FLIP_FORMAT, VERSION_FORMAT,
+};
+use crate::protocol;
+use crate::writer::{Staged, StagingWriter, WriterOptions};
+
+/// How many objects strata reads or checks at once.
+const IO_CONCURRENCY: usize = 32;
+/// How many version numbers a publish tries before giving up (each failure means another
+/// writer took the number, so this bounds the number of concurrent writers, not retries).
+const MAX_VERSION_ATTEMPTS: u64 = 10_000;
+/// How many times a flip whose outcome the store did not report is attempted again.
+const FLIP_ATTEMPTS: u32 = 4;
+
+/// Options of a publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Replace every partition: the new version holds only what this run wrote.
+    pub replace_all: bool,
+    /// Recorded in the version record and the pointer entry.
+    pub reason: Option<String>,
+}
+
+/// A version whose record is written but whose pointer entry is not: the state between
+/// staging and publishing. Dropping it leaves the dataset exactly as it was.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub record: VersionRecord,
+    head: Option<Flip>,
+}
+
+/// The result of a successful publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub record: VersionRecord,
+    pub flip: Flip,
+}
+
+/// What `rollback` did.
+#[derive(Debug, Clone)]
+pub enum RollbackOutcome {
+    /// The pointer was flipped.
+    Flipped(Flip),
+    /// The requested version was already current; nothing was written.
+    AlreadyCurrent(Flip),
+}
+
+/// A problem `verify` found with one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileProblem {
+    pub path: String,
+    /// `missing`, `size` or `sha256`.
+    pub problem: &'static str,
+    pub expected: String,
+    pub found: String,
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub dataset: String,
+    pub version: u64,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    pub problems: Vec<FileProblem>,
+}
+
+/// One version as `strata versions` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionListing {
+    #[serde(flatten)]
+    pub brief: VersionBrief,
+    /// The pointer entry that published it.
+    pub published_seq: u64,
+    pub parent: Option<u64>,
+    pub current: bool,
+}
+
+/// A handle on one dataset. Cheap to clone; holds no state besides the name.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    lake: Lake,
+    name: String,
+}
+
+impl Dataset {
+    pub(crate) fn new(lake: Lake, name: String) -> Self {
+        Dataset { lake, name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        self.lake.store()
+    }
+
+    async fn read_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        let Some(bytes) = self.lake.get_opt(path).await? else { return Ok(None) };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })
+    }
+
+    /// Sequence numbers of the pointer entries, sorted.
+    async fn pointer_seqs(&self) -> Result<Vec<u64>> {
+        let prefix = layout::pointer_prefix(&self.name);
+        let listing = self
+            .store()
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        let mut seqs: Vec<u64> =
+            listing.objects.iter().filter_map(|o| layout::parse_numbered(&o.location)).collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    async fn read_flip(&self, seq: u64) -> Result<Option<Flip>> {
+        let path = layout::pointer_path(&self.name, seq);
+        let Some(flip): Option<Flip> = self.read_json(&path).await? else { return Ok(None) };
+        if flip.seq != seq || flip.format != FLIP_FORMAT {
+            return Err(Error::Corrupt {
+                path: path.to_string(),
+                detail: format!("it says seq {} format {:?}", flip.seq, flip.format),
+            });
+        }
+        Ok(Some(flip))
+    }
+
+    /// The current pointer entry, or `None` if the dataset was never published.
+    pub async fn head(&self) -> Result<Option<Flip>> {
+        let seqs = self.pointer_seqs().await?;
+        let Some(&last) = seqs.last() else { return Ok(None) };
+        if let Some(gap) = protocol::first_gap(&seqs) {
+            return Err(self.gap_error(gap));
+        }
+        self.read_flip(last).await
+    }
+
+    fn gap_error(&self, gap: u64) -> Error {
+        Error::Corrupt {
+            path: layout::pointer_path(&self.name, gap).to_string(),
+            detail: "this pointer entry is missing while later ones exist; strata never deletes \
+                     pointer entries"
+                .into(),
+        }
+    }
+
+    /// The current pointer entry; [`Error::DatasetNotFound`] if there is none.
+    pub async fn require_head(&self) -> Result<Flip> {
+        self.head().await?.ok_or_else(|| self.not_found())
+    }
+
+    fn not_found(&self) -> Error {
+        Error::DatasetNotFound { dataset: self.name.clone(), lake: self.lake.url().to_string() }
+    }
+
+    /// Every pointer entry, oldest first: the dataset's history of publishes and rollbacks.
+    pub async fn history(&self) -> Result<Vec<Flip>> {
+        let seqs = self.pointer_seqs().await?;
+        if seqs.is_empty() {
+            return Err(self.not_found());
+        }
+        if let Some(gap) = protocol::first_gap(&seqs) {
+            return Err(self.gap_error(gap));
+        }
+        let flips: Vec<Option<Flip>> = futures::stream::iter(seqs.iter().map(|&s| self.read_flip(s)))
+            .buffered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        flips
+            .into_iter()
+            .zip(seqs)
+            .map(|(f, s)| f.ok_or_else(|| self.gap_error(s)))
+            .collect()
+    }
+
+    /// The published versions, oldest first, marking the current one.
+    pub async fn versions(&self) -> Result<Vec<VersionListing>> {
+        let history = self.history().await?;
+        let current = protocol::head_of(&history).map(|h| h.to);
+        Ok(history
+            .iter()
+            .filter(|f| f.kind == FlipKind::Publish)
+            .map(|f| VersionListing {
+                brief: f.version.clone(),
+                published_seq: f.seq,
+                parent: f.from,
+                current: Some(f.to) == current,
+            })
+            .collect())
+    }
+
+    /// Reads a version record without checking that it was published.
+    async fn read_record(&self, version: u64) -> Result<Option<VersionRecord>> {
+        let path = layout::version_path(&self.name, version);
+        let Some(record): Option<VersionRecord> = self.read_json(&path).await? else {
+            return Ok(None);
+        };
+        if record.version != version || record.dataset != self.name || record.format != VERSION_FORMAT
+        {
+            return Err(Error::Corrupt {
+                path: path.to_string(),
+                detail: format!(
+                    "it says dataset {:?} version {} format {:?}",
+                    record.dataset, record.version, record.format
+                ),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// The record of the current version.
+    pub async fn current(&self) -> Result<VersionRecord> {
+        let head = self.require_head().await?;
+        self.record_named_by(&head).await
+    }
+
+    /// Reads the record a pointer entry names; pointer entries only ever name published versions.
+    async fn record_named_by(&self, flip: &Flip) -> Result<VersionRecord> {
+        self.read_record(flip.to).await?.ok_or_else(|| Error::Corrupt {
+            path: layout::version_path(&self.name, flip.to).to_string(),
+            detail: format!("pointer entry #{} names version {} but its record is missing", flip.seq, flip.to),
+        })
+    }
+
+    /// The record of a published version. A record left by a writer that lost a conflict or
+    /// crashed before flipping is refused: it was never published.
+    pub async fn version(&self, version: u64) -> Result<VersionRecord> {
+        let not_found = |detail: &str| Error::VersionNotFound {
+            dataset: self.name.clone(),
+            version,
+            detail: detail.to_string(),
+        };
+        let Some(record) = self.read_record(version).await? else {
+            return match self.head().await? {
+                None => Err(self.not_found()),
+                Some(_) => Err(not_found("")),
+            };
+        };
+        match self.read_flip(record.publish_seq).await? {
+            Some(f) if f.kind == FlipKind::Publish && f.to == version && f.run_id == record.run_id => {
+                Ok(record)
+            }
+            _ => Err(not_found(
+                " (a record exists, but its writer lost a conflict or stopped before publishing it)",
+            )),
+        }
+    }
+
+    /// A writer that stages Parquet files for this dataset under `run_id=<run>/`.
+    /// Nothing it writes is visible until [`Dataset::publish`].
+    pub fn writer(
+        &self,
+        ctx: &RunContext,
+        schema: arrow::datatypes::SchemaRef,
+        options: WriterOptions,
+    ) -> Result<StagingWriter> {
+        StagingWriter::new(self.clone(), ctx.run_id().to_string(), schema, options)
+    }
+
+    /// Checks, before any file is written, that data with `schema` partitioned by
+    /// `partition_by` may be published into this dataset with `replace_all`.
+    /// Returns the current pointer entry (if any).
+    pub async fn check_compatible(
+        &self,
+        schema: &arrow::datatypes::Schema,
+        partition_by: &[String],
+        replace_all: bool,
+        source_desc: &str,
+    ) -> Result<Option<VersionRecord>> {
+        let Some(head) = self.head().await? else { return Ok(None) };
+        let parent = self.record_named_by(&head).await?;
+        if !replace_all {
+            if let Some(detail) = protocol::schema_difference(&parent.schema, schema) {
+                return Err(Error::SchemaConflict {
+                    dataset: self.name.clone(),
+                    source_desc: source_desc.to_string(),
+                    detail,
+                });
+            }
+            if parent.partition_by != partition_by {
+                return Err(Error::Usage(format!(
+                    "dataset {:?} is partitioned by [{}] but this publish is partitioned by [{}]; \
+                     use the dataset's partitioning, or pass --replace-all to repartition the \
+                     whole dataset",
+                    self.name,
+                    parent.partition_by.join(", "),
+                    partition_by.join(", ")
+                )));
+            }
+        }
+        Ok(Some(parent))
+    }
+
+    /// Writes the version record for staged files: the state between staging and publishing.
+    ///
+    /// Reads the current pointer, merges the staged partitions into the current version
+    /// copy-on-write, and creates the record under the first free version number.
+    pub async fn prepare(
+        &self,
+        staged: Staged,
+        options: &PublishOptions,
+        ctx: &RunContext,
+    ) -> Result<Prepared> {
+        if staged.run_id != ctx.run_id() {
+            return Err(Error::Usage(format!(
+                "staged files belong to run {} but the context is run {}",
+                staged.run_id,
+                ctx.run_id()
+            )));
+        }
+        let head = self.head().await?;
+        let parent = match &head {
+            Some(h) => Some(self.record_named_by(h).await?),
+            None => None,
+        };
+        let source = format!("run {}", staged.run_id);
+        let mut schema = staged.schema.as_ref().clone();
+        if let Some(parent) = &parent {
+            if !options.replace_all {
+                self.check_compatible(&staged.schema, &staged.partition_by, false, &source).await?;
+                schema = protocol::loosen_nullability(&parent.schema, &staged.schema);
+            }
+        }
+        if staged.rows == 0 && !options.replace_all {
+            return Err(Error::Usage(format!(
+                "run {} staged no rows, so there is nothing to publish; pass --replace-all to \
+                 publish an empty version of {:?}",
+                staged.run_id, self.name
+            )));
+        }
+        let publish_seq = protocol::next_seq(head.as_ref());
+        let mut version = protocol::first_candidate_version(head.as_ref());
+        let mut written = staged.partitions;
+        let merged_base = parent.as_ref();
+        for attempt in 0..MAX_VERSION_ATTEMPTS {
+            for p in &mut written {
+                p.written_in = version;
+            }
+            let merged = protocol::merge_partitions(merged_base, written.clone(), options.replace_all);
+            let record = VersionRecord {
+                format: VERSION_FORMAT.to_string(),
+                dataset: self.name.clone(),
+                version,
+                parent: head.as_ref().map(|h| h.to),
+                publish_seq,
+                run_id: staged.run_id.clone(),
+                created_at: ctx.now(),
+                reason: options.reason.clone(),
+                partition_by: staged.partition_by.clone(),
+                schema: schema.clone(),
+                summary: merged.summary,
+                partitions: merged.partitions,
+                evidence: staged.evidence.clone(),
+            };
+            let path = layout::version_path(&self.name, version);
+            match self.create_json(&path, &record, "version record").await? {
+                Created::Yes => {
+                    crash::point("after-version-record");
+                    return Ok(Prepared { record, head });
+                }
+                Created::AlreadyExists => {
+                    // Ours from an earlier attempt whose answer was lost?
+                    if let Ok(Some(existing)) = self.read_record(version).await {
+                        if existing == record {
+                            return Ok(Prepared { record, head });
+                        }
+                    }
+                    // Another writer took this number. If the pointer moved, we lost already.
+                    let now = self.head().await?;
+                    if now.as_ref().map(|h| h.seq) != head.as_ref().map(|h| h.seq) {
+                        return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
+                    }
+                    version += 1;
+                    let _ = attempt;
+                }
+            }
+        }
+        Err(Error::Usage(format!(
+            "gave up allocating a version number for {:?} after {MAX_VERSION_ATTEMPTS} attempts; \
+             more than that many writers are racing, retry later",
+            self.name
+        )))
+    }
+
+    fn conflict(&self, run_id: &str, expected_seq: u64, found: Option<&Flip>) -> Error {
+        Error::Conflict {
+            dataset: self.name.clone(),
+            run_id: run_id.to_string(),
+            expected_seq,
+            found_seq: found.map_or(0, |f| f.seq),
+            found_version: found.map_or(0, |f| f.to),
+            found_run: found.map_or_else(String::new, |f| f.run_id.clone()),
+        }
+    }
+
+    /// Flips the pointer to a prepared version: the commit point.
+    ///
+    /// Exactly one of several writers that prepared on the same pointer entry succeeds; each
+    /// other gets [`Error::Conflict`], and its record and staged files are removed (best effort:
+    /// they are unreachable either way). If the store answers "already exists" to a retried
+    /// request whose first attempt did land, the entry found is ours and the flip succeeded.
+    pub async fn flip(&self, prepared: Prepared, ctx: &RunContext) -> Result<Published> {
+        let Prepared { record, head } = prepared;
+        let flip = Flip {
+            format: FLIP_FORMAT.to_string(),
+            seq: record.publish_seq,
+            kind: FlipKind::Publish,
+            from: head.as_ref().map(|h| h.to),
+            to: record.version,
+            run_id: record.run_id.clone(),
+            reason: record.reason.clone(),
+            at: ctx.now(),
+            max_version: record.version.max(head.as_ref().map_or(0, |h| h.max_version)),
+            version: record.brief(),
+        };
+        match self.create_flip(&flip).await {
+            Ok(()) => {
+                crash::point("after-flip");
+                Ok(Published { record, flip })
+            }
+            Err(e) => {
+                if matches!(e, Error::Conflict { .. }) {
+                    self.discard(&record.run_id, Some(record.version)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates a pointer entry, resolving lost answers by reading back what is there.
+    async fn create_flip(&self, flip: &Flip) -> Result<()> {
+        let path = layout::pointer_path(&self.name, flip.seq);
+        let mut last_error = None;
+        for attempt in 0..FLIP_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            }
+            let outcome = self.create_json(&path, flip, "pointer entry").await;
+            match outcome {
+                Ok(Created::Yes) => return Ok(()),
+                Ok(Created::AlreadyExists) => {
+                    return match self.read_flip(flip.seq).await? {
+                        Some(found) if found == *flip => Ok(()),
+                        found => Err(self.conflict(&flip.run_id, flip.seq - 1, found.as_ref())),
+                    };
+                }
+                Err(e) => {
+                    // The request may or may not have landed. Look before trying again.
+                    match self.read_flip(flip.seq).await {
+                        Ok(Some(found)) if found == *flip => return Ok(()),
+                        Ok(Some(found)) => {
+                            return Err(self.conflict(&flip.run_id, flip.seq - 1, Some(&found)))
+                        }
+                        Ok(None) => {}
+                        Err(read_err) => last_error = Some(format!("{e}; then reading back: {read_err}")),
+                    }
+                    if last_error.is_none() {
+                        last_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        Err(Error::UnknownCommit {
+            dataset: self.name.clone(),
+            run_id: flip.run_id.clone(),
+            detail: last_error.unwrap_or_default(),
+        })
+    }
+
+    /// Stages, prepares and flips in one call.
+    pub async fn publish(
+        &self,
+        staged: Staged,
+        options: &PublishOptions,
+        ctx: &RunContext,
+    ) -> Result<Published> {
+        let run_id = staged.run_id.clone();
+        let prepared = match self.prepare(staged, options, ctx).await {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, Error::Conflict { .. }) {
+                    self.discard(&run_id, None).await;
+                }
+                return Err(e);
+            }
+        };
+        self.flip(prepared, ctx).await
+    }
+
+    /// Removes what an unpublished run left: its staged files and, if given, its version
+    /// record. Best effort; never touches anything a pointer entry names.
+    pub async fn discard(&self, run_id: &str, version: Option<u64>) {
+        if let Some(v) = version {
+            if let Ok(Some(record)) = self.read_record(v).await {
+                if record.run_id == run_id {
+                    let _ = self.store().delete(&layout::version_path(&self.name, v)).await;
+                }
+            }
+        }
+        let prefix = layout::run_prefix(&self.name, run_id);
+        let paths = self.store().list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let _ = self.store().delete_stream(paths).try_collect::<Vec<_>>().await;
+    }
+
+    /// Makes an earlier published version current again: one new pointer entry, O(1) in the
+    /// size of the data (no data file is read or copied).
+    pub async fn rollback(
+        &self,
+        to: u64,
+        reason: Option<String>,
+        ctx: &RunContext,
+    ) -> Result<RollbackOutcome> {
+        let head = self.require_head().await?;
+        if head.to == to {
+            return Ok(RollbackOutcome::AlreadyCurrent(head));
+        }
+        let target = self.version(to).await?;
+        let flip = Flip {
+            format: FLIP_FORMAT.to_string(),
+            seq: head.seq + 1,
+            kind: FlipKind::Rollback,
+            from: Some(head.to),
+            to,
+            run_id: ctx.run_id().to_string(),
+            reason,
+            at: ctx.now(),
+            max_version: head.max_version,
+            version: target.brief(),
+        };
+        self.create_flip(&flip).await?;
+        crash::point("after-flip");
+        Ok(RollbackOutcome::Flipped(flip))
+    }
+
+    /// Recomputes size and sha256 of every file of a version (the current one by default).
+    pub async fn verify(&self, version: Option<u64>) -> Result<VerifyReport> {
+        let record = match version {
+            Some(v) => self.version(v).await?,
+            None => self.current().await?,
+        };
+        let checks = futures::stream::iter(record.files().cloned().map(|f| self.check_file(f)))
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let mut problems: Vec<FileProblem> = checks.into_iter().flatten().collect();
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(VerifyReport {
+            dataset: self.name.clone(),
+            version: record.version,
+            files_checked: record.summary.files,
+            bytes_checked: record.summary.bytes,
+            problems,
+        })
+    }
+
+    async fn check_file(&self, file: FileEntry) -> Result<Option<FileProblem>> {
+        let path = Path::from(file.path.as_str());
+        let got = match self.store().get(&path).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Some(FileProblem {
+                    path: file.path,
+                    problem: "missing",
+                    expected: format!("{} bytes", file.size),
+                    found: "no such object".into(),
+                }))
+            }
+            Err(e) => return Err(Error::store("read", &path, e)),
+        };
+        let mut stream = got.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = chunk.map_err(|e| Error::store("read", &path, e))?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        if size != file.size {
+            return Ok(Some(FileProblem {
+                path: file.path,
+                problem: "size",
+                expected: format!("{} bytes", file.size),
+                found: format!("{size} bytes"),
+            }));
+        }
+        let sha = hex::encode(hasher.finalize());
+        if sha != file.sha256 {
+            return Ok(Some(FileProblem {
+                path: file.path,
+                problem: "sha256",
+                expected: file.sha256,
+                found: sha,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Create-if-absent of a JSON object.
+    async fn create_json<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+        what: &'static str,
+    ) -> Result<Created> {
+        let mut body =
+            serde_json::to_vec_pretty(value).map_err(|source| Error::Serialize { what, source })?;
+        body.push(b'\n');
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store().put_opts(path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(Created::Yes),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Created::AlreadyExists),
+            Err(e) => Err(Error::store("create", path, e)),
+        }
+    }
+}
+
+/// The answer to a create-if-absent.
+enum Created {
+    Yes,
+    AlreadyExists,
+}

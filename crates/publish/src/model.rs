@@ -1,0 +1,159 @@
+//! The JSON records of the protocol. `docs/protocol.md` specifies them field by field; keep the
+//! two in step.
+
+use arrow::datatypes::Schema;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `format` of a version record.
+pub const VERSION_FORMAT: &str = "strata.version.v1";
+/// `format` of a pointer entry.
+pub const FLIP_FORMAT: &str = "strata.flip.v1";
+
+/// One Parquet data file of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the lake root, e.g. `orders/run_id=R/order_date=2026-01-01/part-00000.parquet`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of rows.
+    pub rows: u64,
+    /// Lower-case hex sha256 of the whole file.
+    pub sha256: String,
+}
+
+/// One partition of a version: the files that hold its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// `col=value[/col=value…]`, or `""` for an unpartitioned dataset.
+    pub key: String,
+    /// The values of the partition columns, in `partition_by` order; `null` for a null value.
+    pub values: Vec<Option<String>>,
+    /// The run that wrote these files.
+    pub run_id: String,
+    /// The version in which these files were first published.
+    pub written_in: u64,
+    /// Rows over all files.
+    pub rows: u64,
+    /// Bytes over all files.
+    pub bytes: u64,
+    /// The files, in write order.
+    pub files: Vec<FileEntry>,
+}
+
+/// Summary counts of a version, also carried in pointer entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub partitions: u64,
+    /// Partitions this version wrote.
+    pub partitions_written: u64,
+    /// Partitions reused, unchanged and uncopied, from the parent.
+    pub partitions_reused: u64,
+    /// Partitions of the parent that this version no longer has (only with replace-all).
+    pub partitions_dropped: u64,
+}
+
+/// The version record: everything a reader needs to read one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub format: String,
+    pub dataset: String,
+    pub version: u64,
+    /// The version that was current when this one was prepared (its copy-on-write base).
+    pub parent: Option<u64>,
+    /// The pointer entry that publishes this version. The record is valid only if that entry
+    /// exists and names this version and run.
+    pub publish_seq: u64,
+    pub run_id: String,
+    /// Time from the run context.
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub partition_by: Vec<String>,
+    pub schema: Schema,
+    pub summary: Summary,
+    /// Sorted by `key`.
+    pub partitions: Vec<PartitionEntry>,
+    /// Evidence attached by later stages (reconciliation, quality gates); free-form JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
+}
+
+impl VersionRecord {
+    /// All files of the version, in partition order.
+    pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.partitions.iter().flat_map(|p| p.files.iter())
+    }
+
+    /// The summary carried in pointer entries.
+    pub fn brief(&self) -> VersionBrief {
+        VersionBrief {
+            version: self.version,
+            run_id: self.run_id.clone(),
+            created_at: self.created_at,
+            rows: self.summary.rows,
+            files: self.summary.files,
+            bytes: self.summary.bytes,
+            partitions: self.summary.partitions,
+        }
+    }
+}
+
+/// What a pointer entry says about the version it makes current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionBrief {
+    pub version: u64,
+    /// The run that wrote the version.
+    pub run_id: String,
+    pub created_at: DateTime<Utc>,
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub partitions: u64,
+}
+
+/// Why the pointer moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlipKind {
+    /// A new version was published.
+    Publish,
+    /// An earlier version was made current again.
+    Rollback,
+}
+
+impl std::fmt::Display for FlipKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlipKind::Publish => "publish",
+            FlipKind::Rollback => "rollback",
+        })
+    }
+}
+
+/// A pointer entry: one flip of the dataset's current-version pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flip {
+    pub format: String,
+    /// 1, 2, 3, … with no gaps; the entry with the greatest `seq` is the current pointer.
+    pub seq: u64,
+    pub kind: FlipKind,
+    /// The version current before this flip; `null` for the first.
+    pub from: Option<u64>,
+    /// The version current after this flip.
+    pub to: u64,
+    /// The run (publish) or operation (rollback) that made the flip.
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Time from the run context.
+    pub at: DateTime<Utc>,
+    /// The greatest version number ever allocated up to this flip.
+    pub max_version: u64,
+    /// The version that `to` names.
+    pub version: VersionBrief,
+}

@@ -1,0 +1,328 @@
+//! The staging writer: record batches in, Hive-partitioned Parquet files under `run_id=<run>/`
+//! out, each with its size, row count and sha256 computed while it is written (never by reading
+//! it back).
+//!
+//! Output bytes depend only on the input batches, their order and the writer options, so the same
+//! inputs give byte-identical files.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+
+use crate::crash;
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::model::{FileEntry, PartitionEntry};
+use crate::names::{validate_partition_column, validate_partition_value, NULL_PARTITION};
+
+/// How the staging writer lays out files.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Columns to partition by, outermost first; empty for an unpartitioned dataset.
+    pub partition_by: Vec<String>,
+    /// A new file is started once a file holds this many rows.
+    pub max_rows_per_file: u64,
+    /// Rows per Parquet row group.
+    pub max_row_group_size: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            partition_by: Vec::new(),
+            max_rows_per_file: 8 * 1024 * 1024,
+            max_row_group_size: 1024 * 1024,
+        }
+    }
+}
+
+/// What a staging writer wrote: files that no reader can see until published.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub run_id: String,
+    pub schema: SchemaRef,
+    pub partition_by: Vec<String>,
+    /// Sorted by key.
+    pub partitions: Vec<PartitionEntry>,
+    pub rows: u64,
+    /// Evidence to store in the version record.
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// Writes batches into per-partition Parquet files of one run.
+pub struct StagingWriter {
+    dataset: Dataset,
+    run_id: String,
+    schema: SchemaRef,
+    options: WriterOptions,
+    partition_cols: Vec<usize>,
+    props: WriterProperties,
+    partitions: HashMap<String, PartitionWriter>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for StagingWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagingWriter")
+            .field("dataset", &self.dataset.name())
+            .field("run_id", &self.run_id)
+            .field("partitions", &self.partitions.len())
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+struct PartitionWriter {
+    key: String,
+    values: Vec<Option<String>>,
+    done: Vec<FileEntry>,
+    open: Option<OpenFile>,
+}
+
+struct OpenFile {
+    path: String,
+    writer: AsyncArrowWriter<HashingWriter>,
+    rows: u64,
+}
+
+/// Whether a column type can name partitions.
+fn partitionable(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Date32 | DataType::Boolean
+        )
+}
+
+impl StagingWriter {
+    pub(crate) fn new(
+        dataset: Dataset,
+        run_id: String,
+        schema: SchemaRef,
+        options: WriterOptions,
+    ) -> Result<Self> {
+        let mut partition_cols = Vec::new();
+        for col in &options.partition_by {
+            validate_partition_column(col)?;
+            let idx = schema.index_of(col).map_err(|_| {
+                Error::Usage(format!(
+                    "cannot partition by {col:?}: the data has no such column (columns: {})",
+                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let t = schema.field(idx).data_type();
+            if !partitionable(t) {
+                return Err(Error::Usage(format!(
+                    "cannot partition by {col:?} of type {t}: use a string, integer, date or \
+                     boolean column"
+                )));
+            }
+            partition_cols.push(idx);
+        }
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_size(options.max_row_group_size)
+            .build();
+        Ok(StagingWriter {
+            dataset,
+            run_id,
+            schema,
+            options,
+            partition_cols,
+            props,
+            partitions: HashMap::new(),
+            rows: 0,
+        })
+    }
+
+    /// Appends a batch. Its columns must have the writer's types; its rows go to the
+    /// partitions their partition-column values name.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
+        if self.partition_cols.is_empty() {
+            return self.write_to(String::new(), Vec::new(), &batch).await;
+        }
+        // Partition key of every row.
+        let formatters: Vec<(usize, ArrayFormatter<'_>)> = self
+            .partition_cols
+            .iter()
+            .map(|&i| Ok((i, ArrayFormatter::try_new(batch.column(i).as_ref(), &FormatOptions::default())?)))
+            .collect::<Result<_>>()?;
+        let mut groups: Vec<(String, Vec<Option<String>>, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in 0..batch.num_rows() {
+            let mut values = Vec::with_capacity(formatters.len());
+            let mut key = String::new();
+            for (n, (col, f)) in formatters.iter().enumerate() {
+                let value = if batch.column(*col).is_null(row) {
+                    None
+                } else {
+                    Some(f.value(row).to_string())
+                };
+                if n > 0 {
+                    key.push('/');
+                }
+                key.push_str(&self.options.partition_by[n]);
+                key.push('=');
+                key.push_str(value.as_deref().unwrap_or(NULL_PARTITION));
+                values.push(value);
+            }
+            match index.get(&key) {
+                Some(&g) => groups[g].2.push(row as u32),
+                None => {
+                    for (n, v) in values.iter().enumerate() {
+                        if let Some(v) = v {
+                            validate_partition_value(&self.options.partition_by[n], v)?;
+                        }
+                    }
+                    index.insert(key.clone(), groups.len());
+                    groups.push((key, values, vec![row as u32]));
+                }
+            }
+        }
+        drop(formatters);
+        if groups.len() == 1 {
+            let (key, values, _) = groups.pop().expect("one group");
+            return self.write_to(key, values, &batch).await;
+        }
+        for (key, values, rows) in groups {
+            let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+            self.write_to(key, values, &part).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_to(&mut self, key: String, values: Vec<Option<String>>, batch: &RecordBatch) -> Result<()> {
+        let dataset = self.dataset.name().to_string();
+        let writer = self.partitions.entry(key.clone()).or_insert_with(|| PartitionWriter {
+            key,
+            values,
+            done: Vec::new(),
+            open: None,
+        });
+        let mut offset = 0usize;
+        while offset < batch.num_rows() {
+            if writer.open.is_none() {
+                let path = layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
+                let sink = HashingWriter::new(BufWriter::new(
+                    self.dataset.lake().store().clone(),
+                    Path::from(path.as_str()),
+                ));
+                let w = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                    .map_err(|source| Error::Parquet { path: path.clone(), source })?;
+                writer.open = Some(OpenFile { path, writer: w, rows: 0 });
+            }
+            let file = writer.open.as_mut().expect("opened above");
+            let room = (self.options.max_rows_per_file - file.rows) as usize;
+            let take = room.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, take);
+            file.writer
+                .write(&slice)
+                .await
+                .map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
+            file.rows += take as u64;
+            offset += take;
+            self.rows += take as u64;
+            if file.rows >= self.options.max_rows_per_file {
+                let file = writer.open.take().expect("open");
+                writer.done.push(close_file(file).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes every file and returns what was staged.
+    pub async fn finish(self) -> Result<Staged> {
+        let mut partitions = Vec::with_capacity(self.partitions.len());
+        for (_, mut p) in self.partitions {
+            if let Some(file) = p.open.take() {
+                p.done.push(close_file(file).await?);
+            }
+            partitions.push(PartitionEntry {
+                rows: p.done.iter().map(|f| f.rows).sum(),
+                bytes: p.done.iter().map(|f| f.size).sum(),
+                key: p.key,
+                values: p.values,
+                run_id: self.run_id.clone(),
+                written_in: 0,
+                files: p.done,
+            });
+        }
+        partitions.sort_by(|a, b| a.key.cmp(&b.key));
+        crash::point("after-stage");
+        Ok(Staged {
+            run_id: self.run_id,
+            schema: self.schema,
+            partition_by: self.options.partition_by,
+            partitions,
+            rows: self.rows,
+            evidence: None,
+        })
+    }
+}
+
+async fn close_file(mut file: OpenFile) -> Result<FileEntry> {
+    file.writer.finish().await.map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
+    let sink = file.writer.into_inner();
+    Ok(FileEntry {
+        path: file.path,
+        size: sink.bytes,
+        rows: file.rows,
+        sha256: hex::encode(sink.hasher.finalize()),
+    })
+}
+
+/// An [`AsyncFileWriter`] that hashes and counts every byte on its way to the store.
+struct HashingWriter {
+    inner: BufWriter,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl HashingWriter {
+    fn new(inner: BufWriter) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+}
+
+impl AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.hasher.update(&bs);
+        let first = self.bytes == 0;
+        self.bytes += bs.len() as u64;
+        Box::pin(async move {
+            self.inner.put(bs).await.map_err(|e| ParquetError::External(Box::new(e)))?;
+            if first {
+                crash::point("mid-file-write");
+            }
+            Ok(())
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+}

@@ -1,0 +1,538 @@
+//! The publish-protocol conformance suite. Every function takes a fresh, empty lake and must pass
+//! on every backend (`backends.rs` calls them for memory, local disk and S3).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{TimeZone, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use strata_publish::{
+    layout, Dataset, Error, FlipKind, Lake, PublishOptions, Published, RollbackOutcome, RunContext,
+    VersionRecord, WriterOptions,
+};
+
+fn ctx(run: &str, minute: u32) -> RunContext {
+    RunContext::new(run, Utc.with_ymd_and_hms(2026, 3, 1, 12, minute, 0).unwrap()).unwrap()
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("day", DataType::Utf8, true),
+        Field::new("amount", DataType::Int64, false),
+    ]))
+}
+
+/// Rows `(id, day, amount)`.
+fn batch(rows: &[(i64, &str, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+/// `n` rows per day for each day, ids starting at `first_id`, all with `amount`.
+fn days(days: &[&'static str], n: i64, first_id: i64, amount: i64) -> Vec<(i64, &'static str, i64)> {
+    let mut rows = Vec::new();
+    let mut id = first_id;
+    for d in days {
+        for _ in 0..n {
+            rows.push((id, *d, amount));
+            id += 1;
+        }
+    }
+    rows
+}
+
+fn by_day() -> WriterOptions {
+    WriterOptions { partition_by: vec!["day".into()], ..Default::default() }
+}
+
+async fn publish_rows(
+    ds: &Dataset,
+    ctx: &RunContext,
+    rows: &[(i64, &str, i64)],
+    writer: WriterOptions,
+    options: PublishOptions,
+) -> Result<Published, Error> {
+    let mut w = ds.writer(ctx, schema(), writer)?;
+    w.write(&batch(rows)).await?;
+    ds.publish(w.finish().await?, &options, ctx).await
+}
+
+async fn publish_days(ds: &Dataset, run: &str, minute: u32, rows: &[(i64, &str, i64)]) -> Published {
+    publish_rows(ds, &ctx(run, minute), rows, by_day(), PublishOptions::default()).await.unwrap()
+}
+
+/// Every row of a version, read through the store exactly as a reader would, as
+/// `(id, day, amount)` sorted by id.
+async fn read_rows(lake: &Lake, record: &VersionRecord) -> Vec<(i64, Option<String>, i64)> {
+    let mut rows = Vec::new();
+    for file in record.files() {
+        let reader = ParquetObjectReader::new(lake.store().clone(), Path::from(file.path.as_str()))
+            .with_file_size(file.size);
+        let stream = ParquetRecordBatchStreamBuilder::new(reader).await.unwrap().build().unwrap();
+        let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+        let mut n = 0;
+        for b in batches {
+            let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let day = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            let amount = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                let d = (!day.is_null(i)).then(|| day.value(i).to_string());
+                rows.push((id.value(i), d, amount.value(i)));
+                n += 1;
+            }
+        }
+        assert_eq!(n, file.rows, "row count recorded for {}", file.path);
+    }
+    rows.sort();
+    rows
+}
+
+async fn list_all(lake: &Lake) -> Vec<String> {
+    let mut all: Vec<String> =
+        lake.store().list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+    all.sort();
+    all
+}
+
+pub async fn first_publish_creates_version_one(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    assert!(ds.head().await.unwrap().is_none());
+    assert!(lake.datasets().await.unwrap().is_empty());
+    let p = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 3, 1, 7)).await;
+    assert_eq!(p.record.version, 1);
+    assert_eq!(p.record.parent, None);
+    assert_eq!(p.flip.seq, 1);
+    assert_eq!(p.record.summary.rows, 6);
+    assert_eq!(p.record.summary.partitions, 2);
+    assert_eq!(p.record.partition_by, vec!["day".to_string()]);
+    for f in p.record.files() {
+        assert!(f.path.starts_with("orders/run_id=r1/day=2026-01-0"), "{}", f.path);
+        assert_eq!(f.sha256.len(), 64);
+    }
+    assert_eq!(lake.datasets().await.unwrap(), vec!["orders".to_string()]);
+    let current = ds.current().await.unwrap();
+    assert_eq!(current, p.record);
+    let rows = read_rows(&lake, &current).await;
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[0], (1, Some("2026-01-01".into()), 7));
+    // The JSON the protocol promises is on the store, at the documented paths.
+    let flip_json = lake.store().get(&layout::pointer_path("orders", 1)).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&flip_json.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["format"], "strata.flip.v1");
+    assert_eq!(v["to"], 1);
+    assert_eq!(v["kind"], "publish");
+}
+
+pub async fn readers_see_old_or_new_never_a_mix(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let all_days = ["2026-01-01", "2026-01-02", "2026-01-03"];
+    publish_days(&ds, "run-1", 0, &days(&all_days, 20, 1, 1)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (lake, ds, stop) = (lake.clone(), ds.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || seen.len() < 2 {
+                let record = ds.current().await.unwrap();
+                let rows = read_rows(&lake, &record).await;
+                assert_eq!(rows.len() as u64, record.summary.rows);
+                assert_eq!(rows.len(), 60, "every version has 60 rows");
+                // Each partition's rows carry the marker of the run that wrote that partition.
+                for p in &record.partitions {
+                    let marker: i64 = p.run_id.trim_start_matches("run-").parse().unwrap();
+                    let day = p.values[0].clone();
+                    let in_part: Vec<_> = rows.iter().filter(|r| r.1 == day).collect();
+                    assert_eq!(in_part.len(), 20, "partition {} whole", p.key);
+                    assert!(in_part.iter().all(|r| r.2 == marker), "partition {} mixed", p.key);
+                }
+                seen.insert(record.version);
+                if seen.len() > 1 && stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+            }
+            seen
+        })
+    };
+    for k in 2..=6i64 {
+        let day = all_days[(k % 3) as usize];
+        publish_days(&ds, &format!("run-{k}"), k as u32, &days(&[day], 20, k * 100, k)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    assert!(!seen.is_empty());
+    assert_eq!(ds.current().await.unwrap().version, 6);
+}
+
+pub async fn staged_files_are_invisible_until_flip(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    let c2 = ctx("r2", 1);
+    let mut w = ds.writer(&c2, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&["2026-01-01"], 5, 10, 2))).await.unwrap();
+    let staged = w.finish().await.unwrap();
+    assert!(list_all(&lake).await.iter().any(|p| p.starts_with("orders/run_id=r2/")));
+    assert_eq!(ds.current().await.unwrap(), v1.record, "staged files change nothing");
+    let prepared = ds.prepare(staged, &PublishOptions::default(), &c2).await.unwrap();
+    assert_eq!(ds.current().await.unwrap(), v1.record, "a version record changes nothing");
+    assert_eq!(ds.versions().await.unwrap().len(), 1);
+    let published = ds.flip(prepared, &c2).await.unwrap();
+    assert_eq!(ds.current().await.unwrap(), published.record);
+    assert_eq!(read_rows(&lake, &published.record).await.len(), 5);
+}
+
+pub async fn copy_on_write_reuses_untouched_partitions(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 4, 1, 1))
+        .await;
+    let v2 = publish_days(&ds, "r2", 1, &days(&["2026-01-02"], 9, 100, 2)).await;
+    assert_eq!(v2.record.parent, Some(1));
+    let files = |r: &VersionRecord| -> BTreeMap<String, Vec<String>> {
+        r.partitions
+            .iter()
+            .map(|p| (p.key.clone(), p.files.iter().map(|f| f.path.clone()).collect()))
+            .collect()
+    };
+    let (f1, f2) = (files(&v1.record), files(&v2.record));
+    assert_eq!(f1["day=2026-01-01"], f2["day=2026-01-01"], "reused by reference");
+    assert_eq!(f1["day=2026-01-03"], f2["day=2026-01-03"], "reused by reference");
+    assert_ne!(f1["day=2026-01-02"], f2["day=2026-01-02"]);
+    assert!(f2["day=2026-01-02"][0].starts_with("orders/run_id=r2/day=2026-01-02/"));
+    // The second run wrote only the partition it replaced: nothing was copied.
+    let r2_files: Vec<String> =
+        list_all(&lake).await.into_iter().filter(|p| p.starts_with("orders/run_id=r2/")).collect();
+    assert_eq!(r2_files, f2["day=2026-01-02"]);
+    assert_eq!(v2.record.summary.partitions_written, 1);
+    assert_eq!(v2.record.summary.partitions_reused, 2);
+    assert_eq!(v2.record.summary.rows, 4 + 9 + 4);
+    let reused = v2.record.partitions.iter().find(|p| p.key == "day=2026-01-01").unwrap();
+    assert_eq!((reused.run_id.as_str(), reused.written_in), ("r1", 1));
+    assert_eq!(read_rows(&lake, &v2.record).await.len(), 17);
+    // The old version is untouched and still readable.
+    assert_eq!(read_rows(&lake, &ds.version(1).await.unwrap()).await.len(), 12);
+}
+
+pub async fn replace_all_must_be_explicit(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
+    let v2 = publish_rows(
+        &ds,
+        &ctx("r2", 1),
+        &days(&["2026-01-05"], 3, 50, 2),
+        by_day(),
+        PublishOptions { replace_all: true, reason: Some("restate".into()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v2.record.partitions.len(), 1);
+    assert_eq!(v2.record.summary.partitions_dropped, 2);
+    assert_eq!(v2.record.reason.as_deref(), Some("restate"));
+    // Changing the partitioning without --replace-all is refused.
+    let err = publish_rows(&ds, &ctx("r3", 2), &days(&["x"], 1, 1, 1), WriterOptions::default(), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_user_error() && err.to_string().contains("--replace-all"), "{err}");
+    // An empty publish is refused unless replace-all.
+    let w = ds.writer(&ctx("r4", 3), schema(), by_day()).unwrap();
+    let err = ds.publish(w.finish().await.unwrap(), &PublishOptions::default(), &ctx("r4", 3)).await.unwrap_err();
+    assert!(err.to_string().contains("nothing to publish"), "{err}");
+    assert_eq!(ds.current().await.unwrap().version, 2);
+}
+
+pub async fn eight_concurrent_publishers_one_winner(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "base", 0, &days(&["2026-01-01", "2026-01-02"], 5, 1, 0)).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for k in 1..=8i64 {
+        let (ds, barrier) = (ds.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = ctx(&format!("w{k}"), k as u32);
+            let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+            w.write(&batch(&days(&["2026-01-02"], 3, 1000 * k, k))).await.unwrap();
+            let staged = w.finish().await.unwrap();
+            barrier.wait().await;
+            (k, ds.publish(staged, &PublishOptions::default(), &c).await)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut losers = 0;
+    for t in tasks {
+        let (k, result) = t.await.unwrap();
+        match result {
+            Ok(p) => winners.push((k, p)),
+            Err(Error::Conflict { found_seq, .. }) => {
+                losers += 1;
+                assert_eq!(found_seq, 2, "losers see the winner's entry");
+            }
+            Err(e) => panic!("writer {k}: unexpected error {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner");
+    assert_eq!(losers, 7);
+    let (k, won) = &winners[0];
+    let current = ds.current().await.unwrap();
+    assert_eq!(&current, &won.record, "the winner's update is the visible one");
+    let rows = read_rows(&lake, &current).await;
+    assert_eq!(rows.len(), 5 + 3);
+    assert_eq!(rows.iter().filter(|r| r.2 == *k).count(), 3, "winner's rows visible");
+    assert!(rows.iter().all(|r| r.2 == 0 || r.2 == *k), "no loser row visible");
+    let history = ds.history().await.unwrap();
+    assert_eq!(history.len(), 2);
+    let versions = ds.versions().await.unwrap();
+    assert_eq!(versions.len(), 2, "losers' versions are not listed");
+    // Losers left nothing behind: no staged files, no version records besides the winners'.
+    let leftovers: Vec<String> = list_all(&lake)
+        .await
+        .into_iter()
+        .filter(|p| p.contains("run_id=w") && !p.contains(&format!("run_id=w{k}/")))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+pub async fn rollback_is_a_pointer_flip(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    let v2 = publish_days(&ds, "r2", 1, &days(&["2026-01-01"], 3, 10, 2)).await;
+    let before = list_all(&lake).await;
+    let outcome = ds.rollback(1, Some("bad numbers".into()), &ctx("rb1", 2)).await.unwrap();
+    let RollbackOutcome::Flipped(flip) = outcome else { panic!("expected a flip") };
+    assert_eq!((flip.from, flip.to, flip.kind), (Some(2), 1, FlipKind::Rollback));
+    assert_eq!(ds.current().await.unwrap().version, 1);
+    assert_eq!(read_rows(&lake, &ds.current().await.unwrap()).await.len(), 2);
+    // Exactly one object was added: the pointer entry. No data file was copied.
+    let after = list_all(&lake).await;
+    let added: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(added, vec![&layout::pointer_path("orders", 3).to_string()]);
+    // Rolling back to the current version writes nothing.
+    assert!(matches!(ds.rollback(1, None, &ctx("rb2", 3)).await.unwrap(), RollbackOutcome::AlreadyCurrent(_)));
+    assert_eq!(ds.history().await.unwrap().len(), 3);
+    // Forward again to 2.
+    ds.rollback(2, None, &ctx("rb3", 4)).await.unwrap();
+    assert_eq!(ds.current().await.unwrap(), v2.record);
+    // Unknown versions are refused.
+    let err = ds.rollback(99, None, &ctx("rb4", 5)).await.unwrap_err();
+    assert!(matches!(err, Error::VersionNotFound { version: 99, .. }), "{err}");
+    // A publish after a rollback builds on the rolled-back version and takes a new number.
+    ds.rollback(1, None, &ctx("rb5", 6)).await.unwrap();
+    let v3 = publish_days(&ds, "r3", 7, &days(&["2026-01-02"], 1, 50, 3)).await;
+    assert_eq!((v3.record.version, v3.record.parent), (3, Some(1)));
+    assert_eq!(v3.record.summary.rows, 2 + 1);
+}
+
+pub async fn history_records_every_flip(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    publish_rows(
+        &ds,
+        &ctx("r2", 5),
+        &days(&["2026-01-02"], 2, 5, 1),
+        by_day(),
+        PublishOptions { replace_all: false, reason: Some("late file".into()) },
+    )
+    .await
+    .unwrap();
+    ds.rollback(1, Some("oops".into()), &ctx("rb", 9)).await.unwrap();
+    let h = ds.history().await.unwrap();
+    let summary: Vec<_> = h
+        .iter()
+        .map(|f| (f.seq, f.kind, f.from, f.to, f.run_id.as_str(), f.reason.as_deref(), f.at.format("%H:%M").to_string()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, FlipKind::Publish, None, 1, "r1", None, "12:00".to_string()),
+            (2, FlipKind::Publish, Some(1), 2, "r2", Some("late file"), "12:05".to_string()),
+            (3, FlipKind::Rollback, Some(2), 1, "rb", Some("oops"), "12:09".to_string()),
+        ]
+    );
+    assert_eq!(h[2].version, v1.record.brief(), "the entry describes the version it points at");
+    let versions = ds.versions().await.unwrap();
+    assert_eq!(versions.iter().map(|v| (v.brief.version, v.current)).collect::<Vec<_>>(), vec![(1, true), (2, false)]);
+}
+
+pub async fn verify_catches_changed_byte_and_missing_file(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 3, 1, 1)).await;
+    let report = ds.verify(None).await.unwrap();
+    assert_eq!(report.files_checked, 3);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let files: Vec<_> = v.record.files().cloned().collect();
+    // Flip one byte in the middle of the first file: same size, different hash.
+    let p0 = Path::from(files[0].path.as_str());
+    let mut bytes = lake.store().get(&p0).await.unwrap().bytes().await.unwrap().to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    lake.store().put(&p0, PutPayload::from(bytes)).await.unwrap();
+    // Remove the second file.
+    lake.store().delete(&Path::from(files[1].path.as_str())).await.unwrap();
+    let report = ds.verify(Some(1)).await.unwrap();
+    let found: Vec<_> = report.problems.iter().map(|p| (p.path.as_str(), p.problem)).collect();
+    assert_eq!(found, vec![(files[0].path.as_str(), "sha256"), (files[1].path.as_str(), "missing")]);
+}
+
+pub async fn crash_between_stage_and_flip_leaves_current_untouched(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
+    let history = ds.history().await.unwrap();
+    // A run stages files and writes its version record, then "dies" before the flip.
+    let c = ctx("crashed", 1);
+    let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&["2026-01-02"], 7, 100, 9))).await.unwrap();
+    let prepared = ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
+    let orphan = prepared.record.version;
+    drop(prepared);
+    assert_eq!(ds.current().await.unwrap(), v1.record);
+    assert_eq!(ds.history().await.unwrap(), history);
+    assert_eq!(read_rows(&lake, &ds.current().await.unwrap()).await.len(), 4);
+    let err = ds.version(orphan).await.unwrap_err();
+    assert!(matches!(err, Error::VersionNotFound { .. }), "{err}");
+    assert!(err.to_string().contains("never") || err.to_string().contains("lost a conflict"), "{err}");
+    let err = ds.rollback(orphan, None, &ctx("rb", 2)).await.unwrap_err();
+    assert!(matches!(err, Error::VersionNotFound { .. }), "{err}");
+    // The next run publishes normally, past the orphan's number.
+    let v = publish_days(&ds, "r3", 3, &days(&["2026-01-02"], 1, 500, 3)).await;
+    assert!(v.record.version > orphan);
+    assert_eq!(v.record.parent, Some(1));
+    assert_eq!(ds.versions().await.unwrap().len(), 2);
+}
+
+pub async fn retried_flip_that_landed_is_not_a_conflict(lake: Lake) {
+    // The "unknown commit outcome" case: the first create of the pointer entry landed but its
+    // answer was lost, so the writer sends it again and is told it already exists. Reading back
+    // an identical entry must count as success, not as a conflict.
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 1, 1, 1)).await;
+    let c = ctx("r2", 1);
+    let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&["2026-01-01"], 2, 10, 2))).await.unwrap();
+    let prepared = ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
+    let first = ds.flip(prepared.clone(), &c).await.unwrap();
+    let again = ds.flip(prepared, &c).await.unwrap();
+    assert_eq!(first.flip, again.flip);
+    assert_eq!(ds.history().await.unwrap().len(), 2);
+    assert_eq!(ds.current().await.unwrap().version, first.record.version);
+}
+
+pub async fn corrupt_or_truncated_json_is_reported(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 1, 1, 1)).await;
+    publish_days(&ds, "r2", 1, &days(&["2026-01-02"], 1, 2, 1)).await;
+    // Truncate the current pointer entry.
+    let p = layout::pointer_path("orders", 2);
+    let bytes = lake.store().get(&p).await.unwrap().bytes().await.unwrap();
+    lake.store().put(&p, PutPayload::from(bytes.slice(..bytes.len() / 2))).await.unwrap();
+    let err = ds.current().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }) && err.is_user_error(), "{err}");
+    assert!(err.to_string().contains("00000000000000000002.json"), "{err}");
+    let err = ds.rollback(1, None, &ctx("rb", 2)).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // Restore it, then break a version record instead.
+    lake.store().put(&p, PutPayload::from(bytes)).await.unwrap();
+    let v = layout::version_path("orders", 1);
+    lake.store().put(&v, PutPayload::from_static(b"{\"format\": \"strata.version.v1\"")).await.unwrap();
+    let err = ds.version(1).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert_eq!(ds.current().await.unwrap().version, 2, "other versions stay readable");
+    // A missing pointer entry in the middle of the log is corruption too.
+    lake.store().delete(&layout::pointer_path("orders", 1)).await.unwrap();
+    let err = ds.history().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+pub async fn schema_conflict_is_refused_and_nothing_changes(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    let before = list_all(&lake).await;
+    let other = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("day", DataType::Utf8, true),
+        Field::new("amount", DataType::Utf8, false),
+    ]));
+    let err = ds.check_compatible(&other, &["day".to_string()], false, "new.parquet").await.unwrap_err();
+    assert!(matches!(err, Error::SchemaConflict { .. }) && err.is_user_error(), "{err}");
+    assert!(err.to_string().contains("\"amount\" has type Int64"), "{err}");
+    // Through the writer as well: staged files are removed again, nothing is published.
+    let c = ctx("r2", 1);
+    let mut w = ds.writer(&c, other.clone(), by_day()).unwrap();
+    let b = RecordBatch::try_new(
+        other,
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["2026-01-01"])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ],
+    )
+    .unwrap();
+    w.write(&b).await.unwrap();
+    let staged = w.finish().await.unwrap();
+    let err = ds.publish(staged, &PublishOptions::default(), &c).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaConflict { .. }), "{err}");
+    ds.discard("r2", None).await;
+    assert_eq!(list_all(&lake).await, before);
+}
+
+pub async fn bad_partition_values_are_refused_and_nothing_changes(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    let before = list_all(&lake).await;
+    for bad in ["../../etc", "a/b", "a\\b", "x\u{7}y", ".."] {
+        let c = ctx("bad", 1);
+        let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+        let err = w.write(&batch(&[(1, "2026-01-02", 1), (2, bad, 1)])).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }) && err.is_user_error(), "{bad:?}: {err}");
+        drop(w);
+        ds.discard("bad", None).await;
+        assert_eq!(list_all(&lake).await, before, "{bad:?}");
+    }
+    for bad in ["../x", "a/b", "a\\b", "x\ny", ".."] {
+        assert!(matches!(lake.dataset(bad).unwrap_err(), Error::InvalidName { .. }), "{bad:?}");
+    }
+    // Null partition values go to the Hive default partition.
+    let c = ctx("nulls", 2);
+    let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+    let b = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![9])),
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            Arc::new(Int64Array::from(vec![1])),
+        ],
+    )
+    .unwrap();
+    w.write(&b).await.unwrap();
+    let p = ds.publish(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
+    let null_part = p.record.partitions.iter().find(|p| p.values == vec![None]).unwrap();
+    assert_eq!(null_part.key, "day=__HIVE_DEFAULT_PARTITION__");
+}
+
+pub async fn unknown_dataset_and_version_are_reported(lake: Lake) {
+    let ds = lake.dataset("nope").unwrap();
+    for err in [
+        ds.current().await.unwrap_err(),
+        ds.history().await.unwrap_err(),
+        ds.version(1).await.unwrap_err(),
+        ds.rollback(1, None, &ctx("rb", 0)).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::DatasetNotFound { .. }) && err.is_user_error(), "{err}");
+        assert!(err.to_string().contains("strata datasets"), "{err}");
+    }
+    let orders = lake.dataset("orders").unwrap();
+    publish_days(&orders, "r1", 0, &days(&["2026-01-01"], 1, 1, 1)).await;
+    let err = orders.version(2).await.unwrap_err();
+    assert!(matches!(err, Error::VersionNotFound { version: 2, .. }), "{err}");
+    assert!(orders.verify(Some(7)).await.is_err());
+}
