@@ -15,7 +15,7 @@ demo:
 
 # Pointer-flip benchmarks (rollback and versions at 1,000 versions).
 bench:
-    cargo bench -p strata-publish --bench pointer --locked
+    cargo bench -p strata-cli --bench pointer --locked
 
 # Regenerate testdata/demo.
 demo-data:

@@ -33,8 +33,7 @@ Exit codes: 0 success, 2 a problem with the input or the lake (the message says 
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = AFTER_HELP,
-    propagate_version = true
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Where the lake is: a local directory, file:///path, or s3://bucket/prefix.
@@ -62,7 +61,9 @@ pub enum Command {
     History(DatasetArgs),
 
     /// Make an earlier version current again (a pointer flip: no data is read or copied).
-    #[command(after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\"")]
+    #[command(
+        after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\""
+    )]
     Rollback(RollbackArgs),
 
     /// Run SQL over the lake: every dataset is a table at its current version.

@@ -94,7 +94,11 @@ fn collect_parquet(dir: &FsPath, files: &mut Vec<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn publish(settings: &Settings, args: PublishArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn publish(
+    settings: &Settings,
+    args: PublishArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let files = input_files(&args.from)?;
     let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
     let mut inputs = Vec::with_capacity(files.len());
@@ -114,6 +118,7 @@ async fn publish(settings: &Settings, args: PublishArgs, out: &mut impl Write) -
             ));
         }
     }
+    strata_publish::partition_columns(&schema, &args.partition_by)?;
     let lake = settings.open_lake(OpenMode::Create)?;
     let ds = lake.dataset(&args.dataset)?;
     let current = ds.check_compatible(&schema, &args.partition_by, true, "").await?;
@@ -122,7 +127,11 @@ async fn publish(settings: &Settings, args: PublishArgs, out: &mut impl Write) -
         (Some(record), true) if !args.replace_all => record.partition_by.clone(),
         _ => args.partition_by.clone(),
     };
-    let source = if inputs.len() == 1 { inputs[0].display.clone() } else { format!("{} input files", inputs.len()) };
+    let source = if inputs.len() == 1 {
+        inputs[0].display.clone()
+    } else {
+        format!("{} input files", inputs.len())
+    };
     ds.check_compatible(&schema, &partition_by, args.replace_all, &source).await?;
 
     let ctx = run_context()?;
@@ -188,7 +197,11 @@ async fn publish(settings: &Settings, args: PublishArgs, out: &mut impl Write) -
     Ok(ExitCode::SUCCESS)
 }
 
-async fn datasets(settings: &Settings, args: ListArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn datasets(
+    settings: &Settings,
+    args: ListArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing)?;
     let mut rows = Vec::new();
     for name in lake.datasets().await? {
@@ -234,7 +247,11 @@ async fn datasets(settings: &Settings, args: ListArgs, out: &mut impl Write) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn versions(settings: &Settings, args: DatasetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn versions(
+    settings: &Settings,
+    args: DatasetArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
     let versions = ds.versions().await?;
     if args.json {
@@ -255,12 +272,20 @@ async fn versions(settings: &Settings, args: DatasetArgs, out: &mut impl Write) 
             ]
         })
         .collect();
-    output::table(out, &["VERSION", "RUN ID", "CREATED", "ROWS", "FILES", "BYTES", "PARENT"], &rows)?;
+    output::table(
+        out,
+        &["VERSION", "RUN ID", "CREATED", "ROWS", "FILES", "BYTES", "PARENT"],
+        &rows,
+    )?;
     writeln!(out, "(* = current)")?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn history(settings: &Settings, args: DatasetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn history(
+    settings: &Settings,
+    args: DatasetArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
     let history = ds.history().await?;
     if args.json {
@@ -285,7 +310,11 @@ async fn history(settings: &Settings, args: DatasetArgs, out: &mut impl Write) -
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(settings: &Settings, args: RollbackArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn rollback(
+    settings: &Settings,
+    args: RollbackArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
     let ctx = run_context()?;
     let outcome = ds.rollback(args.to, args.reason, &ctx).await?;
@@ -311,7 +340,11 @@ async fn rollback(settings: &Settings, args: RollbackArgs, out: &mut impl Write)
     Ok(ExitCode::SUCCESS)
 }
 
-async fn query(settings: &Settings, args: QueryArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn query(
+    settings: &Settings,
+    args: QueryArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing)?;
     let ctx = session_for_lake(&lake, QueryOptions::default()).await?;
     let stream = plan(&ctx, &args.sql).await?;
@@ -320,7 +353,10 @@ async fn query(settings: &Settings, args: QueryArgs, out: &mut impl Write) -> an
 }
 
 /// Plans and starts a read-only query.
-async fn plan(ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream, strata_medallion::Error> {
+async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<SendableRecordBatchStream, strata_medallion::Error> {
     let options = datafusion::execution::context::SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -345,8 +381,7 @@ async fn write_stream(
                 batches.push(b);
             }
             if batches.iter().all(|b| b.num_rows() == 0) {
-                let names: Vec<&str> = stream.schema().fields().iter().map(|f| f.name().as_str()).collect();
-                writeln!(out, "(no rows; columns: {})", names.join(", "))?;
+                writeln!(out, "(no rows; columns: {})", column_names(&stream).join(", "))?;
                 return Ok(());
             }
             let text = arrow::util::pretty::pretty_format_batches(&batches)?;
@@ -360,9 +395,8 @@ async fn write_stream(
                 wrote = true;
             }
             if !wrote {
-                let names: Vec<&str> = stream.schema().fields().iter().map(|f| f.name().as_str()).collect();
                 drop(w);
-                writeln!(out, "{}", names.join(","))?;
+                writeln!(out, "{}", column_names(&stream).join(","))?;
             }
         }
         Format::Json => {
@@ -378,7 +412,15 @@ async fn write_stream(
     Ok(())
 }
 
-async fn verify(settings: &Settings, args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+fn column_names(stream: &SendableRecordBatchStream) -> Vec<String> {
+    stream.schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
+async fn verify(
+    settings: &Settings,
+    args: VerifyArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
     let report = ds.verify(args.version).await?;
     let ok = report.problems.is_empty();
@@ -386,7 +428,11 @@ async fn verify(settings: &Settings, args: VerifyArgs, out: &mut impl Write) -> 
         output::json(out, &json!({ "ok": ok, "report": report }))?;
     } else {
         for p in &report.problems {
-            writeln!(out, "{}: {} (expected {}, found {})", p.path, p.problem, p.expected, p.found)?;
+            writeln!(
+                out,
+                "{}: {} (expected {}, found {})",
+                p.path, p.problem, p.expected, p.found
+            )?;
         }
         if ok {
             writeln!(
@@ -414,7 +460,11 @@ async fn verify(settings: &Settings, args: VerifyArgs, out: &mut impl Write) -> 
     ))
 }
 
-async fn files(settings: &Settings, args: FilesArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+async fn files(
+    settings: &Settings,
+    args: FilesArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing)?;
     let ds = lake.dataset(&args.dataset)?;
     let record = match args.version {
@@ -440,9 +490,13 @@ async fn files(settings: &Settings, args: FilesArgs, out: &mut impl Write) -> an
                 })
             })
             .collect();
-        output::json(out, &json!({ "dataset": record.dataset, "version": record.version, "files": list }))?;
+        output::json(
+            out,
+            &json!({ "dataset": record.dataset, "version": record.version, "files": list }),
+        )?;
     } else if args.quoted {
-        let quoted: Vec<String> = record.files().map(|f| format!("'{}'", locate(&f.path))).collect();
+        let quoted: Vec<String> =
+            record.files().map(|f| format!("'{}'", locate(&f.path))).collect();
         writeln!(out, "{}", quoted.join(", "))?;
     } else {
         for f in record.files() {

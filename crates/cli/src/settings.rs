@@ -19,7 +19,8 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_cli(cli: &Cli) -> Self {
-        let lake_url = cli.lake.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_LAKE.into());
+        let lake_url =
+            cli.lake.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_LAKE.into());
         Settings { lake_url }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, SchemaProvider, TableProvider};
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
@@ -131,7 +131,8 @@ impl VersionTable {
         let mut files: Vec<_> = self.record.files().collect();
         files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
         let n = n.clamp(1, files.len().max(1));
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+            (0..n).map(|_| (0, Vec::new())).collect();
         for f in files {
             let smallest = groups.iter_mut().min_by_key(|g| g.0).expect("n >= 1");
             smallest.0 += f.size;
@@ -167,7 +168,7 @@ impl TableProvider for VersionTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let source = format.file_source(TableSchema::from_file_schema(self.schema.clone()));
+        let source = format.file_source(TableSchema::from(self.schema.clone()));
         let config = FileScanConfigBuilder::new(self.url.clone(), source)
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
@@ -176,7 +177,6 @@ impl TableProvider for VersionTable {
         format.create_physical_plan(state, config).await
     }
 }
-
 
 #[cfg(test)]
 mod tests {

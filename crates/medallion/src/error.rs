@@ -54,9 +54,18 @@ fn classify(e: DataFusionError) -> Error {
             Err(other) => Error::DataFusion(DataFusionError::External(other)),
         },
         DataFusionError::Context(ctx, inner) => match classify(*inner) {
-            Error::DataFusion(inner) => Error::DataFusion(DataFusionError::Context(ctx, Box::new(inner))),
+            Error::DataFusion(inner) => {
+                Error::DataFusion(DataFusionError::Context(ctx, Box::new(inner)))
+            }
             other => other,
         },
+        DataFusionError::Diagnostic(diagnostic, inner) => match classify(*inner) {
+            Error::DataFusion(inner) => {
+                Error::DataFusion(DataFusionError::Diagnostic(diagnostic, Box::new(inner)))
+            }
+            other => other,
+        },
+        DataFusionError::Collection(mut errors) if !errors.is_empty() => classify(errors.remove(0)),
         DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
             Ok(inner) => classify(inner),
             Err(shared) => Error::DataFusion(DataFusionError::Shared(shared)),

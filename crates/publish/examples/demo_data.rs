@@ -44,7 +44,8 @@ fn write(path: &std::path::Path, rows: &[(i64, i64, i32, i64, Option<&str>)]) {
 }
 
 fn main() {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "testdata/demo".into()));
+    let dir =
+        std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "testdata/demo".into()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let mut january = Vec::new();
     let mut id = 1000;

@@ -192,15 +192,12 @@ impl Dataset {
         if let Some(gap) = protocol::first_gap(&seqs) {
             return Err(self.gap_error(gap));
         }
-        let flips: Vec<Option<Flip>> = futures::stream::iter(seqs.iter().map(|&s| self.read_flip(s)))
-            .buffered(IO_CONCURRENCY)
-            .try_collect()
-            .await?;
-        flips
-            .into_iter()
-            .zip(seqs)
-            .map(|(f, s)| f.ok_or_else(|| self.gap_error(s)))
-            .collect()
+        let flips: Vec<Option<Flip>> =
+            futures::stream::iter(seqs.iter().map(|&s| self.read_flip(s)))
+                .buffered(IO_CONCURRENCY)
+                .try_collect()
+                .await?;
+        flips.into_iter().zip(seqs).map(|(f, s)| f.ok_or_else(|| self.gap_error(s))).collect()
     }
 
     /// The published versions, oldest first, marking the current one.
@@ -225,7 +222,9 @@ impl Dataset {
         let Some(record): Option<VersionRecord> = self.read_json(&path).await? else {
             return Ok(None);
         };
-        if record.version != version || record.dataset != self.name || record.format != VERSION_FORMAT
+        if record.version != version
+            || record.dataset != self.name
+            || record.format != VERSION_FORMAT
         {
             return Err(Error::Corrupt {
                 path: path.to_string(),
@@ -248,7 +247,10 @@ impl Dataset {
     async fn record_named_by(&self, flip: &Flip) -> Result<VersionRecord> {
         self.read_record(flip.to).await?.ok_or_else(|| Error::Corrupt {
             path: layout::version_path(&self.name, flip.to).to_string(),
-            detail: format!("pointer entry #{} names version {} but its record is missing", flip.seq, flip.to),
+            detail: format!(
+                "pointer entry #{} names version {} but its record is missing",
+                flip.seq, flip.to
+            ),
         })
     }
 
@@ -366,7 +368,8 @@ impl Dataset {
             for p in &mut written {
                 p.written_in = version;
             }
-            let merged = protocol::merge_partitions(merged_base, written.clone(), options.replace_all);
+            let merged =
+                protocol::merge_partitions(merged_base, written.clone(), options.replace_all);
             let record = VersionRecord {
                 format: VERSION_FORMAT.to_string(),
                 dataset: self.name.clone(),
@@ -482,7 +485,9 @@ impl Dataset {
                             return Err(self.conflict(&flip.run_id, flip.seq - 1, Some(&found)))
                         }
                         Ok(None) => {}
-                        Err(read_err) => last_error = Some(format!("{e}; then reading back: {read_err}")),
+                        Err(read_err) => {
+                            last_error = Some(format!("{e}; then reading back: {read_err}"))
+                        }
                     }
                     if last_error.is_none() {
                         last_error = Some(e.to_string());

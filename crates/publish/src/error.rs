@@ -137,7 +137,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn store(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
+    pub(crate) fn store(
+        op: &'static str,
+        path: impl ToString,
+        source: object_store::Error,
+    ) -> Self {
         Error::Store { op, path: path.to_string(), source }
     }
 }

@@ -1,5 +1,9 @@
 //! Reading Parquet that users hand to strata (`strata publish --from`), through object_store.
 
+// parquet 59 deprecates ParquetObjectReader in favour of hand-written AsyncFileReaders; it is
+// still the reader DataFusion 55 pairs with, and does exactly what is needed here.
+#![allow(deprecated)]
+
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -54,7 +58,9 @@ impl ParquetInput {
             detail: format!("it is damaged ({e})"),
         })?;
         Ok(match batch {
-            Some(b) => Some(arrow::array::RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())?),
+            Some(b) => {
+                Some(arrow::array::RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())?)
+            }
             None => None,
         })
     }

@@ -63,12 +63,18 @@ mod tests {
         assert_eq!(parse_numbered(&pointer_path("d", 42)), Some(42));
         assert_eq!(parse_numbered(&version_path("d", u64::MAX)), Some(u64::MAX));
         assert_eq!(parse_numbered(&Path::from("d/_strata/pointer/42.json")), None);
-        assert_eq!(parse_numbered(&Path::from("d/_strata/pointer/0000000000000000004x.json")), None);
+        assert_eq!(
+            parse_numbered(&Path::from("d/_strata/pointer/0000000000000000004x.json")),
+            None
+        );
     }
 
     #[test]
     fn data_paths() {
         assert_eq!(data_file_path("o", "r1", "", 0), "o/run_id=r1/part-00000.parquet");
-        assert_eq!(data_file_path("o", "r1", "d=2026-01-01", 3), "o/run_id=r1/d=2026-01-01/part-00003.parquet");
+        assert_eq!(
+            data_file_path("o", "r1", "d=2026-01-01", 3),
+            "o/run_id=r1/d=2026-01-01/part-00003.parquet"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub const MAX_NAME_LEN: usize = 128;
 /// digit, without `..`, and not containing `@` (which names a version in SQL: `"orders@3"`).
 pub fn validate_dataset_name(name: &str) -> Result<()> {
     let bad = |reason: &str| {
-        Err(Error::InvalidName { what: "dataset name", value: name.to_string(), reason: reason.into() })
+        Err(Error::InvalidName {
+            what: "dataset name",
+            value: name.to_string(),
+            reason: reason.into(),
+        })
     };
     if name.is_empty() {
         return bad("it is empty; use letters, digits, '_', '-' or '.'");
@@ -44,7 +48,8 @@ pub fn validate_dataset_name(name: &str) -> Result<()> {
     if !first.is_ascii_alphanumeric() {
         return bad("it must start with a letter or digit ('_' and '.' prefixes are reserved)");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    if let Some(c) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
         return bad(&format!("it contains {c:?}; use letters, digits, '_', '-' or '.'"));
     }

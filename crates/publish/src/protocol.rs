@@ -201,7 +201,8 @@ mod tests {
     fn copy_on_write_reuses_untouched_partitions() {
         let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)]);
         let m = merge_partitions(Some(&parent), vec![part("k=b", "r2", 20)], false);
-        let keys: Vec<_> = m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
+        let keys: Vec<_> =
+            m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
         assert_eq!(keys, vec![("k=a", "r1"), ("k=b", "r2"), ("k=c", "r1")]);
         // Reused partitions keep the parent's file paths: nothing is copied.
         assert_eq!(m.partitions[0].files, parent.partitions[0].files);

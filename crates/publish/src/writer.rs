@@ -97,12 +97,49 @@ struct OpenFile {
     rows: u64,
 }
 
+/// The rows of one partition in a batch: key, values, row indices.
+type PartitionRows = (String, Vec<Option<String>>, Vec<u32>);
+
+/// Checks that every partition column exists and has a type that can name partitions, and
+/// returns their indices in `schema`.
+pub fn partition_columns(
+    schema: &arrow::datatypes::Schema,
+    partition_by: &[String],
+) -> Result<Vec<usize>> {
+    let mut indices = Vec::with_capacity(partition_by.len());
+    for col in partition_by {
+        validate_partition_column(col)?;
+        let idx = schema.index_of(col).map_err(|_| {
+            Error::Usage(format!(
+                "cannot partition by {col:?}: the data has no such column (columns: {})",
+                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let t = schema.field(idx).data_type();
+        if !partitionable(t) {
+            return Err(Error::Usage(format!(
+                "cannot partition by {col:?} of type {t}: use a string, integer, date or boolean \
+                 column"
+            )));
+        }
+        if indices.contains(&idx) {
+            return Err(Error::Usage(format!("--partition-by names {col:?} twice")));
+        }
+        indices.push(idx);
+    }
+    Ok(indices)
+}
+
 /// Whether a column type can name partitions.
 fn partitionable(t: &DataType) -> bool {
     t.is_integer()
         || matches!(
             t,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Date32 | DataType::Boolean
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Date32
+                | DataType::Boolean
         )
 }
 
@@ -113,27 +150,10 @@ impl StagingWriter {
         schema: SchemaRef,
         options: WriterOptions,
     ) -> Result<Self> {
-        let mut partition_cols = Vec::new();
-        for col in &options.partition_by {
-            validate_partition_column(col)?;
-            let idx = schema.index_of(col).map_err(|_| {
-                Error::Usage(format!(
-                    "cannot partition by {col:?}: the data has no such column (columns: {})",
-                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            let t = schema.field(idx).data_type();
-            if !partitionable(t) {
-                return Err(Error::Usage(format!(
-                    "cannot partition by {col:?} of type {t}: use a string, integer, date or \
-                     boolean column"
-                )));
-            }
-            partition_cols.push(idx);
-        }
+        let partition_cols = partition_columns(&schema, &options.partition_by)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_size(options.max_row_group_size)
+            .set_max_row_group_row_count(Some(options.max_row_group_size))
             .build();
         Ok(StagingWriter {
             dataset,
@@ -157,13 +177,29 @@ impl StagingWriter {
         if self.partition_cols.is_empty() {
             return self.write_to(String::new(), Vec::new(), &batch).await;
         }
+        let mut groups = self.group_rows(&batch)?;
+        if groups.len() == 1 {
+            let (key, values, _) = groups.pop().expect("one group");
+            return self.write_to(key, values, &batch).await;
+        }
+        for (key, values, rows) in groups {
+            let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+            self.write_to(key, values, &part).await?;
+        }
+        Ok(())
+    }
+
+    /// Groups the rows of a batch by partition, in order of first appearance:
+    /// `(key, values, row indices)`. Validates each new partition value.
+    fn group_rows(&self, batch: &RecordBatch) -> Result<Vec<PartitionRows>> {
         // Partition key of every row.
+        let format = FormatOptions::default();
         let formatters: Vec<(usize, ArrayFormatter<'_>)> = self
             .partition_cols
             .iter()
-            .map(|&i| Ok((i, ArrayFormatter::try_new(batch.column(i).as_ref(), &FormatOptions::default())?)))
+            .map(|&i| Ok((i, ArrayFormatter::try_new(batch.column(i).as_ref(), &format)?)))
             .collect::<Result<_>>()?;
-        let mut groups: Vec<(String, Vec<Option<String>>, Vec<u32>)> = Vec::new();
+        let mut groups: Vec<PartitionRows> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for row in 0..batch.num_rows() {
             let mut values = Vec::with_capacity(formatters.len());
@@ -195,19 +231,15 @@ impl StagingWriter {
                 }
             }
         }
-        drop(formatters);
-        if groups.len() == 1 {
-            let (key, values, _) = groups.pop().expect("one group");
-            return self.write_to(key, values, &batch).await;
-        }
-        for (key, values, rows) in groups {
-            let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
-            self.write_to(key, values, &part).await?;
-        }
-        Ok(())
+        Ok(groups)
     }
 
-    async fn write_to(&mut self, key: String, values: Vec<Option<String>>, batch: &RecordBatch) -> Result<()> {
+    async fn write_to(
+        &mut self,
+        key: String,
+        values: Vec<Option<String>>,
+        batch: &RecordBatch,
+    ) -> Result<()> {
         let dataset = self.dataset.name().to_string();
         let writer = self.partitions.entry(key.clone()).or_insert_with(|| PartitionWriter {
             key,
@@ -218,13 +250,15 @@ impl StagingWriter {
         let mut offset = 0usize;
         while offset < batch.num_rows() {
             if writer.open.is_none() {
-                let path = layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
+                let path =
+                    layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
                 let sink = HashingWriter::new(BufWriter::new(
                     self.dataset.lake().store().clone(),
                     Path::from(path.as_str()),
                 ));
-                let w = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
-                    .map_err(|source| Error::Parquet { path: path.clone(), source })?;
+                let w =
+                    AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                        .map_err(|source| Error::Parquet { path: path.clone(), source })?;
                 writer.open = Some(OpenFile { path, writer: w, rows: 0 });
             }
             let file = writer.open.as_mut().expect("opened above");
@@ -282,7 +316,10 @@ impl StagingWriter {
 }
 
 async fn close_file(mut file: OpenFile) -> Result<FileEntry> {
-    file.writer.finish().await.map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
+    file.writer
+        .finish()
+        .await
+        .map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
     let sink = file.writer.into_inner();
     Ok(FileEntry {
         path: file.path,

@@ -29,7 +29,11 @@ fn unknown_dataset_or_version() {
     refused(&env, &["history", "nope"], &["not found"]);
     refused(&env, &["rollback", "nope", "--to", "1"], &["not found"]);
     refused(&env, &["verify", "nope"], &["not found"]);
-    refused(&env, &["rollback", "orders", "--to", "9"], &["no published version 9", "strata versions orders"]);
+    refused(
+        &env,
+        &["rollback", "orders", "--to", "9"],
+        &["no published version 9", "strata versions orders"],
+    );
     refused(&env, &["verify", "orders", "--version", "9"], &["no published version 9"]);
     refused(&env, &["files", "orders", "--version", "0"], &["no published version 0"]);
     refused(&env, &["query", "SELECT * FROM \"orders@9\""], &["no published version 9"]);
@@ -63,7 +67,11 @@ fn corrupted_or_truncated_pointer_and_version_json() {
     std::fs::write(&pointer, &text).unwrap();
     let record = env.lake().join("orders/_strata/versions/00000000000000000001.json");
     std::fs::write(&record, b"{ not json").unwrap();
-    refused(&env, &["query", "SELECT count(*) FROM \"orders@1\""], &["00000000000000000001.json is corrupt"]);
+    refused(
+        &env,
+        &["query", "SELECT count(*) FROM \"orders@1\""],
+        &["00000000000000000001.json is corrupt"],
+    );
     refused(&env, &["rollback", "orders", "--to", "1"], &["is corrupt"]);
     // The current version is unaffected.
     assert_eq!(env.ok(&["query", "SELECT count(*) AS n FROM orders", "--format", "csv"]), "n\n6\n");
@@ -75,7 +83,8 @@ fn missing_or_changed_data_file() {
     published(&env);
     let files: Vec<String> = env.ok(&["files", "orders"]).lines().map(String::from).collect();
     std::fs::remove_file(&files[0]).unwrap();
-    let line = refused(&env, &["query", "SELECT count(*) FROM orders"], &["missing", "strata verify"]);
+    let line =
+        refused(&env, &["query", "SELECT count(*) FROM orders"], &["missing", "strata verify"]);
     assert!(!line.contains("panick"), "{line}");
     let out = env.run(&["verify", "orders"]);
     assert_eq!(out.status.code(), Some(2));
@@ -91,7 +100,12 @@ fn missing_or_changed_data_file() {
     let out = env.run(&["verify", "orders", "--json"]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let problems: Vec<&str> = v["report"]["problems"].as_array().unwrap().iter().map(|p| p["problem"].as_str().unwrap()).collect();
+    let problems: Vec<&str> = v["report"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["problem"].as_str().unwrap())
+        .collect();
     assert_eq!(problems.len(), 2);
     assert!(problems.contains(&"missing") && problems.contains(&"sha256"));
 }
@@ -107,7 +121,11 @@ fn unsafe_names_and_partition_values() {
     }
     for value in ["../../etc", "a/b", "a\\b", "bell\u{7}", ".."] {
         env.orders_file("bad.parquet", &[(1, "2026-01-03", 1), (2, value, 1)]);
-        refused(&env, &["publish", "orders", "--from", "bad.parquet"], &["invalid partition value", "order_date"]);
+        refused(
+            &env,
+            &["publish", "orders", "--from", "bad.parquet"],
+            &["invalid partition value", "order_date"],
+        );
     }
     assert!(!env.dir.path().join("etc").exists());
 }
@@ -140,14 +158,30 @@ fn schema_conflicts_and_unreadable_inputs() {
         w.write(&b).unwrap();
         w.close().unwrap();
     }
-    refused(&env, &["publish", "orders", "--from", "typed.parquet"], &["schema of", "\"amount\" has type Int64", "--replace-all"]);
+    refused(
+        &env,
+        &["publish", "orders", "--from", "typed.parquet"],
+        &["schema of", "\"amount\" has type Int64", "--replace-all"],
+    );
     std::fs::write(env.path("junk.parquet"), b"this is not parquet").unwrap();
-    refused(&env, &["publish", "orders", "--from", "junk.parquet"], &["junk.parquet", "not a readable Parquet file"]);
+    refused(
+        &env,
+        &["publish", "orders", "--from", "junk.parquet"],
+        &["junk.parquet", "not a readable Parquet file"],
+    );
     refused(&env, &["publish", "orders", "--from", "absent.parquet"], &["absent.parquet"]);
     std::fs::create_dir_all(env.path("empty")).unwrap();
     refused(&env, &["publish", "orders", "--from", "empty"], &["no *.parquet files"]);
-    refused(&env, &["publish", "orders", "--from", "v1.parquet", "--partition-by", "amount_typo"], &["no such column"]);
-    refused(&env, &["publish", "orders", "--from", "v1.parquet", "--partition-by", "order_id"], &["partitioned by [order_date]", "--replace-all"]);
+    refused(
+        &env,
+        &["publish", "orders", "--from", "v1.parquet", "--partition-by", "amount_typo"],
+        &["no such column"],
+    );
+    refused(
+        &env,
+        &["publish", "orders", "--from", "v1.parquet", "--partition-by", "order_id"],
+        &["partitioned by [order_date]", "--replace-all"],
+    );
     // clap's own usage errors are exit 2 as well.
     assert_eq!(env.run(&["rollback", "orders"]).status.code(), Some(2));
     assert_eq!(env.run(&["frobnicate"]).status.code(), Some(2));

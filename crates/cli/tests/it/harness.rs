@@ -63,7 +63,11 @@ impl Env {
     pub fn user_error(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(2), "strata {args:?}: expected exit 2, stderr: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "strata {args:?}: expected exit 2, stderr: {stderr}"
+        );
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "strata {args:?}: expected one error line, got: {stderr}");
         assert!(lines[0].starts_with("error: "), "{stderr}");

@@ -7,11 +7,13 @@ fn setup_two_versions(env: &Env) {
     v1.extend(rows(4, 2, "2026-01-02", 20));
     env.orders_file("in/v1.parquet", &v1);
     env.orders_file("in/v2.parquet", &rows(100, 4, "2026-01-02", 25));
-    let out = env.ok(&["publish", "orders", "--from", "in/v1.parquet", "--partition-by", "order_date"]);
+    let out =
+        env.ok(&["publish", "orders", "--from", "in/v1.parquet", "--partition-by", "order_date"]);
     assert!(out.starts_with("published orders version 1 "), "{out}");
     assert!(out.contains("2 partition(s) written, 0 reused"), "{out}");
     // The second publish keeps the partitioning without --partition-by and reuses 2026-01-01.
-    let out = env.ok(&["publish", "orders", "--from", "in/v2.parquet", "--reason", "late corrections"]);
+    let out =
+        env.ok(&["publish", "orders", "--from", "in/v2.parquet", "--reason", "late corrections"]);
     assert!(out.starts_with("published orders version 2 "), "{out}");
     assert!(out.contains("1 partition(s) written, 1 reused"), "{out}");
 }
@@ -30,7 +32,8 @@ fn publish_list_rollback_query_verify() {
     assert!(lines[0].starts_with("VERSION"), "{versions}");
     assert!(lines[1].starts_with("1 "), "{versions}");
     assert!(lines[2].starts_with("2 *"), "{versions}");
-    let json: serde_json::Value = serde_json::from_str(&env.ok(&["versions", "orders", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["versions", "orders", "--json"])).unwrap();
     assert_eq!(json[0]["version"], 1);
     assert_eq!(json[0]["rows"], 5);
     assert_eq!(json[1]["rows"], 3 + 4);
@@ -46,19 +49,34 @@ fn publish_list_rollback_query_verify() {
     );
 
     let out = env.ok(&["rollback", "orders", "--to", "1", "--reason", "bad corrections"]);
-    assert_eq!(out.trim(), format!("rolled back orders from version 2 to version 1 (pointer #3, run {})", run_id_of(&out)));
+    assert_eq!(
+        out.trim(),
+        format!(
+            "rolled back orders from version 2 to version 1 (pointer #3, run {})",
+            run_id_of(&out)
+        )
+    );
     assert_eq!(q("SELECT count(*) AS n FROM orders"), "n\n5\n");
-    assert_eq!(q("SELECT count(*) AS n FROM \"orders@2\""), "n\n7\n", "older versions stay readable");
+    assert_eq!(
+        q("SELECT count(*) AS n FROM \"orders@2\""),
+        "n\n7\n",
+        "older versions stay readable"
+    );
     let out = env.ok(&["rollback", "orders", "--to", "1"]);
     assert_eq!(out.trim(), "orders is already at version 1; nothing changed");
 
     let history = env.ok(&["history", "orders"]);
-    let kinds: Vec<Vec<&str>> = history.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let kinds: Vec<Vec<&str>> =
+        history.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(kinds.len(), 3, "{history}");
     assert_eq!((kinds[0][0], kinds[0][3], kinds[0][4], kinds[0][5]), ("1", "publish", "-", "1"));
     assert_eq!((kinds[2][0], kinds[2][3], kinds[2][4], kinds[2][5]), ("3", "rollback", "2", "1"));
-    assert!(history.contains("bad corrections") && history.contains("late corrections"), "{history}");
-    let hjson: serde_json::Value = serde_json::from_str(&env.ok(&["history", "orders", "--json"])).unwrap();
+    assert!(
+        history.contains("bad corrections") && history.contains("late corrections"),
+        "{history}"
+    );
+    let hjson: serde_json::Value =
+        serde_json::from_str(&env.ok(&["history", "orders", "--json"])).unwrap();
     assert_eq!(hjson[2]["kind"], "rollback");
     assert_eq!(hjson[2]["reason"], "bad corrections");
 
@@ -81,21 +99,36 @@ fn lake_flag_before_or_after_the_verb_and_from_the_environment() {
     let lake = env.lake();
     let lake = lake.to_str().unwrap();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.current_dir(env.dir.path()).args(["publish", "orders", "--from", "a.parquet", "--lake", lake]);
+    c.current_dir(env.dir.path()).args([
+        "publish",
+        "orders",
+        "--from",
+        "a.parquet",
+        "--lake",
+        lake,
+    ]);
     assert!(c.output().unwrap().status.success());
-    for args in [vec!["--lake", lake, "datasets", "--json"], vec!["datasets", "--json", "--lake", lake]] {
+    for args in
+        [vec!["--lake", lake, "datasets", "--json"], vec!["datasets", "--json", "--lake", lake]]
+    {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
         let out = c.current_dir(env.dir.path()).args(&args).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v[0]["dataset"], "orders", "{args:?}");
     }
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-    let out = c.current_dir("/").env("STRATA_LAKE", lake).args(["datasets", "--json"]).output().unwrap();
+    let out =
+        c.current_dir("/").env("STRATA_LAKE", lake).args(["datasets", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["current_version"], 1);
     // The default lake is ./lake.
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-    let out = c.current_dir(env.dir.path()).env_remove("STRATA_LAKE").args(["datasets"]).output().unwrap();
+    let out = c
+        .current_dir(env.dir.path())
+        .env_remove("STRATA_LAKE")
+        .args(["datasets"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("orders"));
 }
 
@@ -103,7 +136,9 @@ fn lake_flag_before_or_after_the_verb_and_from_the_environment() {
 fn every_verb_teaches_with_help() {
     let env = Env::new();
     let top = env.ok(&["--help"]);
-    for verb in ["publish", "datasets", "versions", "history", "rollback", "query", "verify", "files"] {
+    for verb in
+        ["publish", "datasets", "versions", "history", "rollback", "query", "verify", "files"]
+    {
         assert!(top.contains(verb), "top-level help lists {verb}");
         let help = env.ok(&[verb, "--help"]);
         assert!(help.contains("Usage: strata"), "{verb}: {help}");
@@ -118,9 +153,17 @@ fn every_verb_teaches_with_help() {
 fn query_formats_and_files_agree_with_a_direct_parquet_read() {
     let env = Env::new();
     setup_two_versions(&env);
-    let json = env.ok(&["query", "SELECT order_id, amount FROM orders WHERE order_id < 3 ORDER BY order_id", "--format", "json"]);
+    let json = env.ok(&[
+        "query",
+        "SELECT order_id, amount FROM orders WHERE order_id < 3 ORDER BY order_id",
+        "--format",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v, serde_json::json!([{"order_id": 1, "amount": 10}, {"order_id": 2, "amount": 10}]));
+    assert_eq!(
+        v,
+        serde_json::json!([{"order_id": 1, "amount": 10}, {"order_id": 2, "amount": 10}])
+    );
     let table = env.ok(&["query", "SELECT order_id FROM orders WHERE order_id = 1"]);
     assert!(table.contains("| order_id |") && table.contains("| 1        |"), "{table}");
     let empty = env.ok(&["query", "SELECT order_id FROM orders WHERE order_id < 0"]);
@@ -136,7 +179,10 @@ fn query_formats_and_files_agree_with_a_direct_parquet_read() {
     for p in &paths {
         assert!(std::path::Path::new(p).is_absolute(), "{p}");
         let file = std::fs::File::open(p).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             direct_rows += b.num_rows();
@@ -144,8 +190,12 @@ fn query_formats_and_files_agree_with_a_direct_parquet_read() {
             direct_sum += amount.iter().flatten().sum::<i64>();
         }
     }
-    assert_eq!(env.ok(&["query", "SELECT count(*) AS n, sum(amount) AS s FROM orders", "--format", "csv"]), format!("n,s\n{direct_rows},{direct_sum}\n"));
-    let j: serde_json::Value = serde_json::from_str(&env.ok(&["files", "orders", "--version", "1", "--json"])).unwrap();
+    assert_eq!(
+        env.ok(&["query", "SELECT count(*) AS n, sum(amount) AS s FROM orders", "--format", "csv"]),
+        format!("n,s\n{direct_rows},{direct_sum}\n")
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", "orders", "--version", "1", "--json"])).unwrap();
     assert_eq!(j["version"], 1);
     assert_eq!(j["files"].as_array().unwrap().len(), 2);
     assert_eq!(j["files"][0]["partition"], "order_date=2026-01-01");
@@ -180,8 +230,14 @@ fn same_input_gives_byte_identical_files() {
     env.ok(&["publish", "orders", "--from", "in.parquet", "--partition-by", "order_date"]);
     other.ok(&["publish", "orders", "--from", "in.parquet", "--partition-by", "order_date"]);
     let shas = |e: &Env| -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(&e.ok(&["files", "orders", "--json"])).unwrap();
-        v["files"].as_array().unwrap().iter().map(|f| f["sha256"].as_str().unwrap().to_string()).collect()
+        let v: serde_json::Value =
+            serde_json::from_str(&e.ok(&["files", "orders", "--json"])).unwrap();
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["sha256"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(shas(&env), shas(&other));
     assert_eq!(shas(&env).len(), 2);

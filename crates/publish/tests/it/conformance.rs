@@ -1,6 +1,8 @@
 //! The publish-protocol conformance suite. Every function takes a fresh, empty lake and must pass
 //! on every backend (`backends.rs` calls them for memory, local disk and S3).
 
+#![allow(deprecated)] // ParquetObjectReader: see crates/publish/src/input.rs
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -43,7 +45,12 @@ fn batch(rows: &[(i64, &str, i64)]) -> RecordBatch {
 }
 
 /// `n` rows per day for each day, ids starting at `first_id`, all with `amount`.
-fn days(days: &[&'static str], n: i64, first_id: i64, amount: i64) -> Vec<(i64, &'static str, i64)> {
+fn days(
+    days: &[&'static str],
+    n: i64,
+    first_id: i64,
+    amount: i64,
+) -> Vec<(i64, &'static str, i64)> {
     let mut rows = Vec::new();
     let mut id = first_id;
     for d in days {
@@ -71,7 +78,12 @@ async fn publish_rows(
     ds.publish(w.finish().await?, &options, ctx).await
 }
 
-async fn publish_days(ds: &Dataset, run: &str, minute: u32, rows: &[(i64, &str, i64)]) -> Published {
+async fn publish_days(
+    ds: &Dataset,
+    run: &str,
+    minute: u32,
+    rows: &[(i64, &str, i64)],
+) -> Published {
     publish_rows(ds, &ctx(run, minute), rows, by_day(), PublishOptions::default()).await.unwrap()
 }
 
@@ -141,12 +153,14 @@ pub async fn readers_see_old_or_new_never_a_mix(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     let all_days = ["2026-01-01", "2026-01-02", "2026-01-03"];
     publish_days(&ds, "run-1", 0, &days(&all_days, 20, 1, 1)).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (lake, ds, stop) = (lake.clone(), ds.clone(), stop.clone());
+        let (lake, ds, stop, reads) = (lake.clone(), ds.clone(), stop.clone(), reads.clone());
         tokio::spawn(async move {
             let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) || seen.len() < 2 {
+            while !stop.load(Ordering::SeqCst) {
                 let record = ds.current().await.unwrap();
                 let rows = read_rows(&lake, &record).await;
                 assert_eq!(rows.len() as u64, record.summary.rows);
@@ -160,20 +174,32 @@ pub async fn readers_see_old_or_new_never_a_mix(lake: Lake) {
                     assert!(in_part.iter().all(|r| r.2 == marker), "partition {} mixed", p.key);
                 }
                 seen.insert(record.version);
-                if seen.len() > 1 && stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
+                reads.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
             }
             seen
         })
     };
+    // Let the reader finish at least one read between publishes (bounded wait).
+    let wait_for_a_read = || async {
+        let before = reads.load(Ordering::SeqCst);
+        for _ in 0..2000 {
+            if reads.load(Ordering::SeqCst) > before {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the reader made no progress in 10 s");
+    };
+    wait_for_a_read().await;
     for k in 2..=6i64 {
         let day = all_days[(k % 3) as usize];
         publish_days(&ds, &format!("run-{k}"), k as u32, &days(&[day], 20, k * 100, k)).await;
+        wait_for_a_read().await;
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
-    assert!(!seen.is_empty());
+    assert!(seen.len() >= 2, "the reader saw versions {seen:?} while they were published");
     assert_eq!(ds.current().await.unwrap().version, 6);
 }
 
@@ -196,8 +222,9 @@ pub async fn staged_files_are_invisible_until_flip(lake: Lake) {
 
 pub async fn copy_on_write_reuses_untouched_partitions(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
-    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 4, 1, 1))
-        .await;
+    let v1 =
+        publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 4, 1, 1))
+            .await;
     let v2 = publish_days(&ds, "r2", 1, &days(&["2026-01-02"], 9, 100, 2)).await;
     assert_eq!(v2.record.parent, Some(1));
     let files = |r: &VersionRecord| -> BTreeMap<String, Vec<String>> {
@@ -241,13 +268,22 @@ pub async fn replace_all_must_be_explicit(lake: Lake) {
     assert_eq!(v2.record.summary.partitions_dropped, 2);
     assert_eq!(v2.record.reason.as_deref(), Some("restate"));
     // Changing the partitioning without --replace-all is refused.
-    let err = publish_rows(&ds, &ctx("r3", 2), &days(&["x"], 1, 1, 1), WriterOptions::default(), PublishOptions::default())
-        .await
-        .unwrap_err();
+    let err = publish_rows(
+        &ds,
+        &ctx("r3", 2),
+        &days(&["x"], 1, 1, 1),
+        WriterOptions::default(),
+        PublishOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_user_error() && err.to_string().contains("--replace-all"), "{err}");
     // An empty publish is refused unless replace-all.
     let w = ds.writer(&ctx("r4", 3), schema(), by_day()).unwrap();
-    let err = ds.publish(w.finish().await.unwrap(), &PublishOptions::default(), &ctx("r4", 3)).await.unwrap_err();
+    let err = ds
+        .publish(w.finish().await.unwrap(), &PublishOptions::default(), &ctx("r4", 3))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("nothing to publish"), "{err}");
     assert_eq!(ds.current().await.unwrap().version, 2);
 }
@@ -255,17 +291,24 @@ pub async fn replace_all_must_be_explicit(lake: Lake) {
 pub async fn eight_concurrent_publishers_one_winner(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     publish_days(&ds, "base", 0, &days(&["2026-01-01", "2026-01-02"], 5, 1, 0)).await;
-    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    // All eight prepare on the same parent (racing for version numbers), then all flip at once.
+    let prepared_barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let flip_barrier = Arc::new(tokio::sync::Barrier::new(8));
     let mut tasks = Vec::new();
     for k in 1..=8i64 {
-        let (ds, barrier) = (ds.clone(), barrier.clone());
+        let (ds, prepared_barrier, flip_barrier) =
+            (ds.clone(), prepared_barrier.clone(), flip_barrier.clone());
         tasks.push(tokio::spawn(async move {
             let c = ctx(&format!("w{k}"), k as u32);
             let mut w = ds.writer(&c, schema(), by_day()).unwrap();
             w.write(&batch(&days(&["2026-01-02"], 3, 1000 * k, k))).await.unwrap();
             let staged = w.finish().await.unwrap();
-            barrier.wait().await;
-            (k, ds.publish(staged, &PublishOptions::default(), &c).await)
+            prepared_barrier.wait().await;
+            let prepared = ds.prepare(staged, &PublishOptions::default(), &c).await.unwrap();
+            assert_eq!(prepared.record.parent, Some(1));
+            assert_eq!(prepared.record.publish_seq, 2);
+            flip_barrier.wait().await;
+            (k, ds.flip(prepared, &c).await)
         }));
     }
     let mut winners = Vec::new();
@@ -318,7 +361,10 @@ pub async fn rollback_is_a_pointer_flip(lake: Lake) {
     let added: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
     assert_eq!(added, vec![&layout::pointer_path("orders", 3).to_string()]);
     // Rolling back to the current version writes nothing.
-    assert!(matches!(ds.rollback(1, None, &ctx("rb2", 3)).await.unwrap(), RollbackOutcome::AlreadyCurrent(_)));
+    assert!(matches!(
+        ds.rollback(1, None, &ctx("rb2", 3)).await.unwrap(),
+        RollbackOutcome::AlreadyCurrent(_)
+    ));
     assert_eq!(ds.history().await.unwrap().len(), 3);
     // Forward again to 2.
     ds.rollback(2, None, &ctx("rb3", 4)).await.unwrap();
@@ -349,7 +395,17 @@ pub async fn history_records_every_flip(lake: Lake) {
     let h = ds.history().await.unwrap();
     let summary: Vec<_> = h
         .iter()
-        .map(|f| (f.seq, f.kind, f.from, f.to, f.run_id.as_str(), f.reason.as_deref(), f.at.format("%H:%M").to_string()))
+        .map(|f| {
+            (
+                f.seq,
+                f.kind,
+                f.from,
+                f.to,
+                f.run_id.as_str(),
+                f.reason.as_deref(),
+                f.at.format("%H:%M").to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -361,12 +417,16 @@ pub async fn history_records_every_flip(lake: Lake) {
     );
     assert_eq!(h[2].version, v1.record.brief(), "the entry describes the version it points at");
     let versions = ds.versions().await.unwrap();
-    assert_eq!(versions.iter().map(|v| (v.brief.version, v.current)).collect::<Vec<_>>(), vec![(1, true), (2, false)]);
+    assert_eq!(
+        versions.iter().map(|v| (v.brief.version, v.current)).collect::<Vec<_>>(),
+        vec![(1, true), (2, false)]
+    );
 }
 
 pub async fn verify_catches_changed_byte_and_missing_file(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
-    let v = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 3, 1, 1)).await;
+    let v = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02", "2026-01-03"], 3, 1, 1))
+        .await;
     let report = ds.verify(None).await.unwrap();
     assert_eq!(report.files_checked, 3);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -381,7 +441,10 @@ pub async fn verify_catches_changed_byte_and_missing_file(lake: Lake) {
     lake.store().delete(&Path::from(files[1].path.as_str())).await.unwrap();
     let report = ds.verify(Some(1)).await.unwrap();
     let found: Vec<_> = report.problems.iter().map(|p| (p.path.as_str(), p.problem)).collect();
-    assert_eq!(found, vec![(files[0].path.as_str(), "sha256"), (files[1].path.as_str(), "missing")]);
+    assert_eq!(
+        found,
+        vec![(files[0].path.as_str(), "sha256"), (files[1].path.as_str(), "missing")]
+    );
 }
 
 pub async fn crash_between_stage_and_flip_leaves_current_untouched(lake: Lake) {
@@ -392,7 +455,8 @@ pub async fn crash_between_stage_and_flip_leaves_current_untouched(lake: Lake) {
     let c = ctx("crashed", 1);
     let mut w = ds.writer(&c, schema(), by_day()).unwrap();
     w.write(&batch(&days(&["2026-01-02"], 7, 100, 9))).await.unwrap();
-    let prepared = ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
+    let prepared =
+        ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
     let orphan = prepared.record.version;
     drop(prepared);
     assert_eq!(ds.current().await.unwrap(), v1.record);
@@ -400,7 +464,10 @@ pub async fn crash_between_stage_and_flip_leaves_current_untouched(lake: Lake) {
     assert_eq!(read_rows(&lake, &ds.current().await.unwrap()).await.len(), 4);
     let err = ds.version(orphan).await.unwrap_err();
     assert!(matches!(err, Error::VersionNotFound { .. }), "{err}");
-    assert!(err.to_string().contains("never") || err.to_string().contains("lost a conflict"), "{err}");
+    assert!(
+        err.to_string().contains("never") || err.to_string().contains("lost a conflict"),
+        "{err}"
+    );
     let err = ds.rollback(orphan, None, &ctx("rb", 2)).await.unwrap_err();
     assert!(matches!(err, Error::VersionNotFound { .. }), "{err}");
     // The next run publishes normally, past the orphan's number.
@@ -419,7 +486,8 @@ pub async fn retried_flip_that_landed_is_not_a_conflict(lake: Lake) {
     let c = ctx("r2", 1);
     let mut w = ds.writer(&c, schema(), by_day()).unwrap();
     w.write(&batch(&days(&["2026-01-01"], 2, 10, 2))).await.unwrap();
-    let prepared = ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
+    let prepared =
+        ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
     let first = ds.flip(prepared.clone(), &c).await.unwrap();
     let again = ds.flip(prepared, &c).await.unwrap();
     assert_eq!(first.flip, again.flip);
@@ -443,7 +511,10 @@ pub async fn corrupt_or_truncated_json_is_reported(lake: Lake) {
     // Restore it, then break a version record instead.
     lake.store().put(&p, PutPayload::from(bytes)).await.unwrap();
     let v = layout::version_path("orders", 1);
-    lake.store().put(&v, PutPayload::from_static(b"{\"format\": \"strata.version.v1\"")).await.unwrap();
+    lake.store()
+        .put(&v, PutPayload::from_static(b"{\"format\": \"strata.version.v1\""))
+        .await
+        .unwrap();
     let err = ds.version(1).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert_eq!(ds.current().await.unwrap().version, 2, "other versions stay readable");
@@ -462,7 +533,8 @@ pub async fn schema_conflict_is_refused_and_nothing_changes(lake: Lake) {
         Field::new("day", DataType::Utf8, true),
         Field::new("amount", DataType::Utf8, false),
     ]));
-    let err = ds.check_compatible(&other, &["day".to_string()], false, "new.parquet").await.unwrap_err();
+    let err =
+        ds.check_compatible(&other, &["day".to_string()], false, "new.parquet").await.unwrap_err();
     assert!(matches!(err, Error::SchemaConflict { .. }) && err.is_user_error(), "{err}");
     assert!(err.to_string().contains("\"amount\" has type Int64"), "{err}");
     // Through the writer as well: staged files are removed again, nothing is published.
