@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --locked --quiet -p strata-cli
 strata="${CARGO_TARGET_DIR:-target}/debug/strata"
 export STRATA_LAKE="${STRATA_LAKE:-./lake}"
-step() { printf '\n\033[1m$ strata %s\033[0m\n' "$*"; "$strata" "$@"; }
+step() { printf '\n\033[1m$ strata'; printf ' %q' "$@"; printf '\033[0m\n'; "$strata" "$@"; }
 
 # Start from a clean demo lake, but never delete a lake the demo did not create.
 if [ -d "$STRATA_LAKE" ]; then

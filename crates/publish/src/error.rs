@@ -50,8 +50,8 @@ pub enum Error {
     /// Another writer flipped the pointer after this writer read it.
     #[error(
         "conflict: dataset {dataset:?} moved from pointer #{expected_seq} to #{found_seq} (version \
-         {found_version}, run {found_run}) while run {run_id} was publishing; nothing from run \
-         {run_id} is visible. Re-run it against the new current version"
+         {found_version}, run {found_run}) while {run_id} was committing; nothing from {run_id} is \
+         visible. Check `strata history {dataset}`, then re-run it against the new current version"
     )]
     Conflict {
         dataset: String,

@@ -124,7 +124,7 @@ impl Lake {
             .map_err(|e| Error::store("list", self.url(), e))?;
         let mut names = Vec::new();
         for prefix in listing.common_prefixes {
-            let Some(name) = prefix.parts().last().map(|p| p.as_ref().to_string()) else {
+            let Some(name) = prefix.filename().map(str::to_string) else {
                 continue;
             };
             if validate_dataset_name(&name).is_err() {

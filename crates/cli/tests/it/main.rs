@@ -5,6 +5,8 @@
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod bad_input;
 mod crash;
 mod harness;

@@ -242,3 +242,46 @@ fn same_input_gives_byte_identical_files() {
     assert_eq!(shas(&env), shas(&other));
     assert_eq!(shas(&env).len(), 2);
 }
+
+#[test]
+fn concurrent_publish_processes_never_lose_an_update() {
+    let env = Env::new();
+    env.orders_file("base.parquet", &rows(1, 2, "2026-01-01", 0));
+    env.ok(&["publish", "orders", "--from", "base.parquet", "--partition-by", "order_date"]);
+    for k in 1..=8 {
+        env.orders_file(&format!("p{k}.parquet"), &rows(100 * k, 3, "2026-01-02", k));
+    }
+    let children: Vec<_> = (1..=8)
+        .map(|k| {
+            let file = format!("p{k}.parquet");
+            env.cmd(&["publish", "orders", "--from", &file])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut succeeded = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        match out.status.code() {
+            Some(0) => succeeded += 1,
+            Some(2) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.starts_with("error: conflict: dataset \"orders\" moved"), "{err}");
+                assert!(err.contains("nothing from") && err.contains("re-run"), "{err}");
+            }
+            other => panic!("unexpected exit {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+    assert!(succeeded >= 1);
+    // Every success is exactly one publish in the history: no lost and no invisible update.
+    let history: serde_json::Value =
+        serde_json::from_str(&env.ok(&["history", "orders", "--json"])).unwrap();
+    let publishes = history.as_array().unwrap().iter().filter(|f| f["kind"] == "publish").count();
+    assert_eq!(publishes, 1 + succeeded);
+    // The current version holds the base partition and exactly one writer's 2026-01-02.
+    let csv = env.ok(&["query", "SELECT count(*) AS n, count(DISTINCT amount) AS writers FROM orders WHERE order_date = '2026-01-02'", "--format", "csv"]);
+    assert_eq!(csv, "n,writers\n3,1\n");
+    env.ok(&["verify", "orders"]);
+}

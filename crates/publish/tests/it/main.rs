@@ -5,5 +5,7 @@
 //! - `backends`: calls every conformance function on the in-memory store, on local disk, and on
 //!   S3 when `STRATA_TEST_S3_URL` is set (the README's test command sets it).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod backends;
 mod conformance;
