@@ -42,8 +42,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn dataset(settings: &Settings, name: &str, mode: OpenMode) -> anyhow::Result<Dataset> {
-    Ok(settings.open_lake(mode)?.dataset(name)?)
+async fn dataset(settings: &Settings, name: &str, mode: OpenMode) -> anyhow::Result<Dataset> {
+    Ok(settings.open_lake(mode).await?.dataset(name)?)
 }
 
 /// The Parquet files named by `--from`: files as given, directories searched recursively for
@@ -119,7 +119,7 @@ async fn publish(
         }
     }
     strata_publish::partition_columns(&schema, &args.partition_by)?;
-    let lake = settings.open_lake(OpenMode::Create)?;
+    let lake = settings.open_lake(OpenMode::Create).await?;
     let ds = lake.dataset(&args.dataset)?;
     let current = ds.check_compatible(&schema, &args.partition_by, true, "").await?;
     // A partitioned dataset keeps its partitioning unless told otherwise.
@@ -202,7 +202,7 @@ async fn datasets(
     args: ListArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let lake = settings.open_lake(OpenMode::Existing)?;
+    let lake = settings.open_lake(OpenMode::Existing).await?;
     let mut rows = Vec::new();
     for name in lake.datasets().await? {
         let head = lake.dataset(&name)?.require_head().await?;
@@ -252,7 +252,7 @@ async fn versions(
     args: DatasetArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
     let versions = ds.versions().await?;
     if args.json {
         output::json(out, &versions)?;
@@ -286,7 +286,7 @@ async fn history(
     args: DatasetArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
     let history = ds.history().await?;
     if args.json {
         output::json(out, &history)?;
@@ -315,7 +315,7 @@ async fn rollback(
     args: RollbackArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
     let ctx = run_context()?;
     let outcome = ds.rollback(args.to, args.reason, &ctx).await?;
     let (flip, changed) = match &outcome {
@@ -345,7 +345,7 @@ async fn query(
     args: QueryArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let lake = settings.open_lake(OpenMode::Existing)?;
+    let lake = settings.open_lake(OpenMode::Existing).await?;
     let ctx = session_for_lake(&lake, QueryOptions::default()).await?;
     let stream = plan(&ctx, &args.sql).await?;
     write_stream(stream, args.format, out).await?;
@@ -421,7 +421,7 @@ async fn verify(
     args: VerifyArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let ds = dataset(settings, &args.dataset, OpenMode::Existing)?;
+    let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
     let report = ds.verify(args.version).await?;
     let ok = report.problems.is_empty();
     if args.json {
@@ -465,7 +465,7 @@ async fn files(
     args: FilesArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let lake = settings.open_lake(OpenMode::Existing)?;
+    let lake = settings.open_lake(OpenMode::Existing).await?;
     let ds = lake.dataset(&args.dataset)?;
     let record = match args.version {
         Some(v) => ds.version(v).await?,

@@ -24,8 +24,11 @@ impl Settings {
         Settings { lake_url }
     }
 
-    pub fn open_lake(&self, mode: OpenMode) -> anyhow::Result<Lake> {
-        Ok(Lake::open(&self.lake_url, mode)?)
+    /// Opens the lake and checks that its store answers (one request on S3).
+    pub async fn open_lake(&self, mode: OpenMode) -> anyhow::Result<Lake> {
+        let lake = Lake::open(&self.lake_url, mode)?;
+        lake.probe().await?;
+        Ok(lake)
     }
 }
 

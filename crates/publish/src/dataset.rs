@@ -31,8 +31,8 @@ const IO_CONCURRENCY: usize = 32;
 /// How many version numbers a publish tries before giving up (each failure means another
 /// writer took the number, so this bounds the number of concurrent writers, not retries).
 const MAX_VERSION_ATTEMPTS: u64 = 10_000;
-/// How many times a flip whose outcome the store did not report is attempted again.
-const FLIP_ATTEMPTS: u32 = 4;
+/// How many times a create-if-absent whose outcome the store did not report is attempted.
+const CREATE_ATTEMPTS: u32 = 5;
 
 /// Options of a publish.
 #[derive(Debug, Clone, Default)]
@@ -364,7 +364,7 @@ impl Dataset {
         let mut version = protocol::first_candidate_version(head.as_ref());
         let mut written = staged.partitions;
         let merged_base = parent.as_ref();
-        for attempt in 0..MAX_VERSION_ATTEMPTS {
+        for _ in 0..MAX_VERSION_ATTEMPTS {
             for p in &mut written {
                 p.written_in = version;
             }
@@ -386,25 +386,18 @@ impl Dataset {
                 evidence: staged.evidence.clone(),
             };
             let path = layout::version_path(&self.name, version);
-            match self.create_json(&path, &record, "version record").await? {
-                Created::Yes => {
+            match self.create_resolving(&path, &record, "version record").await? {
+                Outcome::Ours => {
                     crash::point("after-version-record");
                     return Ok(Prepared { record, head });
                 }
-                Created::AlreadyExists => {
-                    // Ours from an earlier attempt whose answer was lost?
-                    if let Ok(Some(existing)) = self.read_record(version).await {
-                        if existing == record {
-                            return Ok(Prepared { record, head });
-                        }
-                    }
+                Outcome::Theirs(_) => {
                     // Another writer took this number. If the pointer moved, we lost already.
                     let now = self.head().await?;
                     if now.as_ref().map(|h| h.seq) != head.as_ref().map(|h| h.seq) {
                         return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
                     }
                     version += 1;
-                    let _ = attempt;
                 }
             }
         }
@@ -460,46 +453,57 @@ impl Dataset {
         }
     }
 
-    /// Creates a pointer entry, resolving lost answers by reading back what is there.
+    /// Creates a pointer entry. Succeeds if the entry is ours (whether this attempt or an
+    /// earlier one whose answer was lost wrote it); [`Error::Conflict`] if another writer's entry
+    /// is there; [`Error::UnknownCommit`] if the store never let us find out.
     async fn create_flip(&self, flip: &Flip) -> Result<()> {
         let path = layout::pointer_path(&self.name, flip.seq);
-        let mut last_error = None;
-        for attempt in 0..FLIP_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+        match self.create_resolving(&path, flip, "pointer entry").await {
+            Ok(Outcome::Ours) => Ok(()),
+            Ok(Outcome::Theirs(found)) => {
+                Err(self.conflict(&flip.run_id, flip.seq - 1, found.as_ref()))
             }
-            let outcome = self.create_json(&path, flip, "pointer entry").await;
-            match outcome {
-                Ok(Created::Yes) => return Ok(()),
-                Ok(Created::AlreadyExists) => {
-                    return match self.read_flip(flip.seq).await? {
-                        Some(found) if found == *flip => Ok(()),
-                        found => Err(self.conflict(&flip.run_id, flip.seq - 1, found.as_ref())),
-                    };
-                }
-                Err(e) => {
-                    // The request may or may not have landed. Look before trying again.
-                    match self.read_flip(flip.seq).await {
-                        Ok(Some(found)) if found == *flip => return Ok(()),
-                        Ok(Some(found)) => {
-                            return Err(self.conflict(&flip.run_id, flip.seq - 1, Some(&found)))
-                        }
-                        Ok(None) => {}
-                        Err(read_err) => {
-                            last_error = Some(format!("{e}; then reading back: {read_err}"))
-                        }
-                    }
-                    if last_error.is_none() {
-                        last_error = Some(e.to_string());
-                    }
-                }
+            Err(e) => Err(Error::UnknownCommit {
+                dataset: self.name.clone(),
+                run_id: flip.run_id.clone(),
+                detail: error_chain(&e),
+            }),
+        }
+    }
+
+    /// Create-if-absent that survives lost answers: after an "already exists" or an error, the
+    /// object is read back. Identical content is ours (an earlier attempt landed); other content is
+    /// theirs; nothing there means the create is tried again. Errors only when no attempt got a
+    /// definite answer.
+    async fn create_resolving<T>(
+        &self,
+        path: &Path,
+        value: &T,
+        what: &'static str,
+    ) -> Result<Outcome<T>>
+    where
+        T: Serialize + DeserializeOwned + PartialEq,
+    {
+        let mut last_error = None;
+        for attempt in 0..CREATE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            match self.create_json(path, value, what).await {
+                Ok(Created::Yes) => return Ok(Outcome::Ours),
+                Ok(Created::AlreadyExists) => {}
+                Err(e) => last_error = Some(e),
+            }
+            match self.read_json::<T>(path).await {
+                Ok(Some(found)) if found == *value => return Ok(Outcome::Ours),
+                Ok(Some(found)) => return Ok(Outcome::Theirs(Some(found))),
+                Ok(None) => {}
+                Err(e @ Error::Corrupt { .. }) => return Err(e),
+                Err(e) => last_error = Some(e),
             }
         }
-        Err(Error::UnknownCommit {
-            dataset: self.name.clone(),
-            run_id: flip.run_id.clone(),
-            detail: last_error.unwrap_or_default(),
-        })
+        Err(last_error
+            .unwrap_or_else(|| Error::Usage(format!("{path} kept vanishing after creation"))))
     }
 
     /// Stages, prepares and flips in one call.
@@ -654,4 +658,22 @@ impl Dataset {
 enum Created {
     Yes,
     AlreadyExists,
+}
+
+/// Whose object stands at a path after a resolved create-if-absent.
+enum Outcome<T> {
+    Ours,
+    Theirs(Option<T>),
+}
+
+/// An error with its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }

@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::dataset::Dataset;
@@ -44,21 +47,10 @@ impl Lake {
     pub fn open(url: &str, mode: OpenMode) -> Result<Lake> {
         let lake_err = |detail: String| Error::Lake { url: url.to_string(), detail };
         if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
+            if rest.split('/').next().unwrap_or("").is_empty() {
                 return Err(lake_err("the URL names no bucket; use s3://bucket/prefix".into()));
             }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| lake_err(format!("{e}; check the AWS_* variables")))?;
-            let prefix = prefix.trim_matches('/');
-            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(PrefixStore::new(s3, prefix))
-            };
-            return Ok(Lake { store, url: format!("s3://{bucket}/{prefix}") });
+            return Lake::open_s3_with(url, &[]);
         }
         if url == "memory://" || url == "memory:" {
             return Ok(Lake::from_store(Arc::new(InMemory::new()), "memory://"));
@@ -93,6 +85,63 @@ impl Lake {
             .map_err(|e| lake_err(format!("{e}")))?
             .with_automatic_cleanup(true);
         Ok(Lake { store: Arc::new(store), url: url.to_string() })
+    }
+
+    /// Opens an `s3://` lake with extra configuration on top of the `AWS_*` variables, for
+    /// example `[("aws_endpoint", "http://127.0.0.1:9000")]`. Keys are object_store's
+    /// `AmazonS3ConfigKey` names.
+    pub fn open_s3_with(url: &str, overrides: &[(&str, &str)]) -> Result<Lake> {
+        let lake_err = |detail: String| Error::Lake { url: url.to_string(), detail };
+        let rest = url.strip_prefix("s3://").ok_or_else(|| lake_err("not an s3:// URL".into()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let s3 = s3_builder(bucket, overrides)?
+            .build()
+            .map_err(|e| lake_err(format!("{e}; check the AWS_* variables")))?;
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> =
+            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
+        Ok(Lake { store, url: format!("s3://{bucket}/{prefix}") })
+    }
+
+    /// Checks that the lake's store answers, with one cheap request, and turns the usual
+    /// misconfigurations (unreachable endpoint, missing bucket, bad credentials) into one clear
+    /// [`Error::Lake`]. Local and in-memory lakes need no check.
+    pub async fn probe(&self) -> Result<()> {
+        if !self.url.starts_with("s3://") {
+            return Ok(());
+        }
+        let lake_err = |detail: String| Error::Lake { url: self.url.clone(), detail };
+        match self.store.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = crate::dataset::error_chain(&e);
+                let endpoint = std::env::var("AWS_ENDPOINT")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                    .unwrap_or_else(|_| "the AWS default endpoint".into());
+                Err(lake_err(
+                    if text.contains("NoSuchBucket")
+                        || matches!(e, object_store::Error::NotFound { .. })
+                    {
+                        "the bucket does not exist; create it, or fix the bucket name in the URL"
+                            .into()
+                    } else if matches!(
+                        e,
+                        object_store::Error::PermissionDenied { .. }
+                            | object_store::Error::Unauthenticated { .. }
+                    ) || text.contains("InvalidAccessKeyId")
+                        || text.contains("SignatureDoesNotMatch")
+                    {
+                        "access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()
+                    } else {
+                        format!(
+                        "cannot reach {endpoint} ({}); check AWS_ENDPOINT and AWS_ALLOW_HTTP, and \
+                         that the server is running",
+                        root_cause(&e)
+                    )
+                    },
+                ))
+            }
+        }
     }
 
     /// A lake over an existing store; `url` is only used in messages.
@@ -152,4 +201,46 @@ impl Lake {
             Err(e) => Err(Error::store("read", path, e)),
         }
     }
+}
+
+/// The S3 client configuration strata uses: the standard `AWS_*` variables, conditional PUT on
+/// (`If-None-Match`), bounded retries with exponential backoff for 5xx answers, timeouts and
+/// connection errors, then `overrides`.
+fn s3_builder(bucket: &str, overrides: &[(&str, &str)]) -> Result<AmazonS3Builder> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(3),
+                base: 2.0,
+            },
+            max_retries: 6,
+            retry_timeout: Duration::from_secs(60),
+        });
+    if std::env::var_os("AWS_CONNECT_TIMEOUT").is_none() {
+        builder =
+            builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s");
+    }
+    if std::env::var_os("AWS_TIMEOUT").is_none() {
+        builder = builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "60s");
+    }
+    for (key, value) in overrides {
+        let key: AmazonS3ConfigKey = key.parse().map_err(|e| Error::Lake {
+            url: format!("s3://{bucket}"),
+            detail: format!("unknown S3 setting {key:?}: {e}"),
+        })?;
+        builder = builder.with_config(key, *value);
+    }
+    Ok(builder)
+}
+
+/// The innermost source of an error: the part that names the actual cause.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }

@@ -5,8 +5,19 @@ use crate::harness::{rows, Env};
 
 #[test]
 fn crash_points_of_publish_leave_current_untouched() {
+    crash_points(Env::new);
+}
+
+#[test]
+fn crash_points_of_publish_leave_current_untouched_s3() {
+    if Env::s3().is_some() {
+        crash_points(|| Env::s3().unwrap());
+    }
+}
+
+fn crash_points(make: impl Fn() -> Env) {
     for point in ["mid-file-write", "after-stage", "after-version-record"] {
-        let env = Env::new();
+        let env = make();
         env.orders_file("v1.parquet", &rows(1, 3, "2026-01-01", 10));
         env.orders_file("v2.parquet", &rows(10, 5, "2026-01-01", 99));
         env.ok(&["publish", "orders", "--from", "v1.parquet", "--partition-by", "order_date"]);

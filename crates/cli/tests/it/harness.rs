@@ -9,20 +9,50 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 
-/// A temporary directory with a lake in it (`<dir>/lake`) and room for input files.
+/// A temporary directory for input files, and a lake: `<dir>/lake` on local disk, or a fresh
+/// prefix of the S3 test bucket.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The lake URL passed with `--lake`.
+    pub lake_url: String,
     /// Extra environment for every command.
     pub vars: Vec<(String, String)>,
 }
 
 impl Env {
+    /// A local lake.
     pub fn new() -> Self {
-        Env { dir: tempfile::tempdir().expect("tempdir"), vars: Vec::new() }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake_url = dir.path().join("lake").display().to_string();
+        Env { dir, lake_url, vars: Vec::new() }
     }
 
+    /// A lake on the S3 test server, or `None` (with a visible note) when `STRATA_TEST_S3_URL`
+    /// is unset: `./scripts/test.sh` starts the server and sets it.
+    pub fn s3() -> Option<Self> {
+        let Ok(base) = std::env::var("STRATA_TEST_S3_URL") else {
+            s3_skipped_note();
+            return None;
+        };
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let lake_url = format!(
+            "{}/cli-{}-{}",
+            base.trim_end_matches('/'),
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        Some(Env { dir: tempfile::tempdir().expect("tempdir"), lake_url, vars: Vec::new() })
+    }
+
+    pub fn is_s3(&self) -> bool {
+        self.lake_url.starts_with("s3://")
+    }
+
+    /// The local lake directory (local lakes only).
     pub fn lake(&self) -> PathBuf {
-        self.dir.path().join("lake")
+        assert!(!self.is_s3(), "lake() is for local lakes");
+        PathBuf::from(&self.lake_url)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -33,7 +63,7 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
         c.current_dir(self.dir.path()).env_remove("STRATA_LAKE").env_remove("STRATA_CRASH_AT");
-        c.arg("--lake").arg(self.lake());
+        c.arg("--lake").arg(&self.lake_url);
         c.args(args);
         for (k, v) in &self.vars {
             c.env(k, v);
@@ -81,10 +111,42 @@ impl Env {
         path
     }
 
-    /// Every file of the lake with the sha256 of its content.
+    /// Every object of the lake with the sha256 of its content.
     pub fn snapshot(&self) -> BTreeMap<String, String> {
-        snapshot(&self.lake())
+        if !self.is_s3() {
+            return snapshot(&self.lake());
+        }
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        use sha2::{Digest, Sha256};
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let lake =
+                strata_publish::Lake::open(&self.lake_url, strata_publish::OpenMode::Existing)
+                    .expect("lake");
+            let metas: Vec<_> = lake.store().list(None).try_collect().await.expect("list");
+            let mut out = BTreeMap::new();
+            for m in metas {
+                let bytes =
+                    lake.store().get(&m.location).await.expect("get").bytes().await.expect("bytes");
+                out.insert(m.location.to_string(), hex::encode(Sha256::digest(&bytes)));
+            }
+            out
+        })
     }
+}
+
+/// Says once per test binary, where libtest's capture cannot hide it, that S3 tests were skipped.
+pub fn s3_skipped_note() {
+    use std::io::Write;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTE: S3 end-to-end tests SKIPPED: STRATA_TEST_S3_URL is not set. Run ./scripts/test.sh \
+             to start the local S3 test server and run them."
+        );
+    });
 }
 
 pub fn orders_schema() -> Arc<Schema> {

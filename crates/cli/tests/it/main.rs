@@ -3,7 +3,8 @@
 //! - `harness`: running the binary on a temporary lake, writing input Parquet, snapshotting a lake;
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
-//! - `crash`: the real binary aborted at named crash points leaves the published state untouched.
+//! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
+//! - `s3`: S3 configuration errors and credential hygiene.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -11,3 +12,4 @@ mod bad_input;
 mod crash;
 mod harness;
 mod publish_flow;
+mod s3;

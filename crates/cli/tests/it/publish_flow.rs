@@ -19,9 +19,19 @@ fn setup_two_versions(env: &Env) {
 }
 
 #[test]
-fn publish_list_rollback_query_verify() {
-    let env = Env::new();
-    setup_two_versions(&env);
+fn publish_list_rollback_query_verify_local() {
+    publish_list_rollback_query_verify(&Env::new());
+}
+
+#[test]
+fn publish_list_rollback_query_verify_s3() {
+    if let Some(env) = Env::s3() {
+        publish_list_rollback_query_verify(&env);
+    }
+}
+
+fn publish_list_rollback_query_verify(env: &Env) {
+    setup_two_versions(env);
 
     let datasets = env.ok(&["datasets"]);
     assert!(datasets.lines().next().unwrap().starts_with("DATASET"), "{datasets}");
@@ -86,6 +96,13 @@ fn publish_list_rollback_query_verify() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["report"]["files_checked"], 2);
+    let files = env.ok(&["files", "orders"]);
+    let prefix = if env.is_s3() {
+        env.lake_url.clone()
+    } else {
+        std::fs::canonicalize(env.lake()).unwrap().display().to_string()
+    };
+    assert!(files.lines().all(|l| l.starts_with(&format!("{prefix}/orders/run_id="))), "{files}");
 }
 
 fn run_id_of(line: &str) -> String {
@@ -245,7 +262,17 @@ fn same_input_gives_byte_identical_files() {
 
 #[test]
 fn concurrent_publish_processes_never_lose_an_update() {
-    let env = Env::new();
+    concurrent_publishes(&Env::new());
+}
+
+#[test]
+fn concurrent_publish_processes_never_lose_an_update_s3() {
+    if let Some(env) = Env::s3() {
+        concurrent_publishes(&env);
+    }
+}
+
+fn concurrent_publishes(env: &Env) {
     env.orders_file("base.parquet", &rows(1, 2, "2026-01-01", 0));
     env.ok(&["publish", "orders", "--from", "base.parquet", "--partition-by", "order_date"]);
     for k in 1..=8 {

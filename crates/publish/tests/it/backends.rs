@@ -53,10 +53,16 @@ fn local() -> Option<(Lake, tempfile::TempDir)> {
 /// the variable is unset.
 fn s3() -> Option<(Lake, ())> {
     let Ok(base) = std::env::var("STRATA_TEST_S3_URL") else {
-        eprintln!(
-            "S3 conformance skipped: STRATA_TEST_S3_URL is not set. Run `./scripts/test.sh`, which \
-             starts a local S3 server and sets it."
-        );
+        use std::io::Write;
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Written to the real stderr, past libtest's capture, so that it is always seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTE: S3 conformance tests SKIPPED: STRATA_TEST_S3_URL is not set. Run \
+                 ./scripts/test.sh to start the local S3 test server and run them."
+            );
+        });
         return None;
     };
     use std::sync::atomic::{AtomicU64, Ordering};
