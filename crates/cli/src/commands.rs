@@ -51,8 +51,12 @@ async fn dataset(settings: &Settings, name: &str, mode: OpenMode) -> anyhow::Res
 fn input_files(from: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in from {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| user_error!("cannot read --from {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            user_error!(
+                "cannot read --from {}: {e}; check the path (files or directories of *.parquet)",
+                path.display()
+            )
+        })?;
         if meta.is_dir() {
             let before = files.len();
             collect_parquet(path, &mut files)?;

@@ -9,7 +9,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// A dataset name, column name or partition value is not allowed.
-    #[error("invalid {what} {value:?}: {reason}")]
+    #[error("invalid {what} {value:?}: {reason}; nothing was written")]
     InvalidName { what: &'static str, value: String, reason: String },
 
     /// The dataset has no published version in this lake.

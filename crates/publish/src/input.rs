@@ -32,14 +32,17 @@ impl ParquetInput {
         let meta = match store.head(&path).await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(invalid("no such file".into()));
+                return Err(invalid("no such file; check the path".into()));
             }
             Err(e) => return Err(Error::store("read", &display, e)),
         };
         let reader = ParquetObjectReader::new(store, path).with_file_size(meta.size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| invalid(format!("it is not a readable Parquet file ({e})")))?;
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| {
+            invalid(format!(
+                "it is not a readable Parquet file ({e}); convert it to Parquet or leave it out \
+                     of --from"
+            ))
+        })?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         // Keep names, types and nullability; drop writer-specific metadata (pandas, Spark…) so
         // schemas compare on what matters.
@@ -55,7 +58,7 @@ impl ParquetInput {
     pub async fn next_batch(&mut self) -> Result<Option<arrow::array::RecordBatch>> {
         let batch = self.stream.try_next().await.map_err(|e| Error::InvalidInput {
             path: self.display.clone(),
-            detail: format!("it is damaged ({e})"),
+            detail: format!("it is damaged ({e}); re-export it, or leave it out of --from"),
         })?;
         Ok(match batch {
             Some(b) => {

@@ -128,6 +128,11 @@ fn unsafe_names_and_partition_values() {
         );
     }
     assert!(!env.dir.path().join("etc").exists());
+    // On a fresh lake, a refused name does not even create the lake directory.
+    let fresh = Env::new();
+    fresh.orders_file("ok.parquet", &rows(1, 1, "2026-01-05", 1));
+    fresh.user_error(&["publish", "../x", "--from", "ok.parquet"]);
+    assert!(!fresh.lake().exists());
 }
 
 #[test]
