@@ -103,6 +103,8 @@ async fn publish(
     args: PublishArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
+    // Refuse a bad name before anything, even the lake directory, is created.
+    strata_publish::names::validate_dataset_name(&args.dataset)?;
     let files = input_files(&args.from)?;
     let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
     let mut inputs = Vec::with_capacity(files.len());
