@@ -52,7 +52,9 @@ pub fn parse_table_name(name: &str) -> Option<(&str, Option<u64>)> {
 /// A session whose default schema is the lake: `SELECT * FROM orders` reads the current version
 /// of `orders`, `SELECT * FROM "orders@3"` reads version 3.
 pub async fn session_for_lake(lake: &Lake, options: QueryOptions) -> Result<SessionContext> {
-    let mut config = SessionConfig::new().with_batch_size(options.batch_size);
+    // information_schema makes `SHOW TABLES` and `information_schema.tables` list the datasets.
+    let mut config =
+        SessionConfig::new().with_batch_size(options.batch_size).with_information_schema(true);
     if options.target_partitions > 0 {
         config = config.with_target_partitions(options.target_partitions);
     }

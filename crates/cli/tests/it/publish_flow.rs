@@ -312,3 +312,27 @@ fn concurrent_publishes(env: &Env) {
     assert_eq!(csv, "n,writers\n3,1\n");
     env.ok(&["verify", "orders"]);
 }
+
+#[test]
+fn names_from_datasets_work_in_sql_double_quoted_where_needed() {
+    let env = Env::new();
+    env.orders_file("a.parquet", &rows(1, 2, "2026-01-01", 1));
+    env.orders_file("b.parquet", &rows(1, 3, "2026-01-01", 1));
+    env.ok(&["publish", "cleaned.orders", "--from", "a.parquet"]);
+    env.ok(&["publish", "Orders-2", "--from", "b.parquet"]);
+    env.ok(&["publish", "daily_revenue", "--from", "a.parquet"]);
+    let names: Vec<String> = env
+        .ok(&["datasets"])
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["Orders-2", "cleaned.orders", "daily_revenue"]);
+    let count = |sql: &str| env.ok(&["query", sql, "--format", "csv"]);
+    assert_eq!(count("SELECT count(*) AS n FROM \"cleaned.orders\""), "n\n2\n");
+    assert_eq!(count("SELECT count(*) AS n FROM \"Orders-2\""), "n\n3\n");
+    assert_eq!(count("SELECT count(*) AS n FROM daily_revenue"), "n\n2\n");
+    assert_eq!(count("SELECT count(*) AS n FROM \"cleaned.orders@1\""), "n\n2\n");
+    let tables = count("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name");
+    assert_eq!(tables, "table_name\nOrders-2\ncleaned.orders\ndaily_revenue\n");
+}
