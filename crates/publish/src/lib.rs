@@ -63,4 +63,6 @@ pub use dataset::{
 pub use error::{Error, Result};
 pub use lake::{Lake, OpenMode};
 pub use model::{FileEntry, Flip, FlipKind, PartitionEntry, Summary, VersionBrief, VersionRecord};
-pub use writer::{partition_columns, Staged, StagingWriter, WriterOptions};
+pub use writer::{
+    partition_columns, writer_properties, ParquetSink, Staged, StagingWriter, WriterOptions,
+};

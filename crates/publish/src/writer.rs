@@ -6,6 +6,7 @@
 //! inputs give byte-identical files.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use object_store::ObjectStore;
 use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -88,13 +90,72 @@ struct PartitionWriter {
     key: String,
     values: Vec<Option<String>>,
     done: Vec<FileEntry>,
-    open: Option<OpenFile>,
+    open: Option<ParquetSink>,
 }
 
-struct OpenFile {
+/// One Parquet file being written to a store, hashed and counted on the way.
+pub struct ParquetSink {
     path: String,
     writer: AsyncArrowWriter<HashingWriter>,
     rows: u64,
+}
+
+impl std::fmt::Debug for ParquetSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetSink").field("path", &self.path).field("rows", &self.rows).finish()
+    }
+}
+
+impl ParquetSink {
+    /// Starts a file at `path` (relative to the store root). Nothing is visible at `path` until
+    /// [`ParquetSink::finish`] (small files are one PUT; large ones a multipart upload).
+    pub fn create(
+        store: Arc<dyn ObjectStore>,
+        path: String,
+        schema: SchemaRef,
+        props: WriterProperties,
+    ) -> Result<Self> {
+        let sink = HashingWriter::new(BufWriter::new(store, Path::from(path.as_str())));
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(props))
+            .map_err(|source| Error::Parquet { path: path.clone(), source })?;
+        Ok(ParquetSink { path, writer, rows: 0 })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|source| Error::Parquet { path: self.path.clone(), source })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the file and returns its path, size, row count and sha256.
+    pub async fn finish(mut self) -> Result<FileEntry> {
+        self.writer
+            .finish()
+            .await
+            .map_err(|source| Error::Parquet { path: self.path.clone(), source })?;
+        let sink = self.writer.into_inner();
+        Ok(FileEntry {
+            path: self.path,
+            size: sink.bytes,
+            rows: self.rows,
+            sha256: hex::encode(sink.hasher.finalize()),
+        })
+    }
+}
+
+/// The Parquet writer properties strata uses for data files.
+pub fn writer_properties(max_row_group_size: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(max_row_group_size))
+        .build()
 }
 
 /// The rows of one partition in a batch: key, values, row indices.
@@ -151,10 +212,7 @@ impl StagingWriter {
         options: WriterOptions,
     ) -> Result<Self> {
         let partition_cols = partition_columns(&schema, &options.partition_by)?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(options.max_row_group_size))
-            .build();
+        let props = writer_properties(options.max_row_group_size);
         Ok(StagingWriter {
             dataset,
             run_id,
@@ -252,29 +310,23 @@ impl StagingWriter {
             if writer.open.is_none() {
                 let path =
                     layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
-                let sink = HashingWriter::new(BufWriter::new(
-                    self.dataset.lake().store().clone(),
-                    Path::from(path.as_str()),
-                ));
-                let w =
-                    AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
-                        .map_err(|source| Error::Parquet { path: path.clone(), source })?;
-                writer.open = Some(OpenFile { path, writer: w, rows: 0 });
+                let store = self.dataset.lake().store().clone();
+                writer.open = Some(ParquetSink::create(
+                    store,
+                    path,
+                    self.schema.clone(),
+                    self.props.clone(),
+                )?);
             }
             let file = writer.open.as_mut().expect("opened above");
-            let room = (self.options.max_rows_per_file - file.rows) as usize;
+            let room = (self.options.max_rows_per_file - file.rows()) as usize;
             let take = room.min(batch.num_rows() - offset);
-            let slice = batch.slice(offset, take);
-            file.writer
-                .write(&slice)
-                .await
-                .map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
-            file.rows += take as u64;
+            file.write(&batch.slice(offset, take)).await?;
             offset += take;
             self.rows += take as u64;
-            if file.rows >= self.options.max_rows_per_file {
+            if file.rows() >= self.options.max_rows_per_file {
                 let file = writer.open.take().expect("open");
-                writer.done.push(close_file(file).await?);
+                writer.done.push(file.finish().await?);
             }
         }
         Ok(())
@@ -290,7 +342,7 @@ impl StagingWriter {
         let mut partitions = Vec::with_capacity(self.partitions.len());
         for (_, mut p) in self.partitions {
             if let Some(file) = p.open.take() {
-                p.done.push(close_file(file).await?);
+                p.done.push(file.finish().await?);
             }
             partitions.push(PartitionEntry {
                 rows: p.done.iter().map(|f| f.rows).sum(),
@@ -313,20 +365,6 @@ impl StagingWriter {
             evidence: None,
         })
     }
-}
-
-async fn close_file(mut file: OpenFile) -> Result<FileEntry> {
-    file.writer
-        .finish()
-        .await
-        .map_err(|source| Error::Parquet { path: file.path.clone(), source })?;
-    let sink = file.writer.into_inner();
-    Ok(FileEntry {
-        path: file.path,
-        size: sink.bytes,
-        rows: file.rows,
-        sha256: hex::encode(sink.hasher.finalize()),
-    })
 }
 
 /// An [`AsyncFileWriter`] that hashes and counts every byte on its way to the store.
