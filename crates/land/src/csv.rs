@@ -95,13 +95,11 @@ impl CsvReader {
             self.advance(&span);
             return Some(Ok(CsvItem::Blank { line }));
         }
-        let parsed = parse_fields(bytes, self.delimiter).and_then(|fields| {
-            match self.expected {
-                Some(n) if fields.len() != n => {
-                    Err(format!("expected {n} fields, found {}", fields.len()))
-                }
-                _ => Ok(fields),
+        let parsed = parse_fields(bytes, self.delimiter).and_then(|fields| match self.expected {
+            Some(n) if fields.len() != n => {
+                Err(format!("expected {n} fields, found {}", fields.len()))
             }
+            _ => Ok(fields),
         });
         let item = match parsed {
             Ok(fields) => match to_strings(fields) {
@@ -118,7 +116,9 @@ impl CsvReader {
                 let reason = if reason.contains("quot") {
                     reason
                 } else {
-                    format!("broken quoting: an open quote runs past the end of the line ({reason})")
+                    format!(
+                        "broken quoting: an open quote runs past the end of the line ({reason})"
+                    )
                 };
                 self.pos = (first_end + 1).min(self.buf.len());
                 self.line += 1;
@@ -137,12 +137,17 @@ impl CsvReader {
         }
         match item {
             CsvItem::Blank { .. } => Ok(item),
-            CsvItem::Bad { line, reason, .. } => Err(format!("the header (line {line}) cannot be read: {reason}")),
+            CsvItem::Bad { line, reason, .. } => {
+                Err(format!("the header (line {line}) cannot be read: {reason}"))
+            }
             CsvItem::Record { line, fields } => {
                 let mut seen = std::collections::HashSet::new();
                 for (i, f) in fields.iter().enumerate() {
                     if f.trim().is_empty() {
-                        return Err(format!("the header (line {line}) has an empty name for column {}", i + 1));
+                        return Err(format!(
+                            "the header (line {line}) has an empty name for column {}",
+                            i + 1
+                        ));
                     }
                     if !seen.insert(f.as_str()) {
                         return Err(format!("the header (line {line}) names column {f:?} twice"));
@@ -307,7 +312,8 @@ mod tests {
 
     #[test]
     fn well_formed_with_quotes_newlines_and_crlf() {
-        let input = b"id,name,note\r\n1,\"Smith, J\",\"said \"\"hi\"\"\"\r\n2,Ann,\"two\nlines\"\n3,,\n";
+        let input =
+            b"id,name,note\r\n1,\"Smith, J\",\"said \"\"hi\"\"\"\r\n2,Ann,\"two\nlines\"\n3,,\n";
         for chunk in [1, 2, 5, 1000] {
             let (items, err) = read_all(input, chunk);
             assert_eq!(err, None);
@@ -347,10 +353,18 @@ mod tests {
             assert!(summary[3].1.starts_with("bad invalid UTF-8 in field 1"), "{:?}", summary[3]);
             assert_eq!(summary[3].0, 4);
             assert!(summary[4].1.starts_with("bad broken quoting"), "{:?}", summary[4]);
-            assert!(summary[4].1.ends_with("[\"open,1]"), "only the opening line: {:?}", summary[4]);
+            assert!(
+                summary[4].1.ends_with("[\"open,1]"),
+                "only the opening line: {:?}",
+                summary[4]
+            );
             assert_eq!(summary[4].0, 5);
             assert_eq!(summary[5], expect(6, "ok 4|5"), "reading resumed on the next line");
-            assert!(summary[6].1.starts_with("bad broken quoting: a quote inside"), "{:?}", summary[6]);
+            assert!(
+                summary[6].1.starts_with("bad broken quoting: a quote inside"),
+                "{:?}",
+                summary[6]
+            );
             assert!(summary[7].1.starts_with("bad broken quoting: text after"), "{:?}", summary[7]);
             assert_eq!(summary[8], expect(9, "blank"));
             assert_eq!(summary[9], expect(10, "ok 6|7"));
@@ -362,7 +376,9 @@ mod tests {
     fn unterminated_quote_at_the_end() {
         let (items, err) = read_all(b"a,b\n1,\"2\n", 4);
         assert_eq!(err, None);
-        assert!(matches!(&items[1], CsvItem::Bad { line: 2, reason, .. } if reason.contains("no closing quote")));
+        assert!(
+            matches!(&items[1], CsvItem::Bad { line: 2, reason, .. } if reason.contains("no closing quote"))
+        );
     }
 
     #[test]

@@ -1,8 +1,39 @@
 //! Raw landing for strata: the immutable first layer of every pipeline.
 //!
 //! Design: inputs (CSV, JSON lines, Parquet) land as Parquet batches in an append-only raw layer,
-//! one batch per input, each recorded with its sha256, size and row count; the same content
-//! landed twice is a no-op, and no run ever rewrites or deletes raw data. Lines that cannot be
-//! parsed are kept as raw text with their line number and the reason.
+//! one batch per input, named by the sha256 of the input's bytes and recorded with its size and
+//! row count; the same content landed twice is a no-op, and no run ever rewrites or deletes raw
+//! data. CSV and JSON lines land as text columns (types come later, from the cleaned stage's
+//! contract); every row carries `_line`, the input line it came from. Lines that cannot be
+//! parsed are kept, byte for byte, with their line number and the reason.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use object_store::{memory::InMemory, path::Path, ObjectStoreExt};
+//! use strata_land::{land, Input, LandOptions, LandOutcome};
+//! use strata_publish::{Lake, OpenMode, RunContext};
+//!
+//! let files = Arc::new(InMemory::new());
+//! files.put(&Path::from("orders.csv"), "id,amount\n1,10\n2,oops,3\n".into()).await?;
+//! let input = Input { store: files, path: Path::from("orders.csv"), display: "orders.csv".into() };
+//! let lake = Lake::open("memory://", OpenMode::Create)?;
+//! let ctx = RunContext::new("run-1", chrono::DateTime::UNIX_EPOCH)?;
+//! let LandOutcome::Landed(batch) = land(&lake, "orders", &input, &LandOptions::default(), &ctx).await? else { panic!() };
+//! assert_eq!((batch.rows, batch.rejected), (1, 1));
+//! // The same content again is a no-op.
+//! assert!(matches!(land(&lake, "orders", &input, &LandOptions::default(), &ctx).await?, LandOutcome::AlreadyLanded(_)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 pub mod csv;
+mod error;
+mod landing;
+
+pub use error::{Error, Result};
+pub use landing::{
+    batch_dir, json_line_values, land, list_batches, list_sources, manifest_path, rejects_schema,
+    source_prefix, BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome,
+    BATCH_FORMAT, LINE_COLUMN, RAW_DIR,
+};

@@ -1,0 +1,676 @@
+//! Landing one input file as an immutable raw batch.
+//!
+//! ```text
+//! _raw/<source>/batch=<sha256 of the input>/part-00000.parquet   the rows (text columns for CSV
+//!                                                              and JSON lines, plus _line)
+//! _raw/<source>/batch=<sha256 of the input>/rejects.parquet      lines that could not be read:
+//!                                                              _line, raw bytes, reason
+//! _raw/<source>/batch=<sha256 of the input>/_batch.json          the manifest, written last with
+//!                                                              create-if-absent: the commit point
+//! ```
+//!
+//! A batch is named by the sha256 of its input's bytes, so landing the same content twice finds
+//! the manifest already there and does nothing; nothing in the raw layer is ever rewritten or
+//! deleted.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
+
+use crate::csv::{CsvItem, CsvReader};
+use crate::error::{Error, Result};
+
+/// The directory of the raw layer in a lake.
+pub const RAW_DIR: &str = "_raw";
+/// The provenance column every raw batch carries: the input line (CSV, JSON lines) or row
+/// (Parquet) a row came from, 1-based.
+pub const LINE_COLUMN: &str = "_line";
+/// `format` of a batch manifest.
+pub const BATCH_FORMAT: &str = "strata.raw-batch.v1";
+
+/// Formats strata can land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Csv,
+    Jsonl,
+    Parquet,
+}
+
+impl InputFormat {
+    /// The format a file name suggests.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower.strip_suffix(".gz").unwrap_or(&lower);
+        if lower.ends_with(".csv") {
+            Some(InputFormat::Csv)
+        } else if lower.ends_with(".jsonl")
+            || lower.ends_with(".ndjson")
+            || lower.ends_with(".json")
+        {
+            Some(InputFormat::Jsonl)
+        } else if lower.ends_with(".parquet") {
+            Some(InputFormat::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputFormat::Csv => "csv",
+            InputFormat::Jsonl => "jsonl",
+            InputFormat::Parquet => "parquet",
+        })
+    }
+}
+
+/// How to land.
+#[derive(Debug, Clone)]
+pub struct LandOptions {
+    /// The format; by default taken from the file name.
+    pub format: Option<InputFormat>,
+    /// CSV field delimiter.
+    pub delimiter: u8,
+    /// Rows per record batch written.
+    pub batch_rows: usize,
+}
+
+impl Default for LandOptions {
+    fn default() -> Self {
+        LandOptions { format: None, delimiter: b',', batch_rows: 64 * 1024 }
+    }
+}
+
+/// An input to land: an object in some store (local files are read through a local store).
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    /// How the user named it, for messages and the manifest.
+    pub display: String,
+}
+
+/// What the manifest says about the input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// The name the input was landed from (its file name).
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub format: InputFormat,
+}
+
+/// The manifest of a raw batch: `_raw/<source>/batch=<id>/_batch.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchManifest {
+    pub format: String,
+    pub source: String,
+    /// The sha256 of the input: the batch's identity.
+    pub batch_id: String,
+    pub input: InputInfo,
+    /// Rows landed in the data file.
+    pub rows: u64,
+    /// Lines kept in the rejects file.
+    pub rejected: u64,
+    /// Empty lines (no data; counted, not kept).
+    pub blank_lines: u64,
+    /// The schema of the data file.
+    pub schema: Schema,
+    pub data: Option<FileEntry>,
+    pub rejects: Option<FileEntry>,
+    pub run_id: String,
+    pub landed_at: DateTime<Utc>,
+}
+
+impl BatchManifest {
+    /// Lines (or rows) read from the input: landed + rejected + blank.
+    pub fn lines(&self) -> u64 {
+        self.rows + self.rejected + self.blank_lines
+    }
+}
+
+/// The result of landing one input.
+#[derive(Debug, Clone)]
+pub enum LandOutcome {
+    /// The input was landed as a new batch.
+    Landed(BatchManifest),
+    /// A batch with the same content already exists; nothing was written.
+    AlreadyLanded(BatchManifest),
+}
+
+impl LandOutcome {
+    pub fn manifest(&self) -> &BatchManifest {
+        match self {
+            LandOutcome::Landed(m) | LandOutcome::AlreadyLanded(m) => m,
+        }
+    }
+}
+
+pub fn source_prefix(source: &str) -> Path {
+    Path::from(format!("{RAW_DIR}/{source}"))
+}
+
+pub fn batch_dir(source: &str, batch_id: &str) -> String {
+    format!("{RAW_DIR}/{source}/batch={batch_id}")
+}
+
+pub fn manifest_path(source: &str, batch_id: &str) -> Path {
+    Path::from(format!("{}/_batch.json", batch_dir(source, batch_id)))
+}
+
+/// The schema of a rejects file.
+pub fn rejects_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(LINE_COLUMN, DataType::Int64, false),
+        Field::new("raw", DataType::Binary, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]))
+}
+
+/// Lands one input as a raw batch of `source`.
+pub async fn land(
+    lake: &Lake,
+    source: &str,
+    input: &Input,
+    options: &LandOptions,
+    ctx: &RunContext,
+) -> Result<LandOutcome> {
+    strata_publish::names::validate_dataset_name(source)?;
+    let name = input.path.filename().unwrap_or(input.display.as_str()).to_string();
+    let format = match options.format.or_else(|| InputFormat::from_name(&name)) {
+        Some(f) => f,
+        None => {
+            return Err(Error::Input {
+                path: input.display.clone(),
+                detail: "cannot tell its format from the name; pass --format csv, jsonl or parquet"
+                    .into(),
+            })
+        }
+    };
+    // Pass 1: the identity of the content (and, for JSON lines, its columns).
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut json_keys = JsonKeys::default();
+    let mut stream = open(input).await?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::store("read", &input.display, e))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        if format == InputFormat::Jsonl {
+            json_keys.push(&chunk);
+        }
+    }
+    json_keys.finish();
+    let batch_id = hex::encode(hasher.finalize());
+    let manifest_at = manifest_path(source, &batch_id);
+    if let Some(existing) = read_manifest(lake, &manifest_at).await? {
+        return Ok(LandOutcome::AlreadyLanded(existing));
+    }
+    // Pass 2: parse and write.
+    let dir = batch_dir(source, &batch_id);
+    let mut out = BatchWriter::new(lake, &dir, options.batch_rows);
+    match format {
+        InputFormat::Csv => land_csv(input, options, &mut out).await?,
+        InputFormat::Jsonl => land_jsonl(input, json_keys.keys, &mut out).await?,
+        InputFormat::Parquet => land_parquet(input, &mut out).await?,
+    }
+    let (schema, data, rejects, counts) = out.finish().await?;
+    let manifest = BatchManifest {
+        format: BATCH_FORMAT.into(),
+        source: source.into(),
+        batch_id: batch_id.clone(),
+        input: InputInfo { name, sha256: batch_id, size, format },
+        rows: counts.rows,
+        rejected: counts.rejected,
+        blank_lines: counts.blank,
+        schema,
+        data,
+        rejects,
+        run_id: ctx.run_id().into(),
+        landed_at: ctx.now(),
+    };
+    strata_publish::crash::point("land-before-manifest");
+    let mut body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Input { path: manifest_at.to_string(), detail: e.to_string() })?;
+    body.push(b'\n');
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match lake.store().put_opts(&manifest_at, PutPayload::from(body), opts).await {
+        Ok(_) => Ok(LandOutcome::Landed(manifest)),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => {
+            // Another process landed the same content at the same time.
+            let existing =
+                read_manifest(lake, &manifest_at).await?.ok_or_else(|| Error::Corrupt {
+                    path: manifest_at.to_string(),
+                    detail: "it exists but cannot be read".into(),
+                })?;
+            Ok(LandOutcome::AlreadyLanded(existing))
+        }
+        Err(e) => Err(Error::store("create", &manifest_at, e)),
+    }
+}
+
+async fn open(
+    input: &Input,
+) -> Result<futures::stream::BoxStream<'static, object_store::Result<Bytes>>> {
+    match input.store.get(&input.path).await {
+        Ok(g) => Ok(g.into_stream()),
+        Err(object_store::Error::NotFound { .. }) => Err(Error::Input {
+            path: input.display.clone(),
+            detail: "no such file; check the path".into(),
+        }),
+        Err(e) => Err(Error::store("read", &input.display, e)),
+    }
+}
+
+async fn read_manifest(lake: &Lake, path: &Path) -> Result<Option<BatchManifest>> {
+    let bytes = match lake.store().get(path).await {
+        Ok(g) => g.bytes().await.map_err(|e| Error::store("read", path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(Error::store("read", path, e)),
+    };
+    let manifest: BatchManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
+    Ok(Some(manifest))
+}
+
+/// Every landed batch of a source (those whose manifest exists), sorted by batch id.
+pub async fn list_batches(lake: &Lake, source: &str) -> Result<Vec<BatchManifest>> {
+    let prefix = source_prefix(source);
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    let mut out = Vec::new();
+    for dir in listing.common_prefixes {
+        let Some(id) = dir.filename().and_then(|d| d.strip_prefix("batch=")) else { continue };
+        if let Some(m) = read_manifest(lake, &manifest_path(source, id)).await? {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
+    Ok(out)
+}
+
+/// The sources that have at least one raw batch directory, sorted.
+pub async fn list_sources(lake: &Lake) -> Result<Vec<String>> {
+    let prefix = Path::from(RAW_DIR);
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    let mut names: Vec<String> =
+        listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+    names.sort();
+    Ok(names)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    rows: u64,
+    rejected: u64,
+    blank: u64,
+}
+
+/// Writes the data and rejects files of one batch, in record batches of bounded size.
+struct BatchWriter {
+    store: Arc<dyn ObjectStore>,
+    dir: String,
+    batch_rows: usize,
+    schema: Option<SchemaRef>,
+    data: Option<ParquetSink>,
+    rejects: Option<ParquetSink>,
+    rej_line: Int64Builder,
+    rej_raw: BinaryBuilder,
+    rej_reason: StringBuilder,
+    counts: Counts,
+}
+
+impl BatchWriter {
+    fn new(lake: &Lake, dir: &str, batch_rows: usize) -> Self {
+        BatchWriter {
+            store: lake.store().clone(),
+            dir: dir.to_string(),
+            batch_rows,
+            schema: None,
+            data: None,
+            rejects: None,
+            rej_line: Int64Builder::new(),
+            rej_raw: BinaryBuilder::new(),
+            rej_reason: StringBuilder::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn set_schema(&mut self, schema: SchemaRef) {
+        self.schema = Some(schema);
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.data.is_none() {
+            let path = format!("{}/part-00000.parquet", self.dir);
+            self.data = Some(ParquetSink::create(
+                self.store.clone(),
+                path,
+                batch.schema(),
+                strata_publish::writer_properties(1024 * 1024),
+            )?);
+        }
+        self.counts.rows += batch.num_rows() as u64;
+        self.data.as_mut().expect("created").write(&batch).await?;
+        Ok(())
+    }
+
+    fn reject(&mut self, line: u64, raw: &[u8], reason: &str) {
+        self.rej_line.append_value(line as i64);
+        self.rej_raw.append_value(raw);
+        self.rej_reason.append_value(reason);
+        self.counts.rejected += 1;
+    }
+
+    fn blank(&mut self) {
+        self.counts.blank += 1;
+    }
+
+    async fn flush_rejects(&mut self, force: bool) -> Result<()> {
+        if self.rej_line.len() == 0 || (!force && self.rej_line.len() < self.batch_rows) {
+            return Ok(());
+        }
+        let batch = RecordBatch::try_new(
+            rejects_schema(),
+            vec![
+                Arc::new(self.rej_line.finish()) as ArrayRef,
+                Arc::new(self.rej_raw.finish()),
+                Arc::new(self.rej_reason.finish()),
+            ],
+        )?;
+        if self.rejects.is_none() {
+            let path = format!("{}/rejects.parquet", self.dir);
+            self.rejects = Some(ParquetSink::create(
+                self.store.clone(),
+                path,
+                rejects_schema(),
+                strata_publish::writer_properties(1024 * 1024),
+            )?);
+        }
+        self.rejects.as_mut().expect("created").write(&batch).await?;
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(Schema, Option<FileEntry>, Option<FileEntry>, Counts)> {
+        self.flush_rejects(true).await?;
+        let data = match self.data.take() {
+            Some(d) => Some(d.finish().await?),
+            None => None,
+        };
+        let rejects = match self.rejects.take() {
+            Some(r) => Some(r.finish().await?),
+            None => None,
+        };
+        let schema = self.schema.map(|s| s.as_ref().clone()).unwrap_or_else(Schema::empty);
+        Ok((schema, data, rejects, self.counts))
+    }
+}
+
+/// Text columns named by `names`, then `_line`.
+fn text_schema(names: &[String], display: &str) -> Result<SchemaRef> {
+    if names.iter().any(|n| n == LINE_COLUMN) {
+        return Err(Error::Input {
+            path: display.to_string(),
+            detail: format!("it has a column named {LINE_COLUMN:?}, which strata reserves for provenance; rename it"),
+        });
+    }
+    let mut fields: Vec<Field> =
+        names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+    fields.push(Field::new(LINE_COLUMN, DataType::Int64, false));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Accumulates text rows and turns them into record batches.
+struct TextRows {
+    schema: SchemaRef,
+    columns: Vec<StringBuilder>,
+    lines: Int64Builder,
+}
+
+impl TextRows {
+    fn new(schema: SchemaRef) -> Self {
+        let n = schema.fields().len() - 1;
+        TextRows {
+            schema,
+            columns: (0..n).map(|_| StringBuilder::new()).collect(),
+            lines: Int64Builder::new(),
+        }
+    }
+
+    fn push<S: AsRef<str>>(&mut self, line: u64, values: impl Iterator<Item = Option<S>>) {
+        for (b, v) in self.columns.iter_mut().zip(values) {
+            b.append_option(v);
+        }
+        self.lines.append_value(line as i64);
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    fn take(&mut self) -> Result<RecordBatch> {
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        arrays.push(Arc::new(self.lines.finish()));
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+}
+
+async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -> Result<()> {
+    let mut reader = CsvReader::new(options.delimiter);
+    let mut rows: Option<TextRows> = None;
+    let mut stream = open(input).await?;
+    let mut eof = false;
+    loop {
+        if !eof {
+            match stream.next().await {
+                Some(chunk) => {
+                    reader.push(&chunk.map_err(|e| Error::store("read", &input.display, e))?)
+                }
+                None => eof = true,
+            }
+        }
+        while let Some(item) = reader.next_item(eof) {
+            let item =
+                item.map_err(|detail| Error::Input { path: input.display.clone(), detail })?;
+            match item {
+                CsvItem::Record { line, fields } => match &mut rows {
+                    None => {
+                        let schema = text_schema(&fields, &input.display)?;
+                        out.set_schema(schema.clone());
+                        rows = Some(TextRows::new(schema));
+                    }
+                    Some(r) => {
+                        r.push(line, fields.into_iter().map(Some));
+                        if r.len() >= options.batch_rows {
+                            let batch = r.take()?;
+                            out.write(batch).await?;
+                        }
+                    }
+                },
+                CsvItem::Bad { line, raw, reason } => {
+                    out.reject(line, &raw, &reason);
+                    out.flush_rejects(false).await?;
+                }
+                CsvItem::Blank { .. } => out.blank(),
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    match rows {
+        Some(mut r) => {
+            let batch = r.take()?;
+            out.write(batch).await?;
+            Ok(())
+        }
+        None => Err(Error::Input {
+            path: input.display.clone(),
+            detail: "it is empty: no header line".into(),
+        }),
+    }
+}
+
+/// Collects the keys of JSON objects, line by line, in order of first appearance.
+#[derive(Default)]
+struct JsonKeys {
+    keys: Vec<String>,
+    seen: std::collections::HashSet<String>,
+    partial: Vec<u8>,
+}
+
+impl JsonKeys {
+    fn push(&mut self, chunk: &[u8]) {
+        self.partial.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(i) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            let line = self.partial[start..start + i].to_vec();
+            self.line(&line);
+            start += i + 1;
+        }
+        self.partial.drain(..start);
+    }
+
+    fn finish(&mut self) {
+        let rest = std::mem::take(&mut self.partial);
+        self.line(&rest);
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        if let Ok(serde_json::Value::Object(map)) =
+            serde_json::from_slice::<serde_json::Value>(line)
+        {
+            for k in map.keys() {
+                if self.seen.insert(k.clone()) {
+                    self.keys.push(k.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Reads one JSON line: its values for `keys` as text, or why it cannot be read.
+pub fn json_line_values(
+    line: &[u8],
+    keys: &[String],
+) -> std::result::Result<Vec<Option<String>>, String> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("not a JSON object".into());
+    };
+    Ok(keys
+        .iter()
+        .map(|k| match map.get(k) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        })
+        .collect())
+}
+
+async fn land_jsonl(input: &Input, keys: Vec<String>, out: &mut BatchWriter) -> Result<()> {
+    let schema = text_schema(&keys, &input.display)?;
+    out.set_schema(schema.clone());
+    let mut rows = TextRows::new(schema);
+    let mut stream = open(input).await?;
+    let mut partial: Vec<u8> = Vec::new();
+    let mut line_no = 0u64;
+    let handle = |line: &[u8], line_no: u64, rows: &mut TextRows, out: &mut BatchWriter| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            out.blank();
+            return;
+        }
+        match json_line_values(line, &keys) {
+            Ok(values) => rows.push(line_no, values.into_iter()),
+            Err(reason) => out.reject(line_no, line, &reason),
+        }
+    };
+    loop {
+        let chunk = stream.next().await;
+        let eof = chunk.is_none();
+        if let Some(c) = chunk {
+            partial.extend_from_slice(&c.map_err(|e| Error::store("read", &input.display, e))?);
+        }
+        let mut start = 0;
+        while let Some(i) = partial[start..].iter().position(|&b| b == b'\n') {
+            line_no += 1;
+            handle(&partial[start..start + i], line_no, &mut rows, out);
+            start += i + 1;
+        }
+        partial.drain(..start);
+        if eof && !partial.is_empty() {
+            line_no += 1;
+            let rest = std::mem::take(&mut partial);
+            handle(&rest, line_no, &mut rows, out);
+        }
+        if rows.len() >= out.batch_rows || (eof && rows.len() > 0) {
+            let batch = rows.take()?;
+            out.write(batch).await?;
+        }
+        out.flush_rejects(false).await?;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+async fn land_parquet(input: &Input, out: &mut BatchWriter) -> Result<()> {
+    let mut reader = strata_publish::input::ParquetInput::open(
+        input.store.clone(),
+        input.path.clone(),
+        input.display.clone(),
+    )
+    .await?;
+    let names: Vec<String> = reader.schema.fields().iter().map(|f| f.name().clone()).collect();
+    if names.iter().any(|n| n == LINE_COLUMN) {
+        return Err(Error::Input {
+            path: input.display.clone(),
+            detail: format!("it has a column named {LINE_COLUMN:?}, which strata reserves for provenance; rename it"),
+        });
+    }
+    let mut fields: Vec<Field> =
+        reader.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(LINE_COLUMN, DataType::Int64, false));
+    let schema = Arc::new(Schema::new(fields));
+    out.set_schema(schema.clone());
+    let mut row = 0i64;
+    while let Some(batch) = reader.next_batch().await? {
+        let n = batch.num_rows() as i64;
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from_iter_values(row + 1..=row + n)));
+        row += n;
+        out.write(RecordBatch::try_new(schema.clone(), columns)?).await?;
+    }
+    Ok(())
+}
