@@ -47,6 +47,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer.
+    #[command(long_about = LAND_LONG, after_help = LAND_AFTER)]
+    Land(LandArgs),
+
     /// Publish Parquet files as a new version of a dataset.
     #[command(long_about = PUBLISH_LONG, after_help = PUBLISH_AFTER)]
     Publish(PublishArgs),
@@ -82,6 +86,25 @@ pub enum Command {
     #[command(after_help = FILES_AFTER)]
     Files(FilesArgs),
 }
+
+const LAND_LONG: &str = "\
+Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer of the lake.
+
+Each input becomes one raw batch, _raw/<source>/batch=<sha256>/, named by the sha256 of its bytes:
+landing the same content again is a no-op, and nothing in the raw layer is ever rewritten or
+deleted. CSV and JSON lines land as text columns (the cleaned stage applies types); every row keeps
+_line, the input line it came from. Lines that cannot be read (wrong field count, invalid UTF-8,
+broken quoting, invalid JSON) are kept byte for byte in the batch's rejects with their line number
+and the reason: nothing is dropped silently.
+
+Needs no pipeline file.";
+
+const LAND_AFTER: &str = "\
+Examples:
+  strata land orders exports/orders-2026-01-01.csv
+  strata land orders exports/                    (every .csv, .jsonl, .ndjson, .json, .parquet)
+  strata land orders 'exports/orders-*.csv'      (quoted: strata expands * and ?)
+  strata land events events.log --format jsonl";
 
 const PUBLISH_LONG: &str = "\
 Publish Parquet files as a new version of a dataset.
@@ -124,6 +147,35 @@ Examples:
 
 With DuckDB, for instance:
   duckdb -c \"SELECT count(*) FROM read_parquet([$(strata files orders --quoted)])\"";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LandFormat {
+    Csv,
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct LandArgs {
+    /// The raw source to land into (a dataset-style name, e.g. `orders`).
+    pub source: String,
+
+    /// Files, directories (searched recursively) or glob patterns.
+    #[arg(required = true, value_name = "FILE|DIR|GLOB")]
+    pub inputs: Vec<String>,
+
+    /// The input format [default: from each file's extension].
+    #[arg(long, value_enum)]
+    pub format: Option<LandFormat>,
+
+    /// CSV field delimiter (one ASCII character).
+    #[arg(long, default_value_t = ',')]
+    pub delimiter: char,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {

@@ -17,8 +17,8 @@ use strata_publish::input::ParquetInput;
 use strata_publish::{Dataset, OpenMode, PublishOptions, RollbackOutcome, WriterOptions};
 
 use crate::cli::{
-    Cli, Command, DatasetArgs, FilesArgs, Format, ListArgs, PublishArgs, QueryArgs, RollbackArgs,
-    VerifyArgs,
+    Cli, Command, DatasetArgs, FilesArgs, Format, LandArgs, LandFormat, ListArgs, PublishArgs,
+    QueryArgs, RollbackArgs, VerifyArgs,
 };
 use crate::output;
 use crate::settings::{run_context, Settings};
@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match cli.command {
+        Command::Land(args) => land(&settings, args, &mut out).await?,
         Command::Publish(args) => publish(&settings, args, &mut out).await?,
         Command::Datasets(args) => datasets(&settings, args, &mut out).await?,
         Command::Versions(args) => versions(&settings, args, &mut out).await?,
@@ -198,6 +199,97 @@ async fn publish(
             r.summary.rows,
             r.summary.files,
             output::bytes(r.summary.bytes)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn land(
+    settings: &Settings,
+    args: LandArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    strata_publish::names::validate_dataset_name(&args.source)?;
+    if !args.delimiter.is_ascii() || args.delimiter == '"' || args.delimiter == '\n' {
+        return Err(user_error!(
+            "--delimiter must be one ASCII character other than a quote or a line break"
+        ));
+    }
+    let files = crate::inputs::expand(&args.inputs)?;
+    let lake = settings.open_lake(OpenMode::Create).await?;
+    let ctx = run_context()?;
+    let options = strata_land::LandOptions {
+        format: args.format.map(|f| match f {
+            LandFormat::Csv => strata_land::InputFormat::Csv,
+            LandFormat::Jsonl => strata_land::InputFormat::Jsonl,
+            LandFormat::Parquet => strata_land::InputFormat::Parquet,
+        }),
+        delimiter: args.delimiter as u8,
+        ..Default::default()
+    };
+    let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
+    let mut results = Vec::new();
+    let (mut landed, mut skipped, mut rows, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    for file in &files {
+        let path = Path::from_absolute_path(file)
+            .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))?;
+        let input =
+            strata_land::Input { store: local.clone(), path, display: file.display().to_string() };
+        let outcome = strata_land::land(&lake, &args.source, &input, &options, &ctx).await?;
+        let m = outcome.manifest();
+        let fresh = matches!(outcome, strata_land::LandOutcome::Landed(_));
+        if fresh {
+            landed += 1;
+            rows += m.rows;
+            rejected += m.rejected;
+        } else {
+            skipped += 1;
+        }
+        if args.json {
+            results.push(json!({
+                "input": file.display().to_string(),
+                "status": if fresh { "landed" } else { "already_landed" },
+                "batch_id": m.batch_id,
+                "sha256": m.input.sha256,
+                "size": m.input.size,
+                "format": m.input.format,
+                "rows": m.rows,
+                "rejected": m.rejected,
+                "blank_lines": m.blank_lines,
+                "run_id": m.run_id,
+            }));
+        } else if fresh {
+            let short = &m.batch_id[..12];
+            let mut line = format!(
+                "landed {} as {}/{}/batch={short}…: {} rows",
+                file.display(),
+                strata_land::RAW_DIR,
+                args.source,
+                m.rows
+            );
+            if m.rejected > 0 {
+                line.push_str(&format!(", {} rejected line(s) kept with reasons", m.rejected));
+            }
+            if m.blank_lines > 0 {
+                line.push_str(&format!(", {} blank line(s)", m.blank_lines));
+            }
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{}: already landed as batch {}… ({} rows); nothing to do",
+                file.display(),
+                &m.batch_id[..12],
+                m.rows
+            )?;
+        }
+    }
+    if args.json {
+        output::json(out, &results)?;
+    } else {
+        writeln!(
+            out,
+            "{landed} input(s) landed ({rows} rows, {rejected} rejected line(s)), {skipped} already landed"
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod inputs;
 mod output;
 mod settings;
 
@@ -66,6 +67,7 @@ fn is_user_error(err: &anyhow::Error) -> bool {
         e.downcast_ref::<UserError>().is_some()
             || e.downcast_ref::<strata_publish::Error>().is_some_and(|e| e.is_user_error())
             || e.downcast_ref::<strata_medallion::Error>().is_some_and(|e| e.is_user_error())
+            || e.downcast_ref::<strata_land::Error>().is_some_and(|e| e.is_user_error())
     })
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary of the `strata` CLI: every test runs the real binary.
 //!
 //! - `harness`: running the binary on a temporary lake, writing input Parquet, snapshotting a lake;
+//! - `land`: raw landing of CSV, JSON lines and Parquet;
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
@@ -11,5 +12,6 @@
 mod bad_input;
 mod crash;
 mod harness;
+mod land;
 mod publish_flow;
 mod s3;

@@ -1,0 +1,155 @@
+//! `strata land`: raw landing of CSV, JSON lines and Parquet, with nothing dropped silently.
+
+use crate::harness::Env;
+
+fn testdata(rel: &str) -> String {
+    format!("{}/../../testdata/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads a Parquet file of the lake: `(line, raw, reason)` rows of a rejects file.
+fn rejects(env: &Env, batch_id: &str) -> Vec<(i64, Vec<u8>, String)> {
+    use arrow::array::{Array, BinaryArray, Int64Array, StringArray};
+    let bytes = read_object(env, &format!("_raw/orders/batch={batch_id}/rejects.parquet"));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let line = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let raw = b.column(1).as_any().downcast_ref::<BinaryArray>().unwrap();
+        let reason = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push((line.value(i), raw.value(i).to_vec(), reason.value(i).to_string()));
+        }
+    }
+    out
+}
+
+fn read_object(env: &Env, path: &str) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake =
+            strata_publish::Lake::open(&env.lake_url, strata_publish::OpenMode::Existing).unwrap();
+        let got = lake.store().get(&object_store::path::Path::from(path)).await.unwrap();
+        got.bytes().await.unwrap().to_vec()
+    })
+}
+
+fn land_messy_csv(env: &Env) {
+    let file = testdata("shop/data/orders/orders-2026-01-01.csv");
+    let out = env.ok(&["land", "orders", &file, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &v[0];
+    assert_eq!(r["status"], "landed");
+    assert_eq!(
+        (r["rows"].as_u64(), r["rejected"].as_u64(), r["blank_lines"].as_u64()),
+        (Some(9), Some(3), Some(1))
+    );
+    // Every line is accounted for: 1 header + 9 rows + 3 rejected + 1 blank = 14 lines.
+    let lines = std::fs::read(&file).unwrap().split(|b| *b == b'\n').count() - 1;
+    assert_eq!(lines, 14);
+    let batch = r["batch_id"].as_str().unwrap();
+    let input_sha = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&file).unwrap()))
+    };
+    assert_eq!(batch, input_sha, "a batch is named by the sha256 of its input");
+    let rej = rejects(env, batch);
+    let summary: Vec<(i64, &str)> = rej.iter().map(|(l, _, r)| (*l, r.as_str())).collect();
+    assert_eq!(summary[0], (10, "expected 6 fields, found 7"));
+    assert_eq!(summary[1].0, 11);
+    assert!(summary[1].1.starts_with("broken quoting"), "{summary:?}");
+    assert_eq!(summary[2].0, 13);
+    assert!(summary[2].1.starts_with("invalid UTF-8"), "{summary:?}");
+    assert!(rej[2].1.contains(&0xff), "the raw bytes are kept exactly");
+    assert_eq!(rej[0].1, b"1008,5,2026-01-01,8.75,paid,2026-01-01T13:00:00,extra");
+
+    // Landing the same content again is a reported no-op that changes nothing.
+    let before = env.snapshot();
+    let out = env.ok(&["land", "orders", &file]);
+    assert!(out.contains("already landed") && out.contains("nothing to do"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("0 input(s) landed (0 rows, 0 rejected line(s)), 1 already landed"),
+        "{out}"
+    );
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn csv_bad_lines_are_kept_and_relanding_is_a_no_op() {
+    land_messy_csv(&Env::new());
+}
+
+#[test]
+fn csv_bad_lines_are_kept_and_relanding_is_a_no_op_s3() {
+    if let Some(env) = Env::s3() {
+        land_messy_csv(&env);
+    }
+}
+
+#[test]
+fn directories_globs_json_lines_and_parquet() {
+    let env = Env::new();
+    let dir = testdata("shop/data/orders");
+    let out = env.ok(&["land", "orders", &dir]);
+    assert!(
+        out.trim_end()
+            .ends_with("4 input(s) landed (20 rows, 3 rejected line(s)), 0 already landed"),
+        "{out}"
+    );
+    let pattern = format!("{dir}/orders-2026-01-0*.csv");
+    let out = env.ok(&["land", "orders", &pattern]);
+    assert!(
+        out.trim_end()
+            .ends_with("0 input(s) landed (0 rows, 0 rejected line(s)), 3 already landed"),
+        "{out}"
+    );
+
+    let out =
+        env.ok(&["land", "customers", &testdata("shop/data/customers/customers.jsonl"), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v[0]["rows"].as_u64(), v[0]["rejected"].as_u64()), (Some(7), Some(2)));
+
+    let out = env.ok(&["land", "demo_orders", &testdata("demo/orders-2026-01.parquet"), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v[0]["rows"].as_u64(), v[0]["rejected"].as_u64(), v[0]["format"].as_str()),
+        (Some(35), Some(0), Some("parquet"))
+    );
+
+    // A file with another extension lands with --format.
+    std::fs::copy(testdata("shop/data/orders/orders-2026-01-03.csv"), env.path("orders.txt"))
+        .unwrap();
+    let line = env.user_error(&["land", "orders", "orders.txt"]);
+    assert!(line.contains("--format"), "{line}");
+    let out = env.ok(&["land", "orders", "orders.txt", "--format", "csv"]);
+    assert!(out.contains("already landed"), "same bytes as orders-2026-01-03.csv: {out}");
+}
+
+#[test]
+fn land_refuses_bad_arguments_without_writing() {
+    let env = Env::new();
+    let file = testdata("shop/data/orders/orders-2026-01-03.csv");
+    for (args, needle) in [
+        (vec!["land", "../x", file.as_str()], "invalid dataset name"),
+        (vec!["land", "orders", "nope.csv"], "cannot read nope.csv"),
+        (vec!["land", "orders", "nothing-*.csv"], "matches no file"),
+        (vec!["land", "orders", file.as_str(), "--delimiter", "\""], "--delimiter"),
+    ] {
+        let line = env.user_error(&args);
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    assert!(!env.lake().exists(), "nothing was created");
+    std::fs::write(env.path("empty.csv"), b"").unwrap();
+    let line = env.user_error(&["land", "orders", "empty.csv"]);
+    assert!(line.contains("no header"), "{line}");
+    std::fs::write(env.path("dup.csv"), b"a,a\n1,2\n").unwrap();
+    let line = env.user_error(&["land", "orders", "dup.csv"]);
+    assert!(line.contains("twice"), "{line}");
+}
