@@ -77,7 +77,7 @@ impl FaultProxy {
 /// Reads one HTTP request (head and body) from the client.
 async fn read_request(client: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = vec![0u8; 16 * 1024];
     let head_end = loop {
         let n = client.read(&mut chunk).await.ok()?;
         if n == 0 {
