@@ -47,6 +47,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the pipeline: land the sources, then the cleaned and curated stages.
+    #[command(long_about = RUN_LONG, after_help = RUN_AFTER)]
+    Run(RunArgs),
+
+    /// Create a small pipeline that works, to start from.
+    #[command(after_help = "Example:\n  strata init shop && cd shop && strata run")]
+    Init(InitArgs),
+
     /// Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer.
     #[command(long_about = LAND_LONG, after_help = LAND_AFTER)]
     Land(LandArgs),
@@ -86,6 +94,25 @@ pub enum Command {
     #[command(after_help = FILES_AFTER)]
     Files(FilesArgs),
 }
+
+const RUN_LONG: &str = "\
+Run the pipeline defined in strata.toml: land every source's files in the raw layer (new content
+only), then build each cleaned dataset (cast to the contract, validate the rules, quarantine what
+fails with the reason, deduplicate on the key) and each curated model (SQL, in dependency order).
+Every stage publishes a new version through the atomic pointer.
+
+--date D runs one business day: it reads and replaces only what that day owns, plus the
+pipeline's lookback_days before it (to pick up late data). --from/--to run a range. With no
+window, the run covers every business date found in the input and replaces the datasets whole.
+
+The lake defaults to lake/ beside the pipeline file (--lake or STRATA_LAKE override it).";
+
+const RUN_AFTER: &str = "\
+Examples:
+  strata run                                     (./strata.toml, every date)
+  strata run --date 2026-01-03                   (one day, plus the lookback)
+  strata run --from 2026-01-01 --to 2026-01-31 --only orders daily_revenue
+  strata run --pipeline testdata/shop/strata.toml";
 
 const LAND_LONG: &str = "\
 Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer of the lake.
@@ -147,6 +174,40 @@ Examples:
 
 With DuckDB, for instance:
   duckdb -c \"SELECT count(*) FROM read_parquet([$(strata files orders --quoted)])\"";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    #[arg(long, value_name = "FILE", default_value = "strata.toml")]
+    pub pipeline: PathBuf,
+
+    /// Run one business date (YYYY-MM-DD).
+    #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
+    pub date: Option<String>,
+
+    /// First business date of a range (YYYY-MM-DD).
+    #[arg(long, value_name = "D", requires = "to")]
+    pub from: Option<String>,
+
+    /// Last business date of a range (YYYY-MM-DD), inclusive.
+    #[arg(long, value_name = "D", requires = "from")]
+    pub to: Option<String>,
+
+    /// Only these datasets (cleaned datasets or models).
+    #[arg(long, value_name = "DATASET", num_args = 1..)]
+    pub only: Vec<String>,
+
+    /// Print the stage reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to create the pipeline.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LandFormat {

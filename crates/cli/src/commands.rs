@@ -26,9 +26,14 @@ use crate::user_error;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_cli(&cli);
+    let lake_flag = cli.lake.as_deref().is_some_and(|l| !l.is_empty());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match cli.command {
+        Command::Run(args) => {
+            crate::pipeline_cmds::run(&settings, lake_flag, args, &mut out).await?
+        }
+        Command::Init(args) => crate::pipeline_cmds::init(args, &mut out)?,
         Command::Land(args) => land(&settings, args, &mut out).await?,
         Command::Publish(args) => publish(&settings, args, &mut out).await?,
         Command::Datasets(args) => datasets(&settings, args, &mut out).await?,
@@ -160,7 +165,11 @@ async fn publish(
             return Err(e.into());
         }
     };
-    let options = PublishOptions { replace_all: args.replace_all, reason: args.reason.clone() };
+    let options = PublishOptions {
+        replace_all: args.replace_all,
+        reason: args.reason.clone(),
+        ..Default::default()
+    };
     let published = match ds.publish(staged, &options, &ctx).await {
         Ok(p) => p,
         Err(e) => {
@@ -215,7 +224,7 @@ async fn land(
             "--delimiter must be one ASCII character other than a quote or a line break"
         ));
     }
-    let files = crate::inputs::expand(&args.inputs)?;
+    let files = strata_land::expand_inputs(std::path::Path::new("."), &args.inputs)?;
     let lake = settings.open_lake(OpenMode::Create).await?;
     let ctx = run_context()?;
     let options = strata_land::LandOptions {

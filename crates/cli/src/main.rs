@@ -3,8 +3,8 @@
 
 mod cli;
 mod commands;
-mod inputs;
 mod output;
+mod pipeline_cmds;
 mod settings;
 
 use std::process::ExitCode;

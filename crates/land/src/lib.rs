@@ -29,9 +29,11 @@
 
 pub mod csv;
 mod error;
+mod inputs;
 mod landing;
 
 pub use error::{Error, Result};
+pub use inputs::expand_inputs;
 pub use landing::{
     batch_dir, json_line_values, land, list_batches, list_sources, manifest_path, rejects_schema,
     source_prefix, BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome,

@@ -180,6 +180,100 @@ impl TableProvider for VersionTable {
     }
 }
 
+/// The name of the column that carries a raw row's batch id.
+pub const BATCH_COLUMN: &str = "_batch";
+
+/// Raw batches of one source as a table: the union of their columns (a column missing from a
+/// batch reads as null), plus `_batch`, the id of the batch each row came from.
+#[derive(Debug)]
+pub struct RawTable {
+    file_schema: SchemaRef,
+    schema: SchemaRef,
+    files: Vec<(String, u64, String)>,
+    url: ObjectStoreUrl,
+}
+
+impl RawTable {
+    pub fn new(batches: &[strata_land::BatchManifest], url: ObjectStoreUrl) -> Self {
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = Vec::new();
+        for b in batches {
+            for f in b.schema.fields() {
+                if !fields.iter().any(|x| x.name() == f.name()) {
+                    fields.push(f.as_ref().clone().with_nullable(true));
+                }
+            }
+        }
+        let file_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields.clone()));
+        fields.push(datafusion::arrow::datatypes::Field::new(
+            BATCH_COLUMN,
+            datafusion::arrow::datatypes::DataType::Utf8,
+            false,
+        ));
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let files = batches
+            .iter()
+            .filter_map(|b| b.data.as_ref().map(|d| (d.path.clone(), d.size, b.batch_id.clone())))
+            .collect();
+        RawTable { file_schema, schema, files, url }
+    }
+}
+
+impl RawTable {
+    /// The names of the columns found in the batches.
+    pub fn schema_fields(&self) -> std::collections::BTreeSet<String> {
+        self.file_schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+}
+
+#[async_trait]
+impl TableProvider for RawTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if self.files.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let n = state.config().target_partitions().clamp(1, self.files.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, (path, size, batch)) in self.files.iter().enumerate() {
+            let mut f = PartitionedFile::new(path.clone(), *size);
+            f.partition_values = vec![datafusion::common::ScalarValue::Utf8(Some(batch.clone()))];
+            groups[i % n].push(f);
+        }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(vec![Arc::new(datafusion::arrow::datatypes::Field::new(
+                BATCH_COLUMN,
+                datafusion::arrow::datatypes::DataType::Utf8,
+                false,
+            ))])
+            .build();
+        let source = format.file_source(table_schema);
+        let config = FileScanConfigBuilder::new(self.url.clone(), source)
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,10 @@ pub enum Error {
     #[error(transparent)]
     Lake(#[from] strata_publish::Error),
 
+    /// A raw-landing problem.
+    #[error(transparent)]
+    Land(strata_land::Error),
+
     /// The SQL does not parse or does not plan (unknown table or column, type error…).
     #[error("{message}")]
     Sql { message: String },
@@ -34,6 +38,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Lake(e) => e.is_user_error(),
+            Error::Land(e) => e.is_user_error(),
             Error::Sql { .. } | Error::MissingFile { .. } => true,
             Error::DataFusion(_) => false,
         }

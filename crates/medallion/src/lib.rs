@@ -19,5 +19,10 @@
 mod catalog;
 mod error;
 
-pub use catalog::{parse_table_name, session_for_lake, QueryOptions, VersionTable, LAKE_URL};
+pub use catalog::{
+    parse_table_name, session_for_lake, QueryOptions, RawTable, VersionTable, BATCH_COLUMN,
+    LAKE_URL,
+};
+pub mod pipeline;
+pub mod stages;
 pub use error::{Error, Result};

@@ -21,11 +21,14 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::layout;
 use crate::model::{
-    FileEntry, Flip, FlipKind, VersionBrief, VersionRecord, FLIP_FORMAT, VERSION_FORMAT,
+    Checkpoint, FileEntry, Flip, FlipKind, VersionBrief, VersionRecord, CHECKPOINT_FORMAT,
+    FLIP_FORMAT, VERSION_FORMAT,
 };
 use crate::protocol;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
 
+/// A pointer checkpoint is written every this many flips.
+pub const CHECKPOINT_EVERY: u64 = 100;
 /// How many objects strata reads or checks at once.
 const IO_CONCURRENCY: usize = 32;
 /// How many version numbers a publish tries before giving up (each failure means another
@@ -39,6 +42,9 @@ const CREATE_ATTEMPTS: u32 = 5;
 pub struct PublishOptions {
     /// Replace every partition: the new version holds only what this run wrote.
     pub replace_all: bool,
+    /// Partition keys this run owns besides those it writes: the parent's partitions with these
+    /// keys are dropped when the run wrote nothing for them (an owned day with no rows left).
+    pub owned: Option<std::collections::BTreeSet<String>>,
     /// Recorded in the version record and the pointer entry.
     pub reason: Option<String>,
 }
@@ -131,6 +137,11 @@ impl Dataset {
 
     /// Sequence numbers of the pointer entries, sorted.
     async fn pointer_seqs(&self) -> Result<Vec<u64>> {
+        Ok(self.pointer_listing().await?.0)
+    }
+
+    /// Sequence numbers of the pointer entries and of the checkpoints, each sorted.
+    async fn pointer_listing(&self) -> Result<(Vec<u64>, Vec<u64>)> {
         let prefix = layout::pointer_prefix(&self.name);
         let listing = self
             .store()
@@ -139,8 +150,41 @@ impl Dataset {
             .map_err(|e| Error::store("list", &prefix, e))?;
         let mut seqs: Vec<u64> =
             listing.objects.iter().filter_map(|o| layout::parse_numbered(&o.location)).collect();
+        let mut checkpoints: Vec<u64> =
+            listing.objects.iter().filter_map(|o| layout::parse_checkpoint(&o.location)).collect();
         seqs.sort_unstable();
-        Ok(seqs)
+        checkpoints.sort_unstable();
+        Ok((seqs, checkpoints))
+    }
+
+    /// The flips 1..=`seq` from a checkpoint, if it is there and whole; `None` sends the reader
+    /// back to the entries, which are the truth.
+    async fn read_checkpoint(&self, seq: u64) -> Option<Vec<Flip>> {
+        let path = layout::checkpoint_path(&self.name, seq);
+        let cp: Checkpoint = self.read_json(&path).await.ok().flatten()?;
+        let whole = cp.format == CHECKPOINT_FORMAT
+            && cp.seq == seq
+            && cp.flips.len() as u64 == seq
+            && cp
+                .flips
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.seq == i as u64 + 1 && f.format == FLIP_FORMAT);
+        whole.then_some(cp.flips)
+    }
+
+    /// Writes the checkpoint for `seq` if it is due (best effort: it is only a cache).
+    async fn checkpoint_if_due(&self, seq: u64) {
+        if seq % CHECKPOINT_EVERY != 0 {
+            return;
+        }
+        let Ok(flips) = self.history().await else { return };
+        if flips.len() as u64 != seq {
+            return;
+        }
+        let cp = Checkpoint { format: CHECKPOINT_FORMAT.to_string(), seq, flips };
+        let path = layout::checkpoint_path(&self.name, seq);
+        let _ = self.create_json(&path, &cp, "pointer checkpoint").await;
     }
 
     async fn read_flip(&self, seq: u64) -> Result<Option<Flip>> {
@@ -184,20 +228,32 @@ impl Dataset {
     }
 
     /// Every pointer entry, oldest first: the dataset's history of publishes and rollbacks.
+    /// Reads the latest whole checkpoint and the entries after it.
     pub async fn history(&self) -> Result<Vec<Flip>> {
-        let seqs = self.pointer_seqs().await?;
+        let (seqs, checkpoints) = self.pointer_listing().await?;
         if seqs.is_empty() {
             return Err(self.not_found());
         }
         if let Some(gap) = protocol::first_gap(&seqs) {
             return Err(self.gap_error(gap));
         }
-        let flips: Vec<Option<Flip>> =
-            futures::stream::iter(seqs.iter().map(|&s| self.read_flip(s)))
-                .buffered(IO_CONCURRENCY)
-                .try_collect()
-                .await?;
-        flips.into_iter().zip(seqs).map(|(f, s)| f.ok_or_else(|| self.gap_error(s))).collect()
+        let last = *seqs.last().expect("non-empty");
+        let mut flips = Vec::new();
+        let candidates: Vec<u64> = checkpoints.into_iter().rev().filter(|c| *c <= last).collect();
+        for c in candidates {
+            if let Some(cp) = self.read_checkpoint(c).await {
+                flips = cp;
+                break;
+            }
+        }
+        let rest = &seqs[flips.len()..];
+        let reads: Vec<_> = rest.iter().map(|&s| self.read_flip(s)).collect();
+        let read: Vec<Option<Flip>> =
+            futures::stream::iter(reads).buffered(IO_CONCURRENCY).try_collect().await?;
+        for (f, &s) in read.into_iter().zip(rest) {
+            flips.push(f.ok_or_else(|| self.gap_error(s))?);
+        }
+        Ok(flips)
     }
 
     /// The published versions, oldest first, marking the current one.
@@ -353,7 +409,7 @@ impl Dataset {
                 schema = protocol::loosen_nullability(&parent.schema, &staged.schema);
             }
         }
-        if staged.rows == 0 && !options.replace_all {
+        if staged.rows == 0 && !options.replace_all && options.owned.is_none() {
             return Err(Error::Usage(format!(
                 "run {} staged no rows, so there is nothing to publish; pass --replace-all to \
                  publish an empty version of {:?}",
@@ -368,8 +424,14 @@ impl Dataset {
             for p in &mut written {
                 p.written_in = version;
             }
-            let merged =
-                protocol::merge_partitions(merged_base, written.clone(), options.replace_all);
+            let replace = if options.replace_all {
+                protocol::Replace::All
+            } else if let Some(owned) = &options.owned {
+                protocol::Replace::Owned(owned.clone())
+            } else {
+                protocol::Replace::Written
+            };
+            let merged = protocol::merge_partitions(merged_base, written.clone(), &replace);
             let record = VersionRecord {
                 format: VERSION_FORMAT.to_string(),
                 dataset: self.name.clone(),
@@ -442,6 +504,7 @@ impl Dataset {
         match self.create_flip(&flip).await {
             Ok(()) => {
                 crash::point("after-flip");
+                self.checkpoint_if_due(flip.seq).await;
                 Ok(Published { record, flip })
             }
             Err(e) => {
@@ -568,6 +631,7 @@ impl Dataset {
         };
         self.create_flip(&flip).await?;
         crash::point("after-flip");
+        self.checkpoint_if_due(flip.seq).await;
         Ok(RollbackOutcome::Flipped(flip))
     }
 

@@ -23,6 +23,22 @@ pub fn pointer_path(dataset: &str, seq: u64) -> Path {
     Path::from(format!("{dataset}/{META_DIR}/pointer/{seq:020}.json"))
 }
 
+/// A checkpoint of the pointer log: every flip from 1 to `seq` in one object (a cache; the
+/// entries stay authoritative).
+pub fn checkpoint_path(dataset: &str, seq: u64) -> Path {
+    Path::from(format!("{dataset}/{META_DIR}/pointer/{seq:020}.checkpoint.json"))
+}
+
+/// The number in a checkpoint's file name.
+pub fn parse_checkpoint(path: &Path) -> Option<u64> {
+    let name = path.filename()?;
+    let digits = name.strip_suffix(".checkpoint.json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 pub fn versions_prefix(dataset: &str) -> Path {
     Path::from(format!("{dataset}/{META_DIR}/versions"))
 }
@@ -63,6 +79,9 @@ mod tests {
         assert_eq!(parse_numbered(&pointer_path("d", 42)), Some(42));
         assert_eq!(parse_numbered(&version_path("d", u64::MAX)), Some(u64::MAX));
         assert_eq!(parse_numbered(&Path::from("d/_strata/pointer/42.json")), None);
+        assert_eq!(parse_numbered(&checkpoint_path("d", 100)), None, "checkpoints are not entries");
+        assert_eq!(parse_checkpoint(&checkpoint_path("d", 100)), Some(100));
+        assert_eq!(parse_checkpoint(&pointer_path("d", 100)), None);
         assert_eq!(
             parse_numbered(&Path::from("d/_strata/pointer/0000000000000000004x.json")),
             None

@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 pub const VERSION_FORMAT: &str = "strata.version.v1";
 /// `format` of a pointer entry.
 pub const FLIP_FORMAT: &str = "strata.flip.v1";
+/// `format` of a pointer checkpoint.
+pub const CHECKPOINT_FORMAT: &str = "strata.pointer-checkpoint.v1";
+
+/// Every pointer entry from 1 to `seq`, in one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: String,
+    pub seq: u64,
+    pub flips: Vec<Flip>,
+}
 
 /// One Parquet data file of a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,15 +40,28 @@ pub struct Merged {
     pub summary: Summary,
 }
 
+/// Which of the parent's partitions a publish replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Replace {
+    /// Only the partitions it wrote.
+    #[default]
+    Written,
+    /// The partitions it wrote and these keys (dropped when not written: the run owns them and
+    /// found no rows for them).
+    Owned(std::collections::BTreeSet<String>),
+    /// Every partition: the new version holds only what it wrote.
+    All,
+}
+
 /// Assembles the partitions of a new version, copy-on-write.
 ///
 /// Every partition in `written` replaces the parent's partition with the same key. The parent's
-/// other partitions are reused as they are (same files, same paths) unless `replace_all`, in which
-/// case the new version holds only `written`.
+/// other partitions are reused as they are (same files, same paths), except those `replace`
+/// owns, which are dropped.
 pub fn merge_partitions(
     parent: Option<&VersionRecord>,
     written: Vec<PartitionEntry>,
-    replace_all: bool,
+    replace: &Replace,
 ) -> Merged {
     let mut by_key: BTreeMap<String, PartitionEntry> = BTreeMap::new();
     let mut reused = 0u64;
@@ -60,7 +73,12 @@ pub fn merge_partitions(
             if written_keys.contains(p.key.as_str()) {
                 continue;
             }
-            if replace_all {
+            let owned = match replace {
+                Replace::Written => false,
+                Replace::Owned(keys) => keys.contains(&p.key),
+                Replace::All => true,
+            };
+            if owned {
                 dropped += 1;
             } else {
                 reused += 1;
@@ -200,7 +218,7 @@ mod tests {
     #[test]
     fn copy_on_write_reuses_untouched_partitions() {
         let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)]);
-        let m = merge_partitions(Some(&parent), vec![part("k=b", "r2", 20)], false);
+        let m = merge_partitions(Some(&parent), vec![part("k=b", "r2", 20)], &Replace::Written);
         let keys: Vec<_> =
             m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
         assert_eq!(keys, vec![("k=a", "r1"), ("k=b", "r2"), ("k=c", "r1")]);
@@ -214,12 +232,24 @@ mod tests {
     #[test]
     fn replace_all_drops_the_rest() {
         let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
-        let m = merge_partitions(Some(&parent), vec![part("k=z", "r2", 5)], true);
+        let m = merge_partitions(Some(&parent), vec![part("k=z", "r2", 5)], &Replace::All);
         assert_eq!(m.partitions.len(), 1);
         assert_eq!(m.summary.partitions_dropped, 2);
         assert_eq!(m.summary.rows, 5);
-        let m = merge_partitions(None, vec![part("k=b", "r2", 5), part("k=a", "r2", 1)], false);
+        let m = merge_partitions(
+            None,
+            vec![part("k=b", "r2", 5), part("k=a", "r2", 1)],
+            &Replace::Written,
+        );
         assert_eq!(m.partitions[0].key, "k=a", "sorted by key");
+        // Owned keys that were not rewritten are dropped; others are reused.
+        let owned = Replace::Owned(["k=a".to_string(), "k=c".to_string()].into_iter().collect());
+        let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)]);
+        let m = merge_partitions(Some(&parent), vec![part("k=c", "r2", 9)], &owned);
+        let keys: Vec<_> =
+            m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
+        assert_eq!(keys, vec![("k=b", "r1"), ("k=c", "r2")]);
+        assert_eq!((m.summary.partitions_dropped, m.summary.partitions_reused), (1, 1));
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn land_refuses_bad_arguments_without_writing() {
     let file = testdata("shop/data/orders/orders-2026-01-03.csv");
     for (args, needle) in [
         (vec!["land", "../x", file.as_str()], "invalid dataset name"),
-        (vec!["land", "orders", "nope.csv"], "cannot read nope.csv"),
+        (vec!["land", "orders", "nope.csv"], "cannot land nope.csv"),
         (vec!["land", "orders", "nothing-*.csv"], "matches no file"),
         (vec!["land", "orders", file.as_str(), "--delimiter", "\""], "--delimiter"),
     ] {

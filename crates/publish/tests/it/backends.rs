@@ -24,6 +24,7 @@ macro_rules! conformance_tests {
                 schema_conflict_is_refused_and_nothing_changes,
                 bad_partition_values_are_refused_and_nothing_changes,
                 unknown_dataset_and_version_are_reported,
+                pointer_checkpoints_are_a_faithful_cache,
             );
         }
     };

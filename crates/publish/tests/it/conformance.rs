@@ -260,7 +260,7 @@ pub async fn replace_all_must_be_explicit(lake: Lake) {
         &ctx("r2", 1),
         &days(&["2026-01-05"], 3, 50, 2),
         by_day(),
-        PublishOptions { replace_all: true, reason: Some("restate".into()) },
+        PublishOptions { replace_all: true, reason: Some("restate".into()), ..Default::default() },
     )
     .await
     .unwrap();
@@ -387,7 +387,7 @@ pub async fn history_records_every_flip(lake: Lake) {
         &ctx("r2", 5),
         &days(&["2026-01-02"], 2, 5, 1),
         by_day(),
-        PublishOptions { replace_all: false, reason: Some("late file".into()) },
+        PublishOptions { reason: Some("late file".into()), ..Default::default() },
     )
     .await
     .unwrap();
@@ -607,4 +607,34 @@ pub async fn unknown_dataset_and_version_are_reported(lake: Lake) {
     let err = orders.version(2).await.unwrap_err();
     assert!(matches!(err, Error::VersionNotFound { version: 2, .. }), "{err}");
     assert!(orders.verify(Some(7)).await.is_err());
+}
+
+pub async fn pointer_checkpoints_are_a_faithful_cache(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 1, 1, 1)).await;
+    publish_days(&ds, "r2", 1, &days(&["2026-01-01"], 2, 10, 2)).await;
+    for i in 0..200u64 {
+        let to = if i % 2 == 0 { 1 } else { 2 };
+        let c = RunContext::new(
+            format!("rb{i}"),
+            Utc.timestamp_opt(1_800_000_000 + i as i64, 0).unwrap(),
+        )
+        .unwrap();
+        ds.rollback(to, None, &c).await.unwrap();
+    }
+    let all = list_all(&lake).await;
+    let cps: Vec<&String> = all.iter().filter(|p| p.ends_with(".checkpoint.json")).collect();
+    assert_eq!(cps.len(), 2, "checkpoints at 100 and 200: {cps:?}");
+    let history = ds.history().await.unwrap();
+    assert_eq!(history.len(), 202);
+    assert!(history.iter().enumerate().all(|(i, f)| f.seq == i as u64 + 1));
+    assert_eq!(ds.versions().await.unwrap().len(), 2);
+    // A damaged checkpoint is passed over; a missing one too. The entries stay the truth.
+    let cp200 = layout::checkpoint_path("orders", 200);
+    lake.store().put(&cp200, PutPayload::from_static(b"{ truncated")).await.unwrap();
+    assert_eq!(ds.history().await.unwrap(), history);
+    lake.store().delete(&cp200).await.unwrap();
+    lake.store().delete(&layout::checkpoint_path("orders", 100)).await.unwrap();
+    assert_eq!(ds.history().await.unwrap(), history);
+    assert_eq!(ds.current().await.unwrap().version, 2);
 }

@@ -1,38 +1,45 @@
-//! Expanding the input arguments of `land`: files, directories and glob patterns.
+//! Expanding input arguments: files, directories and glob patterns.
 
 use std::path::{Path, PathBuf};
 
-use crate::user_error;
+use crate::error::{Error, Result};
+
+fn input_error(path: impl std::fmt::Display, detail: impl Into<String>) -> Error {
+    Error::Input { path: path.to_string(), detail: detail.into() }
+}
 
 /// Whether a file name has an extension `land` knows.
 fn landable(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| strata_land::InputFormat::from_name(n).is_some())
+        .is_some_and(|n| crate::InputFormat::from_name(n).is_some())
 }
 
 /// Expands files, directories (recursively, landable files only) and glob patterns (`*`, `?`
-/// within path components) into a sorted, de-duplicated list of files.
-pub fn expand(args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+/// within path components) into a sorted, de-duplicated list of files. Relative arguments are
+/// taken relative to `base`.
+pub fn expand_inputs(base: &Path, args: &[String]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for arg in args {
+        let joined = base.join(arg).to_string_lossy().to_string();
         if arg.contains(['*', '?']) {
-            let matches = glob(arg);
+            let matches = glob(&joined);
             if matches.is_empty() {
-                return Err(user_error!("{arg:?} matches no file; check the pattern"));
+                return Err(input_error(arg, "the pattern matches no file; check it"));
             }
             out.extend(matches);
             continue;
         }
-        let path = PathBuf::from(arg);
+        let path = PathBuf::from(&joined);
         let meta = std::fs::metadata(&path)
-            .map_err(|e| user_error!("cannot read {arg}: {e}; check the path"))?;
+            .map_err(|e| input_error(arg, format!("{e}; check the path")))?;
         if meta.is_dir() {
             let before = out.len();
             walk(&path, &mut out)?;
             if out.len() == before {
-                return Err(user_error!(
-                    "{arg} is a directory with no .csv, .jsonl, .ndjson, .json or .parquet files"
+                return Err(input_error(
+                    arg,
+                    "it is a directory with no .csv, .jsonl, .ndjson, .json or .parquet files",
                 ));
             }
         } else {
@@ -42,8 +49,8 @@ pub fn expand(args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut unique = Vec::new();
     for f in out {
-        let canonical = std::fs::canonicalize(&f)
-            .map_err(|e| user_error!("cannot read {}: {e}", f.display()))?;
+        let canonical =
+            std::fs::canonicalize(&f).map_err(|e| input_error(f.display(), e.to_string()))?;
         if seen.insert(canonical.clone()) {
             unique.push(canonical);
         }
@@ -51,9 +58,9 @@ pub fn expand(args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(unique)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| user_error!("cannot list {}: {e}", dir.display()))?
+        .map_err(|e| input_error(dir.display(), e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();

@@ -1,0 +1,197 @@
+//! `strata run` and `strata init`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use strata_medallion::pipeline::Pipeline;
+use strata_medallion::stages::{run_pipeline, RunOptions, StageReport, Window};
+use strata_publish::OpenMode;
+
+use crate::cli::{InitArgs, RunArgs};
+use crate::output;
+use crate::settings::{run_context, Settings};
+use crate::user_error;
+
+fn date(flag: &str, s: &str) -> anyhow::Result<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| {
+        user_error!("{flag} {s:?} is not a date ({e}); use YYYY-MM-DD, e.g. 2026-01-31")
+    })
+}
+
+pub async fn run(
+    settings: &Settings,
+    lake_flag: bool,
+    args: RunArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::load(&args.pipeline).map_err(|e| user_error!("{e}"))?;
+    let requested = match (&args.date, &args.from, &args.to) {
+        (Some(d), _, _) => {
+            let d = date("--date", d)?;
+            Some(Window { from: d, to: d })
+        }
+        (None, Some(f), Some(t)) => {
+            let (from, to) = (date("--from", f)?, date("--to", t)?);
+            if from > to {
+                return Err(user_error!("--from {from} is after --to {to}; swap them"));
+            }
+            Some(Window { from, to })
+        }
+        _ => None,
+    };
+    // The lookback recomputes the days before the window, to pick up late data.
+    let window = requested.map(|w| Window {
+        from: w.from - chrono::Duration::days(pipeline.settings.lookback_days.into()),
+        to: w.to,
+    });
+    let lake_url = if lake_flag {
+        settings.lake_url.clone()
+    } else {
+        pipeline.dir.join("lake").display().to_string()
+    };
+    let lake = Settings { lake_url }.open_lake(OpenMode::Create).await?;
+    let ctx = run_context()?;
+    let options = RunOptions {
+        window,
+        only: args.only.clone(),
+        memory_limit: pipeline.memory_limit().map_err(|e| user_error!("{e}"))?,
+        target_partitions: 0,
+    };
+    let total = pipeline.sources.len() + pipeline.cleaned.len() + pipeline.models.len();
+    let tty = std::io::stderr().is_terminal() && !args.json;
+    if !args.json {
+        writeln!(
+            out,
+            "run {} of pipeline {} ({}) into {}{}",
+            ctx.run_id(),
+            pipeline.settings.name,
+            &pipeline.version[..12],
+            lake.url(),
+            match window {
+                Some(w) => format!(", business dates {} to {}", w.from, w.to),
+                None => ", every business date found".into(),
+            }
+        )?;
+        out.flush()?;
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut done = 0usize;
+    let mut progress = |r: &StageReport| {
+        done += 1;
+        lines.push(stage_line(r));
+        if tty {
+            let width = 30;
+            let filled = width * done.min(total) / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} {} {}\x1b[K",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                r.stage,
+                r.dataset
+            );
+        }
+    };
+    let reports = run_pipeline(&lake, &pipeline, &options, &ctx, &mut progress).await;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let reports = reports?;
+    if args.json {
+        output::json(
+            out,
+            &serde_json::json!({ "run_id": ctx.run_id(), "pipeline_version": pipeline.version, "stages": reports }),
+        )?;
+    } else {
+        for l in &lines {
+            writeln!(out, "{l}")?;
+        }
+        let total_ms: u64 = reports.iter().map(|r| r.millis).sum();
+        writeln!(out, "done in {:.1} s", total_ms as f64 / 1000.0)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stage_line(r: &StageReport) -> String {
+    let mut s =
+        format!("{:<6} {:<22} in {:>7}  out {:>7}", r.stage, r.dataset, r.rows_in, r.rows_out);
+    match r.stage {
+        "land" => s.push_str(&format!("  rejected {:>5}  {}", r.quarantined, r.note)),
+        "clean" => s.push_str(&format!(
+            "  quarantined {:>5}  duplicates {:>5}",
+            r.quarantined, r.duplicates
+        )),
+        _ => {}
+    }
+    if let Some(v) = r.version {
+        s.push_str(&format!("  -> v{v} ({} partition(s))", r.partitions));
+    }
+    if let Some(w) = r.window {
+        s.push_str(&format!("  {}..{}", w.from, w.to));
+    }
+    s.push_str(&format!("  {} ms", r.millis));
+    s
+}
+
+const INIT_TOML: &str = r#"# A small pipeline to start from: orders exports -> cleaned orders -> daily revenue.
+# Run it with `strata run`; see `strata run --help`.
+
+[pipeline]
+name = "starter"
+lookback_days = 1
+
+[sources.orders]
+path = "data/orders/*.csv"
+
+[cleaned.orders]
+source = "orders"
+key = ["order_id"]
+latest_by = "updated_at"
+business_date = "order_date"
+columns = { order_id = "bigint not null", order_date = "date not null", amount = "decimal(12,2) not null", updated_at = "timestamp" }
+rules = [
+  { name = "amount_positive", range = { column = "amount", min = 0 } },
+]
+
+[models.daily_revenue]
+sql = "models/daily_revenue.sql"
+business_date = "order_date"
+"#;
+
+const INIT_SQL: &str = "-- Revenue per day.\nSELECT order_date, count(*) AS orders, sum(amount) AS revenue\nFROM orders\nGROUP BY order_date\n";
+
+const INIT_CSV: &str = "order_id,order_date,amount,updated_at\n1,2026-01-01,10.00,2026-01-01T09:00:00\n2,2026-01-01,-3.00,2026-01-01T09:30:00\n3,2026-01-02,7.25,2026-01-02T10:00:00\n3,2026-01-02,7.50,2026-01-02T11:00:00\n";
+
+pub fn init(args: InitArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let toml = args.dir.join("strata.toml");
+    if toml.exists() {
+        return Err(user_error!(
+            "{} already exists; nothing was changed. Pick another directory",
+            toml.display()
+        ));
+    }
+    let files = [
+        (toml.clone(), INIT_TOML),
+        (args.dir.join("models/daily_revenue.sql"), INIT_SQL),
+        (args.dir.join("data/orders/orders-2026-01-01.csv"), INIT_CSV),
+    ];
+    for (path, _) in &files[1..] {
+        if path.exists() {
+            return Err(user_error!(
+                "{} already exists; nothing was changed. Pick another directory",
+                path.display()
+            ));
+        }
+    }
+    for (path, text) in &files {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| user_error!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(path, text)
+            .map_err(|e| user_error!("cannot write {}: {e}", path.display()))?;
+        writeln!(out, "created {}", path.display())?;
+    }
+    writeln!(out, "next: strata run --pipeline {}", toml.display())?;
+    Ok(ExitCode::SUCCESS)
+}

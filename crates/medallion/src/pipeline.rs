@@ -1,0 +1,561 @@
+//! The pipeline definition: `strata.toml` and the SQL files beside it.
+//!
+//! ```toml
+//! [pipeline]
+//! name = "shop"
+//! lookback_days = 2          # an incremental run for day D also recomputes D-1 and D-2
+//! memory_limit = "1GiB"      # DataFusion memory pool; spills to disk beyond it
+//!
+//! [sources.orders]           # raw landing: files matching `path` land in _raw/orders/
+//! path = "data/orders/*.csv"
+//! format = "csv"             # csv | jsonl | parquet (default: from the extension)
+//!
+//! [cleaned.orders]           # the cleaned dataset `orders`, from raw source `orders`
+//! source = "orders"
+//! key = ["order_id"]
+//! latest_by = "updated_at"   # dedupe: latest by this column, then by content hash
+//! business_date = "order_date"
+//! grain = "day"              # day | month
+//! columns = { order_id = "bigint not null", order_date = "date not null", amount = "decimal(12,2)" }
+//! rules = [
+//!   { name = "amount_positive", range = { column = "amount", min = 0 } },
+//!   { name = "status_known", enum = { column = "status", values = ["paid", "shipped"] } },
+//! ]
+//!
+//! [models.daily_revenue]     # curated: SQL over cleaned datasets and other models
+//! sql = "models/daily_revenue.sql"
+//! business_date = "order_date"
+//! reads_days = 0             # how far back the SQL reads (6 for a 7-day rolling window)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// A pipeline definition that could not be loaded: names the file, the line and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DefinitionError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The `[pipeline]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    pub name: String,
+    #[serde(default)]
+    pub lookback_days: u32,
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+}
+
+/// A raw source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDef {
+    /// A file, directory or glob, relative to the pipeline file.
+    pub path: String,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub delimiter: Option<String>,
+}
+
+/// A quality rule of a cleaned dataset. Exactly one of the checks is given.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub name: String,
+    #[serde(default)]
+    pub not_null: Option<ColumnRef>,
+    #[serde(default)]
+    pub range: Option<RangeRule>,
+    #[serde(default, rename = "enum")]
+    pub enum_: Option<EnumRule>,
+    #[serde(default)]
+    pub regex: Option<RegexRule>,
+    /// An SQL predicate over the typed columns; rows where it is not true fail.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// What a failure does (quality gates build on this); default `QUARANTINE_RECORD`.
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnRef {
+    pub column: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRule {
+    pub column: String,
+    #[serde(default)]
+    pub min: Option<toml::Value>,
+    #[serde(default)]
+    pub max: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnumRule {
+    pub column: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRule {
+    pub column: String,
+    pub pattern: String,
+}
+
+/// A cleaned dataset: a raw source cast to a contract, validated, deduplicated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanedDef {
+    pub source: String,
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub latest_by: Option<String>,
+    pub business_date: String,
+    #[serde(default = "day")]
+    pub grain: String,
+    /// Column name → `"<sql type>[ not null]"`, in contract order (the file's order).
+    pub columns: toml::Table,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+fn day() -> String {
+    "day".into()
+}
+
+/// A curated model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDef {
+    /// Path of the SQL file, relative to the pipeline file.
+    pub sql: String,
+    pub business_date: String,
+    #[serde(default = "day")]
+    pub grain: String,
+    /// How many days before a partition the SQL reads (a 7-day rolling window reads 6).
+    #[serde(default)]
+    pub reads_days: u32,
+    /// Extra dependencies; those the SQL names are found on their own.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    pipeline: PipelineSection,
+    #[serde(default)]
+    sources: BTreeMap<String, SourceDef>,
+    #[serde(default)]
+    cleaned: BTreeMap<String, CleanedDef>,
+    #[serde(default)]
+    models: BTreeMap<String, ModelDef>,
+}
+
+/// A column of a cleaned dataset's contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractColumn {
+    pub name: String,
+    /// The SQL type, as written (`bigint`, `decimal(12,2)`, `date`, `timestamp`, `varchar`…).
+    pub sql_type: String,
+    pub nullable: bool,
+}
+
+/// A loaded, checked pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// The directory paths are relative to.
+    pub dir: PathBuf,
+    pub settings: PipelineSection,
+    pub sources: BTreeMap<String, SourceDef>,
+    pub cleaned: BTreeMap<String, CleanedDef>,
+    /// Contract columns of each cleaned dataset, in file order.
+    pub contracts: BTreeMap<String, Vec<ContractColumn>>,
+    pub models: BTreeMap<String, ModelDef>,
+    /// SQL text of each model.
+    pub model_sql: BTreeMap<String, String>,
+    /// Models in dependency order.
+    pub model_order: Vec<String>,
+    /// The dependencies of each model (cleaned datasets and models).
+    pub model_deps: BTreeMap<String, BTreeSet<String>>,
+    /// sha256 over the pipeline file and every SQL file: the pipeline's version.
+    pub version: String,
+}
+
+impl Pipeline {
+    /// Loads and checks `strata.toml` and the SQL files it names.
+    pub fn load(file: &Path) -> Result<Pipeline, DefinitionError> {
+        let display = file.display().to_string();
+        let err = |line: Option<usize>, message: String| DefinitionError {
+            file: display.clone(),
+            line,
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            err(None, format!("cannot read it ({e}); run `strata init` to create a pipeline, or pass --pipeline"))
+        })?;
+        let raw: RawFile = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            err(line, e.message().trim().to_string())
+        })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let line_of = |needle: &str| text.find(needle).map(|i| text[..i].matches('\n').count() + 1);
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+
+        for name in raw.sources.keys().chain(raw.cleaned.keys()).chain(raw.models.keys()) {
+            strata_publish::names::validate_dataset_name(name)
+                .map_err(|e| err(line_of(name), format!("{e}")))?;
+        }
+        for (name, src) in &raw.sources {
+            if let Some(f) = &src.format {
+                if !matches!(f.as_str(), "csv" | "jsonl" | "parquet") {
+                    return Err(err(
+                        line_of(&format!("format = \"{f}\"")),
+                        format!("sources.{name}.format is {f:?}; expected \"csv\", \"jsonl\" or \"parquet\""),
+                    ));
+                }
+            }
+        }
+        let mut contracts = BTreeMap::new();
+        for (name, c) in &raw.cleaned {
+            let at = |key: &str| line_of(&format!("[cleaned.{name}")).or_else(|| line_of(key));
+            if !raw.sources.contains_key(&c.source) {
+                return Err(err(
+                    at("source"),
+                    format!(
+                        "cleaned.{name}.source is {:?}, but no [sources.{}] is defined (sources: {})",
+                        c.source,
+                        c.source,
+                        raw.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            if !matches!(c.grain.as_str(), "day" | "month") {
+                return Err(err(
+                    at("grain"),
+                    format!("cleaned.{name}.grain is {:?}; expected \"day\" or \"month\"", c.grain),
+                ));
+            }
+            let mut cols = Vec::new();
+            for (col, spec) in &c.columns {
+                let Some(spec) = spec.as_str() else {
+                    return Err(err(
+                        line_of(col),
+                        format!("cleaned.{name}.columns.{col} must be a string such as \"bigint not null\""),
+                    ));
+                };
+                let lower = spec.trim().to_ascii_lowercase();
+                let (sql_type, nullable) = match lower.strip_suffix("not null") {
+                    Some(t) => (t.trim().to_string(), false),
+                    None => (lower.clone(), true),
+                };
+                if sql_type.is_empty() {
+                    return Err(err(
+                        line_of(col),
+                        format!("cleaned.{name}.columns.{col} has no type"),
+                    ));
+                }
+                cols.push(ContractColumn { name: col.clone(), sql_type, nullable });
+            }
+            // toml::Table keeps file order only with preserve_order; sort by position in the file.
+            cols.sort_by_key(|c| {
+                text.find(&format!("{} =", c.name))
+                    .or_else(|| text.find(&c.name))
+                    .unwrap_or(usize::MAX)
+            });
+            let names: BTreeSet<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+            let mut need = vec![("business_date", c.business_date.clone())];
+            need.extend(c.key.iter().map(|k| ("key", k.clone())));
+            if let Some(l) = &c.latest_by {
+                need.push(("latest_by", l.clone()));
+            }
+            for r in &c.rules {
+                let checks = [
+                    r.not_null.is_some(),
+                    r.range.is_some(),
+                    r.enum_.is_some(),
+                    r.regex.is_some(),
+                    r.sql.is_some(),
+                ];
+                if checks.iter().filter(|x| **x).count() != 1 {
+                    return Err(err(
+                        line_of(&format!("\"{}\"", r.name)),
+                        format!(
+                            "rule {:?} of cleaned.{name} must have exactly one of not_null, range, enum, regex, sql",
+                            r.name
+                        ),
+                    ));
+                }
+                let column = r
+                    .not_null
+                    .as_ref()
+                    .map(|c| &c.column)
+                    .or(r.range.as_ref().map(|c| &c.column))
+                    .or(r.enum_.as_ref().map(|c| &c.column))
+                    .or(r.regex.as_ref().map(|c| &c.column));
+                if let Some(col) = column {
+                    need.push(("rule column", col.clone()));
+                }
+                if let Some(sev) = &r.severity {
+                    const SEVERITIES: [&str; 6] = [
+                        "INFO",
+                        "WARN",
+                        "QUARANTINE_RECORD",
+                        "FAIL_PARTITION",
+                        "FAIL_RUN",
+                        "MANUAL_REVIEW",
+                    ];
+                    if !SEVERITIES.contains(&sev.as_str()) {
+                        return Err(err(
+                            line_of(&format!("\"{sev}\"")),
+                            format!(
+                                "rule {:?} has severity {sev:?}; expected one of {}",
+                                r.name,
+                                SEVERITIES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            if c.key.is_empty() {
+                return Err(err(
+                    at("key"),
+                    format!("cleaned.{name}.key is empty; name the column(s) that identify a row"),
+                ));
+            }
+            for (what, col) in need {
+                if !names.contains(col.as_str()) {
+                    return Err(err(
+                        line_of(&format!("\"{col}\"")).or_else(|| at(what)),
+                        format!(
+                            "cleaned.{name}: {what} {col:?} is not a column of the contract (columns: {})",
+                            cols.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            contracts.insert(name.clone(), cols);
+        }
+        let mut model_sql = BTreeMap::new();
+        for (name, m) in &raw.models {
+            if !matches!(m.grain.as_str(), "day" | "month") {
+                return Err(err(
+                    line_of(&format!("[models.{name}]")),
+                    format!("models.{name}.grain is {:?}; expected \"day\" or \"month\"", m.grain),
+                ));
+            }
+            let path = dir.join(&m.sql);
+            let sql = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    line_of(&m.sql),
+                    format!(
+                        "models.{name}.sql names {} which cannot be read ({e})",
+                        path.display()
+                    ),
+                )
+            })?;
+            hasher.update(m.sql.as_bytes());
+            hasher.update(sql.as_bytes());
+            model_sql.insert(name.clone(), sql);
+        }
+        // Dependencies: declared, plus every cleaned dataset or model the SQL names.
+        let known: BTreeSet<String> =
+            raw.cleaned.keys().chain(raw.models.keys()).cloned().collect();
+        let mut model_deps = BTreeMap::new();
+        for (name, m) in &raw.models {
+            let mut deps: BTreeSet<String> = referenced_names(&model_sql[name], &known);
+            deps.remove(name);
+            for d in &m.depends_on {
+                if !known.contains(d) {
+                    return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is neither a cleaned dataset nor a model")));
+                }
+                deps.insert(d.clone());
+            }
+            model_deps.insert(name.clone(), deps);
+        }
+        let model_order = topo_order(&model_deps, raw.models.keys()).map_err(|cycle| {
+            err(None, format!("the models depend on each other in a cycle: {}", cycle.join(" -> ")))
+        })?;
+        Ok(Pipeline {
+            file: file.to_path_buf(),
+            dir,
+            settings: raw.pipeline,
+            sources: raw.sources,
+            cleaned: raw.cleaned,
+            contracts,
+            models: raw.models,
+            model_sql,
+            model_order,
+            model_deps,
+            version: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// The memory limit in bytes (default 1 GiB).
+    pub fn memory_limit(&self) -> Result<usize, DefinitionError> {
+        match &self.settings.memory_limit {
+            None => Ok(DEFAULT_MEMORY_LIMIT),
+            Some(s) => parse_bytes(s).ok_or_else(|| DefinitionError {
+                file: self.file.display().to_string(),
+                line: None,
+                message: format!("pipeline.memory_limit is {s:?}; expected a size such as \"512MiB\" or \"2GiB\""),
+            }),
+        }
+    }
+}
+
+/// DataFusion's memory pool when the pipeline does not set one.
+pub const DEFAULT_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// Parses `512MiB`, `2GiB`, `1GB`, `100000`.
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The names in `known` that `sql` mentions as identifiers (bare or double-quoted).
+pub fn referenced_names(sql: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'"' {
+            if let Some(end) = sql[i + 1..].find('"') {
+                let name = &sql[i + 1..i + 1 + end];
+                let base = name.split('@').next().unwrap_or(name);
+                if known.contains(base) {
+                    found.insert(base.to_string());
+                }
+                i += end + 2;
+                continue;
+            }
+        } else if c == b'\'' {
+            // Skip string literals.
+            match sql[i + 1..].find('\'') {
+                Some(end) => i += end + 2,
+                None => break,
+            }
+            continue;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.')
+            {
+                i += 1;
+            }
+            let word = sql[start..i].to_ascii_lowercase();
+            if known.contains(&word) {
+                found.insert(word);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Orders models so that each comes after its dependencies; `Err` names a cycle.
+pub fn topo_order<'a>(
+    deps: &BTreeMap<String, BTreeSet<String>>,
+    models: impl Iterator<Item = &'a String>,
+) -> Result<Vec<String>, Vec<String>> {
+    let models: Vec<&String> = models.collect();
+    let mut order = Vec::new();
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = visiting, 2 = done
+    fn visit<'b>(
+        m: &'b str,
+        deps: &'b BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<&'b str, u8>,
+        order: &mut Vec<String>,
+        path: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match state.get(m) {
+            Some(2) => return Ok(()),
+            Some(1) => {
+                path.push(m.to_string());
+                return Err(path.clone());
+            }
+            _ => {}
+        }
+        let Some(ds) = deps.get(m) else { return Ok(()) }; // a cleaned dataset
+        state.insert(m, 1);
+        path.push(m.to_string());
+        for d in ds {
+            visit(d, deps, state, order, path)?;
+        }
+        path.pop();
+        state.insert(m, 2);
+        order.push(m.to_string());
+        Ok(())
+    }
+    for m in models {
+        visit(m, deps, &mut state, &mut order, &mut Vec::new())?;
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_sql() {
+        let known: BTreeSet<String> =
+            ["orders", "customers", "daily_revenue"].iter().map(|s| s.to_string()).collect();
+        let sql =
+            "SELECT o.x FROM orders o JOIN \"customers\" c ON 1=1 WHERE s = 'daily_revenue' -- x";
+        assert_eq!(
+            referenced_names(sql, &known),
+            ["customers", "orders"].iter().map(|s| s.to_string()).collect()
+        );
+    }
+
+    #[test]
+    fn dependency_order_and_cycles() {
+        let mut deps = BTreeMap::new();
+        deps.insert("b".to_string(), ["a".to_string()].into_iter().collect::<BTreeSet<_>>());
+        deps.insert("a".to_string(), ["orders".to_string()].into_iter().collect());
+        deps.insert("c".to_string(), ["b".to_string(), "a".to_string()].into_iter().collect());
+        let names: Vec<String> = vec!["c".into(), "b".into(), "a".into()];
+        assert_eq!(topo_order(&deps, names.iter()).unwrap(), vec!["a", "b", "c"]);
+        deps.insert("a".to_string(), ["c".to_string()].into_iter().collect());
+        assert!(topo_order(&deps, names.iter()).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512MiB"), Some(512 * 1024 * 1024));
+        assert_eq!(parse_bytes("2GiB"), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_bytes("100"), Some(100));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}
