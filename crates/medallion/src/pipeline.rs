@@ -381,8 +381,28 @@ impl Pipeline {
             raw.cleaned.keys().chain(raw.models.keys()).cloned().collect();
         let mut model_deps = BTreeMap::new();
         for (name, m) in &raw.models {
-            let mut deps: BTreeSet<String> = referenced_names(&model_sql[name], &known);
-            deps.remove(name);
+            let refs = table_references(&model_sql[name]).map_err(|e| {
+                err(line_of(&m.sql), format!("models.{name}: {} does not parse as SQL: {e}", m.sql))
+            })?;
+            let mut deps = BTreeSet::new();
+            for r in refs {
+                let base = r.split('@').next().unwrap_or(&r).to_string();
+                if !known.contains(&base) {
+                    return Err(err(
+                        line_of(&m.sql),
+                        format!(
+                            "models.{name} ({}) reads table {r:?}, which is neither a cleaned dataset \
+                             nor a model of this pipeline (those are: {})",
+                            m.sql,
+                            known.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                deps.insert(base);
+            }
+            if deps.contains(name) {
+                return Err(err(line_of(&m.sql), format!("models.{name} reads itself")));
+            }
             for d in &m.depends_on {
                 if !known.contains(d) {
                     return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is neither a cleaned dataset nor a model")));
@@ -441,46 +461,13 @@ pub fn parse_bytes(s: &str) -> Option<usize> {
     n.checked_mul(mult)
 }
 
-/// The names in `known` that `sql` mentions as identifiers (bare or double-quoted).
-pub fn referenced_names(sql: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'"' {
-            if let Some(end) = sql[i + 1..].find('"') {
-                let name = &sql[i + 1..i + 1 + end];
-                let base = name.split('@').next().unwrap_or(name);
-                if known.contains(base) {
-                    found.insert(base.to_string());
-                }
-                i += end + 2;
-                continue;
-            }
-        } else if c == b'\'' {
-            // Skip string literals.
-            match sql[i + 1..].find('\'') {
-                Some(end) => i += end + 2,
-                None => break,
-            }
-            continue;
-        } else if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len()
-                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.')
-            {
-                i += 1;
-            }
-            let word = sql[start..i].to_ascii_lowercase();
-            if known.contains(&word) {
-                found.insert(word);
-            }
-            continue;
-        }
-        i += 1;
-    }
-    found
+/// The tables a query reads (CTE names excluded), as DataFusion resolves them.
+pub fn table_references(sql: &str) -> Result<BTreeSet<String>, String> {
+    let state = datafusion::execution::SessionStateBuilder::new().build();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(|e| e.strip_backtrace())?;
+    let refs = state.resolve_table_references(&statement).map_err(|e| e.strip_backtrace())?;
+    Ok(refs.into_iter().map(|r| r.table().to_string()).collect())
 }
 
 /// Orders models so that each comes after its dependencies; `Err` names a cycle.
@@ -528,15 +515,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_in_sql() {
-        let known: BTreeSet<String> =
-            ["orders", "customers", "daily_revenue"].iter().map(|s| s.to_string()).collect();
+    fn tables_in_sql() {
         let sql =
-            "SELECT o.x FROM orders o JOIN \"customers\" c ON 1=1 WHERE s = 'daily_revenue' -- x";
-        assert_eq!(
-            referenced_names(sql, &known),
-            ["customers", "orders"].iter().map(|s| s.to_string()).collect()
-        );
+            "WITH d AS (SELECT * FROM daily) SELECT o.x, count(*) AS customers FROM orders o \
+                   JOIN \"cleaned.customers\" c ON 1=1 JOIN d ON TRUE WHERE s = 'revenue'";
+        let found = table_references(sql).unwrap();
+        let expected: BTreeSet<String> =
+            ["cleaned.customers", "daily", "orders"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(found, expected);
+        assert!(table_references("SELEC nope").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! - `harness`: running the binary on a temporary lake, writing input Parquet, snapshotting a lake;
 //! - `land`: raw landing of CSV, JSON lines and Parquet;
+//! - `pipeline`: `strata run` on the example pipeline, and `strata init`;
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
@@ -13,5 +14,6 @@ mod bad_input;
 mod crash;
 mod harness;
 mod land;
+mod pipeline;
 mod publish_flow;
 mod s3;

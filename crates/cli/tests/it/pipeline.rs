@@ -1,0 +1,331 @@
+//! `strata run` on the example pipeline (`testdata/shop`), and `strata init`.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::Env;
+
+/// A copy of the example pipeline in the env's directory, optionally without some input files
+/// and with a different lookback. Returns the pipeline file.
+fn shop(env: &Env, lookback: u32, skip: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/shop");
+    let dst = env.path("shop");
+    copy_dir(&src, &dst, skip);
+    let toml = dst.join("strata.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("lookback_days = 2", &format!("lookback_days = {lookback}"));
+    std::fs::write(&toml, text).unwrap();
+    toml
+}
+
+fn copy_dir(src: &Path, dst: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name == "lake" || skip.contains(&name.as_str()) {
+            continue;
+        }
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst.join(&name), skip);
+        } else {
+            std::fs::copy(e.path(), dst.join(&name)).unwrap();
+        }
+    }
+}
+
+fn run_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_str(&env.ok(&all)).unwrap()
+}
+
+fn stage<'a>(report: &'a serde_json::Value, stage: &str, dataset: &str) -> &'a serde_json::Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == stage && s["dataset"] == dataset)
+        .unwrap()
+}
+
+fn csv(env: &Env, sql: &str) -> String {
+    env.ok(&["query", sql, "--format", "csv"])
+}
+
+/// `(partition, sha256)` of every file of a dataset's current version.
+fn file_shas(env: &Env, dataset: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", dataset, "--json"])).unwrap();
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["partition"].as_str().unwrap().to_string(),
+                f["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn full_run_counts_and_quarantine(env: &Env) {
+    let toml = shop(env, 2, &[]);
+    let toml = toml.to_str().unwrap();
+    let r = run_json(env, &["--pipeline", toml]);
+    // Every cleaned run reconciles: input = accepted + quarantined + duplicates.
+    for ds in ["orders", "customers"] {
+        let s = stage(&r, "clean", ds);
+        let (i, a, q, d) = (
+            s["rows_in"].as_u64().unwrap(),
+            s["rows_out"].as_u64().unwrap(),
+            s["quarantined"].as_u64().unwrap(),
+            s["duplicates"].as_u64().unwrap(),
+        );
+        assert_eq!(i, a + q + d, "{ds}: {s}");
+    }
+    let orders = stage(&r, "clean", "orders");
+    assert_eq!(
+        (
+            orders["rows_in"].as_u64(),
+            orders["rows_out"].as_u64(),
+            orders["quarantined"].as_u64(),
+            orders["duplicates"].as_u64()
+        ),
+        (Some(20), Some(12), Some(5), Some(3))
+    );
+    let land = stage(&r, "land", "orders");
+    assert_eq!(
+        (land["rows_out"].as_u64(), land["quarantined"].as_u64()),
+        (Some(20), Some(3)),
+        "3 unreadable lines kept at landing"
+    );
+
+    // The quarantine is queryable, with the rule, the reason and the raw-batch origin.
+    let q = csv(
+        env,
+        "SELECT order_id, _rule, _reason, _line FROM \"orders.quarantine\" ORDER BY order_id",
+    );
+    assert_eq!(
+        q,
+        "order_id,_rule,_reason,_line\n\
+         1003,not_null,amount is null,4\n\
+         1004,amount_positive,\"amount = -5.00 is outside [0, inf]\",5\n\
+         1006,status_known,\"status = lost is not one of paid, shipped, refunded\",8\n\
+         1007,contract,\"amount: cannot read 1,000.00 as decimal(12,2)\",9\n\
+         2004,contract,order_date: cannot read 2026-01-0X as date,6\n"
+    );
+    let origin =
+        csv(env, "SELECT DISTINCT _batch FROM \"orders.quarantine\" WHERE order_id = '1004'");
+    let sha = {
+        use sha2::{Digest, Sha256};
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/shop/data/orders/orders-2026-01-01.csv");
+        hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    assert_eq!(origin, format!("_batch\n{sha}\n"), "the raw batch the row came from");
+
+    // Dedup kept the latest update: 1005 at 42.00, 1002 corrected to 14.00 by the late file.
+    assert_eq!(
+        csv(
+            env,
+            "SELECT order_id, amount FROM orders WHERE order_id IN (1002, 1005) ORDER BY order_id"
+        ),
+        "order_id,amount\n1002,14.00\n1005,42.00\n"
+    );
+    assert_eq!(
+        csv(env, "SELECT count(*) AS n, count(DISTINCT order_id) AS k FROM orders"),
+        "n,k\n12,12\n"
+    );
+    assert_eq!(
+        csv(env, "SELECT order_date, orders, revenue FROM daily_revenue ORDER BY order_date"),
+        "order_date,orders,revenue\n2026-01-01,5,188.00\n2026-01-02,3,101.10\n2026-01-03,3,40.70\n"
+    );
+    assert_eq!(
+        csv(env, "SELECT order_date, revenue_7d FROM revenue_7d ORDER BY order_date"),
+        "order_date,revenue_7d\n2026-01-01,188.00\n2026-01-02,289.10\n2026-01-03,329.80\n"
+    );
+    // Month grain: customers are partitioned by signup month.
+    let parts: Vec<String> = file_shas(env, "customers").into_iter().map(|(p, _)| p).collect();
+    assert!(parts.contains(&"signup_date_month=2025-12".to_string()), "{parts:?}");
+}
+
+#[test]
+fn full_run_reconciles_and_quarantines_with_reasons() {
+    let env = Env::new();
+    full_run_counts_and_quarantine(&env);
+}
+
+#[test]
+fn full_run_reconciles_and_quarantines_with_reasons_s3() {
+    if let Some(mut env) = Env::s3() {
+        // A pipeline's lake defaults to lake/ beside it; on S3 it is named with --lake.
+        env.vars.push(("STRATA_LAKE".into(), env.lake_url.clone()));
+        full_run_counts_and_quarantine(&env);
+    }
+}
+
+#[test]
+fn reruns_reland_nothing_and_give_byte_identical_files() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let toml = toml.to_str().unwrap();
+    run_json(&env, &["--pipeline", toml]);
+    let before: Vec<_> =
+        ["orders", "customers", "daily_revenue", "revenue_7d", "orders.quarantine"]
+            .iter()
+            .map(|d| file_shas(&env, d))
+            .collect();
+    let r = run_json(&env, &["--pipeline", toml]);
+    assert_eq!(stage(&r, "land", "orders")["note"], "0 new batch(es), 4 already landed");
+    let after: Vec<_> = ["orders", "customers", "daily_revenue", "revenue_7d", "orders.quarantine"]
+        .iter()
+        .map(|d| file_shas(&env, d))
+        .collect();
+    assert_eq!(before, after, "same inputs and parameters give byte-identical files");
+    // And a second lake built from scratch agrees byte for byte.
+    let other = Env::new();
+    let toml2 = shop(&other, 2, &[]);
+    run_json(&other, &["--pipeline", toml2.to_str().unwrap()]);
+    assert_eq!(file_shas(&other, "orders"), before[0]);
+    assert_eq!(file_shas(&other, "revenue_7d"), before[3]);
+}
+
+#[test]
+fn one_day_run_replaces_only_its_partition() {
+    let env = Env::new();
+    let toml = shop(&env, 0, &[]);
+    let toml = toml.to_str().unwrap();
+    run_json(&env, &["--pipeline", toml]);
+    let before = file_shas(&env, "orders");
+    let paths_before: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", "orders", "--json"])).unwrap();
+    let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-02"]);
+    let s = stage(&r, "clean", "orders");
+    assert_eq!(s["window"]["from"], "2026-01-02");
+    assert_eq!(s["window"]["to"], "2026-01-02");
+    assert_eq!(s["partitions"], 1);
+    let paths_after: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", "orders", "--json"])).unwrap();
+    let by_part = |v: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["partition"].as_str().unwrap().to_string(),
+                    f["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (b, a) = (by_part(&paths_before), by_part(&paths_after));
+    assert_eq!(
+        b["order_date=2026-01-01"], a["order_date=2026-01-01"],
+        "untouched: same file, not copied"
+    );
+    assert_eq!(
+        b["order_date=2026-01-03"], a["order_date=2026-01-03"],
+        "untouched: same file, not copied"
+    );
+    assert_ne!(b["order_date=2026-01-02"], a["order_date=2026-01-02"], "replaced by the new run");
+    assert_eq!(file_shas(&env, "orders"), before, "same content");
+    let versions: serde_json::Value =
+        serde_json::from_str(&env.ok(&["versions", "orders", "--json"])).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_late_file_is_picked_up_by_the_lookback() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &["orders-late-2026-01-01.csv"]);
+    let toml_s = toml.to_str().unwrap();
+    for d in ["2026-01-01", "2026-01-02", "2026-01-03"] {
+        run_json(&env, &["--pipeline", toml_s, "--date", d]);
+    }
+    assert_eq!(
+        csv(&env, "SELECT count(*) AS n FROM orders WHERE order_date = DATE '2026-01-01'"),
+        "n\n4\n"
+    );
+    // The late file for 2026-01-01 arrives with the 2026-01-03 exports.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/shop/data/orders/orders-late-2026-01-01.csv"),
+        env.path("shop/data/orders/orders-late-2026-01-01.csv"),
+    )
+    .unwrap();
+    let r = run_json(&env, &["--pipeline", toml_s, "--date", "2026-01-03"]);
+    assert_eq!(stage(&r, "clean", "orders")["window"]["from"], "2026-01-01", "lookback of 2 days");
+    assert_eq!(
+        csv(&env, "SELECT count(*) AS n FROM orders WHERE order_date = DATE '2026-01-01'"),
+        "n\n5\n"
+    );
+    assert_eq!(csv(&env, "SELECT amount FROM orders WHERE order_id = 1002"), "amount\n14.00\n");
+    assert_eq!(
+        csv(&env, "SELECT revenue FROM daily_revenue WHERE order_date = DATE '2026-01-01'"),
+        "revenue\n188.00\n"
+    );
+}
+
+#[test]
+fn definition_errors_name_the_file_the_line_and_the_key() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let cases = [
+        (
+            text.replace("grain = \"month\"", "grain = \"weekly\""),
+            "grain is \"weekly\"; expected \"day\" or \"month\"",
+        ),
+        (
+            text.replace("latest_by = \"updated_at\"", "latest_by = \"updated\""),
+            "latest_by \"updated\" is not a column",
+        ),
+        (text.replace("lookback_days = 2", "lookback_days = \"two\""), "invalid type"),
+        (
+            text.replace("[models.daily_revenue]", "[models.daily_revenue]\ncolour = \"red\""),
+            "unknown field `colour`",
+        ),
+        (text.replace("source = \"customers\"", "source = \"clients\""), "no [sources.clients]"),
+    ];
+    for (broken, needle) in cases {
+        std::fs::write(&toml, &broken).unwrap();
+        let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+        assert!(line.contains(needle), "{needle}: {line}");
+        let located = format!("{}:", toml.display());
+        assert!(line.contains(&located), "names the file and line: {line}");
+    }
+    std::fs::write(&toml, &text).unwrap();
+    let line = env.user_error(&["run", "--pipeline", "nowhere/strata.toml"]);
+    assert!(line.contains("strata init"), "{line}");
+    let line =
+        env.user_error(&["run", "--pipeline", toml.to_str().unwrap(), "--date", "2026-13-01"]);
+    assert!(line.contains("YYYY-MM-DD"), "{line}");
+    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap(), "--only", "nope"]);
+    assert!(line.contains("--only names \"nope\""), "{line}");
+}
+
+#[test]
+fn init_scaffolds_a_pipeline_that_runs() {
+    let env = Env::new();
+    let dir = env.path("starter");
+    let out = env.ok(&["init", dir.to_str().unwrap()]);
+    assert!(out.contains("strata.toml") && out.contains("next: strata run"), "{out}");
+    let r = run_json(&env, &["--pipeline", dir.join("strata.toml").to_str().unwrap()]);
+    let s = stage(&r, "clean", "orders");
+    assert_eq!(
+        (
+            s["rows_in"].as_u64(),
+            s["rows_out"].as_u64(),
+            s["quarantined"].as_u64(),
+            s["duplicates"].as_u64()
+        ),
+        (Some(4), Some(2), Some(1), Some(1))
+    );
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM daily_revenue"), "n\n2\n");
+    let line = env.user_error(&["init", dir.to_str().unwrap()]);
+    assert!(line.contains("already exists"), "{line}");
+}
