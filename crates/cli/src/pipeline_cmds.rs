@@ -158,7 +158,7 @@ sql = "models/daily_revenue.sql"
 business_date = "order_date"
 "#;
 
-const INIT_SQL: &str = "-- Revenue per day.\nSELECT order_date, count(*) AS orders, sum(amount) AS revenue\nFROM orders\nGROUP BY order_date\n";
+const INIT_SQL: &str = "-- Revenue per day. $from and $to are the run's business dates (named parameters;\n-- strata already limits `orders` to the dates this model needs).\nSELECT order_date, count(*) AS orders, sum(amount) AS revenue\nFROM orders\nWHERE order_date BETWEEN $from AND $to\nGROUP BY order_date\n";
 
 const INIT_CSV: &str = "order_id,order_date,amount,updated_at\n1,2026-01-01,10.00,2026-01-01T09:00:00\n2,2026-01-01,-3.00,2026-01-01T09:30:00\n3,2026-01-02,7.25,2026-01-02T10:00:00\n3,2026-01-02,7.50,2026-01-02T11:00:00\n";
 
