@@ -162,22 +162,36 @@ impl TableProvider for VersionTable {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let groups = self.file_groups(state.config().target_partitions());
-        if groups.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let source = format.file_source(TableSchema::from(self.schema.clone()));
-        let config = FileScanConfigBuilder::new(self.url.clone(), source)
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        format.create_physical_plan(state, config).await
+        let table_schema = TableSchema::from(self.schema.clone());
+        parquet_scan(state, &self.url, table_schema, &self.schema, groups, projection, limit).await
     }
+}
+
+/// A Parquet scan of known files (no listing, no probing), or an empty plan when there are none.
+async fn parquet_scan(
+    state: &dyn Session,
+    url: &ObjectStoreUrl,
+    table_schema: TableSchema,
+    schema: &SchemaRef,
+    groups: Vec<FileGroup>,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    if groups.is_empty() {
+        let projected = match projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema.clone(),
+        };
+        return Ok(Arc::new(EmptyExec::new(projected)));
+    }
+    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+    let source = format.file_source(table_schema);
+    let config = FileScanConfigBuilder::new(url.clone(), source)
+        .with_file_groups(groups)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    format.create_physical_plan(state, config).await
 }
 
 /// The name of the column that carries a raw row's batch id.
@@ -242,21 +256,14 @@ impl TableProvider for RawTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        if self.files.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
-        let n = state.config().target_partitions().clamp(1, self.files.len());
+        let n = state.config().target_partitions().clamp(1, self.files.len().max(1));
         let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
         for (i, (path, size, batch)) in self.files.iter().enumerate() {
             let mut f = PartitionedFile::new(path.clone(), *size);
             f.partition_values = vec![datafusion::common::ScalarValue::Utf8(Some(batch.clone()))];
             groups[i % n].push(f);
         }
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let groups = groups.into_iter().filter(|g| !g.is_empty()).map(FileGroup::new).collect();
         let table_schema = TableSchema::builder(self.file_schema.clone())
             .with_table_partition_cols(vec![Arc::new(datafusion::arrow::datatypes::Field::new(
                 BATCH_COLUMN,
@@ -264,13 +271,7 @@ impl TableProvider for RawTable {
                 false,
             ))])
             .build();
-        let source = format.file_source(table_schema);
-        let config = FileScanConfigBuilder::new(self.url.clone(), source)
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        format.create_physical_plan(state, config).await
+        parquet_scan(state, &self.url, table_schema, &self.schema, groups, projection, limit).await
     }
 }
 

@@ -705,14 +705,7 @@ async fn model(
         let df = match (window, bd_col) {
             (Some(w), Some(col)) => {
                 let lo = w.from - Duration::days(def.reads_days.into());
-                df.filter(datafusion::prelude::col(ident(&col)).between(
-                    datafusion::prelude::lit(datafusion::common::ScalarValue::Date32(Some(
-                        days_since_epoch(lo),
-                    ))),
-                    datafusion::prelude::lit(datafusion::common::ScalarValue::Date32(Some(
-                        days_since_epoch(w.to),
-                    ))),
-                ))?
+                df.filter(between_dates(datafusion::prelude::col(ident(&col)), lo, w.to))?
             }
             _ => df,
         };
@@ -761,14 +754,7 @@ async fn model(
     }
     let bd = datafusion::prelude::col(ident(&def.business_date));
     if let Some(w) = window {
-        df = df.filter(bd.clone().between(
-            datafusion::prelude::lit(datafusion::common::ScalarValue::Date32(Some(
-                days_since_epoch(w.from),
-            ))),
-            datafusion::prelude::lit(datafusion::common::ScalarValue::Date32(Some(
-                days_since_epoch(w.to),
-            ))),
-        ))?;
+        df = df.filter(between_dates(bd.clone(), w.from, w.to))?;
     }
     let part_col = partition_column(&def.business_date, &def.grain);
     if def.grain == "month" {
@@ -801,6 +787,18 @@ async fn model(
         millis: started.elapsed().as_millis() as u64,
         ..Default::default()
     })
+}
+
+/// `expr BETWEEN from AND to`, for DATE columns.
+fn between_dates(
+    expr: datafusion::prelude::Expr,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> datafusion::prelude::Expr {
+    let date = |d| {
+        datafusion::prelude::lit(datafusion::common::ScalarValue::Date32(Some(days_since_epoch(d))))
+    };
+    expr.between(date(from), date(to))
 }
 
 fn days_since_epoch(d: NaiveDate) -> i32 {
