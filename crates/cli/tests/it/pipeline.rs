@@ -329,3 +329,25 @@ fn init_scaffolds_a_pipeline_that_runs() {
     let line = env.user_error(&["init", dir.to_str().unwrap()]);
     assert!(line.contains("already exists"), "{line}");
 }
+
+#[test]
+fn progress_bar_on_a_terminal_plain_lines_otherwise() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let plain = env.ok(&["run", "--pipeline", toml.to_str().unwrap()]);
+    assert!(!plain.contains("[#") && !plain.contains('\r'), "no bar without a terminal: {plain}");
+    assert!(plain.lines().any(|l| l.starts_with("clean  orders")), "{plain}");
+    // `script` (util-linux) runs the binary on a pseudo-terminal.
+    let cmd = format!(
+        "{} --lake {} run --pipeline {}",
+        env!("CARGO_BIN_EXE_strata"),
+        env.lake_url,
+        toml.display()
+    );
+    let out =
+        std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("[##############################] 6/6 model revenue_7d"), "{tty}");
+    assert!(tty.contains("clean  orders"), "{tty}");
+}
