@@ -53,6 +53,7 @@ pub mod layout;
 pub mod model;
 pub mod names;
 pub mod protocol;
+pub mod run_state;
 mod writer;
 
 pub use context::RunContext;
