@@ -19,7 +19,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 use strata_land::BatchManifest;
-use strata_publish::{Dataset, Lake, PublishOptions, RunContext, WriterOptions};
+use strata_publish::{Dataset, Lake, PublishOptions, RunContext, Staged, WriterOptions};
 
 use crate::catalog::{RawTable, VersionTable, LAKE_URL};
 use crate::error::{Error, Result};
@@ -551,16 +551,8 @@ async fn clean(
         window.map(|w| owned_keys("quarantine_date", &def.grain, w)).unwrap_or_default();
     q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
     let q_stream = df_ctx.sql(&q_sql).await?.execute_stream().await?;
-    let (q_written, _, _) = write_and_publish(
-        lake,
-        &q_name,
-        q_stream,
-        vec!["quarantine_date".into()],
-        if full { None } else { Some(q_owned) },
-        full,
-        ctx,
-    )
-    .await?;
+    let (q_ds, q_staged) =
+        stage_stream(lake, &q_name, q_stream, vec!["quarantine_date".into()], ctx).await?;
 
     // Accepted rows: the contract's typed columns, one row per key, in key order.
     let mut cols: Vec<String> = contract.iter().map(|c| ident(&c.name)).collect();
@@ -579,29 +571,33 @@ async fn clean(
     );
     let owned = window.map(|w| owned_keys(&part_col, &def.grain, w));
     let stream = df_ctx.sql(&a_sql).await?.execute_stream().await?;
-    let (written, version, partitions) = write_and_publish(
-        lake,
-        name,
-        stream,
-        vec![part_col],
-        if full { None } else { owned },
-        full,
-        ctx,
-    )
-    .await?;
+    let (a_ds, a_staged) = match stage_stream(lake, name, stream, vec![part_col], ctx).await {
+        Ok(x) => x,
+        Err(e) => {
+            q_ds.discard(ctx.run_id(), None).await;
+            return Err(e);
+        }
+    };
+    // Reconcile before anything is published: what was staged must be exactly what was counted.
+    let (written, q_written) = (a_staged.rows, q_staged.rows);
     if written != accepted
         || q_written != quarantined
         || input != accepted + quarantined + duplicates
     {
+        q_ds.discard(ctx.run_id(), None).await;
+        a_ds.discard(ctx.run_id(), None).await;
         return Err(Error::Sql {
             message: format!(
-                "cleaned.{name}: counts do not reconcile (input {input}, accepted {accepted} but wrote \
-                 {written}, quarantined {quarantined} but wrote {q_written}, duplicates {duplicates}); \
-                 nothing further was published. Report this with the run id {}",
+                "cleaned.{name}: counts do not reconcile (input {input}, accepted {accepted} but \
+                 staged {written}, quarantined {quarantined} but staged {q_written}, duplicates \
+                 {duplicates}); nothing was published. Report this with the run id {}",
                 ctx.run_id()
             ),
         });
     }
+    publish_staged(&q_ds, q_staged, if full { None } else { Some(q_owned) }, full, ctx).await?;
+    let (written, version, partitions) =
+        publish_staged(&a_ds, a_staged, if full { None } else { owned }, full, ctx).await?;
     Ok(StageReport {
         stage: "clean",
         dataset: name.to_string(),
@@ -617,17 +613,14 @@ async fn clean(
     })
 }
 
-/// Streams a query's batches into the staging writer and publishes them. Returns rows written,
-/// the version published and partitions written.
-async fn write_and_publish(
+/// Streams a query's batches into the staging writer of `dataset`. Nothing is visible yet.
+async fn stage_stream(
     lake: &Lake,
     dataset: &str,
     mut stream: SendableRecordBatchStream,
     partition_by: Vec<String>,
-    owned: Option<BTreeSet<String>>,
-    replace_all: bool,
     ctx: &RunContext,
-) -> Result<(u64, Option<u64>, u64)> {
+) -> Result<(Dataset, Staged)> {
     let ds: Dataset = lake.dataset(dataset)?;
     let schema = stream.schema();
     let mut writer =
@@ -643,7 +636,24 @@ async fn write_and_publish(
         ds.discard(ctx.run_id(), None).await;
         return Err(e);
     }
-    let staged = writer.finish().await?;
+    match writer.finish().await {
+        Ok(staged) => Ok((ds, staged)),
+        Err(e) => {
+            ds.discard(ctx.run_id(), None).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Publishes staged output. Returns rows written, the version published (none when there was
+/// nothing to publish) and partitions written.
+async fn publish_staged(
+    ds: &Dataset,
+    staged: Staged,
+    owned: Option<BTreeSet<String>>,
+    replace_all: bool,
+    ctx: &RunContext,
+) -> Result<(u64, Option<u64>, u64)> {
     let rows = staged.rows;
     let partitions = staged.partitions.len() as u64;
     if rows == 0 && owned.is_none() && !replace_all && ds.head().await?.is_some() {
@@ -663,6 +673,20 @@ async fn write_and_publish(
             Err(e.into())
         }
     }
+}
+
+/// Stages and publishes a query's output.
+async fn write_and_publish(
+    lake: &Lake,
+    dataset: &str,
+    stream: SendableRecordBatchStream,
+    partition_by: Vec<String>,
+    owned: Option<BTreeSet<String>>,
+    replace_all: bool,
+    ctx: &RunContext,
+) -> Result<(u64, Option<u64>, u64)> {
+    let (ds, staged) = stage_stream(lake, dataset, stream, partition_by, ctx).await?;
+    publish_staged(&ds, staged, owned, replace_all, ctx).await
 }
 
 #[allow(clippy::too_many_arguments)]
