@@ -78,3 +78,26 @@ fn crash_after_flip_has_published() {
     assert_eq!(env.ok(&["query", "SELECT count(*) AS n FROM orders", "--format", "csv"]), "n\n3\n");
     env.ok(&["verify", "orders"]);
 }
+
+#[test]
+fn crash_before_the_batch_manifest_leaves_no_batch() {
+    let env = Env::new();
+    let file = format!(
+        "{}/../../testdata/shop/data/orders/orders-2026-01-02.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = env
+        .cmd(&["land", "orders", &file])
+        .env("STRATA_CRASH_AT", "land-before-manifest")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed");
+    // The batch does not exist yet: landing again lands it (not "already landed").
+    let again = env.ok(&["land", "orders", &file, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v[0]["status"], "landed");
+    assert_eq!(v[0]["rows"], 6);
+    let third = env.ok(&["land", "orders", &file, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&third).unwrap();
+    assert_eq!(v[0]["status"], "already_landed");
+}
