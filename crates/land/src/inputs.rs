@@ -19,12 +19,22 @@ fn landable(p: &Path) -> bool {
 /// within path components) into a sorted, de-duplicated list of files. Relative arguments are
 /// taken relative to `base`.
 pub fn expand_inputs(base: &Path, args: &[String]) -> Result<Vec<PathBuf>> {
+    expand(base, args, false)
+}
+
+/// Like [`expand_inputs`], but a pattern or directory that matches nothing yields no files
+/// instead of an error (a pipeline source whose files were already landed and moved away).
+pub fn expand_inputs_allow_empty(base: &Path, args: &[String]) -> Result<Vec<PathBuf>> {
+    expand(base, args, true)
+}
+
+fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for arg in args {
         let joined = base.join(arg).to_string_lossy().to_string();
         if arg.contains(['*', '?']) {
             let matches = glob(&joined);
-            if matches.is_empty() {
+            if matches.is_empty() && !allow_empty {
                 return Err(input_error(arg, "the pattern matches no file; check it"));
             }
             out.extend(matches);
@@ -36,7 +46,7 @@ pub fn expand_inputs(base: &Path, args: &[String]) -> Result<Vec<PathBuf>> {
         if meta.is_dir() {
             let before = out.len();
             walk(&path, &mut out)?;
-            if out.len() == before {
+            if out.len() == before && !allow_empty {
                 return Err(input_error(
                     arg,
                     "it is a directory with no .csv, .jsonl, .ndjson, .json or .parquet files",

@@ -33,7 +33,7 @@ mod inputs;
 mod landing;
 
 pub use error::{Error, Result};
-pub use inputs::expand_inputs;
+pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{
     batch_dir, json_line_values, land, list_batches, list_sources, manifest_path, rejects_schema,
     source_prefix, BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome,

@@ -211,8 +211,9 @@ async fn land_source(
     ctx: &RunContext,
 ) -> Result<StageReport> {
     let started = Instant::now();
-    let files = strata_land::expand_inputs(&pipeline.dir, std::slice::from_ref(&source.path))
-        .map_err(|e| Error::Sql { message: format!("sources.{name}: {e}") })?;
+    let files =
+        strata_land::expand_inputs_allow_empty(&pipeline.dir, std::slice::from_ref(&source.path))
+            .map_err(|e| Error::Sql { message: format!("sources.{name}: {e}") })?;
     let options = strata_land::LandOptions {
         format: source.format.as_deref().map(|f| match f {
             "csv" => strata_land::InputFormat::Csv,
@@ -242,7 +243,11 @@ async fn land_source(
             strata_land::LandOutcome::AlreadyLanded(_) => old += 1,
         }
     }
-    report.note = format!("{new} new batch(es), {old} already landed");
+    report.note = if new + old == 0 {
+        format!("no file matches {}; using the batches already landed", source.path)
+    } else {
+        format!("{new} new batch(es), {old} already landed")
+    };
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
 }

@@ -328,6 +328,11 @@ fn init_scaffolds_a_pipeline_that_runs() {
     assert_eq!(csv(&env, "SELECT count(*) AS n FROM daily_revenue"), "n\n2\n");
     let line = env.user_error(&["init", dir.to_str().unwrap()]);
     assert!(line.contains("already exists"), "{line}");
+    // Once landed, the raw layer is the source: a run still works after the files are gone.
+    std::fs::remove_file(dir.join("data/orders/orders-2026-01-01.csv")).unwrap();
+    let r = run_json(&env, &["--pipeline", dir.join("strata.toml").to_str().unwrap()]);
+    assert!(stage(&r, "land", "orders")["note"].as_str().unwrap().starts_with("no file matches"));
+    assert_eq!(stage(&r, "clean", "orders")["rows_out"], 2);
 }
 
 #[test]
