@@ -741,7 +741,16 @@ async fn model(
         session.register_table(ident(dep).as_str(), df.into_view())?;
     }
     let sql = &pipeline.model_sql[name];
-    let mut df = session.sql(sql).await?;
+    let mut df = session.sql(sql).await.map_err(|e| match Error::from(e) {
+        Error::Sql { message } => Error::Sql {
+            message: format!(
+                "models.{name} ({}): {}",
+                def.sql,
+                message.trim_start_matches("SQL error: ")
+            ),
+        },
+        other => other,
+    })?;
     if sql.contains("$from") || sql.contains("$to") {
         let (from, to) = match window {
             Some(w) => (w.from, w.to),

@@ -306,6 +306,16 @@ fn definition_errors_name_the_file_the_line_and_the_key() {
     assert!(line.contains("YYYY-MM-DD"), "{line}");
     let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap(), "--only", "nope"]);
     assert!(line.contains("--only names \"nope\""), "{line}");
+    // A mistake in a model's SQL names the model and its file.
+    let sql = env.path("shop/models/daily_revenue.sql");
+    let text = std::fs::read_to_string(&sql).unwrap().replace("sum(amount)", "sum(amount_typo)");
+    std::fs::write(&sql, text).unwrap();
+    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+    assert!(
+        line.contains("models.daily_revenue (models/daily_revenue.sql)")
+            && line.contains("amount_typo"),
+        "{line}"
+    );
 }
 
 #[test]
