@@ -54,6 +54,7 @@ pub mod model;
 pub mod names;
 pub mod protocol;
 pub mod run_state;
+pub mod runs;
 mod writer;
 
 pub use context::RunContext;

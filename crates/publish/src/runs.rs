@@ -1,0 +1,223 @@
+//! Durable run manifests: one append-only log per run.
+//!
+//! ```text
+//! _strata/runs/<run_id>/0001-PLANNED.json
+//! _strata/runs/<run_id>/0002-INPUT_LOCKED.json
+//! _strata/runs/<run_id>/0003-RUNNING.json …
+//! ```
+//!
+//! Every entry is a full snapshot of the manifest at that state, created with create-if-absent
+//! *before* the work the state announces begins. The run's state is its highest-numbered entry.
+//! Nothing is overwritten, so a crash at any point leaves the last state that was reached, and
+//! no two processes can record the same step of one run.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::run_state::{transition, RunState};
+
+/// `format` of a run manifest entry.
+pub const RUN_FORMAT: &str = "strata.run.v1";
+/// Where run logs live, relative to the lake root.
+pub const RUNS_DIR: &str = "_strata/runs";
+
+/// One raw batch a run reads: its input boundary is the list of these, fixed before any
+/// transform runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputBatch {
+    pub source: String,
+    pub batch_id: String,
+    pub rows: u64,
+}
+
+/// The manifest of a run: what it intended, read, wrote and published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub format: String,
+    pub run_id: String,
+    pub state: RunState,
+    /// The number of this entry in the run's log (1 = PLANNED).
+    pub entry: u32,
+    /// Pipeline name and version (a hash of its definition and SQL), if any.
+    #[serde(default)]
+    pub pipeline: Option<(String, String)>,
+    /// `full`, `window`, `publish`, …
+    pub mode: String,
+    /// Parameters as given (window, datasets…).
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// The exact raw batches read.
+    #[serde(default)]
+    pub input_boundary: Vec<InputBatch>,
+    /// Dataset → the partition keys this run owns (empty: the whole dataset).
+    #[serde(default)]
+    pub output_boundary: BTreeMap<String, Vec<String>>,
+    /// Reference data the run is pinned to.
+    #[serde(default)]
+    pub reference_data: Vec<serde_json::Value>,
+    /// When each state was entered, from the run's clock.
+    #[serde(default)]
+    pub times: BTreeMap<String, DateTime<Utc>>,
+    /// Per-stage counts and results.
+    #[serde(default)]
+    pub stages: Vec<serde_json::Value>,
+    /// Dataset → version published.
+    #[serde(default)]
+    pub published: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl RunManifest {
+    /// A manifest in state PLANNED.
+    pub fn planned(run_id: &str, mode: &str, params: serde_json::Value) -> Self {
+        RunManifest {
+            format: RUN_FORMAT.into(),
+            run_id: run_id.into(),
+            state: RunState::Planned,
+            entry: 1,
+            pipeline: None,
+            mode: mode.into(),
+            params,
+            input_boundary: Vec::new(),
+            output_boundary: BTreeMap::new(),
+            reference_data: Vec::new(),
+            times: BTreeMap::new(),
+            stages: Vec::new(),
+            published: BTreeMap::new(),
+            error: None,
+        }
+    }
+}
+
+fn entry_path(run_id: &str, entry: u32, state: RunState) -> Path {
+    Path::from(format!("{RUNS_DIR}/{run_id}/{entry:04}-{state}.json"))
+}
+
+/// The log of one run, open for appending.
+#[derive(Debug)]
+pub struct RunLog {
+    lake: Lake,
+    manifest: RunManifest,
+}
+
+impl RunLog {
+    /// Records a new run in state PLANNED. Fails if a run with this id was already recorded.
+    pub async fn begin(
+        lake: &Lake,
+        mut manifest: RunManifest,
+        at: DateTime<Utc>,
+    ) -> Result<RunLog> {
+        manifest.state = RunState::Planned;
+        manifest.entry = 1;
+        manifest.times.insert(RunState::Planned.to_string(), at);
+        let log = RunLog { lake: lake.clone(), manifest };
+        log.write().await?;
+        Ok(log)
+    }
+
+    pub fn manifest(&self) -> &RunManifest {
+        &self.manifest
+    }
+
+    /// Moves the run to `to` (if the state machine allows it), applies `update`, and records
+    /// the new state durably. On an invalid transition nothing is written.
+    pub async fn advance(
+        &mut self,
+        to: RunState,
+        at: DateTime<Utc>,
+        update: impl FnOnce(&mut RunManifest),
+    ) -> Result<()> {
+        let next = transition(self.manifest.state, to).map_err(|e| {
+            Error::Usage(format!("run {}: {e}; this is a bug in the caller", self.manifest.run_id))
+        })?;
+        let mut m = self.manifest.clone();
+        update(&mut m);
+        m.state = next;
+        m.entry += 1;
+        m.times.insert(next.to_string(), at);
+        let previous = std::mem::replace(&mut self.manifest, m);
+        if let Err(e) = self.write().await {
+            self.manifest = previous;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn write(&self) -> Result<()> {
+        let m = &self.manifest;
+        let path = entry_path(&m.run_id, m.entry, m.state);
+        let mut body = serde_json::to_vec_pretty(m)
+            .map_err(|source| Error::Serialize { what: "run manifest", source })?;
+        body.push(b'\n');
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.lake.store().put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(Error::Usage(format!(
+                "run {} already recorded entry {} ({path}); another process is driving this run",
+                m.run_id, m.entry
+            ))),
+            Err(e) => Err(Error::store("create", &path, e)),
+        }
+    }
+}
+
+/// Every entry of a run's log, oldest first.
+pub async fn run_log(lake: &Lake, run_id: &str) -> Result<Vec<RunManifest>> {
+    crate::names::validate_dataset_name(run_id).map_err(|_| {
+        Error::Usage(format!("{run_id:?} is not a run id; `strata runs` lists them"))
+    })?;
+    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
+    let mut paths: Vec<Path> = lake
+        .store()
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    paths.sort();
+    let mut entries = Vec::with_capacity(paths.len());
+    for p in paths {
+        let Some(bytes) = lake.get_opt(&p).await? else { continue };
+        let m: RunManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt { path: p.to_string(), detail: e.to_string() })?;
+        entries.push(m);
+    }
+    if entries.is_empty() {
+        return Err(Error::Usage(format!(
+            "no run {run_id:?} in lake {}; `strata runs` lists the runs",
+            lake.url()
+        )));
+    }
+    Ok(entries)
+}
+
+/// The latest entry of every run, by run id.
+pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
+    let prefix = Path::from(RUNS_DIR);
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    let mut ids: Vec<String> =
+        listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+    ids.sort();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(last) = run_log(lake, &id).await?.pop() {
+            out.push(last);
+        }
+    }
+    Ok(out)
+}
