@@ -133,7 +133,7 @@ async fn publish(
     strata_publish::partition_columns(&schema, &args.partition_by)?;
     let lake = settings.open_lake(OpenMode::Create).await?;
     let ds = lake.dataset(&args.dataset)?;
-    let current = ds.check_compatible(&schema, &args.partition_by, true, "").await?;
+    let current = ds.current_opt().await?;
     // A partitioned dataset keeps its partitioning unless told otherwise.
     let partition_by = match (&current, args.partition_by.is_empty()) {
         (Some(record), true) if !args.replace_all => record.partition_by.clone(),
@@ -144,7 +144,9 @@ async fn publish(
     } else {
         format!("{} input files", inputs.len())
     };
-    ds.check_compatible(&schema, &partition_by, args.replace_all, &source).await?;
+    if let (Some(parent), false) = (&current, args.replace_all) {
+        ds.check_against(parent, &schema, &partition_by, &source)?;
+    }
 
     let ctx = run_context()?;
     let options = WriterOptions { partition_by, ..Default::default() };

@@ -114,12 +114,8 @@ pub async fn run_pipeline(
     let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
     let mut reports = Vec::new();
     // 1. Land every source the selected datasets read.
-    let needed_sources: BTreeSet<&String> = pipeline
-        .cleaned
-        .iter()
-        .filter(|(n, _)| selected(n) || options.only.is_empty())
-        .map(|(_, c)| &c.source)
-        .collect();
+    let needed_sources: BTreeSet<&String> =
+        pipeline.cleaned.iter().filter(|(n, _)| selected(n)).map(|(_, c)| &c.source).collect();
     let mut batches: BTreeMap<String, Vec<BatchManifest>> = BTreeMap::new();
     for (name, source) in &pipeline.sources {
         if !needed_sources.contains(name) && !options.only.is_empty() {
@@ -715,13 +711,18 @@ async fn model(
     let mut rows_in = 0;
     for dep in deps {
         let ds = lake.dataset(dep)?;
-        let Some(head) = ds.head().await? else {
-            return Err(Error::Sql {
-                message: format!("models.{name} reads {dep:?}, which has no published version yet; run the pipeline without --only, or run {dep} first"),
-            });
+        let record = match ds.current().await {
+            Ok(r) => r,
+            Err(strata_publish::Error::DatasetNotFound { .. }) => {
+                return Err(Error::Sql {
+                    message: format!(
+                        "models.{name} reads {dep:?}, which has no published version yet; run \
+                         the pipeline without --only, or run {dep} first"
+                    ),
+                })
+            }
+            Err(e) => return Err(e.into()),
         };
-        let record = ds.current().await?;
-        let _ = head;
         rows_in += record.summary.rows;
         let bd_col = pipeline
             .cleaned

@@ -345,9 +345,46 @@ impl Dataset {
         StagingWriter::new(self.clone(), ctx.run_id().to_string(), schema, options)
     }
 
+    /// The record of the current version, or `None` if the dataset was never published.
+    pub async fn current_opt(&self) -> Result<Option<VersionRecord>> {
+        match self.head().await? {
+            Some(head) => Ok(Some(self.record_named_by(&head).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks, without IO, that data with `schema` partitioned by `partition_by` may be
+    /// published on top of `parent` without replacing every partition.
+    pub fn check_against(
+        &self,
+        parent: &VersionRecord,
+        schema: &arrow::datatypes::Schema,
+        partition_by: &[String],
+        source_desc: &str,
+    ) -> Result<()> {
+        if let Some(detail) = protocol::schema_difference(&parent.schema, schema) {
+            return Err(Error::SchemaConflict {
+                dataset: self.name.clone(),
+                source_desc: source_desc.to_string(),
+                detail,
+            });
+        }
+        if parent.partition_by != partition_by {
+            return Err(Error::Usage(format!(
+                "dataset {:?} is partitioned by [{}] but this publish is partitioned by [{}]; \
+                 use the dataset's partitioning, or pass --replace-all to repartition the \
+                 whole dataset",
+                self.name,
+                parent.partition_by.join(", "),
+                partition_by.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks, before any file is written, that data with `schema` partitioned by
     /// `partition_by` may be published into this dataset with `replace_all`.
-    /// Returns the current pointer entry (if any).
+    /// Returns the current version's record (if any).
     pub async fn check_compatible(
         &self,
         schema: &arrow::datatypes::Schema,
@@ -355,28 +392,11 @@ impl Dataset {
         replace_all: bool,
         source_desc: &str,
     ) -> Result<Option<VersionRecord>> {
-        let Some(head) = self.head().await? else { return Ok(None) };
-        let parent = self.record_named_by(&head).await?;
-        if !replace_all {
-            if let Some(detail) = protocol::schema_difference(&parent.schema, schema) {
-                return Err(Error::SchemaConflict {
-                    dataset: self.name.clone(),
-                    source_desc: source_desc.to_string(),
-                    detail,
-                });
-            }
-            if parent.partition_by != partition_by {
-                return Err(Error::Usage(format!(
-                    "dataset {:?} is partitioned by [{}] but this publish is partitioned by [{}]; \
-                     use the dataset's partitioning, or pass --replace-all to repartition the \
-                     whole dataset",
-                    self.name,
-                    parent.partition_by.join(", "),
-                    partition_by.join(", ")
-                )));
-            }
+        let current = self.current_opt().await?;
+        if let (Some(parent), false) = (&current, replace_all) {
+            self.check_against(parent, schema, partition_by, source_desc)?;
         }
-        Ok(Some(parent))
+        Ok(current)
     }
 
     /// Writes the version record for staged files: the state between staging and publishing.
@@ -405,7 +425,7 @@ impl Dataset {
         let mut schema = staged.schema.as_ref().clone();
         if let Some(parent) = &parent {
             if !options.replace_all {
-                self.check_compatible(&staged.schema, &staged.partition_by, false, &source).await?;
+                self.check_against(parent, &staged.schema, &staged.partition_by, &source)?;
                 schema = protocol::loosen_nullability(&parent.schema, &staged.schema);
             }
         }
