@@ -32,6 +32,8 @@ step query "SELECT order_date, orders, revenue FROM daily_revenue ORDER BY order
 step query "SELECT order_date, revenue_7d FROM revenue_7d ORDER BY order_date"
 step query "SELECT order_id, _rule, _reason, _line FROM \"orders.quarantine\" ORDER BY order_id"
 step run --pipeline testdata/shop/strata.toml --date 2026-01-03
+step run --pipeline testdata/shop/strata.toml --date 2026-01-03
+step runs
 step versions daily_revenue
 step rollback daily_revenue --to 1 --reason "demo: roll back to the first run"
 step query "SELECT 'current' AS version, sum(revenue) AS revenue FROM daily_revenue UNION ALL SELECT 'v2', sum(revenue) FROM \"daily_revenue@2\" ORDER BY version"

@@ -72,6 +72,20 @@ pub enum Command {
     /// Show every flip of a dataset's pointer: publishes and rollbacks.
     History(DatasetArgs),
 
+    /// List pipeline runs with their state (newest first).
+    #[command(long_about = RUNS_LONG, after_help = RUNS_AFTER)]
+    Runs(RunsArgs),
+
+    /// Show one run's manifest: parameters, inputs, outputs, stages, states and times.
+    #[command(
+        after_help = "Examples:\n  strata show-run 20260121T030000000Z-1a2b3c4d\n  strata show-run 20260121T030000000Z-1a2b3c4d --json"
+    )]
+    ShowRun(ShowRunArgs),
+
+    /// Settle runs that stopped before finishing (crashed, killed): publish or clean them up.
+    #[command(long_about = RECOVER_LONG, after_help = RECOVER_AFTER)]
+    Recover(RecoverArgs),
+
     /// Make an earlier version current again (a pointer flip: no data is read or copied).
     #[command(
         after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\""
@@ -95,11 +109,52 @@ pub enum Command {
     Files(FilesArgs),
 }
 
+const RUNS_LONG: &str = "\
+List the pipeline runs recorded in the lake, newest first, with their state:
+
+  PLANNED -> INPUT_LOCKED -> RUNNING -> VALIDATING -> COMMITTING -> PUBLISHED
+  any of them -> FAILED;  COMMITTING -> UNKNOWN (the store never said whether a flip landed)
+
+A run that is not PUBLISHED or FAILED is either still running or stopped (crashed, killed);
+`strata recover` settles the stopped ones.";
+
+const RUNS_AFTER: &str = "\
+Examples:
+  strata runs
+  strata runs --status FAILED
+  strata runs --status UNKNOWN --json";
+
+const RECOVER_LONG: &str = "\
+Settle every run that stopped before reaching PUBLISHED or FAILED (or only --run ID), from what is
+durable in the lake: the run's manifest, its staged files and the dataset pointers. `strata run`
+does this first, every time.
+
+  nothing of the run was flipped   -> its staging is removed (finished stages' checksummed output
+                                      is kept for the rerun to reuse), marked FAILED: run again
+  every dataset was flipped        -> marked PUBLISHED
+  some were flipped                -> the rest are flipped if their pointers have not moved
+                                      (PUBLISHED), otherwise marked UNKNOWN with the evidence
+
+Runs still holding a live lock (their process is running, or their lease has not expired) are
+left alone.";
+
+const RECOVER_AFTER: &str = "\
+Examples:
+  strata recover
+  strata recover --run 20260121T030000000Z-1a2b3c4d --json";
+
 const RUN_LONG: &str = "\
 Run the pipeline defined in strata.toml: land every source's files in the raw layer (new content
 only), then build each cleaned dataset (cast to the contract, validate the rules, quarantine what
 fails with the reason, deduplicate on the key) and each curated model (SQL, in dependency order).
-Every stage publishes a new version through the atomic pointer.
+Everything is staged first and validated; then every dataset is published through its atomic
+pointer. Each step is recorded in the run's manifest (`strata runs`, `strata show-run`); a run
+killed at any point is settled by `strata recover`, which every `strata run` does first.
+
+Runs lock the partitions they write: a second run over the same partitions fails at once and
+names the holder. Running again with the same pipeline version, parameters and inputs as a
+published run is a no-op that says so; --force publishes a new, byte-identical version. A rerun
+after a crash reuses the checksummed output of the stages the crashed run had finished.
 
 --date D runs one business day: it reads and replaces only what that day owns, plus the
 pipeline's lookback_days before it (to pick up late data). --from/--to run a range. With no
@@ -197,7 +252,45 @@ pub struct RunArgs {
     #[arg(long, value_name = "DATASET", num_args = 1..)]
     pub only: Vec<String>,
 
+    /// Run even if a published run already computed exactly this (same pipeline version,
+    /// parameters and inputs); publishes a new, byte-identical version.
+    #[arg(long)]
+    pub force: bool,
+
     /// Print the stage reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs in this state (PLANNED, INPUT_LOCKED, RUNNING, VALIDATING, COMMITTING,
+    /// PUBLISHED, FAILED, UNKNOWN).
+    #[arg(long, value_name = "STATE")]
+    pub status: Option<String>,
+
+    /// Print as JSON (the latest manifest entry of each run).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowRunArgs {
+    /// The run id (as `strata runs` lists it).
+    pub run_id: String,
+
+    /// Print the whole log as JSON (every entry, oldest first).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only this run.
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+
+    /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
 }

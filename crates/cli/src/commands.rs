@@ -43,6 +43,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query(&settings, args, &mut out).await?,
         Command::Verify(args) => verify(&settings, args, &mut out).await?,
         Command::Files(args) => files(&settings, args, &mut out).await?,
+        Command::Runs(args) => crate::run_cmds::runs(&settings, args, &mut out).await?,
+        Command::ShowRun(args) => crate::run_cmds::show_run(&settings, args, &mut out).await?,
+        Command::Recover(args) => crate::run_cmds::recover_cmd(&settings, args, &mut out).await?,
     };
     out.flush()?;
     Ok(code)

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use chrono::NaiveDate;
 use strata_medallion::pipeline::Pipeline;
-use strata_medallion::stages::{run_pipeline, RunOptions, StageReport, Window};
+use strata_medallion::run::run_pipeline;
+use strata_medallion::stages::{RunOptions, StageReport, Window};
 use strata_publish::OpenMode;
 
 use crate::cli::{InitArgs, RunArgs};
@@ -57,6 +58,9 @@ pub async fn run(
         only: args.only.clone(),
         memory_limit: pipeline.memory_limit().map_err(|e| user_error!("{e}"))?,
         target_partitions: 0,
+        force: args.force,
+        lease: strata_publish::locks::lease_from_env(),
+        clock: Some(crate::run_cmds::wall_clock),
     };
     let total = pipeline.sources.len() + pipeline.cleaned.len() + pipeline.models.len();
     let tty = std::io::stderr().is_terminal() && !args.json;
@@ -74,6 +78,12 @@ pub async fn run(
             }
         )?;
         out.flush()?;
+    }
+    // Settle runs that stopped before finishing, so that this one starts from a clean lake.
+    if args.json {
+        crate::run_cmds::recover_before_run(&lake, &ctx, &mut std::io::stderr()).await?;
+    } else {
+        crate::run_cmds::recover_before_run(&lake, &ctx, out).await?;
     }
     let mut lines: Vec<String> = Vec::new();
     let mut done = 0usize;
@@ -96,19 +106,74 @@ pub async fn run(
     if tty {
         eprint!("\r\x1b[K");
     }
-    let reports = reports?;
+    let summary = match reports {
+        Ok(s) => s,
+        Err(e) => {
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+            let state = strata_publish::runs::latest_entry(&lake, ctx.run_id())
+                .await
+                .ok()
+                .flatten()
+                .map(|m| m.state);
+            // A FAILED run published nothing and its error says what to do; any other state
+            // needs recovery.
+            let hint = match state {
+                Some(strata_publish::run_state::RunState::Failed) | None => String::new(),
+                Some(other) => format!(
+                    "run {} is {other}; run `strata recover --run {}` to settle it",
+                    ctx.run_id(),
+                    ctx.run_id()
+                ),
+            };
+            if !hint.is_empty() {
+                eprintln!("{}", hint.trim_start());
+            }
+            return Err(e.into());
+        }
+    };
     if args.json {
         output::json(
             out,
-            &serde_json::json!({ "run_id": ctx.run_id(), "pipeline_version": pipeline.version, "stages": reports }),
+            &serde_json::json!({
+                "run_id": ctx.run_id(),
+                "pipeline_version": pipeline.version,
+                "state": summary.state,
+                "already_published_by": summary.already_published_by,
+                "published": summary.published,
+                "stages": summary.stages,
+            }),
         )?;
-    } else {
-        for l in &lines {
-            writeln!(out, "{l}")?;
-        }
-        let total_ms: u64 = reports.iter().map(|r| r.millis).sum();
-        writeln!(out, "done in {:.1} s", total_ms as f64 / 1000.0)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
+    if let Some(previous) = &summary.already_published_by {
+        writeln!(
+            out,
+            "nothing to do: run {previous} already published exactly this (pipeline version {}, \
+             the same parameters and inputs) and its versions are still current ({}). Pass \
+             --force to publish it again",
+            &pipeline.version[..12],
+            summary
+                .published
+                .iter()
+                .map(|(d, v)| format!("{d} v{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total_ms: u64 = summary.stages.iter().map(|r| r.millis).sum();
+    writeln!(
+        out,
+        "run {} PUBLISHED {} in {:.1} s",
+        summary.run_id,
+        summary.published.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", "),
+        total_ms as f64 / 1000.0
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -122,6 +187,9 @@ fn stage_line(r: &StageReport) -> String {
             r.quarantined, r.duplicates
         )),
         _ => {}
+    }
+    if let Some(from) = &r.reused_from {
+        s.push_str(&format!("  reused from run {from}"));
     }
     if let Some(v) = r.version {
         s.push_str(&format!("  -> v{v} ({} partition(s))", r.partitions));

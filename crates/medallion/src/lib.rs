@@ -24,5 +24,6 @@ pub use catalog::{
     LAKE_URL,
 };
 pub mod pipeline;
+pub mod run;
 pub mod stages;
 pub use error::{Error, Result};

@@ -39,7 +39,7 @@ impl Window {
     }
 
     /// Widened to whole months (for month grain).
-    fn whole_months(&self) -> Window {
+    pub(crate) fn whole_months(&self) -> Window {
         let from = NaiveDate::from_ymd_opt(self.from.year(), self.from.month(), 1).expect("valid");
         let next = if self.to.month() == 12 {
             NaiveDate::from_ymd_opt(self.to.year() + 1, 1, 1)
@@ -62,6 +62,12 @@ pub struct RunOptions {
     pub memory_limit: usize,
     /// Parallelism; 0 means the number of cores.
     pub target_partitions: usize,
+    /// Run even when a published run already computed exactly this.
+    pub force: bool,
+    /// How long a run lock lasts without renewal.
+    pub lease: std::time::Duration,
+    /// The wall clock, for lock leases only (never for data).
+    pub clock: Option<strata_publish::locks::Clock>,
 }
 
 /// What one stage did, as `strata run` prints it.
@@ -82,100 +88,13 @@ pub struct StageReport {
     pub window: Option<Window>,
     pub millis: u64,
     pub note: String,
-}
-
-/// Runs the pipeline: lands every source, then cleans and curates within the window.
-/// `progress` is called after each stage.
-pub async fn run_pipeline(
-    lake: &Lake,
-    pipeline: &Pipeline,
-    options: &RunOptions,
-    ctx: &RunContext,
-    progress: &mut (dyn FnMut(&StageReport) + Send),
-) -> Result<Vec<StageReport>> {
-    for name in &options.only {
-        if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
-            return Err(Error::Sql {
-                message: format!(
-                    "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
-                     (datasets: {})",
-                    pipeline.file.display(),
-                    pipeline
-                        .cleaned
-                        .keys()
-                        .chain(pipeline.models.keys())
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-    }
-    let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
-    let mut reports = Vec::new();
-    // 1. Land every source the selected datasets read.
-    let needed_sources: BTreeSet<&String> =
-        pipeline.cleaned.iter().filter(|(n, _)| selected(n)).map(|(_, c)| &c.source).collect();
-    let mut batches: BTreeMap<String, Vec<BatchManifest>> = BTreeMap::new();
-    for (name, source) in &pipeline.sources {
-        if !needed_sources.contains(name) && !options.only.is_empty() {
-            continue;
-        }
-        let report = land_source(lake, pipeline, name, source, ctx).await?;
-        progress(&report);
-        reports.push(report);
-        batches
-            .insert(name.clone(), strata_land::list_batches(lake, name).await.map_err(land_error)?);
-    }
-    let session = session(lake, options)?;
-    // 2. Cleaned datasets.
-    let mut changed: BTreeMap<String, Option<Window>> = BTreeMap::new();
-    for (name, def) in &pipeline.cleaned {
-        if !selected(name) {
-            continue;
-        }
-        let raw = batches.get(&def.source).map(Vec::as_slice).unwrap_or_default();
-        let report = clean(lake, &session, pipeline, name, def, raw, options.window, ctx).await?;
-        changed.insert(name.clone(), report.window);
-        progress(&report);
-        reports.push(report);
-    }
-    // 3. Curated models, in dependency order.
-    for name in &pipeline.model_order {
-        if !selected(name) {
-            continue;
-        }
-        let def = &pipeline.models[name];
-        let deps = &pipeline.model_deps[name];
-        // The dates to recompute: where the inputs changed, plus the spill of the model's
-        // look-back window; everything when there is no window.
-        let window = if options.window.is_none() {
-            None
-        } else {
-            let ranges: Vec<Window> =
-                deps.iter().filter_map(|d| changed.get(d).copied().flatten()).collect();
-            match ranges.is_empty() {
-                true => options.window.map(|w| Window {
-                    from: w.from,
-                    to: w.to + Duration::days(def.reads_days.into()),
-                }),
-                false => Some(Window {
-                    from: ranges.iter().map(|w| w.from).min().expect("non-empty"),
-                    to: ranges.iter().map(|w| w.to).max().expect("non-empty")
-                        + Duration::days(def.reads_days.into()),
-                }),
-            }
-        };
-        let report = model(lake, options, pipeline, name, def, deps, window, ctx).await?;
-        changed.insert(name.clone(), report.window.or(window));
-        progress(&report);
-        reports.push(report);
-    }
-    Ok(reports)
+    /// The run whose checkpointed output this stage reused instead of computing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 /// A DataFusion session with the lake's store, the memory limit and spilling.
-fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContext> {
+pub(crate) fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContext> {
     let limit = if options.memory_limit == 0 {
         crate::pipeline::DEFAULT_MEMORY_LIMIT
     } else {
@@ -199,7 +118,7 @@ fn scratch(session: &SessionContext) -> SessionContext {
     SessionContext::new_with_config_rt(session.copied_config(), session.runtime_env())
 }
 
-async fn land_source(
+pub(crate) async fn land_source(
     lake: &Lake,
     pipeline: &Pipeline,
     name: &str,
@@ -428,7 +347,7 @@ fn date_literal(d: NaiveDate) -> String {
 }
 
 /// Partition keys of a day- or month-grain dataset for a window.
-fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
+pub(crate) fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
     window
         .days()
         .map(|d| {
@@ -442,7 +361,7 @@ fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
 }
 
 /// The partition column of a dataset: the business date, or `<date>_month` for month grain.
-fn partition_column(business_date: &str, grain: &str) -> String {
+pub(crate) fn partition_column(business_date: &str, grain: &str) -> String {
     if grain == "month" {
         format!("{business_date}_month")
     } else {
@@ -451,7 +370,7 @@ fn partition_column(business_date: &str, grain: &str) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn clean(
+pub(crate) async fn clean(
     lake: &Lake,
     session: &SessionContext,
     pipeline: &Pipeline,
@@ -460,7 +379,7 @@ async fn clean(
     raw: &[BatchManifest],
     window: Option<Window>,
     ctx: &RunContext,
-) -> Result<StageReport> {
+) -> Result<(StageReport, Vec<Output>)> {
     let started = Instant::now();
     let contract = &pipeline.contracts[name];
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
@@ -596,22 +515,49 @@ async fn clean(
             ),
         });
     }
-    publish_staged(&q_ds, q_staged, if full { None } else { Some(q_owned) }, full, ctx).await?;
-    let (written, version, partitions) =
-        publish_staged(&a_ds, a_staged, if full { None } else { owned }, full, ctx).await?;
-    Ok(StageReport {
+    let reason = Some(format!("run {}", ctx.run_id()));
+    let report = StageReport {
         stage: "clean",
         dataset: name.to_string(),
         rows_in: input,
         rows_out: written,
         quarantined,
         duplicates,
-        version,
-        partitions,
+        version: None,
+        partitions: a_staged.partitions.len() as u64,
         window,
         millis: started.elapsed().as_millis() as u64,
-        note: String::new(),
-    })
+        ..Default::default()
+    };
+    let outputs = vec![
+        Output {
+            ds: a_ds,
+            staged: a_staged,
+            options: PublishOptions {
+                replace_all: full,
+                owned: if full { None } else { owned },
+                reason: reason.clone(),
+            },
+        },
+        Output {
+            ds: q_ds,
+            staged: q_staged,
+            options: PublishOptions {
+                replace_all: full,
+                owned: if full { None } else { Some(q_owned) },
+                reason,
+            },
+        },
+    ];
+    Ok((report, outputs))
+}
+
+/// Staged output of a stage, with how it is to be published.
+#[derive(Debug, Clone)]
+pub(crate) struct Output {
+    pub ds: Dataset,
+    pub staged: Staged,
+    pub options: PublishOptions,
 }
 
 /// Streams a query's batches into the staging writer of `dataset`. Nothing is visible yet.
@@ -646,52 +592,10 @@ async fn stage_stream(
     }
 }
 
-/// Publishes staged output. Returns rows written, the version published (none when there was
-/// nothing to publish) and partitions written.
-async fn publish_staged(
-    ds: &Dataset,
-    staged: Staged,
-    owned: Option<BTreeSet<String>>,
-    replace_all: bool,
-    ctx: &RunContext,
-) -> Result<(u64, Option<u64>, u64)> {
-    let rows = staged.rows;
-    let partitions = staged.partitions.len() as u64;
-    if rows == 0 && owned.is_none() && !replace_all && ds.head().await?.is_some() {
-        return Ok((0, None, 0));
-    }
-    let options = PublishOptions {
-        replace_all: replace_all || (owned.is_none() && rows == 0),
-        owned,
-        reason: Some(format!("run {}", ctx.run_id())),
-    };
-    match ds.publish(staged, &options, ctx).await {
-        Ok(p) => Ok((rows, Some(p.record.version), partitions)),
-        Err(e) => {
-            if !matches!(e, strata_publish::Error::UnknownCommit { .. }) {
-                ds.discard(ctx.run_id(), None).await;
-            }
-            Err(e.into())
-        }
-    }
-}
-
-/// Stages and publishes a query's output.
-async fn write_and_publish(
-    lake: &Lake,
-    dataset: &str,
-    stream: SendableRecordBatchStream,
-    partition_by: Vec<String>,
-    owned: Option<BTreeSet<String>>,
-    replace_all: bool,
-    ctx: &RunContext,
-) -> Result<(u64, Option<u64>, u64)> {
-    let (ds, staged) = stage_stream(lake, dataset, stream, partition_by, ctx).await?;
-    publish_staged(&ds, staged, owned, replace_all, ctx).await
-}
-
+/// Computes a model and stages its output. `inputs` are the records this run prepared for its
+/// dependencies (not yet published); other dependencies are read at their current version.
 #[allow(clippy::too_many_arguments)]
-async fn model(
+pub(crate) async fn model(
     lake: &Lake,
     options: &RunOptions,
     pipeline: &Pipeline,
@@ -699,8 +603,9 @@ async fn model(
     def: &ModelDef,
     deps: &BTreeSet<String>,
     window: Option<Window>,
+    inputs: &BTreeMap<String, strata_publish::VersionRecord>,
     ctx: &RunContext,
-) -> Result<StageReport> {
+) -> Result<(StageReport, Output)> {
     let started = Instant::now();
     let session = session(lake, options)?;
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
@@ -711,7 +616,11 @@ async fn model(
     let mut rows_in = 0;
     for dep in deps {
         let ds = lake.dataset(dep)?;
-        let record = match ds.current().await {
+        let found = match inputs.get(dep) {
+            Some(r) => Ok(r.clone()),
+            None => ds.current().await,
+        };
+        let record = match found {
             Ok(r) => r,
             Err(strata_publish::Error::DatasetNotFound { .. }) => {
                 return Err(Error::Sql {
@@ -813,19 +722,20 @@ async fn model(
     let stream = df.execute_stream().await?;
     let owned = window.map(|w| owned_keys(&part_col, &def.grain, w));
     let full = window.is_none();
-    let (written, version, partitions) =
-        write_and_publish(lake, name, stream, vec![part_col], owned, full, ctx).await?;
-    Ok(StageReport {
+    let (ds, staged) = stage_stream(lake, name, stream, vec![part_col], ctx).await?;
+    let report = StageReport {
         stage: "model",
         dataset: name.to_string(),
         rows_in,
-        rows_out: written,
-        version,
-        partitions,
+        rows_out: staged.rows,
+        partitions: staged.partitions.len() as u64,
         window,
         millis: started.elapsed().as_millis() as u64,
         ..Default::default()
-    })
+    };
+    let options =
+        PublishOptions { replace_all: full, owned, reason: Some(format!("run {}", ctx.run_id())) };
+    Ok((report, Output { ds, staged, options }))
 }
 
 /// `expr BETWEEN from AND to`, for DATE columns.

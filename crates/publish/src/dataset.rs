@@ -36,6 +36,8 @@ const IO_CONCURRENCY: usize = 32;
 const MAX_VERSION_ATTEMPTS: u64 = 10_000;
 /// How many times a create-if-absent whose outcome the store did not report is attempted.
 const CREATE_ATTEMPTS: u32 = 5;
+/// How many times [`Dataset::commit`] rebases onto a pointer that moved.
+const MAX_REBASES: u32 = 100;
 
 /// Options of a publish.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +57,18 @@ pub struct PublishOptions {
 pub struct Prepared {
     pub record: VersionRecord,
     head: Option<Flip>,
+    /// The copy-on-write base (the record `head` names).
+    parent: Option<VersionRecord>,
+    /// What was staged, as staged (before merging), for rebasing.
+    staged: Staged,
+    options: PublishOptions,
+}
+
+impl Prepared {
+    /// The pointer entry this version is to be published as.
+    pub fn publish_seq(&self) -> u64 {
+        self.record.publish_seq
+    }
 }
 
 /// The result of a successful publish.
@@ -409,6 +423,41 @@ impl Dataset {
         options: &PublishOptions,
         ctx: &RunContext,
     ) -> Result<Prepared> {
+        let head = self.head().await?;
+        let parent = match &head {
+            Some(h) => Some(self.record_named_by(h).await?),
+            None => None,
+        };
+        self.prepare_on(staged, options.clone(), head, parent, ctx).await
+    }
+
+    /// The record a publish of `staged` would create now, without writing anything: what later
+    /// stages of a run read before the run commits.
+    pub async fn preview(
+        &self,
+        staged: &Staged,
+        options: &PublishOptions,
+        ctx: &RunContext,
+    ) -> Result<VersionRecord> {
+        let head = self.head().await?;
+        let parent = match &head {
+            Some(h) => Some(self.record_named_by(h).await?),
+            None => None,
+        };
+        let version = protocol::first_candidate_version(head.as_ref());
+        self.build_record(staged, options, head.as_ref(), parent.as_ref(), version, ctx)
+    }
+
+    /// The record for `staged` merged onto `parent` as `version`. No IO.
+    fn build_record(
+        &self,
+        staged: &Staged,
+        options: &PublishOptions,
+        head: Option<&Flip>,
+        parent: Option<&VersionRecord>,
+        version: u64,
+        ctx: &RunContext,
+    ) -> Result<VersionRecord> {
         if staged.run_id != ctx.run_id() {
             return Err(Error::Usage(format!(
                 "staged files belong to run {} but the context is run {}",
@@ -416,14 +465,9 @@ impl Dataset {
                 ctx.run_id()
             )));
         }
-        let head = self.head().await?;
-        let parent = match &head {
-            Some(h) => Some(self.record_named_by(h).await?),
-            None => None,
-        };
         let source = format!("run {}", staged.run_id);
         let mut schema = staged.schema.as_ref().clone();
-        if let Some(parent) = &parent {
+        if let Some(parent) = parent {
             if !options.replace_all {
                 self.check_against(parent, &staged.schema, &staged.partition_by, &source)?;
                 schema = protocol::loosen_nullability(&parent.schema, &staged.schema);
@@ -436,42 +480,48 @@ impl Dataset {
                 staged.run_id, self.name
             )));
         }
+        let mut written = staged.partitions.clone();
+        for p in &mut written {
+            p.written_in = version;
+        }
+        let merged = protocol::merge_partitions(parent, written, &replace_of(options));
+        Ok(VersionRecord {
+            format: VERSION_FORMAT.to_string(),
+            dataset: self.name.clone(),
+            version,
+            parent: head.map(|h| h.to),
+            publish_seq: protocol::next_seq(head),
+            run_id: staged.run_id.clone(),
+            created_at: ctx.now(),
+            reason: options.reason.clone(),
+            partition_by: staged.partition_by.clone(),
+            schema,
+            summary: merged.summary,
+            partitions: merged.partitions,
+            evidence: staged.evidence.clone(),
+        })
+    }
+
+    /// Creates the version record of `staged` merged onto `parent` (the record `head` names)
+    /// under the first free version number.
+    async fn prepare_on(
+        &self,
+        staged: Staged,
+        options: PublishOptions,
+        head: Option<Flip>,
+        parent: Option<VersionRecord>,
+        ctx: &RunContext,
+    ) -> Result<Prepared> {
         let publish_seq = protocol::next_seq(head.as_ref());
         let mut version = protocol::first_candidate_version(head.as_ref());
-        let mut written = staged.partitions;
-        let merged_base = parent.as_ref();
         for _ in 0..MAX_VERSION_ATTEMPTS {
-            for p in &mut written {
-                p.written_in = version;
-            }
-            let replace = if options.replace_all {
-                protocol::Replace::All
-            } else if let Some(owned) = &options.owned {
-                protocol::Replace::Owned(owned.clone())
-            } else {
-                protocol::Replace::Written
-            };
-            let merged = protocol::merge_partitions(merged_base, written.clone(), &replace);
-            let record = VersionRecord {
-                format: VERSION_FORMAT.to_string(),
-                dataset: self.name.clone(),
-                version,
-                parent: head.as_ref().map(|h| h.to),
-                publish_seq,
-                run_id: staged.run_id.clone(),
-                created_at: ctx.now(),
-                reason: options.reason.clone(),
-                partition_by: staged.partition_by.clone(),
-                schema: schema.clone(),
-                summary: merged.summary,
-                partitions: merged.partitions,
-                evidence: staged.evidence.clone(),
-            };
+            let record =
+                self.build_record(&staged, &options, head.as_ref(), parent.as_ref(), version, ctx)?;
             let path = layout::version_path(&self.name, version);
             match self.create_resolving(&path, &record, "version record").await? {
                 Outcome::Ours => {
                     crash::point("after-version-record");
-                    return Ok(Prepared { record, head });
+                    return Ok(Prepared { record, head, parent, staged, options });
                 }
                 Outcome::Theirs(_) => {
                     // Another writer took this number. If the pointer moved, we lost already.
@@ -486,6 +536,51 @@ impl Dataset {
         Err(Error::Usage(format!(
             "gave up allocating a version number for {:?} after {MAX_VERSION_ATTEMPTS} attempts; \
              more than that many writers are racing, retry later",
+            self.name
+        )))
+    }
+
+    /// Flips the pointer to a prepared version, rebasing it when another writer published first
+    /// without touching any partition this one writes or owns (the copy-on-write merge is
+    /// redone on the new current version, under a new version number). A real overlap is
+    /// [`Error::Conflict`]; the staged files are kept (the caller decides), the stale record
+    /// removed.
+    pub async fn commit(&self, mut prepared: Prepared, ctx: &RunContext) -> Result<Published> {
+        for _ in 0..MAX_REBASES {
+            let flip = flip_for(&prepared.record, prepared.head.as_ref(), ctx);
+            match self.create_flip(&flip).await {
+                Ok(()) => {
+                    crash::point("after-flip");
+                    self.checkpoint_if_due(flip.seq).await;
+                    return Ok(Published { record: prepared.record, flip });
+                }
+                Err(conflict @ Error::Conflict { .. }) => {
+                    let head = self.head().await?;
+                    let parent = match &head {
+                        Some(h) => Some(self.record_named_by(h).await?),
+                        None => None,
+                    };
+                    let stale = prepared.record.version;
+                    let ok = protocol::rebase_allowed(
+                        prepared.parent.as_ref(),
+                        parent.as_ref(),
+                        &prepared.staged.partitions,
+                        &replace_of(&prepared.options),
+                    );
+                    let _ = self.store().delete(&layout::version_path(&self.name, stale)).await;
+                    if !ok {
+                        return Err(conflict);
+                    }
+                    prepared = self
+                        .prepare_on(prepared.staged, prepared.options, head, parent, ctx)
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Usage(format!(
+            "gave up publishing {:?} after {MAX_REBASES} rebases: other writers keep publishing \
+             first; retry later",
             self.name
         )))
     }
@@ -508,19 +603,8 @@ impl Dataset {
     /// they are unreachable either way). If the store answers "already exists" to a retried
     /// request whose first attempt did land, the entry found is ours and the flip succeeded.
     pub async fn flip(&self, prepared: Prepared, ctx: &RunContext) -> Result<Published> {
-        let Prepared { record, head } = prepared;
-        let flip = Flip {
-            format: FLIP_FORMAT.to_string(),
-            seq: record.publish_seq,
-            kind: FlipKind::Publish,
-            from: head.as_ref().map(|h| h.to),
-            to: record.version,
-            run_id: record.run_id.clone(),
-            reason: record.reason.clone(),
-            at: ctx.now(),
-            max_version: record.version.max(head.as_ref().map_or(0, |h| h.max_version)),
-            version: record.brief(),
-        };
+        let Prepared { record, head, .. } = prepared;
+        let flip = flip_for(&record, head.as_ref(), ctx);
         match self.create_flip(&flip).await {
             Ok(()) => {
                 crash::point("after-flip");
@@ -622,6 +706,127 @@ impl Dataset {
         let prefix = layout::run_prefix(&self.name, run_id);
         let paths = self.store().list(Some(&prefix)).map_ok(|m| m.location).boxed();
         let _ = self.store().delete_stream(paths).try_collect::<Vec<_>>().await;
+    }
+
+    /// The publishes by `run_id` among the pointer entries after `after_seq`, oldest first.
+    /// Empty when the dataset was never published.
+    pub async fn flips_by(&self, run_id: &str, after_seq: u64) -> Result<Vec<Flip>> {
+        let seqs = self.pointer_seqs().await?;
+        let mut found = Vec::new();
+        for &seq in seqs.iter().filter(|&&s| s > after_seq) {
+            if let Some(f) = self.read_flip(seq).await? {
+                if f.run_id == run_id && f.kind == FlipKind::Publish {
+                    found.push(f);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Flips the pointer to a record that was prepared and never published (recovery rolling a
+    /// run forward). `Ok(None)` when that is no longer possible as prepared: the record is gone,
+    /// or the pointer moved since.
+    pub async fn flip_record(&self, version: u64, ctx: &RunContext) -> Result<Option<Published>> {
+        let Some(record) = self.read_record(version).await? else { return Ok(None) };
+        let head = self.head().await?;
+        if protocol::next_seq(head.as_ref()) != record.publish_seq {
+            return Ok(None);
+        }
+        let flip = flip_for(&record, head.as_ref(), ctx);
+        match self.create_flip(&flip).await {
+            Ok(()) => Ok(Some(Published { record, flip })),
+            Err(Error::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes what an unpublished run left, for recovery: version records of `run_id` numbered
+    /// above `above_version` that no pointer entry publishes, and its staged files except the
+    /// paths in `keep`. Never touches anything a pointer entry names. Returns the paths removed.
+    pub async fn discard_run(
+        &self,
+        run_id: &str,
+        above_version: u64,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let prefix = layout::versions_prefix(&self.name);
+        let offset = layout::version_path(&self.name, above_version);
+        let records: Vec<Path> = self
+            .store()
+            .list_with_offset(Some(&prefix), &offset)
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        for path in records {
+            let Some(v) = layout::parse_numbered(&path) else { continue };
+            let Some(record) = self.read_record(v).await? else { continue };
+            if record.run_id != run_id {
+                continue;
+            }
+            let published = matches!(
+                self.read_flip(record.publish_seq).await?,
+                Some(f) if f.to == v && f.run_id == run_id
+            );
+            if !published {
+                self.store().delete(&path).await.map_err(|e| Error::store("delete", &path, e))?;
+                removed.push(path.to_string());
+            }
+        }
+        let prefix = layout::run_prefix(&self.name, run_id);
+        let staged: Vec<Path> = self
+            .store()
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        for path in staged {
+            if keep.contains(path.as_ref()) {
+                continue;
+            }
+            match self.store().delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("delete", &path, e)),
+            }
+            removed.push(path.to_string());
+        }
+        Ok(removed)
+    }
+
+    /// Takes over files another (failed) run staged and checksummed, for this run: each file is
+    /// read back and checked against its size and sha256, then moved under this run's prefix.
+    /// `None` (and nothing moved) when any file is missing or differs.
+    pub async fn adopt(&self, staged: &Staged, ctx: &RunContext) -> Result<Option<Staged>> {
+        let files: Vec<FileEntry> =
+            staged.partitions.iter().flat_map(|p| p.files.iter().cloned()).collect();
+        let checks = futures::stream::iter(files.into_iter().map(|f| self.check_file(f)))
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        if checks.iter().any(Option::is_some) {
+            return Ok(None);
+        }
+        let from = format!("{}/", layout::run_prefix(&self.name, &staged.run_id));
+        let to = format!("{}/", layout::run_prefix(&self.name, ctx.run_id()));
+        let mut adopted = staged.clone();
+        adopted.run_id = ctx.run_id().to_string();
+        for p in &mut adopted.partitions {
+            p.run_id = ctx.run_id().to_string();
+            for f in &mut p.files {
+                let Some(rest) = f.path.strip_prefix(&from) else {
+                    return Err(Error::Usage(format!(
+                        "cannot adopt {}: it is not staged by run {}",
+                        f.path, staged.run_id
+                    )));
+                };
+                let (src, dst) = (Path::from(f.path.as_str()), Path::from(format!("{to}{rest}")));
+                self.store().rename(&src, &dst).await.map_err(|e| Error::store("move", &src, e))?;
+                f.path = dst.to_string();
+            }
+        }
+        Ok(Some(adopted))
     }
 
     /// Makes an earlier published version current again: one new pointer entry, O(1) in the
@@ -735,6 +940,32 @@ impl Dataset {
             | Err(object_store::Error::Precondition { .. }) => Ok(Created::AlreadyExists),
             Err(e) => Err(Error::store("create", path, e)),
         }
+    }
+}
+
+/// The pointer entry that publishes `record` on top of `head`.
+fn flip_for(record: &VersionRecord, head: Option<&Flip>, ctx: &RunContext) -> Flip {
+    Flip {
+        format: FLIP_FORMAT.to_string(),
+        seq: record.publish_seq,
+        kind: FlipKind::Publish,
+        from: head.map(|h| h.to),
+        to: record.version,
+        run_id: record.run_id.clone(),
+        reason: record.reason.clone(),
+        at: ctx.now(),
+        max_version: record.version.max(head.map_or(0, |h| h.max_version)),
+        version: record.brief(),
+    }
+}
+
+fn replace_of(options: &PublishOptions) -> protocol::Replace {
+    if options.replace_all {
+        protocol::Replace::All
+    } else if let Some(owned) = &options.owned {
+        protocol::Replace::Owned(owned.clone())
+    } else {
+        protocol::Replace::Written
     }
 }
 

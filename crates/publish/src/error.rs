@@ -69,6 +69,17 @@ pub enum Error {
     )]
     UnknownCommit { dataset: String, run_id: String, detail: String },
 
+    /// Another live run holds a lock on part of this run's output.
+    #[error(
+        "{what} is locked by run {} (pid {} on {}, since {}): two runs may not write the same \
+         partitions at once. Wait for that run to finish; if its process is gone, the next run \
+         takes the lock over (at once on the same host, otherwise once its lease expires at {}). \
+         `strata runs` lists the runs in flight",
+        holder.run_id, holder.pid, holder.host, holder.acquired_at.to_rfc3339(),
+        holder.expires_at.to_rfc3339()
+    )]
+    Locked { what: String, holder: Box<crate::locks::LockInfo> },
+
     /// An input the user named cannot be read as what it should be.
     #[error("cannot read {path}: {detail}")]
     InvalidInput { path: String, detail: String },
@@ -126,6 +137,7 @@ impl Error {
             | Error::MissingFile { .. }
             | Error::SchemaConflict { .. }
             | Error::Conflict { .. }
+            | Error::Locked { .. }
             | Error::InvalidInput { .. }
             | Error::Usage(_)
             | Error::Lake { .. } => true,

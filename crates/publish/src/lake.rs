@@ -194,7 +194,7 @@ impl Lake {
     }
 
     /// Reads a whole object, `None` if absent.
-    pub(crate) async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
+    pub async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
         match self.store.get(path).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| Error::store("read", path, e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -58,6 +58,35 @@ pub enum Replace {
 /// Every partition in `written` replaces the parent's partition with the same key. The parent's
 /// other partitions are reused as they are (same files, same paths), except those `replace`
 /// owns, which are dropped.
+/// Whether a version prepared on `base` may be re-merged onto `now` (another writer published in
+/// between): only if every partition it writes or owns is the same in both, and the layout did
+/// not change. Replacing everything never rebases.
+pub fn rebase_allowed(
+    base: Option<&VersionRecord>,
+    now: Option<&VersionRecord>,
+    written: &[PartitionEntry],
+    replace: &Replace,
+) -> bool {
+    let keys: std::collections::BTreeSet<&str> = match replace {
+        Replace::All => return false,
+        Replace::Written => written.iter().map(|p| p.key.as_str()).collect(),
+        Replace::Owned(owned) => {
+            written.iter().map(|p| p.key.as_str()).chain(owned.iter().map(String::as_str)).collect()
+        }
+    };
+    let (Some(base), Some(now)) = (base, now) else {
+        // Created concurrently from nothing, or emptied: never merge blindly.
+        return base.is_none() && now.is_none();
+    };
+    if base.partition_by != now.partition_by || base.schema != now.schema {
+        return false;
+    }
+    fn find<'a>(r: &'a VersionRecord, k: &str) -> Option<&'a PartitionEntry> {
+        r.partitions.binary_search_by(|p| p.key.as_str().cmp(k)).ok().map(|i| &r.partitions[i])
+    }
+    keys.iter().all(|k| find(base, k) == find(now, k))
+}
+
 pub fn merge_partitions(
     parent: Option<&VersionRecord>,
     written: Vec<PartitionEntry>,
@@ -250,6 +279,44 @@ mod tests {
             m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
         assert_eq!(keys, vec![("k=b", "r1"), ("k=c", "r2")]);
         assert_eq!((m.summary.partitions_dropped, m.summary.partitions_reused), (1, 1));
+    }
+
+    #[test]
+    fn rebase_only_when_nothing_this_run_touches_changed() {
+        let base = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
+        // Someone else rewrote k=b: writing k=a may rebase, writing k=b may not.
+        let now = record(vec![part("k=a", "r1", 1), part("k=b", "r3", 7)]);
+        assert!(rebase_allowed(
+            Some(&base),
+            Some(&now),
+            &[part("k=a", "r2", 5)],
+            &Replace::Written
+        ));
+        assert!(!rebase_allowed(
+            Some(&base),
+            Some(&now),
+            &[part("k=b", "r2", 5)],
+            &Replace::Written
+        ));
+        // Owning k=b without writing it counts as touching it.
+        let owned = Replace::Owned(["k=b".to_string()].into_iter().collect());
+        assert!(!rebase_allowed(Some(&base), Some(&now), &[part("k=a", "r2", 5)], &owned));
+        // A new partition someone else created in between is a conflict too.
+        let now2 = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r4", 1)]);
+        assert!(!rebase_allowed(
+            Some(&base),
+            Some(&now2),
+            &[part("k=c", "r2", 5)],
+            &Replace::Written
+        ));
+        assert!(rebase_allowed(
+            Some(&base),
+            Some(&now2),
+            &[part("k=a", "r2", 5)],
+            &Replace::Written
+        ));
+        assert!(!rebase_allowed(Some(&base), Some(&now), &[part("k=a", "r2", 5)], &Replace::All));
+        assert!(!rebase_allowed(None, Some(&now), &[part("k=a", "r2", 5)], &Replace::Written));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,61 @@ pub struct InputBatch {
     pub source: String,
     pub batch_id: String,
     pub rows: u64,
+}
+
+/// The pointer of a dataset as a run found it before preparing anything: recovery looks for the
+/// run's flips after `seq` and its leftover records above `max_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Base {
+    pub seq: u64,
+    pub max_version: u64,
+}
+
+/// Output a run staged and checksummed for one stage, kept for reuse if the run fails: a rerun
+/// whose stage has the same `stage_key` adopts these files instead of computing them again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedCheckpoint {
+    /// Identifies the stage's work: pipeline version, stage, dataset, inputs and window.
+    pub stage_key: String,
+    pub dataset: String,
+    pub run_id: String,
+    pub partition_by: Vec<String>,
+    pub schema: arrow::datatypes::Schema,
+    pub partitions: Vec<crate::model::PartitionEntry>,
+    pub rows: u64,
+    /// The stage's counts (input, quarantined, duplicates…), reported again on reuse.
+    #[serde(default)]
+    pub stats: BTreeMap<String, u64>,
+}
+
+impl StagedCheckpoint {
+    pub fn new(stage_key: &str, dataset: &str, staged: &crate::writer::Staged) -> Self {
+        StagedCheckpoint {
+            stage_key: stage_key.into(),
+            dataset: dataset.into(),
+            run_id: staged.run_id.clone(),
+            partition_by: staged.partition_by.clone(),
+            schema: staged.schema.as_ref().clone(),
+            partitions: staged.partitions.clone(),
+            rows: staged.rows,
+            stats: BTreeMap::new(),
+        }
+    }
+
+    pub fn staged(&self) -> crate::writer::Staged {
+        crate::writer::Staged {
+            run_id: self.run_id.clone(),
+            schema: std::sync::Arc::new(self.schema.clone()),
+            partition_by: self.partition_by.clone(),
+            partitions: self.partitions.clone(),
+            rows: self.rows,
+            evidence: None,
+        }
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.partitions.iter().flat_map(|p| p.files.iter().map(|f| f.path.as_str()))
+    }
 }
 
 /// The manifest of a run: what it intended, read, wrote and published.
@@ -68,11 +123,30 @@ pub struct RunManifest {
     /// Per-stage counts and results.
     #[serde(default)]
     pub stages: Vec<serde_json::Value>,
+    /// Identifies what the run computes: pipeline version, parameters and input boundary. Two
+    /// runs with the same key publish the same data.
+    #[serde(default)]
+    pub run_key: Option<String>,
+    /// The process that drove the run (`pid@host`).
+    #[serde(default)]
+    pub process: Option<String>,
+    /// Dataset → its pointer before the run prepared anything (from VALIDATING on).
+    #[serde(default)]
+    pub bases: BTreeMap<String, Base>,
+    /// Dataset → the version record prepared for it (from COMMITTING on).
+    #[serde(default)]
+    pub prepared: BTreeMap<String, u64>,
+    /// Finished stages' staged output, reusable by a rerun while the run is not published.
+    #[serde(default)]
+    pub checkpoints: Vec<StagedCheckpoint>,
     /// Dataset → version published.
     #[serde(default)]
     pub published: BTreeMap<String, u64>,
     #[serde(default)]
     pub error: Option<String>,
+    /// What recovery found and did, when recovery moved the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<serde_json::Value>,
 }
 
 impl RunManifest {
@@ -91,8 +165,14 @@ impl RunManifest {
             reference_data: Vec::new(),
             times: BTreeMap::new(),
             stages: Vec::new(),
+            run_key: None,
+            process: None,
+            bases: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+            checkpoints: Vec::new(),
             published: BTreeMap::new(),
             error: None,
+            recovery: None,
         }
     }
 }
@@ -125,6 +205,36 @@ impl RunLog {
 
     pub fn manifest(&self) -> &RunManifest {
         &self.manifest
+    }
+
+    /// Continues the log of a run from its latest entry (recovery).
+    pub fn resume(lake: &Lake, latest: RunManifest) -> RunLog {
+        RunLog { lake: lake.clone(), manifest: latest }
+    }
+
+    /// Records progress within the current state (a new entry in the same state): finished
+    /// stages, checkpoints. Terminal states take no further entries.
+    pub async fn record(
+        &mut self,
+        at: DateTime<Utc>,
+        update: impl FnOnce(&mut RunManifest),
+    ) -> Result<()> {
+        if self.manifest.state.is_terminal() {
+            return Err(Error::Usage(format!(
+                "run {} is {}; its log takes no more entries",
+                self.manifest.run_id, self.manifest.state
+            )));
+        }
+        let mut m = self.manifest.clone();
+        update(&mut m);
+        m.entry += 1;
+        m.times.insert(format!("{}#{}", m.state, m.entry), at);
+        let previous = std::mem::replace(&mut self.manifest, m);
+        if let Err(e) = self.write().await {
+            self.manifest = previous;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Moves the run to `to` (if the state machine allows it), applies `update`, and records
@@ -213,11 +323,25 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
     let mut ids: Vec<String> =
         listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
     ids.sort();
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(last) = run_log(lake, &id).await?.pop() {
-            out.push(last);
-        }
-    }
-    Ok(out)
+    let reads = ids.iter().map(|id| latest_entry(lake, id));
+    let found: Vec<Option<RunManifest>> =
+        futures::stream::iter(reads).buffered(16).try_collect().await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The latest entry of one run's log (one listing and one read).
+pub async fn latest_entry(lake: &Lake, run_id: &str) -> Result<Option<RunManifest>> {
+    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
+    let paths: Vec<Path> = lake
+        .store()
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    let Some(last) = paths.into_iter().max() else { return Ok(None) };
+    let Some(bytes) = lake.get_opt(&last).await? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt { path: last.to_string(), detail: e.to_string() })
 }

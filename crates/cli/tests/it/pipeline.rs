@@ -6,7 +6,7 @@ use crate::harness::Env;
 
 /// A copy of the example pipeline in the env's directory, optionally without some input files
 /// and with a different lookback. Returns the pipeline file.
-fn shop(env: &Env, lookback: u32, skip: &[&str]) -> PathBuf {
+pub(crate) fn shop(env: &Env, lookback: u32, skip: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/shop");
     let dst = env.path("shop");
     copy_dir(&src, &dst, skip);
@@ -340,8 +340,12 @@ fn init_scaffolds_a_pipeline_that_runs() {
     assert!(line.contains("already exists"), "{line}");
     // Once landed, the raw layer is the source: a run still works after the files are gone.
     std::fs::remove_file(dir.join("data/orders/orders-2026-01-01.csv")).unwrap();
+    // The same inputs and parameters as the published run: a no-op that says so.
     let r = run_json(&env, &["--pipeline", dir.join("strata.toml").to_str().unwrap()]);
     assert!(stage(&r, "land", "orders")["note"].as_str().unwrap().starts_with("no file matches"));
+    assert!(r["already_published_by"].is_string(), "{r}");
+    assert_eq!(r["stages"].as_array().unwrap().len(), 1, "nothing but landing ran: {r}");
+    let r = run_json(&env, &["--pipeline", dir.join("strata.toml").to_str().unwrap(), "--force"]);
     assert_eq!(stage(&r, "clean", "orders")["rows_out"], 2);
 }
 
@@ -354,7 +358,7 @@ fn progress_bar_on_a_terminal_plain_lines_otherwise() {
     assert!(plain.lines().any(|l| l.starts_with("clean  orders")), "{plain}");
     // `script` (util-linux) runs the binary on a pseudo-terminal.
     let cmd = format!(
-        "{} --lake {} run --pipeline {}",
+        "{} --lake {} run --force --pipeline {}",
         env!("CARGO_BIN_EXE_strata"),
         env.lake_url,
         toml.display()

@@ -25,6 +25,9 @@ macro_rules! conformance_tests {
                 bad_partition_values_are_refused_and_nothing_changes,
                 unknown_dataset_and_version_are_reported,
                 pointer_checkpoints_are_a_faithful_cache,
+                run_locks_exclude_overlaps_and_take_over_stale_ones,
+                commit_rebases_over_disjoint_partitions_only,
+                adopting_checkpointed_files_verifies_and_moves_them,
             );
         }
     };

@@ -638,3 +638,167 @@ pub async fn pointer_checkpoints_are_a_faithful_cache(lake: Lake) {
     assert_eq!(ds.history().await.unwrap(), history);
     assert_eq!(ds.current().await.unwrap().version, 2);
 }
+
+fn boundary(items: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .map(|(d, keys)| (d.to_string(), keys.iter().map(|k| k.to_string()).collect()))
+        .collect()
+}
+
+fn lease() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+async fn put_lock(lake: &Lake, path: &str, info: &strata_publish::locks::LockInfo) {
+    let body = serde_json::to_vec(info).unwrap();
+    lake.store().put(&Path::from(path), PutPayload::from(body)).await.unwrap();
+}
+
+fn holder(e: Error) -> String {
+    match e {
+        Error::Locked { holder, .. } => holder.run_id,
+        other => panic!("expected Locked, got {other}"),
+    }
+}
+
+pub async fn run_locks_exclude_overlaps_and_take_over_stale_ones(lake: Lake) {
+    use strata_publish::locks::{acquire, sweep_stale, LockInfo};
+    let now: strata_publish::locks::Clock = Utc::now;
+    let a = acquire(&lake, "run-a", &boundary(&[("orders", &["d=1", "d=2"])]), lease(), now)
+        .await
+        .unwrap();
+    // Overlapping partitions: refused, naming the holder; nothing of B is left behind.
+    let err = acquire(&lake, "run-b", &boundary(&[("orders", &["d=3", "d=2"])]), lease(), now)
+        .await
+        .unwrap_err();
+    assert_eq!(holder(err), "run-a");
+    let d3 = Path::from("_strata/locks/orders/d=3.json");
+    assert!(lake.get_opt(&d3).await.unwrap().is_none(), "B released what it took");
+    // The whole dataset overlaps every partition of it, both ways.
+    let err =
+        acquire(&lake, "run-c", &boundary(&[("orders", &[])]), lease(), now).await.unwrap_err();
+    assert_eq!(holder(err), "run-a");
+    let d =
+        acquire(&lake, "run-d", &boundary(&[("orders", &["d=3"])]), lease(), now).await.unwrap();
+    a.release().await;
+    let err =
+        acquire(&lake, "run-e", &boundary(&[("orders", &[])]), lease(), now).await.unwrap_err();
+    assert_eq!(holder(err), "run-d");
+    d.release().await;
+    let e = acquire(&lake, "run-e", &boundary(&[("orders", &[])]), lease(), now).await.unwrap();
+    let err = acquire(&lake, "run-f", &boundary(&[("orders", &["d=1"])]), lease(), now)
+        .await
+        .unwrap_err();
+    assert_eq!(holder(err), "run-e");
+    e.release().await;
+    // Another dataset never overlaps.
+    let x = acquire(&lake, "run-x", &boundary(&[("other", &[])]), lease(), now).await.unwrap();
+    // A lock on another host whose lease is still running is live; an expired one is stale.
+    let mut ghost = LockInfo::for_this_process("ghost", Utc::now(), lease());
+    ghost.host = "elsewhere".into();
+    put_lock(&lake, "_strata/locks/orders/d=9.json", &ghost).await;
+    let err = acquire(&lake, "run-g", &boundary(&[("orders", &["d=9"])]), lease(), now)
+        .await
+        .unwrap_err();
+    assert_eq!(holder(err), "ghost");
+    ghost.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    put_lock(&lake, "_strata/locks/orders/d=9.json", &ghost).await;
+    let g =
+        acquire(&lake, "run-g", &boundary(&[("orders", &["d=9"])]), lease(), now).await.unwrap();
+    let taken: LockInfo = serde_json::from_slice(
+        &lake.get_opt(&Path::from("_strata/locks/orders/d=9.json")).await.unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(taken.run_id, "run-g", "taken over");
+    g.release().await;
+    // A lock of a process on this host that is gone is stale at once, lease or not.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let mut dead = LockInfo::for_this_process("dead-run", Utc::now(), lease());
+    dead.pid = dead_pid;
+    dead.pid_start = None;
+    put_lock(&lake, "_strata/locks/orders/d=5.json", &dead).await;
+    let h =
+        acquire(&lake, "run-h", &boundary(&[("orders", &["d=5"])]), lease(), now).await.unwrap();
+    h.release().await;
+    // The sweep removes stale locks and keeps live ones.
+    put_lock(&lake, "_strata/locks/orders/d=6.json", &dead).await;
+    let removed = sweep_stale(&lake, now).await.unwrap();
+    assert_eq!(removed, vec!["_strata/locks/orders/d=6.json".to_string()]);
+    assert!(lake.get_opt(&Path::from("_strata/locks/other/_all.json")).await.unwrap().is_some());
+    x.release().await;
+    let left: Vec<_> =
+        lake.store().list(Some(&Path::from("_strata/locks"))).try_collect().await.unwrap();
+    assert!(left.is_empty(), "every lock released: {left:?}");
+}
+
+pub async fn commit_rebases_over_disjoint_partitions_only(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "base", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 0)).await;
+    let stage = |run: &'static str, minute: u32, day: &'static str, id: i64| {
+        let ds = ds.clone();
+        async move {
+            let c = ctx(run, minute);
+            let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+            w.write(&batch(&days(&[day], 3, id, id))).await.unwrap();
+            let staged = w.finish().await.unwrap();
+            (ds.prepare(staged, &PublishOptions::default(), &c).await.unwrap(), c)
+        }
+    };
+    // Three runs prepare on the same version: two write 01-03 and 01-04, one rewrites 01-01.
+    let (p1, c1) = stage("r1", 1, "2026-01-03", 100).await;
+    let (p2, c2) = stage("r2", 2, "2026-01-04", 200).await;
+    let (p3, c3) = stage("r3", 3, "2026-01-03", 300).await;
+    ds.commit(p1, &c1).await.unwrap();
+    // r2 touched nothing r1 changed: rebased onto r1's version, both partitions visible.
+    let second = ds.commit(p2, &c2).await.unwrap();
+    assert_eq!(second.record.parent, Some(2));
+    let keys: Vec<String> =
+        ds.current().await.unwrap().partitions.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(keys, vec!["day=2026-01-01", "day=2026-01-02", "day=2026-01-03", "day=2026-01-04"]);
+    // r3 writes the partition r1 changed: a conflict, and its stale record is gone.
+    let stale = p3.record.version;
+    let err = ds.commit(p3, &c3).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(lake.get_opt(&layout::version_path("orders", stale)).await.unwrap().is_none());
+    let current = ds.current().await.unwrap();
+    assert_eq!(current.summary.rows, 2 * 2 + 3 + 3);
+    // Recovery's clean-up removes r3's staged files and keeps what a version names.
+    let removed = ds.discard_run("r3", 0, &Default::default()).await.unwrap();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(ds.verify(None).await.unwrap().problems.is_empty());
+    assert!(
+        ds.flips_by("r2", 0).await.unwrap().len() == 1
+            && ds.flips_by("r3", 0).await.unwrap().is_empty()
+    );
+}
+
+pub async fn adopting_checkpointed_files_verifies_and_moves_them(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let crashed = ctx("crashed", 1);
+    let mut w = ds.writer(&crashed, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&["2026-01-01", "2026-01-02"], 2, 1, 5))).await.unwrap();
+    let staged = w.finish().await.unwrap();
+    // A rerun adopts them: checked, then moved under its own run; publishing them works.
+    let rerun = ctx("rerun", 2);
+    let adopted = ds.adopt(&staged, &rerun).await.unwrap().expect("adopted");
+    assert!(adopted
+        .partitions
+        .iter()
+        .flat_map(|p| &p.files)
+        .all(|f| f.path.contains("run_id=rerun/")));
+    ds.publish(adopted, &PublishOptions::default(), &rerun).await.unwrap();
+    assert!(ds.verify(None).await.unwrap().problems.is_empty());
+    assert_eq!(ds.current().await.unwrap().summary.rows, 4);
+    // A checkpoint with a changed file is refused and nothing moves.
+    let other = ctx("other", 3);
+    let mut w = ds.writer(&other, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&["2026-01-03"], 2, 9, 5))).await.unwrap();
+    let mut staged = w.finish().await.unwrap();
+    staged.partitions[0].files[0].sha256 = "0".repeat(64);
+    assert!(ds.adopt(&staged, &ctx("late", 4)).await.unwrap().is_none());
+    let still = Path::from(staged.partitions[0].files[0].path.as_str());
+    assert!(lake.get_opt(&still).await.unwrap().is_some());
+}

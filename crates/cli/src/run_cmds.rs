@@ -1,0 +1,238 @@
+//! `strata runs`, `strata show-run` and `strata recover`: the operator's view of run manifests.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use strata_publish::recover::{recover, RecoveryReport};
+use strata_publish::run_state::RunState;
+use strata_publish::runs::{list_runs, run_log, RunManifest};
+use strata_publish::{Lake, OpenMode, RunContext};
+
+use crate::cli::{RecoverArgs, RunsArgs, ShowRunArgs};
+use crate::output;
+use crate::settings::{run_context, Settings};
+use crate::user_error;
+
+/// The wall clock, for lock leases.
+pub fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+pub async fn runs(
+    settings: &Settings,
+    args: RunsArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let status: Option<RunState> = match &args.status {
+        Some(s) => Some(s.parse().map_err(|e: String| user_error!("--status: {e}"))?),
+        None => None,
+    };
+    let lake = settings.open_lake(OpenMode::Existing).await?;
+    let mut runs: Vec<RunManifest> = list_runs(&lake)
+        .await?
+        .into_iter()
+        .filter(|m| status.is_none_or(|s| m.state == s))
+        .collect();
+    runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    if args.json {
+        output::json(out, &runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        writeln!(
+            out,
+            "no runs{} in lake {}",
+            status.map(|s| format!(" in state {s}")).unwrap_or_default(),
+            lake.url()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|m| {
+            vec![
+                m.run_id.clone(),
+                m.state.to_string(),
+                m.pipeline
+                    .as_ref()
+                    .map(|(n, v)| format!("{n}@{}", &v[..v.len().min(12)]))
+                    .unwrap_or_default(),
+                window_text(m),
+                m.times.get(RunState::Planned.as_str()).map(output::time).unwrap_or_default(),
+                published_text(m),
+            ]
+        })
+        .collect();
+    output::table(
+        out,
+        &["RUN", "STATE", "PIPELINE", "WINDOW", "STARTED", "PUBLISHED / ERROR"],
+        &rows,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn window_text(m: &RunManifest) -> String {
+    match m.params.get("window") {
+        Some(w) if !w.is_null() => format!(
+            "{}..{}",
+            w.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
+            w.get("to").and_then(|v| v.as_str()).unwrap_or("?")
+        ),
+        _ => "all dates".into(),
+    }
+}
+
+fn published_text(m: &RunManifest) -> String {
+    if let Some(e) = &m.error {
+        let line = e.lines().next().unwrap_or("");
+        return if line.chars().count() > 80 {
+            format!("{}…", line.chars().take(80).collect::<String>())
+        } else {
+            line.to_string()
+        };
+    }
+    m.published.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", ")
+}
+
+pub async fn show_run(
+    settings: &Settings,
+    args: ShowRunArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let lake = settings.open_lake(OpenMode::Existing).await?;
+    let log = run_log(&lake, &args.run_id).await?;
+    if args.json {
+        output::json(out, &log)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = log.last().expect("run_log is never empty");
+    writeln!(out, "run        {}", m.run_id)?;
+    writeln!(out, "state      {}", m.state)?;
+    if let Some((name, version)) = &m.pipeline {
+        writeln!(out, "pipeline   {name} (version {version})")?;
+    }
+    writeln!(out, "mode       {} {}", m.mode, m.params)?;
+    if let Some(p) = &m.process {
+        writeln!(out, "process    {p}")?;
+    }
+    if let Some(k) = &m.run_key {
+        writeln!(out, "run key    {k}")?;
+    }
+    writeln!(out, "states")?;
+    for e in &log {
+        let at = m.times.get(&e.state.to_string()).map(output::time).unwrap_or_default();
+        if e.entry == 1 || log.get(e.entry as usize - 2).is_some_and(|p| p.state != e.state) {
+            writeln!(out, "  {:<13} {at}", e.state.to_string())?;
+        }
+    }
+    writeln!(out, "inputs     {} raw batch(es)", m.input_boundary.len())?;
+    for b in &m.input_boundary {
+        writeln!(out, "  {}  batch {}  {} rows", b.source, b.batch_id, b.rows)?;
+    }
+    writeln!(out, "outputs")?;
+    for (ds, keys) in &m.output_boundary {
+        let owned = match keys.len() {
+            0 => "the whole dataset".to_string(),
+            1 => keys[0].clone(),
+            n => format!("{n} partitions, {} .. {}", keys[0], keys[n - 1]),
+        };
+        let version = match (m.published.get(ds), m.prepared.get(ds)) {
+            (Some(v), _) => format!("  -> published v{v}"),
+            (None, Some(v)) => format!("  (prepared v{v}, not published)"),
+            _ => String::new(),
+        };
+        writeln!(out, "  {ds}: {owned}{version}")?;
+    }
+    if !m.stages.is_empty() {
+        writeln!(out, "stages")?;
+        for s in &m.stages {
+            let g = |k: &str| {
+                s.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default()
+            };
+            let reused = s
+                .get("reused_from")
+                .and_then(|v| v.as_str())
+                .map(|r| format!("  (reused from {r})"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<6} {:<22} in {:>8}  out {:>8}  quarantined {:>6}  duplicates {:>6}{reused}",
+                g("stage"),
+                g("dataset"),
+                g("rows_in"),
+                g("rows_out"),
+                g("quarantined"),
+                g("duplicates")
+            )?;
+        }
+    }
+    if !m.checkpoints.is_empty() {
+        let files: usize = m.checkpoints.iter().map(|c| c.files().count()).sum();
+        writeln!(
+            out,
+            "checkpoints {} stage output(s), {files} file(s) kept for a rerun",
+            m.checkpoints.len()
+        )?;
+    }
+    if let Some(e) = &m.error {
+        writeln!(out, "error      {e}")?;
+    }
+    if let Some(r) = &m.recovery {
+        writeln!(out, "recovery   {r}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn recover_cmd(
+    settings: &Settings,
+    args: RecoverArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let lake = settings.open_lake(OpenMode::Existing).await?;
+    let ctx = run_context()?;
+    let report = recover(&lake, args.run.as_deref(), &ctx, wall_clock).await?;
+    if args.json {
+        output::json(out, &report)?;
+    } else {
+        print_recovery(&report, out)?;
+        if report.recovered.is_empty()
+            && report.live.is_empty()
+            && report.stale_locks_removed.is_empty()
+        {
+            writeln!(out, "nothing to recover: every run is PUBLISHED or FAILED")?;
+        }
+    }
+    let unknown = report.recovered.iter().any(|r| r.to == RunState::Unknown);
+    Ok(if unknown { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// Recovers stopped runs before a new run starts; prints what it did.
+pub async fn recover_before_run(
+    lake: &Lake,
+    ctx: &RunContext,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let report = recover(lake, None, ctx, wall_clock).await?;
+    print_recovery(&report, out)?;
+    Ok(())
+}
+
+fn print_recovery(report: &RecoveryReport, out: &mut impl Write) -> anyhow::Result<()> {
+    for r in &report.recovered {
+        writeln!(out, "recovered run {}: {} -> {}: {}", r.run_id, r.from, r.to, r.action)?;
+        for e in &r.evidence {
+            writeln!(out, "  {e}")?;
+        }
+    }
+    if !report.stale_locks_removed.is_empty() {
+        writeln!(
+            out,
+            "removed {} stale lock(s) left by processes that died",
+            report.stale_locks_removed.len()
+        )?;
+    }
+    for l in &report.live {
+        writeln!(out, "left run {} ({}) alone: still running ({})", l.run_id, l.state, l.holder)?;
+    }
+    Ok(())
+}
