@@ -166,6 +166,27 @@ pub async fn show_run(
             )?;
         }
     }
+    for b in &m.reference_data {
+        writeln!(
+            out,
+            "reads      {} v{} (pinned: not computed by this run)",
+            b["dataset"].as_str().unwrap_or("?"),
+            b["version"]
+        )?;
+    }
+    if !m.checks.is_empty() {
+        let passed = m.checks.iter().filter(|c| c["ok"] == true).count();
+        writeln!(out, "checks     {passed} of {} passed", m.checks.len())?;
+        for c in m.checks.iter().filter(|c| c["ok"] != true) {
+            writeln!(
+                out,
+                "  FAILED {} {}: {}",
+                c["dataset"].as_str().unwrap_or("?"),
+                c["check"].as_str().unwrap_or("?"),
+                c["detail"].as_str().unwrap_or("")
+            )?;
+        }
+    }
     if !m.checkpoints.is_empty() {
         let files: usize = m.checkpoints.iter().map(|c| c.files().count()).sum();
         writeln!(

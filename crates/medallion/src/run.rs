@@ -393,7 +393,7 @@ async fn drive(
             }
             None => clean(lake, &session, pipeline, name, def, raw, *window, ctx).await?,
         };
-        record_stage(log, ctx, &report, &key, &outs).await?;
+        record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
         for o in &outs {
             previews
                 .insert(o.ds.name().to_string(), o.ds.preview(&o.staged, &o.options, ctx).await?);
@@ -405,22 +405,37 @@ async fn drive(
     for (name, window) in &plan.models {
         let def = &pipeline.models[name];
         let deps = &pipeline.model_deps[name];
-        let dep_keys: Vec<String> = deps
-            .iter()
-            .map(|d| stage_keys.get(d).cloned().unwrap_or_else(|| format!("current:{d}")))
-            .collect();
+        // Inputs this run does not compute are read at their current version, pinned here and
+        // recorded as the run's reference-data bindings.
+        let mut bindings = Vec::new();
+        for d in deps {
+            if previews.contains_key(d) {
+                continue;
+            }
+            let record = match lake.dataset(d)?.current().await {
+                Ok(r) => r,
+                Err(strata_publish::Error::DatasetNotFound { .. }) => {
+                    return Err(Error::Sql {
+                        message: format!(
+                            "models.{name} reads {d:?}, which has no published version yet; run \
+                             the pipeline without --only, or run {d} first"
+                        ),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            bindings
+                .push(json!({"dataset": d, "version": record.version, "run_id": record.run_id}));
+            stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
+            previews.insert(d.clone(), record);
+        }
+        let dep_keys: Vec<&String> = deps.iter().map(|d| &stage_keys[d]).collect();
         let key = hash_json(&json!({
             "pipeline": pipeline.version, "stage": "model", "dataset": name,
             "window": window, "deps": dep_keys,
         }));
-        // Reuse only when every input is this run's own (a current version may change).
-        let reusable = deps.iter().all(|d| stage_keys.contains_key(d));
         stage_keys.insert(name.clone(), key.clone());
-        let adopted = if reusable {
-            reuse(lake, &found, &key, std::slice::from_ref(name), ctx).await?
-        } else {
-            None
-        };
+        let adopted = reuse(lake, &found, &key, std::slice::from_ref(name), ctx).await?;
         let (report, out) = match adopted {
             Some((mut staged, cp)) => {
                 let staged = staged.remove(0);
@@ -451,7 +466,7 @@ async fn drive(
                 model(lake, options, pipeline, name, def, deps, *window, &previews, ctx).await?
             }
         };
-        record_stage(log, ctx, &report, &key, std::slice::from_ref(&out)).await?;
+        record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
         previews.insert(name.clone(), out.ds.preview(&out.staged, &out.options, ctx).await?);
         progress(&report);
         reports.push(report);
@@ -465,19 +480,37 @@ async fn drive(
         }
     }
     log.advance(RunState::Validating, ctx.now(), |m| m.bases = bases).await?;
+    let mut checks = Vec::new();
+    for r in reports.iter().filter(|r| r.stage == "clean") {
+        let ok = r.rows_in == r.rows_out + r.quarantined + r.duplicates;
+        checks.push(json!({
+            "check": "input = accepted + quarantined + duplicates", "dataset": r.dataset, "ok": ok,
+            "detail": format!("{} = {} + {} + {}", r.rows_in, r.rows_out, r.quarantined, r.duplicates),
+        }));
+    }
     for o in &outputs {
         let parts: u64 = o.staged.partitions.iter().map(|p| p.rows).sum();
-        if parts != o.staged.rows {
-            return Err(Error::Sql {
-                message: format!(
-                    "{}: staged partitions hold {parts} rows but {} were written; nothing was \
-                     published. Report this with run id {}",
-                    o.ds.name(),
-                    o.staged.rows,
-                    ctx.run_id()
-                ),
-            });
-        }
+        let files: u64 = o.staged.partitions.iter().flat_map(|p| &p.files).map(|f| f.rows).sum();
+        checks.push(json!({
+            "check": "rows written = rows in partitions = rows in files", "dataset": o.ds.name(),
+            "ok": parts == o.staged.rows && files == o.staged.rows,
+            "detail": format!("{} / {parts} / {files}", o.staged.rows),
+        }));
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| format!("{} {} ({})", c["dataset"], c["check"], c["detail"]))
+        .collect();
+    log.record(ctx.now(), |m| m.checks = checks).await?;
+    if !failed.is_empty() {
+        return Err(Error::Sql {
+            message: format!(
+                "validation failed, nothing was published: {}. Report this with run id {}",
+                failed.join("; "),
+                ctx.run_id()
+            ),
+        });
     }
     // COMMITTING: prepare every record first, so that the flips are the only work left.
     let mut prepared = Vec::new();
@@ -535,6 +568,7 @@ async fn record_stage(
     report: &StageReport,
     key: &str,
     outs: &[Output],
+    bindings: Vec<serde_json::Value>,
 ) -> Result<()> {
     let stats: BTreeMap<String, u64> = [
         ("input".to_string(), report.rows_in),
@@ -556,6 +590,7 @@ async fn record_stage(
     log.record(ctx.now(), |m| {
         m.stages.push(stage);
         m.checkpoints.extend(cps);
+        m.reference_data.extend(bindings);
     })
     .await?;
     Ok(())

@@ -169,6 +169,7 @@ pub struct RunLocks {
     run_id: String,
     paths: Vec<Path>,
     lost: Arc<AtomicBool>,
+    stop: Arc<tokio::sync::Notify>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -185,10 +186,12 @@ impl RunLocks {
         Ok(())
     }
 
-    /// Deletes the locks (those still ours).
+    /// Deletes the locks (those still ours). A renewal in flight finishes first, so that it
+    /// cannot recreate a lock after its deletion.
     pub async fn release(mut self) {
         if let Some(h) = self.heartbeat.take() {
-            h.abort();
+            self.stop.notify_one();
+            let _ = h.await;
         }
         release_paths(&self.lake, &self.run_id, &self.paths).await;
     }
@@ -323,6 +326,7 @@ pub async fn acquire(
         run_id: run_id.into(),
         paths: Vec::new(),
         lost: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(tokio::sync::Notify::new()),
         heartbeat: None,
     };
     let mut failure = None;
@@ -347,12 +351,20 @@ pub async fn acquire(
         locks.release().await;
         return Err(e);
     }
-    let (lake2, paths, lost, run) =
-        (lake.clone(), locks.paths.clone(), locks.lost.clone(), run_id.to_string());
+    let (lake2, paths, lost, stop, run) = (
+        lake.clone(),
+        locks.paths.clone(),
+        locks.lost.clone(),
+        locks.stop.clone(),
+        run_id.to_string(),
+    );
     locks.heartbeat = Some(tokio::spawn(async move {
         let every = (lease / 3).max(Duration::from_millis(100));
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.notified() => return,
+            }
             let mut renewed = info.clone();
             renewed.expires_at =
                 clock() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);

@@ -136,6 +136,9 @@ pub struct RunManifest {
     /// Dataset → the version record prepared for it (from COMMITTING on).
     #[serde(default)]
     pub prepared: BTreeMap<String, u64>,
+    /// Validation results (from VALIDATING on): each check, the dataset, whether it held.
+    #[serde(default)]
+    pub checks: Vec<serde_json::Value>,
     /// Finished stages' staged output, reusable by a rerun while the run is not published.
     #[serde(default)]
     pub checkpoints: Vec<StagedCheckpoint>,
@@ -169,6 +172,7 @@ impl RunManifest {
             process: None,
             bases: BTreeMap::new(),
             prepared: BTreeMap::new(),
+            checks: Vec::new(),
             checkpoints: Vec::new(),
             published: BTreeMap::new(),
             error: None,

@@ -376,6 +376,8 @@ fn overlapping_runs_exclude_each_other_and_disjoint_ones_both_publish() {
     let a = env
         .cmd(&a_args)
         .env("STRATA_PAUSE_AT", "before-flips:6000")
+        // A one-second lease: A's lock stays live through its pause only if it is renewed.
+        .env("STRATA_LOCK_LEASE_SECS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -522,6 +524,18 @@ fn operator_commands_and_idempotent_reruns() {
     assert_eq!(versions("orders"), 2, "--force published a new version");
     assert_eq!(published(&env), first, "byte-identical");
     assert_eq!(run_ids(&env, "PUBLISHED").len(), 2);
+    // A run of the models alone pins the cleaned versions it reads, in its manifest.
+    let out =
+        env.ok(&["run", "--pipeline", toml, "--only", "daily_revenue", "--date", "2026-01-02"]);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let shown = env.ok(&["show-run", &id]);
+    assert!(shown.contains("reads      orders v2 (pinned"), "{shown}");
+    assert!(shown.contains("checks     1 of 1 passed"), "{shown}");
+    let log: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show-run", &id, "--json"])).unwrap();
+    let last = log.as_array().unwrap().last().unwrap();
+    assert_eq!(last["reference_data"][0]["dataset"], "orders");
+    assert_eq!(last["reference_data"][0]["version"], 2);
     let table = env.ok(&["runs"]);
     assert!(
         table.starts_with("RUN") && table.contains("FAILED") && table.contains("PUBLISHED"),
