@@ -1,0 +1,126 @@
+//! Benchmark: control totals and content hashing throughput, in bytes of Arrow data per second
+//! on one core. Lineitem-shaped batches (16 columns: integers, decimals, dates, short text), the
+//! same totals a cleaned stage computes (key of two columns, four exact sums, the business date,
+//! nulls, row hash and key hash).
+//!
+//! `cargo bench -p strata-reconcile --bench hashing` (release build). `STRATA_BENCH_ROWS` sets the
+//! rows (default 2,000,000). Target: at least 1 GB/s per core.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use strata_reconcile::{Totals, TotalsSpec};
+
+fn batch(start: i64, n: i64) -> RecordBatch {
+    let dec = |f: fn(i64) -> i128| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from_iter_values((start..start + n).map(f))
+                .with_precision_and_scale(15, 2)
+                .expect("decimal"),
+        )
+    };
+    let text = |choices: &'static [&'static str]| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            (start..start + n).map(|i| choices[(i as usize) % choices.len()]),
+        ))
+    };
+    let date = |off: i32| -> ArrayRef {
+        Arc::new(Date32Array::from_iter_values(
+            (start..start + n).map(|i| 8_000 + (i % 2_500) as i32 + off),
+        ))
+    };
+    let fields = vec![
+        ("l_orderkey", DataType::Int64),
+        ("l_partkey", DataType::Int64),
+        ("l_suppkey", DataType::Int64),
+        ("l_linenumber", DataType::Int64),
+        ("l_quantity", DataType::Decimal128(15, 2)),
+        ("l_extendedprice", DataType::Decimal128(15, 2)),
+        ("l_discount", DataType::Decimal128(15, 2)),
+        ("l_tax", DataType::Decimal128(15, 2)),
+        ("l_returnflag", DataType::Utf8),
+        ("l_linestatus", DataType::Utf8),
+        ("l_shipdate", DataType::Date32),
+        ("l_commitdate", DataType::Date32),
+        ("l_receiptdate", DataType::Date32),
+        ("l_shipinstruct", DataType::Utf8),
+        ("l_shipmode", DataType::Utf8),
+        ("l_comment", DataType::Utf8),
+    ];
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values((start..start + n).map(|i| i / 4))),
+        Arc::new(Int64Array::from_iter_values((start..start + n).map(|i| i * 7 % 200_000))),
+        Arc::new(Int64Array::from_iter_values((start..start + n).map(|i| i * 13 % 10_000))),
+        Arc::new(Int64Array::from_iter_values((start..start + n).map(|i| i % 4 + 1))),
+        dec(|i| (i % 50 + 1) as i128 * 100),
+        dec(|i| (i % 100_000) as i128 * 37),
+        dec(|i| (i % 11) as i128),
+        dec(|i| (i % 9) as i128),
+        text(&["A", "N", "R"]),
+        text(&["F", "O"]),
+        date(0),
+        date(30),
+        date(15),
+        text(&["DELIVER IN PERSON", "COLLECT COD", "NONE", "TAKE BACK RETURN"]),
+        text(&["AIR", "MAIL", "SHIP", "TRUCK", "RAIL", "FOB", "REG AIR"]),
+        text(&[
+            "carefully final deposits",
+            "quickly ironic packages",
+            "furiously regular ideas sleep",
+        ]),
+    ];
+    let schema = Arc::new(Schema::new(
+        fields.into_iter().map(|(n, t)| Field::new(n, t, false)).collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(schema, cols).expect("batch")
+}
+
+fn main() {
+    let rows: i64 =
+        std::env::var("STRATA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let size = 65_536;
+    let batches: Vec<RecordBatch> =
+        (0..rows).step_by(size as usize).map(|s| batch(s, size.min(rows - s))).collect();
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let spec = TotalsSpec {
+        key: vec!["l_orderkey".into(), "l_linenumber".into()],
+        sums: vec![
+            "l_quantity".into(),
+            "l_extendedprice".into(),
+            "l_discount".into(),
+            "l_tax".into(),
+        ],
+        time: Some("l_shipdate".into()),
+    };
+    let only_rows = TotalsSpec::default();
+    for (name, spec) in
+        [("row hash only", &only_rows), ("full totals (keys, sums, time, hashes)", spec_ref(&spec))]
+    {
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let mut t = Totals::new(spec);
+            for b in &batches {
+                t.update(b).expect("totals");
+            }
+            let totals = t.finish();
+            samples.push(started.elapsed());
+            assert_eq!(totals.rows, rows as u64);
+        }
+        samples.sort();
+        let med = samples[samples.len() / 2].as_secs_f64();
+        println!(
+            "{name:<40} {rows} rows, {:.0} MiB of Arrow data: median {:.3} s = {:.2} GB/s, {:.1} M rows/s (one core)",
+            bytes as f64 / 1048576.0,
+            med,
+            bytes as f64 / med / 1e9,
+            rows as f64 / med / 1e6
+        );
+    }
+}
+
+fn spec_ref(s: &TotalsSpec) -> &TotalsSpec {
+    s
+}

@@ -1,0 +1,508 @@
+//! Control totals: an accumulator over record batches, and the mergeable result.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::encode::{encoded_rows, EncodedRows};
+use crate::{Error, Result};
+
+/// What to total: declared per dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TotalsSpec {
+    /// Key columns: distinct and duplicate counts, and the key hash. Empty: no key.
+    pub key: Vec<String>,
+    /// Integer or decimal columns to sum exactly.
+    pub sums: Vec<String>,
+    /// The business-time column (DATE or TIMESTAMP): its min and max.
+    pub time: Option<String>,
+}
+
+/// Key counts of some rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCounts {
+    pub distinct: u64,
+    /// Rows whose key an earlier row already had.
+    pub duplicates: u64,
+}
+
+/// Control totals of some rows (a partition, a version, a stage's input).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlTotals {
+    pub rows: u64,
+    /// Column → exact sum, as decimal text (`"1234.50"`; integers have no point).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sums: BTreeMap<String, String>,
+    /// The business-time column and its bounds, as ISO text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeBounds>,
+    /// Column → nulls.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nulls: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyCounts>,
+    /// Order-independent hash of the key columns of every row (hex, 256 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+    /// Order-independent hash of every whole row (hex, 256 bits).
+    pub row_hash: String,
+}
+
+/// Min and max of a business-time column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeBounds {
+    pub column: String,
+    pub min: Option<String>,
+    pub max: Option<String>,
+}
+
+/// The hasher for key digests, which are already uniformly random.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+/// Rows encoded and hashed at a time.
+const CHUNK: usize = 1024;
+
+/// Accumulates control totals over batches (any order, any split).
+#[derive(Debug)]
+pub struct Totals {
+    spec: TotalsSpec,
+    rows: u64,
+    sums: BTreeMap<String, (i128, i8)>,
+    time: Option<(DataType, Option<i64>, Option<i64>)>,
+    nulls: BTreeMap<String, u64>,
+    key_set: Option<HashSet<u128, BuildHasherDefault<DigestHasher>>>,
+    key_dups: u64,
+    key_hash: [u64; 4],
+    row_hash: [u64; 4],
+    rows_buf: EncodedRows,
+    keys_buf: EncodedRows,
+}
+
+fn add_digest(lanes: &mut [u64; 4], digest: &[u8]) {
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&digest[i * 8..i * 8 + 8]);
+        *lane = lane.wrapping_add(u64::from_le_bytes(b));
+    }
+}
+
+fn lanes_hex(lanes: &[u64; 4]) -> String {
+    let mut bytes = Vec::with_capacity(32);
+    for l in lanes {
+        bytes.extend_from_slice(&l.to_le_bytes());
+    }
+    hex::encode(bytes)
+}
+
+fn parse_lanes(hex_text: &str) -> Result<[u64; 4]> {
+    let bytes = hex::decode(hex_text)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| Error::Incompatible(format!("{hex_text:?} is not a 256-bit hash")))?;
+    let mut lanes = [0u64; 4];
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        *lane = u64::from_le_bytes(b);
+    }
+    Ok(lanes)
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| Error::MissingColumn {
+        column: name.to_string(),
+        available: batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
+    let overflow = || Error::Overflow { column: name.to_string() };
+    macro_rules! ints {
+        ($t:ty) => {{
+            let a = c.as_primitive::<$t>();
+            let mut s: i128 = 0;
+            for v in a.iter().flatten() {
+                s = s.checked_add(i128::from(v)).ok_or_else(overflow)?;
+            }
+            (s, 0)
+        }};
+    }
+    Ok(match c.data_type() {
+        DataType::Int8 => ints!(Int8Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int64 => ints!(Int64Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => ints!(UInt64Type),
+        DataType::Decimal128(_, scale) => {
+            let a = c.as_primitive::<Decimal128Type>();
+            let mut s: i128 = 0;
+            for v in a.iter().flatten() {
+                s = s.checked_add(v).ok_or_else(overflow)?;
+            }
+            (s, *scale)
+        }
+        other => {
+            return Err(Error::NotSummable {
+                column: name.to_string(),
+                data_type: other.to_string(),
+            })
+        }
+    })
+}
+
+/// Min and max of a time column, as i64 in its own unit.
+fn time_bounds(c: &ArrayRef, name: &str) -> Result<(Option<i64>, Option<i64>)> {
+    macro_rules! mm {
+        ($t:ty) => {{
+            let a = c.as_primitive::<$t>();
+            let mut lo: Option<i64> = None;
+            let mut hi: Option<i64> = None;
+            for v in a.iter().flatten() {
+                let v = i64::from(v);
+                lo = Some(lo.map_or(v, |l| l.min(v)));
+                hi = Some(hi.map_or(v, |h| h.max(v)));
+            }
+            (lo, hi)
+        }};
+    }
+    Ok(match c.data_type() {
+        DataType::Date32 => mm!(Date32Type),
+        DataType::Date64 => mm!(Date64Type),
+        DataType::Timestamp(TimeUnit::Second, _) => mm!(TimestampSecondType),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => mm!(TimestampMillisecondType),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => mm!(TimestampMicrosecondType),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => mm!(TimestampNanosecondType),
+        other => {
+            return Err(Error::NotATime { column: name.to_string(), data_type: other.to_string() })
+        }
+    })
+}
+
+fn time_text(t: &DataType, v: i64) -> String {
+    use chrono::{DateTime, NaiveDate};
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+    match t {
+        DataType::Date32 => (epoch + chrono::Duration::days(v)).to_string(),
+        DataType::Date64 => {
+            DateTime::from_timestamp_millis(v).map_or(v.to_string(), |d| d.date_naive().to_string())
+        }
+        DataType::Timestamp(unit, _) => {
+            let nanos = match unit {
+                TimeUnit::Second => v.checked_mul(1_000_000_000),
+                TimeUnit::Millisecond => v.checked_mul(1_000_000),
+                TimeUnit::Microsecond => v.checked_mul(1_000),
+                TimeUnit::Nanosecond => Some(v),
+            };
+            nanos
+                .map(DateTime::from_timestamp_nanos)
+                .map_or(v.to_string(), |d| d.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string())
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// `units` scaled by `scale` as decimal text.
+pub(crate) fn decimal_text(units: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return (units * 10i128.pow(u32::from(scale.unsigned_abs()))).to_string();
+    }
+    let s = scale as usize;
+    let digits = units.unsigned_abs().to_string();
+    let padded = format!("{digits:0>width$}", width = s + 1);
+    let (int, frac) = padded.split_at(padded.len() - s);
+    format!("{}{int}.{frac}", if units < 0 { "-" } else { "" })
+}
+
+/// Decimal text back to `(units, scale)`.
+pub(crate) fn parse_decimal(text: &str) -> Result<(i128, i8)> {
+    let bad = || Error::Incompatible(format!("{text:?} is not a decimal"));
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let units: i128 = format!("{int}{frac}").parse().map_err(|_| bad())?;
+    Ok((units, i8::try_from(frac.len()).map_err(|_| bad())?))
+}
+
+/// `a + b` for decimals of possibly different scales.
+fn add_decimal(a: (i128, i8), b: (i128, i8), column: &str) -> Result<(i128, i8)> {
+    let scale = a.1.max(b.1);
+    let up = |(v, s): (i128, i8)| -> Result<i128> {
+        v.checked_mul(10i128.pow(u32::from((scale - s).unsigned_abs())))
+            .ok_or_else(|| Error::Overflow { column: column.to_string() })
+    };
+    let sum =
+        up(a)?.checked_add(up(b)?).ok_or_else(|| Error::Overflow { column: column.to_string() })?;
+    Ok((sum, scale))
+}
+
+impl Totals {
+    pub fn new(spec: &TotalsSpec) -> Self {
+        Totals {
+            spec: spec.clone(),
+            rows: 0,
+            sums: BTreeMap::new(),
+            time: None,
+            nulls: BTreeMap::new(),
+            key_set: (!spec.key.is_empty()).then(HashSet::default),
+            key_dups: 0,
+            key_hash: [0; 4],
+            row_hash: [0; 4],
+            rows_buf: EncodedRows::default(),
+            keys_buf: EncodedRows::default(),
+        }
+    }
+
+    /// Adds a batch. Columns are hashed in name order, so column order does not matter.
+    pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        self.rows += n as u64;
+        for col in &self.spec.sums.clone() {
+            let c = column(batch, col)?;
+            let part = sum_column(c, col)?;
+            let acc = self.sums.get(col).copied().unwrap_or((0, part.1));
+            self.sums.insert(col.clone(), add_decimal(acc, part, col)?);
+        }
+        if let Some(t) = &self.spec.time {
+            let c = column(batch, t)?;
+            let (lo, hi) = time_bounds(c, t)?;
+            let entry = self.time.get_or_insert((c.data_type().clone(), None, None));
+            entry.1 = match (entry.1, lo) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            entry.2 = match (entry.2, hi) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let schema = batch.schema();
+        let mut order: Vec<usize> = (0..batch.num_columns()).collect();
+        order.sort_by(|a, b| schema.field(*a).name().cmp(schema.field(*b).name()));
+        for &i in &order {
+            *self.nulls.entry(schema.field(i).name().clone()).or_default() +=
+                batch.column(i).logical_null_count() as u64;
+        }
+        let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys: Vec<ArrayRef> = match &self.key_set {
+            Some(_) => {
+                self.spec.key.iter().map(|k| column(batch, k).cloned()).collect::<Result<_>>()?
+            }
+            None => Vec::new(),
+        };
+        if let Some(set) = &mut self.key_set {
+            set.reserve(n);
+        }
+        // Chunks small enough that a chunk's encoded rows stay in the CPU cache while each
+        // column is written into them.
+        let mut start = 0;
+        while start < n {
+            let len = CHUNK.min(n - start);
+            let sliced: Vec<ArrayRef> = columns.iter().map(|c| c.slice(start, len)).collect();
+            encoded_rows(&sliced, &mut self.rows_buf);
+            for r in 0..len {
+                add_digest(&mut self.row_hash, &self.rows_buf.digest(r));
+            }
+            if let Some(set) = &mut self.key_set {
+                let sliced: Vec<ArrayRef> = keys.iter().map(|c| c.slice(start, len)).collect();
+                encoded_rows(&sliced, &mut self.keys_buf);
+                for r in 0..len {
+                    let d = self.keys_buf.digest(r);
+                    add_digest(&mut self.key_hash, &d);
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(&d[..16]);
+                    if !set.insert(u128::from_le_bytes(b)) {
+                        self.key_dups += 1;
+                    }
+                }
+            }
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// Rows so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(self) -> ControlTotals {
+        ControlTotals {
+            rows: self.rows,
+            sums: self.sums.iter().map(|(k, (v, s))| (k.clone(), decimal_text(*v, *s))).collect(),
+            time: self.spec.time.as_ref().map(|col| {
+                let (t, lo, hi) = self.time.clone().unwrap_or((DataType::Date32, None, None));
+                TimeBounds {
+                    column: col.clone(),
+                    min: lo.map(|v| time_text(&t, v)),
+                    max: hi.map(|v| time_text(&t, v)),
+                }
+            }),
+            nulls: self.nulls,
+            keys: self
+                .key_set
+                .as_ref()
+                .map(|s| KeyCounts { distinct: s.len() as u64, duplicates: self.key_dups }),
+            key_hash: self.key_set.as_ref().map(|_| lanes_hex(&self.key_hash)),
+            row_hash: lanes_hex(&self.row_hash),
+        }
+    }
+}
+
+impl ControlTotals {
+    /// The totals of the union of disjoint sets of rows (the partitions of a version). Key counts
+    /// add up: keys are assumed not to repeat across the parts (a key lives in one partition).
+    pub fn combine<'a>(
+        parts: impl IntoIterator<Item = &'a ControlTotals>,
+    ) -> Result<ControlTotals> {
+        let mut out = ControlTotals { row_hash: lanes_hex(&[0; 4]), ..Default::default() };
+        let mut row_lanes = [0u64; 4];
+        let mut key_lanes: Option<[u64; 4]> = None;
+        let mut sums: BTreeMap<String, (i128, i8)> = BTreeMap::new();
+        let mut first = true;
+        for p in parts {
+            out.rows += p.rows;
+            for (k, v) in &p.sums {
+                let v = parse_decimal(v)?;
+                let acc = sums.get(k).copied().unwrap_or((0, v.1));
+                sums.insert(k.clone(), add_decimal(acc, v, k)?);
+            }
+            for (k, v) in &p.nulls {
+                *out.nulls.entry(k.clone()).or_default() += v;
+            }
+            out.time = match (out.time.take(), &p.time) {
+                (None, t) => t.clone(),
+                (Some(a), None) => Some(a),
+                (Some(a), Some(b)) => Some(TimeBounds {
+                    column: a.column.clone(),
+                    min: [a.min.clone(), b.min.clone()].into_iter().flatten().min(),
+                    max: [a.max.clone(), b.max.clone()].into_iter().flatten().max(),
+                }),
+            };
+            match (&p.keys, &p.key_hash) {
+                (Some(k), Some(h)) => {
+                    let kc = out.keys.get_or_insert(KeyCounts::default());
+                    kc.distinct += k.distinct;
+                    kc.duplicates += k.duplicates;
+                    let lanes = key_lanes.get_or_insert([0; 4]);
+                    let add = parse_lanes(h)?;
+                    for i in 0..4 {
+                        lanes[i] = lanes[i].wrapping_add(add[i]);
+                    }
+                }
+                _ if !first && out.keys.is_some() => {
+                    return Err(Error::Incompatible("some parts have key totals, some not".into()))
+                }
+                _ => {}
+            }
+            let add = parse_lanes(&p.row_hash)?;
+            for i in 0..4 {
+                row_lanes[i] = row_lanes[i].wrapping_add(add[i]);
+            }
+            first = false;
+        }
+        out.sums = sums.iter().map(|(k, (v, s))| (k.clone(), decimal_text(*v, *s))).collect();
+        out.key_hash = key_lanes.map(|l| lanes_hex(&l));
+        out.row_hash = lanes_hex(&row_lanes);
+        Ok(out)
+    }
+}
+
+/// One way two sets of totals differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub what: String,
+    pub left: String,
+    pub right: String,
+}
+
+/// How `left` and `right` differ (empty when they agree): rows, sums, time bounds, nulls, keys
+/// and both hashes. Sums compare as numbers (`"1.50"` equals `"1.5"`).
+pub fn compare(left: &ControlTotals, right: &ControlTotals) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let mut diff = |what: &str, l: String, r: String| {
+        if l != r {
+            out.push(Difference { what: what.to_string(), left: l, right: r });
+        }
+    };
+    diff("rows", left.rows.to_string(), right.rows.to_string());
+    let cols: std::collections::BTreeSet<&String> =
+        left.sums.keys().chain(right.sums.keys()).collect();
+    for c in cols {
+        let norm = |m: &BTreeMap<String, String>| {
+            m.get(c).map_or("-".to_string(), |v| match parse_decimal(v) {
+                Ok((u, s)) => normalize(u, s),
+                Err(_) => v.clone(),
+            })
+        };
+        diff(&format!("sum({c})"), norm(&left.sums), norm(&right.sums));
+    }
+    let t = |x: &ControlTotals| x.time.as_ref().map(|t| (t.min.clone(), t.max.clone()));
+    if let (Some(l), Some(r)) = (t(left), t(right)) {
+        diff("time min", l.0.unwrap_or_default(), r.0.unwrap_or_default());
+        diff("time max", l.1.unwrap_or_default(), r.1.unwrap_or_default());
+    }
+    if let (Some(l), Some(r)) = (&left.keys, &right.keys) {
+        diff("distinct keys", l.distinct.to_string(), r.distinct.to_string());
+        diff("duplicate keys", l.duplicates.to_string(), r.duplicates.to_string());
+    }
+    if let (Some(l), Some(r)) = (&left.key_hash, &right.key_hash) {
+        diff("key hash", l.clone(), r.clone());
+    }
+    diff("row hash", left.row_hash.clone(), right.row_hash.clone());
+    out
+}
+
+/// A decimal without trailing fractional zeros, for comparing values of different scales.
+fn normalize(mut units: i128, mut scale: i8) -> String {
+    while scale > 0 && units % 10 == 0 {
+        units /= 10;
+        scale -= 1;
+    }
+    decimal_text(units, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_text_round_trips() {
+        for (u, s, t) in [(12345, 2, "123.45"), (-5, 2, "-0.05"), (7, 0, "7"), (0, 3, "0.000")] {
+            assert_eq!(decimal_text(u, s), t);
+            assert_eq!(parse_decimal(t).unwrap(), (u, s));
+        }
+        assert_eq!(add_decimal((150, 2), (5, 1), "x").unwrap(), (200, 2));
+        assert_eq!(normalize(1500, 3), "1.5");
+    }
+}
