@@ -86,6 +86,23 @@ pub enum Command {
     #[command(long_about = RECOVER_LONG, after_help = RECOVER_AFTER)]
     Recover(RecoverArgs),
 
+    /// Print a version's control totals; compare it with another version or prove it against
+    /// its inputs. Exit code 2 on any mismatch.
+    #[command(long_about = RECONCILE_LONG, after_help = RECONCILE_AFTER)]
+    Reconcile(ReconcileArgs),
+
+    /// Publish a run held for review by a MANUAL_REVIEW gate.
+    #[command(
+        after_help = "Example:\n  strata runs --status AWAITING_REVIEW\n  strata approve 20260121T030000000Z-1a2b3c4d --note \"volume drop explained by the holiday\""
+    )]
+    Approve(ReviewArgs),
+
+    /// Discard a run held for review: nothing of it is published.
+    #[command(
+        after_help = "Example:\n  strata reject 20260121T030000000Z-1a2b3c4d --note \"upstream sent a partial file\""
+    )]
+    Reject(ReviewArgs),
+
     /// Make an earlier version current again (a pointer flip: no data is read or copied).
     #[command(
         after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\""
@@ -108,6 +125,24 @@ pub enum Command {
     #[command(after_help = FILES_AFTER)]
     Files(FilesArgs),
 }
+
+const RECONCILE_LONG: &str = "\
+Print the control totals of a dataset version: rows, exact sums of the declared columns, the
+business-date range, key counts, null counts, and order-independent SHA-256 hashes of the keys and
+of whole rows (the same whatever the row order or the split into files). Every pipeline run
+computes them while writing and keeps them per partition in the version record.
+
+--against M compares the version with version M, in total and partition by partition.
+--input proves the version against its inputs: every file is read again and its totals compared
+with the recorded ones, and the checks the run made before publishing (input = accepted +
+quarantined + duplicates, raw sums = accepted + duplicates + quarantined, expected partitions,
+no duplicate keys…) are shown. Exit code 2 on any mismatch.";
+
+const RECONCILE_AFTER: &str = "\
+Examples:
+  strata reconcile orders
+  strata reconcile orders --input
+  strata reconcile daily_revenue --version 3 --against 2 --json";
 
 const RUNS_LONG: &str = "\
 List the pipeline runs recorded in the lake, newest first, with their state:
@@ -260,6 +295,38 @@ pub struct RunArgs {
     /// Print the stage reports as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// The version [default: the current one].
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+
+    /// Compare with this version.
+    #[arg(long, value_name = "M", conflicts_with = "input")]
+    pub against: Option<u64>,
+
+    /// Prove the version against its inputs: re-read its files and show the run's checks.
+    #[arg(long)]
+    pub input: bool,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The run id (`strata runs --status AWAITING_REVIEW` lists them).
+    pub run_id: String,
+
+    /// Why; recorded in the run's manifest and the version records.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Args)]

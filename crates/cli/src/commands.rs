@@ -46,6 +46,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(args) => crate::run_cmds::runs(&settings, args, &mut out).await?,
         Command::ShowRun(args) => crate::run_cmds::show_run(&settings, args, &mut out).await?,
         Command::Recover(args) => crate::run_cmds::recover_cmd(&settings, args, &mut out).await?,
+        Command::Reconcile(args) => {
+            crate::reconcile_cmds::reconcile(&settings, args, &mut out).await?
+        }
+        Command::Approve(args) => crate::reconcile_cmds::approve(&settings, args, &mut out).await?,
+        Command::Reject(args) => crate::reconcile_cmds::reject(&settings, args, &mut out).await?,
     };
     out.flush()?;
     Ok(code)

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod output;
 mod pipeline_cmds;
+mod reconcile_cmds;
 mod run_cmds;
 mod settings;
 

@@ -166,6 +166,19 @@ pub async fn run(
         )?;
         return Ok(ExitCode::SUCCESS);
     }
+    for f in summary.stages.iter().flat_map(|r| &r.findings) {
+        writeln!(out, "{:<17} {} {}: {}", f.severity, f.dataset, f.source, f.detail)?;
+    }
+    if summary.state == strata_publish::run_state::RunState::AwaitingReview {
+        writeln!(
+            out,
+            "run {id} is AWAITING_REVIEW: its output is staged and checked, and held for a \
+             person (MANUAL_REVIEW). `strata approve {id}` publishes it, `strata reject {id}` \
+             discards it",
+            id = summary.run_id
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let total_ms: u64 = summary.stages.iter().map(|r| r.millis).sum();
     writeln!(
         out,
@@ -180,12 +193,21 @@ pub async fn run(
 fn stage_line(r: &StageReport) -> String {
     let mut s =
         format!("{:<6} {:<22} in {:>7}  out {:>7}", r.stage, r.dataset, r.rows_in, r.rows_out);
-    match r.stage {
+    match r.stage.as_str() {
         "land" => s.push_str(&format!("  rejected {:>5}  {}", r.quarantined, r.note)),
-        "clean" => s.push_str(&format!(
-            "  quarantined {:>5}  duplicates {:>5}",
-            r.quarantined, r.duplicates
-        )),
+        "clean" => {
+            s.push_str(&format!(
+                "  quarantined {:>5}  duplicates {:>5}",
+                r.quarantined, r.duplicates
+            ));
+            if r.withheld > 0 {
+                s.push_str(&format!(
+                    "  withheld {} in {} failed partition(s)",
+                    r.withheld,
+                    r.failed_partitions.len()
+                ));
+            }
+        }
         _ => {}
     }
     if let Some(from) = &r.reused_from {

@@ -18,6 +18,10 @@ pub enum Error {
     #[error("{message}")]
     Sql { message: String },
 
+    /// The data fails a quality gate whose severity stops the run.
+    #[error("{message}")]
+    Quality { message: String },
+
     /// A data file named by the version record is missing from the store.
     #[error(
         "a data file is missing ({detail}); run `strata verify <dataset>` to list every missing \
@@ -39,7 +43,7 @@ impl Error {
         match self {
             Error::Lake(e) => e.is_user_error(),
             Error::Land(e) => e.is_user_error(),
-            Error::Sql { .. } | Error::MissingFile { .. } => true,
+            Error::Sql { .. } | Error::Quality { .. } | Error::MissingFile { .. } => true,
             Error::DataFusion(_) => false,
         }
     }

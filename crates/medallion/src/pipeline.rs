@@ -132,6 +132,55 @@ pub struct CleanedDef {
     pub columns: toml::Table,
     #[serde(default)]
     pub rules: Vec<RuleDef>,
+    /// Columns whose exact sums are reconciled: raw = accepted + quarantined + duplicates, and
+    /// accepted = what was written. Default: every decimal column of the contract.
+    #[serde(default)]
+    pub sums: Option<Vec<String>>,
+    /// Thresholds that trigger a severity.
+    #[serde(default)]
+    pub gates: Vec<GateDef>,
+}
+
+/// The severities of a failing rule or gate, from mildest.
+pub const SEVERITIES: [&str; 6] =
+    ["INFO", "WARN", "QUARANTINE_RECORD", "FAIL_PARTITION", "FAIL_RUN", "MANUAL_REVIEW"];
+
+/// A threshold over a stage's counts. Exactly one measure is given.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateDef {
+    pub name: String,
+    /// Quarantined rows / input rows above this fails the gate (0.01 = 1%).
+    #[serde(default)]
+    pub max_quarantine_rate: Option<f64>,
+    /// |rows of the new version / rows of the current version - 1| above this fails the gate.
+    #[serde(default)]
+    pub max_row_change: Option<f64>,
+    /// INFO, WARN, FAIL_RUN or MANUAL_REVIEW; default FAIL_RUN.
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+impl GateDef {
+    pub fn severity(&self) -> &str {
+        self.severity.as_deref().unwrap_or("FAIL_RUN")
+    }
+}
+
+impl RuleDef {
+    pub fn severity(&self) -> &str {
+        self.severity.as_deref().unwrap_or("QUARANTINE_RECORD")
+    }
+}
+
+/// A model's output checked against its input: `sum(column)` over the run's window equals
+/// `sum(<dataset>.<column>)` over the same dates.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SumCheck {
+    pub column: String,
+    /// `<dataset>.<column>` of an input.
+    pub equals: String,
 }
 
 fn day() -> String {
@@ -153,6 +202,15 @@ pub struct ModelDef {
     /// Extra dependencies; those the SQL names are found on their own.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Columns that identify a row: the output must have no duplicate key.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Integer or decimal columns whose exact sums are recorded as control totals.
+    #[serde(default)]
+    pub sums: Vec<String>,
+    /// Sums that must equal an input's over the same dates.
+    #[serde(default)]
+    pub reconcile: Vec<SumCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -165,6 +223,29 @@ struct RawFile {
     cleaned: BTreeMap<String, CleanedDef>,
     #[serde(default)]
     models: BTreeMap<String, ModelDef>,
+}
+
+/// Whether a contract type sums exactly (integers and decimals).
+pub fn is_exact_numeric(sql_type: &str) -> bool {
+    let t = sql_type.trim().to_ascii_lowercase();
+    t.starts_with("decimal")
+        || t.starts_with("numeric")
+        || ["bigint", "int", "integer", "smallint", "tinyint", "int8", "int4", "int2"]
+            .contains(&t.as_str())
+}
+
+impl CleanedDef {
+    /// The columns whose sums are reconciled: as declared, or every decimal column.
+    pub fn sum_columns(&self, contract: &[ContractColumn]) -> Vec<String> {
+        match &self.sums {
+            Some(s) => s.clone(),
+            None => contract
+                .iter()
+                .filter(|c| c.sql_type.starts_with("decimal") || c.sql_type.starts_with("numeric"))
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
 }
 
 /// A column of a cleaned dataset's contract.
@@ -315,14 +396,6 @@ impl Pipeline {
                     need.push(("rule column", col.clone()));
                 }
                 if let Some(sev) = &r.severity {
-                    const SEVERITIES: [&str; 6] = [
-                        "INFO",
-                        "WARN",
-                        "QUARANTINE_RECORD",
-                        "FAIL_PARTITION",
-                        "FAIL_RUN",
-                        "MANUAL_REVIEW",
-                    ];
                     if !SEVERITIES.contains(&sev.as_str()) {
                         return Err(err(
                             line_of(&format!("\"{sev}\"")),
@@ -330,6 +403,45 @@ impl Pipeline {
                                 "rule {:?} has severity {sev:?}; expected one of {}",
                                 r.name,
                                 SEVERITIES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            for g in &c.gates {
+                let measures = [g.max_quarantine_rate.is_some(), g.max_row_change.is_some()];
+                if measures.iter().filter(|x| **x).count() != 1 {
+                    return Err(err(
+                        line_of(&format!("\"{}\"", g.name)),
+                        format!(
+                            "gate {:?} of cleaned.{name} must have exactly one of \
+                             max_quarantine_rate, max_row_change",
+                            g.name
+                        ),
+                    ));
+                }
+                if !["INFO", "WARN", "FAIL_RUN", "MANUAL_REVIEW"].contains(&g.severity()) {
+                    return Err(err(
+                        line_of(&format!("\"{}\"", g.severity())),
+                        format!(
+                            "gate {:?} has severity {:?}; a gate can be INFO, WARN, FAIL_RUN or \
+                             MANUAL_REVIEW",
+                            g.name,
+                            g.severity()
+                        ),
+                    ));
+                }
+            }
+            for col in c.sums.iter().flatten() {
+                need.push(("sums column", col.clone()));
+                if let Some(cc) = cols.iter().find(|cc| &cc.name == col) {
+                    if !is_exact_numeric(&cc.sql_type) {
+                        return Err(err(
+                            line_of(&format!("\"{col}\"")),
+                            format!(
+                                "cleaned.{name}.sums names {col:?} of type {}; only integer and \
+                                 decimal columns can be summed exactly",
+                                cc.sql_type
                             ),
                         ));
                     }

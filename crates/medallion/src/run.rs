@@ -29,7 +29,7 @@ use strata_publish::{locks, Dataset, Lake, RunContext, VersionRecord};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::stages::{
-    clean, land_source, model, owned_keys, partition_column, session, Output, RunOptions,
+    clean, land_source, model, owned_keys, partition_column, session, Finding, Output, RunOptions,
     StageReport, Window,
 };
 
@@ -236,7 +236,17 @@ pub async fn run_pipeline(
     )
     .await;
     match result {
-        Ok(published) => {
+        Ok(None) => {
+            lock.release().await;
+            Ok(RunSummary {
+                run_id: ctx.run_id().to_string(),
+                state: RunState::AwaitingReview,
+                already_published_by: None,
+                stages: reports,
+                published: BTreeMap::new(),
+            })
+        }
+        Ok(Some(published)) => {
             lock.release().await;
             release_superseded_checkpoints(lake, &plan.boundary, ctx).await;
             Ok(RunSummary {
@@ -338,7 +348,7 @@ async fn drive(
     lock: &locks::RunLocks,
     progress: &mut (dyn FnMut(&StageReport) + Send),
     reports: &mut Vec<StageReport>,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<Option<BTreeMap<String, u64>>> {
     log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = input_boundary).await?;
     log.advance(RunState::Running, ctx.now(), |_| {}).await?;
     let found = failed_checkpoints(lake).await?;
@@ -359,8 +369,10 @@ async fn drive(
         let (report, outs) = match reuse(lake, &found, &key, &names, ctx).await? {
             Some((adopted, cp)) => {
                 let stat = |k: &str| cp.stats.get(k).copied().unwrap_or(0);
-                let report = StageReport {
-                    stage: "clean",
+                let stored: Option<StageReport> =
+                    cp.report.clone().and_then(|r| serde_json::from_value(r).ok());
+                let fallback = StageReport {
+                    stage: "clean".into(),
                     dataset: name.clone(),
                     rows_in: stat("input"),
                     rows_out: adopted[0].rows,
@@ -371,6 +383,15 @@ async fn drive(
                     reused_from: Some(cp.run_id.clone()),
                     note: format!("reused the checksummed output of run {}", cp.run_id),
                     ..Default::default()
+                };
+                let report = match stored {
+                    Some(mut r) => {
+                        r.reused_from = fallback.reused_from.clone();
+                        r.note = fallback.note.clone();
+                        r.millis = 0;
+                        r
+                    }
+                    None => fallback,
                 };
                 let reason = Some(format!("run {}", ctx.run_id()));
                 let full = options.window.is_none();
@@ -441,7 +462,7 @@ async fn drive(
                 let staged = staged.remove(0);
                 let full = window.is_none();
                 let report = StageReport {
-                    stage: "model",
+                    stage: "model".into(),
                     dataset: name.clone(),
                     rows_in: cp.stats.get("input").copied().unwrap_or(0),
                     rows_out: staged.rows,
@@ -450,6 +471,19 @@ async fn drive(
                     reused_from: Some(cp.run_id.clone()),
                     note: format!("reused the checksummed output of run {}", cp.run_id),
                     ..Default::default()
+                };
+                let report = match cp
+                    .report
+                    .clone()
+                    .and_then(|r| serde_json::from_value::<StageReport>(r).ok())
+                {
+                    Some(mut r) => {
+                        r.reused_from = report.reused_from.clone();
+                        r.note = report.note.clone();
+                        r.millis = 0;
+                        r
+                    }
+                    None => report,
                 };
                 let out = Output {
                     ds: lake.dataset(name)?,
@@ -480,39 +514,110 @@ async fn drive(
         }
     }
     log.advance(RunState::Validating, ctx.now(), |m| m.bases = bases).await?;
-    let mut checks = Vec::new();
-    for r in reports.iter().filter(|r| r.stage == "clean") {
-        let ok = r.rows_in == r.rows_out + r.quarantined + r.duplicates;
-        checks.push(json!({
-            "check": "input = accepted + quarantined + duplicates", "dataset": r.dataset, "ok": ok,
-            "detail": format!("{} = {} + {} + {}", r.rows_in, r.rows_out, r.quarantined, r.duplicates),
-        }));
-    }
-    for o in &outputs {
-        let parts: u64 = o.staged.partitions.iter().map(|p| p.rows).sum();
-        let files: u64 = o.staged.partitions.iter().flat_map(|p| &p.files).map(|f| f.rows).sum();
-        checks.push(json!({
-            "check": "rows written = rows in partitions = rows in files", "dataset": o.ds.name(),
-            "ok": parts == o.staged.rows && files == o.staged.rows,
-            "detail": format!("{} / {parts} / {files}", o.staged.rows),
-        }));
-    }
+    let (checks, findings) = validate(lake, pipeline, reports, &outputs, &previews).await?;
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| c["ok"] == false)
-        .map(|c| format!("{} {} ({})", c["dataset"], c["check"], c["detail"]))
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+            format!("{}: {} ({})", s("dataset"), s("check"), s("detail"))
+        })
         .collect();
-    log.record(ctx.now(), |m| m.checks = checks).await?;
+    let findings_json: Vec<serde_json::Value> =
+        findings.iter().map(|f| serde_json::to_value(f).unwrap_or_default()).collect();
+    let checks_copy = checks.clone();
+    let proven_bad = !failed.is_empty();
+    log.record(ctx.now(), |m| {
+        m.checks = checks_copy;
+        m.findings = findings_json;
+        if proven_bad {
+            // Output that failed reconciliation must never be reused by a rerun.
+            m.checkpoints.clear();
+        }
+    })
+    .await?;
     if !failed.is_empty() {
         return Err(Error::Sql {
             message: format!(
-                "validation failed, nothing was published: {}. Report this with run id {}",
+                "reconciliation failed, nothing was published: {}. The output does not match its \
+                 input; report this with run id {}",
                 failed.join("; "),
                 ctx.run_id()
             ),
         });
     }
-    // COMMITTING: prepare every record first, so that the flips are the only work left.
+    if let Some(f) = findings.iter().find(|f| f.severity == "FAIL_RUN") {
+        return Err(Error::Quality {
+            message: format!(
+                "{} {}: {}; its severity is FAIL_RUN, so nothing was published. Fix the input or \
+                 the gate, then run again",
+                f.dataset, f.source, f.detail
+            ),
+        });
+    }
+    // The evidence each version record carries: its checks, and the findings on its dataset.
+    for o in &mut outputs {
+        let name = o.ds.name().to_string();
+        let base = name.trim_end_matches(".quarantine");
+        let mine = |c: &serde_json::Value| c["dataset"] == name.as_str();
+        let warnings: Vec<String> = findings
+            .iter()
+            .filter(|f| f.dataset == base && f.severity == "WARN")
+            .map(|f| format!("{}: {}", f.source, f.detail))
+            .collect();
+        o.staged.evidence = Some(json!({
+            "run_id": ctx.run_id(),
+            "checks": checks.iter().filter(|c| mine(c)).cloned().collect::<Vec<_>>(),
+            "findings": findings.iter().filter(|f| f.dataset == base).collect::<Vec<_>>(),
+            "warnings": warnings,
+        }));
+    }
+    let review: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == "MANUAL_REVIEW")
+        .map(|f| format!("{} {}: {}", f.dataset, f.source, f.detail))
+        .collect();
+    if !review.is_empty() {
+        // Held: the staged output waits for `strata approve` or `strata reject`.
+        let plan: BTreeMap<String, serde_json::Value> = outputs
+            .iter()
+            .map(|o| {
+                (
+                    o.ds.name().to_string(),
+                    json!({
+                        "replace_all": o.options.replace_all,
+                        "owned": o.options.owned,
+                        "reason": o.options.reason,
+                        "evidence": o.staged.evidence,
+                    }),
+                )
+            })
+            .collect();
+        let why = review.join("; ");
+        log.advance(RunState::AwaitingReview, ctx.now(), |m| {
+            m.publish_plan = plan;
+            m.error = Some(format!("held for review: {why}"));
+        })
+        .await?;
+        return Ok(None);
+    }
+    let published = commit_outputs(log, outputs, lock, ctx).await?;
+    for r in reports.iter_mut() {
+        if let Some(v) = published.get(&r.dataset) {
+            r.version = Some(*v);
+        }
+    }
+    Ok(Some(published))
+}
+
+/// COMMITTING: prepares every record first, so that the flips are the only work left, then
+/// flips them; PUBLISHED when all landed.
+async fn commit_outputs(
+    log: &mut RunLog,
+    outputs: Vec<Output>,
+    lock: &locks::RunLocks,
+    ctx: &RunContext,
+) -> Result<BTreeMap<String, u64>> {
     let mut prepared = Vec::new();
     for o in outputs {
         let p = o.ds.prepare(o.staged, &o.options, ctx).await?;
@@ -554,12 +659,182 @@ async fn drive(
         m.checkpoints.clear();
     })
     .await?;
+    Ok(published)
+}
+
+/// VALIDATING: the reconciliation checks and the gates. Pure comparisons of what the stages
+/// counted in SQL with the control totals the writer computed from the rows it wrote.
+async fn validate(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    reports: &mut [StageReport],
+    outputs: &[Output],
+    previews: &BTreeMap<String, VersionRecord>,
+) -> Result<(Vec<serde_json::Value>, Vec<Finding>)> {
+    let mut checks = Vec::new();
+    let mut check = |dataset: &str, what: String, ok: bool, detail: String| {
+        checks.push(json!({ "check": what, "dataset": dataset, "ok": ok, "detail": detail }));
+    };
+    let by_name: BTreeMap<&str, &Output> = outputs.iter().map(|o| (o.ds.name(), o)).collect();
+    let totals_of = |o: &Output| -> Option<strata_reconcile::ControlTotals> {
+        let parts: Option<Vec<&strata_reconcile::ControlTotals>> =
+            o.staged.partitions.iter().map(|p| p.totals.as_ref()).collect();
+        parts.and_then(|p| strata_reconcile::ControlTotals::combine(p).ok())
+    };
+    let mut findings = Vec::new();
+    for r in reports.iter_mut().filter(|r| r.stage != "land") {
+        let Some(out) = by_name.get(r.dataset.as_str()) else { continue };
+        let totals = totals_of(out);
+        if r.stage == "clean" {
+            check(
+                &r.dataset,
+                "input = accepted + quarantined + duplicates + withheld".into(),
+                r.rows_in == r.rows_out + r.quarantined + r.duplicates + r.withheld,
+                format!(
+                    "{} = {} + {} + {} + {}",
+                    r.rows_in, r.rows_out, r.quarantined, r.duplicates, r.withheld
+                ),
+            );
+            for (col, p) in &r.sums {
+                let parts =
+                    strata_reconcile::decimal_sum(&[&p.accepted, &p.duplicates, &p.quarantined]);
+                check(
+                    &r.dataset,
+                    format!("sum({col}): raw = accepted + duplicates + quarantined"),
+                    parts.as_ref().is_ok_and(|s| strata_reconcile::same_decimal(s, &p.input)),
+                    format!("{} = {} + {} + {}", p.input, p.accepted, p.duplicates, p.quarantined),
+                );
+                // Rows of failed partitions were counted as accepted but are not written.
+                if r.withheld == 0 {
+                    let written = totals.as_ref().and_then(|t| t.sums.get(col)).cloned();
+                    check(
+                        &r.dataset,
+                        format!("sum({col}): accepted = written"),
+                        written
+                            .as_deref()
+                            .is_some_and(|w| strata_reconcile::same_decimal(w, &p.accepted)),
+                        format!("{} = {}", p.accepted, written.unwrap_or_else(|| "?".into())),
+                    );
+                }
+            }
+            if let Some(expected) = &r.expected_partitions {
+                let written: Vec<String> =
+                    out.staged.partitions.iter().map(|p| p.key.clone()).collect();
+                let missing: Vec<&String> =
+                    expected.iter().filter(|k| !written.contains(k)).collect();
+                check(
+                    &r.dataset,
+                    "every expected partition is present".into(),
+                    missing.is_empty(),
+                    if missing.is_empty() {
+                        format!("{} partition(s)", expected.len())
+                    } else {
+                        format!(
+                            "missing {}",
+                            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                );
+            }
+            if let Some(q) = by_name.get(format!("{}.quarantine", r.dataset).as_str()) {
+                check(
+                    q.ds.name(),
+                    "quarantined = written".into(),
+                    q.staged.rows == r.quarantined,
+                    format!("{} = {}", r.quarantined, q.staged.rows),
+                );
+            }
+            // Gates.
+            if let Some(def) = pipeline.cleaned.get(&r.dataset) {
+                for g in &def.gates {
+                    let (failed, detail) = if let Some(max) = g.max_quarantine_rate {
+                        let rate = if r.rows_in == 0 {
+                            0.0
+                        } else {
+                            r.quarantined as f64 / r.rows_in as f64
+                        };
+                        (
+                            rate > max,
+                            format!("quarantine rate {:.2}% > {:.2}%", rate * 100.0, max * 100.0),
+                        )
+                    } else if let Some(max) = g.max_row_change {
+                        let before =
+                            lake.dataset(&r.dataset)?.current_opt().await?.map(|c| c.summary.rows);
+                        let after = previews.get(&r.dataset).map(|p| p.summary.rows).unwrap_or(0);
+                        match before {
+                            Some(b) if b > 0 => {
+                                let change = (after as f64 / b as f64 - 1.0).abs();
+                                (
+                                    change > max,
+                                    format!(
+                                        "rows {b} -> {after}: {:.1}% change > {:.1}%",
+                                        change * 100.0,
+                                        max * 100.0
+                                    ),
+                                )
+                            }
+                            _ => (false, String::new()),
+                        }
+                    } else {
+                        (false, String::new())
+                    };
+                    if failed {
+                        findings.push(Finding {
+                            severity: g.severity().to_string(),
+                            source: format!("gate {}", g.name),
+                            dataset: r.dataset.clone(),
+                            rows: 0,
+                            detail,
+                        });
+                    }
+                }
+            }
+        }
+        for (col, expected) in &r.expected_sums {
+            let want = expected.split(" = ").next().unwrap_or("");
+            let got = totals.as_ref().and_then(|t| t.sums.get(col)).cloned();
+            check(
+                &r.dataset,
+                format!("sum({col}) = {}", expected.split(" = ").nth(1).unwrap_or("")),
+                got.as_deref().is_some_and(|g| strata_reconcile::same_decimal(g, want)),
+                format!("{} = {want}", got.unwrap_or_else(|| "?".into())),
+            );
+        }
+        if let Some(k) = out.staged.keys {
+            check(
+                &r.dataset,
+                "no duplicate keys".into(),
+                k.duplicates == 0,
+                format!("{} distinct, {} duplicate(s)", k.distinct, k.duplicates),
+            );
+        }
+        findings.extend(r.findings.iter().cloned());
+    }
+    for o in outputs {
+        let parts: u64 = o.staged.partitions.iter().map(|p| p.rows).sum();
+        let files: u64 = o.staged.partitions.iter().flat_map(|p| &p.files).map(|f| f.rows).sum();
+        let totalled = totals_of(o).map(|t| t.rows);
+        check(
+            o.ds.name(),
+            "rows written = in partitions = in files = totalled".into(),
+            parts == o.staged.rows
+                && files == o.staged.rows
+                && totalled.is_none_or(|t| t == o.staged.rows),
+            format!(
+                "{} / {parts} / {files} / {}",
+                o.staged.rows,
+                totalled.map_or("-".into(), |t| t.to_string())
+            ),
+        );
+    }
+    // Findings of a rule also stay on its report (for the run's output).
     for r in reports.iter_mut() {
-        if let Some(v) = published.get(&r.dataset) {
-            r.version = Some(*v);
+        for f in findings.iter().filter(|f| f.dataset == r.dataset && f.source.starts_with("gate "))
+        {
+            r.findings.push(f.clone());
         }
     }
-    Ok(published)
+    Ok((checks, findings))
 }
 
 async fn record_stage(
@@ -583,6 +858,7 @@ async fn record_stage(
         .map(|o| {
             let mut c = StagedCheckpoint::new(key, o.ds.name(), &o.staged);
             c.stats = stats.clone();
+            c.report = serde_json::to_value(report).ok();
             c
         })
         .collect();
@@ -649,4 +925,92 @@ fn land_error(e: strata_land::Error) -> Error {
         strata_land::Error::Lake(l) => Error::Lake(l),
         other => Error::Land(other),
     }
+}
+
+/// Publishes a run held for review (AWAITING_REVIEW): its staged files are checked against their
+/// sha256, its partitions locked again, and its versions committed as the run planned them.
+pub async fn approve(
+    lake: &Lake,
+    run_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    lease: std::time::Duration,
+    clock: locks::Clock,
+    note: Option<String>,
+) -> Result<BTreeMap<String, u64>> {
+    let m = held_run(lake, run_id).await?;
+    let ctx = RunContext::new(run_id, now)?;
+    let mut outputs = Vec::new();
+    for cp in &m.checkpoints {
+        let ds = lake.dataset(&cp.dataset)?;
+        let mut staged = cp.staged();
+        let problems =
+            ds.check_files(cp.partitions.iter().flat_map(|p| p.files.clone()).collect()).await?;
+        if let Some(p) = problems.first() {
+            return Err(Error::Sql {
+                message: format!(
+                    "run {run_id}: staged file {} is {} ({} expected, {} found); it cannot be \
+                     published. `strata reject {run_id}` and run again",
+                    p.path, p.problem, p.expected, p.found
+                ),
+            });
+        }
+        let plan = m.publish_plan.get(&cp.dataset).cloned().unwrap_or_default();
+        let mut evidence = plan.get("evidence").cloned().unwrap_or_else(|| json!({}));
+        evidence["approved"] = json!({ "at": now, "note": note });
+        staged.evidence = Some(evidence);
+        let owned: Option<BTreeSet<String>> =
+            plan.get("owned").and_then(|o| serde_json::from_value(o.clone()).ok()).flatten();
+        outputs.push(Output {
+            ds,
+            staged,
+            options: strata_publish::PublishOptions {
+                replace_all: plan.get("replace_all").and_then(|v| v.as_bool()).unwrap_or(false),
+                owned,
+                reason: Some(format!("run {run_id}, approved")),
+            },
+        });
+    }
+    let lock = locks::acquire(lake, run_id, &m.output_boundary, lease, clock).await?;
+    let mut log = RunLog::resume(lake, m);
+    let result = commit_outputs(&mut log, outputs, &lock, &ctx).await;
+    lock.release().await;
+    result
+}
+
+/// Discards a run held for review: its staging is removed and it is marked FAILED.
+pub async fn reject(
+    lake: &Lake,
+    run_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    note: Option<String>,
+) -> Result<u64> {
+    let m = held_run(lake, run_id).await?;
+    let mut removed = 0;
+    for ds in m.output_boundary.keys() {
+        let above = m.bases.get(ds).map_or(0, |b| b.max_version);
+        removed +=
+            lake.dataset(ds)?.discard_run(run_id, above, &BTreeSet::new()).await?.len() as u64;
+    }
+    let mut log = RunLog::resume(lake, m);
+    let why = format!("rejected at review{}", note.map(|n| format!(": {n}")).unwrap_or_default());
+    log.advance(RunState::Failed, now, |m| {
+        m.error = Some(why);
+        m.checkpoints.clear();
+    })
+    .await?;
+    Ok(removed)
+}
+
+async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {
+    let m = runs::run_log(lake, run_id).await?.pop().expect("run_log is never empty");
+    if m.state != RunState::AwaitingReview {
+        return Err(Error::Sql {
+            message: format!(
+                "run {run_id} is {}, not AWAITING_REVIEW; only a run held by a MANUAL_REVIEW gate \
+                 can be approved or rejected (`strata runs --status AWAITING_REVIEW` lists them)",
+                m.state
+            ),
+        });
+    }
+    Ok(m)
 }

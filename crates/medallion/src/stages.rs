@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{CleanedDef, ContractColumn, ModelDef, Pipeline, RuleDef};
 
 /// The business dates a run covers, inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Window {
     pub from: NaiveDate,
     pub to: NaiveDate,
@@ -71,10 +71,10 @@ pub struct RunOptions {
 }
 
 /// What one stage did, as `strata run` prints it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StageReport {
     /// `land`, `clean` or `model`.
-    pub stage: &'static str,
+    pub stage: String,
     pub dataset: String,
     pub rows_in: u64,
     pub rows_out: u64,
@@ -91,6 +91,46 @@ pub struct StageReport {
     /// The run whose checkpointed output this stage reused instead of computing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// Accepted rows not published because their partition failed a FAIL_PARTITION rule.
+    #[serde(default)]
+    pub withheld: u64,
+    /// Partitions a FAIL_PARTITION rule kept from being published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_partitions: Vec<String>,
+    /// What the rules and gates found, by severity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// Exact sums of the declared columns, computed in SQL: column → input, accepted,
+    /// duplicates, quarantined (decimal text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sums: BTreeMap<String, SumParts>,
+    /// Model checks: output column → `<value> = sum(<input>.<column>)` its sum must equal.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expected_sums: BTreeMap<String, String>,
+    /// The partitions the accepted rows fall in (what must be written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_partitions: Option<Vec<String>>,
+}
+
+/// A rule or gate that found something, and what its severity made of it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    pub severity: String,
+    /// `rule <name>` or `gate <name>`.
+    pub source: String,
+    pub dataset: String,
+    /// Rows (for rules) that failed.
+    pub rows: u64,
+    pub detail: String,
+}
+
+/// The parts of an exact sum in the cleaned stage.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SumParts {
+    pub input: String,
+    pub accepted: String,
+    pub duplicates: String,
+    pub quarantined: String,
 }
 
 /// A DataFusion session with the lake's store, the memory limit and spilling.
@@ -140,7 +180,8 @@ pub(crate) async fn land_source(
     };
     let local: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new());
-    let mut report = StageReport { stage: "land", dataset: name.to_string(), ..Default::default() };
+    let mut report =
+        StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
     for f in files {
         let path = object_store::path::Path::from_absolute_path(&f).map_err(|e| Error::Sql {
@@ -307,9 +348,16 @@ pub fn cleaning_sql(
             ));
         }
     }
-    for rule in &def.rules {
+    // Rules that quarantine a record decide `_rule`; the others only flag rows (`_v<n>`), and
+    // their severity decides what the flags do.
+    let mut flags = Vec::new();
+    for (i, rule) in def.rules.iter().enumerate() {
         let (ok, reason) = rule_predicate(rule);
-        checks.push((format!("NOT {ok}"), rule.name.clone(), reason));
+        if rule.severity() == "QUARANTINE_RECORD" {
+            checks.push((format!("NOT {ok}"), rule.name.clone(), reason));
+        } else {
+            flags.push(format!(", NOT {ok} AS _v{i}"));
+        }
     }
     let rule_case = checks
         .iter()
@@ -334,10 +382,11 @@ pub fn cleaning_sql(
         "WITH typed AS (SELECT {typed} FROM raw), \
          checked AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
                             CASE {reason_case} ELSE NULL END AS _reason, \
-                            encode(sha256(concat_ws(chr(31), {hash})), 'hex') AS _hash FROM typed) \
+                            encode(sha256(concat_ws(chr(31), {hash})), 'hex') AS _hash{flags} FROM typed) \
          SELECT *, ROW_NUMBER() OVER (PARTITION BY _rule IS NULL, {key} ORDER BY {order}) AS _rn FROM checked",
         typed = typed.join(", "),
         hash = hash_parts.join(", "),
+        flags = flags.concat(),
         key = key.join(", "),
     )
 }
@@ -422,7 +471,6 @@ pub(crate) async fn clean(
         }
     };
     // With no window asked for, the run covers every date it finds and replaces the dataset whole.
-    let full = requested.is_none();
     let in_window = match window {
         Some(w) => format!(
             "({bd} BETWEEN {} AND {} OR {bd} IS NULL)",
@@ -431,26 +479,146 @@ pub(crate) async fn clean(
         ),
         None => "TRUE".into(),
     };
-    // The counts, computed once, checked against what is written.
+    // The counts and the exact sums, computed once, checked against what is written.
+    let accepted_cond = "_rule IS NULL AND _rn = 1";
+    let mut select = vec![
+        "count(*) AS input".to_string(),
+        "count(_rule) AS quarantined".to_string(),
+        "COALESCE(sum(CASE WHEN _rule IS NULL AND _rn > 1 THEN 1 ELSE 0 END), 0) AS duplicates"
+            .to_string(),
+        format!("COALESCE(sum(CASE WHEN {accepted_cond} THEN 1 ELSE 0 END), 0) AS accepted"),
+    ];
+    let flagged: Vec<(usize, &RuleDef)> =
+        def.rules.iter().enumerate().filter(|(_, r)| r.severity() != "QUARANTINE_RECORD").collect();
+    for (i, _) in &flagged {
+        select.push(format!(
+            "COALESCE(sum(CASE WHEN {accepted_cond} AND _v{i} THEN 1 ELSE 0 END), 0) AS v{i}"
+        ));
+    }
+    let sum_cols = def.sum_columns(contract);
+    for c in &sum_cols {
+        for (part, cond) in [
+            ("input", "TRUE"),
+            ("accepted", accepted_cond),
+            ("duplicates", "_rule IS NULL AND _rn > 1"),
+            ("quarantined", "_rule IS NOT NULL"),
+        ] {
+            select.push(format!(
+                "CAST(sum(CASE WHEN {cond} THEN {col} END) AS VARCHAR) AS {alias}",
+                col = ident(c),
+                alias = ident(&format!("{c}__{part}"))
+            ));
+        }
+    }
     let counts = df_ctx
-        .sql(&format!(
-            "SELECT count(*) AS input, count(_rule) AS quarantined, \
-                    COALESCE(sum(CASE WHEN _rule IS NULL AND _rn > 1 THEN 1 ELSE 0 END), 0) AS duplicates, \
-                    COALESCE(sum(CASE WHEN _rule IS NULL AND _rn = 1 THEN 1 ELSE 0 END), 0) AS accepted \
-             FROM ranked WHERE {in_window}"
-        ))
+        .sql(&format!("SELECT {} FROM ranked WHERE {in_window}", select.join(", ")))
         .await?
         .collect()
         .await?;
+    let Some(row) = counts.first() else {
+        return Err(Error::Sql {
+            message: format!("cleaned.{name}: the count query returned nothing"),
+        });
+    };
     let count = |i: usize| -> u64 {
-        counts
-            .first()
-            .and_then(|b| {
-                b.column(i).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0) as u64)
-            })
-            .unwrap_or(0)
+        row.column(i).as_any().downcast_ref::<Int64Array>().map_or(0, |a| a.value(0) as u64)
+    };
+    let text = |i: usize| -> String {
+        let c = row.column(i);
+        if c.is_null(0) {
+            "0".into()
+        } else {
+            datafusion::arrow::util::display::array_value_to_string(c, 0).unwrap_or_default()
+        }
     };
     let (input, quarantined, duplicates, accepted) = (count(0), count(1), count(2), count(3));
+    let mut findings = Vec::new();
+    let mut fail_partition_flags = Vec::new();
+    for (n, (i, rule)) in flagged.iter().enumerate() {
+        let rows = count(4 + n);
+        if rows == 0 {
+            continue;
+        }
+        let sev = rule.severity();
+        let finding = Finding {
+            severity: sev.to_string(),
+            source: format!("rule {}", rule.name),
+            dataset: name.to_string(),
+            rows,
+            detail: format!("{rows} accepted row(s) fail rule {:?}", rule.name),
+        };
+        match sev {
+            "FAIL_RUN" => {
+                return Err(Error::Quality {
+                    message: format!(
+                        "cleaned.{name}: {rows} row(s) fail rule {:?}, whose severity is FAIL_RUN; \
+                         nothing was published. Fix the input (or the rule), then run again; \
+                         `strata query` over the raw batches shows the rows",
+                        rule.name
+                    ),
+                })
+            }
+            "FAIL_PARTITION" => fail_partition_flags.push(format!("_v{i}")),
+            _ => {}
+        }
+        findings.push(finding);
+    }
+    let mut sums = BTreeMap::new();
+    let base = 4 + flagged.len();
+    for (k, c) in sum_cols.iter().enumerate() {
+        sums.insert(
+            c.clone(),
+            SumParts {
+                input: text(base + 4 * k),
+                accepted: text(base + 4 * k + 1),
+                duplicates: text(base + 4 * k + 2),
+                quarantined: text(base + 4 * k + 3),
+            },
+        );
+    }
+    // The partition of each row, as the writer names it.
+    let part_value = if def.grain == "month" {
+        format!("to_char({bd}, '%Y-%m')")
+    } else {
+        format!("CAST({bd} AS VARCHAR)")
+    };
+    let distinct_parts = |cond: String| {
+        let sql = format!(
+            "SELECT DISTINCT {part_value} AS p FROM ranked WHERE {accepted_cond} AND {in_window} \
+             AND {cond} ORDER BY p"
+        );
+        let ctx = df_ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            let mut out = Vec::new();
+            for b in &batches {
+                for r in 0..b.num_rows() {
+                    if !b.column(0).is_null(r) {
+                        out.push(
+                            datafusion::arrow::util::display::array_value_to_string(b.column(0), r)
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            Ok::<_, Error>(out)
+        }
+    };
+    // FAIL_PARTITION: a partition with a failing row is not published at all.
+    let failed_values = if fail_partition_flags.is_empty() {
+        Vec::new()
+    } else {
+        distinct_parts(format!("({})", fail_partition_flags.join(" OR "))).await?
+    };
+    let not_failed = if failed_values.is_empty() {
+        "TRUE".to_string()
+    } else {
+        format!(
+            "{part_value} NOT IN ({})",
+            failed_values.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let expected_values = distinct_parts(not_failed.clone()).await?;
     let part_col = partition_column(&def.business_date, &def.grain);
     let month_expr = |expr: &str| format!("to_char({expr}, '%Y-%m')");
 
@@ -471,8 +639,10 @@ pub(crate) async fn clean(
         window.map(|w| owned_keys("quarantine_date", &def.grain, w)).unwrap_or_default();
     q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
     let q_stream = df_ctx.sql(&q_sql).await?.execute_stream().await?;
+    let q_totals = Some(strata_reconcile::TotalsSpec::default());
     let (q_ds, q_staged) =
-        stage_stream(lake, &q_name, q_stream, vec!["quarantine_date".into()], ctx).await?;
+        stage_stream(lake, &q_name, q_stream, vec!["quarantine_date".into()], q_totals, ctx)
+            .await?;
 
     // Accepted rows: the contract's typed columns, one row per key, in key order.
     let mut cols: Vec<String> = contract.iter().map(|c| ident(&c.name)).collect();
@@ -485,22 +655,62 @@ pub(crate) async fn clean(
         None => "TRUE".into(),
     };
     let a_sql = format!(
-        "SELECT {} FROM ranked WHERE _rule IS NULL AND _rn = 1 AND {out_window} ORDER BY {}",
+        "SELECT {} FROM ranked WHERE _rule IS NULL AND _rn = 1 AND {out_window} AND {not_failed} \
+         ORDER BY {}",
         cols.join(", "),
         key_order.join(", ")
     );
-    let owned = window.map(|w| owned_keys(&part_col, &def.grain, w));
-    let stream = df_ctx.sql(&a_sql).await?.execute_stream().await?;
-    let (a_ds, a_staged) = match stage_stream(lake, name, stream, vec![part_col], ctx).await {
-        Ok(x) => x,
-        Err(e) => {
-            q_ds.discard(ctx.run_id(), None).await;
-            return Err(e);
-        }
+    // Rows withheld with their failed partitions.
+    let withheld = if failed_values.is_empty() {
+        0
+    } else {
+        let b = df_ctx
+            .sql(&format!(
+                "SELECT count(*) FROM ranked WHERE {accepted_cond} AND {in_window} AND NOT \
+                 ({not_failed})"
+            ))
+            .await?
+            .collect()
+            .await?;
+        b.first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+            .unwrap_or(0) as u64
     };
+    let failed_keys: BTreeSet<String> =
+        failed_values.iter().map(|v| format!("{part_col}={v}")).collect();
+    let mut owned = window
+        .map(|w| owned_keys(&part_col, &def.grain, w).difference(&failed_keys).cloned().collect());
+    let mut full = requested.is_none();
+    if full && !failed_keys.is_empty() {
+        // A full run normally replaces everything; with failed partitions it owns every other
+        // partition instead, so the failed ones keep their published rows.
+        let ds = lake.dataset(name)?;
+        let mut keys: BTreeSet<String> = ds
+            .current_opt()
+            .await?
+            .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
+            .unwrap_or_default();
+        keys.extend(expected_values.iter().map(|v| format!("{part_col}={v}")));
+        owned = Some(keys.difference(&failed_keys).cloned().collect());
+        full = false;
+    }
+    let a_totals = Some(strata_reconcile::TotalsSpec {
+        key: def.key.clone(),
+        sums: sum_cols.clone(),
+        time: Some(def.business_date.clone()),
+    });
+    let stream = df_ctx.sql(&a_sql).await?.execute_stream().await?;
+    let (a_ds, a_staged) =
+        match stage_stream(lake, name, stream, vec![part_col.clone()], a_totals, ctx).await {
+            Ok(x) => x,
+            Err(e) => {
+                q_ds.discard(ctx.run_id(), None).await;
+                return Err(e);
+            }
+        };
     // Reconcile before anything is published: what was staged must be exactly what was counted.
     let (written, q_written) = (a_staged.rows, q_staged.rows);
-    if written != accepted
+    if written + withheld != accepted
         || q_written != quarantined
         || input != accepted + quarantined + duplicates
     {
@@ -509,15 +719,16 @@ pub(crate) async fn clean(
         return Err(Error::Sql {
             message: format!(
                 "cleaned.{name}: counts do not reconcile (input {input}, accepted {accepted} but \
-                 staged {written}, quarantined {quarantined} but staged {q_written}, duplicates \
-                 {duplicates}); nothing was published. Report this with the run id {}",
+                 staged {written} + withheld {withheld}, quarantined {quarantined} but staged \
+                 {q_written}, duplicates {duplicates}); nothing was published. Report this with \
+                 the run id {}",
                 ctx.run_id()
             ),
         });
     }
     let reason = Some(format!("run {}", ctx.run_id()));
     let report = StageReport {
-        stage: "clean",
+        stage: "clean".into(),
         dataset: name.to_string(),
         rows_in: input,
         rows_out: written,
@@ -527,6 +738,13 @@ pub(crate) async fn clean(
         partitions: a_staged.partitions.len() as u64,
         window,
         millis: started.elapsed().as_millis() as u64,
+        withheld,
+        failed_partitions: failed_keys.iter().cloned().collect(),
+        findings,
+        sums,
+        expected_partitions: Some(
+            expected_values.iter().map(|v| format!("{part_col}={v}")).collect(),
+        ),
         ..Default::default()
     };
     let outputs = vec![
@@ -566,12 +784,13 @@ async fn stage_stream(
     dataset: &str,
     mut stream: SendableRecordBatchStream,
     partition_by: Vec<String>,
+    totals: Option<strata_reconcile::TotalsSpec>,
     ctx: &RunContext,
 ) -> Result<(Dataset, Staged)> {
     let ds: Dataset = lake.dataset(dataset)?;
     let schema = stream.schema();
     let mut writer =
-        ds.writer(ctx, schema, WriterOptions { partition_by, ..Default::default() })?;
+        ds.writer(ctx, schema, WriterOptions { partition_by, totals, ..Default::default() })?;
     let result: Result<()> = async {
         while let Some(batch) = stream.next().await {
             writer.write(&batch?).await?;
@@ -650,6 +869,54 @@ pub(crate) async fn model(
         };
         session.register_table(ident(dep).as_str(), df.into_view())?;
     }
+    // What the output's declared sums must equal: the inputs' sums over the same dates.
+    let mut expected_sums = BTreeMap::new();
+    for check in &def.reconcile {
+        let Some((dep, col)) = check.equals.split_once('.').filter(|(d, _)| deps.contains(*d))
+        else {
+            return Err(Error::Sql {
+                message: format!(
+                    "models.{name}.reconcile: equals = {:?} must be <input>.<column> with an input \
+                     of the model ({})",
+                    check.equals,
+                    deps.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        let bd_col = pipeline
+            .cleaned
+            .get(dep)
+            .map(|c| c.business_date.clone())
+            .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()))
+            .unwrap_or_default();
+        let filter = match window {
+            Some(w) => format!(
+                " WHERE {} BETWEEN {} AND {}",
+                ident(&bd_col),
+                date_literal(w.from),
+                date_literal(w.to)
+            ),
+            None => String::new(),
+        };
+        let b = session
+            .sql(&format!(
+                "SELECT CAST(sum({}) AS VARCHAR) FROM {}{filter}",
+                ident(col),
+                ident(dep)
+            ))
+            .await?
+            .collect()
+            .await?;
+        let v = b
+            .first()
+            .filter(|b| b.num_rows() > 0 && !b.column(0).is_null(0))
+            .map(|b| {
+                datafusion::arrow::util::display::array_value_to_string(b.column(0), 0)
+                    .unwrap_or_default()
+            })
+            .unwrap_or_else(|| "0".into());
+        expected_sums.insert(check.column.clone(), format!("{v} = sum({})", check.equals));
+    }
     let sql = &pipeline.model_sql[name];
     let mut df = session.sql(sql).await.map_err(|e| match Error::from(e) {
         Error::Sql { message } => Error::Sql {
@@ -722,15 +989,25 @@ pub(crate) async fn model(
     let stream = df.execute_stream().await?;
     let owned = window.map(|w| owned_keys(&part_col, &def.grain, w));
     let full = window.is_none();
-    let (ds, staged) = stage_stream(lake, name, stream, vec![part_col], ctx).await?;
+    let mut sums = def.sums.clone();
+    sums.extend(def.reconcile.iter().map(|c| c.column.clone()));
+    sums.sort();
+    sums.dedup();
+    let totals = Some(strata_reconcile::TotalsSpec {
+        key: def.key.clone(),
+        sums,
+        time: Some(def.business_date.clone()),
+    });
+    let (ds, staged) = stage_stream(lake, name, stream, vec![part_col], totals, ctx).await?;
     let report = StageReport {
-        stage: "model",
+        stage: "model".into(),
         dataset: name.to_string(),
         rows_in,
         rows_out: staged.rows,
         partitions: staged.partitions.len() as u64,
         window,
         millis: started.elapsed().as_millis() as u64,
+        expected_sums,
         ..Default::default()
     };
     let options =

@@ -795,6 +795,15 @@ impl Dataset {
         Ok(removed)
     }
 
+    /// Checks files against their recorded size and sha256 (reading each whole).
+    pub async fn check_files(&self, files: Vec<FileEntry>) -> Result<Vec<FileProblem>> {
+        let checks = futures::stream::iter(files.into_iter().map(|f| self.check_file(f)))
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(checks.into_iter().flatten().collect())
+    }
+
     /// Takes over files another (failed) run staged and checksummed, for this run: each file is
     /// read back and checked against its size and sha256, then moved under this run's prefix.
     /// `None` (and nothing moved) when any file is missing or differs.

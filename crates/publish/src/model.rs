@@ -50,6 +50,9 @@ pub struct PartitionEntry {
     pub bytes: u64,
     /// The files, in write order.
     pub files: Vec<FileEntry>,
+    /// Control totals of the partition's rows, computed while writing (see strata-reconcile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<strata_reconcile::ControlTotals>,
 }
 
 /// Summary counts of a version, also carried in pointer entries.

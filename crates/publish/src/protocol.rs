@@ -187,6 +187,7 @@ mod tests {
 
     fn part(key: &str, run: &str, rows: u64) -> PartitionEntry {
         PartitionEntry {
+            totals: None,
             key: key.into(),
             values: vec![Some(key.into())],
             run_id: run.into(),

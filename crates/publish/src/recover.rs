@@ -103,6 +103,12 @@ pub async fn recover(
     let candidates: Vec<RunManifest> = match only {
         Some(id) => {
             let latest = runs::run_log(lake, id).await?.pop().expect("run_log is never empty");
+            if latest.state == RunState::AwaitingReview {
+                return Err(Error::Usage(format!(
+                    "run {id} is AWAITING_REVIEW: its output is held for a person; `strata approve \
+                     {id}` publishes it, `strata reject {id}` discards it"
+                )));
+            }
             if latest.state.is_terminal() {
                 return Err(Error::Usage(format!(
                     "run {id} is already {}; there is nothing to recover (`strata show-run {id}` \
@@ -112,9 +118,12 @@ pub async fn recover(
             }
             vec![latest]
         }
-        None => {
-            runs::list_runs(lake).await?.into_iter().filter(|m| !m.state.is_terminal()).collect()
-        }
+        // A run awaiting review is not stopped: it waits for `strata approve` or `strata reject`.
+        None => runs::list_runs(lake)
+            .await?
+            .into_iter()
+            .filter(|m| !m.state.is_terminal() && m.state != RunState::AwaitingReview)
+            .collect(),
     };
     let mut report = RecoveryReport::default();
     for m in candidates {

@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! PLANNED -> INPUT_LOCKED -> RUNNING -> VALIDATING -> COMMITTING -> PUBLISHED
-//!    |            |             |           |             |   \
-//!    +------------+-------------+-----------+-------------+--> FAILED
-//!                                                          \-> UNKNOWN -> PUBLISHED | FAILED
+//!    |            |             |           |   \         |   \
+//!    +------------+-------------+-----------+----\--------+--> FAILED
+//!                                                 \        \-> UNKNOWN -> PUBLISHED | FAILED
+//!                                                  AWAITING_REVIEW -> COMMITTING | FAILED
 //! ```
+//!
+//! AWAITING_REVIEW holds a run whose output is staged and validated but needs a person
+//! (a MANUAL_REVIEW quality gate): `strata approve` commits it, `strata reject` fails it.
 //!
 //! A state is recorded durably before the work it announces begins. `UNKNOWN` is entered when a
 //! commit was attempted and the store never said whether it landed; only recovery, which inspects
@@ -25,6 +29,8 @@ pub enum RunState {
     Running,
     /// Output is staged; quality gates and reconciliation run.
     Validating,
+    /// Output is staged and held for a person: approve commits it, reject discards it.
+    AwaitingReview,
     /// Output is being published (pointer flips).
     Committing,
     /// Consumers may read the output.
@@ -36,11 +42,12 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 8] = [
+    pub const ALL: [RunState; 9] = [
         RunState::Planned,
         RunState::InputLocked,
         RunState::Running,
         RunState::Validating,
+        RunState::AwaitingReview,
         RunState::Committing,
         RunState::Published,
         RunState::Failed,
@@ -59,6 +66,7 @@ impl RunState {
             RunState::InputLocked => "INPUT_LOCKED",
             RunState::Running => "RUNNING",
             RunState::Validating => "VALIDATING",
+            RunState::AwaitingReview => "AWAITING_REVIEW",
             RunState::Committing => "COMMITTING",
             RunState::Published => "PUBLISHED",
             RunState::Failed => "FAILED",
@@ -101,7 +109,8 @@ pub fn transition(from: RunState, to: RunState) -> Result<RunState, InvalidTrans
         Planned => matches!(to, InputLocked | Failed),
         InputLocked => matches!(to, Running | Failed),
         Running => matches!(to, Validating | Failed),
-        Validating => matches!(to, Committing | Failed),
+        Validating => matches!(to, Committing | AwaitingReview | Failed),
+        AwaitingReview => matches!(to, Committing | Failed),
         Committing => matches!(to, Published | Failed | Unknown),
         Unknown => matches!(to, Published | Failed),
         Published | Failed => false,
@@ -128,7 +137,10 @@ mod tests {
             (Running, Validating),
             (Running, Failed),
             (Validating, Committing),
+            (Validating, AwaitingReview),
             (Validating, Failed),
+            (AwaitingReview, Committing),
+            (AwaitingReview, Failed),
             (Committing, Published),
             (Committing, Failed),
             (Committing, Unknown),

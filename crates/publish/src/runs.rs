@@ -60,6 +60,12 @@ pub struct StagedCheckpoint {
     /// The stage's counts (input, quarantined, duplicates…), reported again on reuse.
     #[serde(default)]
     pub stats: BTreeMap<String, u64>,
+    /// Key counts over the staged partitions.
+    #[serde(default)]
+    pub keys: Option<strata_reconcile::KeyCounts>,
+    /// The stage's whole report (counts, sums, findings), to validate a reuse like a run.
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
 }
 
 impl StagedCheckpoint {
@@ -73,6 +79,8 @@ impl StagedCheckpoint {
             partitions: staged.partitions.clone(),
             rows: staged.rows,
             stats: BTreeMap::new(),
+            keys: staged.keys,
+            report: None,
         }
     }
 
@@ -84,6 +92,7 @@ impl StagedCheckpoint {
             partitions: self.partitions.clone(),
             rows: self.rows,
             evidence: None,
+            keys: self.keys,
         }
     }
 
@@ -139,6 +148,12 @@ pub struct RunManifest {
     /// Validation results (from VALIDATING on): each check, the dataset, whether it held.
     #[serde(default)]
     pub checks: Vec<serde_json::Value>,
+    /// What rules and gates found (severity, source, dataset, rows, detail).
+    #[serde(default)]
+    pub findings: Vec<serde_json::Value>,
+    /// Dataset → how its staged output is to be published (for a run awaiting review).
+    #[serde(default)]
+    pub publish_plan: BTreeMap<String, serde_json::Value>,
     /// Finished stages' staged output, reusable by a rerun while the run is not published.
     #[serde(default)]
     pub checkpoints: Vec<StagedCheckpoint>,
@@ -173,6 +188,8 @@ impl RunManifest {
             bases: BTreeMap::new(),
             prepared: BTreeMap::new(),
             checks: Vec::new(),
+            findings: Vec::new(),
+            publish_plan: BTreeMap::new(),
             checkpoints: Vec::new(),
             published: BTreeMap::new(),
             error: None,

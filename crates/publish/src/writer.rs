@@ -38,6 +38,8 @@ pub struct WriterOptions {
     pub max_rows_per_file: u64,
     /// Rows per Parquet row group.
     pub max_row_group_size: usize,
+    /// Control totals to compute per partition while writing (none: no totals).
+    pub totals: Option<strata_reconcile::TotalsSpec>,
 }
 
 impl Default for WriterOptions {
@@ -46,6 +48,7 @@ impl Default for WriterOptions {
             partition_by: Vec::new(),
             max_rows_per_file: 8 * 1024 * 1024,
             max_row_group_size: 1024 * 1024,
+            totals: None,
         }
     }
 }
@@ -61,6 +64,9 @@ pub struct Staged {
     pub rows: u64,
     /// Evidence to store in the version record.
     pub evidence: Option<serde_json::Value>,
+    /// Key counts over every partition written (keys repeated across partitions count as
+    /// duplicates), when the writer computed totals with a key.
+    pub keys: Option<strata_reconcile::KeyCounts>,
 }
 
 /// Writes batches into per-partition Parquet files of one run.
@@ -91,6 +97,7 @@ struct PartitionWriter {
     values: Vec<Option<String>>,
     done: Vec<FileEntry>,
     open: Option<ParquetSink>,
+    totals: Option<strata_reconcile::Totals>,
 }
 
 /// One Parquet file being written to a store, hashed and counted on the way.
@@ -156,6 +163,31 @@ pub fn writer_properties(max_row_group_size: usize) -> WriterProperties {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(max_row_group_size))
         .build()
+}
+
+/// Arms a fault for tests of the reconciliation invariant: `STRATA_INJECT_FAULT=<fault>:<dataset>`
+/// changes the first batch written to `<dataset>` on its way to the files. Faults: `lose-row`
+/// (its last row is dropped), `dup-row` (its first row is written twice), `swap-row` (its last
+/// row is replaced by a copy of its first: the row count stays right).
+pub const FAULT_ENV: &str = "STRATA_INJECT_FAULT";
+
+fn inject_fault(dataset: &str, batch: RecordBatch) -> Result<RecordBatch> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let Ok(armed) = std::env::var(FAULT_ENV) else { return Ok(batch) };
+    let Some((fault, target)) = armed.split_once(':') else { return Ok(batch) };
+    if target != dataset || batch.num_rows() < 2 || DONE.swap(true, Ordering::SeqCst) {
+        return Ok(batch);
+    }
+    let n = batch.num_rows() as u32;
+    let rows: Vec<u32> = match fault {
+        "lose-row" => (0..n - 1).collect(),
+        "dup-row" => std::iter::once(0).chain(0..n).collect(),
+        "swap-row" => (0..n - 1).chain(std::iter::once(0)).collect(),
+        _ => return Ok(batch),
+    };
+    eprintln!("strata: injecting {fault} into {dataset} ({FAULT_ENV})");
+    Ok(arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?)
 }
 
 /// The rows of one partition in a batch: key, values, row indices.
@@ -232,6 +264,7 @@ impl StagingWriter {
             return Ok(());
         }
         let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
+        let batch = inject_fault(self.dataset.name(), batch)?;
         if self.partition_cols.is_empty() {
             return self.write_to(String::new(), Vec::new(), &batch).await;
         }
@@ -299,12 +332,18 @@ impl StagingWriter {
         batch: &RecordBatch,
     ) -> Result<()> {
         let dataset = self.dataset.name().to_string();
+        let spec = self.options.totals.as_ref();
         let writer = self.partitions.entry(key.clone()).or_insert_with(|| PartitionWriter {
             key,
             values,
             done: Vec::new(),
             open: None,
+            totals: spec.map(strata_reconcile::Totals::new),
         });
+        if let Some(t) = &mut writer.totals {
+            t.update(batch)
+                .map_err(|e| Error::Usage(format!("control totals of {dataset:?}: {e}")))?;
+        }
         let mut offset = 0usize;
         while offset < batch.num_rows() {
             if writer.open.is_none() {
@@ -340,11 +379,22 @@ impl StagingWriter {
     /// Closes every file and returns what was staged.
     pub async fn finish(self) -> Result<Staged> {
         let mut partitions = Vec::with_capacity(self.partitions.len());
+        let mut key_sets = Vec::new();
+        let mut within = 0u64;
         for (_, mut p) in self.partitions {
             if let Some(file) = p.open.take() {
                 p.done.push(file.finish().await?);
             }
+            let totals = p.totals.map(|t| {
+                let (totals, keys) = t.finish_with_keys();
+                if let Some(k) = keys {
+                    within += totals.keys.map_or(0, |k| k.duplicates);
+                    key_sets.push(k);
+                }
+                totals
+            });
             partitions.push(PartitionEntry {
+                totals,
                 rows: p.done.iter().map(|f| f.rows).sum(),
                 bytes: p.done.iter().map(|f| f.size).sum(),
                 key: p.key,
@@ -355,6 +405,11 @@ impl StagingWriter {
             });
         }
         partitions.sort_by(|a, b| a.key.cmp(&b.key));
+        let has_key = self.options.totals.as_ref().is_some_and(|t| !t.key.is_empty());
+        let keys = has_key.then(|| {
+            let (all, across) = strata_reconcile::merge_key_sets(key_sets);
+            strata_reconcile::KeyCounts { distinct: all.len() as u64, duplicates: within + across }
+        });
         crash::point("after-stage");
         Ok(Staged {
             run_id: self.run_id,
@@ -363,6 +418,7 @@ impl StagingWriter {
             partitions,
             rows: self.rows,
             evidence: None,
+            keys,
         })
     }
 }

@@ -38,7 +38,10 @@ mod encode;
 mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows};
-pub use totals::{compare, ControlTotals, Difference, KeyCounts, Totals, TotalsSpec};
+pub use totals::{
+    compare, decimal_sum, merge_key_sets, same_decimal, ControlTotals, Difference, DigestHasher,
+    KeyCounts, KeySet, TimeBounds, Totals, TotalsSpec,
+};
 
 /// What can go wrong computing totals.
 #[derive(Debug, thiserror::Error)]

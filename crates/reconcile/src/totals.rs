@@ -37,6 +37,9 @@ pub struct KeyCounts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlTotals {
     pub rows: u64,
+    /// The key columns, when totals were computed with a key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
     /// Column → exact sum, as decimal text (`"1234.50"`; integers have no point).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sums: BTreeMap<String, String>,
@@ -64,8 +67,8 @@ pub struct TimeBounds {
 }
 
 /// The hasher for key digests, which are already uniformly random.
-#[derive(Default)]
-struct DigestHasher(u64);
+#[derive(Debug, Default)]
+pub struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {
@@ -85,6 +88,27 @@ impl Hasher for DigestHasher {
 
 /// Rows encoded and hashed at a time.
 const CHUNK: usize = 1024;
+
+/// The set of key digests (first 128 bits of each key's SHA-256).
+pub type KeySet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
+
+/// Merges key sets of disjoint parts: the union, and how many keys were in more than one part.
+pub fn merge_key_sets(sets: impl IntoIterator<Item = KeySet>) -> (KeySet, u64) {
+    let mut sets: Vec<KeySet> = sets.into_iter().collect();
+    sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut iter = sets.into_iter();
+    let mut all = iter.next().unwrap_or_default();
+    let mut repeated = 0;
+    for s in iter {
+        all.reserve(s.len());
+        for k in s {
+            if !all.insert(k) {
+                repeated += 1;
+            }
+        }
+    }
+    (all, repeated)
+}
 
 /// Accumulates control totals over batches (any order, any split).
 #[derive(Debug)]
@@ -356,9 +380,20 @@ impl Totals {
         self.rows
     }
 
+    /// The totals, and the digests of the keys seen (to find keys repeated across parts).
+    pub fn finish_with_keys(mut self) -> (ControlTotals, Option<KeySet>) {
+        let totals = self.build();
+        (totals, self.key_set.take())
+    }
+
     pub fn finish(self) -> ControlTotals {
+        self.build()
+    }
+
+    fn build(&self) -> ControlTotals {
         ControlTotals {
             rows: self.rows,
+            key: self.spec.key.clone(),
             sums: self.sums.iter().map(|(k, (v, s))| (k.clone(), decimal_text(*v, *s))).collect(),
             time: self.spec.time.as_ref().map(|col| {
                 let (t, lo, hi) = self.time.clone().unwrap_or((DataType::Date32, None, None));
@@ -368,7 +403,7 @@ impl Totals {
                     max: hi.map(|v| time_text(&t, v)),
                 }
             }),
-            nulls: self.nulls,
+            nulls: self.nulls.clone(),
             keys: self
                 .key_set
                 .as_ref()
@@ -380,6 +415,15 @@ impl Totals {
 }
 
 impl ControlTotals {
+    /// The spec that computes totals like these (to recompute them from data).
+    pub fn spec(&self) -> TotalsSpec {
+        TotalsSpec {
+            key: self.key.clone(),
+            sums: self.sums.keys().cloned().collect(),
+            time: self.time.as_ref().map(|t| t.column.clone()),
+        }
+    }
+
     /// The totals of the union of disjoint sets of rows (the partitions of a version). Key counts
     /// add up: keys are assumed not to repeat across the parts (a key lives in one partition).
     pub fn combine<'a>(
@@ -392,6 +436,9 @@ impl ControlTotals {
         let mut first = true;
         for p in parts {
             out.rows += p.rows;
+            if out.key.is_empty() {
+                out.key = p.key.clone();
+            }
             for (k, v) in &p.sums {
                 let v = parse_decimal(v)?;
                 let acc = sums.get(k).copied().unwrap_or((0, v.1));
@@ -481,6 +528,23 @@ pub fn compare(left: &ControlTotals, right: &ControlTotals) -> Vec<Difference> {
     }
     diff("row hash", left.row_hash.clone(), right.row_hash.clone());
     out
+}
+
+/// The exact sum of decimal texts (`"1.50"`, `"-2"`), as decimal text.
+pub fn decimal_sum(parts: &[&str]) -> Result<String> {
+    let mut acc = (0i128, 0i8);
+    for p in parts {
+        acc = add_decimal(acc, parse_decimal(p.trim())?, "sum")?;
+    }
+    Ok(normalize(acc.0, acc.1))
+}
+
+/// Whether two decimal texts are the same number (`"1.50"` equals `"1.5"`).
+pub fn same_decimal(a: &str, b: &str) -> bool {
+    match (parse_decimal(a.trim()), parse_decimal(b.trim())) {
+        (Ok(x), Ok(y)) => normalize(x.0, x.1) == normalize(y.0, y.1),
+        _ => a == b,
+    }
 }
 
 /// A decimal without trailing fractional zeros, for comparing values of different scales.

@@ -6,6 +6,7 @@
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
+//! - `quality`: reconciliation and quality gates by severity, `strata reconcile`;
 //! - `runs`: run manifests, recovery, locks and reruns; the crash matrix with random kills;
 //! - `s3`: S3 configuration errors and credential hygiene.
 
@@ -17,5 +18,6 @@ mod harness;
 mod land;
 mod pipeline;
 mod publish_flow;
+mod quality;
 mod runs;
 mod s3;
