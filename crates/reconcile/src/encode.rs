@@ -5,24 +5,25 @@
 //! of columns `c0..cn` (in the caller's order) is:
 //!
 //! - a null bitmap: `ceil(n / 8)` bytes, bit `i % 8` of byte `i / 8` set when `ci` is null;
-//! - then each non-null cell:
+//! - then every fixed-width column, in order, at a fixed offset (all zeros when null):
 //!
 //! | type | bytes |
 //! |---|---|
-//! | signed integers, Date32, Date64, Timestamp, Decimal128 (unscaled) | zigzag LEB128 varint |
-//! | unsigned integers | LEB128 varint |
+//! | signed integers, Date32, Date64, Timestamp | the value as i64, little-endian (8) |
+//! | unsigned integers | the value as u64, little-endian (8) |
+//! | Decimal128 (unscaled) | the value as i128, little-endian (16) |
 //! | Float32, Float64 | the value as f64, IEEE bits little-endian (8) |
 //! | Boolean | 1 byte |
-//! | Utf8, LargeUtf8, Utf8View, Binary… | LEB128 length, then the bytes |
-//! | anything else | its display text, as for Utf8 |
+//!
+//! - then every variable-width column, in order, when not null: its length as a LEB128 varint,
+//!   then its bytes (Utf8, LargeUtf8, Utf8View, Binary…; any other type as its display text).
 //!
 //! Widening a column (Int32 to Int64, Utf8 to LargeUtf8 or Utf8View) does not change the
 //! encoding. The digest of a row is the standard SHA-256 of its encoding: rows are laid out
 //! already padded, block-aligned, in one buffer, and hashed with the raw compression function
-//! (SHA-NI where the CPU has it).
+//! (SHA-NI where the CPU has it). Fixed offsets let each fixed-width column be written in one
+//! tight loop.
 
-#[cfg(test)]
-use arrow::array::StringArray;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
     Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array,
@@ -82,21 +83,8 @@ pub fn encode(columns: &[ArrayRef], row: usize) -> Vec<u8> {
 }
 
 #[inline]
-fn varint_len(v: u128) -> usize {
-    if let Ok(small) = u64::try_from(v) {
-        return varint_len64(small);
-    }
-    (128 - v.leading_zeros() as usize).div_ceil(7)
-}
-
-#[inline]
 fn varint_len64(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-#[inline]
-fn zigzag64(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
 }
 
 #[inline]
@@ -110,85 +98,74 @@ fn put_varint64(buf: &mut [u8], at: &mut usize, mut v: u64) {
     *at += 1;
 }
 
-fn zigzag(v: i128) -> u128 {
-    ((v << 1) ^ (v >> 127)) as u128
+/// The width of a fixed-width column's cells, or `None` for variable width.
+fn fixed_width(t: &DataType) -> Option<usize> {
+    Some(match t {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Timestamp(_, _)
+        | DataType::Float32
+        | DataType::Float64 => 8,
+        DataType::Decimal128(_, _) => 16,
+        DataType::Boolean => 1,
+        _ => return None,
+    })
 }
 
-fn put_varint(buf: &mut [u8], at: &mut usize, mut v: u128) {
-    if let Ok(small) = u64::try_from(v) {
-        return put_varint64(buf, at, small);
-    }
-    while v >= 0x80 {
-        buf[*at] = (v as u8) | 0x80;
-        v >>= 7;
-        *at += 1;
-    }
-    buf[*at] = v as u8;
-    *at += 1;
-}
-
-/// What to do with each non-null cell; monomorphised, so the per-cell work is inlined.
-trait Visit {
-    fn small(&mut self, row: usize, v: i64);
-    fn signed(&mut self, row: usize, v: i128);
-    fn unsigned(&mut self, row: usize, v: u128);
-    fn bytes(&mut self, row: usize, v: &[u8]);
-    fn float(&mut self, row: usize, v: f64);
-    fn boolean(&mut self, row: usize, v: bool);
-}
-
-fn prim<T: Copy, V: Visit>(
+/// Writes `bytes(value)` of every row of a primitive column at `row_starts[i] + offset`
+/// (zeros for nulls).
+fn write_fixed<T: Copy, const W: usize>(
     values: &[T],
-    nb: &Option<arrow::buffer::NullBuffer>,
-    mut f: impl FnMut(&mut V, usize, T),
-    visitor: &mut V,
+    nulls: Option<&arrow::buffer::NullBuffer>,
+    buf: &mut [u8],
+    row_starts: &[usize],
+    offset: usize,
+    bytes: impl Fn(T) -> [u8; W],
 ) {
-    match nb {
-        None => values.iter().enumerate().for_each(|(i, x)| f(visitor, i, *x)),
-        Some(b) => values
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| b.is_valid(*i))
-            .for_each(|(i, x)| f(visitor, i, *x)),
+    for (i, v) in values.iter().enumerate() {
+        let at = row_starts[i] + offset;
+        let cell = match nulls {
+            Some(n) if n.is_null(i) => [0u8; W],
+            _ => bytes(*v),
+        };
+        buf[at..at + W].copy_from_slice(&cell);
     }
 }
 
-/// Calls `visitor` for every non-null cell of `c`.
-fn visit<V: Visit>(
-    c: &ArrayRef,
-    nb: &Option<arrow::buffer::NullBuffer>,
-    text: &[String],
-    visitor: &mut V,
-) {
+fn fixed_column(c: &ArrayRef, buf: &mut [u8], row_starts: &[usize], offset: usize) {
+    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
+    let nb = nulls.as_ref();
     macro_rules! signed {
         ($t:ty) => {
-            prim(
+            write_fixed(
                 c.as_any().downcast_ref::<$t>().expect("type checked").values(),
                 nb,
-                |v: &mut V, i, x| v.small(i, i64::from(x)),
-                visitor,
+                buf,
+                row_starts,
+                offset,
+                |x| i64::from(x).to_le_bytes(),
             )
         };
     }
     macro_rules! unsigned {
         ($t:ty) => {
-            prim(
+            write_fixed(
                 c.as_any().downcast_ref::<$t>().expect("type checked").values(),
                 nb,
-                |v: &mut V, i, x| v.unsigned(i, u128::from(x)),
-                visitor,
+                buf,
+                row_starts,
+                offset,
+                |x| u64::from(x).to_le_bytes(),
             )
         };
-    }
-    macro_rules! var {
-        ($a:expr) => {{
-            let a = $a;
-            for i in 0..a.len() {
-                if nb.as_ref().is_none_or(|b| b.is_valid(i)) {
-                    visitor.bytes(i, a.value(i).as_ref());
-                }
-            }
-        }};
     }
     match c.data_type() {
         DataType::Int8 => signed!(Int8Array),
@@ -197,15 +174,6 @@ fn visit<V: Visit>(
         DataType::Int64 => signed!(Int64Array),
         DataType::Date32 => signed!(Date32Array),
         DataType::Date64 => signed!(Date64Array),
-        DataType::Decimal128(_, _) => prim(
-            c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values(),
-            nb,
-            |v: &mut V, i, x: i128| match i64::try_from(x) {
-                Ok(small) => v.small(i, small),
-                Err(_) => v.signed(i, x),
-            },
-            visitor,
-        ),
         DataType::Timestamp(TimeUnit::Second, _) => signed!(TimestampSecondArray),
         DataType::Timestamp(TimeUnit::Millisecond, _) => signed!(TimestampMillisecondArray),
         DataType::Timestamp(TimeUnit::Microsecond, _) => signed!(TimestampMicrosecondArray),
@@ -214,145 +182,88 @@ fn visit<V: Visit>(
         DataType::UInt16 => unsigned!(UInt16Array),
         DataType::UInt32 => unsigned!(UInt32Array),
         DataType::UInt64 => unsigned!(UInt64Array),
-        DataType::Float32 => prim(
+        DataType::Decimal128(_, _) => write_fixed(
+            c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values(),
+            nb,
+            buf,
+            row_starts,
+            offset,
+            |x: i128| x.to_le_bytes(),
+        ),
+        DataType::Float32 => write_fixed(
             c.as_any().downcast_ref::<Float32Array>().expect("type checked").values(),
             nb,
-            |v: &mut V, i, x: f32| v.float(i, f64::from(x)),
-            visitor,
+            buf,
+            row_starts,
+            offset,
+            |x: f32| f64::from(x).to_bits().to_le_bytes(),
         ),
-        DataType::Float64 => prim(
+        DataType::Float64 => write_fixed(
             c.as_any().downcast_ref::<Float64Array>().expect("type checked").values(),
             nb,
-            |v: &mut V, i, x: f64| v.float(i, x),
-            visitor,
+            buf,
+            row_starts,
+            offset,
+            |x: f64| x.to_bits().to_le_bytes(),
         ),
         DataType::Boolean => {
             let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
             for i in 0..a.len() {
-                if nb.as_ref().is_none_or(|b| b.is_valid(i)) {
-                    visitor.boolean(i, a.value(i));
-                }
+                buf[row_starts[i] + offset] =
+                    u8::from(nb.is_none_or(|n| n.is_valid(i)) && a.value(i));
             }
         }
+        _ => unreachable!("fixed_width() said fixed"),
+    }
+}
+
+/// The bytes of every cell of a variable-width column (`None` for nulls).
+fn var_cells<'a>(
+    c: &'a ArrayRef,
+    text: &'a [String],
+) -> Box<dyn Fn(usize) -> Option<&'a [u8]> + 'a> {
+    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
+    macro_rules! var {
+        ($a:expr) => {{
+            let a = $a;
+            Box::new(move |i| {
+                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    None
+                } else {
+                    Some(a.value(i).as_ref())
+                }
+            })
+        }};
+    }
+    match c.data_type() {
         DataType::Utf8 => var!(c.as_string::<i32>()),
         DataType::LargeUtf8 => var!(c.as_string::<i64>()),
         DataType::Utf8View => var!(c.as_string_view()),
         DataType::Binary => var!(c.as_binary::<i32>()),
         DataType::LargeBinary => var!(c.as_binary::<i64>()),
         DataType::BinaryView => var!(c.as_binary_view()),
-        _ => {
-            for (i, t) in text.iter().enumerate() {
-                if nb.as_ref().is_none_or(|b| b.is_valid(i)) {
-                    visitor.bytes(i, t.as_bytes());
-                }
+        _ => Box::new(move |i| {
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                None
+            } else {
+                Some(text[i].as_bytes())
             }
-        }
+        }),
     }
 }
 
-/// Pass 1: the encoded length of each row.
-struct Lengths<'a>(&'a mut [usize]);
-
-impl Visit for Lengths<'_> {
-    #[inline]
-    fn small(&mut self, row: usize, v: i64) {
-        self.0[row] += varint_len64(zigzag64(v));
-    }
-    #[inline]
-    fn signed(&mut self, row: usize, v: i128) {
-        self.0[row] += varint_len(zigzag(v));
-    }
-    #[inline]
-    fn unsigned(&mut self, row: usize, v: u128) {
-        self.0[row] += varint_len(v);
-    }
-    #[inline]
-    fn bytes(&mut self, row: usize, v: &[u8]) {
-        self.0[row] += varint_len(v.len() as u128) + v.len();
-    }
-    #[inline]
-    fn float(&mut self, row: usize, _: f64) {
-        self.0[row] += 8;
-    }
-    #[inline]
-    fn boolean(&mut self, row: usize, _: bool) {
-        self.0[row] += 1;
-    }
-}
-
-/// Pass 3: the cells, each at its row's cursor.
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    cursor: &'a mut [usize],
-}
-
-impl Visit for Writer<'_> {
-    #[inline]
-    fn small(&mut self, row: usize, v: i64) {
-        put_varint64(self.buf, &mut self.cursor[row], zigzag64(v));
-    }
-    #[inline]
-    fn signed(&mut self, row: usize, v: i128) {
-        put_varint(self.buf, &mut self.cursor[row], zigzag(v));
-    }
-    #[inline]
-    fn unsigned(&mut self, row: usize, v: u128) {
-        put_varint(self.buf, &mut self.cursor[row], v);
-    }
-    #[inline]
-    fn bytes(&mut self, row: usize, v: &[u8]) {
-        let at = &mut self.cursor[row];
-        put_varint64(self.buf, at, v.len() as u64);
-        let dst = &mut self.buf[*at..*at + v.len()];
-        if v.len() <= 16 {
-            // Short text: a byte loop beats a call to memcpy.
-            for (d, s) in dst.iter_mut().zip(v) {
-                *d = *s;
-            }
-        } else {
-            dst.copy_from_slice(v);
-        }
-        *at += v.len();
-    }
-    #[inline]
-    fn float(&mut self, row: usize, v: f64) {
-        let at = &mut self.cursor[row];
-        self.buf[*at..*at + 8].copy_from_slice(&v.to_bits().to_le_bytes());
-        *at += 8;
-    }
-    #[inline]
-    fn boolean(&mut self, row: usize, v: bool) {
-        self.buf[self.cursor[row]] = u8::from(v);
-        self.cursor[row] += 1;
-    }
-}
-
-/// Display text of every cell, for types without a binary encoding (empty for the others).
+/// Display text of every cell, for variable-width types without a binary form.
 fn text_of(c: &ArrayRef) -> Vec<String> {
-    let binary = matches!(
-        c.data_type(),
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Decimal128(_, _)
-            | DataType::Timestamp(_, _)
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Boolean
-            | DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Binary
-            | DataType::LargeBinary
-            | DataType::BinaryView
-    );
+    let binary = fixed_width(c.data_type()).is_some()
+        || matches!(
+            c.data_type(),
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        );
     if binary {
         return Vec::new();
     }
@@ -368,14 +279,30 @@ fn text_of(c: &ArrayRef) -> Vec<String> {
 pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
     let n = columns.first().map_or(0, |c| c.len());
     let bitmap = columns.len().div_ceil(8);
-    let texts: Vec<Vec<String>> = columns.iter().map(text_of).collect();
-    let nulls: Vec<Option<arrow::buffer::NullBuffer>> =
-        columns.iter().map(|c| c.logical_nulls().filter(|n| n.null_count() > 0)).collect();
+    // Fixed-width columns first, at fixed offsets; then the variable-width ones.
+    let mut fixed = Vec::new();
+    let mut var = Vec::new();
+    let mut fixed_total = 0;
+    for (ci, c) in columns.iter().enumerate() {
+        match fixed_width(c.data_type()) {
+            Some(w) => {
+                fixed.push((ci, fixed_total));
+                fixed_total += w;
+            }
+            None => var.push(ci),
+        }
+    }
+    let texts: Vec<Vec<String>> = var.iter().map(|&ci| text_of(&columns[ci])).collect();
+    let cells: Vec<_> = var.iter().zip(&texts).map(|(&ci, t)| var_cells(&columns[ci], t)).collect();
     // 1. Lengths.
     out.lens.clear();
-    out.lens.resize(n, bitmap);
-    for ((c, nb), text) in columns.iter().zip(&nulls).zip(&texts) {
-        visit(c, nb, text, &mut Lengths(&mut out.lens));
+    out.lens.resize(n, bitmap + fixed_total);
+    for cell in &cells {
+        for (i, len) in out.lens.iter_mut().enumerate() {
+            if let Some(v) = cell(i) {
+                *len += varint_len64(v.len() as u64) + v.len();
+            }
+        }
     }
     // 2. Block layout: the message, 0x80, zeros, the 64-bit big-endian bit length.
     out.starts.clear();
@@ -386,18 +313,17 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
         total += (l + 9).div_ceil(64);
         out.starts.push(total);
     }
-    // Reuse the buffer without zeroing it all: every byte of a row's blocks is written below
-    // (bitmap, cells, padding zeros, length).
+    // Reuse the buffer without zeroing it all: every byte of a row's blocks is written below.
     if out.blocks.len() < total {
         out.blocks.resize(total, [0u8; 64]);
     } else {
         out.blocks.truncate(total);
     }
     let buf = out.blocks.as_flattened_mut();
-    let mut cursor: Vec<usize> = out.starts[..n].iter().map(|s| s * 64 + bitmap).collect();
-    // 3. Bitmaps and padding, then null bits, then cells.
+    let row_starts: Vec<usize> = out.starts[..n].iter().map(|s| s * 64).collect();
+    // 3. Bitmaps and padding.
     for i in 0..n {
-        let start = out.starts[i] * 64;
+        let start = row_starts[i];
         let end = out.starts[i + 1] * 64;
         let len = out.lens[i];
         buf[start..start + bitmap].fill(0);
@@ -405,22 +331,41 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
         buf[start + len + 1..end - 8].fill(0);
         buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
     }
-    for (ci, nb) in nulls.iter().enumerate() {
-        if let Some(nb) = nb {
+    for (ci, c) in columns.iter().enumerate() {
+        if let Some(nb) = c.logical_nulls().filter(|n| n.null_count() > 0) {
             for i in (0..n).filter(|&i| nb.is_null(i)) {
-                buf[out.starts[i] * 64 + ci / 8] |= 1 << (ci % 8);
+                buf[row_starts[i] + ci / 8] |= 1 << (ci % 8);
             }
         }
     }
-    let mut writer = Writer { buf, cursor: &mut cursor };
-    for ((c, nb), text) in columns.iter().zip(&nulls).zip(&texts) {
-        visit(c, nb, text, &mut writer);
+    // 4. Fixed-width cells, one tight loop per column.
+    for &(ci, off) in &fixed {
+        fixed_column(&columns[ci], buf, &row_starts, bitmap + off);
+    }
+    // 5. Variable-width cells, at each row's cursor.
+    let mut cursor: Vec<usize> = row_starts.iter().map(|s| s + bitmap + fixed_total).collect();
+    for cell in &cells {
+        for (i, at) in cursor.iter_mut().enumerate() {
+            if let Some(v) = cell(i) {
+                put_varint64(buf, at, v.len() as u64);
+                let dst = &mut buf[*at..*at + v.len()];
+                if v.len() <= 16 {
+                    for (d, s) in dst.iter_mut().zip(v) {
+                        *d = *s;
+                    }
+                } else {
+                    dst.copy_from_slice(v);
+                }
+                *at += v.len();
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
     use sha2::{Digest, Sha256};
     use std::sync::Arc;
 
@@ -436,10 +381,10 @@ mod tests {
         for i in 0..4 {
             assert_eq!(rows.digest(i).to_vec(), Sha256::digest(rows.row(i)).to_vec(), "row {i}");
         }
-        // -1 zigzags to 1; 300 is two varint bytes; nulls set their bit.
-        assert_eq!(rows.row(0), &[0b00, 0x01, 0x01, b'a']);
-        assert_eq!(rows.row(1), &[0b01, 0x00]);
-        assert_eq!(rows.row(2), &[0b10, 0xd8, 0x04]);
-        assert_eq!(encode(&cols, 3).len(), 1 + 10 + 2 + 200);
+        // Fixed-width first (8 bytes LE, zeros when null), then length-prefixed text.
+        assert_eq!(rows.row(0), &[0b00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, b'a']);
+        assert_eq!(rows.row(1), &[0b01, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(rows.row(2), &[0b10, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode(&cols, 3).len(), 1 + 8 + 2 + 200);
     }
 }

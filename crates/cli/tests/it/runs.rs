@@ -530,7 +530,7 @@ fn operator_commands_and_idempotent_reruns() {
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let shown = env.ok(&["show-run", &id]);
     assert!(shown.contains("reads      orders v2 (pinned"), "{shown}");
-    assert!(shown.contains("checks     1 of 1 passed"), "{shown}");
+    assert!(shown.contains("checks     2 of 2 passed"), "{shown}");
     let log: serde_json::Value =
         serde_json::from_str(&env.ok(&["show-run", &id, "--json"])).unwrap();
     let last = log.as_array().unwrap().last().unwrap();
