@@ -380,7 +380,6 @@ impl StagingWriter {
     pub async fn finish(self) -> Result<Staged> {
         let mut partitions = Vec::with_capacity(self.partitions.len());
         let mut key_sets = Vec::new();
-        let mut within = 0u64;
         for (_, mut p) in self.partitions {
             if let Some(file) = p.open.take() {
                 p.done.push(file.finish().await?);
@@ -388,7 +387,6 @@ impl StagingWriter {
             let totals = p.totals.map(|t| {
                 let (totals, keys) = t.finish_with_keys();
                 if let Some(k) = keys {
-                    within += totals.keys.map_or(0, |k| k.duplicates);
                     key_sets.push(k);
                 }
                 totals
@@ -407,8 +405,9 @@ impl StagingWriter {
         partitions.sort_by(|a, b| a.key.cmp(&b.key));
         let has_key = self.options.totals.as_ref().is_some_and(|t| !t.key.is_empty());
         let keys = has_key.then(|| {
-            let (all, across) = strata_reconcile::merge_key_sets(key_sets);
-            strata_reconcile::KeyCounts { distinct: all.len() as u64, duplicates: within + across }
+            // Repeats within a partition and across partitions alike.
+            let (distinct, repeated) = strata_reconcile::merge_key_sets(key_sets);
+            strata_reconcile::KeyCounts { distinct, duplicates: repeated }
         });
         crash::point("after-stage");
         Ok(Staged {

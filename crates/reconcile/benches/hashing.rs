@@ -9,11 +9,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray, StringViewArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use strata_reconcile::{Totals, TotalsSpec};
 
-fn batch(start: i64, n: i64) -> RecordBatch {
+/// Lineitem-shaped rows; text as Utf8View (what DataFusion's VARCHAR, and so a cleaned stage,
+/// produces) or as plain Utf8.
+fn batch(start: i64, n: i64, view: bool) -> RecordBatch {
     let dec = |f: fn(i64) -> i128| -> ArrayRef {
         Arc::new(
             Decimal128Array::from_iter_values((start..start + n).map(f))
@@ -22,9 +26,12 @@ fn batch(start: i64, n: i64) -> RecordBatch {
         )
     };
     let text = |choices: &'static [&'static str]| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(
-            (start..start + n).map(|i| choices[(i as usize) % choices.len()]),
-        ))
+        let values = (start..start + n).map(|i| choices[(i as usize) % choices.len()]);
+        if view {
+            Arc::new(StringViewArray::from_iter_values(values))
+        } else {
+            Arc::new(StringArray::from_iter_values(values))
+        }
     };
     let date = |off: i32| -> ArrayRef {
         Arc::new(Date32Array::from_iter_values(
@@ -71,8 +78,15 @@ fn batch(start: i64, n: i64) -> RecordBatch {
             "furiously regular ideas sleep",
         ]),
     ];
+    let text_type = if view { DataType::Utf8View } else { DataType::Utf8 };
     let schema = Arc::new(Schema::new(
-        fields.into_iter().map(|(n, t)| Field::new(n, t, false)).collect::<Vec<_>>(),
+        fields
+            .into_iter()
+            .map(|(n, t)| {
+                let t = if t == DataType::Utf8 { text_type.clone() } else { t };
+                Field::new(n, t, false)
+            })
+            .collect::<Vec<_>>(),
     ));
     RecordBatch::try_new(schema, cols).expect("batch")
 }
@@ -81,9 +95,6 @@ fn main() {
     let rows: i64 =
         std::env::var("STRATA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
     let size = 65_536;
-    let batches: Vec<RecordBatch> =
-        (0..rows).step_by(size as usize).map(|s| batch(s, size.min(rows - s))).collect();
-    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
     let spec = TotalsSpec {
         key: vec!["l_orderkey".into(), "l_linenumber".into()],
         sums: vec![
@@ -95,29 +106,33 @@ fn main() {
         time: Some("l_shipdate".into()),
     };
     let only_rows = TotalsSpec::default();
-    for (name, spec) in
-        [("row hash only", &only_rows), ("full totals (keys, sums, time, hashes)", spec_ref(&spec))]
-    {
-        let mut samples = Vec::new();
-        for _ in 0..5 {
-            let started = Instant::now();
-            let mut t = Totals::new(spec);
-            for b in &batches {
-                t.update(b).expect("totals");
+    for view in [true, false] {
+        let batches: Vec<RecordBatch> =
+            (0..rows).step_by(size as usize).map(|s| batch(s, size.min(rows - s), view)).collect();
+        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let text = if view { "Utf8View" } else { "Utf8" };
+        for (name, spec) in [("row hash only", &only_rows), ("full totals", spec_ref(&spec))] {
+            let mut samples = Vec::new();
+            for _ in 0..5 {
+                let started = Instant::now();
+                let mut t = Totals::new(spec);
+                for b in &batches {
+                    t.update(b).expect("totals");
+                }
+                let totals = t.finish();
+                samples.push(started.elapsed());
+                assert_eq!(totals.rows, rows as u64);
             }
-            let totals = t.finish();
-            samples.push(started.elapsed());
-            assert_eq!(totals.rows, rows as u64);
+            samples.sort();
+            let med = samples[samples.len() / 2].as_secs_f64();
+            println!(
+                "{name:<14} text {text:<8} {rows} rows, {:>4.0} MiB of Arrow data: median {:.3} s = {:.2} GB/s, {:.1} M rows/s (one core)",
+                bytes as f64 / 1048576.0,
+                med,
+                bytes as f64 / med / 1e9,
+                rows as f64 / med / 1e6
+            );
         }
-        samples.sort();
-        let med = samples[samples.len() / 2].as_secs_f64();
-        println!(
-            "{name:<40} {rows} rows, {:.0} MiB of Arrow data: median {:.3} s = {:.2} GB/s, {:.1} M rows/s (one core)",
-            bytes as f64 / 1048576.0,
-            med,
-            bytes as f64 / med / 1e9,
-            rows as f64 / med / 1e6
-        );
     }
 }
 

@@ -1,7 +1,6 @@
 //! Control totals: an accumulator over record batches, and the mergeable result.
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
@@ -66,48 +65,58 @@ pub struct TimeBounds {
     pub max: Option<String>,
 }
 
-/// The hasher for key digests, which are already uniformly random.
-#[derive(Debug, Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
 /// Rows encoded and hashed at a time.
 const CHUNK: usize = 1024;
 
-/// The set of key digests (first 128 bits of each key's SHA-256).
-pub type KeySet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
+/// The key digests seen (first 128 bits of each key's SHA-256), in 256 buckets by their top
+/// byte: appending is sequential, and counting sorts each small bucket in cache.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    buckets: Vec<Vec<u128>>,
+    /// Whether every bucket is sorted.
+    sorted: bool,
+}
 
-/// Merges key sets of disjoint parts: the union, and how many keys were in more than one part.
-pub fn merge_key_sets(sets: impl IntoIterator<Item = KeySet>) -> (KeySet, u64) {
-    let mut sets: Vec<KeySet> = sets.into_iter().collect();
-    sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut iter = sets.into_iter();
-    let mut all = iter.next().unwrap_or_default();
-    let mut repeated = 0;
-    for s in iter {
-        all.reserve(s.len());
-        for k in s {
-            if !all.insert(k) {
-                repeated += 1;
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet { buckets: vec![Vec::new(); 256], sorted: true }
+    }
+}
+
+impl KeySet {
+    #[inline]
+    fn push(&mut self, digest: u128) {
+        self.buckets[(digest >> 120) as usize].push(digest);
+        self.sorted = false;
+    }
+
+    /// `(distinct keys, repeated keys)`.
+    pub fn counts(&mut self) -> (u64, u64) {
+        let mut distinct = 0u64;
+        let mut total = 0u64;
+        for b in &mut self.buckets {
+            if !self.sorted {
+                b.sort_unstable();
             }
+            total += b.len() as u64;
+            distinct += b.len() as u64 - b.windows(2).filter(|w| w[0] == w[1]).count() as u64;
+        }
+        self.sorted = true;
+        (distinct, total - distinct)
+    }
+}
+
+/// Merges the key sets of parts (partitions): `(distinct keys over all, keys found in more than
+/// one part or more than once)`.
+pub fn merge_key_sets(sets: impl IntoIterator<Item = KeySet>) -> (u64, u64) {
+    let mut all = KeySet::default();
+    for s in sets {
+        for (i, b) in s.buckets.into_iter().enumerate() {
+            all.buckets[i].extend(b);
         }
     }
-    (all, repeated)
+    all.sorted = false;
+    all.counts()
 }
 
 /// Accumulates control totals over batches (any order, any split).
@@ -118,8 +127,7 @@ pub struct Totals {
     sums: BTreeMap<String, (i128, i8)>,
     time: Option<(DataType, Option<i64>, Option<i64>)>,
     nulls: BTreeMap<String, u64>,
-    key_set: Option<HashSet<u128, BuildHasherDefault<DigestHasher>>>,
-    key_dups: u64,
+    key_set: Option<KeySet>,
     key_hash: [u64; 4],
     row_hash: [u64; 4],
     rows_buf: EncodedRows,
@@ -298,8 +306,7 @@ impl Totals {
             sums: BTreeMap::new(),
             time: None,
             nulls: BTreeMap::new(),
-            key_set: (!spec.key.is_empty()).then(HashSet::default),
-            key_dups: 0,
+            key_set: (!spec.key.is_empty()).then(KeySet::default),
             key_hash: [0; 4],
             row_hash: [0; 4],
             rows_buf: EncodedRows::default(),
@@ -344,9 +351,6 @@ impl Totals {
             }
             None => Vec::new(),
         };
-        if let Some(set) = &mut self.key_set {
-            set.reserve(n);
-        }
         // Chunks small enough that a chunk's encoded rows stay in the CPU cache while each
         // column is written into them.
         let mut start = 0;
@@ -365,9 +369,7 @@ impl Totals {
                     add_digest(&mut self.key_hash, &d);
                     let mut b = [0u8; 16];
                     b.copy_from_slice(&d[..16]);
-                    if !set.insert(u128::from_le_bytes(b)) {
-                        self.key_dups += 1;
-                    }
+                    set.push(u128::from_le_bytes(b));
                 }
             }
             start += len;
@@ -386,11 +388,11 @@ impl Totals {
         (totals, self.key_set.take())
     }
 
-    pub fn finish(self) -> ControlTotals {
+    pub fn finish(mut self) -> ControlTotals {
         self.build()
     }
 
-    fn build(&self) -> ControlTotals {
+    fn build(&mut self) -> ControlTotals {
         ControlTotals {
             rows: self.rows,
             key: self.spec.key.clone(),
@@ -404,10 +406,10 @@ impl Totals {
                 }
             }),
             nulls: self.nulls.clone(),
-            keys: self
-                .key_set
-                .as_ref()
-                .map(|s| KeyCounts { distinct: s.len() as u64, duplicates: self.key_dups }),
+            keys: self.key_set.as_mut().map(|s| {
+                let (distinct, duplicates) = s.counts();
+                KeyCounts { distinct, duplicates }
+            }),
             key_hash: self.key_set.as_ref().map(|_| lanes_hex(&self.key_hash)),
             row_hash: lanes_hex(&self.row_hash),
         }
