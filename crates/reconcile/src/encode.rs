@@ -322,8 +322,7 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
     let buf = out.blocks.as_flattened_mut();
     let row_starts: Vec<usize> = out.starts[..n].iter().map(|s| s * 64).collect();
     // 3. Bitmaps and padding.
-    for i in 0..n {
-        let start = row_starts[i];
+    for (i, &start) in row_starts.iter().enumerate() {
         let end = out.starts[i + 1] * 64;
         let len = out.lens[i];
         buf[start..start + bitmap].fill(0);
