@@ -13,9 +13,10 @@ test *ARGS:
 demo:
     ./scripts/demo.sh
 
-# Pointer-flip benchmarks (rollback and versions at 1,000 versions).
-bench:
-    cargo bench -p strata-cli --bench pointer --locked
+# The lineitem benchmark against DuckDB, the incremental and pointer benchmarks
+# (same as ./scripts/bench.sh; STRATA_BENCH_SF sets the scale factor).
+bench *ARGS:
+    ./scripts/bench.sh {{ARGS}}
 
 # Regenerate testdata/demo.
 demo-data:

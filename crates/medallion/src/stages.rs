@@ -9,14 +9,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{Datelike, Duration, NaiveDate};
-use datafusion::arrow::array::{Array, Date32Array, Int64Array};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch,
+};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 use strata_land::BatchManifest;
 use strata_publish::{Dataset, Lake, PublishOptions, RunContext, Staged, WriterOptions};
@@ -439,38 +443,13 @@ pub(crate) async fn clean(
     let sql = cleaning_sql(def, contract, &raw_columns);
     df_ctx.register_table("ranked", df_ctx.sql(&sql).await?.into_view())?;
     let bd = ident(&def.business_date);
+    let month = def.grain == "month";
     // The window: as asked (widened to whole months for month grain), or every date present.
     let requested = window;
     let window = match window {
-        Some(w) if def.grain == "month" => Some(w.whole_months()),
-        Some(w) => Some(w),
-        None => {
-            let batches = df_ctx
-                .sql(&format!("SELECT min({bd}) AS lo, max({bd}) AS hi FROM ranked"))
-                .await?
-                .collect()
-                .await?;
-            let lo = batches.first().and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Date32Array>()
-                    .filter(|a| !a.is_null(0))
-                    .map(|a| a.value_as_date(0))
-            });
-            let hi = batches.first().and_then(|b| {
-                b.column(1)
-                    .as_any()
-                    .downcast_ref::<Date32Array>()
-                    .filter(|a| !a.is_null(0))
-                    .map(|a| a.value_as_date(0))
-            });
-            match (lo.flatten(), hi.flatten()) {
-                (Some(from), Some(to)) => Some(Window { from, to }),
-                _ => None,
-            }
-        }
+        Some(w) if month => Some(w.whole_months()),
+        other => other,
     };
-    // With no window asked for, the run covers every date it finds and replaces the dataset whole.
     let in_window = match window {
         Some(w) => format!(
             "({bd} BETWEEN {} AND {} OR {bd} IS NULL)",
@@ -479,235 +458,219 @@ pub(crate) async fn clean(
         ),
         None => "TRUE".into(),
     };
-    // The counts and the exact sums, computed once, checked against what is written.
-    let accepted_cond = "_rule IS NULL AND _rn = 1";
-    let mut select = vec![
-        "count(*) AS input".to_string(),
-        "count(_rule) AS quarantined".to_string(),
-        "COALESCE(sum(CASE WHEN _rule IS NULL AND _rn > 1 THEN 1 ELSE 0 END), 0) AS duplicates"
-            .to_string(),
-        format!("COALESCE(sum(CASE WHEN {accepted_cond} THEN 1 ELSE 0 END), 0) AS accepted"),
-    ];
-    let flagged: Vec<(usize, &RuleDef)> =
-        def.rules.iter().enumerate().filter(|(_, r)| r.severity() != "QUARANTINE_RECORD").collect();
-    for (i, _) in &flagged {
-        select.push(format!(
-            "COALESCE(sum(CASE WHEN {accepted_cond} AND _v{i} THEN 1 ELSE 0 END), 0) AS v{i}"
-        ));
-    }
-    let sum_cols = def.sum_columns(contract);
-    for c in &sum_cols {
-        for (part, cond) in [
-            ("input", "TRUE"),
-            ("accepted", accepted_cond),
-            ("duplicates", "_rule IS NULL AND _rn > 1"),
-            ("quarantined", "_rule IS NOT NULL"),
-        ] {
-            select.push(format!(
-                "CAST(sum(CASE WHEN {cond} THEN {col} END) AS VARCHAR) AS {alias}",
-                col = ident(c),
-                alias = ident(&format!("{c}__{part}"))
-            ));
-        }
-    }
-    let counts = df_ctx
-        .sql(&format!("SELECT {} FROM ranked WHERE {in_window}", select.join(", ")))
-        .await?
-        .collect()
-        .await?;
-    let Some(row) = counts.first() else {
-        return Err(Error::Sql {
-            message: format!("cleaned.{name}: the count query returned nothing"),
-        });
-    };
-    let count = |i: usize| -> u64 {
-        row.column(i).as_any().downcast_ref::<Int64Array>().map_or(0, |a| a.value(0) as u64)
-    };
-    let text = |i: usize| -> String {
-        let c = row.column(i);
-        if c.is_null(0) {
-            "0".into()
-        } else {
-            datafusion::arrow::util::display::array_value_to_string(c, 0).unwrap_or_default()
-        }
-    };
-    let (input, quarantined, duplicates, accepted) = (count(0), count(1), count(2), count(3));
-    let mut findings = Vec::new();
-    let mut fail_partition_flags = Vec::new();
-    for (n, (i, rule)) in flagged.iter().enumerate() {
-        let rows = count(4 + n);
-        if rows == 0 {
-            continue;
-        }
-        let sev = rule.severity();
-        let finding = Finding {
-            severity: sev.to_string(),
-            source: format!("rule {}", rule.name),
-            dataset: name.to_string(),
-            rows,
-            detail: format!("{rows} accepted row(s) fail rule {:?}", rule.name),
-        };
-        match sev {
-            "FAIL_RUN" => {
-                return Err(Error::Quality {
-                    message: format!(
-                        "cleaned.{name}: {rows} row(s) fail rule {:?}, whose severity is FAIL_RUN; \
-                         nothing was published. Fix the input (or the rule), then run again; \
-                         `strata query` over the raw batches shows the rows",
-                        rule.name
-                    ),
-                })
-            }
-            "FAIL_PARTITION" => fail_partition_flags.push(format!("_v{i}")),
-            _ => {}
-        }
-        findings.push(finding);
-    }
-    let mut sums = BTreeMap::new();
-    let base = 4 + flagged.len();
-    for (k, c) in sum_cols.iter().enumerate() {
-        sums.insert(
-            c.clone(),
-            SumParts {
-                input: text(base + 4 * k),
-                accepted: text(base + 4 * k + 1),
-                duplicates: text(base + 4 * k + 2),
-                quarantined: text(base + 4 * k + 3),
-            },
-        );
-    }
-    // The partition of each row, as the writer names it.
-    let part_value = if def.grain == "month" {
-        format!("to_char({bd}, '%Y-%m')")
-    } else {
-        format!("CAST({bd} AS VARCHAR)")
-    };
-    let distinct_parts = |cond: String| {
-        let sql = format!(
-            "SELECT DISTINCT {part_value} AS p FROM ranked WHERE {accepted_cond} AND {in_window} \
-             AND {cond} ORDER BY p"
-        );
-        let ctx = df_ctx.clone();
-        async move {
-            let batches = ctx.sql(&sql).await?.collect().await?;
-            let mut out = Vec::new();
-            for b in &batches {
-                for r in 0..b.num_rows() {
-                    if !b.column(0).is_null(r) {
-                        out.push(
-                            datafusion::arrow::util::display::array_value_to_string(b.column(0), r)
-                                .unwrap_or_default(),
-                        );
-                    }
-                }
-            }
-            Ok::<_, Error>(out)
-        }
-    };
-    // FAIL_PARTITION: a partition with a failing row is not published at all.
-    let failed_values = if fail_partition_flags.is_empty() {
-        Vec::new()
-    } else {
-        distinct_parts(format!("({})", fail_partition_flags.join(" OR "))).await?
-    };
-    let not_failed = if failed_values.is_empty() {
-        "TRUE".to_string()
-    } else {
-        format!(
-            "{part_value} NOT IN ({})",
-            failed_values.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ")
-        )
-    };
-    let expected_values = distinct_parts(not_failed.clone()).await?;
     let part_col = partition_column(&def.business_date, &def.grain);
-    let month_expr = |expr: &str| format!("to_char({expr}, '%Y-%m')");
-
-    // Quarantine: every failing row in the window and every row without a readable date, with
-    // its text as landed, the rule, the reason and its raw-batch origin.
-    let q_date = if def.grain == "month" { month_expr(&bd) } else { bd.clone() };
-    let raw_cols: Vec<String> = contract
-        .iter()
-        .map(|c| format!("{} AS {}", ident(&format!("{}__raw", c.name)), ident(&c.name)))
-        .collect();
-    let q_sql = format!(
-        "SELECT {q_date} AS quarantine_date, _rule, _reason, _batch, _line, {cols} FROM ranked \
-         WHERE _rule IS NOT NULL AND {in_window} ORDER BY _batch, _line",
-        cols = raw_cols.join(", ")
-    );
-    let q_name = format!("{name}.quarantine");
-    let mut q_owned =
-        window.map(|w| owned_keys("quarantine_date", &def.grain, w)).unwrap_or_default();
-    q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
-    let q_stream = df_ctx.sql(&q_sql).await?.execute_stream().await?;
-    let q_totals = Some(strata_reconcile::TotalsSpec::default());
-    let (q_ds, q_staged) =
-        stage_stream(lake, &q_name, q_stream, vec!["quarantine_date".into()], q_totals, ctx)
-            .await?;
-
-    // Accepted rows: the contract's typed columns, one row per key, in key order.
-    let mut cols: Vec<String> = contract.iter().map(|c| ident(&c.name)).collect();
-    if def.grain == "month" {
-        cols.push(format!("{} AS {}", month_expr(&bd), ident(&part_col)));
-    }
-    let key_order: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
-    let out_window = match window {
-        Some(w) => format!("{bd} BETWEEN {} AND {}", date_literal(w.from), date_literal(w.to)),
-        None => "TRUE".into(),
+    // One pass over the ranked rows, in a fixed order (key, then origin) so that the files are
+    // byte-identical from run to run: each batch is split into accepted rows and quarantined rows
+    // on their way to the writers, and counted, summed and bucketed by partition on the way.
+    let q_date = if month { format!("to_char({bd}, '%Y-%m')") } else { bd.clone() };
+    let part_expr = if month {
+        format!(", to_char({bd}, '%Y-%m') AS {}", ident(&part_col))
+    } else {
+        String::new()
     };
-    let a_sql = format!(
-        "SELECT {} FROM ranked WHERE _rule IS NULL AND _rn = 1 AND {out_window} AND {not_failed} \
-         ORDER BY {}",
-        cols.join(", "),
+    let key_order: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
+    let one_pass = format!(
+        "SELECT *, {q_date} AS _qdate{part_expr} FROM ranked WHERE {in_window} \
+         ORDER BY {}, _batch, _line",
         key_order.join(", ")
     );
-    // Rows withheld with their failed partitions.
-    let withheld = if failed_values.is_empty() {
-        0
-    } else {
-        let b = df_ctx
-            .sql(&format!(
-                "SELECT count(*) FROM ranked WHERE {accepted_cond} AND {in_window} AND NOT \
-                 ({not_failed})"
-            ))
-            .await?
-            .collect()
-            .await?;
-        b.first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
-            .unwrap_or(0) as u64
+    let mut stream = df_ctx.sql(&one_pass).await?.execute_stream().await?;
+    let schema = stream.schema();
+    let idx = |n: &str| {
+        schema.index_of(n).map_err(|_| Error::Sql {
+            message: format!("cleaned.{name}: internal column {n:?} missing from the cleaning query"),
+        })
     };
-    let failed_keys: BTreeSet<String> =
-        failed_values.iter().map(|v| format!("{part_col}={v}")).collect();
-    let mut owned = window
-        .map(|w| owned_keys(&part_col, &def.grain, w).difference(&failed_keys).cloned().collect());
-    let mut full = requested.is_none();
-    if full && !failed_keys.is_empty() {
-        // A full run normally replaces everything; with failed partitions it owns every other
-        // partition instead, so the failed ones keep their published rows.
-        let ds = lake.dataset(name)?;
-        let mut keys: BTreeSet<String> = ds
-            .current_opt()
-            .await?
-            .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
-            .unwrap_or_default();
-        keys.extend(expected_values.iter().map(|v| format!("{part_col}={v}")));
-        owned = Some(keys.difference(&failed_keys).cloned().collect());
-        full = false;
+    let (rule_i, rn_i, bd_i) = (idx("_rule")?, idx("_rn")?, idx(&def.business_date)?);
+    let mut q_cols: Vec<(usize, String)> = vec![
+        (idx("_qdate")?, "quarantine_date".to_string()),
+        (rule_i, "_rule".into()),
+        (idx("_reason")?, "_reason".into()),
+        (idx("_batch")?, "_batch".into()),
+        (idx("_line")?, "_line".into()),
+    ];
+    for c in contract {
+        q_cols.push((idx(&format!("{}__raw", c.name))?, c.name.clone()));
     }
+    let mut a_cols: Vec<(usize, String)> =
+        contract.iter().map(|c| Ok((idx(&c.name)?, c.name.clone()))).collect::<Result<_>>()?;
+    if month {
+        a_cols.push((idx(&part_col)?, part_col.clone()));
+    }
+    let project = |cols: &[(usize, String)]| -> SchemaRef {
+        Arc::new(Schema::new(
+            cols.iter()
+                .map(|(i, n)| schema.field(*i).as_ref().clone().with_name(n))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    let (q_schema, a_schema) = (project(&q_cols), project(&a_cols));
+    let flagged: Vec<(usize, &RuleDef)> =
+        def.rules.iter().enumerate().filter(|(_, r)| r.severity() != "QUARANTINE_RECORD").collect();
+    let flag_cols: Vec<usize> =
+        flagged.iter().map(|(i, _)| idx(&format!("_v{i}"))).collect::<Result<_>>()?;
+    let sum_cols = def.sum_columns(contract);
+    let sum_idx: Vec<usize> = sum_cols.iter().map(|c| idx(c)).collect::<Result<_>>()?;
+    let q_name = format!("{name}.quarantine");
+    let (a_ds, q_ds) = (lake.dataset(name)?, lake.dataset(&q_name)?);
     let a_totals = Some(strata_reconcile::TotalsSpec {
         key: def.key.clone(),
         sums: sum_cols.clone(),
         time: Some(def.business_date.clone()),
     });
-    let stream = df_ctx.sql(&a_sql).await?.execute_stream().await?;
-    let (a_ds, a_staged) =
-        match stage_stream(lake, name, stream, vec![part_col.clone()], a_totals, ctx).await {
-            Ok(x) => x,
-            Err(e) => {
-                q_ds.discard(ctx.run_id(), None).await;
-                return Err(e);
+    let mut a_writer = a_ds.writer(
+        ctx,
+        a_schema.clone(),
+        WriterOptions { partition_by: vec![part_col.clone()], totals: a_totals, ..Default::default() },
+    )?;
+    let mut q_writer = q_ds.writer(
+        ctx,
+        q_schema.clone(),
+        WriterOptions {
+            partition_by: vec!["quarantine_date".into()],
+            totals: Some(strata_reconcile::TotalsSpec::default()),
+            ..Default::default()
+        },
+    )?;
+    let mut pass = CleanPass {
+        sums: vec![[(0i128, 0i8); 4]; sum_cols.len()],
+        flag_rows: vec![0; flagged.len()],
+        ..Default::default()
+    };
+    let fail_partition: Vec<bool> =
+        flagged.iter().map(|(_, r)| r.severity() == "FAIL_PARTITION").collect();
+    let result: Result<()> = async {
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            pass.add(&batch, rule_i, rn_i, bd_i, &flag_cols, &fail_partition, &sum_idx, &sum_cols)?;
+            let take = |cols: &[(usize, String)], s: &SchemaRef, mask: &BooleanArray| {
+                let picked: Vec<ArrayRef> = cols.iter().map(|(i, _)| batch.column(*i).clone()).collect();
+                let b = RecordBatch::try_new(s.clone(), picked)?;
+                Ok::<_, Error>(arrow::compute::filter_record_batch(&b, mask)?)
+            };
+            let (acc, quar) = pass.masks(&batch, rule_i, rn_i)?;
+            if quar.true_count() > 0 {
+                q_writer.write(&take(&q_cols, &q_schema, &quar)?).await?;
             }
-        };
+            if acc.true_count() > 0 {
+                a_writer.write(&take(&a_cols, &a_schema, &acc)?).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let staged = match result {
+        Ok(()) => match (a_writer.finish().await, q_writer.finish().await) {
+            (Ok(a), Ok(q)) => Ok((a, q)),
+            (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
+    let (mut a_staged, q_staged) = match staged {
+        Ok(x) => x,
+        Err(e) => {
+            a_ds.discard(ctx.run_id(), None).await;
+            q_ds.discard(ctx.run_id(), None).await;
+            return Err(e);
+        }
+    };
+    let (input, quarantined, duplicates, accepted) =
+        (pass.input, pass.quarantined, pass.duplicates, pass.accepted);
+    // Findings of the rules that do not quarantine.
+    let mut findings = Vec::new();
+    for ((_, rule), rows) in flagged.iter().zip(&pass.flag_rows) {
+        if *rows == 0 {
+            continue;
+        }
+        let sev = rule.severity();
+        if sev == "FAIL_RUN" {
+            a_ds.discard(ctx.run_id(), None).await;
+            q_ds.discard(ctx.run_id(), None).await;
+            return Err(Error::Quality {
+                message: format!(
+                    "cleaned.{name}: {rows} row(s) fail rule {:?}, whose severity is FAIL_RUN; \
+                     nothing was published. Fix the input (or the rule), then run again; \
+                     `strata query` over the raw batches shows the rows",
+                    rule.name
+                ),
+            });
+        }
+        findings.push(Finding {
+            severity: sev.to_string(),
+            source: format!("rule {}", rule.name),
+            dataset: name.to_string(),
+            rows: *rows,
+            detail: format!("{rows} accepted row(s) fail rule {:?}", rule.name),
+        });
+    }
+    let key_of = |day: i32| {
+        let d = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + Duration::days(day.into());
+        if month {
+            format!("{part_col}={}", d.format("%Y-%m"))
+        } else {
+            format!("{part_col}={}", d.format("%Y-%m-%d"))
+        }
+    };
+    // FAIL_PARTITION: a partition with a failing row is not published at all; its staged files
+    // are dropped and its rows counted as withheld.
+    let failed_keys: BTreeSet<String> = pass.failed_days.iter().map(|d| key_of(*d)).collect();
+    let mut withheld = 0;
+    if !failed_keys.is_empty() {
+        let (dropped, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut a_staged.partitions).into_iter().partition(|p| failed_keys.contains(&p.key));
+        for p in &dropped {
+            withheld += p.rows;
+            for f in &p.files {
+                let _ = lake.store().delete(&object_store::path::Path::from(f.path.as_str())).await;
+            }
+        }
+        a_staged.partitions = kept;
+        a_staged.rows -= withheld;
+    }
+    let expected_keys: BTreeSet<String> =
+        pass.accepted_days.iter().map(|d| key_of(*d)).filter(|k| !failed_keys.contains(k)).collect();
+    let window = window.or_else(|| {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+        match (pass.min_day, pass.max_day) {
+            (Some(lo), Some(hi)) => Some(Window {
+                from: epoch + Duration::days(lo.into()),
+                to: epoch + Duration::days(hi.into()),
+            }),
+            _ => None,
+        }
+    });
+    let mut sums = BTreeMap::new();
+    for (c, parts) in sum_cols.iter().zip(&pass.sums) {
+        let text = |(v, s): (i128, i8)| strata_reconcile::decimal_text(v, s);
+        sums.insert(
+            c.clone(),
+            SumParts {
+                input: text(parts[0]),
+                accepted: text(parts[1]),
+                duplicates: text(parts[2]),
+                quarantined: text(parts[3]),
+            },
+        );
+    }
+    let mut q_owned =
+        window.filter(|_| requested.is_some()).map(|w| owned_keys("quarantine_date", &def.grain, w)).unwrap_or_default();
+    q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
+    let mut owned = requested.and(window).map(|w| {
+        owned_keys(&part_col, &def.grain, w).difference(&failed_keys).cloned().collect::<BTreeSet<_>>()
+    });
+    let mut full = requested.is_none();
+    if full && !failed_keys.is_empty() {
+        // A full run normally replaces everything; with failed partitions it owns every other
+        // partition instead, so the failed ones keep their published rows.
+        let mut keys: BTreeSet<String> = a_ds
+            .current_opt()
+            .await?
+            .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
+            .unwrap_or_default();
+        keys.extend(expected_keys.iter().cloned());
+        owned = Some(keys.difference(&failed_keys).cloned().collect());
+        full = false;
+    }
     // Reconcile before anything is published: what was staged must be exactly what was counted.
     let (written, q_written) = (a_staged.rows, q_staged.rows);
     if written + withheld != accepted
@@ -726,6 +689,10 @@ pub(crate) async fn clean(
             ),
         });
     }
+    let expected_values: Vec<String> = expected_keys
+        .iter()
+        .map(|k| k.split_once('=').map(|(_, v)| v.to_string()).unwrap_or_default())
+        .collect();
     let reason = Some(format!("run {}", ctx.run_id()));
     let report = StageReport {
         stage: "clean".into(),
@@ -768,6 +735,120 @@ pub(crate) async fn clean(
         },
     ];
     Ok((report, outputs))
+}
+
+/// What one pass over a cleaned stage's ranked rows counts.
+#[derive(Debug, Default)]
+struct CleanPass {
+    input: u64,
+    quarantined: u64,
+    duplicates: u64,
+    accepted: u64,
+    /// Per non-quarantining rule: accepted rows that fail it.
+    flag_rows: Vec<u64>,
+    /// Per sum column: (units, scale) of input, accepted, duplicates, quarantined.
+    sums: Vec<[(i128, i8); 4]>,
+    accepted_days: std::collections::HashSet<i32>,
+    failed_days: std::collections::HashSet<i32>,
+    min_day: Option<i32>,
+    max_day: Option<i32>,
+}
+
+impl CleanPass {
+    /// (accepted, quarantined) masks of a batch.
+    fn masks(&self, b: &RecordBatch, rule_i: usize, rn_i: usize) -> Result<(BooleanArray, BooleanArray)> {
+        let rule = b.column(rule_i);
+        let quar = arrow::compute::is_not_null(rule)?;
+        let ok = arrow::compute::is_null(rule)?;
+        let rn = arrow::compute::cast(b.column(rn_i), &DataType::Int64)?;
+        let first = arrow::compute::kernels::cmp::eq(&rn, &Int64Array::new_scalar(1))?;
+        Ok((arrow::compute::and(&ok, &first)?, quar))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        b: &RecordBatch,
+        rule_i: usize,
+        rn_i: usize,
+        bd_i: usize,
+        flag_cols: &[usize],
+        fail_partition: &[bool],
+        sum_idx: &[usize],
+        sum_cols: &[String],
+    ) -> Result<()> {
+        let (acc, quar) = self.masks(b, rule_i, rn_i)?;
+        let ok = arrow::compute::is_null(b.column(rule_i))?;
+        let dup = arrow::compute::and(&ok, &arrow::compute::not(&acc)?)?;
+        self.input += b.num_rows() as u64;
+        self.quarantined += quar.true_count() as u64;
+        self.accepted += acc.true_count() as u64;
+        self.duplicates += dup.true_count() as u64;
+        let days = b.column(bd_i).as_any().downcast_ref::<Date32Array>();
+        if let Some(days) = days {
+            for d in days.iter().flatten() {
+                self.min_day = Some(self.min_day.map_or(d, |m| m.min(d)));
+                self.max_day = Some(self.max_day.map_or(d, |m| m.max(d)));
+            }
+            let acc_days = arrow::compute::filter(days, &acc)?;
+            let acc_days = acc_days.as_any().downcast_ref::<Date32Array>().expect("date32");
+            self.accepted_days.extend(acc_days.iter().flatten());
+        }
+        for (k, &ci) in flag_cols.iter().enumerate() {
+            let flag = b.column(ci).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
+                Error::Sql { message: "a rule's flag column is not boolean".into() }
+            })?;
+            let failing = arrow::compute::and(flag, &acc)?;
+            self.flag_rows[k] += failing.true_count() as u64;
+            if fail_partition[k] && failing.true_count() > 0 {
+                if let Some(days) = days {
+                    let f = arrow::compute::filter(days, &failing)?;
+                    let f = f.as_any().downcast_ref::<Date32Array>().expect("date32");
+                    self.failed_days.extend(f.iter().flatten());
+                }
+            }
+        }
+        let all = BooleanArray::from(vec![true; b.num_rows()]);
+        for (k, &ci) in sum_idx.iter().enumerate() {
+            let col = b.column(ci);
+            for (slot, mask) in [&all, &acc, &dup, &quar].into_iter().enumerate() {
+                let part = exact_sum(&arrow::compute::filter(col, mask)?, &sum_cols[k])?;
+                let acc_sum = &mut self.sums[k][slot];
+                let scale = part.1;
+                acc_sum.1 = scale;
+                acc_sum.0 = acc_sum.0.checked_add(part.0).ok_or_else(|| Error::Sql {
+                    message: format!("the sum of {} overflows 128 bits", sum_cols[k]),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exact sum of an integer or decimal column: (units, scale).
+fn exact_sum(a: &ArrayRef, column: &str) -> Result<(i128, i8)> {
+    use datafusion::arrow::datatypes::{Decimal128Type, Int16Type, Int32Type, Int64Type, Int8Type};
+    let overflow = || Error::Sql { message: format!("the sum of {column} overflows") };
+    Ok(match a.data_type() {
+        DataType::Decimal128(_, s) => (
+            arrow::compute::sum_checked(a.as_primitive::<Decimal128Type>())
+                .map_err(|_| overflow())?
+                .unwrap_or(0),
+            *s,
+        ),
+        DataType::Int64 => (
+            i128::from(arrow::compute::sum_checked(a.as_primitive::<Int64Type>()).map_err(|_| overflow())?.unwrap_or(0)),
+            0,
+        ),
+        DataType::Int32 => (a.as_primitive::<Int32Type>().iter().flatten().map(i128::from).sum(), 0),
+        DataType::Int16 => (a.as_primitive::<Int16Type>().iter().flatten().map(i128::from).sum(), 0),
+        DataType::Int8 => (a.as_primitive::<Int8Type>().iter().flatten().map(i128::from).sum(), 0),
+        other => {
+            return Err(Error::Sql {
+                message: format!("{column} is {other}; only integer and decimal columns sum exactly"),
+            })
+        }
+    })
 }
 
 /// Staged output of a stage, with how it is to be published.

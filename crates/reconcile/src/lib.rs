@@ -39,7 +39,7 @@ mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows};
 pub use totals::{
-    compare, decimal_sum, merge_key_sets, same_decimal, ControlTotals, Difference, KeyCounts,
+    compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference, KeyCounts,
     KeySet, TimeBounds, Totals, TotalsSpec,
 };
 

@@ -267,7 +267,7 @@ fn time_text(t: &DataType, v: i64) -> String {
 }
 
 /// `units` scaled by `scale` as decimal text.
-pub(crate) fn decimal_text(units: i128, scale: i8) -> String {
+pub fn decimal_text(units: i128, scale: i8) -> String {
     if scale <= 0 {
         return (units * 10i128.pow(u32::from(scale.unsigned_abs()))).to_string();
     }
