@@ -10,9 +10,7 @@ use std::time::Instant;
 
 use chrono::{Datelike, Duration, NaiveDate};
 use datafusion::arrow;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -147,7 +145,9 @@ pub(crate) fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContex
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
         .build_arc()?;
-    let mut config = SessionConfig::new();
+    // Sorts reserve room for their merge phase up front, so that a sort that spilled can always
+    // merge its runs back (the default 10 MB is too little for wide rows).
+    let mut config = SessionConfig::new().with_sort_spill_reservation_bytes(64 * 1024 * 1024);
     if options.target_partitions > 0 {
         config = config.with_target_partitions(options.target_partitions);
     }
@@ -311,9 +311,11 @@ fn rule_predicate(rule: &RuleDef) -> (String, String) {
     (format!("COALESCE(({sql}), FALSE)"), literal(&format!("not true: {sql}")))
 }
 
-/// The SQL of the cleaned stage, over a table `raw`: casts, checks and ranks every row.
+/// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
 /// Columns: `_batch`, `_line`, `<col>__raw` (text as landed), typed `<col>`, `_rule`, `_reason`,
-/// `_rn` (1 for the row a key keeps).
+/// `_hash` (of the text as landed) and `_v<n>` (rows failing a rule that does not quarantine).
+/// Deduplication needs no window function: the stage sorts these rows by key and rank order and
+/// keeps the first row of each key as it streams by.
 pub fn cleaning_sql(
     def: &CleanedDef,
     contract: &[ContractColumn],
@@ -377,22 +379,24 @@ pub fn cleaning_sql(
         .iter()
         .map(|c| format!("COALESCE({}, '\\N')", ident(&format!("{}__raw", c.name))))
         .collect();
-    let key: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
-    let order = match &def.latest_by {
-        Some(l) => format!("{} DESC NULLS LAST, _hash DESC", ident(l)),
-        None => "_hash DESC".into(),
-    };
     format!(
-        "WITH typed AS (SELECT {typed} FROM raw), \
-         checked AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
-                            CASE {reason_case} ELSE NULL END AS _reason, \
-                            encode(sha256(concat_ws(chr(31), {hash})), 'hex') AS _hash{flags} FROM typed) \
-         SELECT *, ROW_NUMBER() OVER (PARTITION BY _rule IS NULL, {key} ORDER BY {order}) AS _rn FROM checked",
+        "WITH typed AS (SELECT {typed} FROM raw) \
+         SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
+                   CASE {reason_case} ELSE NULL END AS _reason, \
+                   encode(sha256(concat_ws(chr(31), {hash})), 'hex') AS _hash{flags} FROM typed",
         typed = typed.join(", "),
         hash = hash_parts.join(", "),
         flags = flags.concat(),
-        key = key.join(", "),
     )
+}
+
+/// The order that ranks the rows of one key: the latest first, then by content, then by origin
+/// (which only orders rows identical in every column).
+fn rank_order(def: &CleanedDef) -> String {
+    match &def.latest_by {
+        Some(l) => format!("{} DESC NULLS LAST, _hash DESC, _batch, _line", ident(l)),
+        None => "_hash DESC, _batch, _line".into(),
+    }
 }
 
 fn date_literal(d: NaiveDate) -> String {
@@ -441,7 +445,7 @@ pub(crate) async fn clean(
     let df_ctx = scratch(session);
     df_ctx.register_table("raw", Arc::new(table))?;
     let sql = cleaning_sql(def, contract, &raw_columns);
-    df_ctx.register_table("ranked", df_ctx.sql(&sql).await?.into_view())?;
+    df_ctx.register_table("checked", df_ctx.sql(&sql).await?.into_view())?;
     let bd = ident(&def.business_date);
     let month = def.grain == "month";
     // The window: as asked (widened to whole months for month grain), or every date present.
@@ -469,19 +473,25 @@ pub(crate) async fn clean(
         String::new()
     };
     let key_order: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
+    // The order is the ranking's own (quarantined rows first, then by key), so the window
+    // function's sort serves it and the rows are sorted once.
     let one_pass = format!(
-        "SELECT *, {q_date} AS _qdate{part_expr} FROM ranked WHERE {in_window} \
-         ORDER BY {}, _batch, _line",
-        key_order.join(", ")
+        "SELECT *, {q_date} AS _qdate{part_expr} FROM checked WHERE {in_window} \
+         ORDER BY _rule IS NULL, {}, {}",
+        key_order.join(", "),
+        rank_order(def)
     );
     let mut stream = df_ctx.sql(&one_pass).await?.execute_stream().await?;
     let schema = stream.schema();
     let idx = |n: &str| {
         schema.index_of(n).map_err(|_| Error::Sql {
-            message: format!("cleaned.{name}: internal column {n:?} missing from the cleaning query"),
+            message: format!(
+                "cleaned.{name}: internal column {n:?} missing from the cleaning query"
+            ),
         })
     };
-    let (rule_i, rn_i, bd_i) = (idx("_rule")?, idx("_rn")?, idx(&def.business_date)?);
+    let (rule_i, bd_i) = (idx("_rule")?, idx(&def.business_date)?);
+    let key_idx: Vec<usize> = def.key.iter().map(|k| idx(k)).collect::<Result<_>>()?;
     let mut q_cols: Vec<(usize, String)> = vec![
         (idx("_qdate")?, "quarantine_date".to_string()),
         (rule_i, "_rule".into()),
@@ -521,7 +531,11 @@ pub(crate) async fn clean(
     let mut a_writer = a_ds.writer(
         ctx,
         a_schema.clone(),
-        WriterOptions { partition_by: vec![part_col.clone()], totals: a_totals, ..Default::default() },
+        WriterOptions {
+            partition_by: vec![part_col.clone()],
+            totals: a_totals,
+            ..Default::default()
+        },
     )?;
     let mut q_writer = q_ds.writer(
         ctx,
@@ -535,6 +549,7 @@ pub(crate) async fn clean(
     let mut pass = CleanPass {
         sums: vec![[(0i128, 0i8); 4]; sum_cols.len()],
         flag_rows: vec![0; flagged.len()],
+        keys: Some(KeyRanker::new(&schema, &key_idx)?),
         ..Default::default()
     };
     let fail_partition: Vec<bool> =
@@ -542,13 +557,22 @@ pub(crate) async fn clean(
     let result: Result<()> = async {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            pass.add(&batch, rule_i, rn_i, bd_i, &flag_cols, &fail_partition, &sum_idx, &sum_cols)?;
+            let (acc, quar, dup) = pass.masks(&batch, rule_i, &key_idx)?;
+            pass.add(
+                &batch,
+                (&acc, &quar, &dup),
+                bd_i,
+                &flag_cols,
+                &fail_partition,
+                &sum_idx,
+                &sum_cols,
+            )?;
             let take = |cols: &[(usize, String)], s: &SchemaRef, mask: &BooleanArray| {
-                let picked: Vec<ArrayRef> = cols.iter().map(|(i, _)| batch.column(*i).clone()).collect();
+                let picked: Vec<ArrayRef> =
+                    cols.iter().map(|(i, _)| batch.column(*i).clone()).collect();
                 let b = RecordBatch::try_new(s.clone(), picked)?;
                 Ok::<_, Error>(arrow::compute::filter_record_batch(&b, mask)?)
             };
-            let (acc, quar) = pass.masks(&batch, rule_i, rn_i)?;
             if quar.true_count() > 0 {
                 q_writer.write(&take(&q_cols, &q_schema, &quar)?).await?;
             }
@@ -616,8 +640,9 @@ pub(crate) async fn clean(
     let failed_keys: BTreeSet<String> = pass.failed_days.iter().map(|d| key_of(*d)).collect();
     let mut withheld = 0;
     if !failed_keys.is_empty() {
-        let (dropped, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut a_staged.partitions).into_iter().partition(|p| failed_keys.contains(&p.key));
+        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut a_staged.partitions)
+            .into_iter()
+            .partition(|p| failed_keys.contains(&p.key));
         for p in &dropped {
             withheld += p.rows;
             for f in &p.files {
@@ -627,8 +652,12 @@ pub(crate) async fn clean(
         a_staged.partitions = kept;
         a_staged.rows -= withheld;
     }
-    let expected_keys: BTreeSet<String> =
-        pass.accepted_days.iter().map(|d| key_of(*d)).filter(|k| !failed_keys.contains(k)).collect();
+    let expected_keys: BTreeSet<String> = pass
+        .accepted_days
+        .iter()
+        .map(|d| key_of(*d))
+        .filter(|k| !failed_keys.contains(k))
+        .collect();
     let window = window.or_else(|| {
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
         match (pass.min_day, pass.max_day) {
@@ -652,11 +681,16 @@ pub(crate) async fn clean(
             },
         );
     }
-    let mut q_owned =
-        window.filter(|_| requested.is_some()).map(|w| owned_keys("quarantine_date", &def.grain, w)).unwrap_or_default();
+    let mut q_owned = window
+        .filter(|_| requested.is_some())
+        .map(|w| owned_keys("quarantine_date", &def.grain, w))
+        .unwrap_or_default();
     q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
     let mut owned = requested.and(window).map(|w| {
-        owned_keys(&part_col, &def.grain, w).difference(&failed_keys).cloned().collect::<BTreeSet<_>>()
+        owned_keys(&part_col, &def.grain, w)
+            .difference(&failed_keys)
+            .cloned()
+            .collect::<BTreeSet<_>>()
     });
     let mut full = requested.is_none();
     if full && !failed_keys.is_empty() {
@@ -752,34 +786,88 @@ struct CleanPass {
     failed_days: std::collections::HashSet<i32>,
     min_day: Option<i32>,
     max_day: Option<i32>,
+    keys: Option<KeyRanker>,
+}
+
+/// Finds the first row of each key in rows sorted by key, across batches.
+struct KeyRanker {
+    converter: arrow::row::RowConverter,
+    key_idx: Vec<usize>,
+    last: Option<arrow::row::OwnedRow>,
+}
+
+impl std::fmt::Debug for KeyRanker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRanker").field("key_idx", &self.key_idx).finish()
+    }
+}
+
+impl KeyRanker {
+    fn new(schema: &SchemaRef, key_idx: &[usize]) -> Result<Self> {
+        let fields = key_idx
+            .iter()
+            .map(|&i| arrow::row::SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        Ok(KeyRanker {
+            converter: arrow::row::RowConverter::new(fields)?,
+            key_idx: key_idx.to_vec(),
+            last: None,
+        })
+    }
+
+    /// For the rows of `b` selected by `ok` (sorted by key among themselves): true where the
+    /// row is the first of its key.
+    fn first_of_key(&mut self, b: &RecordBatch, ok: &BooleanArray) -> Result<BooleanArray> {
+        let cols: Vec<ArrayRef> = self.key_idx.iter().map(|&i| b.column(i).clone()).collect();
+        let rows = self.converter.convert_columns(&cols)?;
+        let mut out = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            if !ok.value(i) {
+                out.push(false);
+                continue;
+            }
+            let row = rows.row(i);
+            let first = self.last.as_ref().is_none_or(|l| l.row() != row);
+            if first {
+                self.last = Some(row.owned());
+            }
+            out.push(first);
+        }
+        Ok(BooleanArray::from(out))
+    }
 }
 
 impl CleanPass {
-    /// (accepted, quarantined) masks of a batch.
-    fn masks(&self, b: &RecordBatch, rule_i: usize, rn_i: usize) -> Result<(BooleanArray, BooleanArray)> {
+    /// (accepted, quarantined, duplicates) masks of a batch of rows sorted by `_rule IS NULL`,
+    /// key and rank order: a row is accepted when it passed every check and is the first of its
+    /// key.
+    fn masks(
+        &mut self,
+        b: &RecordBatch,
+        rule_i: usize,
+        _key_idx: &[usize],
+    ) -> Result<(BooleanArray, BooleanArray, BooleanArray)> {
         let rule = b.column(rule_i);
         let quar = arrow::compute::is_not_null(rule)?;
         let ok = arrow::compute::is_null(rule)?;
-        let rn = arrow::compute::cast(b.column(rn_i), &DataType::Int64)?;
-        let first = arrow::compute::kernels::cmp::eq(&rn, &Int64Array::new_scalar(1))?;
-        Ok((arrow::compute::and(&ok, &first)?, quar))
+        let ranker =
+            self.keys.as_mut().ok_or_else(|| Error::Sql { message: "no key ranker".into() })?;
+        let acc = ranker.first_of_key(b, &ok)?;
+        let dup = arrow::compute::and(&ok, &arrow::compute::not(&acc)?)?;
+        Ok((acc, quar, dup))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         b: &RecordBatch,
-        rule_i: usize,
-        rn_i: usize,
+        (acc, quar, dup): (&BooleanArray, &BooleanArray, &BooleanArray),
         bd_i: usize,
         flag_cols: &[usize],
         fail_partition: &[bool],
         sum_idx: &[usize],
         sum_cols: &[String],
     ) -> Result<()> {
-        let (acc, quar) = self.masks(b, rule_i, rn_i)?;
-        let ok = arrow::compute::is_null(b.column(rule_i))?;
-        let dup = arrow::compute::and(&ok, &arrow::compute::not(&acc)?)?;
         self.input += b.num_rows() as u64;
         self.quarantined += quar.true_count() as u64;
         self.accepted += acc.true_count() as u64;
@@ -790,7 +878,7 @@ impl CleanPass {
                 self.min_day = Some(self.min_day.map_or(d, |m| m.min(d)));
                 self.max_day = Some(self.max_day.map_or(d, |m| m.max(d)));
             }
-            let acc_days = arrow::compute::filter(days, &acc)?;
+            let acc_days = arrow::compute::filter(days, acc)?;
             let acc_days = acc_days.as_any().downcast_ref::<Date32Array>().expect("date32");
             self.accepted_days.extend(acc_days.iter().flatten());
         }
@@ -798,7 +886,7 @@ impl CleanPass {
             let flag = b.column(ci).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
                 Error::Sql { message: "a rule's flag column is not boolean".into() }
             })?;
-            let failing = arrow::compute::and(flag, &acc)?;
+            let failing = arrow::compute::and(flag, acc)?;
             self.flag_rows[k] += failing.true_count() as u64;
             if fail_partition[k] && failing.true_count() > 0 {
                 if let Some(days) = days {
@@ -811,7 +899,7 @@ impl CleanPass {
         let all = BooleanArray::from(vec![true; b.num_rows()]);
         for (k, &ci) in sum_idx.iter().enumerate() {
             let col = b.column(ci);
-            for (slot, mask) in [&all, &acc, &dup, &quar].into_iter().enumerate() {
+            for (slot, mask) in [&all, acc, dup, quar].into_iter().enumerate() {
                 let part = exact_sum(&arrow::compute::filter(col, mask)?, &sum_cols[k])?;
                 let acc_sum = &mut self.sums[k][slot];
                 let scale = part.1;
@@ -837,15 +925,25 @@ fn exact_sum(a: &ArrayRef, column: &str) -> Result<(i128, i8)> {
             *s,
         ),
         DataType::Int64 => (
-            i128::from(arrow::compute::sum_checked(a.as_primitive::<Int64Type>()).map_err(|_| overflow())?.unwrap_or(0)),
+            i128::from(
+                arrow::compute::sum_checked(a.as_primitive::<Int64Type>())
+                    .map_err(|_| overflow())?
+                    .unwrap_or(0),
+            ),
             0,
         ),
-        DataType::Int32 => (a.as_primitive::<Int32Type>().iter().flatten().map(i128::from).sum(), 0),
-        DataType::Int16 => (a.as_primitive::<Int16Type>().iter().flatten().map(i128::from).sum(), 0),
+        DataType::Int32 => {
+            (a.as_primitive::<Int32Type>().iter().flatten().map(i128::from).sum(), 0)
+        }
+        DataType::Int16 => {
+            (a.as_primitive::<Int16Type>().iter().flatten().map(i128::from).sum(), 0)
+        }
         DataType::Int8 => (a.as_primitive::<Int8Type>().iter().flatten().map(i128::from).sum(), 0),
         other => {
             return Err(Error::Sql {
-                message: format!("{column} is {other}; only integer and decimal columns sum exactly"),
+                message: format!(
+                    "{column} is {other}; only integer and decimal columns sum exactly"
+                ),
             })
         }
     })

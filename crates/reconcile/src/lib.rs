@@ -39,8 +39,8 @@ mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows};
 pub use totals::{
-    compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference, KeyCounts,
-    KeySet, TimeBounds, Totals, TotalsSpec,
+    compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference,
+    KeyCounts, KeySet, TimeBounds, Totals, TotalsSpec,
 };
 
 /// What can go wrong computing totals.
