@@ -47,7 +47,7 @@ impl Default for WriterOptions {
         WriterOptions {
             partition_by: Vec::new(),
             max_rows_per_file: 8 * 1024 * 1024,
-            max_row_group_size: 1024 * 1024,
+            max_row_group_size: 128 * 1024,
             totals: None,
         }
     }
