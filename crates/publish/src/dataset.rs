@@ -775,13 +775,7 @@ impl Dataset {
             }
         }
         let prefix = layout::run_prefix(&self.name, run_id);
-        let staged: Vec<Path> = self
-            .store()
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(|e| Error::store("list", &prefix, e))?;
+        let staged: Vec<Path> = self.lake.list_paths(&prefix).await?;
         for path in staged {
             if keep.contains(path.as_ref()) {
                 continue;

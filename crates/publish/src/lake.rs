@@ -193,6 +193,17 @@ impl Lake {
         Ok(names)
     }
 
+    /// Every object under `prefix`, recursively.
+    pub async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>> {
+        use futures::TryStreamExt;
+        self.store
+            .list(Some(prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("list", prefix, e))
+    }
+
     /// Reads a whole object, `None` if absent.
     pub async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
         match self.store.get(path).await {

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -393,13 +392,7 @@ async fn cross_check(
     for (ds, keys) in boundary {
         if keys.is_empty() {
             let prefix = Path::from(format!("{LOCKS_DIR}/{ds}"));
-            let found: Vec<Path> = lake
-                .store()
-                .list(Some(&prefix))
-                .map_ok(|m| m.location)
-                .try_collect()
-                .await
-                .map_err(|e| Error::store("list", &prefix, e))?;
+            let found: Vec<Path> = lake.list_paths(&prefix).await?;
             for p in found.iter().filter(|p| p.as_ref().ends_with(".json")) {
                 if let Some(other) = read_lock(lake, p).await? {
                     if other.run_id != run_id && stale_reason(&other, clock()).is_none() {
@@ -422,13 +415,7 @@ async fn cross_check(
 /// same lock over at the same moment is never robbed. Returns the locks removed.
 pub async fn sweep_stale(lake: &Lake, clock: Clock) -> Result<Vec<String>> {
     let prefix = Path::from(LOCKS_DIR);
-    let found: Vec<Path> = lake
-        .store()
-        .list(Some(&prefix))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
+    let found: Vec<Path> = lake.list_paths(&prefix).await?;
     let me = LockInfo::for_this_process("recovery", clock(), DEFAULT_LEASE);
     let mut removed = Vec::new();
     for path in found.into_iter().filter(|p| p.as_ref().ends_with(".json")) {

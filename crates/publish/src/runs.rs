@@ -309,13 +309,7 @@ pub async fn run_log(lake: &Lake, run_id: &str) -> Result<Vec<RunManifest>> {
         Error::Usage(format!("{run_id:?} is not a run id; `strata runs` lists them"))
     })?;
     let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
-    let mut paths: Vec<Path> = lake
-        .store()
-        .list(Some(&prefix))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
+    let mut paths: Vec<Path> = lake.list_paths(&prefix).await?;
     paths.sort();
     let mut entries = Vec::with_capacity(paths.len());
     for p in paths {
@@ -353,13 +347,7 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 /// The latest entry of one run's log (one listing and one read).
 pub async fn latest_entry(lake: &Lake, run_id: &str) -> Result<Option<RunManifest>> {
     let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
-    let paths: Vec<Path> = lake
-        .store()
-        .list(Some(&prefix))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
+    let paths: Vec<Path> = lake.list_paths(&prefix).await?;
     let Some(last) = paths.into_iter().max() else { return Ok(None) };
     let Some(bytes) = lake.get_opt(&last).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)
