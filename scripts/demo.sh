@@ -39,3 +39,4 @@ step rollback daily_revenue --to 1 --reason "demo: roll back to the first run"
 step query "SELECT 'current' AS version, sum(revenue) AS revenue FROM daily_revenue UNION ALL SELECT 'v2', sum(revenue) FROM \"daily_revenue@2\" ORDER BY version"
 step history daily_revenue
 step verify orders
+step reconcile orders --input
