@@ -40,6 +40,10 @@ pub struct WriterOptions {
     pub max_row_group_size: usize,
     /// Control totals to compute per partition while writing (none: no totals).
     pub totals: Option<strata_reconcile::TotalsSpec>,
+    /// Bytes of encoded rows all open files may hold in memory together; beyond it the largest
+    /// row groups in progress are written out early. Bounds memory when many partitions are
+    /// written at once.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for WriterOptions {
@@ -49,6 +53,7 @@ impl Default for WriterOptions {
             max_rows_per_file: 8 * 1024 * 1024,
             max_row_group_size: 128 * 1024,
             totals: None,
+            max_buffered_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -139,6 +144,19 @@ impl ParquetSink {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes encoded and held in memory for the row group in progress.
+    pub fn buffered(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Writes the row group in progress out now (a shorter row group), freeing its memory.
+    pub async fn flush_row_group(&mut self) -> Result<()> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|source| Error::Parquet { path: self.path.clone(), source })
     }
 
     /// Closes the file and returns its path, size, row count and sha256.
@@ -366,6 +384,37 @@ impl StagingWriter {
             if file.rows() >= self.options.max_rows_per_file {
                 let file = writer.open.take().expect("open");
                 writer.done.push(file.finish().await?);
+            }
+        }
+        self.bound_buffers().await
+    }
+
+    /// Keeps the row groups in progress of all open files under `max_buffered_bytes`.
+    async fn bound_buffers(&mut self) -> Result<()> {
+        let budget = self.options.max_buffered_bytes;
+        let total: usize = self
+            .partitions
+            .values()
+            .filter_map(|p| p.open.as_ref())
+            .map(ParquetSink::buffered)
+            .sum();
+        if total <= budget {
+            return Ok(());
+        }
+        let mut sizes: Vec<(usize, String)> = self
+            .partitions
+            .iter()
+            .filter_map(|(k, p)| p.open.as_ref().map(|f| (f.buffered(), k.clone())))
+            .collect();
+        sizes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut left = total;
+        for (size, key) in sizes {
+            if left <= budget / 2 {
+                break;
+            }
+            if let Some(file) = self.partitions.get_mut(&key).and_then(|p| p.open.as_mut()) {
+                file.flush_row_group().await?;
+                left -= size;
             }
         }
         Ok(())
