@@ -706,7 +706,12 @@ async fn validate(
                 );
                 // Rows of failed partitions were counted as accepted but are not written.
                 if r.withheld == 0 {
-                    let written = totals.as_ref().and_then(|t| t.sums.get(col)).cloned();
+                    // No rows written sums to zero.
+                    let written = totals
+                        .as_ref()
+                        .and_then(|t| t.sums.get(col))
+                        .cloned()
+                        .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()));
                     check(
                         &r.dataset,
                         format!("sum({col}): accepted = written"),
@@ -792,7 +797,11 @@ async fn validate(
         }
         for (col, expected) in &r.expected_sums {
             let want = expected.split(" = ").next().unwrap_or("");
-            let got = totals.as_ref().and_then(|t| t.sums.get(col)).cloned();
+            let got = totals
+                .as_ref()
+                .and_then(|t| t.sums.get(col))
+                .cloned()
+                .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()));
             check(
                 &r.dataset,
                 format!("sum({col}) = {}", expected.split(" = ").nth(1).unwrap_or("")),

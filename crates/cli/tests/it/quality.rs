@@ -285,3 +285,17 @@ fn reconcile_hashes_ignore_order_and_files_and_catch_changes() {
     // A version published without a pipeline has no input checks to show.
     assert_eq!(env.run(&["reconcile", "a", "--input"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_window_with_no_rows_reconciles_and_publishes() {
+    let env = Env::new();
+    let toml = shop(&env, 0, &[]);
+    let toml = toml.to_str().unwrap();
+    env.ok(&["run", "--pipeline", toml]);
+    // No order has this date: nothing is accepted, nothing written, and that reconciles.
+    let out = env.ok(&["run", "--pipeline", toml, "--date", "2026-02-15"]);
+    assert!(out.contains("PUBLISHED"), "{out}");
+    let run = latest_run(&env);
+    assert!(run["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{run}");
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n12\n");
+}
