@@ -584,10 +584,7 @@ async fn files(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ds = lake.dataset(&args.dataset)?;
-    let record = match args.version {
-        Some(v) => ds.version(v).await?,
-        None => ds.current().await?,
-    };
+    let record = ds.version_or_current(args.version).await?;
     let base = location_base(&settings.lake_url)?;
     let locate = |p: &str| format!("{base}/{p}");
     if args.json {

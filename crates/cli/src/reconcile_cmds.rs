@@ -97,10 +97,7 @@ pub async fn reconcile(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ds = lake.dataset(&args.dataset)?;
-    let record = match args.version {
-        Some(v) => ds.version(v).await?,
-        None => ds.current().await?,
-    };
+    let record = ds.version_or_current(args.version).await?;
     let parts = partition_totals(&ds, &record, args.input).await?;
     let totals = combined(&parts)?;
     let mut differences: Vec<serde_json::Value> = Vec::new();

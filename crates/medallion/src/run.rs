@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
 use strata_publish::run_state::RunState;
 use strata_publish::runs::{self, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
-use strata_publish::{locks, Dataset, Lake, RunContext, VersionRecord};
+use strata_publish::{locks, Lake, RunContext, VersionRecord};
 
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
@@ -191,8 +191,11 @@ pub async fn run_pipeline(
         "only": options.only,
         "inputs": input_boundary,
     }));
+    // The runs recorded so far, listed once: for the no-op check, the checkpoints to reuse, and
+    // the checkpoints to release after publishing.
+    let earlier = runs::list_runs(lake).await?;
     if !options.force {
-        if let Some(previous) = already_published(lake, &run_key).await? {
+        if let Some(previous) = already_published(lake, &earlier, &run_key).await? {
             return Ok(RunSummary {
                 run_id: ctx.run_id().to_string(),
                 state: RunState::Published,
@@ -229,6 +232,7 @@ pub async fn run_pipeline(
         &plan,
         &batches,
         input_boundary,
+        &failed_checkpoints(&earlier),
         &mut log,
         &lock,
         progress,
@@ -248,7 +252,7 @@ pub async fn run_pipeline(
         }
         Ok(Some(published)) => {
             lock.release().await;
-            release_superseded_checkpoints(lake, &plan.boundary, ctx).await;
+            release_superseded_checkpoints(lake, &earlier, &plan.boundary).await;
             Ok(RunSummary {
                 run_id: ctx.run_id().to_string(),
                 state: RunState::Published,
@@ -264,14 +268,12 @@ pub async fn run_pipeline(
                 // Leave everything for recovery: the store may have taken a flip.
                 return Err(e);
             }
-            if !log.manifest().published.is_empty() || state == RunState::Committing {
-                let flipped = !log.manifest().published.is_empty();
-                if flipped {
-                    let _ = log
-                        .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
-                        .await;
-                    return Err(e);
-                }
+            if !log.manifest().published.is_empty() {
+                // Partly published: recovery rolls it forward or reports it.
+                let _ = log
+                    .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
+                    .await;
+                return Err(e);
             }
             // Nothing was flipped: clean up, keep finished stages for a rerun, record FAILED.
             let keep: BTreeSet<String> = log
@@ -297,26 +299,28 @@ pub async fn run_pipeline(
 /// The checkpoints finished stages of failed runs left, by stage key and dataset.
 type Checkpoints = BTreeMap<(String, String), StagedCheckpoint>;
 
-async fn failed_checkpoints(lake: &Lake) -> Result<Checkpoints> {
-    let mut found = Checkpoints::new();
-    for m in runs::list_runs(lake).await? {
-        if m.state == RunState::Failed {
-            for c in m.checkpoints {
-                found.insert((c.stage_key.clone(), c.dataset.clone()), c);
-            }
-        }
-    }
-    Ok(found)
+fn failed_checkpoints(runs: &[RunManifest]) -> Checkpoints {
+    runs.iter()
+        .filter(|m| m.state == RunState::Failed)
+        .flat_map(|m| &m.checkpoints)
+        .map(|c| ((c.stage_key.clone(), c.dataset.clone()), c.clone()))
+        .collect()
 }
 
-/// Adopts the checkpoints of `stage_key` for `datasets`, if every one is there and verifies.
+/// Adopts the checkpoints of `stage_key` for `datasets`, if every one is there and verifies:
+/// the stage's report (as the checkpointing run recorded it) and its outputs, ready to publish.
+#[allow(clippy::too_many_arguments)]
 async fn reuse(
     lake: &Lake,
     found: &Checkpoints,
     stage_key: &str,
+    stage: &str,
     datasets: &[String],
+    window: Option<Window>,
+    plan: &Plan,
+    options: &RunOptions,
     ctx: &RunContext,
-) -> Result<Option<(Vec<strata_publish::Staged>, StagedCheckpoint)>> {
+) -> Result<Option<(StageReport, Vec<Output>)>> {
     let mut cps = Vec::new();
     for d in datasets {
         match found.get(&(stage_key.to_string(), d.clone())) {
@@ -332,7 +336,43 @@ async fn reuse(
             None => return Ok(None),
         }
     }
-    Ok(Some((adopted, cps[0].clone())))
+    let cp = &cps[0];
+    let stat = |k: &str| cp.stats.get(k).copied().unwrap_or(0);
+    let mut report = cp
+        .report
+        .clone()
+        .and_then(|r| serde_json::from_value::<StageReport>(r).ok())
+        .unwrap_or_else(|| StageReport {
+            stage: stage.into(),
+            dataset: datasets[0].clone(),
+            rows_in: stat("input"),
+            rows_out: adopted[0].rows,
+            quarantined: stat("quarantined"),
+            duplicates: stat("duplicates"),
+            partitions: adopted[0].partitions.len() as u64,
+            window,
+            ..Default::default()
+        });
+    report.reused_from = Some(cp.run_id.clone());
+    report.note = format!("reused the checksummed output of run {}", cp.run_id);
+    report.millis = 0;
+    let full = options.window.is_none();
+    let outs = adopted
+        .into_iter()
+        .zip(datasets)
+        .map(|(staged, n)| {
+            Ok(Output {
+                ds: lake.dataset(n)?,
+                staged,
+                options: strata_publish::PublishOptions {
+                    replace_all: full,
+                    owned: (!full).then(|| plan.boundary[n].iter().cloned().collect()),
+                    reason: Some(format!("run {}", ctx.run_id())),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((report, outs)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -344,6 +384,7 @@ async fn drive(
     plan: &Plan,
     batches: &BTreeMap<String, Vec<BatchManifest>>,
     input_boundary: Vec<InputBatch>,
+    found: &Checkpoints,
     log: &mut RunLog,
     lock: &locks::RunLocks,
     progress: &mut (dyn FnMut(&StageReport) + Send),
@@ -351,7 +392,6 @@ async fn drive(
 ) -> Result<Option<BTreeMap<String, u64>>> {
     log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = input_boundary).await?;
     log.advance(RunState::Running, ctx.now(), |_| {}).await?;
-    let found = failed_checkpoints(lake).await?;
     let session = session(lake, options)?;
     let mut outputs: Vec<Output> = Vec::new();
     let mut previews: BTreeMap<String, VersionRecord> = BTreeMap::new();
@@ -366,52 +406,9 @@ async fn drive(
         }));
         stage_keys.insert(name.clone(), key.clone());
         let names = vec![name.clone(), format!("{name}.quarantine")];
-        let (report, outs) = match reuse(lake, &found, &key, &names, ctx).await? {
-            Some((adopted, cp)) => {
-                let stat = |k: &str| cp.stats.get(k).copied().unwrap_or(0);
-                let stored: Option<StageReport> =
-                    cp.report.clone().and_then(|r| serde_json::from_value(r).ok());
-                let fallback = StageReport {
-                    stage: "clean".into(),
-                    dataset: name.clone(),
-                    rows_in: stat("input"),
-                    rows_out: adopted[0].rows,
-                    quarantined: stat("quarantined"),
-                    duplicates: stat("duplicates"),
-                    partitions: adopted[0].partitions.len() as u64,
-                    window: *window,
-                    reused_from: Some(cp.run_id.clone()),
-                    note: format!("reused the checksummed output of run {}", cp.run_id),
-                    ..Default::default()
-                };
-                let report = match stored {
-                    Some(mut r) => {
-                        r.reused_from = fallback.reused_from.clone();
-                        r.note = fallback.note.clone();
-                        r.millis = 0;
-                        r
-                    }
-                    None => fallback,
-                };
-                let reason = Some(format!("run {}", ctx.run_id()));
-                let full = options.window.is_none();
-                let outs = adopted
-                    .into_iter()
-                    .zip(&names)
-                    .map(|(staged, n)| {
-                        Ok(Output {
-                            ds: lake.dataset(n)?,
-                            staged,
-                            options: strata_publish::PublishOptions {
-                                replace_all: full,
-                                owned: (!full).then(|| plan.boundary[n].iter().cloned().collect()),
-                                reason: reason.clone(),
-                            },
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (report, outs)
-            }
+        let reused = reuse(lake, found, &key, "clean", &names, *window, plan, options, ctx).await?;
+        let (report, outs) = match reused {
+            Some(x) => x,
             None => clean(lake, &session, pipeline, name, def, raw, *window, ctx).await?,
         };
         record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
@@ -456,46 +453,10 @@ async fn drive(
             "window": window, "deps": dep_keys,
         }));
         stage_keys.insert(name.clone(), key.clone());
-        let adopted = reuse(lake, &found, &key, std::slice::from_ref(name), ctx).await?;
-        let (report, out) = match adopted {
-            Some((mut staged, cp)) => {
-                let staged = staged.remove(0);
-                let full = window.is_none();
-                let report = StageReport {
-                    stage: "model".into(),
-                    dataset: name.clone(),
-                    rows_in: cp.stats.get("input").copied().unwrap_or(0),
-                    rows_out: staged.rows,
-                    partitions: staged.partitions.len() as u64,
-                    window: *window,
-                    reused_from: Some(cp.run_id.clone()),
-                    note: format!("reused the checksummed output of run {}", cp.run_id),
-                    ..Default::default()
-                };
-                let report = match cp
-                    .report
-                    .clone()
-                    .and_then(|r| serde_json::from_value::<StageReport>(r).ok())
-                {
-                    Some(mut r) => {
-                        r.reused_from = report.reused_from.clone();
-                        r.note = report.note.clone();
-                        r.millis = 0;
-                        r
-                    }
-                    None => report,
-                };
-                let out = Output {
-                    ds: lake.dataset(name)?,
-                    staged,
-                    options: strata_publish::PublishOptions {
-                        replace_all: full,
-                        owned: (!full).then(|| plan.boundary[name].iter().cloned().collect()),
-                        reason: Some(format!("run {}", ctx.run_id())),
-                    },
-                };
-                (report, out)
-            }
+        let names = std::slice::from_ref(name);
+        let reused = reuse(lake, found, &key, "model", names, *window, plan, options, ctx).await?;
+        let (report, out) = match reused {
+            Some((report, mut outs)) => (report, outs.remove(0)),
             None => {
                 model(lake, options, pipeline, name, def, deps, *window, &previews, ctx).await?
             }
@@ -882,10 +843,13 @@ async fn record_stage(
 }
 
 /// A published run with this run key whose versions are all still current.
-async fn already_published(lake: &Lake, run_key: &str) -> Result<Option<RunManifest>> {
-    let mut runs: Vec<RunManifest> = runs::list_runs(lake)
-        .await?
-        .into_iter()
+async fn already_published(
+    lake: &Lake,
+    runs: &[RunManifest],
+    run_key: &str,
+) -> Result<Option<RunManifest>> {
+    let mut runs: Vec<&RunManifest> = runs
+        .iter()
         .filter(|m| m.state == RunState::Published && m.run_key.as_deref() == Some(run_key))
         .collect();
     runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
@@ -899,7 +863,7 @@ async fn already_published(lake: &Lake, run_key: &str) -> Result<Option<RunManif
             }
         }
         if current {
-            return Ok(Some(m));
+            return Ok(Some(m.clone()));
         }
     }
     Ok(None)
@@ -909,20 +873,18 @@ async fn already_published(lake: &Lake, run_key: &str) -> Result<Option<RunManif
 /// run's output supersedes them): remove their files.
 async fn release_superseded_checkpoints(
     lake: &Lake,
+    runs: &[RunManifest],
     boundary: &BTreeMap<String, Vec<String>>,
-    ctx: &RunContext,
 ) {
-    let Ok(all) = runs::list_runs(lake).await else { return };
-    for m in all {
-        if m.state != RunState::Failed || m.run_id == ctx.run_id() {
-            continue;
-        }
-        for c in &m.checkpoints {
-            if !boundary.contains_key(&c.dataset) {
-                continue;
-            }
-            if let Ok(ds) = lake.dataset(&c.dataset) {
-                let ds: Dataset = ds;
+    for m in runs.iter().filter(|m| m.state == RunState::Failed) {
+        let datasets: BTreeSet<&String> = m
+            .checkpoints
+            .iter()
+            .map(|c| &c.dataset)
+            .filter(|d| boundary.contains_key(*d))
+            .collect();
+        for d in datasets {
+            if let Ok(ds) = lake.dataset(d) {
                 let _ = ds.discard_run(&m.run_id, u64::MAX, &BTreeSet::new()).await;
             }
         }

@@ -557,7 +557,7 @@ pub(crate) async fn clean(
     let result: Result<()> = async {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let (acc, quar, dup) = pass.masks(&batch, rule_i, &key_idx)?;
+            let (acc, quar, dup) = pass.masks(&batch, rule_i)?;
             pass.add(
                 &batch,
                 (&acc, &quar, &dup),
@@ -845,7 +845,6 @@ impl CleanPass {
         &mut self,
         b: &RecordBatch,
         rule_i: usize,
-        _key_idx: &[usize],
     ) -> Result<(BooleanArray, BooleanArray, BooleanArray)> {
         let rule = b.column(rule_i);
         let quar = arrow::compute::is_not_null(rule)?;
@@ -896,11 +895,14 @@ impl CleanPass {
                 }
             }
         }
-        let all = BooleanArray::from(vec![true; b.num_rows()]);
         for (k, &ci) in sum_idx.iter().enumerate() {
             let col = b.column(ci);
-            for (slot, mask) in [&all, acc, dup, quar].into_iter().enumerate() {
-                let part = exact_sum(&arrow::compute::filter(col, mask)?, &sum_cols[k])?;
+            // Slot 0 is every row: the column itself, unfiltered.
+            for (slot, mask) in [None, Some(acc), Some(dup), Some(quar)].into_iter().enumerate() {
+                let part = match mask {
+                    None => exact_sum(col, &sum_cols[k])?,
+                    Some(m) => exact_sum(&arrow::compute::filter(col, m)?, &sum_cols[k])?,
+                };
                 let acc_sum = &mut self.sums[k][slot];
                 let scale = part.1;
                 acc_sum.1 = scale;

@@ -324,6 +324,14 @@ impl Dataset {
         })
     }
 
+    /// The record of published version `version`, or of the current one.
+    pub async fn version_or_current(&self, version: Option<u64>) -> Result<VersionRecord> {
+        match version {
+            Some(v) => self.version(v).await,
+            None => self.current().await,
+        }
+    }
+
     /// The record of a published version. A record left by a writer that lost a conflict or
     /// crashed before flipping is refused: it was never published.
     pub async fn version(&self, version: u64) -> Result<VersionRecord> {
@@ -804,11 +812,7 @@ impl Dataset {
     pub async fn adopt(&self, staged: &Staged, ctx: &RunContext) -> Result<Option<Staged>> {
         let files: Vec<FileEntry> =
             staged.partitions.iter().flat_map(|p| p.files.iter().cloned()).collect();
-        let checks = futures::stream::iter(files.into_iter().map(|f| self.check_file(f)))
-            .buffer_unordered(8)
-            .try_collect::<Vec<_>>()
-            .await?;
-        if checks.iter().any(Option::is_some) {
+        if !self.check_files(files).await?.is_empty() {
             return Ok(None);
         }
         let from = format!("{}/", layout::run_prefix(&self.name, &staged.run_id));
@@ -865,15 +869,8 @@ impl Dataset {
 
     /// Recomputes size and sha256 of every file of a version (the current one by default).
     pub async fn verify(&self, version: Option<u64>) -> Result<VerifyReport> {
-        let record = match version {
-            Some(v) => self.version(v).await?,
-            None => self.current().await?,
-        };
-        let checks = futures::stream::iter(record.files().cloned().map(|f| self.check_file(f)))
-            .buffer_unordered(8)
-            .try_collect::<Vec<_>>()
-            .await?;
-        let mut problems: Vec<FileProblem> = checks.into_iter().flatten().collect();
+        let record = self.version_or_current(version).await?;
+        let mut problems = self.check_files(record.files().cloned().collect()).await?;
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(VerifyReport {
             dataset: self.name.clone(),

@@ -289,13 +289,14 @@ impl StagingWriter {
         let mut groups = self.group_rows(&batch)?;
         if groups.len() == 1 {
             let (key, values, _) = groups.pop().expect("one group");
-            return self.write_to(key, values, &batch).await;
+            self.write_to(key, values, &batch).await?;
+        } else {
+            for (key, values, rows) in groups {
+                let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+                self.write_to(key, values, &part).await?;
+            }
         }
-        for (key, values, rows) in groups {
-            let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
-            self.write_to(key, values, &part).await?;
-        }
-        Ok(())
+        self.bound_buffers().await
     }
 
     /// Groups the rows of a batch by partition, in order of first appearance:
@@ -386,7 +387,7 @@ impl StagingWriter {
                 writer.done.push(file.finish().await?);
             }
         }
-        self.bound_buffers().await
+        Ok(())
     }
 
     /// Keeps the row groups in progress of all open files under `max_buffered_bytes`.
