@@ -247,6 +247,7 @@ async fn land(
         ..Default::default()
     };
     let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
+    let mut index = strata_land::SourceIndex::load(&lake, &args.source).await?;
     let mut results = Vec::new();
     let (mut landed, mut skipped, mut rows, mut rejected) = (0u64, 0u64, 0u64, 0u64);
     for file in &files {
@@ -254,7 +255,7 @@ async fn land(
             .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))?;
         let input =
             strata_land::Input { store: local.clone(), path, display: file.display().to_string() };
-        let outcome = strata_land::land(&lake, &args.source, &input, &options, &ctx).await?;
+        let outcome = strata_land::land_indexed(&lake, &mut index, &input, &options, &ctx).await?;
         let m = outcome.manifest();
         let fresh = matches!(outcome, strata_land::LandOutcome::Landed(_));
         if fresh {
@@ -303,6 +304,7 @@ async fn land(
             )?;
         }
     }
+    index.save(&lake).await?;
     if args.json {
         output::json(out, &results)?;
     } else {

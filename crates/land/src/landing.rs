@@ -217,7 +217,7 @@ pub async fn land(
     json_keys.finish();
     let batch_id = hex::encode(hasher.finalize());
     let manifest_at = manifest_path(source, &batch_id);
-    if let Some(existing) = read_manifest(lake, &manifest_at).await? {
+    if let Some(existing) = read_manifest(lake, manifest_at.clone()).await? {
         return Ok(LandOutcome::AlreadyLanded(existing));
     }
     // Pass 2: parse and write.
@@ -255,7 +255,7 @@ pub async fn land(
         ) => {
             // Another process landed the same content at the same time.
             let existing =
-                read_manifest(lake, &manifest_at).await?.ok_or_else(|| Error::Corrupt {
+                read_manifest(lake, manifest_at.clone()).await?.ok_or_else(|| Error::Corrupt {
                     path: manifest_at.to_string(),
                     detail: "it exists but cannot be read".into(),
                 })?;
@@ -278,7 +278,8 @@ async fn open(
     }
 }
 
-async fn read_manifest(lake: &Lake, path: &Path) -> Result<Option<BatchManifest>> {
+pub(crate) async fn read_manifest(lake: &Lake, path: Path) -> Result<Option<BatchManifest>> {
+    let path = &path;
     let bytes = match lake.store().get(path).await {
         Ok(g) => g.bytes().await.map_err(|e| Error::store("read", path, e))?,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -289,23 +290,12 @@ async fn read_manifest(lake: &Lake, path: &Path) -> Result<Option<BatchManifest>
     Ok(Some(manifest))
 }
 
-/// Every landed batch of a source (those whose manifest exists), sorted by batch id.
+/// Every landed batch of a source (those whose manifest exists), sorted by batch id. Reads the
+/// source's index (see [`crate::SourceIndex`]) and brings it up to date.
 pub async fn list_batches(lake: &Lake, source: &str) -> Result<Vec<BatchManifest>> {
-    let prefix = source_prefix(source);
-    let listing = lake
-        .store()
-        .list_with_delimiter(Some(&prefix))
-        .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
-    let mut out = Vec::new();
-    for dir in listing.common_prefixes {
-        let Some(id) = dir.filename().and_then(|d| d.strip_prefix("batch=")) else { continue };
-        if let Some(m) = read_manifest(lake, &manifest_path(source, id)).await? {
-            out.push(m);
-        }
-    }
-    out.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
-    Ok(out)
+    let mut index = crate::SourceIndex::load(lake, source).await?;
+    index.save(lake).await?;
+    Ok(index.batches().cloned().collect())
 }
 
 /// The sources that have at least one raw batch directory, sorted.

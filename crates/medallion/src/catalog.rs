@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -128,6 +129,45 @@ impl VersionTable {
         &self.record
     }
 
+    /// Keeps only the partitions that can hold a row whose `column` is within `[from, to]`:
+    /// when the version is partitioned by that date (`column=YYYY-MM-DD`) or by its month
+    /// (`<column>_month=YYYY-MM`), the others are not read at all. Otherwise nothing changes;
+    /// either way the caller still filters the rows.
+    pub fn only_dates(mut self, column: &str, from: NaiveDate, to: NaiveDate) -> Self {
+        let by = self.record.partition_by.as_slice();
+        let month = if by == [column.to_string()] {
+            false
+        } else if by == [format!("{column}_month")] {
+            true
+        } else {
+            return self;
+        };
+        self.record.partitions.retain(|p| {
+            let v = match p.values.first() {
+                Some(Some(v)) => v,
+                // A null date is in no window.
+                Some(None) => return false,
+                None => return true,
+            };
+            if month {
+                match NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d") {
+                    Ok(first) => {
+                        let next =
+                            first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+                        first <= to && next > from
+                    }
+                    Err(_) => true,
+                }
+            } else {
+                match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+                    Ok(d) => d >= from && d <= to,
+                    Err(_) => true,
+                }
+            }
+        });
+        self
+    }
+
     /// The version's files in `n` groups of about equal bytes, largest files first.
     fn file_groups(&self, n: usize) -> Vec<FileGroup> {
         let mut files: Vec<_> = self.record.files().collect();
@@ -216,6 +256,14 @@ impl RawTable {
                     fields.push(f.as_ref().clone().with_nullable(true));
                 }
             }
+        }
+        if !fields.iter().any(|f| f.name() == strata_land::LINE_COLUMN) {
+            // No batch (a window no batch holds a row of): the provenance column still exists.
+            fields.push(datafusion::arrow::datatypes::Field::new(
+                strata_land::LINE_COLUMN,
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ));
         }
         let file_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields.clone()));
         fields.push(datafusion::arrow::datatypes::Field::new(

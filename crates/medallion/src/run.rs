@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use datafusion::prelude::SessionContext;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
@@ -29,8 +30,8 @@ use strata_publish::{locks, Lake, RunContext, VersionRecord};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::stages::{
-    clean, land_source, model, owned_keys, partition_column, session, Finding, Output, RunOptions,
-    StageReport, Window,
+    batches_for_window, clean, land_source, model, owned_keys, partition_column, session, Finding,
+    Output, RunOptions, StageReport, Window,
 };
 
 /// How a run ended.
@@ -162,22 +163,39 @@ pub async fn run_pipeline(
     let plan = plan(pipeline, options)?;
     let mut reports = Vec::new();
     // Land: content-addressed and idempotent, so it needs no run state of its own.
-    let mut batches: BTreeMap<String, Vec<BatchManifest>> = BTreeMap::new();
+    let mut indexes: BTreeMap<String, strata_land::SourceIndex> = BTreeMap::new();
     for name in &plan.sources {
-        let report = land_source(lake, pipeline, name, &pipeline.sources[name], ctx).await?;
+        let (report, index) =
+            land_source(lake, pipeline, name, &pipeline.sources[name], ctx).await?;
         progress(&report);
         reports.push(report);
-        batches
-            .insert(name.clone(), strata_land::list_batches(lake, name).await.map_err(land_error)?);
+        indexes.insert(name.clone(), index);
     }
-    let input_boundary: Vec<InputBatch> = batches
-        .iter()
-        .flat_map(|(source, bs)| {
-            bs.iter().map(|b| InputBatch {
-                source: source.clone(),
-                batch_id: b.batch_id.clone(),
-                rows: b.rows,
-            })
+    // The input boundary: the batches each cleaned stage reads (within a window, only those
+    // that can hold a row of it).
+    let session = session(lake, options)?;
+    let mut batches: BTreeMap<String, Vec<BatchManifest>> = BTreeMap::new();
+    for (name, window) in &plan.cleaned {
+        let def = &pipeline.cleaned[name];
+        let Some(index) = indexes.get_mut(&def.source) else { continue };
+        let read = batches_for_window(&session, pipeline, name, def, index, *window).await?;
+        batches.insert(name.clone(), read);
+    }
+    for index in indexes.values_mut() {
+        index.save(lake).await.map_err(land_error)?;
+    }
+    let mut read: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (name, bs) in &batches {
+        for b in bs {
+            read.insert((pipeline.cleaned[name].source.as_str(), b.batch_id.as_str()), b.rows);
+        }
+    }
+    let input_boundary: Vec<InputBatch> = read
+        .into_iter()
+        .map(|((source, id), rows)| InputBatch {
+            source: source.to_string(),
+            batch_id: id.to_string(),
+            rows,
         })
         .collect();
     let params = json!({
@@ -230,6 +248,7 @@ pub async fn run_pipeline(
         options,
         ctx,
         &plan,
+        &session,
         &batches,
         input_boundary,
         &failed_checkpoints(&earlier),
@@ -382,6 +401,7 @@ async fn drive(
     options: &RunOptions,
     ctx: &RunContext,
     plan: &Plan,
+    session: &SessionContext,
     batches: &BTreeMap<String, Vec<BatchManifest>>,
     input_boundary: Vec<InputBatch>,
     found: &Checkpoints,
@@ -392,13 +412,12 @@ async fn drive(
 ) -> Result<Option<BTreeMap<String, u64>>> {
     log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = input_boundary).await?;
     log.advance(RunState::Running, ctx.now(), |_| {}).await?;
-    let session = session(lake, options)?;
     let mut outputs: Vec<Output> = Vec::new();
     let mut previews: BTreeMap<String, VersionRecord> = BTreeMap::new();
     let mut stage_keys: BTreeMap<String, String> = BTreeMap::new();
     for (name, window) in &plan.cleaned {
         let def = &pipeline.cleaned[name];
-        let raw = batches.get(&def.source).map(Vec::as_slice).unwrap_or_default();
+        let raw = batches.get(name).map(Vec::as_slice).unwrap_or_default();
         let ids: Vec<&str> = raw.iter().map(|b| b.batch_id.as_str()).collect();
         let key = hash_json(&json!({
             "pipeline": pipeline.version, "stage": "clean", "dataset": name,
@@ -409,7 +428,7 @@ async fn drive(
         let reused = reuse(lake, found, &key, "clean", &names, *window, plan, options, ctx).await?;
         let (report, outs) = match reused {
             Some(x) => x,
-            None => clean(lake, &session, pipeline, name, def, raw, *window, ctx).await?,
+            None => clean(lake, session, pipeline, name, def, raw, *window, ctx).await?,
         };
         record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
         for o in &outs {

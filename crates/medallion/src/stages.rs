@@ -162,13 +162,14 @@ fn scratch(session: &SessionContext) -> SessionContext {
     SessionContext::new_with_config_rt(session.copied_config(), session.runtime_env())
 }
 
+/// Lands the files of a source that are new, and returns the source's index of raw batches.
 pub(crate) async fn land_source(
     lake: &Lake,
     pipeline: &Pipeline,
     name: &str,
     source: &crate::pipeline::SourceDef,
     ctx: &RunContext,
-) -> Result<StageReport> {
+) -> Result<(StageReport, strata_land::SourceIndex)> {
     let started = Instant::now();
     let files =
         strata_land::expand_inputs_allow_empty(&pipeline.dir, std::slice::from_ref(&source.path))
@@ -187,13 +188,17 @@ pub(crate) async fn land_source(
     let mut report =
         StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
+    let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
     for f in files {
         let path = object_store::path::Path::from_absolute_path(&f).map_err(|e| Error::Sql {
             message: format!("cannot use {} as an input: {e}", f.display()),
         })?;
         let input =
             strata_land::Input { store: local.clone(), path, display: f.display().to_string() };
-        match strata_land::land(lake, name, &input, &options, ctx).await.map_err(land_error)? {
+        let outcome = strata_land::land_indexed(lake, &mut index, &input, &options, ctx)
+            .await
+            .map_err(land_error)?;
+        match outcome {
             strata_land::LandOutcome::Landed(m) => {
                 new += 1;
                 report.rows_in += m.lines();
@@ -203,13 +208,101 @@ pub(crate) async fn land_source(
             strata_land::LandOutcome::AlreadyLanded(_) => old += 1,
         }
     }
+    index.save(lake).await.map_err(land_error)?;
     report.note = if new + old == 0 {
         format!("no file matches {}; using the batches already landed", source.path)
     } else {
         format!("{new} new batch(es), {old} already landed")
     };
     report.millis = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok((report, index))
+}
+
+/// The raw batches the cleaned stage `name` reads for `window`: every batch that can hold a row
+/// of the window or a row whose business date is missing or unreadable (those reach the
+/// quarantine in every window), all of them without a window. The range of each batch is taken
+/// from the source's index; a batch the index has no range for is scanned once, and its range
+/// recorded in the index (the caller saves it).
+pub(crate) async fn batches_for_window(
+    session: &SessionContext,
+    pipeline: &Pipeline,
+    name: &str,
+    def: &CleanedDef,
+    index: &mut strata_land::SourceIndex,
+    window: Option<Window>,
+) -> Result<Vec<BatchManifest>> {
+    let all = || index.batches().cloned().collect::<Vec<_>>();
+    let Some(window) = window else { return Ok(all()) };
+    let Some(column) = pipeline.contracts[name].iter().find(|c| c.name == def.business_date) else {
+        return Ok(all());
+    };
+    let key = format!("clean.v1:{}:{}", column.name, column.sql_type);
+    let missing: Vec<BatchManifest> =
+        index.batches().filter(|b| index.dates(&b.batch_id, &key).is_none()).cloned().collect();
+    if !missing.is_empty() {
+        let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?);
+        let found = if table.schema_fields().contains(&column.name) {
+            let df_ctx = scratch(session);
+            df_ctx.register_table("raw", Arc::new(table))?;
+            let sql = format!(
+                "SELECT _batch, CAST(min(d) AS DATE), CAST(max(d) AS DATE), count(*) - count(d) \
+                 FROM (SELECT _batch, TRY_CAST(NULLIF(TRIM(CAST({} AS VARCHAR)), '') AS {}) AS d \
+                 FROM raw) GROUP BY _batch",
+                ident(&column.name),
+                column.sql_type
+            );
+            match df_ctx.sql(&sql).await {
+                Ok(df) => Some(df.collect().await?),
+                // A business date that is not date-like cannot prune; read every batch.
+                Err(_) => return Ok(all()),
+            }
+        } else {
+            None
+        };
+        let mut ranges: BTreeMap<String, strata_land::DateRange> = BTreeMap::new();
+        for b in found.iter().flatten() {
+            let ids = b.column(0).as_string_opt::<i32>();
+            let lo = b.column(1).as_primitive_opt::<arrow::datatypes::Date32Type>();
+            let hi = b.column(2).as_primitive_opt::<arrow::datatypes::Date32Type>();
+            let nulls = b.column(3).as_primitive_opt::<arrow::datatypes::Int64Type>();
+            let (Some(ids), Some(lo), Some(hi), Some(nulls)) = (ids, lo, hi, nulls) else {
+                return Ok(all());
+            };
+            let day = |a: &arrow::array::Date32Array, i: usize| {
+                (!a.is_null(i)).then(|| {
+                    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+                        + Duration::days(a.value(i).into())
+                })
+            };
+            for i in 0..b.num_rows() {
+                ranges.insert(
+                    ids.value(i).to_string(),
+                    strata_land::DateRange {
+                        min: day(lo, i),
+                        max: day(hi, i),
+                        nulls: nulls.value(i).max(0) as u64,
+                    },
+                );
+            }
+        }
+        for m in &missing {
+            let range = match (&found, ranges.get(&m.batch_id)) {
+                (_, Some(r)) => *r,
+                // The column is in no batch: every row's date is missing.
+                (None, None) => strata_land::DateRange { min: None, max: None, nulls: m.rows },
+                // No row at all.
+                (Some(_), None) => strata_land::DateRange { min: None, max: None, nulls: 0 },
+            };
+            index.set_dates(&m.batch_id, &key, range);
+        }
+    }
+    Ok(index
+        .batches()
+        .filter(|b| {
+            index.dates(&b.batch_id, &key).is_none_or(|r| r.may_hold(window.from, window.to))
+        })
+        .cloned()
+        .collect())
 }
 
 fn land_error(e: strata_land::Error) -> Error {
@@ -1038,15 +1131,19 @@ pub(crate) async fn model(
             .get(dep)
             .map(|c| c.business_date.clone())
             .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()));
-        let table = Arc::new(VersionTable::new(record, url.clone()));
-        let df = session.read_table(table)?;
-        // Read only what the window needs: the window plus the model's look-back.
+        // Read only what the window needs: the window plus the model's look-back, skipping
+        // the partitions outside it.
         let df = match (window, bd_col) {
             (Some(w), Some(col)) => {
                 let lo = w.from - Duration::days(def.reads_days.into());
-                df.filter(between_dates(datafusion::prelude::col(ident(&col)), lo, w.to))?
+                let table = VersionTable::new(record, url.clone()).only_dates(&col, lo, w.to);
+                session.read_table(Arc::new(table))?.filter(between_dates(
+                    datafusion::prelude::col(ident(&col)),
+                    lo,
+                    w.to,
+                ))?
             }
-            _ => df,
+            _ => session.read_table(Arc::new(VersionTable::new(record, url.clone())))?,
         };
         session.register_table(ident(dep).as_str(), df.into_view())?;
     }

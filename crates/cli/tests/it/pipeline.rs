@@ -370,3 +370,82 @@ fn progress_bar_on_a_terminal_plain_lines_otherwise() {
     assert!(tty.contains("[##############################] 6/6 model revenue_7d"), "{tty}");
     assert!(tty.contains("clean  orders"), "{tty}");
 }
+
+/// The sha256 (the batch id) of an example input.
+fn batch_of(env: &Env, file: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(env.path(&format!("shop/data/{file}"))).unwrap(),
+    ))
+}
+
+/// The `(source, batch id)` pairs a run read, from its manifest.
+fn run_inputs(env: &Env, run: &serde_json::Value) -> Vec<(String, String)> {
+    let m: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show-run", run["run_id"].as_str().unwrap(), "--json"]))
+            .unwrap();
+    let last = m.as_array().unwrap().last().unwrap();
+    let mut v: Vec<(String, String)> = last["input_boundary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (b["source"].as_str().unwrap().to_string(), b["batch_id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_window_run_reads_only_the_batches_that_can_hold_its_dates() {
+    let env = Env::new();
+    let toml = shop(&env, 0, &[]);
+    let toml = toml.to_str().unwrap();
+    let full = run_json(&env, &["--pipeline", toml]);
+    assert_eq!(run_inputs(&env, &full).len(), 5, "a full run reads every batch");
+    let before = csv(&env, "SELECT * FROM orders ORDER BY order_id");
+    let q_before = csv(&env, "SELECT * FROM \"orders.quarantine\" ORDER BY _batch, _line");
+    let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03", "--force"]);
+    let mut expected = vec![
+        // January holds a signup date, and one record has none (it goes to the quarantine).
+        ("customers".to_string(), batch_of(&env, "customers/customers.jsonl")),
+        ("orders".to_string(), batch_of(&env, "orders/orders-2026-01-03.csv")),
+        // 2026-01-0X cannot be read as a date: quarantined in every window, so read by each.
+        ("orders".to_string(), batch_of(&env, "orders/orders-2026-01-02.csv")),
+    ];
+    expected.sort();
+    assert_eq!(
+        run_inputs(&env, &r),
+        expected,
+        "2026-01-01 and the late 2026-01-01 file are skipped"
+    );
+    assert_eq!(stage(&r, "clean", "orders")["rows_in"], 4, "3 rows of the day + 1 unreadable date");
+    assert_eq!(csv(&env, "SELECT * FROM orders ORDER BY order_id"), before, "same result");
+    assert_eq!(
+        csv(&env, "SELECT * FROM \"orders.quarantine\" ORDER BY _batch, _line"),
+        q_before,
+        "same quarantine"
+    );
+    // The index is a cache: damaged or gone, it is rebuilt from the batch manifests, and a
+    // window run reads the same batches.
+    let index = env.lake().join("_raw/orders/_index.json");
+    std::fs::write(&index, b"{ not json").unwrap();
+    let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03", "--force"]);
+    assert_eq!(run_inputs(&env, &r), expected);
+    std::fs::remove_file(&index).unwrap();
+    let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03", "--force"]);
+    assert_eq!(run_inputs(&env, &r), expected);
+    let land = stage(&r, "land", "orders");
+    assert_eq!(land["note"], "0 new batch(es), 4 already landed");
+    // A file changed in place is a new input: it is read, hashed and landed again.
+    let day1 = env.path("shop/data/orders/orders-2026-01-03.csv");
+    let mut text = std::fs::read_to_string(&day1).unwrap();
+    text.push_str("3004,2,2026-01-03,1.00,paid,2026-01-03T10:00:00\n");
+    std::fs::write(&day1, text).unwrap();
+    let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03"]);
+    assert_eq!(stage(&r, "land", "orders")["note"], "1 new batch(es), 3 already landed");
+    assert!(run_inputs(&env, &r)
+        .contains(&("orders".into(), batch_of(&env, "orders/orders-2026-01-03.csv"))));
+    assert_eq!(csv(&env, "SELECT amount FROM orders WHERE order_id = 3004"), "amount\n1.00\n");
+}

@@ -94,7 +94,8 @@ fn orphans(env: &Env) -> Vec<String> {
                     !referenced.contains(p)
                 } else if p.starts_with("_strata/locks/") {
                     true
-                } else if p.starts_with("_raw/") {
+                } else if p.starts_with("_raw/") && !p.ends_with("/_index.json") {
+                    // The index of a source is a cache of its batches, not a batch.
                     !batches.iter().any(|b| p.starts_with(b.as_str()))
                 } else {
                     false

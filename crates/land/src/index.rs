@@ -1,0 +1,251 @@
+//! The index of a source's raw batches: `_raw/<source>/_index.json`.
+//!
+//! A run needs three things about the raw layer that would otherwise cost a pass over all of
+//! its history: which batches exist (one manifest read per batch), whether an input file was
+//! already landed (a sha256 of the whole file), and which batches hold rows of a business-date
+//! window (a scan of every batch). The index keeps all three.
+//!
+//! It is a cache, never the truth. The truth is the batch directories and their manifests:
+//! loading the index lists the batch directories once (one LIST), reads only the manifests the
+//! index lacks and drops entries whose directory is gone. Losing an update (two processes
+//! writing the index at once, or a crash before it is written) only costs a re-read later; a
+//! damaged index is rebuilt. An input file is recognised by its location, size and entity tag
+//! (on local disk: inode, modification time and size); a file changed in place gets a new tag
+//! and is read and hashed again.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use strata_publish::Lake;
+
+use crate::error::{Error, Result};
+use crate::landing::{manifest_path, read_manifest, source_prefix, BatchManifest, Input};
+
+/// `format` of an index file.
+pub const INDEX_FORMAT: &str = "strata.raw-index.v1";
+
+/// The path of a source's index.
+pub fn index_path(source: &str) -> Path {
+    Path::from(format!("{}/_index.json", source_prefix(source)))
+}
+
+/// What a batch holds of one date column, as the cleaned stage reads it: the first and last
+/// date, and the rows whose date is missing or unreadable (those rows belong to every window,
+/// since they go to the quarantine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DateRange {
+    pub min: Option<NaiveDate>,
+    pub max: Option<NaiveDate>,
+    pub nulls: u64,
+}
+
+impl DateRange {
+    /// Whether a batch with this range can hold a row the window `[from, to]` reads.
+    pub fn may_hold(&self, from: NaiveDate, to: NaiveDate) -> bool {
+        self.nulls > 0
+            || matches!((self.min, self.max), (Some(lo), Some(hi)) if hi >= from && lo <= to)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    manifest: BatchManifest,
+    /// Date ranges by stats key (see [`SourceIndex::set_dates`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    dates: BTreeMap<String, DateRange>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexFile {
+    format: String,
+    source: String,
+    batches: Vec<Entry>,
+    /// Input identity (location, size, entity tag) → the batch it was landed as.
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+}
+
+/// The loaded index of one source's raw batches. See the module documentation.
+#[derive(Debug)]
+pub struct SourceIndex {
+    source: String,
+    entries: BTreeMap<String, Entry>,
+    inputs: BTreeMap<String, String>,
+    dirty: bool,
+}
+
+impl SourceIndex {
+    /// Loads the index of `source` and brings it up to date with the batch directories.
+    pub async fn load(lake: &Lake, source: &str) -> Result<SourceIndex> {
+        strata_publish::names::validate_dataset_name(source)?;
+        let path = index_path(source);
+        let cached: Option<IndexFile> = match lake.store().get(&path).await {
+            Ok(g) => {
+                let bytes = g.bytes().await.map_err(|e| Error::store("read", &path, e))?;
+                // A damaged or foreign index is rebuilt from the manifests.
+                serde_json::from_slice::<IndexFile>(&bytes)
+                    .ok()
+                    .filter(|f| f.format == INDEX_FORMAT && f.source == source)
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::store("read", &path, e)),
+        };
+        let mut dirty = cached.is_none();
+        let (mut entries, inputs) = match cached {
+            Some(f) => (
+                f.batches.into_iter().map(|e| (e.manifest.batch_id.clone(), e)).collect(),
+                f.inputs,
+            ),
+            None => (BTreeMap::new(), BTreeMap::new()),
+        };
+        let prefix = source_prefix(source);
+        let listing = lake
+            .store()
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        let present: std::collections::BTreeSet<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|d| d.filename().and_then(|d| d.strip_prefix("batch=")))
+            .map(str::to_string)
+            .collect();
+        let before = entries.len();
+        entries.retain(|id, _| present.contains(id));
+        dirty |= entries.len() != before;
+        let missing: Vec<&String> =
+            present.iter().filter(|id| !entries.contains_key(*id)).collect();
+        let found: Vec<Option<BatchManifest>> = futures::stream::iter(missing)
+            .map(|id| read_manifest(lake, manifest_path(source, id)))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        for m in found.into_iter().flatten() {
+            // A directory without a manifest is a landing in progress (or one that crashed):
+            // not a batch yet.
+            dirty = true;
+            entries.insert(m.batch_id.clone(), Entry { manifest: m, dates: BTreeMap::new() });
+        }
+        let mut index = SourceIndex { source: source.to_string(), entries, inputs, dirty };
+        let known = &index.entries;
+        let before = index.inputs.len();
+        index.inputs.retain(|_, id| known.contains_key(id));
+        index.dirty |= index.inputs.len() != before;
+        Ok(index)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Every landed batch, sorted by batch id.
+    pub fn batches(&self) -> impl Iterator<Item = &BatchManifest> {
+        self.entries.values().map(|e| &e.manifest)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The batch an input with this identity (see [`input_identity`]) was landed as.
+    pub fn landed_as(&self, identity: &str) -> Option<&BatchManifest> {
+        self.inputs.get(identity).and_then(|id| self.entries.get(id)).map(|e| &e.manifest)
+    }
+
+    /// Records a landed (or found already landed) batch, and the input it came from.
+    pub fn record(&mut self, identity: Option<String>, manifest: &BatchManifest) {
+        let id = manifest.batch_id.clone();
+        if !self.entries.contains_key(&id) {
+            self.entries
+                .insert(id.clone(), Entry { manifest: manifest.clone(), dates: BTreeMap::new() });
+            self.dirty = true;
+        }
+        if let Some(identity) = identity {
+            if self.inputs.get(&identity) != Some(&id) {
+                self.inputs.insert(identity, id);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// The recorded date range of a batch under `key` (a name for the column and the way it is
+    /// read, chosen by the caller).
+    pub fn dates(&self, batch_id: &str, key: &str) -> Option<DateRange> {
+        self.entries.get(batch_id).and_then(|e| e.dates.get(key)).copied()
+    }
+
+    pub fn set_dates(&mut self, batch_id: &str, key: &str, range: DateRange) {
+        if let Some(e) = self.entries.get_mut(batch_id) {
+            if e.dates.get(key) != Some(&range) {
+                e.dates.insert(key.to_string(), range);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Writes the index back if anything changed.
+    pub async fn save(&mut self, lake: &Lake) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let file = IndexFile {
+            format: INDEX_FORMAT.into(),
+            source: self.source.clone(),
+            batches: self.entries.values().cloned().collect(),
+            inputs: self.inputs.clone(),
+        };
+        let path = index_path(&self.source);
+        let body = serde_json::to_vec(&file)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
+        lake.store()
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| Error::store("write", &path, e))?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// How an input is recognised without reading it: its location, size and entity tag (or, when
+/// the store has no tags, its modification time).
+pub async fn input_identity(input: &Input) -> Result<String> {
+    let meta = match input.store.head(&input.path).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::Input {
+                path: input.display.clone(),
+                detail: "no such file; check the path".into(),
+            })
+        }
+        Err(e) => return Err(Error::store("read", &input.display, e)),
+    };
+    let tag = meta.e_tag.unwrap_or_else(|| meta.last_modified.to_rfc3339());
+    Ok(format!("{}|{}|{tag}", meta.location, meta.size))
+}
+
+/// Lands `input` unless the index knows it (same identity), and records the batch in the index.
+/// The index is not written; call [`SourceIndex::save`] after a set of inputs.
+pub async fn land_indexed(
+    lake: &Lake,
+    index: &mut SourceIndex,
+    input: &Input,
+    options: &crate::LandOptions,
+    ctx: &strata_publish::RunContext,
+) -> Result<crate::LandOutcome> {
+    let identity = input_identity(input).await?;
+    if let Some(m) = index.landed_as(&identity) {
+        return Ok(crate::LandOutcome::AlreadyLanded(m.clone()));
+    }
+    let source = index.source.clone();
+    let outcome = crate::land(lake, &source, input, options, ctx).await?;
+    index.record(Some(identity), outcome.manifest());
+    Ok(outcome)
+}
