@@ -255,7 +255,8 @@ async fn land(
             .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))?;
         let input =
             strata_land::Input { store: local.clone(), path, display: file.display().to_string() };
-        let outcome = strata_land::land_indexed(&lake, &mut index, &input, &options, &ctx).await?;
+        let outcome =
+            strata_land::land_indexed(&lake, &mut index, &input, None, &options, &ctx).await?;
         let m = outcome.manifest();
         let fresh = matches!(outcome, strata_land::LandOutcome::Landed(_));
         if fresh {

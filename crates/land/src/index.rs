@@ -14,11 +14,12 @@
 //! and is read and hashed again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use strata_publish::Lake;
 
@@ -53,7 +54,10 @@ impl DateRange {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
+    /// Stored with an empty schema when `schema` names one of the file's `schemas`.
     manifest: BatchManifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<usize>,
     /// Date ranges by stats key (see [`SourceIndex::set_dates`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     dates: BTreeMap<String, DateRange>,
@@ -63,6 +67,9 @@ struct Entry {
 struct IndexFile {
     format: String,
     source: String,
+    /// The distinct schemas of the batches, each kept once.
+    #[serde(default)]
+    schemas: Vec<arrow::datatypes::Schema>,
     batches: Vec<Entry>,
     /// Input identity (location, size, entity tag) → the batch it was landed as.
     #[serde(default)]
@@ -83,31 +90,46 @@ impl SourceIndex {
     pub async fn load(lake: &Lake, source: &str) -> Result<SourceIndex> {
         strata_publish::names::validate_dataset_name(source)?;
         let path = index_path(source);
-        let cached: Option<IndexFile> = match lake.store().get(&path).await {
-            Ok(g) => {
-                let bytes = g.bytes().await.map_err(|e| Error::store("read", &path, e))?;
+        let prefix = source_prefix(source);
+        // The index and the listing that checks it, at once.
+        let (got, listing) = futures::join!(
+            async {
+                match lake.store().get(&path).await {
+                    Ok(g) => g.bytes().await.map(Some),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+            lake.store().list_with_delimiter(Some(&prefix))
+        );
+        let listing = listing.map_err(|e| Error::store("list", &prefix, e))?;
+        let cached: Option<IndexFile> = match got {
+            Ok(Some(bytes)) => {
                 // A damaged or foreign index is rebuilt from the manifests.
                 serde_json::from_slice::<IndexFile>(&bytes)
                     .ok()
                     .filter(|f| f.format == INDEX_FORMAT && f.source == source)
             }
-            Err(object_store::Error::NotFound { .. }) => None,
+            Ok(None) => None,
             Err(e) => return Err(Error::store("read", &path, e)),
         };
         let mut dirty = cached.is_none();
         let (mut entries, inputs) = match cached {
-            Some(f) => (
-                f.batches.into_iter().map(|e| (e.manifest.batch_id.clone(), e)).collect(),
-                f.inputs,
-            ),
+            Some(f) => {
+                let mut entries = BTreeMap::new();
+                for mut e in f.batches {
+                    match e.schema.take().map(|i| f.schemas.get(i)) {
+                        Some(Some(schema)) => e.manifest.schema = schema.clone(),
+                        // A reference to no schema: a damaged entry; read its manifest again.
+                        Some(None) => continue,
+                        None => {}
+                    }
+                    entries.insert(e.manifest.batch_id.clone(), e);
+                }
+                (entries, f.inputs)
+            }
             None => (BTreeMap::new(), BTreeMap::new()),
         };
-        let prefix = source_prefix(source);
-        let listing = lake
-            .store()
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| Error::store("list", &prefix, e))?;
         let present: std::collections::BTreeSet<String> = listing
             .common_prefixes
             .iter()
@@ -128,7 +150,10 @@ impl SourceIndex {
             // A directory without a manifest is a landing in progress (or one that crashed):
             // not a batch yet.
             dirty = true;
-            entries.insert(m.batch_id.clone(), Entry { manifest: m, dates: BTreeMap::new() });
+            entries.insert(
+                m.batch_id.clone(),
+                Entry { manifest: m, schema: None, dates: BTreeMap::new() },
+            );
         }
         let mut index = SourceIndex { source: source.to_string(), entries, inputs, dirty };
         let known = &index.entries;
@@ -164,8 +189,10 @@ impl SourceIndex {
     pub fn record(&mut self, identity: Option<String>, manifest: &BatchManifest) {
         let id = manifest.batch_id.clone();
         if !self.entries.contains_key(&id) {
-            self.entries
-                .insert(id.clone(), Entry { manifest: manifest.clone(), dates: BTreeMap::new() });
+            self.entries.insert(
+                id.clone(),
+                Entry { manifest: manifest.clone(), schema: None, dates: BTreeMap::new() },
+            );
             self.dirty = true;
         }
         if let Some(identity) = identity {
@@ -196,10 +223,26 @@ impl SourceIndex {
         if !self.dirty {
             return Ok(());
         }
+        let mut schemas: Vec<arrow::datatypes::Schema> = Vec::new();
+        let mut batches = Vec::with_capacity(self.entries.len());
+        for e in self.entries.values() {
+            let i = match schemas.iter().position(|s| s == &e.manifest.schema) {
+                Some(i) => i,
+                None => {
+                    schemas.push(e.manifest.schema.clone());
+                    schemas.len() - 1
+                }
+            };
+            let mut e = e.clone();
+            e.manifest.schema = arrow::datatypes::Schema::empty();
+            e.schema = Some(i);
+            batches.push(e);
+        }
         let file = IndexFile {
             format: INDEX_FORMAT.into(),
             source: self.source.clone(),
-            batches: self.entries.values().cloned().collect(),
+            schemas,
+            batches,
             inputs: self.inputs.clone(),
         };
         let path = index_path(&self.source);
@@ -227,20 +270,55 @@ pub async fn input_identity(input: &Input) -> Result<String> {
         }
         Err(e) => return Err(Error::store("read", &input.display, e)),
     };
+    Ok(identity_of(meta))
+}
+
+fn identity_of(meta: object_store::ObjectMeta) -> String {
     let tag = meta.e_tag.unwrap_or_else(|| meta.last_modified.to_rfc3339());
-    Ok(format!("{}|{}|{tag}", meta.location, meta.size))
+    format!("{}|{}|{tag}", meta.location, meta.size)
+}
+
+/// The identities of many inputs in one store, from one listing per directory instead of a
+/// request per file. Inputs the listings do not show are left out (ask [`input_identity`]).
+pub async fn input_identities(
+    store: &Arc<dyn ObjectStore>,
+    paths: &[Path],
+) -> Result<BTreeMap<Path, String>> {
+    let wanted: std::collections::BTreeSet<&Path> = paths.iter().collect();
+    let dirs: std::collections::BTreeSet<Option<Path>> = paths
+        .iter()
+        .map(|p| p.as_ref().rsplit_once('/').and_then(|(dir, _)| Path::parse(dir).ok()))
+        .collect();
+    let mut out = BTreeMap::new();
+    for dir in dirs {
+        let listing = store
+            .list_with_delimiter(dir.as_ref())
+            .await
+            .map_err(|e| Error::store("list", dir.clone().unwrap_or_default(), e))?;
+        for meta in listing.objects {
+            if wanted.contains(&meta.location) {
+                out.insert(meta.location.clone(), identity_of(meta));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Lands `input` unless the index knows it (same identity), and records the batch in the index.
-/// The index is not written; call [`SourceIndex::save`] after a set of inputs.
+/// `identity` is the input's, when already known (see [`input_identities`]). The index is not
+/// written; call [`SourceIndex::save`] after a set of inputs.
 pub async fn land_indexed(
     lake: &Lake,
     index: &mut SourceIndex,
     input: &Input,
+    identity: Option<String>,
     options: &crate::LandOptions,
     ctx: &strata_publish::RunContext,
 ) -> Result<crate::LandOutcome> {
-    let identity = input_identity(input).await?;
+    let identity = match identity {
+        Some(i) => i,
+        None => input_identity(input).await?,
+    };
     if let Some(m) = index.landed_as(&identity) {
         return Ok(crate::LandOutcome::AlreadyLanded(m.clone()));
     }

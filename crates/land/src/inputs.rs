@@ -58,9 +58,21 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut unique = Vec::new();
+    // Each directory is resolved once; a file is resolved on its own only when it is a link.
+    let mut dirs: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
     for f in out {
-        let canonical =
-            std::fs::canonicalize(&f).map_err(|e| input_error(f.display(), e.to_string()))?;
+        let fail = |e: std::io::Error| input_error(f.display(), e.to_string());
+        let link = std::fs::symlink_metadata(&f).map_err(fail)?.file_type().is_symlink();
+        let canonical = match (f.parent(), f.file_name()) {
+            (Some(parent), Some(name)) if !link => {
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                if !dirs.contains_key(parent) {
+                    dirs.insert(parent.to_path_buf(), std::fs::canonicalize(parent).map_err(fail)?);
+                }
+                dirs[parent].join(name)
+            }
+            _ => std::fs::canonicalize(&f).map_err(fail)?,
+        };
         if seen.insert(canonical.clone()) {
             unique.push(canonical);
         }
@@ -98,12 +110,25 @@ fn glob(pattern: &str) -> Vec<PathBuf> {
                 let mut names: Vec<PathBuf> = entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard(part, n)))
+                    .filter(|e| {
+                        // The entry's own type needs no extra call; a link is followed.
+                        let kind = e.file_type().ok().filter(|t| !t.is_symlink());
+                        match kind {
+                            Some(t) => {
+                                if last {
+                                    t.is_file()
+                                } else {
+                                    t.is_dir()
+                                }
+                            }
+                            None if last => e.path().is_file(),
+                            None => e.path().is_dir(),
+                        }
+                    })
                     .map(|e| e.path())
                     .collect();
                 names.sort();
-                next.extend(
-                    names.into_iter().filter(|p| if last { p.is_file() } else { p.is_dir() }),
-                );
+                next.extend(names);
             } else {
                 let p = base.join(part);
                 if p.exists() {
@@ -113,7 +138,11 @@ fn glob(pattern: &str) -> Vec<PathBuf> {
         }
         current = next;
     }
-    current.into_iter().filter(|p| p.is_file()).collect()
+    if parts.last().is_some_and(|p| p.contains(['*', '?'])) {
+        current
+    } else {
+        current.into_iter().filter(|p| p.is_file()).collect()
+    }
 }
 
 /// `*` matches any run of characters, `?` any one character.

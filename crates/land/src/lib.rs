@@ -34,7 +34,10 @@ mod inputs;
 mod landing;
 
 pub use error::{Error, Result};
-pub use index::{index_path, input_identity, land_indexed, DateRange, SourceIndex, INDEX_FORMAT};
+pub use index::{
+    index_path, input_identities, input_identity, land_indexed, DateRange, SourceIndex,
+    INDEX_FORMAT,
+};
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{
     batch_dir, json_line_values, land, list_batches, list_sources, manifest_path, rejects_schema,

@@ -189,13 +189,20 @@ pub(crate) async fn land_source(
         StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
     let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
-    for f in files {
-        let path = object_store::path::Path::from_absolute_path(&f).map_err(|e| Error::Sql {
-            message: format!("cannot use {} as an input: {e}", f.display()),
-        })?;
+    let paths = files
+        .iter()
+        .map(|f| {
+            object_store::path::Path::from_absolute_path(f).map_err(|e| Error::Sql {
+                message: format!("cannot use {} as an input: {e}", f.display()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut identities = strata_land::input_identities(&local, &paths).await.map_err(land_error)?;
+    for (f, path) in files.iter().zip(paths) {
+        let identity = identities.remove(&path);
         let input =
             strata_land::Input { store: local.clone(), path, display: f.display().to_string() };
-        let outcome = strata_land::land_indexed(lake, &mut index, &input, &options, ctx)
+        let outcome = strata_land::land_indexed(lake, &mut index, &input, identity, &options, ctx)
             .await
             .map_err(land_error)?;
         match outcome {

@@ -923,7 +923,8 @@ impl Dataset {
         Ok(None)
     }
 
-    /// Create-if-absent of a JSON object.
+    /// Create-if-absent of a JSON object (compact: version records grow with the partitions,
+    /// and every run reads and writes some).
     async fn create_json<T: Serialize>(
         &self,
         path: &Path,
@@ -931,7 +932,7 @@ impl Dataset {
         what: &'static str,
     ) -> Result<Created> {
         let mut body =
-            serde_json::to_vec_pretty(value).map_err(|source| Error::Serialize { what, source })?;
+            serde_json::to_vec(value).map_err(|source| Error::Serialize { what, source })?;
         body.push(b'\n');
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store().put_opts(path, PutPayload::from(body), opts).await {
