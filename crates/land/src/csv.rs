@@ -10,11 +10,54 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CsvItem {
     /// A well-formed record: its fields, as text.
-    Record { line: u64, fields: Vec<String> },
+    Record { line: u64, fields: Fields },
     /// A line that could not be read, kept byte for byte.
     Bad { line: u64, raw: Vec<u8>, reason: String },
     /// An empty line.
     Blank { line: u64 },
+}
+
+/// The fields of one record: their text one after another and where each ends (two
+/// allocations per record, not one per field).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fields {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Fields {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Field `i` (0-based).
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+}
+
+impl<S: AsRef<str>> From<&[S]> for Fields {
+    fn from(fields: &[S]) -> Self {
+        let mut f = Fields::default();
+        for s in fields {
+            f.text.push_str(s.as_ref());
+            f.ends.push(f.text.len());
+        }
+        f
+    }
 }
 
 /// Longest record (bytes) a quoted field may stretch to before its opening line is declared bad.
@@ -95,14 +138,15 @@ impl CsvReader {
             self.advance(&span);
             return Some(Ok(CsvItem::Blank { line }));
         }
-        let parsed = parse_fields(bytes, self.delimiter).and_then(|fields| match self.expected {
-            Some(n) if fields.len() != n => {
-                Err(format!("expected {n} fields, found {}", fields.len()))
-            }
-            _ => Ok(fields),
-        });
+        let parsed =
+            parse_fields(bytes, self.delimiter).and_then(|(text, ends)| match self.expected {
+                Some(n) if ends.len() != n => {
+                    Err(format!("expected {n} fields, found {}", ends.len()))
+                }
+                _ => Ok((text, ends)),
+            });
         let item = match parsed {
-            Ok(fields) => match to_strings(fields) {
+            Ok((text, ends)) => match to_fields(text, ends) {
                 Ok(fields) => CsvItem::Record { line, fields },
                 Err(reason) => CsvItem::Bad { line, raw: bytes.to_vec(), reason },
             },
@@ -149,12 +193,12 @@ impl CsvReader {
                             i + 1
                         ));
                     }
-                    if !seen.insert(f.as_str()) {
+                    if !seen.insert(f) {
                         return Err(format!("the header (line {line}) names column {f:?} twice"));
                     }
                 }
                 self.expected = Some(fields.len());
-                self.header = Some(fields.clone());
+                self.header = Some(fields.to_vec());
                 Ok(CsvItem::Record { line, fields })
             }
         }
@@ -209,21 +253,22 @@ fn strip_cr(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 
-fn to_strings(fields: Vec<Vec<u8>>) -> Result<Vec<String>, String> {
-    fields
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            String::from_utf8(f).map_err(|e| {
-                format!("invalid UTF-8 in field {} at byte {}", i + 1, e.utf8_error().valid_up_to())
-            })
-        })
-        .collect()
+fn to_fields(text: Vec<u8>, ends: Vec<usize>) -> Result<Fields, String> {
+    match String::from_utf8(text) {
+        Ok(text) => Ok(Fields { text, ends }),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let i = ends.iter().position(|&end| end > at).unwrap_or(ends.len().saturating_sub(1));
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            Err(format!("invalid UTF-8 in field {} at byte {}", i + 1, at - start))
+        }
+    }
 }
 
 /// Splits one record into fields, RFC 4180: fields may be quoted with `"`, a quote inside a quoted
-/// field is written `""`, and quoted fields may contain delimiters and line breaks.
-pub fn parse_fields(record: &[u8], delimiter: u8) -> Result<Vec<Vec<u8>>, String> {
+/// field is written `""`, and quoted fields may contain delimiters and line breaks. Returns the
+/// fields' bytes one after another, and where each field ends.
+pub fn parse_fields(record: &[u8], delimiter: u8) -> Result<(Vec<u8>, Vec<usize>), String> {
     #[derive(PartialEq)]
     enum State {
         FieldStart,
@@ -231,54 +276,68 @@ pub fn parse_fields(record: &[u8], delimiter: u8) -> Result<Vec<Vec<u8>>, String
         Quoted,
         QuoteInQuoted,
     }
-    let mut fields = Vec::new();
-    let mut field = Vec::new();
+    let mut ends = Vec::new();
+    if !record.contains(&b'"') {
+        // No quoting at all: the fields are the bytes between delimiters.
+        for (i, &b) in record.iter().enumerate() {
+            if b == delimiter {
+                ends.push(i - ends.len());
+            }
+        }
+        let mut text = Vec::with_capacity(record.len());
+        for part in record.split(|&b| b == delimiter) {
+            text.extend_from_slice(part);
+        }
+        ends.push(text.len());
+        return Ok((text, ends));
+    }
+    let mut text = Vec::with_capacity(record.len());
     let mut state = State::FieldStart;
     for (i, &b) in record.iter().enumerate() {
         state = match state {
             State::FieldStart if b == b'"' => State::Quoted,
             State::FieldStart | State::Unquoted if b == delimiter => {
-                fields.push(std::mem::take(&mut field));
+                ends.push(text.len());
                 State::FieldStart
             }
             State::FieldStart | State::Unquoted if b == b'"' => {
                 return Err(format!(
                     "broken quoting: a quote inside unquoted field {} (byte {})",
-                    fields.len() + 1,
+                    ends.len() + 1,
                     i + 1
                 ));
             }
             State::FieldStart | State::Unquoted => {
-                field.push(b);
+                text.push(b);
                 State::Unquoted
             }
             State::Quoted if b == b'"' => State::QuoteInQuoted,
             State::Quoted => {
-                field.push(b);
+                text.push(b);
                 State::Quoted
             }
             State::QuoteInQuoted if b == b'"' => {
-                field.push(b'"');
+                text.push(b'"');
                 State::Quoted
             }
             State::QuoteInQuoted if b == delimiter => {
-                fields.push(std::mem::take(&mut field));
+                ends.push(text.len());
                 State::FieldStart
             }
             State::QuoteInQuoted => {
                 return Err(format!(
                     "broken quoting: text after the closing quote of field {} (byte {})",
-                    fields.len() + 1,
+                    ends.len() + 1,
                     i + 1
                 ));
             }
         };
     }
     if state == State::Quoted {
-        return Err(format!("broken quoting: field {} has no closing quote", fields.len() + 1));
+        return Err(format!("broken quoting: field {} has no closing quote", ends.len() + 1));
     }
-    fields.push(field);
-    Ok(fields)
+    ends.push(text.len());
+    Ok((text, ends))
 }
 
 #[cfg(test)]
@@ -307,7 +366,7 @@ mod tests {
     }
 
     fn rec(line: u64, fields: &[&str]) -> CsvItem {
-        CsvItem::Record { line, fields: fields.iter().map(|s| s.to_string()).collect() }
+        CsvItem::Record { line, fields: Fields::from(fields) }
     }
 
     #[test]
@@ -339,7 +398,9 @@ mod tests {
             let summary: Vec<(u64, String)> = items
                 .iter()
                 .map(|i| match i {
-                    CsvItem::Record { line, fields } => (*line, format!("ok {}", fields.join("|"))),
+                    CsvItem::Record { line, fields } => {
+                        (*line, format!("ok {}", fields.to_vec().join("|")))
+                    }
                     CsvItem::Bad { line, reason, raw } => {
                         (*line, format!("bad {} [{}]", reason, String::from_utf8_lossy(raw)))
                     }

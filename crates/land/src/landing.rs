@@ -321,7 +321,7 @@ struct Counts {
 
 /// Writes the data and rejects files of one batch, in record batches of bounded size.
 struct BatchWriter {
-    store: Arc<dyn ObjectStore>,
+    lake: Lake,
     dir: String,
     batch_rows: usize,
     schema: Option<SchemaRef>,
@@ -336,7 +336,7 @@ struct BatchWriter {
 impl BatchWriter {
     fn new(lake: &Lake, dir: &str, batch_rows: usize) -> Self {
         BatchWriter {
-            store: lake.store().clone(),
+            lake: lake.clone(),
             dir: dir.to_string(),
             batch_rows,
             schema: None,
@@ -360,7 +360,7 @@ impl BatchWriter {
         if self.data.is_none() {
             let path = format!("{}/part-00000.parquet", self.dir);
             self.data = Some(ParquetSink::create(
-                self.store.clone(),
+                &self.lake,
                 path,
                 batch.schema(),
                 strata_publish::writer_properties(1024 * 1024),
@@ -397,7 +397,7 @@ impl BatchWriter {
         if self.rejects.is_none() {
             let path = format!("{}/rejects.parquet", self.dir);
             self.rejects = Some(ParquetSink::create(
-                self.store.clone(),
+                &self.lake,
                 path,
                 rejects_schema(),
                 strata_publish::writer_properties(1024 * 1024),
@@ -444,12 +444,12 @@ struct TextRows {
 }
 
 impl TextRows {
-    fn new(schema: SchemaRef) -> Self {
+    fn new(schema: SchemaRef, rows: usize) -> Self {
         let n = schema.fields().len() - 1;
         TextRows {
             schema,
-            columns: (0..n).map(|_| StringBuilder::new()).collect(),
-            lines: Int64Builder::new(),
+            columns: (0..n).map(|_| StringBuilder::with_capacity(rows, rows * 8)).collect(),
+            lines: Int64Builder::with_capacity(rows),
         }
     }
 
@@ -465,67 +465,123 @@ impl TextRows {
     }
 
     fn take(&mut self) -> Result<RecordBatch> {
-        let mut arrays: Vec<ArrayRef> =
-            self.columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let rows = self.lines.len();
+        let mut arrays: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|b| {
+                // Room for as many rows again, so that the next batch does not grow by copies.
+                let bytes = b.values_slice().len();
+                let mut full = std::mem::replace(b, StringBuilder::with_capacity(rows, bytes));
+                Arc::new(full.finish()) as ArrayRef
+            })
+            .collect();
         arrays.push(Arc::new(self.lines.finish()));
         Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
     }
 }
 
+/// What the CSV parser hands the writer.
+enum CsvMsg {
+    Schema(SchemaRef),
+    Rows(RecordBatch),
+    Bad { line: u64, raw: Vec<u8>, reason: String },
+    Blank,
+}
+
+/// Lands a CSV input: one task reads and parses while this one encodes and writes, so that the
+/// two halves of the work run on two cores.
 async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -> Result<()> {
-    let mut reader = CsvReader::new(options.delimiter);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<CsvMsg>>(4);
+    let stream = open(input).await?;
+    let (delimiter, batch_rows, display) =
+        (options.delimiter, options.batch_rows, input.display.clone());
+    let parser = tokio::spawn(async move {
+        let result = parse_csv(stream, delimiter, batch_rows, &display, &tx).await;
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    let mut schema_seen = false;
+    while let Some(msg) = rx.recv().await {
+        match msg? {
+            CsvMsg::Schema(schema) => {
+                out.set_schema(schema);
+                schema_seen = true;
+            }
+            CsvMsg::Rows(batch) => out.write(batch).await?,
+            CsvMsg::Bad { line, raw, reason } => {
+                out.reject(line, &raw, &reason);
+                out.flush_rejects(false).await?;
+            }
+            CsvMsg::Blank => out.blank(),
+        }
+    }
+    parser.await.map_err(|e| Error::Input {
+        path: input.display.clone(),
+        detail: format!("the CSV reader stopped: {e}"),
+    })?;
+    if !schema_seen {
+        return Err(Error::Input {
+            path: input.display.clone(),
+            detail: "it is empty: no header line".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads and parses CSV records, sending the schema, then row batches, rejects and blanks in
+/// input order. Stops early, without error, when the receiver is gone.
+async fn parse_csv(
+    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    delimiter: u8,
+    batch_rows: usize,
+    display: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<CsvMsg>>,
+) -> Result<()> {
+    let mut reader = CsvReader::new(delimiter);
     let mut rows: Option<TextRows> = None;
-    let mut stream = open(input).await?;
     let mut eof = false;
     loop {
         if !eof {
             match stream.next().await {
-                Some(chunk) => {
-                    reader.push(&chunk.map_err(|e| Error::store("read", &input.display, e))?)
-                }
+                Some(chunk) => reader.push(&chunk.map_err(|e| Error::store("read", display, e))?),
                 None => eof = true,
             }
         }
         while let Some(item) = reader.next_item(eof) {
-            let item =
-                item.map_err(|detail| Error::Input { path: input.display.clone(), detail })?;
-            match item {
+            let item = item.map_err(|detail| Error::Input { path: display.into(), detail })?;
+            let msg = match item {
                 CsvItem::Record { line, fields } => match &mut rows {
                     None => {
-                        let schema = text_schema(&fields, &input.display)?;
-                        out.set_schema(schema.clone());
-                        rows = Some(TextRows::new(schema));
+                        let schema = text_schema(&fields.to_vec(), display)?;
+                        rows = Some(TextRows::new(schema.clone(), batch_rows));
+                        Some(CsvMsg::Schema(schema))
                     }
                     Some(r) => {
-                        r.push(line, fields.into_iter().map(Some));
-                        if r.len() >= options.batch_rows {
-                            let batch = r.take()?;
-                            out.write(batch).await?;
-                        }
+                        r.push(line, fields.iter().map(Some));
+                        (r.len() >= batch_rows).then(|| r.take().map(CsvMsg::Rows)).transpose()?
                     }
                 },
-                CsvItem::Bad { line, raw, reason } => {
-                    out.reject(line, &raw, &reason);
-                    out.flush_rejects(false).await?;
+                CsvItem::Bad { line, raw, reason } => Some(CsvMsg::Bad { line, raw, reason }),
+                CsvItem::Blank { .. } => Some(CsvMsg::Blank),
+            };
+            if let Some(msg) = msg {
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(());
                 }
-                CsvItem::Blank { .. } => out.blank(),
             }
         }
         if eof {
             break;
         }
     }
-    match rows {
-        Some(mut r) => {
-            let batch = r.take()?;
-            out.write(batch).await?;
-            Ok(())
+    if let Some(r) = &mut rows {
+        if r.len() > 0 {
+            let _ = tx.send(Ok(CsvMsg::Rows(r.take()?))).await;
         }
-        None => Err(Error::Input {
-            path: input.display.clone(),
-            detail: "it is empty: no header line".into(),
-        }),
     }
+    Ok(())
 }
 
 /// Collects the keys of JSON objects, line by line, in order of first appearance.
@@ -591,7 +647,7 @@ pub fn json_line_values(
 async fn land_jsonl(input: &Input, keys: Vec<String>, out: &mut BatchWriter) -> Result<()> {
     let schema = text_schema(&keys, &input.display)?;
     out.set_schema(schema.clone());
-    let mut rows = TextRows::new(schema);
+    let mut rows = TextRows::new(schema, 1024);
     let mut stream = open(input).await?;
     let mut partial: Vec<u8> = Vec::new();
     let mut line_no = 0u64;

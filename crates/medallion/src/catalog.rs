@@ -237,6 +237,13 @@ async fn parquet_scan(
 /// The name of the column that carries a raw row's batch id.
 pub const BATCH_COLUMN: &str = "_batch";
 
+/// The type of [`BATCH_COLUMN`]: dictionary-encoded, so that a row carries two bytes, not the
+/// 64 characters of the id, through the sort of the cleaned stage.
+fn batch_type() -> datafusion::arrow::datatypes::DataType {
+    use datafusion::arrow::datatypes::DataType;
+    DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8))
+}
+
 /// Raw batches of one source as a table: the union of their columns (a column missing from a
 /// batch reads as null), plus `_batch`, the id of the batch each row came from.
 #[derive(Debug)]
@@ -266,11 +273,7 @@ impl RawTable {
             ));
         }
         let file_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields.clone()));
-        fields.push(datafusion::arrow::datatypes::Field::new(
-            BATCH_COLUMN,
-            datafusion::arrow::datatypes::DataType::Utf8,
-            false,
-        ));
+        fields.push(datafusion::arrow::datatypes::Field::new(BATCH_COLUMN, batch_type(), false));
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         let files = batches
             .iter()
@@ -308,17 +311,19 @@ impl TableProvider for RawTable {
         let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
         for (i, (path, size, batch)) in self.files.iter().enumerate() {
             let mut f = PartitionedFile::new(path.clone(), *size);
-            f.partition_values = vec![datafusion::common::ScalarValue::Utf8(Some(batch.clone()))];
+            f.partition_values = vec![datafusion::common::ScalarValue::Dictionary(
+                Box::new(datafusion::arrow::datatypes::DataType::UInt16),
+                Box::new(datafusion::common::ScalarValue::Utf8(Some(batch.clone()))),
+            )];
             groups[i % n].push(f);
         }
         let groups = groups.into_iter().filter(|g| !g.is_empty()).map(FileGroup::new).collect();
-        let table_schema = TableSchema::builder(self.file_schema.clone())
-            .with_table_partition_cols(vec![Arc::new(datafusion::arrow::datatypes::Field::new(
-                BATCH_COLUMN,
-                datafusion::arrow::datatypes::DataType::Utf8,
-                false,
-            ))])
-            .build();
+        let table_schema =
+            TableSchema::builder(self.file_schema.clone())
+                .with_table_partition_cols(vec![Arc::new(
+                    datafusion::arrow::datatypes::Field::new(BATCH_COLUMN, batch_type(), false),
+                )])
+                .build();
         parquet_scan(state, &self.url, table_schema, &self.schema, groups, projection, limit).await
     }
 }

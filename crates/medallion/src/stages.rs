@@ -268,7 +268,8 @@ pub(crate) async fn batches_for_window(
         };
         let mut ranges: BTreeMap<String, strata_land::DateRange> = BTreeMap::new();
         for b in found.iter().flatten() {
-            let ids = b.column(0).as_string_opt::<i32>();
+            let ids = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let ids = ids.as_string_opt::<i32>();
             let lo = b.column(1).as_primitive_opt::<arrow::datatypes::Date32Type>();
             let hi = b.column(2).as_primitive_opt::<arrow::datatypes::Date32Type>();
             let nulls = b.column(3).as_primitive_opt::<arrow::datatypes::Int64Type>();
@@ -412,8 +413,9 @@ fn rule_predicate(rule: &RuleDef) -> (String, String) {
 }
 
 /// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
-/// Columns: `_batch`, `_line`, `<col>__raw` (text as landed), typed `<col>`, `_rule`, `_reason`,
-/// `_hash` (of the text as landed) and `_v<n>` (rows failing a rule that does not quarantine).
+/// Columns: `_batch`, `_line`, `<col>__raw` (text as landed, null unless the row is
+/// quarantined), typed `<col>`, `_rule`, `_reason`, `_hash` (sha256 of the text as landed,
+/// binary) and `_v<n>` (rows failing a rule that does not quarantine).
 /// Deduplication needs no window function: the stage sorts these rows by key and rank order and
 /// keeps the first row of each key as it streams by.
 pub fn cleaning_sql(
@@ -456,13 +458,14 @@ pub fn cleaning_sql(
     }
     // Rules that quarantine a record decide `_rule`; the others only flag rows (`_v<n>`), and
     // their severity decides what the flags do.
-    let mut flags = Vec::new();
+    let (mut flags, mut flag_ids) = (Vec::new(), Vec::new());
     for (i, rule) in def.rules.iter().enumerate() {
         let (ok, reason) = rule_predicate(rule);
         if rule.severity() == "QUARANTINE_RECORD" {
             checks.push((format!("NOT {ok}"), rule.name.clone(), reason));
         } else {
             flags.push(format!(", NOT {ok} AS _v{i}"));
+            flag_ids.push(i);
         }
     }
     let rule_case = checks
@@ -479,14 +482,26 @@ pub fn cleaning_sql(
         .iter()
         .map(|c| format!("COALESCE({}, '\\N')", ident(&format!("{}__raw", c.name))))
         .collect();
+    // The text as landed is only kept for the quarantine: accepted rows carry it as null, so the
+    // sort that ranks them moves half the bytes.
+    let mut out = vec!["_batch".to_string(), "_line".to_string()];
+    for c in contract {
+        let r = ident(&format!("{}__raw", c.name));
+        out.push(format!("CASE WHEN _rule IS NULL THEN NULL ELSE {r} END AS {r}"));
+        out.push(ident(&c.name));
+    }
+    out.extend(["_rule", "_reason", "_hash"].map(String::from));
+    out.extend((0..flags.len()).map(|i| format!("_v{}", flag_ids[i])));
     format!(
-        "WITH typed AS (SELECT {typed} FROM raw) \
-         SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
+        "WITH typed AS (SELECT {typed} FROM raw), \
+         ruled AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
                    CASE {reason_case} ELSE NULL END AS _reason, \
-                   encode(sha256(concat_ws(chr(31), {hash})), 'hex') AS _hash{flags} FROM typed",
+                   sha256(concat_ws(chr(31), {hash})) AS _hash{flags} FROM typed) \
+         SELECT {out} FROM ruled",
         typed = typed.join(", "),
         hash = hash_parts.join(", "),
         flags = flags.concat(),
+        out = out.join(", "),
     )
 }
 
@@ -607,10 +622,18 @@ pub(crate) async fn clean(
     if month {
         a_cols.push((idx(&part_col)?, part_col.clone()));
     }
+    // Dictionary columns (the batch id) are written as plain text.
+    let plain = |t: &DataType| match t {
+        DataType::Dictionary(_, v) => v.as_ref().clone(),
+        other => other.clone(),
+    };
     let project = |cols: &[(usize, String)]| -> SchemaRef {
         Arc::new(Schema::new(
             cols.iter()
-                .map(|(i, n)| schema.field(*i).as_ref().clone().with_name(n))
+                .map(|(i, n)| {
+                    let f = schema.field(*i);
+                    f.as_ref().clone().with_name(n).with_data_type(plain(f.data_type()))
+                })
                 .collect::<Vec<_>>(),
         ))
     };
@@ -668,10 +691,20 @@ pub(crate) async fn clean(
                 &sum_cols,
             )?;
             let take = |cols: &[(usize, String)], s: &SchemaRef, mask: &BooleanArray| {
-                let picked: Vec<ArrayRef> =
-                    cols.iter().map(|(i, _)| batch.column(*i).clone()).collect();
-                let b = RecordBatch::try_new(s.clone(), picked)?;
-                Ok::<_, Error>(arrow::compute::filter_record_batch(&b, mask)?)
+                let filter = arrow::compute::FilterBuilder::new(mask).optimize().build();
+                let picked: Vec<ArrayRef> = cols
+                    .iter()
+                    .zip(s.fields())
+                    .map(|((i, _), f)| {
+                        let c = filter.filter(batch.column(*i))?;
+                        if c.data_type() == f.data_type() {
+                            Ok(c)
+                        } else {
+                            arrow::compute::cast(&c, f.data_type())
+                        }
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok::<_, Error>(RecordBatch::try_new(s.clone(), picked)?)
             };
             if quar.true_count() > 0 {
                 q_writer.write(&take(&q_cols, &q_schema, &quar)?).await?;

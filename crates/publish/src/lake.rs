@@ -153,6 +153,16 @@ impl Lake {
         &self.store
     }
 
+    /// The size of the parts a large file is uploaded in, and so what a file being written holds
+    /// in memory: 5 MiB on S3 (its smallest part), 1 MiB on local disk and in memory.
+    pub fn upload_part_size(&self) -> usize {
+        if self.url.starts_with("s3://") {
+            5 * 1024 * 1024
+        } else {
+            1024 * 1024
+        }
+    }
+
     /// The URL the lake was opened from, without credentials.
     pub fn url(&self) -> &str {
         &self.url

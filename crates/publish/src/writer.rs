@@ -5,8 +5,8 @@
 //! Output bytes depend only on the input batches, their order and the writer options, so the same
 //! inputs give byte-identical files.
 
+use crate::lake::Lake;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::ObjectStore;
 use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -122,12 +121,18 @@ impl ParquetSink {
     /// Starts a file at `path` (relative to the store root). Nothing is visible at `path` until
     /// [`ParquetSink::finish`] (small files are one PUT; large ones a multipart upload).
     pub fn create(
-        store: Arc<dyn ObjectStore>,
+        lake: &Lake,
         path: String,
         schema: SchemaRef,
         props: WriterProperties,
     ) -> Result<Self> {
-        let sink = HashingWriter::new(BufWriter::new(store, Path::from(path.as_str())));
+        // Encoded bytes are held until a part of `upload_part_size` is ready: the smallest the
+        // store accepts, so that many files open at once (one per partition) hold little.
+        let sink = HashingWriter::new(BufWriter::with_capacity(
+            lake.store().clone(),
+            Path::from(path.as_str()),
+            lake.upload_part_size(),
+        ));
         let writer = AsyncArrowWriter::try_new(sink, schema, Some(props))
             .map_err(|source| Error::Parquet { path: path.clone(), source })?;
         Ok(ParquetSink { path, writer, rows: 0 })
@@ -146,9 +151,10 @@ impl ParquetSink {
         self.rows
     }
 
-    /// Bytes encoded and held in memory for the row group in progress.
+    /// Memory held for the row group in progress: encoded pages, and values not yet encoded
+    /// (dictionary keys).
     pub fn buffered(&self) -> usize {
-        self.writer.in_progress_size()
+        self.writer.memory_size()
     }
 
     /// Writes the row group in progress out now (a shorter row group), freeing its memory.
@@ -368,9 +374,8 @@ impl StagingWriter {
             if writer.open.is_none() {
                 let path =
                     layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
-                let store = self.dataset.lake().store().clone();
                 writer.open = Some(ParquetSink::create(
-                    store,
+                    self.dataset.lake(),
                     path,
                     self.schema.clone(),
                     self.props.clone(),
