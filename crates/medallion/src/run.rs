@@ -428,7 +428,7 @@ async fn drive(
         let reused = reuse(lake, found, &key, "clean", &names, *window, plan, options, ctx).await?;
         let (report, outs) = match reused {
             Some(x) => x,
-            None => clean(lake, session, pipeline, name, def, raw, *window, ctx).await?,
+            None => Box::pin(clean(lake, session, pipeline, name, def, raw, *window, ctx)).await?,
         };
         record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
         for o in &outs {

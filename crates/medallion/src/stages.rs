@@ -11,7 +11,7 @@ use std::time::Instant;
 use chrono::{Datelike, Duration, NaiveDate};
 use datafusion::arrow;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -581,23 +581,26 @@ pub(crate) async fn clean(
     // One pass over the ranked rows, in a fixed order (key, then origin) so that the files are
     // byte-identical from run to run: each batch is split into accepted rows and quarantined rows
     // on their way to the writers, and counted, summed and bucketed by partition on the way.
-    let q_date = if month { format!("to_char({bd}, '%Y-%m')") } else { bd.clone() };
-    let part_expr = if month {
-        format!(", to_char({bd}, '%Y-%m') AS {}", ident(&part_col))
-    } else {
-        String::new()
-    };
     let key_order: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
     // The order is the ranking's own (quarantined rows first, then by key), so the window
     // function's sort serves it and the rows are sorted once.
     let one_pass = format!(
-        "SELECT *, {q_date} AS _qdate{part_expr} FROM checked WHERE {in_window} \
+        "SELECT * FROM checked WHERE {in_window} \
          ORDER BY _rule IS NULL, {}, {}",
         key_order.join(", "),
         rank_order(def)
     );
     let mut stream = df_ctx.sql(&one_pass).await?.execute_stream().await?;
-    let schema = stream.schema();
+    // Month grain: the month of each row (its partition, and its quarantine date) is added to
+    // each batch here, from a cache of the days seen.
+    let schema = if month {
+        let mut fields = stream.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new(&part_col, DataType::Utf8, true)));
+        Arc::new(Schema::new(fields))
+    } else {
+        stream.schema()
+    };
+    let mut months: std::collections::HashMap<i32, String> = std::collections::HashMap::new();
     let idx = |n: &str| {
         schema.index_of(n).map_err(|_| Error::Sql {
             message: format!(
@@ -608,7 +611,7 @@ pub(crate) async fn clean(
     let (rule_i, bd_i) = (idx("_rule")?, idx(&def.business_date)?);
     let key_idx: Vec<usize> = def.key.iter().map(|k| idx(k)).collect::<Result<_>>()?;
     let mut q_cols: Vec<(usize, String)> = vec![
-        (idx("_qdate")?, "quarantine_date".to_string()),
+        (if month { idx(&part_col)? } else { bd_i }, "quarantine_date".to_string()),
         (rule_i, "_rule".into()),
         (idx("_reason")?, "_reason".into()),
         (idx("_batch")?, "_batch".into()),
@@ -677,9 +680,33 @@ pub(crate) async fn clean(
     };
     let fail_partition: Vec<bool> =
         flagged.iter().map(|(_, r)| r.severity() == "FAIL_PARTITION").collect();
+    // The writers (control totals, Parquet encoding) run in their own task, so that they use
+    // the second core while this one merges, ranks and splits the rows.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Option<RecordBatch>, Option<RecordBatch>)>(4);
+    let writing = tokio::spawn(async move {
+        let mut result: Result<()> = Ok(());
+        while let Some((q, a)) = rx.recv().await {
+            if let Some(q) = q {
+                result = q_writer.write(&q).await.map_err(Error::from);
+            }
+            if let (Ok(()), Some(a)) = (&result, a) {
+                result = a_writer.write(&a).await.map_err(Error::from);
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        (result, a_writer, q_writer)
+    });
     let result: Result<()> = async {
+        let (mut pending, mut pending_rows) = (Vec::new(), 0usize);
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
+            let mut batch = batch?;
+            if month {
+                let mut cols = batch.columns().to_vec();
+                cols.push(month_strings(batch.column(bd_i), &mut months)?);
+                batch = RecordBatch::try_new(schema.clone(), cols)?;
+            }
             let (acc, quar, dup) = pass.masks(&batch, rule_i)?;
             pass.add(
                 &batch,
@@ -706,16 +733,44 @@ pub(crate) async fn clean(
                     .collect::<std::result::Result<_, _>>()?;
                 Ok::<_, Error>(RecordBatch::try_new(s.clone(), picked)?)
             };
-            if quar.true_count() > 0 {
-                q_writer.write(&take(&q_cols, &q_schema, &quar)?).await?;
-            }
+            let q = (quar.true_count() > 0).then(|| take(&q_cols, &q_schema, &quar)).transpose()?;
             if acc.true_count() > 0 {
-                a_writer.write(&take(&a_cols, &a_schema, &acc)?).await?;
+                let a = take(&a_cols, &a_schema, &acc)?;
+                pending_rows += a.num_rows();
+                pending.push(a);
             }
+            // Accepted rows go to the writers in batches of 64k: each batch is split by
+            // partition there, and bigger batches mean fewer, bigger writes per partition.
+            let a = if pending_rows >= 65536 {
+                pending_rows = 0;
+                Some(arrow::compute::concat_batches(&a_schema, &std::mem::take(&mut pending))?)
+            } else {
+                None
+            };
+            if (q.is_some() || a.is_some()) && tx.send((q, a)).await.is_err() {
+                // The writers stopped on an error; it is reported below.
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            let a = arrow::compute::concat_batches(&a_schema, &pending)?;
+            let _ = tx.send((None, Some(a))).await;
         }
         Ok(())
     }
     .await;
+    drop(tx);
+    let (written, a_writer, q_writer) = match writing.await {
+        Ok(x) => x,
+        Err(e) => {
+            a_ds.discard(ctx.run_id(), None).await;
+            q_ds.discard(ctx.run_id(), None).await;
+            return Err(Error::Sql {
+                message: format!("cleaned.{name}: the writer task failed: {e}; run again"),
+            });
+        }
+    };
+    let result = written.and(result);
     let staged = match result {
         Ok(()) => match (a_writer.finish().await, q_writer.finish().await) {
             (Ok(a), Ok(q)) => Ok((a, q)),
@@ -902,6 +957,28 @@ pub(crate) async fn clean(
         },
     ];
     Ok((report, outputs))
+}
+
+/// `YYYY-MM` of each date (null where the date is null), formatting each distinct day once.
+fn month_strings(
+    dates: &ArrayRef,
+    cache: &mut std::collections::HashMap<i32, String>,
+) -> Result<ArrayRef> {
+    let days = arrow::compute::cast(dates, &DataType::Date32)?;
+    let days = days.as_primitive::<arrow::datatypes::Date32Type>();
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+    let mut out = arrow::array::StringBuilder::with_capacity(days.len(), days.len() * 7);
+    for d in days.iter() {
+        match d {
+            None => out.append_null(),
+            Some(d) => {
+                out.append_value(cache.entry(d).or_insert_with(|| {
+                    (epoch + Duration::days(d.into())).format("%Y-%m").to_string()
+                }))
+            }
+        }
+    }
+    Ok(Arc::new(out.finish()))
 }
 
 /// What one pass over a cleaned stage's ranked rows counts.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -81,6 +82,8 @@ pub struct StagingWriter {
     options: WriterOptions,
     partition_cols: Vec<usize>,
     props: WriterProperties,
+    /// Whether `props` says yet which columns are dictionary-encoded (decided on the first batch).
+    dictionaries_chosen: bool,
     partitions: HashMap<String, PartitionWriter>,
     rows: u64,
 }
@@ -185,8 +188,39 @@ impl ParquetSink {
 pub fn writer_properties(max_row_group_size: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        // A column with many distinct values gives up its dictionary after 64 KiB instead of
+        // 1 MiB: interning every value of a key or a comment column costs more than it saves.
+        .set_dictionary_page_size_limit(64 * 1024)
         .set_max_row_group_row_count(Some(max_row_group_size))
         .build()
+}
+
+/// Dictionary-encodes only the columns whose values repeat: those with at most one distinct value
+/// in eight rows of the first batch (flags, codes, dates). Interning every value of a key or a
+/// free-text column costs more than the dictionary saves. The choice depends only on the data,
+/// so the same input gives the same files.
+pub fn with_dictionaries(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
+    let sample = batch.slice(0, batch.num_rows().min(8192));
+    let mut builder = props.into_builder();
+    for (i, field) in sample.schema().fields().iter().enumerate() {
+        let column = sample.column(i);
+        if matches!(field.data_type(), DataType::Boolean) || column.is_empty() {
+            continue;
+        }
+        // A type the row format cannot hold keeps the default (dictionary on).
+        let Ok(converter) = RowConverter::new(vec![SortField::new(field.data_type().clone())])
+        else {
+            continue;
+        };
+        let Ok(rows) = converter.convert_columns(std::slice::from_ref(column)) else { continue };
+        let distinct: std::collections::HashSet<arrow::row::Row<'_>> = rows.iter().collect();
+        let repeats = distinct.len() * 8 <= column.len();
+        builder = builder.set_column_dictionary_enabled(
+            parquet::schema::types::ColumnPath::from(field.name().as_str()),
+            repeats,
+        );
+    }
+    builder.build()
 }
 
 /// Arms a fault for tests of the reconciliation invariant: `STRATA_INJECT_FAULT=<fault>:<dataset>`
@@ -276,6 +310,7 @@ impl StagingWriter {
             options,
             partition_cols,
             props,
+            dictionaries_chosen: false,
             partitions: HashMap::new(),
             rows: 0,
         })
@@ -289,6 +324,10 @@ impl StagingWriter {
         }
         let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
         let batch = inject_fault(self.dataset.name(), batch)?;
+        if !self.dictionaries_chosen {
+            self.props = with_dictionaries(self.props.clone(), &batch);
+            self.dictionaries_chosen = true;
+        }
         if self.partition_cols.is_empty() {
             return self.write_to(String::new(), Vec::new(), &batch).await;
         }
@@ -308,44 +347,43 @@ impl StagingWriter {
     /// Groups the rows of a batch by partition, in order of first appearance:
     /// `(key, values, row indices)`. Validates each new partition value.
     fn group_rows(&self, batch: &RecordBatch) -> Result<Vec<PartitionRows>> {
-        // Partition key of every row.
+        // Rows are grouped by the binary row form of their partition values; a value is
+        // formatted (and checked) once per partition, not once per row.
+        let cols: Vec<_> = self.partition_cols.iter().map(|&i| batch.column(i).clone()).collect();
+        let fields = cols.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+        let converter = RowConverter::new(fields)?;
+        let rows = converter.convert_columns(&cols)?;
         let format = FormatOptions::default();
-        let formatters: Vec<(usize, ArrayFormatter<'_>)> = self
-            .partition_cols
+        let formatters: Vec<ArrayFormatter<'_>> = cols
             .iter()
-            .map(|&i| Ok((i, ArrayFormatter::try_new(batch.column(i).as_ref(), &format)?)))
+            .map(|c| Ok(ArrayFormatter::try_new(c.as_ref(), &format)?))
             .collect::<Result<_>>()?;
         let mut groups: Vec<PartitionRows> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut index: HashMap<arrow::row::Row<'_>, usize> = HashMap::new();
         for row in 0..batch.num_rows() {
+            let r = rows.row(row);
+            if let Some(&g) = index.get(&r) {
+                groups[g].2.push(row as u32);
+                continue;
+            }
             let mut values = Vec::with_capacity(formatters.len());
             let mut key = String::new();
-            for (n, (col, f)) in formatters.iter().enumerate() {
-                let value = if batch.column(*col).is_null(row) {
-                    None
-                } else {
-                    Some(f.value(row).to_string())
-                };
+            for (n, f) in formatters.iter().enumerate() {
+                let value =
+                    if cols[n].is_null(row) { None } else { Some(f.value(row).to_string()) };
                 if n > 0 {
                     key.push('/');
                 }
                 key.push_str(&self.options.partition_by[n]);
                 key.push('=');
                 key.push_str(value.as_deref().unwrap_or(NULL_PARTITION));
+                if let Some(v) = &value {
+                    validate_partition_value(&self.options.partition_by[n], v)?;
+                }
                 values.push(value);
             }
-            match index.get(&key) {
-                Some(&g) => groups[g].2.push(row as u32),
-                None => {
-                    for (n, v) in values.iter().enumerate() {
-                        if let Some(v) = v {
-                            validate_partition_value(&self.options.partition_by[n], v)?;
-                        }
-                    }
-                    index.insert(key.clone(), groups.len());
-                    groups.push((key, values, vec![row as u32]));
-                }
-            }
+            index.insert(r, groups.len());
+            groups.push((key, values, vec![row as u32]));
         }
         Ok(groups)
     }
