@@ -31,7 +31,24 @@ macro_rules! user_error {
     ($($arg:tt)*) => { anyhow::Error::new($crate::UserError(format!($($arg)*))) };
 }
 
+/// glibc gives every thread that allocates under contention an arena of its own (up to eight per
+/// core), and memory freed in one arena is not reused by another: a sort followed by a
+/// many-file write can hold hundreds of MiB more than it uses. strata caps the arenas at 2 by
+/// starting itself again (same process id) with `MALLOC_ARENA_MAX=2`, unless the variable is
+/// already set; set it to override.
+fn cap_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MALLOC_ARENA_MAX";
+    if std::env::var_os(VAR).is_some() || !cfg!(target_env = "gnu") {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    // `exec` only returns on failure; then strata simply runs with the default arenas.
+    let _ = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(VAR, "2").exec();
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     let cli = cli::Cli::parse();
     // At least two workers, so that lock renewal never waits behind a busy transform.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
