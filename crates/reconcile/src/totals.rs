@@ -109,14 +109,22 @@ impl KeySet {
 /// Merges the key sets of parts (partitions): `(distinct keys over all, keys found in more than
 /// one part or more than once)`.
 pub fn merge_key_sets(sets: impl IntoIterator<Item = KeySet>) -> (u64, u64) {
-    let mut all = KeySet::default();
-    for s in sets {
-        for (i, b) in s.buckets.into_iter().enumerate() {
-            all.buckets[i].extend(b);
+    let mut sets: Vec<KeySet> = sets.into_iter().collect();
+    // Bucket by bucket: the parts' buckets are moved into one, counted and freed, so that the
+    // merge holds the keys once plus one bucket, never a second copy of all of them.
+    let (mut distinct, mut repeated) = (0u64, 0u64);
+    for i in 0..256 {
+        let mut one = KeySet { buckets: vec![Vec::new()], sorted: false };
+        one.buckets[0].reserve_exact(sets.iter().map(|s| s.buckets[i].len()).sum());
+        for s in &mut sets {
+            let b = std::mem::take(&mut s.buckets[i]);
+            one.buckets[0].extend(b);
         }
+        let (d, r) = one.counts();
+        distinct += d;
+        repeated += r;
     }
-    all.sorted = false;
-    all.counts()
+    (distinct, repeated)
 }
 
 /// Accumulates control totals over batches (any order, any split).
