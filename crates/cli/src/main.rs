@@ -33,9 +33,10 @@ macro_rules! user_error {
 
 /// glibc gives every thread that allocates under contention an arena of its own (up to eight per
 /// core), and memory freed in one arena is not reused by another: a sort followed by a
-/// many-file write can hold hundreds of MiB more than it uses. strata caps the arenas at 2 by
-/// starting itself again (same process id) with `MALLOC_ARENA_MAX=2`, unless the variable is
-/// already set; set it to override.
+/// many-file write can hold hundreds of MiB more than it uses. For the commands that move data
+/// (`run`, `land`), strata caps the arenas at 2 by starting itself again (same process id) with
+/// `MALLOC_ARENA_MAX=2`, unless the variable is already set; set it to override. Other commands
+/// do not pay the few milliseconds of a second start.
 fn cap_malloc_arenas() {
     use std::os::unix::process::CommandExt;
     const VAR: &str = "MALLOC_ARENA_MAX";
@@ -48,8 +49,10 @@ fn cap_malloc_arenas() {
 }
 
 fn main() -> ExitCode {
-    cap_malloc_arenas();
     let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::Run(_) | cli::Command::Land(_)) {
+        cap_malloc_arenas();
+    }
     // At least two workers, so that lock renewal never waits behind a busy transform.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -699,7 +699,7 @@ pub(crate) async fn clean(
         flagged.iter().map(|(_, r)| r.severity() == "FAIL_PARTITION").collect();
     // The writers (control totals, Parquet encoding) run in their own task, so that they use
     // the second core while this one merges, ranks and splits the rows.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Option<RecordBatch>, Option<RecordBatch>)>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Option<RecordBatch>, Option<RecordBatch>)>(2);
     let writing = tokio::spawn(async move {
         let mut result: Result<()> = Ok(());
         while let Some((q, a)) = rx.recv().await {

@@ -53,7 +53,7 @@ impl Default for WriterOptions {
             max_rows_per_file: 8 * 1024 * 1024,
             max_row_group_size: 128 * 1024,
             totals: None,
-            max_buffered_bytes: 128 * 1024 * 1024,
+            max_buffered_bytes: 96 * 1024 * 1024,
         }
     }
 }
