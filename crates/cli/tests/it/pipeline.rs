@@ -449,3 +449,24 @@ fn a_window_run_reads_only_the_batches_that_can_hold_its_dates() {
         .contains(&("orders".into(), batch_of(&env, "orders/orders-2026-01-03.csv"))));
     assert_eq!(csv(&env, "SELECT amount FROM orders WHERE order_id = 3004"), "amount\n1.00\n");
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_not_an_error() {
+    // `strata runs --json | head -c 10`: the reader goes away; strata stops quietly with 0.
+    let env = Env::new();
+    let toml = shop(&env, 0, &[]);
+    run_json(&env, &["--pipeline", toml.to_str().unwrap()]);
+    for args in [&["runs", "--json"][..], &["runs"][..], &["versions", "orders", "--json"][..]] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("unexpected"), "{args:?}: {stderr}");
+    }
+}
