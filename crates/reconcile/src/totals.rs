@@ -86,7 +86,13 @@ impl Default for KeySet {
 impl KeySet {
     #[inline]
     fn push(&mut self, digest: u128) {
-        self.buckets[(digest >> 120) as usize].push(digest);
+        let bucket = &mut self.buckets[(digest >> 120) as usize];
+        if bucket.len() == bucket.capacity() {
+            // Grow by a quarter, not double: the set is 16 bytes a row and lives until the
+            // stage ends, so the slack of doubling would be up to as much again.
+            bucket.reserve_exact(bucket.len() / 4 + 16);
+        }
+        bucket.push(digest);
         self.sorted = false;
     }
 
