@@ -327,3 +327,26 @@ pub async fn land_indexed(
     index.record(Some(identity), outcome.manifest());
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DateRange;
+    use chrono::NaiveDate;
+
+    #[test]
+    fn a_batch_is_read_when_its_dates_overlap_the_window_or_some_are_missing() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+        let r = |lo: &str, hi: &str, nulls: u64| DateRange { min: d(lo), max: d(hi), nulls };
+        let (from, to) = (d("2026-01-10").unwrap(), d("2026-01-12").unwrap());
+        assert!(r("2026-01-01", "2026-01-10", 0).may_hold(from, to), "touches the start");
+        assert!(r("2026-01-12", "2026-02-01", 0).may_hold(from, to), "touches the end");
+        assert!(r("2026-01-01", "2026-02-01", 0).may_hold(from, to), "spans it");
+        assert!(!r("2026-01-01", "2026-01-09", 0).may_hold(from, to), "before");
+        assert!(!r("2026-01-13", "2026-01-20", 0).may_hold(from, to), "after");
+        assert!(r("2026-01-13", "2026-01-20", 1).may_hold(from, to), "a missing date");
+        let empty = DateRange { min: None, max: None, nulls: 0 };
+        assert!(!empty.may_hold(from, to), "no rows");
+        let all_missing = DateRange { min: None, max: None, nulls: 5 };
+        assert!(all_missing.may_hold(from, to));
+    }
+}

@@ -332,6 +332,63 @@ impl TableProvider for RawTable {
 mod tests {
     use super::*;
 
+    /// A version record with one partition per value of `by`.
+    fn record(by: &str, values: &[Option<&str>]) -> VersionRecord {
+        let partitions: Vec<serde_json::Value> = values
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "key": format!("{by}={}", v.unwrap_or(strata_publish::names::NULL_PARTITION)),
+                    "values": [v], "run_id": "r", "written_in": 1, "rows": 1, "bytes": 1,
+                    "files": [],
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "format": "strata.version.v1", "dataset": "d", "version": 1, "parent": null,
+            "publish_seq": 1, "run_id": "r", "created_at": "2026-01-01T00:00:00Z",
+            "partition_by": [by], "schema": {"fields": [], "metadata": {}},
+            "summary": {"rows": 0, "files": 0, "bytes": 0, "partitions": 0,
+                        "partitions_written": 0, "partitions_reused": 0, "partitions_dropped": 0},
+            "partitions": partitions,
+        }))
+        .unwrap()
+    }
+
+    fn kept(table: VersionTable) -> Vec<Option<String>> {
+        table.record().partitions.iter().map(|p| p.values[0].clone()).collect()
+    }
+
+    #[test]
+    fn only_the_partitions_of_the_dates_are_read() {
+        let url = ObjectStoreUrl::parse("strata://lake").unwrap();
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = record(
+            "day",
+            &[Some("2026-01-01"), Some("2026-01-02"), Some("2026-01-05"), Some("odd"), None],
+        );
+        let t = VersionTable::new(days.clone(), url.clone()).only_dates(
+            "day",
+            d("2026-01-02"),
+            d("2026-01-04"),
+        );
+        // In the window, plus a value that is not a date (kept: it cannot be ruled out).
+        assert_eq!(kept(t), vec![Some("2026-01-02".into()), Some("odd".into())]);
+        let months = record(
+            "day_month",
+            &[Some("2025-12"), Some("2026-01"), Some("2026-02"), Some("2026-03")],
+        );
+        let t = VersionTable::new(months, url.clone()).only_dates(
+            "day",
+            d("2026-01-31"),
+            d("2026-02-01"),
+        );
+        assert_eq!(kept(t), vec![Some("2026-01".into()), Some("2026-02".into())]);
+        // Partitioned by something else: everything is read.
+        let t = VersionTable::new(days, url).only_dates("other", d("2026-01-02"), d("2026-01-02"));
+        assert_eq!(kept(t).len(), 5);
+    }
+
     #[test]
     fn table_names() {
         assert_eq!(parse_table_name("orders"), Some(("orders", None)));
