@@ -250,13 +250,21 @@ async fn land(
     let mut index = strata_land::SourceIndex::load(&lake, &args.source).await?;
     let mut results = Vec::new();
     let (mut landed, mut skipped, mut rows, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    for file in &files {
-        let path = Path::from_absolute_path(file)
-            .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))?;
+    let paths = files
+        .iter()
+        .map(|file| {
+            Path::from_absolute_path(file)
+                .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // One listing per directory tells which inputs the index already knows.
+    let mut identities = strata_land::input_identities(&local, &paths).await?;
+    for (file, path) in files.iter().zip(paths) {
+        let identity = identities.remove(&path);
         let input =
             strata_land::Input { store: local.clone(), path, display: file.display().to_string() };
         let outcome =
-            strata_land::land_indexed(&lake, &mut index, &input, None, &options, &ctx).await?;
+            strata_land::land_indexed(&lake, &mut index, &input, identity, &options, &ctx).await?;
         let m = outcome.manifest();
         let fresh = matches!(outcome, strata_land::LandOutcome::Landed(_));
         if fresh {
