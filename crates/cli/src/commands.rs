@@ -246,23 +246,10 @@ async fn land(
         delimiter: args.delimiter as u8,
         ..Default::default()
     };
-    let local: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
     let mut index = strata_land::SourceIndex::load(&lake, &args.source).await?;
     let mut results = Vec::new();
     let (mut landed, mut skipped, mut rows, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    let paths = files
-        .iter()
-        .map(|file| {
-            Path::from_absolute_path(file)
-                .map_err(|e| user_error!("cannot use {} as an input path: {e}", file.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // One listing per directory tells which inputs the index already knows.
-    let mut identities = strata_land::input_identities(&local, &paths).await?;
-    for (file, path) in files.iter().zip(paths) {
-        let identity = identities.remove(&path);
-        let input =
-            strata_land::Input { store: local.clone(), path, display: file.display().to_string() };
+    for (file, (input, identity)) in files.iter().zip(strata_land::local_inputs(&files).await?) {
         let outcome =
             strata_land::land_indexed(&lake, &mut index, &input, identity, &options, &ctx).await?;
         let m = outcome.manifest();

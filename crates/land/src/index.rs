@@ -304,6 +304,30 @@ pub async fn input_identities(
     Ok(out)
 }
 
+/// Local files as inputs (read through a local store), each with its identity when one
+/// listing of its directory shows it (see [`input_identities`]).
+pub async fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<String>)>> {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    let paths = files
+        .iter()
+        .map(|f| {
+            Path::from_absolute_path(f).map_err(|e| Error::Input {
+                path: f.display().to_string(),
+                detail: format!("it cannot be used as an input path: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut identities = input_identities(&store, &paths).await?;
+    Ok(files
+        .iter()
+        .zip(paths)
+        .map(|(f, path)| {
+            let identity = identities.remove(&path);
+            (Input { store: store.clone(), path, display: f.display().to_string() }, identity)
+        })
+        .collect())
+}
+
 /// Lands `input` unless the index knows it (same identity), and records the batch in the index.
 /// `identity` is the input's, when already known (see [`input_identities`]). The index is not
 /// written; call [`SourceIndex::save`] after a set of inputs.

@@ -290,14 +290,6 @@ pub(crate) async fn read_manifest(lake: &Lake, path: Path) -> Result<Option<Batc
     Ok(Some(manifest))
 }
 
-/// Every landed batch of a source (those whose manifest exists), sorted by batch id. Reads the
-/// source's index (see [`crate::SourceIndex`]) and brings it up to date.
-pub async fn list_batches(lake: &Lake, source: &str) -> Result<Vec<BatchManifest>> {
-    let mut index = crate::SourceIndex::load(lake, source).await?;
-    index.save(lake).await?;
-    Ok(index.batches().cloned().collect())
-}
-
 /// The sources that have at least one raw batch directory, sorted.
 pub async fn list_sources(lake: &Lake) -> Result<Vec<String>> {
     let prefix = Path::from(RAW_DIR);

@@ -35,12 +35,12 @@ mod landing;
 
 pub use error::{Error, Result};
 pub use index::{
-    index_path, input_identities, input_identity, land_indexed, DateRange, SourceIndex,
-    INDEX_FORMAT,
+    index_path, input_identities, input_identity, land_indexed, local_inputs, DateRange,
+    SourceIndex, INDEX_FORMAT,
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{
-    batch_dir, json_line_values, land, list_batches, list_sources, manifest_path, rejects_schema,
-    source_prefix, BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome,
-    BATCH_FORMAT, LINE_COLUMN, RAW_DIR,
+    batch_dir, json_line_values, land, list_sources, manifest_path, rejects_schema, source_prefix,
+    BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome, BATCH_FORMAT,
+    LINE_COLUMN, RAW_DIR,
 };

@@ -665,6 +665,14 @@ async fn validate(
     for r in reports.iter_mut().filter(|r| r.stage != "land") {
         let Some(out) = by_name.get(r.dataset.as_str()) else { continue };
         let totals = totals_of(out);
+        // The written sum of a column; no rows written sums to zero.
+        let written_sum = |col: &str| {
+            totals
+                .as_ref()
+                .and_then(|t| t.sums.get(col))
+                .cloned()
+                .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()))
+        };
         if r.stage == "clean" {
             check(
                 &r.dataset,
@@ -686,12 +694,7 @@ async fn validate(
                 );
                 // Rows of failed partitions were counted as accepted but are not written.
                 if r.withheld == 0 {
-                    // No rows written sums to zero.
-                    let written = totals
-                        .as_ref()
-                        .and_then(|t| t.sums.get(col))
-                        .cloned()
-                        .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()));
+                    let written = written_sum(col);
                     check(
                         &r.dataset,
                         format!("sum({col}): accepted = written"),
@@ -777,11 +780,7 @@ async fn validate(
         }
         for (col, expected) in &r.expected_sums {
             let want = expected.split(" = ").next().unwrap_or("");
-            let got = totals
-                .as_ref()
-                .and_then(|t| t.sums.get(col))
-                .cloned()
-                .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()));
+            let got = written_sum(col);
             check(
                 &r.dataset,
                 format!("sum({col}) = {}", expected.split(" = ").nth(1).unwrap_or("")),

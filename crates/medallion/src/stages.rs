@@ -162,7 +162,8 @@ fn scratch(session: &SessionContext) -> SessionContext {
     SessionContext::new_with_config_rt(session.copied_config(), session.runtime_env())
 }
 
-/// Lands the files of a source that are new, and returns the source's index of raw batches.
+/// Lands the files of a source that are new, and returns the source's index of raw batches
+/// (not written yet: the caller saves it once the batches' date ranges are in it too).
 pub(crate) async fn land_source(
     lake: &Lake,
     pipeline: &Pipeline,
@@ -183,25 +184,11 @@ pub(crate) async fn land_source(
         delimiter: source.delimiter.as_deref().and_then(|d| d.bytes().next()).unwrap_or(b','),
         ..Default::default()
     };
-    let local: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::local::LocalFileSystem::new());
     let mut report =
         StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
     let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
-    let paths = files
-        .iter()
-        .map(|f| {
-            object_store::path::Path::from_absolute_path(f).map_err(|e| Error::Sql {
-                message: format!("cannot use {} as an input: {e}", f.display()),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut identities = strata_land::input_identities(&local, &paths).await.map_err(land_error)?;
-    for (f, path) in files.iter().zip(paths) {
-        let identity = identities.remove(&path);
-        let input =
-            strata_land::Input { store: local.clone(), path, display: f.display().to_string() };
+    for (input, identity) in strata_land::local_inputs(&files).await.map_err(land_error)? {
         let outcome = strata_land::land_indexed(lake, &mut index, &input, identity, &options, ctx)
             .await
             .map_err(land_error)?;
@@ -215,7 +202,6 @@ pub(crate) async fn land_source(
             strata_land::LandOutcome::AlreadyLanded(_) => old += 1,
         }
     }
-    index.save(lake).await.map_err(land_error)?;
     report.note = if new + old == 0 {
         format!("no file matches {}; using the batches already landed", source.path)
     } else {
@@ -277,10 +263,7 @@ pub(crate) async fn batches_for_window(
                 return Ok(all());
             };
             let day = |a: &arrow::array::Date32Array, i: usize| {
-                (!a.is_null(i)).then(|| {
-                    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
-                        + Duration::days(a.value(i).into())
-                })
+                (!a.is_null(i)).then(|| date_of_days(a.value(i)))
             };
             for i in 0..b.num_rows() {
                 ranges.insert(
@@ -833,7 +816,7 @@ pub(crate) async fn clean(
         });
     }
     let key_of = |day: i32| {
-        let d = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + Duration::days(day.into());
+        let d = date_of_days(day);
         if month {
             format!("{part_col}={}", d.format("%Y-%m"))
         } else {
@@ -863,15 +846,9 @@ pub(crate) async fn clean(
         .map(|d| key_of(*d))
         .filter(|k| !failed_keys.contains(k))
         .collect();
-    let window = window.or_else(|| {
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-        match (pass.min_day, pass.max_day) {
-            (Some(lo), Some(hi)) => Some(Window {
-                from: epoch + Duration::days(lo.into()),
-                to: epoch + Duration::days(hi.into()),
-            }),
-            _ => None,
-        }
+    let window = window.or_else(|| match (pass.min_day, pass.max_day) {
+        (Some(lo), Some(hi)) => Some(Window { from: date_of_days(lo), to: date_of_days(hi) }),
+        _ => None,
     });
     let mut sums = BTreeMap::new();
     for (c, parts) in sum_cols.iter().zip(&pass.sums) {
@@ -983,16 +960,13 @@ fn month_strings(
 ) -> Result<ArrayRef> {
     let days = arrow::compute::cast(dates, &DataType::Date32)?;
     let days = days.as_primitive::<arrow::datatypes::Date32Type>();
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
     let mut out = arrow::array::StringBuilder::with_capacity(days.len(), days.len() * 7);
     for d in days.iter() {
         match d {
             None => out.append_null(),
-            Some(d) => {
-                out.append_value(cache.entry(d).or_insert_with(|| {
-                    (epoch + Duration::days(d.into())).format("%Y-%m").to_string()
-                }))
-            }
+            Some(d) => out.append_value(
+                cache.entry(d).or_insert_with(|| date_of_days(d).format("%Y-%m").to_string()),
+            ),
         }
     }
     Ok(Arc::new(out.finish()))
@@ -1441,4 +1415,9 @@ fn between_dates(
 
 fn days_since_epoch(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
+}
+
+/// The date of an Arrow `Date32` value (days since 1970-01-01).
+fn date_of_days(days: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + Duration::days(days.into())
 }

@@ -199,7 +199,7 @@ pub fn writer_properties(max_row_group_size: usize) -> WriterProperties {
 /// in eight rows of the first batch (flags, codes, dates). Interning every value of a key or a
 /// free-text column costs more than the dictionary saves. The choice depends only on the data,
 /// so the same input gives the same files.
-pub fn with_dictionaries(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
+fn with_dictionaries(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
     let sample = batch.slice(0, batch.num_rows().min(8192));
     let mut builder = props.into_builder();
     for (i, field) in sample.schema().fields().iter().enumerate() {

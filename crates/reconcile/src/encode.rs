@@ -143,69 +143,38 @@ fn write_fixed<T: Copy, const W: usize>(
 fn fixed_column(c: &ArrayRef, buf: &mut [u8], row_starts: &[usize], offset: usize) {
     let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
     let nb = nulls.as_ref();
-    macro_rules! signed {
-        ($t:ty) => {
+    // A fixed-width cell of array type `$t`, little-endian bytes of `$encode(value)`.
+    macro_rules! fixed {
+        ($t:ty, $encode:expr) => {
             write_fixed(
                 c.as_any().downcast_ref::<$t>().expect("type checked").values(),
                 nb,
                 buf,
                 row_starts,
                 offset,
-                |x| i64::from(x).to_le_bytes(),
+                $encode,
             )
         };
     }
-    macro_rules! unsigned {
-        ($t:ty) => {
-            write_fixed(
-                c.as_any().downcast_ref::<$t>().expect("type checked").values(),
-                nb,
-                buf,
-                row_starts,
-                offset,
-                |x| u64::from(x).to_le_bytes(),
-            )
-        };
-    }
+    let signed = |x| i64::to_le_bytes(x);
     match c.data_type() {
-        DataType::Int8 => signed!(Int8Array),
-        DataType::Int16 => signed!(Int16Array),
-        DataType::Int32 => signed!(Int32Array),
-        DataType::Int64 => signed!(Int64Array),
-        DataType::Date32 => signed!(Date32Array),
-        DataType::Date64 => signed!(Date64Array),
-        DataType::Timestamp(TimeUnit::Second, _) => signed!(TimestampSecondArray),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => signed!(TimestampMillisecondArray),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => signed!(TimestampMicrosecondArray),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => signed!(TimestampNanosecondArray),
-        DataType::UInt8 => unsigned!(UInt8Array),
-        DataType::UInt16 => unsigned!(UInt16Array),
-        DataType::UInt32 => unsigned!(UInt32Array),
-        DataType::UInt64 => unsigned!(UInt64Array),
-        DataType::Decimal128(_, _) => write_fixed(
-            c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values(),
-            nb,
-            buf,
-            row_starts,
-            offset,
-            |x: i128| x.to_le_bytes(),
-        ),
-        DataType::Float32 => write_fixed(
-            c.as_any().downcast_ref::<Float32Array>().expect("type checked").values(),
-            nb,
-            buf,
-            row_starts,
-            offset,
-            |x: f32| f64::from(x).to_bits().to_le_bytes(),
-        ),
-        DataType::Float64 => write_fixed(
-            c.as_any().downcast_ref::<Float64Array>().expect("type checked").values(),
-            nb,
-            buf,
-            row_starts,
-            offset,
-            |x: f64| x.to_bits().to_le_bytes(),
-        ),
+        DataType::Int8 => fixed!(Int8Array, |x| signed(x.into())),
+        DataType::Int16 => fixed!(Int16Array, |x| signed(x.into())),
+        DataType::Int32 => fixed!(Int32Array, |x| signed(x.into())),
+        DataType::Int64 => fixed!(Int64Array, signed),
+        DataType::Date32 => fixed!(Date32Array, |x| signed(x.into())),
+        DataType::Date64 => fixed!(Date64Array, signed),
+        DataType::Timestamp(TimeUnit::Second, _) => fixed!(TimestampSecondArray, signed),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => fixed!(TimestampMillisecondArray, signed),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => fixed!(TimestampMicrosecondArray, signed),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => fixed!(TimestampNanosecondArray, signed),
+        DataType::UInt8 => fixed!(UInt8Array, |x| u64::from(x).to_le_bytes()),
+        DataType::UInt16 => fixed!(UInt16Array, |x| u64::from(x).to_le_bytes()),
+        DataType::UInt32 => fixed!(UInt32Array, |x| u64::from(x).to_le_bytes()),
+        DataType::UInt64 => fixed!(UInt64Array, |x: u64| x.to_le_bytes()),
+        DataType::Decimal128(_, _) => fixed!(Decimal128Array, |x: i128| x.to_le_bytes()),
+        DataType::Float32 => fixed!(Float32Array, |x: f32| f64::from(x).to_bits().to_le_bytes()),
+        DataType::Float64 => fixed!(Float64Array, |x: f64| x.to_bits().to_le_bytes()),
         DataType::Boolean => {
             let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
             for i in 0..a.len() {
