@@ -86,7 +86,7 @@ fn print_totals(out: &mut impl Write, t: &ControlTotals) -> std::io::Result<()> 
     if let Some(h) = &t.key_hash {
         writeln!(out, "  key hash   {h}")?;
     }
-    writeln!(out, "  row hash   {}", t.row_hash)?;
+    writeln!(out, "  row hash   {} ({})", t.row_hash, t.encoding)?;
     Ok(())
 }
 

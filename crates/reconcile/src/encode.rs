@@ -1,37 +1,49 @@
 //! The canonical encoding of rows for hashing, and SHA-256 over many short messages at once.
 //!
 //! The encoding is stable across versions of strata and arrow (evidence stored today must compare
-//! with evidence computed later) and compact (SHA-256 costs one compression per 64 bytes). A row
-//! of columns `c0..cn` (in the caller's order) is:
+//! with evidence computed later; its name, [`ENCODING`], is stored with every set of totals) and
+//! compact, because SHA-256 costs one compression per 64 bytes. A row of columns `c0..cn` (in the
+//! caller's order) is:
 //!
 //! - a null bitmap: `ceil(n / 8)` bytes, bit `i % 8` of byte `i / 8` set when `ci` is null;
-//! - then every fixed-width column, in order, at a fixed offset (all zeros when null):
+//! - then every column that is not null, in order:
 //!
 //! | type | bytes |
 //! |---|---|
-//! | signed integers, Date32, Date64, Timestamp | the value as i64, little-endian (8) |
-//! | unsigned integers | the value as u64, little-endian (8) |
-//! | Decimal128 (unscaled) | the value as i128, little-endian (16) |
+//! | signed integers, Date32, Date64, Timestamp | the value as i64, zigzag-coded to u64 (below) |
+//! | unsigned integers | the value as u64 (below) |
+//! | Decimal128 (unscaled) | the value as i128, zigzag-coded to u128 (below) |
 //! | Float32, Float64 | the value as f64, IEEE bits little-endian (8) |
 //! | Boolean | 1 byte |
+//! | Utf8, LargeUtf8, Utf8View, Binary… | the length as a LEB128 varint, then the bytes |
+//! | any other type | its display text, as Utf8 |
 //!
-//! - then every variable-width column, in order, when not null: its length as a LEB128 varint,
-//!   then its bytes (Utf8, LargeUtf8, Utf8View, Binary…; any other type as its display text).
+//! An integer `v` is one byte `k`, the count of its significant bytes (0 for zero, up to 8 or
+//! 16), then the `k` low bytes of `v`, little-endian. Small numbers take few bytes, and the cell
+//! is written with one store, where a varint would take a loop.
 //!
-//! Widening a column (Int32 to Int64, Utf8 to LargeUtf8 or Utf8View) does not change the
-//! encoding. The digest of a row is the standard SHA-256 of its encoding: rows are laid out
-//! already padded, block-aligned, in one buffer, and hashed with the raw compression function
-//! (SHA-NI where the CPU has it). Fixed offsets let each fixed-width column be written in one
-//! tight loop.
+//! Every cell is self-delimiting and nulls are in the bitmap, so the encoding is unambiguous.
+//! Widening a column (Int32 to Int64, Utf8 to LargeUtf8 or Utf8View) does not change it. Short
+//! integer cells keep a TPC-H `lineitem` row under two SHA-256 blocks (fixed 8- and 16-byte cells
+//! took three).
+//!
+//! The digest of a row is the standard SHA-256 of its encoding: rows are laid out already padded,
+//! block-aligned, in one buffer, and hashed with the raw compression function (SHA-NI where the
+//! CPU has it). The buffer is filled column by column, one tight loop per column.
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
-    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array,
+    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, OffsetSizeTrait,
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
     TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+/// The name of this encoding, stored with totals so that totals hashed differently are never
+/// compared as if they were data that differs.
+pub const ENCODING: &str = "strata.row.v2";
 
 const IV: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -41,8 +53,8 @@ const IV: [u32; 8] = [
 #[derive(Debug, Default)]
 pub struct EncodedRows {
     blocks: Vec<[u8; 64]>,
-    /// Row `i` occupies `blocks[starts[i]..starts[i + 1]]`.
-    starts: Vec<usize>,
+    /// Row `i` starts at block `i * slot`: every row has room for the longest.
+    slot: usize,
     /// The encoded length of each row (before padding).
     lens: Vec<usize>,
 }
@@ -58,20 +70,30 @@ impl EncodedRows {
 
     /// The canonical encoding of row `i`.
     pub fn row(&self, i: usize) -> &[u8] {
-        let start = self.starts[i] * 64;
+        let start = i * self.slot * 64;
         &self.blocks.as_flattened()[start..start + self.lens[i]]
+    }
+
+    /// The blocks of row `i`'s padded message.
+    fn blocks(&self, i: usize) -> &[[u8; 64]] {
+        let start = i * self.slot;
+        &self.blocks[start..start + (self.lens[i] + 9).div_ceil(64)]
     }
 
     /// The SHA-256 digest of row `i`.
     pub fn digest(&self, i: usize) -> [u8; 32] {
         let mut state = IV;
-        sha2::block_api::compress256(&mut state, &self.blocks[self.starts[i]..self.starts[i + 1]]);
-        let mut out = [0u8; 32];
-        for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        out
+        sha2::block_api::compress256(&mut state, self.blocks(i));
+        digest_bytes(state)
     }
+}
+
+fn digest_bytes(state: [u32; 8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// The canonical encoding of one row of `columns`, for tests and tools.
@@ -83,23 +105,129 @@ pub fn encode(columns: &[ArrayRef], row: usize) -> Vec<u8> {
 }
 
 #[inline]
-fn varint_len64(v: u64) -> usize {
+fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+/// Writes `v` as a LEB128 varint at `at` and returns its end.
 #[inline]
-fn put_varint64(buf: &mut [u8], at: &mut usize, mut v: u64) {
+fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
     while v >= 0x80 {
-        buf[*at] = (v as u8) | 0x80;
+        buf[at] = (v as u8) | 0x80;
         v >>= 7;
-        *at += 1;
+        at += 1;
     }
-    buf[*at] = v as u8;
-    *at += 1;
+    buf[at] = v as u8;
+    at + 1
 }
 
-/// The width of a fixed-width column's cells, or `None` for variable width.
-fn fixed_width(t: &DataType) -> Option<usize> {
+/// The bytes of an integer cell: its count of significant bytes, then those bytes.
+#[inline]
+fn int_len(v: u64) -> usize {
+    1 + (64 - v.leading_zeros() as usize).div_ceil(8)
+}
+
+#[inline]
+fn int_len128(v: u128) -> usize {
+    1 + (128 - v.leading_zeros() as usize).div_ceil(8)
+}
+
+/// Writes an integer cell at `at` and returns its end, with one 8- or 16-byte store that may run
+/// past the cell (see [`encoded_rows`] for why that is safe).
+#[inline]
+fn put_int(buf: &mut [u8], at: usize, v: u64) -> usize {
+    let len = int_len(v);
+    if len <= 8 {
+        buf[at..at + 8].copy_from_slice(&((v << 8) | (len as u64 - 1)).to_le_bytes());
+    } else {
+        buf[at..at + 16].copy_from_slice(&((u128::from(v) << 8) | 8).to_le_bytes());
+    }
+    at + len
+}
+
+#[inline]
+fn put_int128(buf: &mut [u8], at: usize, v: u128) -> usize {
+    let len = int_len128(v);
+    if len <= 8 {
+        return put_int(buf, at, v as u64);
+    }
+    if len <= 16 {
+        buf[at..at + 16].copy_from_slice(&((v << 8) | (len as u128 - 1)).to_le_bytes());
+    } else {
+        buf[at] = 16;
+        buf[at + 1..at + 17].copy_from_slice(&v.to_le_bytes());
+    }
+    at + len
+}
+
+#[inline]
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+fn zigzag128(v: i128) -> u128 {
+    ((v << 1) ^ (v >> 127)) as u128
+}
+
+/// Writes `data[start..start + len]`, length first, at `at` and returns its end. Up to eight
+/// bytes are copied with one 8-byte store when `data` has them (see [`encoded_rows`]).
+#[inline]
+fn put_bytes(buf: &mut [u8], at: usize, data: &[u8], start: usize, len: usize) -> usize {
+    let at = put_varint(buf, at, len as u64);
+    if len <= 8 && len > 0 && start + 8 <= data.len() {
+        buf[at..at + 8].copy_from_slice(&data[start..start + 8]);
+    } else {
+        buf[at..at + len].copy_from_slice(&data[start..start + len]);
+    }
+    at + len
+}
+
+/// One of the two passes over a column: find its longest cell, or write each cell at its row's
+/// cursor (and move the cursor past it).
+enum Pass<'a> {
+    Widest(&'a mut usize),
+    Write(&'a mut [u8], &'a mut [usize]),
+}
+
+/// Runs `pass` over the cells of a column that are not null: `len(i)` is cell `i`'s encoded
+/// length and `put(buf, at, i)` writes it at `at`, returning the end.
+#[inline]
+fn cells(
+    n: usize,
+    nulls: Option<&NullBuffer>,
+    pass: &mut Pass,
+    len: impl Fn(usize) -> usize,
+    put: impl Fn(&mut [u8], usize, usize) -> usize,
+) {
+    match (pass, nulls) {
+        (Pass::Widest(w), None) => **w = (0..n).map(len).max().unwrap_or(0),
+        (Pass::Widest(w), Some(nb)) => **w = nb.valid_indices().map(len).max().unwrap_or(0),
+        (Pass::Write(buf, at), None) => {
+            for (i, a) in at[..n].iter_mut().enumerate() {
+                *a = put(buf, *a, i);
+            }
+        }
+        (Pass::Write(buf, at), Some(nb)) => {
+            nb.valid_indices().for_each(|i| at[i] = put(buf, at[i], i));
+        }
+    }
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    )
+}
+
+/// The longest cell of a column of type `t`, if it has a bound.
+fn widest_fixed(t: &DataType) -> Option<usize> {
     Some(match t {
         DataType::Int8
         | DataType::Int16
@@ -111,129 +239,18 @@ fn fixed_width(t: &DataType) -> Option<usize> {
         | DataType::UInt64
         | DataType::Date32
         | DataType::Date64
-        | DataType::Timestamp(_, _)
-        | DataType::Float32
-        | DataType::Float64 => 8,
-        DataType::Decimal128(_, _) => 16,
+        | DataType::Timestamp(_, _) => 9,
+        DataType::Decimal128(_, _) => 17,
+        DataType::Float32 | DataType::Float64 => 8,
         DataType::Boolean => 1,
         _ => return None,
     })
 }
 
-/// Writes `bytes(value)` of every row of a primitive column at `row_starts[i] + offset`
-/// (zeros for nulls).
-fn write_fixed<T: Copy, const W: usize>(
-    values: &[T],
-    nulls: Option<&arrow::buffer::NullBuffer>,
-    buf: &mut [u8],
-    row_starts: &[usize],
-    offset: usize,
-    bytes: impl Fn(T) -> [u8; W],
-) {
-    for (i, v) in values.iter().enumerate() {
-        let at = row_starts[i] + offset;
-        let cell = match nulls {
-            Some(n) if n.is_null(i) => [0u8; W],
-            _ => bytes(*v),
-        };
-        buf[at..at + W].copy_from_slice(&cell);
-    }
-}
-
-fn fixed_column(c: &ArrayRef, buf: &mut [u8], row_starts: &[usize], offset: usize) {
-    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
-    let nb = nulls.as_ref();
-    // A fixed-width cell of array type `$t`, little-endian bytes of `$encode(value)`.
-    macro_rules! fixed {
-        ($t:ty, $encode:expr) => {
-            write_fixed(
-                c.as_any().downcast_ref::<$t>().expect("type checked").values(),
-                nb,
-                buf,
-                row_starts,
-                offset,
-                $encode,
-            )
-        };
-    }
-    let signed = |x| i64::to_le_bytes(x);
-    match c.data_type() {
-        DataType::Int8 => fixed!(Int8Array, |x| signed(x.into())),
-        DataType::Int16 => fixed!(Int16Array, |x| signed(x.into())),
-        DataType::Int32 => fixed!(Int32Array, |x| signed(x.into())),
-        DataType::Int64 => fixed!(Int64Array, signed),
-        DataType::Date32 => fixed!(Date32Array, |x| signed(x.into())),
-        DataType::Date64 => fixed!(Date64Array, signed),
-        DataType::Timestamp(TimeUnit::Second, _) => fixed!(TimestampSecondArray, signed),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => fixed!(TimestampMillisecondArray, signed),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => fixed!(TimestampMicrosecondArray, signed),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => fixed!(TimestampNanosecondArray, signed),
-        DataType::UInt8 => fixed!(UInt8Array, |x| u64::from(x).to_le_bytes()),
-        DataType::UInt16 => fixed!(UInt16Array, |x| u64::from(x).to_le_bytes()),
-        DataType::UInt32 => fixed!(UInt32Array, |x| u64::from(x).to_le_bytes()),
-        DataType::UInt64 => fixed!(UInt64Array, |x: u64| x.to_le_bytes()),
-        DataType::Decimal128(_, _) => fixed!(Decimal128Array, |x: i128| x.to_le_bytes()),
-        DataType::Float32 => fixed!(Float32Array, |x: f32| f64::from(x).to_bits().to_le_bytes()),
-        DataType::Float64 => fixed!(Float64Array, |x: f64| x.to_bits().to_le_bytes()),
-        DataType::Boolean => {
-            let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
-            for i in 0..a.len() {
-                buf[row_starts[i] + offset] =
-                    u8::from(nb.is_none_or(|n| n.is_valid(i)) && a.value(i));
-            }
-        }
-        _ => unreachable!("fixed_width() said fixed"),
-    }
-}
-
-/// The bytes of every cell of a variable-width column (`None` for nulls).
-fn var_cells<'a>(
-    c: &'a ArrayRef,
-    text: &'a [String],
-) -> Box<dyn Fn(usize) -> Option<&'a [u8]> + 'a> {
-    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
-    macro_rules! var {
-        ($a:expr) => {{
-            let a = $a;
-            Box::new(move |i| {
-                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                    None
-                } else {
-                    Some(a.value(i).as_ref())
-                }
-            })
-        }};
-    }
-    match c.data_type() {
-        DataType::Utf8 => var!(c.as_string::<i32>()),
-        DataType::LargeUtf8 => var!(c.as_string::<i64>()),
-        DataType::Utf8View => var!(c.as_string_view()),
-        DataType::Binary => var!(c.as_binary::<i32>()),
-        DataType::LargeBinary => var!(c.as_binary::<i64>()),
-        DataType::BinaryView => var!(c.as_binary_view()),
-        _ => Box::new(move |i| {
-            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                None
-            } else {
-                Some(text[i].as_bytes())
-            }
-        }),
-    }
-}
-
-/// Display text of every cell, for variable-width types without a binary form.
+/// Display text of every cell, for types without a binary form in the encoding.
 fn text_of(c: &ArrayRef) -> Vec<String> {
-    let binary = fixed_width(c.data_type()).is_some()
-        || matches!(
-            c.data_type(),
-            DataType::Utf8
-                | DataType::LargeUtf8
-                | DataType::Utf8View
-                | DataType::Binary
-                | DataType::LargeBinary
-                | DataType::BinaryView
-        );
-    if binary {
+    let encoded = is_binary(c.data_type()) || widest_fixed(c.data_type()).is_some();
+    if encoded {
         return Vec::new();
     }
     let options = FormatOptions::default();
@@ -243,90 +260,231 @@ fn text_of(c: &ArrayRef) -> Vec<String> {
         .collect()
 }
 
+/// Cells of a Utf8 or Binary column with `O` offsets, straight from its buffers.
+fn offset_cells<O: OffsetSizeTrait>(
+    offsets: &[O],
+    data: &[u8],
+    nulls: Option<&NullBuffer>,
+    pass: &mut Pass,
+) {
+    cells(
+        offsets.len() - 1,
+        nulls,
+        pass,
+        |i| {
+            let l = offsets[i + 1].as_usize() - offsets[i].as_usize();
+            varint_len(l as u64) + l
+        },
+        |buf, at, i| {
+            let start = offsets[i].as_usize();
+            put_bytes(buf, at, data, start, offsets[i + 1].as_usize() - start)
+        },
+    );
+}
+
+/// Runs `pass` over one column.
+fn column_pass(c: &ArrayRef, text: &[String], pass: &mut Pass) {
+    let n = c.len();
+    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
+    let nb = nulls.as_ref();
+    // Integer cells of primitive array type `$t`, each value coded to u64 by `$code`.
+    macro_rules! ints {
+        ($t:ty, $code:expr) => {{
+            let v = c.as_any().downcast_ref::<$t>().expect("type checked").values();
+            let code = $code;
+            cells(n, nb, pass, |i| int_len(code(v[i])), |buf, at, i| put_int(buf, at, code(v[i])))
+        }};
+    }
+    let signed = |x: i64| zigzag(x);
+    match c.data_type() {
+        DataType::Int8 => ints!(Int8Array, |x: i8| signed(x.into())),
+        DataType::Int16 => ints!(Int16Array, |x: i16| signed(x.into())),
+        DataType::Int32 => ints!(Int32Array, |x: i32| signed(x.into())),
+        DataType::Int64 => ints!(Int64Array, signed),
+        DataType::Date32 => ints!(Date32Array, |x: i32| signed(x.into())),
+        DataType::Date64 => ints!(Date64Array, signed),
+        DataType::Timestamp(TimeUnit::Second, _) => ints!(TimestampSecondArray, signed),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            ints!(TimestampMillisecondArray, signed)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            ints!(TimestampMicrosecondArray, signed)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => ints!(TimestampNanosecondArray, signed),
+        DataType::UInt8 => ints!(UInt8Array, |x: u8| u64::from(x)),
+        DataType::UInt16 => ints!(UInt16Array, |x: u16| u64::from(x)),
+        DataType::UInt32 => ints!(UInt32Array, |x: u32| u64::from(x)),
+        DataType::UInt64 => ints!(UInt64Array, |x: u64| x),
+        DataType::Decimal128(_, _) => {
+            let v = c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values();
+            cells(
+                n,
+                nb,
+                pass,
+                |i| int_len128(zigzag128(v[i])),
+                |buf, at, i| put_int128(buf, at, zigzag128(v[i])),
+            )
+        }
+        DataType::Float32 | DataType::Float64 => {
+            let bits: Box<dyn Fn(usize) -> [u8; 8]> = match c.data_type() {
+                DataType::Float32 => {
+                    let v = c.as_any().downcast_ref::<Float32Array>().expect("type checked");
+                    Box::new(|i| f64::from(v.value(i)).to_bits().to_le_bytes())
+                }
+                _ => {
+                    let v = c.as_any().downcast_ref::<Float64Array>().expect("type checked");
+                    Box::new(|i| v.value(i).to_bits().to_le_bytes())
+                }
+            };
+            cells(
+                n,
+                nb,
+                pass,
+                |_| 8,
+                |buf, at, i| {
+                    buf[at..at + 8].copy_from_slice(&bits(i));
+                    at + 8
+                },
+            )
+        }
+        DataType::Boolean => {
+            let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
+            cells(
+                n,
+                nb,
+                pass,
+                |_| 1,
+                |buf, at, i| {
+                    buf[at] = u8::from(a.value(i));
+                    at + 1
+                },
+            )
+        }
+        DataType::Utf8 => {
+            let a = c.as_string::<i32>();
+            offset_cells(a.value_offsets(), a.values(), nb, pass)
+        }
+        DataType::LargeUtf8 => {
+            let a = c.as_string::<i64>();
+            offset_cells(a.value_offsets(), a.values(), nb, pass)
+        }
+        DataType::Binary => {
+            let a = c.as_binary::<i32>();
+            offset_cells(a.value_offsets(), a.values(), nb, pass)
+        }
+        DataType::LargeBinary => {
+            let a = c.as_binary::<i64>();
+            offset_cells(a.value_offsets(), a.values(), nb, pass)
+        }
+        DataType::Utf8View | DataType::BinaryView => {
+            let (views, buffers) = match c.data_type() {
+                DataType::Utf8View => {
+                    let a = c.as_string_view();
+                    (a.views(), a.data_buffers())
+                }
+                _ => {
+                    let a = c.as_binary_view();
+                    (a.views(), a.data_buffers())
+                }
+            };
+            cells(
+                n,
+                nb,
+                pass,
+                |i| {
+                    let l = views[i] as u32 as usize;
+                    varint_len(l as u64) + l
+                },
+                |buf, at, i| {
+                    let view = views[i];
+                    let len = view as u32 as usize;
+                    if len > 12 {
+                        let b = &buffers[(view >> 64) as u32 as usize];
+                        return put_bytes(buf, at, b, (view >> 96) as u32 as usize, len);
+                    }
+                    // Inline: the bytes are in the view, after the length.
+                    let at = put_varint(buf, at, len as u64);
+                    let inline = (view >> 32).to_le_bytes();
+                    if len <= 8 {
+                        buf[at..at + 8].copy_from_slice(&inline[..8]);
+                    } else {
+                        buf[at..at + 16].copy_from_slice(&inline);
+                    }
+                    at + len
+                },
+            )
+        }
+        _ => cells(
+            n,
+            nb,
+            pass,
+            |i| varint_len(text[i].len() as u64) + text[i].len(),
+            |buf, at, i| put_bytes(buf, at, text[i].as_bytes(), 0, text[i].len()),
+        ),
+    }
+}
+
 /// Encodes and pads every row of `columns` (all of the same length) into `out`, reusing its
 /// buffers. Works column by column.
+///
+/// Cells are written with whole 8- or 16-byte stores that may run past the cell, into bytes the
+/// next cell or the padding overwrites later. A store never runs more than 7 bytes past its cell
+/// (8-byte stores start inside a cell of at least one byte; 16-byte stores, inside one of at
+/// least nine), and a row's padding (written last) is at least 9 bytes, so no store reaches the
+/// next row.
 pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
     let n = columns.first().map_or(0, |c| c.len());
     let bitmap = columns.len().div_ceil(8);
-    // Fixed-width columns first, at fixed offsets; then the variable-width ones.
-    let mut fixed = Vec::new();
-    let mut var = Vec::new();
-    let mut fixed_total = 0;
-    for (ci, c) in columns.iter().enumerate() {
-        match fixed_width(c.data_type()) {
-            Some(w) => {
-                fixed.push((ci, fixed_total));
-                fixed_total += w;
+    let texts: Vec<Vec<String>> = columns.iter().map(text_of).collect();
+    // 1. Room for the longest row: the widest cell of each column, and the padding.
+    let mut room = bitmap + 9;
+    for (c, text) in columns.iter().zip(&texts) {
+        room += match widest_fixed(c.data_type()) {
+            Some(w) => w,
+            None => {
+                let mut w = 0;
+                column_pass(c, text, &mut Pass::Widest(&mut w));
+                w
             }
-            None => var.push(ci),
-        }
+        };
     }
-    let texts: Vec<Vec<String>> = var.iter().map(|&ci| text_of(&columns[ci])).collect();
-    let cells: Vec<_> = var.iter().zip(&texts).map(|(&ci, t)| var_cells(&columns[ci], t)).collect();
-    // 1. Lengths.
-    out.lens.clear();
-    out.lens.resize(n, bitmap + fixed_total);
-    for cell in &cells {
-        for (i, len) in out.lens.iter_mut().enumerate() {
-            if let Some(v) = cell(i) {
-                *len += varint_len64(v.len() as u64) + v.len();
-            }
-        }
-    }
-    // 2. Block layout: the message, 0x80, zeros, the 64-bit big-endian bit length.
-    out.starts.clear();
-    out.starts.reserve(n + 1);
-    let mut total = 0usize;
-    out.starts.push(0);
-    for &l in &out.lens {
-        total += (l + 9).div_ceil(64);
-        out.starts.push(total);
-    }
-    // Reuse the buffer without zeroing it all: every byte of a row's blocks is written below.
+    out.slot = room.div_ceil(64);
+    // Reuse the buffer without zeroing it: every byte of a row's message and padding is written
+    // below.
+    let total = n * out.slot;
     if out.blocks.len() < total {
         out.blocks.resize(total, [0u8; 64]);
-    } else {
-        out.blocks.truncate(total);
     }
     let buf = out.blocks.as_flattened_mut();
-    let row_starts: Vec<usize> = out.starts[..n].iter().map(|s| s * 64).collect();
-    // 3. Bitmaps and padding.
-    for (i, &start) in row_starts.iter().enumerate() {
-        let end = out.starts[i + 1] * 64;
-        let len = out.lens[i];
+    let mut cursor: Vec<usize> = (0..n).map(|i| i * out.slot * 64).collect();
+    // 3. Bitmaps.
+    for &start in &cursor {
         buf[start..start + bitmap].fill(0);
-        buf[start + len] = 0x80;
-        buf[start + len + 1..end - 8].fill(0);
-        buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
     }
     for (ci, c) in columns.iter().enumerate() {
         if let Some(nb) = c.logical_nulls().filter(|n| n.null_count() > 0) {
             for i in (0..n).filter(|&i| nb.is_null(i)) {
-                buf[row_starts[i] + ci / 8] |= 1 << (ci % 8);
+                buf[cursor[i] + ci / 8] |= 1 << (ci % 8);
             }
         }
     }
-    // 4. Fixed-width cells, one tight loop per column.
-    for &(ci, off) in &fixed {
-        fixed_column(&columns[ci], buf, &row_starts, bitmap + off);
+    // 4. The cells, column by column, each at its row's cursor.
+    for at in &mut cursor {
+        *at += bitmap;
     }
-    // 5. Variable-width cells, at each row's cursor.
-    let mut cursor: Vec<usize> = row_starts.iter().map(|s| s + bitmap + fixed_total).collect();
-    for cell in &cells {
-        for (i, at) in cursor.iter_mut().enumerate() {
-            if let Some(v) = cell(i) {
-                put_varint64(buf, at, v.len() as u64);
-                let dst = &mut buf[*at..*at + v.len()];
-                if v.len() <= 16 {
-                    for (d, s) in dst.iter_mut().zip(v) {
-                        *d = *s;
-                    }
-                } else {
-                    dst.copy_from_slice(v);
-                }
-                *at += v.len();
-            }
-        }
+    for (c, text) in columns.iter().zip(&texts) {
+        column_pass(c, text, &mut Pass::Write(buf, &mut cursor));
+    }
+    // 5. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length.
+    out.lens.clear();
+    for (i, end) in cursor.into_iter().enumerate() {
+        let start = i * out.slot * 64;
+        let len = end - start;
+        let end = start + (len + 9).div_ceil(64) * 64;
+        buf[start + len] = 0x80;
+        buf[start + len + 1..end - 8].fill(0);
+        buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+        out.lens.push(len);
     }
 }
 
@@ -349,10 +507,122 @@ mod tests {
         for i in 0..4 {
             assert_eq!(rows.digest(i).to_vec(), Sha256::digest(rows.row(i)).to_vec(), "row {i}");
         }
-        // Fixed-width first (8 bytes LE, zeros when null), then length-prefixed text.
-        assert_eq!(rows.row(0), &[0b00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, b'a']);
-        assert_eq!(rows.row(1), &[0b01, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(rows.row(2), &[0b10, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(encode(&cols, 3).len(), 1 + 8 + 2 + 200);
+        // The bitmap, then each cell that is not null: integers as a byte count and the bytes
+        // of the zigzag value, text as a varint length and the bytes.
+        assert_eq!(rows.row(0), &[0b00, 1, 0x01, 1, b'a']);
+        assert_eq!(rows.row(1), &[0b01, 0]);
+        assert_eq!(rows.row(2), &[0b10, 2, 0x58, 0x02]);
+        assert_eq!(encode(&cols, 3).len(), 1 + 9 + 2 + 200);
+        // Widening does not change the encoding.
+        let narrow: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::Int32Array::from(vec![Some(-1), None, Some(300)])),
+            Arc::new(StringArray::from(vec![Some("a"), Some(""), None])),
+        ];
+        let view: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![Some(-1), None, Some(300)])),
+            Arc::new(arrow::array::StringViewArray::from(vec![Some("a"), Some(""), None])),
+        ];
+        for i in 0..3 {
+            assert_eq!(encode(&narrow, i), rows.row(i), "row {i}");
+            assert_eq!(encode(&view, i), rows.row(i), "row {i}");
+        }
+    }
+
+    /// The encoding of one cell, written the plain way.
+    fn reference_int(out: &mut Vec<u8>, v: u128) {
+        let bytes = v.to_le_bytes();
+        let k = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        out.push(k as u8);
+        out.extend_from_slice(&bytes[..k]);
+    }
+
+    fn reference_text(out: &mut Vec<u8>, v: &[u8]) {
+        let mut len = v.len();
+        while len >= 0x80 {
+            out.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(v);
+    }
+
+    #[test]
+    fn rows_of_every_shape_match_a_plain_encoder() {
+        use arrow::array::{BooleanArray, Decimal128Array, Float64Array, StringViewArray};
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let n = 3000;
+        let mut ints = Vec::new();
+        let mut decs = Vec::new();
+        let mut texts = Vec::new();
+        let mut views = Vec::new();
+        let mut bools = Vec::new();
+        let mut floats = Vec::new();
+        for _ in 0..n {
+            let r = next();
+            // Magnitudes of every byte count, signs, nulls.
+            let int = (next() as i64) >> (r % 64);
+            ints.push((r % 7 != 0).then_some(int));
+            let dec = (i128::from(next() as i64) << 64 | i128::from(next())) >> (r % 128);
+            decs.push((r % 5 != 0).then_some(dec));
+            let len = (next() % 40) as usize;
+            let text: String = (0..len).map(|_| char::from(b'a' + (next() % 26) as u8)).collect();
+            texts.push((r % 11 != 0).then(|| text.clone()));
+            let len = (next() % 30) as usize;
+            views.push((r % 3 != 0).then(|| text.chars().cycle().take(len).collect::<String>()));
+            bools.push((r % 13 != 0).then_some(r % 2 == 0));
+            floats.push((r % 17 != 0).then_some(int as f64 / 3.0));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ints.clone())),
+            Arc::new(Decimal128Array::from(decs.clone())),
+            Arc::new(StringArray::from(texts.clone())),
+            Arc::new(StringViewArray::from(views.clone())),
+            Arc::new(BooleanArray::from(bools.clone())),
+            Arc::new(Float64Array::from(floats.clone())),
+            Arc::new(arrow::array::Int32Array::from(
+                ints.iter().map(|v| v.map(|x| x as i32)).collect::<Vec<_>>(),
+            )),
+        ];
+        let mut rows = EncodedRows::default();
+        encoded_rows(&cols, &mut rows);
+        for i in 0..n {
+            let mut want = vec![0u8];
+            let zig = |v: i64| u128::from(((v << 1) ^ (v >> 63)) as u64);
+            let mut cell = |ci: usize, null: bool, f: &mut dyn FnMut(&mut Vec<u8>)| {
+                if null {
+                    want[0] |= 1 << ci;
+                } else {
+                    let mut c = Vec::new();
+                    f(&mut c);
+                    want.extend(c);
+                }
+            };
+            cell(0, ints[i].is_none(), &mut |o| reference_int(o, zig(ints[i].unwrap_or(0))));
+            cell(1, decs[i].is_none(), &mut |o| {
+                let v = decs[i].unwrap_or(0);
+                reference_int(o, ((v << 1) ^ (v >> 127)) as u128)
+            });
+            cell(2, texts[i].is_none(), &mut |o| {
+                reference_text(o, texts[i].as_deref().unwrap_or("").as_bytes())
+            });
+            cell(3, views[i].is_none(), &mut |o| {
+                reference_text(o, views[i].as_deref().unwrap_or("").as_bytes())
+            });
+            cell(4, bools[i].is_none(), &mut |o| o.push(u8::from(bools[i] == Some(true))));
+            cell(5, floats[i].is_none(), &mut |o| {
+                o.extend_from_slice(&floats[i].unwrap_or(0.0).to_bits().to_le_bytes())
+            });
+            cell(6, ints[i].is_none(), &mut |o| {
+                reference_int(o, zig(i64::from(ints[i].unwrap_or(0) as i32)))
+            });
+            assert_eq!(rows.row(i), want.as_slice(), "row {i}");
+            assert_eq!(rows.digest(i).to_vec(), Sha256::digest(&want).to_vec(), "row {i}");
+        }
     }
 }

@@ -37,7 +37,7 @@
 mod encode;
 mod totals;
 
-pub use encode::{encode, encoded_rows, EncodedRows};
+pub use encode::{encode, encoded_rows, EncodedRows, ENCODING};
 pub use totals::{
     compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference,
     KeyCounts, KeySet, TimeBounds, Totals, TotalsSpec,

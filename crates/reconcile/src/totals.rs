@@ -10,7 +10,7 @@ use arrow::datatypes::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::encode::{encoded_rows, EncodedRows};
+use crate::encode::{encoded_rows, EncodedRows, ENCODING};
 use crate::{Error, Result};
 
 /// What to total: declared per dataset.
@@ -55,6 +55,14 @@ pub struct ControlTotals {
     pub key_hash: Option<String>,
     /// Order-independent hash of every whole row (hex, 256 bits).
     pub row_hash: String,
+    /// The row encoding the hashes were computed over ([`crate::ENCODING`]). Totals stored
+    /// before it was recorded used `strata.row.v1`.
+    #[serde(default = "encoding_v1")]
+    pub encoding: String,
+}
+
+fn encoding_v1() -> String {
+    "strata.row.v1".to_string()
 }
 
 /// Min and max of a business-time column.
@@ -196,10 +204,11 @@ fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
     macro_rules! ints {
         ($t:ty) => {{
             let a = c.as_primitive::<$t>();
-            let mut s: i128 = 0;
-            for v in a.iter().flatten() {
-                s = s.checked_add(i128::from(v)).ok_or_else(overflow)?;
-            }
+            // Narrower than 128 bits: a batch's sum cannot overflow an i128.
+            let s: i128 = match a.nulls().filter(|n| n.null_count() > 0) {
+                None => a.values().iter().map(|v| i128::from(*v)).sum(),
+                Some(_) => a.iter().flatten().map(i128::from).sum(),
+            };
             (s, 0)
         }};
     }
@@ -215,8 +224,13 @@ fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
         DataType::Decimal128(_, scale) => {
             let a = c.as_primitive::<Decimal128Type>();
             let mut s: i128 = 0;
-            for v in a.iter().flatten() {
+            let mut add = |v: i128| -> Result<()> {
                 s = s.checked_add(v).ok_or_else(overflow)?;
+                Ok(())
+            };
+            match a.nulls().filter(|n| n.null_count() > 0) {
+                None => a.values().iter().try_for_each(|v| add(*v))?,
+                Some(_) => a.iter().flatten().try_for_each(add)?,
             }
             (s, *scale)
         }
@@ -234,14 +248,11 @@ fn time_bounds(c: &ArrayRef, name: &str) -> Result<(Option<i64>, Option<i64>)> {
     macro_rules! mm {
         ($t:ty) => {{
             let a = c.as_primitive::<$t>();
-            let mut lo: Option<i64> = None;
-            let mut hi: Option<i64> = None;
-            for v in a.iter().flatten() {
-                let v = i64::from(v);
-                lo = Some(lo.map_or(v, |l| l.min(v)));
-                hi = Some(hi.map_or(v, |h| h.max(v)));
-            }
-            (lo, hi)
+            let (lo, hi) = match a.nulls().filter(|n| n.null_count() > 0) {
+                None => (a.values().iter().copied().min(), a.values().iter().copied().max()),
+                Some(_) => (a.iter().flatten().min(), a.iter().flatten().max()),
+            };
+            (lo.map(i64::from), hi.map(i64::from))
         }};
     }
     Ok(match c.data_type() {
@@ -426,6 +437,7 @@ impl Totals {
             }),
             key_hash: self.key_set.as_ref().map(|_| lanes_hex(&self.key_hash)),
             row_hash: lanes_hex(&self.row_hash),
+            encoding: ENCODING.to_string(),
         }
     }
 }
@@ -445,7 +457,11 @@ impl ControlTotals {
     pub fn combine<'a>(
         parts: impl IntoIterator<Item = &'a ControlTotals>,
     ) -> Result<ControlTotals> {
-        let mut out = ControlTotals { row_hash: lanes_hex(&[0; 4]), ..Default::default() };
+        let mut out = ControlTotals {
+            row_hash: lanes_hex(&[0; 4]),
+            encoding: ENCODING.to_string(),
+            ..Default::default()
+        };
         let mut row_lanes = [0u64; 4];
         let mut key_lanes: Option<[u64; 4]> = None;
         let mut sums: BTreeMap<String, (i128, i8)> = BTreeMap::new();
@@ -488,6 +504,15 @@ impl ControlTotals {
                 }
                 _ => {}
             }
+            if first {
+                out.encoding = p.encoding.clone();
+            } else if p.encoding != out.encoding {
+                return Err(Error::Incompatible(format!(
+                    "some parts were hashed with row encoding {} and some with {}; recompute the \
+                     older totals (`strata reconcile <dataset> --input`)",
+                    out.encoding, p.encoding
+                )));
+            }
             let add = parse_lanes(&p.row_hash)?;
             for i in 0..4 {
                 row_lanes[i] = row_lanes[i].wrapping_add(add[i]);
@@ -510,7 +535,8 @@ pub struct Difference {
 }
 
 /// How `left` and `right` differ (empty when they agree): rows, sums, time bounds, nulls, keys
-/// and both hashes. Sums compare as numbers (`"1.50"` equals `"1.5"`).
+/// and both hashes. Sums compare as numbers (`"1.50"` equals `"1.5"`). Totals hashed over
+/// different row encodings report that instead of their hashes.
 pub fn compare(left: &ControlTotals, right: &ControlTotals) -> Vec<Difference> {
     let mut out = Vec::new();
     let mut diff = |what: &str, l: String, r: String| {
@@ -538,6 +564,11 @@ pub fn compare(left: &ControlTotals, right: &ControlTotals) -> Vec<Difference> {
     if let (Some(l), Some(r)) = (&left.keys, &right.keys) {
         diff("distinct keys", l.distinct.to_string(), r.distinct.to_string());
         diff("duplicate keys", l.duplicates.to_string(), r.duplicates.to_string());
+    }
+    if left.encoding != right.encoding {
+        // Hashes over different encodings never match, whatever the data: say why instead.
+        diff("hash encoding", left.encoding.clone(), right.encoding.clone());
+        return out;
     }
     if let (Some(l), Some(r)) = (&left.key_hash, &right.key_hash) {
         diff("key hash", l.clone(), r.clone());

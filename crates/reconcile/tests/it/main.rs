@@ -170,6 +170,26 @@ fn a_lost_or_duplicated_row_is_caught() {
 }
 
 #[test]
+fn totals_hashed_over_another_encoding_say_so() {
+    let base = totals(&[rows(50)]);
+    assert_eq!(base.encoding, strata_reconcile::ENCODING);
+    // Evidence stored before the encoding was recorded reads as the first encoding.
+    let mut json = serde_json::to_value(&base).unwrap();
+    json.as_object_mut().unwrap().remove("encoding");
+    let old: ControlTotals = serde_json::from_value(json).unwrap();
+    assert_eq!(old.encoding, "strata.row.v1");
+    let diffs = compare(&old, &base);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert_eq!(
+        (diffs[0].what.as_str(), diffs[0].left.as_str(), diffs[0].right.as_str()),
+        ("hash encoding", "strata.row.v1", strata_reconcile::ENCODING)
+    );
+    let err = ControlTotals::combine([&base, &old]).unwrap_err().to_string();
+    assert!(err.contains("strata.row.v1") && err.contains("recompute"), "{err}");
+    assert_eq!(ControlTotals::combine([&base, &base]).unwrap().encoding, base.encoding);
+}
+
+#[test]
 fn widening_a_column_keeps_the_hashes() {
     let narrow = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
