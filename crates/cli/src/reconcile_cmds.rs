@@ -72,9 +72,13 @@ fn print_totals(out: &mut impl Write, t: &ControlTotals) -> std::io::Result<()> 
     if let Some(k) = &t.keys {
         writeln!(
             out,
-            "  keys       {} distinct, {} duplicate(s) ({})",
+            "  keys       {} distinct, {} duplicate(s){} ({})",
             k.distinct,
             k.duplicates,
+            match k.out_of_order {
+                0 => String::new(),
+                n => format!(", {n} out of key order (uniqueness not proved)"),
+            },
             t.key.join(", ")
         )?;
     }

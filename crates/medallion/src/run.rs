@@ -789,11 +789,19 @@ async fn validate(
             );
         }
         if let Some(k) = out.staged.keys {
+            let mut detail = format!("{} distinct, {} duplicate(s)", k.distinct, k.duplicates);
+            if k.out_of_order > 0 {
+                detail.push_str(&format!(
+                    ", {} key(s) out of order: the rows were not sorted by key, so their \
+                     uniqueness is not proved (a bug in strata: please report it)",
+                    k.out_of_order
+                ));
+            }
             check(
                 &r.dataset,
                 "no duplicate keys".into(),
-                k.duplicates == 0,
-                format!("{} distinct, {} duplicate(s)", k.distinct, k.duplicates),
+                k.duplicates == 0 && k.out_of_order == 0,
+                detail,
             );
         }
         findings.extend(r.findings.iter().cloned());

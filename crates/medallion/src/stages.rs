@@ -660,6 +660,9 @@ pub(crate) async fn clean(
         WriterOptions {
             partition_by: vec![part_col.clone()],
             totals: a_totals,
+            // Accepted rows leave the one pass sorted by key: uniqueness is proved in constant
+            // memory.
+            keys_in_order: true,
             ..Default::default()
         },
     )?;

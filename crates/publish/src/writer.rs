@@ -44,6 +44,10 @@ pub struct WriterOptions {
     /// row groups in progress are written out early. Bounds memory when many partitions are
     /// written at once.
     pub max_buffered_bytes: usize,
+    /// The rows arrive sorted by the totals' key (ascending, nulls last). Keys are then counted,
+    /// and proved unique, by comparing each with the one before, in constant memory, instead of
+    /// by remembering a digest of every key; a key out of order is counted and fails the proof.
+    pub keys_in_order: bool,
 }
 
 impl Default for WriterOptions {
@@ -53,7 +57,8 @@ impl Default for WriterOptions {
             max_rows_per_file: 8 * 1024 * 1024,
             max_row_group_size: 128 * 1024,
             totals: None,
-            max_buffered_bytes: 96 * 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            keys_in_order: false,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct StagingWriter {
     dictionaries_chosen: bool,
     partitions: HashMap<String, PartitionWriter>,
     rows: u64,
+    /// Keys across partitions, when they arrive in order.
+    key_order: Option<strata_reconcile::KeyOrder>,
 }
 
 impl std::fmt::Debug for StagingWriter {
@@ -313,6 +320,7 @@ impl StagingWriter {
             dictionaries_chosen: false,
             partitions: HashMap::new(),
             rows: 0,
+            key_order: None,
         })
     }
 
@@ -327,6 +335,26 @@ impl StagingWriter {
         if !self.dictionaries_chosen {
             self.props = with_dictionaries(self.props.clone(), &batch);
             self.dictionaries_chosen = true;
+        }
+        if let Some(spec) = self.options.totals.as_ref().filter(|_| self.options.keys_in_order) {
+            if !spec.key.is_empty() {
+                let keys = spec
+                    .key
+                    .iter()
+                    .map(|k| {
+                        batch.column_by_name(k).cloned().ok_or_else(|| {
+                            Error::Usage(format!(
+                                "key column {k:?} is not in {:?}; fix the key declaration",
+                                self.dataset.name()
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.key_order
+                    .get_or_insert_with(Default::default)
+                    .update(&keys)
+                    .map_err(|e| Error::Usage(format!("keys of {:?}: {e}", self.dataset.name())))?;
+            }
         }
         if self.partition_cols.is_empty() {
             return self.write_to(String::new(), Vec::new(), &batch).await;
@@ -401,7 +429,10 @@ impl StagingWriter {
             values,
             done: Vec::new(),
             open: None,
-            totals: spec.map(strata_reconcile::Totals::new),
+            totals: spec.map(|s| match self.options.keys_in_order {
+                true => strata_reconcile::Totals::new_in_key_order(s),
+                false => strata_reconcile::Totals::new(s),
+            }),
         });
         if let Some(t) = &mut writer.totals {
             t.update(batch)
@@ -497,10 +528,15 @@ impl StagingWriter {
         }
         partitions.sort_by(|a, b| a.key.cmp(&b.key));
         let has_key = self.options.totals.as_ref().is_some_and(|t| !t.key.is_empty());
-        let keys = has_key.then(|| {
-            // Repeats within a partition and across partitions alike.
-            let (distinct, repeated) = strata_reconcile::merge_key_sets(key_sets);
-            strata_reconcile::KeyCounts { distinct, duplicates: repeated }
+        let keys = has_key.then(|| match self.key_order {
+            // Sorted rows: a key in two partitions would have met itself in the stream.
+            Some(order) => order.counts(),
+            None if self.options.keys_in_order => strata_reconcile::KeyCounts::default(),
+            None => {
+                // Repeats within a partition and across partitions alike.
+                let (distinct, repeated) = strata_reconcile::merge_key_sets(key_sets);
+                strata_reconcile::KeyCounts { distinct, duplicates: repeated, out_of_order: 0 }
+            }
         });
         crash::point("after-stage");
         Ok(Staged {

@@ -40,7 +40,7 @@ mod totals;
 pub use encode::{encode, encoded_rows, EncodedRows, ENCODING};
 pub use totals::{
     compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference,
-    KeyCounts, KeySet, TimeBounds, Totals, TotalsSpec,
+    KeyCounts, KeyOrder, KeySet, TimeBounds, Totals, TotalsSpec,
 };
 
 /// What can go wrong computing totals.
@@ -62,6 +62,11 @@ pub enum Error {
     /// The business-time column is not a date or timestamp.
     #[error("column {column:?} is {data_type}; a business time must be a DATE or TIMESTAMP")]
     NotATime { column: String, data_type: String },
+    /// Keys could not be put in order.
+    #[error(
+        "cannot order the key columns ({0}); declare keys of plain types (integers, text, dates)"
+    )]
+    KeyOrder(arrow::error::ArrowError),
     /// Totals could not be merged.
     #[error("cannot combine totals: {0}")]
     Incompatible(String),

@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::SortOptions;
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int16Type, Int32Type, Int64Type, Int8Type,
     TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 
 use crate::encode::{encoded_rows, EncodedRows, ENCODING};
 use crate::{Error, Result};
@@ -30,6 +33,75 @@ pub struct KeyCounts {
     pub distinct: u64,
     /// Rows whose key an earlier row already had.
     pub duplicates: u64,
+    /// Rows counted in key order ([`KeyOrder`]) whose key was lower than the one before: the
+    /// rows were not sorted, so these counts prove nothing about uniqueness.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub out_of_order: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Distinct and repeated keys of rows that arrive sorted by key (ascending, nulls last, as
+/// SQL's `ORDER BY` sorts them), in constant memory: only the last key is kept. A key lower than
+/// the one before breaks the premise; it is counted as out of order, so that unsorted rows are
+/// never taken for unique ones.
+#[derive(Debug, Default)]
+pub struct KeyOrder {
+    converter: Option<RowConverter>,
+    last: Option<OwnedRow>,
+    counts: KeyCounts,
+}
+
+impl KeyOrder {
+    /// Counts the keys of some rows (the key columns, in order), after those already seen.
+    pub fn update(&mut self, keys: &[ArrayRef]) -> Result<()> {
+        if keys.first().is_none_or(|k| k.is_empty()) {
+            return Ok(());
+        }
+        let converter = match &mut self.converter {
+            Some(c) => c,
+            None => {
+                let order = SortOptions { descending: false, nulls_first: false };
+                let fields = keys
+                    .iter()
+                    .map(|k| SortField::new_with_options(k.data_type().clone(), order))
+                    .collect();
+                self.converter.insert(RowConverter::new(fields).map_err(Error::KeyOrder)?)
+            }
+        };
+        let rows = converter.convert_columns(keys).map_err(Error::KeyOrder)?;
+        let counts = &mut self.counts;
+        let mut prev = self.last.as_ref().map(|r| r.row());
+        for row in rows.iter() {
+            match prev.map(|p| p.cmp(&row)) {
+                None | Some(Ordering::Less) => counts.distinct += 1,
+                Some(Ordering::Equal) => counts.duplicates += 1,
+                Some(Ordering::Greater) => {
+                    counts.distinct += 1;
+                    counts.out_of_order += 1;
+                }
+            }
+            prev = Some(row);
+        }
+        let last = prev.map(|r| r.owned());
+        self.last = last;
+        Ok(())
+    }
+
+    pub fn counts(&self) -> KeyCounts {
+        self.counts
+    }
+}
+
+/// How a [`Totals`] counts keys.
+#[derive(Debug)]
+enum KeyCounter {
+    /// Every key's digest: any order.
+    Set(KeySet),
+    /// The last key: rows sorted by key.
+    Order(KeyOrder),
 }
 
 /// Control totals of some rows (a partition, a version, a stage's input).
@@ -74,7 +146,7 @@ pub struct TimeBounds {
 }
 
 /// Rows encoded and hashed at a time.
-const CHUNK: usize = 1024;
+const CHUNK: usize = 256;
 
 /// The key digests seen (first 128 bits of each key's SHA-256), in 256 buckets by their top
 /// byte: appending is sequential, and counting sorts each small bucket in cache.
@@ -149,7 +221,7 @@ pub struct Totals {
     sums: BTreeMap<String, (i128, i8)>,
     time: Option<(DataType, Option<i64>, Option<i64>)>,
     nulls: BTreeMap<String, u64>,
-    key_set: Option<KeySet>,
+    keys: Option<KeyCounter>,
     key_hash: [u64; 4],
     row_hash: [u64; 4],
     rows_buf: EncodedRows,
@@ -324,14 +396,25 @@ fn add_decimal(a: (i128, i8), b: (i128, i8), column: &str) -> Result<(i128, i8)>
 }
 
 impl Totals {
+    /// Totals of rows in any order. Keys are counted by remembering a 16-byte digest of each.
     pub fn new(spec: &TotalsSpec) -> Self {
+        Self::with_keys(spec, KeyCounter::Set(KeySet::default()))
+    }
+
+    /// Totals of rows that arrive sorted by key ([`KeyOrder`]): keys are counted in constant
+    /// memory, and rows out of key order are counted as such.
+    pub fn new_in_key_order(spec: &TotalsSpec) -> Self {
+        Self::with_keys(spec, KeyCounter::Order(KeyOrder::default()))
+    }
+
+    fn with_keys(spec: &TotalsSpec, keys: KeyCounter) -> Self {
         Totals {
             spec: spec.clone(),
             rows: 0,
             sums: BTreeMap::new(),
             time: None,
             nulls: BTreeMap::new(),
-            key_set: (!spec.key.is_empty()).then(KeySet::default),
+            keys: (!spec.key.is_empty()).then_some(keys),
             key_hash: [0; 4],
             row_hash: [0; 4],
             rows_buf: EncodedRows::default(),
@@ -370,7 +453,7 @@ impl Totals {
                 batch.column(i).logical_null_count() as u64;
         }
         let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
-        let keys: Vec<ArrayRef> = match &self.key_set {
+        let keys: Vec<ArrayRef> = match &self.keys {
             Some(_) => {
                 self.spec.key.iter().map(|k| column(batch, k).cloned()).collect::<Result<_>>()?
             }
@@ -386,18 +469,23 @@ impl Totals {
             for r in 0..len {
                 add_digest(&mut self.row_hash, &self.rows_buf.digest(r));
             }
-            if let Some(set) = &mut self.key_set {
+            if let Some(counter) = &mut self.keys {
                 let sliced: Vec<ArrayRef> = keys.iter().map(|c| c.slice(start, len)).collect();
                 encoded_rows(&sliced, &mut self.keys_buf);
                 for r in 0..len {
                     let d = self.keys_buf.digest(r);
                     add_digest(&mut self.key_hash, &d);
-                    let mut b = [0u8; 16];
-                    b.copy_from_slice(&d[..16]);
-                    set.push(u128::from_le_bytes(b));
+                    if let KeyCounter::Set(set) = counter {
+                        let mut b = [0u8; 16];
+                        b.copy_from_slice(&d[..16]);
+                        set.push(u128::from_le_bytes(b));
+                    }
                 }
             }
             start += len;
+        }
+        if let Some(KeyCounter::Order(order)) = &mut self.keys {
+            order.update(&keys)?;
         }
         Ok(())
     }
@@ -407,10 +495,14 @@ impl Totals {
         self.rows
     }
 
-    /// The totals, and the digests of the keys seen (to find keys repeated across parts).
+    /// The totals, and the digests of the keys seen (to find keys repeated across parts), when
+    /// keys were counted by digest.
     pub fn finish_with_keys(mut self) -> (ControlTotals, Option<KeySet>) {
         let totals = self.build();
-        (totals, self.key_set.take())
+        match self.keys.take() {
+            Some(KeyCounter::Set(set)) => (totals, Some(set)),
+            _ => (totals, None),
+        }
     }
 
     pub fn finish(mut self) -> ControlTotals {
@@ -431,11 +523,14 @@ impl Totals {
                 }
             }),
             nulls: self.nulls.clone(),
-            keys: self.key_set.as_mut().map(|s| {
-                let (distinct, duplicates) = s.counts();
-                KeyCounts { distinct, duplicates }
+            keys: self.keys.as_mut().map(|k| match k {
+                KeyCounter::Set(s) => {
+                    let (distinct, duplicates) = s.counts();
+                    KeyCounts { distinct, duplicates, out_of_order: 0 }
+                }
+                KeyCounter::Order(o) => o.counts(),
             }),
-            key_hash: self.key_set.as_ref().map(|_| lanes_hex(&self.key_hash)),
+            key_hash: self.keys.as_ref().map(|_| lanes_hex(&self.key_hash)),
             row_hash: lanes_hex(&self.row_hash),
             encoding: ENCODING.to_string(),
         }
@@ -493,6 +588,7 @@ impl ControlTotals {
                     let kc = out.keys.get_or_insert(KeyCounts::default());
                     kc.distinct += k.distinct;
                     kc.duplicates += k.duplicates;
+                    kc.out_of_order += k.out_of_order;
                     let lanes = key_lanes.get_or_insert([0; 4]);
                     let add = parse_lanes(h)?;
                     for i in 0..4 {

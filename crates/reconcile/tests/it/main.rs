@@ -243,3 +243,48 @@ fn t2(b: &RecordBatch) -> String {
     t.update(b).unwrap();
     t.finish().row_hash
 }
+
+#[test]
+fn keys_in_order_are_counted_without_remembering_them() {
+    use strata_reconcile::KeyOrder;
+    let spec = TotalsSpec { key: vec!["id".into(), "s".into()], ..Default::default() };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+    ]));
+    let batch = |ids: Vec<Option<i64>>, s: Vec<Option<&str>>| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(s))],
+        )
+        .unwrap()
+    };
+    // Sorted as ORDER BY id, s sorts (nulls last), across two batches; (2, "b") twice, once
+    // across the batch boundary, and (null, null) twice.
+    let b1 = batch(vec![Some(1), Some(1), Some(2)], vec![Some("a"), Some("b"), Some("b")]);
+    let b2 = batch(
+        vec![Some(2), Some(3), Some(3), None, None],
+        vec![Some("b"), Some("a"), None, None, None],
+    );
+    let (mut ordered, mut any) = (Totals::new_in_key_order(&spec), Totals::new(&spec));
+    for b in [&b1, &b2] {
+        ordered.update(b).unwrap();
+        any.update(b).unwrap();
+    }
+    let (ordered, any) = (ordered.finish(), any.finish());
+    let k = ordered.keys.unwrap();
+    assert_eq!((k.distinct, k.duplicates, k.out_of_order), (6, 2, 0));
+    assert_eq!(k, any.keys.unwrap(), "both ways of counting agree on sorted rows");
+    assert_eq!(ordered.key_hash, any.key_hash);
+    assert_eq!(ordered.row_hash, any.row_hash);
+    // Rows out of order are never taken for unique keys.
+    let mut order = KeyOrder::default();
+    let shuffled = batch(vec![Some(3), Some(1), Some(2)], vec![Some("a"), Some("a"), Some("a")]);
+    order.update(&shuffled.columns()[..2]).unwrap();
+    let k = order.counts();
+    assert_eq!((k.distinct, k.duplicates, k.out_of_order), (3, 0, 1));
+    // In JSON the field appears only when it is not zero.
+    let json = serde_json::to_string(&any.keys.unwrap()).unwrap();
+    assert!(!json.contains("out_of_order"), "{json}");
+    assert!(serde_json::to_string(&k).unwrap().contains("\"out_of_order\":1"));
+}
