@@ -289,9 +289,37 @@ impl Dataset {
     /// Reads a version record without checking that it was published.
     async fn read_record(&self, version: u64) -> Result<Option<VersionRecord>> {
         let path = layout::version_path(&self.name, version);
-        let Some(record): Option<VersionRecord> = self.read_json(&path).await? else {
-            return Ok(None);
+        let cache = self.lake.records();
+        let cached = cache.get(&path);
+        let opts = object_store::GetOptions {
+            if_none_match: cached.as_ref().map(|(tag, _)| tag.clone()),
+            ..Default::default()
         };
+        let got = match self.store().get_opts(&path, opts).await {
+            Err(object_store::Error::NotModified { .. }) => {
+                if let Some((_, record)) = cached {
+                    return Ok(Some(record.as_ref().clone()));
+                }
+                return Err(Error::store(
+                    "read",
+                    &path,
+                    object_store::Error::Generic {
+                        store: "strata",
+                        source: "the store answered 'not modified' to an unconditional read".into(),
+                    },
+                ));
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                cache.forget(&path);
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::store("read", &path, e)),
+            Ok(got) => got,
+        };
+        let e_tag = got.meta.e_tag.clone();
+        let bytes = got.bytes().await.map_err(|e| Error::store("read", &path, e))?;
+        let record: VersionRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
         if record.version != version
             || record.dataset != self.name
             || record.format != VERSION_FORMAT
@@ -304,6 +332,7 @@ impl Dataset {
                 ),
             });
         }
+        cache.put(&path, e_tag, Arc::new(record.clone()));
         Ok(Some(record))
     }
 
@@ -575,7 +604,9 @@ impl Dataset {
                         &prepared.staged.partitions,
                         &replace_of(&prepared.options),
                     );
-                    let _ = self.store().delete(&layout::version_path(&self.name, stale)).await;
+                    let path = layout::version_path(&self.name, stale);
+                    self.lake.records().forget(&path);
+                    let _ = self.store().delete(&path).await;
                     if !ok {
                         return Err(conflict);
                     }
@@ -707,7 +738,9 @@ impl Dataset {
         if let Some(v) = version {
             if let Ok(Some(record)) = self.read_record(v).await {
                 if record.run_id == run_id {
-                    let _ = self.store().delete(&layout::version_path(&self.name, v)).await;
+                    let path = layout::version_path(&self.name, v);
+                    self.lake.records().forget(&path);
+                    let _ = self.store().delete(&path).await;
                 }
             }
         }
@@ -778,6 +811,7 @@ impl Dataset {
                 Some(f) if f.to == v && f.run_id == run_id
             );
             if !published {
+                self.lake.records().forget(&path);
                 self.store().delete(&path).await.map_err(|e| Error::store("delete", &path, e))?;
                 removed.push(path.to_string());
             }

@@ -15,6 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::model::VersionRecord;
 use crate::names::validate_dataset_name;
 
 /// A lake: an object store holding datasets, and the URL it was opened from.
@@ -25,6 +26,38 @@ use crate::names::validate_dataset_name;
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
     url: String,
+    /// Version records already parsed, by path, with the entity tag they were read at.
+    records: Arc<RecordCache>,
+}
+
+/// Parsed version records by path, with the entity tag of the object each was read from. A read
+/// asks the store for the object only if its tag changed (`If-None-Match`), so a record, which
+/// lists every partition of a version, is parsed once per process however often it is read, and
+/// never served stale: a record deleted and written again has a new tag.
+#[derive(Debug, Default)]
+pub(crate) struct RecordCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<VersionRecord>)>>,
+}
+
+impl RecordCache {
+    pub(crate) fn get(&self, path: &Path) -> Option<(String, Arc<VersionRecord>)> {
+        self.entries.lock().ok()?.get(path.as_ref()).cloned()
+    }
+
+    pub(crate) fn put(&self, path: &Path, e_tag: Option<String>, record: Arc<VersionRecord>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            match e_tag {
+                Some(tag) => entries.insert(path.to_string(), (tag, record)),
+                None => entries.remove(path.as_ref()),
+            };
+        }
+    }
+
+    pub(crate) fn forget(&self, path: &Path) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(path.as_ref());
+        }
+    }
 }
 
 /// Whether opening a lake may create it.
@@ -84,7 +117,7 @@ impl Lake {
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| lake_err(format!("{e}")))?
             .with_automatic_cleanup(true);
-        Ok(Lake { store: Arc::new(store), url: url.to_string() })
+        Ok(Lake::from_store(Arc::new(store), url))
     }
 
     /// Opens an `s3://` lake with extra configuration on top of the `AWS_*` variables, for
@@ -100,7 +133,7 @@ impl Lake {
         let prefix = prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-        Ok(Lake { store, url: format!("s3://{bucket}/{prefix}") })
+        Ok(Lake::from_store(store, format!("s3://{bucket}/{prefix}")))
     }
 
     /// Checks that the lake's store answers, with one cheap request, and turns the usual
@@ -146,7 +179,7 @@ impl Lake {
 
     /// A lake over an existing store; `url` is only used in messages.
     pub fn from_store(store: Arc<dyn ObjectStore>, url: impl Into<String>) -> Lake {
-        Lake { store, url: url.into() }
+        Lake { store, url: url.into(), records: Arc::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -216,6 +249,10 @@ impl Lake {
     }
 
     /// Reads a whole object, `None` if absent.
+    pub(crate) fn records(&self) -> &RecordCache {
+        &self.records
+    }
+
     pub async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
         match self.store.get(path).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| Error::store("read", path, e)),

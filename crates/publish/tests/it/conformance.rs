@@ -524,6 +524,27 @@ pub async fn corrupt_or_truncated_json_is_reported(lake: Lake) {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
+/// Version records are parsed once per process and cached by entity tag: a record changed in
+/// the store behind the cache's back is read again, never served stale.
+pub async fn records_read_again_are_current(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
+    let first = ds.current().await.unwrap();
+    assert_eq!(ds.current().await.unwrap(), first, "a second read is the same record");
+    assert_eq!(lake.dataset("orders").unwrap().version(1).await.unwrap(), first);
+    // Rewrite the record in place (same version, other content), as another process could.
+    let path = layout::version_path("orders", 1);
+    let mut changed = first.clone();
+    changed.summary.rows += 1;
+    let body = serde_json::to_vec(&changed).unwrap();
+    lake.store().put(&path, PutPayload::from(body)).await.unwrap();
+    assert_eq!(ds.current().await.unwrap().summary.rows, first.summary.rows + 1);
+    // Deleted: gone, not remembered.
+    lake.store().delete(&path).await.unwrap();
+    let err = ds.current().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
 pub async fn schema_conflict_is_refused_and_nothing_changes(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
