@@ -147,7 +147,14 @@ pub(crate) fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContex
         .build_arc()?;
     // Sorts reserve room for their merge phase up front, so that a sort that spilled can always
     // merge its runs back (the default 10 MB is too little for wide rows).
-    let mut config = SessionConfig::new().with_sort_spill_reservation_bytes(64 * 1024 * 1024);
+    //
+    // A sort is one sort over all input partitions (computed in parallel below it), not one sort
+    // per partition merged by a SortPreservingMergeExec: that merge takes memory the partition
+    // sorts may already hold, and cannot spill, so under a full pool a large run could fail at
+    // random in its last phase ("Resources exhausted ... SortPreservingMergeExec").
+    let mut config = SessionConfig::new()
+        .with_sort_spill_reservation_bytes(64 * 1024 * 1024)
+        .with_repartition_sorts(false);
     if options.target_partitions > 0 {
         config = config.with_target_partitions(options.target_partitions);
     }
@@ -1423,4 +1430,53 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
 /// The date of an Arrow `Date32` value (days since 1970-01-01).
 fn date_of_days(days: i32) -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + Duration::days(days.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sort is one sort over all partitions: no SortPreservingMergeExec, whose memory cannot
+    /// spill, sits above per-partition sorts.
+    #[tokio::test]
+    async fn sorts_do_not_merge_partitions_under_memory_pressure() {
+        let lake = Lake::from_store(Arc::new(object_store::memory::InMemory::new()), "memory://");
+        let options = RunOptions { target_partitions: 4, ..Default::default() };
+        let ctx = session(&lake, &options).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let part = |v: i64| {
+            vec![RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(arrow::array::Int64Array::from(vec![v, v + 10]))],
+            )
+            .unwrap()]
+        };
+        let table = datafusion::datasource::MemTable::try_new(
+            schema.clone(),
+            vec![part(3), part(1), part(2), part(0)],
+        )
+        .unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let df = ctx.sql("SELECT k + 1 AS k FROM t ORDER BY k").await.unwrap();
+        let plan = datafusion::physical_plan::displayable(
+            df.clone().create_physical_plan().await.unwrap().as_ref(),
+        )
+        .indent(false)
+        .to_string();
+        assert!(!plan.contains("SortPreservingMergeExec"), "{plan}");
+        assert!(plan.contains("SortExec"), "{plan}");
+        let rows = df.collect().await.unwrap();
+        let got: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 11, 12, 13, 14]);
+    }
 }
