@@ -295,26 +295,16 @@ impl Dataset {
             if_none_match: cached.as_ref().map(|(tag, _)| tag.clone()),
             ..Default::default()
         };
-        let got = match self.store().get_opts(&path, opts).await {
-            Err(object_store::Error::NotModified { .. }) => {
-                if let Some((_, record)) = cached {
-                    return Ok(Some(record.as_ref().clone()));
-                }
-                return Err(Error::store(
-                    "read",
-                    &path,
-                    object_store::Error::Generic {
-                        store: "strata",
-                        source: "the store answered 'not modified' to an unconditional read".into(),
-                    },
-                ));
+        let got = match (self.store().get_opts(&path, opts).await, cached) {
+            (Err(object_store::Error::NotModified { .. }), Some((_, record))) => {
+                return Ok(Some(record.as_ref().clone()));
             }
-            Err(object_store::Error::NotFound { .. }) => {
+            (Err(object_store::Error::NotFound { .. }), _) => {
                 cache.forget(&path);
                 return Ok(None);
             }
-            Err(e) => return Err(Error::store("read", &path, e)),
-            Ok(got) => got,
+            (Err(e), _) => return Err(Error::store("read", &path, e)),
+            (Ok(got), _) => got,
         };
         let e_tag = got.meta.e_tag.clone();
         let bytes = got.bytes().await.map_err(|e| Error::store("read", &path, e))?;

@@ -183,34 +183,22 @@ fn put_bytes(buf: &mut [u8], at: usize, data: &[u8], start: usize, len: usize) -
     at + len
 }
 
-/// One of the two passes over a column: find its longest cell, or write each cell at its row's
-/// cursor (and move the cursor past it).
-enum Pass<'a> {
-    Widest(&'a mut usize),
-    Write(&'a mut [u8], &'a mut [usize]),
-}
-
-/// Runs `pass` over the cells of a column that are not null: `len(i)` is cell `i`'s encoded
-/// length and `put(buf, at, i)` writes it at `at`, returning the end.
+/// Writes the cells of a column that are not null, each at its row's cursor `at[i]` (moved past
+/// it): `put(buf, at, i)` writes cell `i` at `at` and returns the end.
 #[inline]
 fn cells(
-    n: usize,
     nulls: Option<&NullBuffer>,
-    pass: &mut Pass,
-    len: impl Fn(usize) -> usize,
+    buf: &mut [u8],
+    at: &mut [usize],
     put: impl Fn(&mut [u8], usize, usize) -> usize,
 ) {
-    match (pass, nulls) {
-        (Pass::Widest(w), None) => **w = (0..n).map(len).max().unwrap_or(0),
-        (Pass::Widest(w), Some(nb)) => **w = nb.valid_indices().map(len).max().unwrap_or(0),
-        (Pass::Write(buf, at), None) => {
-            for (i, a) in at[..n].iter_mut().enumerate() {
+    match nulls {
+        None => {
+            for (i, a) in at.iter_mut().enumerate() {
                 *a = put(buf, *a, i);
             }
         }
-        (Pass::Write(buf, at), Some(nb)) => {
-            nb.valid_indices().for_each(|i| at[i] = put(buf, at[i], i));
-        }
+        Some(nb) => nb.valid_indices().for_each(|i| at[i] = put(buf, at[i], i)),
     }
 }
 
@@ -260,31 +248,41 @@ fn text_of(c: &ArrayRef) -> Vec<String> {
         .collect()
 }
 
-/// Cells of a Utf8 or Binary column with `O` offsets, straight from its buffers.
+/// The longest cell (length and bytes) of a column of variable width. Null cells count too,
+/// with the length their slot has: this is a bound, not a measure.
+fn widest_var(c: &ArrayRef, text: &[String]) -> usize {
+    fn widest<O: OffsetSizeTrait>(offsets: &[O]) -> usize {
+        offsets.windows(2).map(|w| w[1].as_usize() - w[0].as_usize()).max().unwrap_or(0)
+    }
+    let view_len = |views: &[u128]| views.iter().map(|v| *v as u32 as usize).max().unwrap_or(0);
+    let longest = match c.data_type() {
+        DataType::Utf8 => widest(c.as_string::<i32>().value_offsets()),
+        DataType::LargeUtf8 => widest(c.as_string::<i64>().value_offsets()),
+        DataType::Binary => widest(c.as_binary::<i32>().value_offsets()),
+        DataType::LargeBinary => widest(c.as_binary::<i64>().value_offsets()),
+        DataType::Utf8View => view_len(c.as_string_view().views()),
+        DataType::BinaryView => view_len(c.as_binary_view().views()),
+        _ => text.iter().map(String::len).max().unwrap_or(0),
+    };
+    varint_len(longest as u64) + longest
+}
+
+/// Writes every cell of a Utf8 or Binary column with `O` offsets, straight from its buffers.
 fn offset_cells<O: OffsetSizeTrait>(
     offsets: &[O],
     data: &[u8],
     nulls: Option<&NullBuffer>,
-    pass: &mut Pass,
+    buf: &mut [u8],
+    at: &mut [usize],
 ) {
-    cells(
-        offsets.len() - 1,
-        nulls,
-        pass,
-        |i| {
-            let l = offsets[i + 1].as_usize() - offsets[i].as_usize();
-            varint_len(l as u64) + l
-        },
-        |buf, at, i| {
-            let start = offsets[i].as_usize();
-            put_bytes(buf, at, data, start, offsets[i + 1].as_usize() - start)
-        },
-    );
+    cells(nulls, buf, at, |buf, at, i| {
+        let start = offsets[i].as_usize();
+        put_bytes(buf, at, data, start, offsets[i + 1].as_usize() - start)
+    });
 }
 
-/// Runs `pass` over one column.
-fn column_pass(c: &ArrayRef, text: &[String], pass: &mut Pass) {
-    let n = c.len();
+/// Writes every cell of one column that is not null, each at its row's cursor.
+fn write_column(c: &ArrayRef, text: &[String], buf: &mut [u8], at: &mut [usize]) {
     let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
     let nb = nulls.as_ref();
     // Integer cells of primitive array type `$t`, each value coded to u64 by `$code`.
@@ -292,7 +290,7 @@ fn column_pass(c: &ArrayRef, text: &[String], pass: &mut Pass) {
         ($t:ty, $code:expr) => {{
             let v = c.as_any().downcast_ref::<$t>().expect("type checked").values();
             let code = $code;
-            cells(n, nb, pass, |i| int_len(code(v[i])), |buf, at, i| put_int(buf, at, code(v[i])))
+            cells(nb, buf, at, |buf, at, i| put_int(buf, at, code(v[i])))
         }};
     }
     let signed = |x: i64| zigzag(x);
@@ -317,64 +315,48 @@ fn column_pass(c: &ArrayRef, text: &[String], pass: &mut Pass) {
         DataType::UInt64 => ints!(UInt64Array, |x: u64| x),
         DataType::Decimal128(_, _) => {
             let v = c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values();
-            cells(
-                n,
-                nb,
-                pass,
-                |i| int_len128(zigzag128(v[i])),
-                |buf, at, i| put_int128(buf, at, zigzag128(v[i])),
-            )
+            cells(nb, buf, at, |buf, at, i| put_int128(buf, at, zigzag128(v[i])))
         }
         DataType::Float32 | DataType::Float64 => {
-            let bits: Box<dyn Fn(usize) -> [u8; 8]> = match c.data_type() {
+            let v: Vec<f64> = match c.data_type() {
                 DataType::Float32 => {
-                    let v = c.as_any().downcast_ref::<Float32Array>().expect("type checked");
-                    Box::new(|i| f64::from(v.value(i)).to_bits().to_le_bytes())
+                    let a = c.as_any().downcast_ref::<Float32Array>().expect("type checked");
+                    a.values().iter().map(|x| f64::from(*x)).collect()
                 }
-                _ => {
-                    let v = c.as_any().downcast_ref::<Float64Array>().expect("type checked");
-                    Box::new(|i| v.value(i).to_bits().to_le_bytes())
-                }
+                _ => c
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("type checked")
+                    .values()
+                    .to_vec(),
             };
-            cells(
-                n,
-                nb,
-                pass,
-                |_| 8,
-                |buf, at, i| {
-                    buf[at..at + 8].copy_from_slice(&bits(i));
-                    at + 8
-                },
-            )
+            cells(nb, buf, at, |buf, at, i| {
+                buf[at..at + 8].copy_from_slice(&v[i].to_bits().to_le_bytes());
+                at + 8
+            })
         }
         DataType::Boolean => {
             let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
-            cells(
-                n,
-                nb,
-                pass,
-                |_| 1,
-                |buf, at, i| {
-                    buf[at] = u8::from(a.value(i));
-                    at + 1
-                },
-            )
+            cells(nb, buf, at, |buf, at, i| {
+                buf[at] = u8::from(a.value(i));
+                at + 1
+            })
         }
         DataType::Utf8 => {
             let a = c.as_string::<i32>();
-            offset_cells(a.value_offsets(), a.values(), nb, pass)
+            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
         }
         DataType::LargeUtf8 => {
             let a = c.as_string::<i64>();
-            offset_cells(a.value_offsets(), a.values(), nb, pass)
+            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
         }
         DataType::Binary => {
             let a = c.as_binary::<i32>();
-            offset_cells(a.value_offsets(), a.values(), nb, pass)
+            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
         }
         DataType::LargeBinary => {
             let a = c.as_binary::<i64>();
-            offset_cells(a.value_offsets(), a.values(), nb, pass)
+            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
         }
         DataType::Utf8View | DataType::BinaryView => {
             let (views, buffers) = match c.data_type() {
@@ -387,40 +369,27 @@ fn column_pass(c: &ArrayRef, text: &[String], pass: &mut Pass) {
                     (a.views(), a.data_buffers())
                 }
             };
-            cells(
-                n,
-                nb,
-                pass,
-                |i| {
-                    let l = views[i] as u32 as usize;
-                    varint_len(l as u64) + l
-                },
-                |buf, at, i| {
-                    let view = views[i];
-                    let len = view as u32 as usize;
-                    if len > 12 {
-                        let b = &buffers[(view >> 64) as u32 as usize];
-                        return put_bytes(buf, at, b, (view >> 96) as u32 as usize, len);
-                    }
-                    // Inline: the bytes are in the view, after the length.
-                    let at = put_varint(buf, at, len as u64);
-                    let inline = (view >> 32).to_le_bytes();
-                    if len <= 8 {
-                        buf[at..at + 8].copy_from_slice(&inline[..8]);
-                    } else {
-                        buf[at..at + 16].copy_from_slice(&inline);
-                    }
-                    at + len
-                },
-            )
+            cells(nb, buf, at, |buf, at, i| {
+                let view = views[i];
+                let len = view as u32 as usize;
+                if len > 12 {
+                    let b = &buffers[(view >> 64) as u32 as usize];
+                    return put_bytes(buf, at, b, (view >> 96) as u32 as usize, len);
+                }
+                // Inline: the bytes are in the view, after the length.
+                let at = put_varint(buf, at, len as u64);
+                let inline = (view >> 32).to_le_bytes();
+                if len <= 8 {
+                    buf[at..at + 8].copy_from_slice(&inline[..8]);
+                } else {
+                    buf[at..at + 16].copy_from_slice(&inline);
+                }
+                at + len
+            })
         }
-        _ => cells(
-            n,
-            nb,
-            pass,
-            |i| varint_len(text[i].len() as u64) + text[i].len(),
-            |buf, at, i| put_bytes(buf, at, text[i].as_bytes(), 0, text[i].len()),
-        ),
+        _ => cells(nb, buf, at, |buf, at, i| {
+            put_bytes(buf, at, text[i].as_bytes(), 0, text[i].len())
+        }),
     }
 }
 
@@ -439,14 +408,7 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
     // 1. Room for the longest row: the widest cell of each column, and the padding.
     let mut room = bitmap + 9;
     for (c, text) in columns.iter().zip(&texts) {
-        room += match widest_fixed(c.data_type()) {
-            Some(w) => w,
-            None => {
-                let mut w = 0;
-                column_pass(c, text, &mut Pass::Widest(&mut w));
-                w
-            }
-        };
+        room += widest_fixed(c.data_type()).unwrap_or_else(|| widest_var(c, text));
     }
     out.slot = room.div_ceil(64);
     // Reuse the buffer without zeroing it: every byte of a row's message and padding is written
@@ -457,7 +419,7 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
     }
     let buf = out.blocks.as_flattened_mut();
     let mut cursor: Vec<usize> = (0..n).map(|i| i * out.slot * 64).collect();
-    // 3. Bitmaps.
+    // 2. Bitmaps.
     for &start in &cursor {
         buf[start..start + bitmap].fill(0);
     }
@@ -468,14 +430,14 @@ pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
             }
         }
     }
-    // 4. The cells, column by column, each at its row's cursor.
+    // 3. The cells, column by column, each at its row's cursor.
     for at in &mut cursor {
         *at += bitmap;
     }
     for (c, text) in columns.iter().zip(&texts) {
-        column_pass(c, text, &mut Pass::Write(buf, &mut cursor));
+        write_column(c, text, buf, &mut cursor);
     }
-    // 5. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length.
+    // 4. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length.
     out.lens.clear();
     for (i, end) in cursor.into_iter().enumerate() {
         let start = i * out.slot * 64;
