@@ -581,7 +581,7 @@ async fn drive(
         .await?;
         return Ok(None);
     }
-    let published = commit_outputs(log, outputs, lock, ctx).await?;
+    let published = commit_outputs(log, outputs, previews, lock, ctx).await?;
     for r in reports.iter_mut() {
         if let Some(v) = published.get(&r.dataset) {
             r.version = Some(*v);
@@ -591,16 +591,21 @@ async fn drive(
 }
 
 /// COMMITTING: prepares every record first, so that the flips are the only work left, then
-/// flips them; PUBLISHED when all landed.
+/// flips them; PUBLISHED when all landed. A record previewed for a later stage or for the
+/// checks is written as it is, unless another writer published in between.
 async fn commit_outputs(
     log: &mut RunLog,
     outputs: Vec<Output>,
+    mut previews: BTreeMap<String, VersionRecord>,
     lock: &locks::RunLocks,
     ctx: &RunContext,
 ) -> Result<BTreeMap<String, u64>> {
     let mut prepared = Vec::new();
     for o in outputs {
-        let p = o.ds.prepare(o.staged, &o.options, ctx).await?;
+        let p = match previews.remove(o.ds.name()) {
+            Some(preview) => o.ds.prepare_previewed(o.staged, &o.options, preview, ctx).await?,
+            None => o.ds.prepare(o.staged, &o.options, ctx).await?,
+        };
         prepared.push((o.ds, p));
     }
     lock.check()?;
@@ -969,7 +974,7 @@ pub async fn approve(
     }
     let lock = locks::acquire(lake, run_id, &m.output_boundary, lease, clock).await?;
     let mut log = RunLog::resume(lake, m);
-    let result = commit_outputs(&mut log, outputs, &lock, &ctx).await;
+    let result = commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx).await;
     lock.release().await;
     result
 }

@@ -58,7 +58,7 @@ pub struct Prepared {
     pub record: VersionRecord,
     head: Option<Flip>,
     /// The copy-on-write base (the record `head` names).
-    parent: Option<VersionRecord>,
+    parent: Option<Arc<VersionRecord>>,
     /// What was staged, as staged (before merging), for rebasing.
     staged: Staged,
     options: PublishOptions,
@@ -288,6 +288,11 @@ impl Dataset {
 
     /// Reads a version record without checking that it was published.
     async fn read_record(&self, version: u64) -> Result<Option<VersionRecord>> {
+        Ok(self.read_record_shared(version).await?.map(|r| r.as_ref().clone()))
+    }
+
+    /// [`Dataset::read_record`] without copying the record out of the cache.
+    async fn read_record_shared(&self, version: u64) -> Result<Option<Arc<VersionRecord>>> {
         let path = layout::version_path(&self.name, version);
         let cache = self.lake.records();
         let cached = cache.get(&path);
@@ -297,7 +302,7 @@ impl Dataset {
         };
         let got = match (self.store().get_opts(&path, opts).await, cached) {
             (Err(object_store::Error::NotModified { .. }), Some((_, record))) => {
-                return Ok(Some(record.as_ref().clone()));
+                return Ok(Some(record));
             }
             (Err(object_store::Error::NotFound { .. }), _) => {
                 cache.forget(&path);
@@ -322,7 +327,8 @@ impl Dataset {
                 ),
             });
         }
-        cache.put(&path, e_tag, Arc::new(record.clone()));
+        let record = Arc::new(record);
+        cache.put(&path, e_tag, record.clone());
         Ok(Some(record))
     }
 
@@ -334,7 +340,12 @@ impl Dataset {
 
     /// Reads the record a pointer entry names; pointer entries only ever name published versions.
     async fn record_named_by(&self, flip: &Flip) -> Result<VersionRecord> {
-        self.read_record(flip.to).await?.ok_or_else(|| Error::Corrupt {
+        Ok(self.shared_record_named_by(flip).await?.as_ref().clone())
+    }
+
+    /// [`Dataset::record_named_by`] without copying the record out of the cache.
+    async fn shared_record_named_by(&self, flip: &Flip) -> Result<Arc<VersionRecord>> {
+        self.read_record_shared(flip.to).await?.ok_or_else(|| Error::Corrupt {
             path: layout::version_path(&self.name, flip.to).to_string(),
             detail: format!(
                 "pointer entry #{} names version {} but its record is missing",
@@ -451,11 +462,45 @@ impl Dataset {
         ctx: &RunContext,
     ) -> Result<Prepared> {
         let head = self.head().await?;
-        let parent = match &head {
-            Some(h) => Some(self.record_named_by(h).await?),
-            None => None,
-        };
-        self.prepare_on(staged, options.clone(), head, parent, ctx).await
+        let parent = self.parent_of(head.as_ref()).await?;
+        self.prepare_on(staged, options.clone(), head, parent, None, ctx).await
+    }
+
+    /// [`Dataset::prepare`] reusing `preview`, the record [`Dataset::preview`] returned for the
+    /// same staged files and options, when nothing was published since: the record is not
+    /// assembled a second time. Evidence attached to `staged` after the preview is taken from
+    /// `staged`. A preview of other files, or one overtaken by another publish, is not used.
+    pub async fn prepare_previewed(
+        &self,
+        staged: Staged,
+        options: &PublishOptions,
+        preview: VersionRecord,
+        ctx: &RunContext,
+    ) -> Result<Prepared> {
+        let head = self.head().await?;
+        let parent = self.parent_of(head.as_ref()).await?;
+        let fresh = preview.dataset == self.name
+            && preview.run_id == staged.run_id
+            && preview.run_id == ctx.run_id()
+            && preview.publish_seq == protocol::next_seq(head.as_ref())
+            && preview.parent == head.as_ref().map(|h| h.to)
+            && preview.version == protocol::first_candidate_version(head.as_ref())
+            && staged.partitions.iter().all(|w| {
+                preview
+                    .partitions
+                    .binary_search_by(|p| p.key.as_str().cmp(&w.key))
+                    .is_ok_and(|i| preview.partitions[i].files == w.files)
+            });
+        let first = fresh.then(|| VersionRecord { evidence: staged.evidence.clone(), ..preview });
+        self.prepare_on(staged, options.clone(), head, parent, first, ctx).await
+    }
+
+    /// The record `head` names, shared with the cache.
+    async fn parent_of(&self, head: Option<&Flip>) -> Result<Option<Arc<VersionRecord>>> {
+        match head {
+            Some(h) => Ok(Some(self.shared_record_named_by(h).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The record a publish of `staged` would create now, without writing anything: what later
@@ -467,12 +512,9 @@ impl Dataset {
         ctx: &RunContext,
     ) -> Result<VersionRecord> {
         let head = self.head().await?;
-        let parent = match &head {
-            Some(h) => Some(self.record_named_by(h).await?),
-            None => None,
-        };
+        let parent = self.parent_of(head.as_ref()).await?;
         let version = protocol::first_candidate_version(head.as_ref());
-        self.build_record(staged, options, head.as_ref(), parent.as_ref(), version, ctx)
+        self.build_record(staged, options, head.as_ref(), parent.as_deref(), version, ctx)
     }
 
     /// The record for `staged` merged onto `parent` as `version`. No IO.
@@ -530,20 +572,31 @@ impl Dataset {
     }
 
     /// Creates the version record of `staged` merged onto `parent` (the record `head` names)
-    /// under the first free version number.
+    /// under the first free version number. `first` is that record for the first candidate
+    /// number, when already built.
     async fn prepare_on(
         &self,
         staged: Staged,
         options: PublishOptions,
         head: Option<Flip>,
-        parent: Option<VersionRecord>,
+        parent: Option<Arc<VersionRecord>>,
+        mut first: Option<VersionRecord>,
         ctx: &RunContext,
     ) -> Result<Prepared> {
         let publish_seq = protocol::next_seq(head.as_ref());
         let mut version = protocol::first_candidate_version(head.as_ref());
         for _ in 0..MAX_VERSION_ATTEMPTS {
-            let record =
-                self.build_record(&staged, &options, head.as_ref(), parent.as_ref(), version, ctx)?;
+            let record = match first.take() {
+                Some(r) if r.version == version => r,
+                _ => self.build_record(
+                    &staged,
+                    &options,
+                    head.as_ref(),
+                    parent.as_deref(),
+                    version,
+                    ctx,
+                )?,
+            };
             let path = layout::version_path(&self.name, version);
             match self.create_resolving(&path, &record, "version record").await? {
                 Outcome::Ours => {
@@ -583,14 +636,11 @@ impl Dataset {
                 }
                 Err(conflict @ Error::Conflict { .. }) => {
                     let head = self.head().await?;
-                    let parent = match &head {
-                        Some(h) => Some(self.record_named_by(h).await?),
-                        None => None,
-                    };
+                    let parent = self.parent_of(head.as_ref()).await?;
                     let stale = prepared.record.version;
                     let ok = protocol::rebase_allowed(
-                        prepared.parent.as_ref(),
-                        parent.as_ref(),
+                        prepared.parent.as_deref(),
+                        parent.as_deref(),
                         &prepared.staged.partitions,
                         &replace_of(&prepared.options),
                     );
@@ -601,7 +651,7 @@ impl Dataset {
                         return Err(conflict);
                     }
                     prepared = self
-                        .prepare_on(prepared.staged, prepared.options, head, parent, ctx)
+                        .prepare_on(prepared.staged, prepared.options, head, parent, None, ctx)
                         .await?;
                 }
                 Err(e) => return Err(e),

@@ -22,6 +22,7 @@ macro_rules! conformance_tests {
                 retried_flip_that_landed_is_not_a_conflict,
                 corrupt_or_truncated_json_is_reported,
                 records_read_again_are_current,
+                previewed_records_are_reused_only_while_current,
                 schema_conflict_is_refused_and_nothing_changes,
                 bad_partition_values_are_refused_and_nothing_changes,
                 unknown_dataset_and_version_are_reported,

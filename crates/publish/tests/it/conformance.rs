@@ -545,6 +545,56 @@ pub async fn records_read_again_are_current(lake: Lake) {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
+/// A previewed record is written as previewed (with the evidence attached since), and rebuilt
+/// when another writer published in between: a stale preview never hides their partitions.
+pub async fn previewed_records_are_reused_only_while_current(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
+    let stage = |run: &'static str, minute: u32, day: &'static str, first_id: i64| {
+        let ds = ds.clone();
+        async move {
+            let c = ctx(run, minute);
+            let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+            w.write(&batch(&days(&[day], 3, first_id, 5))).await.unwrap();
+            (c, w.finish().await.unwrap())
+        }
+    };
+    let options = PublishOptions::default();
+    // Nothing published in between: the preview is the record, plus evidence.
+    let (c2, mut staged) = stage("r2", 1, "2026-01-02", 100).await;
+    let preview = ds.preview(&staged, &options, &c2).await.unwrap();
+    staged.evidence = Some(serde_json::json!({"checks": "ok"}));
+    let prepared = ds.prepare_previewed(staged.clone(), &options, preview.clone(), &c2).await;
+    let prepared = prepared.unwrap();
+    assert_eq!(
+        prepared.record,
+        VersionRecord { evidence: staged.evidence.clone(), ..preview.clone() },
+        "written as previewed"
+    );
+    let v2 = ds.commit(prepared, &c2).await.unwrap();
+    assert_eq!((v2.record.version, v2.record.parent), (2, Some(1)));
+    assert_eq!(ds.current().await.unwrap().evidence, staged.evidence);
+    // Another writer publishes a new day between this run's preview and its prepare.
+    let (c3, staged) = stage("r3", 2, "2026-01-03", 200).await;
+    let stale = ds.preview(&staged, &options, &c3).await.unwrap();
+    publish_days(&ds, "r4", 3, &days(&["2026-01-04"], 1, 300, 9)).await;
+    let prepared = ds.prepare_previewed(staged, &options, stale.clone(), &c3).await.unwrap();
+    assert_ne!(prepared.record, stale);
+    assert_eq!((prepared.record.version, prepared.record.parent), (4, Some(3)));
+    let keys: Vec<&str> = prepared.record.partitions.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["day=2026-01-01", "day=2026-01-02", "day=2026-01-03", "day=2026-01-04"]);
+    let v4 = ds.commit(prepared, &c3).await.unwrap();
+    let ids: Vec<i64> = read_rows(&lake, &v4.record).await.iter().map(|r| r.0).collect();
+    assert_eq!(ids, [1, 2, 100, 101, 102, 200, 201, 202, 300]);
+    // A preview of other staged files is not taken for this run's record.
+    let (c5, staged) = stage("r5", 4, "2026-01-05", 400).await;
+    let (_, other) = stage("r5", 4, "2026-01-06", 500).await;
+    let wrong = ds.preview(&other, &options, &c5).await.unwrap();
+    let prepared = ds.prepare_previewed(staged, &options, wrong, &c5).await.unwrap();
+    let keys: Vec<&str> = prepared.record.partitions.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"day=2026-01-05") && !keys.contains(&"day=2026-01-06"), "{keys:?}");
+}
+
 pub async fn schema_conflict_is_refused_and_nothing_changes(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
