@@ -63,6 +63,51 @@ struct Entry {
     dates: BTreeMap<String, DateRange>,
 }
 
+/// An [`Entry`] as written: the manifest without its schema, which `schema` names.
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    manifest: ManifestOut<'a>,
+    schema: usize,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    dates: &'a BTreeMap<String, DateRange>,
+}
+
+/// A [`BatchManifest`] serialized with an empty schema, without copying it.
+struct ManifestOut<'a>(&'a BatchManifest);
+
+impl Serialize for ManifestOut<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = self.0;
+        let mut s = serializer.serialize_struct("BatchManifest", 12)?;
+        s.serialize_field("format", &m.format)?;
+        s.serialize_field("source", &m.source)?;
+        s.serialize_field("batch_id", &m.batch_id)?;
+        s.serialize_field("input", &m.input)?;
+        s.serialize_field("rows", &m.rows)?;
+        s.serialize_field("rejected", &m.rejected)?;
+        s.serialize_field("blank_lines", &m.blank_lines)?;
+        s.serialize_field("schema", &arrow::datatypes::Schema::empty())?;
+        s.serialize_field("data", &m.data)?;
+        s.serialize_field("rejects", &m.rejects)?;
+        s.serialize_field("run_id", &m.run_id)?;
+        s.serialize_field("landed_at", &m.landed_at)?;
+        s.end()
+    }
+}
+
+#[derive(Serialize)]
+struct IndexFileOut<'a> {
+    format: &'a str,
+    source: &'a str,
+    schemas: Vec<&'a arrow::datatypes::Schema>,
+    batches: Vec<EntryOut<'a>>,
+    inputs: &'a BTreeMap<String, String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct IndexFile {
     format: String,
@@ -91,28 +136,23 @@ impl SourceIndex {
         strata_publish::names::validate_dataset_name(source)?;
         let path = index_path(source);
         let prefix = source_prefix(source);
-        // The index and the listing that checks it, at once.
+        // The index (read and parsed) and the listing that checks it, at once.
         let (got, listing) = futures::join!(
             async {
-                match lake.store().get(&path).await {
-                    Ok(g) => g.bytes().await.map(Some),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
+                let bytes = match lake.store().get(&path).await {
+                    Ok(g) => g.bytes().await?,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                // A damaged or foreign index is rebuilt from the manifests.
+                Ok(serde_json::from_slice::<IndexFile>(&bytes)
+                    .ok()
+                    .filter(|f| f.format == INDEX_FORMAT && f.source == source))
             },
             lake.store().list_with_delimiter(Some(&prefix))
         );
         let listing = listing.map_err(|e| Error::store("list", &prefix, e))?;
-        let cached: Option<IndexFile> = match got {
-            Ok(Some(bytes)) => {
-                // A damaged or foreign index is rebuilt from the manifests.
-                serde_json::from_slice::<IndexFile>(&bytes)
-                    .ok()
-                    .filter(|f| f.format == INDEX_FORMAT && f.source == source)
-            }
-            Ok(None) => None,
-            Err(e) => return Err(Error::store("read", &path, e)),
-        };
+        let cached: Option<IndexFile> = got.map_err(|e| Error::store("read", &path, e))?;
         let mut dirty = cached.is_none();
         let (mut entries, inputs) = match cached {
             Some(f) => {
@@ -223,27 +263,28 @@ impl SourceIndex {
         if !self.dirty {
             return Ok(());
         }
-        let mut schemas: Vec<arrow::datatypes::Schema> = Vec::new();
+        let mut schemas: Vec<&arrow::datatypes::Schema> = Vec::new();
         let mut batches = Vec::with_capacity(self.entries.len());
         for e in self.entries.values() {
-            let i = match schemas.iter().position(|s| s == &e.manifest.schema) {
+            let i = match schemas.iter().position(|s| **s == e.manifest.schema) {
                 Some(i) => i,
                 None => {
-                    schemas.push(e.manifest.schema.clone());
+                    schemas.push(&e.manifest.schema);
                     schemas.len() - 1
                 }
             };
-            let mut e = e.clone();
-            e.manifest.schema = arrow::datatypes::Schema::empty();
-            e.schema = Some(i);
-            batches.push(e);
+            batches.push(EntryOut {
+                manifest: ManifestOut(&e.manifest),
+                schema: i,
+                dates: &e.dates,
+            });
         }
-        let file = IndexFile {
-            format: INDEX_FORMAT.into(),
-            source: self.source.clone(),
+        let file = IndexFileOut {
+            format: INDEX_FORMAT,
+            source: &self.source,
             schemas,
             batches,
-            inputs: self.inputs.clone(),
+            inputs: &self.inputs,
         };
         let path = index_path(&self.source);
         let body = serde_json::to_vec(&file)
@@ -354,8 +395,48 @@ pub async fn land_indexed(
 
 #[cfg(test)]
 mod tests {
-    use super::DateRange;
+    use super::{DateRange, ManifestOut};
+    use crate::landing::{BatchManifest, InputInfo};
     use chrono::NaiveDate;
+
+    /// The index writes manifests field by field (to leave the schema out without copying);
+    /// it must write exactly what the manifest's own serialization would, schema aside.
+    #[test]
+    fn manifests_are_written_to_the_index_in_full() {
+        let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "a",
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )]);
+        let file = |p: &str| strata_publish::FileEntry {
+            path: p.into(),
+            size: 10,
+            rows: 2,
+            sha256: "ab".repeat(32),
+        };
+        let m = BatchManifest {
+            format: "strata.raw-batch.v1".into(),
+            source: "orders".into(),
+            batch_id: "cd".repeat(32),
+            input: serde_json::from_value::<InputInfo>(serde_json::json!({
+                "name": "orders.csv", "sha256": "cd".repeat(32), "size": 12, "format": "csv"
+            }))
+            .unwrap(),
+            rows: 2,
+            rejected: 1,
+            blank_lines: 3,
+            schema,
+            data: Some(file("d.parquet")),
+            rejects: Some(file("r.jsonl")),
+            run_id: "r1".into(),
+            landed_at: chrono::DateTime::from_timestamp(1_800_000_000, 5).unwrap(),
+        };
+        let written = serde_json::to_value(ManifestOut(&m)).unwrap();
+        let expected = BatchManifest { schema: arrow::datatypes::Schema::empty(), ..m };
+        assert_eq!(written, serde_json::to_value(&expected).unwrap());
+        let back: BatchManifest = serde_json::from_value(written).unwrap();
+        assert_eq!(back, expected);
+    }
 
     #[test]
     fn a_batch_is_read_when_its_dates_overlap_the_window_or_some_are_missing() {

@@ -29,7 +29,8 @@ pub fn expand_inputs_allow_empty(base: &Path, args: &[String]) -> Result<Vec<Pat
 }
 
 fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    // Each file, and whether it is known not to be a link (from its directory entry).
+    let mut out: Vec<(PathBuf, bool)> = Vec::new();
     for arg in args {
         let joined = base.join(arg).to_string_lossy().to_string();
         if arg.contains(['*', '?']) {
@@ -53,16 +54,17 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
                 ));
             }
         } else {
-            out.push(path);
+            out.push((path, false));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut unique = Vec::new();
     // Each directory is resolved once; a file is resolved on its own only when it is a link.
     let mut dirs: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
-    for f in out {
+    for (f, not_link) in out {
         let fail = |e: std::io::Error| input_error(f.display(), e.to_string());
-        let link = std::fs::symlink_metadata(&f).map_err(fail)?.file_type().is_symlink();
+        let link =
+            !not_link && std::fs::symlink_metadata(&f).map_err(fail)?.file_type().is_symlink();
         let canonical = match (f.parent(), f.file_name()) {
             (Some(parent), Some(name)) if !link => {
                 let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
@@ -80,7 +82,7 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
     Ok(unique)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| input_error(dir.display(), e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -90,24 +92,25 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         if p.is_dir() {
             walk(&p, out)?;
         } else if landable(&p) {
-            out.push(p);
+            out.push((p, false));
         }
     }
     Ok(())
 }
 
-/// Files matching a pattern whose components may hold `*` and `?`.
-fn glob(pattern: &str) -> Vec<PathBuf> {
+/// Files matching a pattern whose components may hold `*` and `?`, each with whether its
+/// directory entry showed it is not a link.
+fn glob(pattern: &str) -> Vec<(PathBuf, bool)> {
     let absolute = pattern.starts_with('/');
-    let mut current = vec![if absolute { PathBuf::from("/") } else { PathBuf::from(".") }];
+    let mut current = vec![(if absolute { PathBuf::from("/") } else { PathBuf::from(".") }, false)];
     let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
         let mut next = Vec::new();
-        for base in &current {
+        for (base, _) in &current {
             if part.contains(['*', '?']) {
                 let Ok(entries) = std::fs::read_dir(base) else { continue };
-                let mut names: Vec<PathBuf> = entries
+                let mut names: Vec<(PathBuf, bool)> = entries
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard(part, n)))
                     .filter(|e| {
@@ -125,14 +128,17 @@ fn glob(pattern: &str) -> Vec<PathBuf> {
                             None => e.path().is_dir(),
                         }
                     })
-                    .map(|e| e.path())
+                    .map(|e| {
+                        let not_link = e.file_type().is_ok_and(|t| !t.is_symlink());
+                        (e.path(), not_link)
+                    })
                     .collect();
                 names.sort();
                 next.extend(names);
             } else {
                 let p = base.join(part);
                 if p.exists() {
-                    next.push(p);
+                    next.push((p, false));
                 }
             }
         }
@@ -141,7 +147,7 @@ fn glob(pattern: &str) -> Vec<PathBuf> {
     if parts.last().is_some_and(|p| p.contains(['*', '?'])) {
         current
     } else {
-        current.into_iter().filter(|p| p.is_file()).collect()
+        current.into_iter().filter(|(p, _)| p.is_file()).collect()
     }
 }
 

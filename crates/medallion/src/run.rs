@@ -162,6 +162,19 @@ pub async fn run_pipeline(
 ) -> Result<RunSummary> {
     let plan = plan(pipeline, options)?;
     let mut reports = Vec::new();
+    // The current records of the datasets the run writes or reads are read and parsed on the
+    // side while the sources land; later stages find them in the lake's cache (checked against
+    // the store on every read, so never stale).
+    let read: BTreeSet<&String> = plan
+        .boundary
+        .keys()
+        .chain(plan.models.iter().flat_map(|(m, _)| &pipeline.model_deps[m]))
+        .collect();
+    let warming: Vec<_> = read
+        .into_iter()
+        .filter_map(|d| lake.dataset(d).ok())
+        .map(|ds| tokio::spawn(async move { ds.warm().await }))
+        .collect();
     // Land: content-addressed and idempotent, so it needs no run state of its own.
     let mut indexes: BTreeMap<String, strata_land::SourceIndex> = BTreeMap::new();
     for name in &plan.sources {
@@ -181,9 +194,23 @@ pub async fn run_pipeline(
         let read = batches_for_window(&session, pipeline, name, def, index, *window).await?;
         batches.insert(name.clone(), read);
     }
-    for index in indexes.values_mut() {
-        index.save(lake).await.map_err(land_error)?;
-    }
+    // The indexes are caches (a lost update costs a re-read, never a wrong answer), so they are
+    // written while the run goes on; the run waits for them before it returns.
+    let saving: Vec<_> = std::mem::take(&mut indexes)
+        .into_values()
+        .map(|mut index| {
+            let lake = lake.clone();
+            tokio::spawn(async move { index.save(&lake).await })
+        })
+        .collect();
+    let saved = || async {
+        for s in saving {
+            let _ = s.await;
+        }
+        for w in warming {
+            w.abort();
+        }
+    };
     let mut read: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for (name, bs) in &batches {
         for b in bs {
@@ -214,6 +241,7 @@ pub async fn run_pipeline(
     let earlier = runs::list_runs(lake).await?;
     if !options.force {
         if let Some(previous) = already_published(lake, &earlier, &run_key).await? {
+            saved().await;
             return Ok(RunSummary {
                 run_id: ctx.run_id().to_string(),
                 state: RunState::Published,
@@ -258,6 +286,7 @@ pub async fn run_pipeline(
         &mut reports,
     )
     .await;
+    saved().await;
     match result {
         Ok(None) => {
             lock.release().await;
@@ -919,13 +948,6 @@ async fn release_superseded_checkpoints(
                 let _ = ds.discard_run(&m.run_id, u64::MAX, &BTreeSet::new()).await;
             }
         }
-    }
-}
-
-fn land_error(e: strata_land::Error) -> Error {
-    match e {
-        strata_land::Error::Lake(l) => Error::Lake(l),
-        other => Error::Land(other),
     }
 }
 

@@ -179,9 +179,6 @@ pub(crate) async fn land_source(
     ctx: &RunContext,
 ) -> Result<(StageReport, strata_land::SourceIndex)> {
     let started = Instant::now();
-    let files =
-        strata_land::expand_inputs_allow_empty(&pipeline.dir, std::slice::from_ref(&source.path))
-            .map_err(|e| Error::Sql { message: format!("sources.{name}: {e}") })?;
     let options = strata_land::LandOptions {
         format: source.format.as_deref().map(|f| match f {
             "csv" => strata_land::InputFormat::Csv,
@@ -194,8 +191,23 @@ pub(crate) async fn land_source(
     let mut report =
         StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
-    let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
-    for (input, identity) in strata_land::local_inputs(&files).await.map_err(land_error)? {
+    // The source's index and its input files (a directory walk and a listing), both of a size
+    // that grows with history, are read at the same time.
+    let (dir, pattern) = (pipeline.dir.clone(), source.path.clone());
+    let inputs = async move {
+        let files = tokio::task::spawn_blocking(move || {
+            strata_land::expand_inputs_allow_empty(&dir, std::slice::from_ref(&pattern))
+        })
+        .await
+        .map_err(|e| Error::Sql { message: format!("sources.{name}: listing the inputs: {e}") })?
+        .map_err(|e| Error::Sql { message: format!("sources.{name}: {e}") })?;
+        strata_land::local_inputs(&files).await.map_err(land_error)
+    };
+    let (index, inputs) =
+        tokio::join!(strata_land::SourceIndex::load(lake, name), Box::pin(inputs));
+    let inputs = inputs?;
+    let mut index = index.map_err(land_error)?;
+    for (input, identity) in inputs {
         let outcome = strata_land::land_indexed(lake, &mut index, &input, identity, &options, ctx)
             .await
             .map_err(land_error)?;

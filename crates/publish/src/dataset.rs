@@ -495,6 +495,14 @@ impl Dataset {
         self.prepare_on(staged, options.clone(), head, parent, first, ctx).await
     }
 
+    /// Reads the current version's record into the lake's cache of parsed records, so that a
+    /// later read (by any handle on the same lake) costs only a check that it did not change.
+    /// Nothing happens for a dataset never published.
+    pub async fn warm(&self) -> Result<()> {
+        let head = self.head().await?;
+        self.parent_of(head.as_ref()).await.map(|_| ())
+    }
+
     /// The record `head` names, shared with the cache.
     async fn parent_of(&self, head: Option<&Flip>) -> Result<Option<Arc<VersionRecord>>> {
         match head {

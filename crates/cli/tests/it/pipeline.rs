@@ -438,6 +438,18 @@ fn a_window_run_reads_only_the_batches_that_can_hold_its_dates() {
     assert_eq!(run_inputs(&env, &r), expected);
     let land = stage(&r, "land", "orders");
     assert_eq!(land["note"], "0 new batch(es), 4 already landed");
+    // Rebuilt and written back before the run returns: every batch with its date range, every
+    // input with the batch it became.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    let batches = written["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 4, "{written}");
+    for b in batches {
+        let dates = b["dates"].as_object().unwrap();
+        assert!(dates.keys().any(|k| k.starts_with("clean.v1:order_date:")), "{b}");
+        assert!(b["manifest"]["data"]["path"].as_str().unwrap().ends_with(".parquet"), "{b}");
+    }
+    assert_eq!(written["inputs"].as_object().unwrap().len(), 4, "{written}");
     // A file changed in place is a new input: it is read, hashed and landed again.
     let day1 = env.path("shop/data/orders/orders-2026-01-03.csv");
     let mut text = std::fs::read_to_string(&day1).unwrap();
