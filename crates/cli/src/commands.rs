@@ -249,7 +249,7 @@ async fn land(
     let mut index = strata_land::SourceIndex::load(&lake, &args.source).await?;
     let mut results = Vec::new();
     let (mut landed, mut skipped, mut rows, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    for (file, (input, identity)) in files.iter().zip(strata_land::local_inputs(&files).await?) {
+    for (file, (input, identity)) in files.iter().zip(strata_land::local_inputs(&files)?) {
         let outcome =
             strata_land::land_indexed(&lake, &mut index, &input, identity, &options, &ctx).await?;
         let m = outcome.manifest();

@@ -319,54 +319,40 @@ fn identity_of(meta: object_store::ObjectMeta) -> String {
     format!("{}|{}|{tag}", meta.location, meta.size)
 }
 
-/// The identities of many inputs in one store, from one listing per directory instead of a
-/// request per file. Inputs the listings do not show are left out (ask [`input_identity`]).
-pub async fn input_identities(
-    store: &Arc<dyn ObjectStore>,
-    paths: &[Path],
-) -> Result<BTreeMap<Path, String>> {
-    let wanted: std::collections::BTreeSet<&Path> = paths.iter().collect();
-    let dirs: std::collections::BTreeSet<Option<Path>> = paths
-        .iter()
-        .map(|p| p.as_ref().rsplit_once('/').and_then(|(dir, _)| Path::parse(dir).ok()))
-        .collect();
-    let mut out = BTreeMap::new();
-    for dir in dirs {
-        let listing = store
-            .list_with_delimiter(dir.as_ref())
-            .await
-            .map_err(|e| Error::store("list", dir.clone().unwrap_or_default(), e))?;
-        for meta in listing.objects {
-            if wanted.contains(&meta.location) {
-                out.insert(meta.location.clone(), identity_of(meta));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Local files as inputs (read through a local store), each with its identity when one
-/// listing of its directory shows it (see [`input_identities`]).
-pub async fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<String>)>> {
+/// Local files as inputs (read through a local store), each with its identity from the file's
+/// metadata: the same identity the local store gives (see [`local_identity`]), at the cost of one
+/// `stat` per file and no listing. A file whose metadata cannot be read is left without one
+/// (landing it asks the store, and reports what is wrong). Blocking: call it off the async
+/// workers for many files.
+pub fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<String>)>> {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
-    let paths = files
+    files
         .iter()
         .map(|f| {
-            Path::from_absolute_path(f).map_err(|e| Error::Input {
+            let path = Path::from_absolute_path(f).map_err(|e| Error::Input {
                 path: f.display().to_string(),
                 detail: format!("it cannot be used as an input path: {e}"),
-            })
+            })?;
+            let identity = std::fs::metadata(f).ok().map(|m| local_identity(&path, &m));
+            Ok((Input { store: store.clone(), path, display: f.display().to_string() }, identity))
         })
-        .collect::<Result<Vec<_>>>()?;
-    let mut identities = input_identities(&store, &paths).await?;
-    Ok(files
-        .iter()
-        .zip(paths)
-        .map(|(f, path)| {
-            let identity = identities.remove(&path);
-            (Input { store: store.clone(), path, display: f.display().to_string() }, identity)
-        })
-        .collect())
+        .collect()
+}
+
+/// The identity of a local file from its metadata, as [`input_identity`] computes it through the
+/// local store: location, size, and the store's entity tag (inode, modification time in
+/// microseconds and size, in hex). If the store ever tags files differently, the two disagree and
+/// an input is hashed once more, never mistaken for another.
+fn local_identity(location: &Path, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    let size = meta.len();
+    format!("{location}|{size}|{:x}-{mtime:x}-{size:x}", meta.ino())
 }
 
 /// Lands `input` unless the index knows it (same identity), and records the batch in the index.
@@ -395,7 +381,33 @@ pub async fn land_indexed(
 
 #[cfg(test)]
 mod tests {
-    use super::{DateRange, ManifestOut};
+    use super::{input_identity, local_inputs, DateRange, ManifestOut};
+
+    #[tokio::test]
+    async fn local_identities_are_the_local_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<std::path::PathBuf> = (0..3)
+            .map(|i| {
+                let f = dir.path().join(format!("in-{i}.csv"));
+                std::fs::write(&f, "a\n".repeat(i + 1)).unwrap();
+                std::fs::canonicalize(f).unwrap()
+            })
+            .collect();
+        let inputs = local_inputs(&files).unwrap();
+        for (input, identity) in &inputs {
+            assert_eq!(identity.as_deref(), Some(input_identity(input).await.unwrap().as_str()));
+        }
+        let ids: std::collections::BTreeSet<_> = inputs.iter().map(|(_, i)| i.clone()).collect();
+        assert_eq!(ids.len(), 3, "distinct files, distinct identities");
+        // Changed in place: a new identity.
+        std::fs::write(&files[0], "changed\n").unwrap();
+        let again = local_inputs(&files[..1]).unwrap();
+        assert_ne!(again[0].1, inputs[0].1);
+        assert_eq!(
+            again[0].1.as_deref(),
+            Some(input_identity(&again[0].0).await.unwrap().as_str())
+        );
+    }
     use crate::landing::{BatchManifest, InputInfo};
     use chrono::NaiveDate;
 

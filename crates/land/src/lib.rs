@@ -35,8 +35,7 @@ mod landing;
 
 pub use error::{Error, Result};
 pub use index::{
-    index_path, input_identities, input_identity, land_indexed, local_inputs, DateRange,
-    SourceIndex, INDEX_FORMAT,
+    index_path, input_identity, land_indexed, local_inputs, DateRange, SourceIndex, INDEX_FORMAT,
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{

@@ -193,15 +193,16 @@ pub(crate) async fn land_source(
     let (mut new, mut old) = (0, 0);
     // The source's index and its input files (a directory walk and a listing), both of a size
     // that grows with history, are read at the same time.
-    let (dir, pattern) = (pipeline.dir.clone(), source.path.clone());
+    let (dir, pattern, owned) = (pipeline.dir.clone(), source.path.clone(), name.to_string());
     let inputs = async move {
-        let files = tokio::task::spawn_blocking(move || {
-            strata_land::expand_inputs_allow_empty(&dir, std::slice::from_ref(&pattern))
+        tokio::task::spawn_blocking(move || {
+            let files =
+                strata_land::expand_inputs_allow_empty(&dir, std::slice::from_ref(&pattern))
+                    .map_err(|e| Error::Sql { message: format!("sources.{owned}: {e}") })?;
+            strata_land::local_inputs(&files).map_err(land_error)
         })
         .await
         .map_err(|e| Error::Sql { message: format!("sources.{name}: listing the inputs: {e}") })?
-        .map_err(|e| Error::Sql { message: format!("sources.{name}: {e}") })?;
-        strata_land::local_inputs(&files).await.map_err(land_error)
     };
     let (index, inputs) =
         tokio::join!(strata_land::SourceIndex::load(lake, name), Box::pin(inputs));
