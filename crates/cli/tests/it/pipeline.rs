@@ -482,3 +482,53 @@ fn output_into_a_closed_pipe_is_not_an_error() {
         assert!(!stderr.contains("unexpected"), "{args:?}: {stderr}");
     }
 }
+
+/// `strata run` starts itself again with glibc's allocator tuned (arenas capped, a fixed mmap
+/// threshold), keeping a value the user set. Read from the running process's environment.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn runs_tune_the_allocator_unless_told_otherwise() {
+    let env = Env::new();
+    let toml = shop(&env, 0, &[]);
+    let toml = toml.to_str().unwrap();
+    let environ_of = |user: Option<&str>| -> Vec<String> {
+        let mut cmd = env.cmd(&["run", "--pipeline", toml, "--force"]);
+        cmd.env_remove("MALLOC_ARENA_MAX").env_remove("MALLOC_MMAP_THRESHOLD_");
+        if let Some(v) = user {
+            cmd.env("MALLOC_MMAP_THRESHOLD_", v);
+        }
+        let child = cmd
+            .env("STRATA_PAUSE_AT", "after-lock:3000")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/environ", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let vars = loop {
+            let vars: Vec<String> = std::fs::read(&path)
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .filter(|v| v.starts_with("MALLOC_"))
+                .collect();
+            // Before the second start the variables are not there yet.
+            if vars.iter().any(|v| v.starts_with("MALLOC_ARENA_MAX=")) {
+                break vars;
+            }
+            assert!(std::time::Instant::now() < deadline, "strata never started again: {vars:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut vars = vars;
+        vars.sort();
+        vars
+    };
+    assert_eq!(environ_of(None), ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=1048576"]);
+    assert_eq!(
+        environ_of(Some("2097152")),
+        ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=2097152"],
+        "a value the user set is kept"
+    );
+}
