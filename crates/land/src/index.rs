@@ -382,6 +382,8 @@ pub async fn land_indexed(
 #[cfg(test)]
 mod tests {
     use super::{input_identity, local_inputs, DateRange, ManifestOut};
+    use crate::landing::{BatchManifest, InputInfo};
+    use chrono::NaiveDate;
 
     #[tokio::test]
     async fn local_identities_are_the_local_stores() {
@@ -408,8 +410,6 @@ mod tests {
             Some(input_identity(&again[0].0).await.unwrap().as_str())
         );
     }
-    use crate::landing::{BatchManifest, InputInfo};
-    use chrono::NaiveDate;
 
     /// The index writes manifests field by field (to leave the schema out without copying);
     /// it must write exactly what the manifest's own serialization would, schema aside.

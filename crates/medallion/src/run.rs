@@ -203,7 +203,8 @@ pub async fn run_pipeline(
             tokio::spawn(async move { index.save(&lake).await })
         })
         .collect();
-    let saved = || async {
+    // Waits for the index writes, and stops any record still being read ahead.
+    let side_work_done = || async {
         for s in saving {
             let _ = s.await;
         }
@@ -241,7 +242,7 @@ pub async fn run_pipeline(
     let earlier = runs::list_runs(lake).await?;
     if !options.force {
         if let Some(previous) = already_published(lake, &earlier, &run_key).await? {
-            saved().await;
+            side_work_done().await;
             return Ok(RunSummary {
                 run_id: ctx.run_id().to_string(),
                 state: RunState::Published,
@@ -286,7 +287,7 @@ pub async fn run_pipeline(
         &mut reports,
     )
     .await;
-    saved().await;
+    side_work_done().await;
     match result {
         Ok(None) => {
             lock.release().await;

@@ -484,7 +484,6 @@ impl Dataset {
             && preview.run_id == ctx.run_id()
             && preview.publish_seq == protocol::next_seq(head.as_ref())
             && preview.parent == head.as_ref().map(|h| h.to)
-            && preview.version == protocol::first_candidate_version(head.as_ref())
             && staged.partitions.iter().all(|w| {
                 preview
                     .partitions

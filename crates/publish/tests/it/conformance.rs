@@ -16,7 +16,7 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use strata_publish::{
     layout, Dataset, Error, FlipKind, Lake, PublishOptions, Published, RollbackOutcome, RunContext,
-    VersionRecord, WriterOptions,
+    Staged, VersionRecord, WriterOptions,
 };
 
 fn ctx(run: &str, minute: u32) -> RunContext {
@@ -76,6 +76,23 @@ async fn publish_rows(
     let mut w = ds.writer(ctx, schema(), writer)?;
     w.write(&batch(rows)).await?;
     ds.publish(w.finish().await?, &options, ctx).await
+}
+
+/// Stages 3 rows of `day` (ids from `first_id`, all with `amount`) for run `run`, by day, and
+/// returns the run's context with what was staged.
+async fn stage_day(
+    ds: &Dataset,
+    run: &str,
+    minute: u32,
+    day: &'static str,
+    first_id: i64,
+    amount: i64,
+) -> (RunContext, Staged) {
+    let c = ctx(run, minute);
+    let mut w = ds.writer(&c, schema(), by_day()).unwrap();
+    w.write(&batch(&days(&[day], 3, first_id, amount))).await.unwrap();
+    let staged = w.finish().await.unwrap();
+    (c, staged)
 }
 
 async fn publish_days(
@@ -550,15 +567,7 @@ pub async fn records_read_again_are_current(lake: Lake) {
 pub async fn previewed_records_are_reused_only_while_current(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
-    let stage = |run: &'static str, minute: u32, day: &'static str, first_id: i64| {
-        let ds = ds.clone();
-        async move {
-            let c = ctx(run, minute);
-            let mut w = ds.writer(&c, schema(), by_day()).unwrap();
-            w.write(&batch(&days(&[day], 3, first_id, 5))).await.unwrap();
-            (c, w.finish().await.unwrap())
-        }
-    };
+    let stage = |run, minute, day, first_id| stage_day(&ds, run, minute, day, first_id, 5);
     let options = PublishOptions::default();
     // Nothing published in between: the preview is the record, plus evidence.
     let (c2, mut staged) = stage("r2", 1, "2026-01-02", 100).await;
@@ -811,10 +820,7 @@ pub async fn commit_rebases_over_disjoint_partitions_only(lake: Lake) {
     let stage = |run: &'static str, minute: u32, day: &'static str, id: i64| {
         let ds = ds.clone();
         async move {
-            let c = ctx(run, minute);
-            let mut w = ds.writer(&c, schema(), by_day()).unwrap();
-            w.write(&batch(&days(&[day], 3, id, id))).await.unwrap();
-            let staged = w.finish().await.unwrap();
+            let (c, staged) = stage_day(&ds, run, minute, day, id, id).await;
             (ds.prepare(staged, &PublishOptions::default(), &c).await.unwrap(), c)
         }
     };
