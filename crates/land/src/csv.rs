@@ -75,6 +75,39 @@ pub struct CsvReader {
     expected: Option<usize>,
     header: Option<Vec<String>>,
     started: bool,
+    /// Up to where (in `buf`) the input holds a quote: records are read one at a time there.
+    quoted_until: usize,
+    /// A plain block being looked for: where it starts in `buf`, how far it has been scanned
+    /// and the line breaks found so far (so that each byte is scanned once as input comes in).
+    scan: (usize, usize, usize),
+}
+
+/// What [`CsvReader::next_plain`] found at the reading position.
+#[derive(Debug)]
+pub enum Next {
+    /// A block of whole lines without a quote: every line is one record (or a blank or bad line).
+    Plain(PlainBlock),
+    /// Read the next record with [`CsvReader::next_item`]: the header is still to come, the input
+    /// has a quote near here, or the delimiter is not one the plain reading handles.
+    Record,
+    /// Push more input first.
+    NeedMore,
+}
+
+/// Whole lines of input without a quote character, the first on line `first_line`. Read it with
+/// [`read_plain`]; this can happen on any thread, since every line is a record of its own.
+#[derive(Debug)]
+pub struct PlainBlock {
+    pub bytes: Vec<u8>,
+    pub first_line: u64,
+}
+
+/// One line of a [`PlainBlock`], as [`read_plain`] hands it over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlainLine<'a> {
+    Record { line: u64, fields: &'a [&'a str] },
+    Bad { line: u64, raw: &'a [u8], reason: String },
+    Blank { line: u64 },
 }
 
 /// A candidate record in the buffer.
@@ -98,7 +131,67 @@ impl CsvReader {
             expected: None,
             header: None,
             started: false,
+            quoted_until: 0,
+            scan: (0, 0, 0),
         }
+    }
+
+    /// The number of fields every record has, once the header is read.
+    pub fn expected(&self) -> Option<usize> {
+        self.expected
+    }
+
+    /// Takes the next block of whole quote-free lines: up to `max_lines` lines, or as many as
+    /// end by `max_bytes` past the reading position (at least one). Where the input has a quote,
+    /// records must be read one at a time, since a quoted field may span lines: then, and until
+    /// the header is read, this says [`Next::Record`]. Where blocks end depends only on the input,
+    /// never on how it was pushed in.
+    pub fn next_plain(&mut self, eof: bool, max_lines: usize, max_bytes: usize) -> Next {
+        let d = self.delimiter;
+        let plain_delimiter = d.is_ascii() && !matches!(d, b'"' | b'\n' | b'\r');
+        if self.expected.is_none() || !plain_delimiter || self.pos < self.quoted_until {
+            return Next::Record;
+        }
+        let rest = &self.buf[self.pos..];
+        if rest.is_empty() {
+            return if eof { Next::Record } else { Next::NeedMore };
+        }
+        let (mut scanned, mut lines) = match self.scan {
+            (from, scanned, lines) if from == self.pos => (scanned, lines),
+            _ => (0, 0),
+        };
+        let mut end = None;
+        for i in memchr::memchr_iter(b'\n', &rest[scanned..]) {
+            lines += 1;
+            if lines >= max_lines || scanned + i + 1 >= max_bytes {
+                end = Some(scanned + i + 1);
+                break;
+            }
+        }
+        let end = match end {
+            Some(end) => end,
+            None if eof => {
+                if !rest.ends_with(b"\n") {
+                    lines += 1;
+                }
+                rest.len()
+            }
+            None => {
+                // Resume after the last line break seen: a break may not be complete yet.
+                scanned = rest.len();
+                self.scan = (self.pos, scanned, lines);
+                return Next::NeedMore;
+            }
+        };
+        self.scan = (usize::MAX, 0, 0);
+        if memchr::memchr(b'"', &rest[..end]).is_some() {
+            self.quoted_until = self.pos + end;
+            return Next::Record;
+        }
+        let block = PlainBlock { bytes: rest[..end].to_vec(), first_line: self.line };
+        self.pos += end;
+        self.line += lines as u64;
+        Next::Plain(block)
     }
 
     /// The header, once read.
@@ -110,6 +203,8 @@ impl CsvReader {
     pub fn push(&mut self, chunk: &[u8]) {
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
+            self.quoted_until = self.quoted_until.saturating_sub(self.pos);
+            self.scan.0 = self.scan.0.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(chunk);
@@ -249,20 +344,78 @@ impl CsvReader {
     }
 }
 
+/// Reads the lines of a [`PlainBlock`] in order, as [`CsvReader::next_item`] would read them:
+/// records of `expected` fields, blank lines, and bad lines (wrong field count, invalid UTF-8)
+/// with the same reasons.
+pub fn read_plain(
+    block: &PlainBlock,
+    delimiter: u8,
+    expected: usize,
+    mut each: impl FnMut(PlainLine<'_>),
+) {
+    let bytes = block.bytes.as_slice();
+    // Valid UTF-8 as a whole (the usual case) is checked once; otherwise line by line.
+    let whole = std::str::from_utf8(bytes).ok();
+    let mut fields: Vec<&str> = Vec::with_capacity(expected);
+    let mut start = 0;
+    let mut line = block.first_line;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let content = strip_cr(&bytes[start..end]);
+        let (from, to) = (start, start + content.len());
+        start = end + 1;
+        let this = line;
+        line += 1;
+        if content.is_empty() {
+            each(PlainLine::Blank { line: this });
+            continue;
+        }
+        let found = memchr::memchr_iter(delimiter, content).count() + 1;
+        if found != expected {
+            let reason = format!("expected {expected} fields, found {found}");
+            each(PlainLine::Bad { line: this, raw: content, reason });
+            continue;
+        }
+        let text = match whole {
+            Some(text) => &text[from..to],
+            None => match std::str::from_utf8(content) {
+                Ok(text) => text,
+                Err(e) => {
+                    let reason = invalid_field(content.split(|&b| b == delimiter))
+                        .unwrap_or_else(|| format!("invalid UTF-8: {e}"));
+                    each(PlainLine::Bad { line: this, raw: content, reason });
+                    continue;
+                }
+            },
+        };
+        fields.clear();
+        fields.extend(text.split(delimiter as char));
+        each(PlainLine::Record { line: this, fields: &fields });
+    }
+}
+
 fn strip_cr(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 
+/// Why one of the fields is not text: the first field that is not valid UTF-8 on its own.
+fn invalid_field<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    fields.enumerate().find_map(|(i, field)| {
+        std::str::from_utf8(field)
+            .err()
+            .map(|e| format!("invalid UTF-8 in field {} at byte {}", i + 1, e.valid_up_to()))
+    })
+}
+
+/// Checks every field on its own: a multi-byte character split by a delimiter is invalid even
+/// though the fields' bytes joined would read as text.
 fn to_fields(text: Vec<u8>, ends: Vec<usize>) -> Result<Fields, String> {
-    match String::from_utf8(text) {
-        Ok(text) => Ok(Fields { text, ends }),
-        Err(e) => {
-            let at = e.utf8_error().valid_up_to();
-            let i = ends.iter().position(|&end| end > at).unwrap_or(ends.len().saturating_sub(1));
-            let start = if i == 0 { 0 } else { ends[i - 1] };
-            Err(format!("invalid UTF-8 in field {} at byte {}", i + 1, at - start))
-        }
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    if let Some(reason) = invalid_field(starts.zip(&ends).map(|(start, &end)| &text[start..end])) {
+        return Err(reason);
     }
+    let text = String::from_utf8(text).map_err(|e| format!("invalid UTF-8: {e}"))?;
+    Ok(Fields { text, ends })
 }
 
 /// Splits one record into fields, RFC 4180: fields may be quoted with `"`, a quote inside a quoted
@@ -373,6 +526,160 @@ mod tests {
             }
         }
         (items, None)
+    }
+
+    /// Reads as the lander does: plain blocks where the reader offers them, records otherwise.
+    fn read_blocks(
+        input: &[u8],
+        chunk: usize,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> (Vec<CsvItem>, Option<String>, usize) {
+        let mut r = CsvReader::new(b',');
+        let (mut items, mut blocks) = (Vec::new(), 0);
+        let mut chunks = input.chunks(chunk.max(1));
+        let mut eof = false;
+        loop {
+            match chunks.next() {
+                Some(c) => r.push(c),
+                None => eof = true,
+            }
+            loop {
+                match r.next_plain(eof, max_lines, max_bytes) {
+                    Next::NeedMore => break,
+                    Next::Plain(block) => {
+                        blocks += 1;
+                        let expected = r.expected().unwrap();
+                        read_plain(&block, b',', expected, |line| {
+                            items.push(match line {
+                                PlainLine::Record { line, fields } => rec(line, fields),
+                                PlainLine::Bad { line, raw, reason } => {
+                                    CsvItem::Bad { line, raw: raw.to_vec(), reason }
+                                }
+                                PlainLine::Blank { line } => CsvItem::Blank { line },
+                            })
+                        });
+                    }
+                    Next::Record => match r.next_item(eof) {
+                        Some(Ok(item)) => items.push(item),
+                        Some(Err(e)) => return (items, Some(e), blocks),
+                        None => break,
+                    },
+                }
+            }
+            if eof {
+                return (items, None, blocks);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_blocks_read_as_records_do() {
+        // Lines of every kind: good, blank, CRLF, too few and too many fields, invalid UTF-8
+        // (also a character split by a delimiter), multi-byte text, and quoted fields (some
+        // spanning lines, some broken) that make the reader go record by record.
+        let pieces: [&[u8]; 14] = [
+            b"1,a,b\n",
+            b"2,,\r\n",
+            b"\n",
+            b"\r\n",
+            b"3,x\n",
+            b"4,x,y,z\n",
+            b"5,\xff,c\n",
+            b"6,\xc3,\xa9\n",
+            "7,é€,ß\n".as_bytes(),
+            b"8,\"q,1\",c\n",
+            b"9,\"two\nlines\",c\n",
+            b"10,\"open,c\n",
+            b"11,x\"y,c\n",
+            b" , ,\t\n",
+        ];
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut plain_blocks = 0;
+        for round in 0..300 {
+            let mut input = b"id,p,q\n".to_vec();
+            // Some inputs without any quote, so that they are read in blocks throughout.
+            let kinds = if round % 3 == 0 { 8 } else { pieces.len() };
+            for _ in 0..next(40) {
+                input.extend_from_slice(pieces[next(kinds)]);
+            }
+            if next(2) == 0 {
+                input.extend_from_slice(b"12,last,line"); // no line break at the end
+            }
+            let (records, err, _) = read_blocks(&input, input.len(), 1, 0);
+            assert_eq!(err, None);
+            // `read_blocks` with one line per block and chunks of any size must agree with
+            // reading record by record.
+            let (expected, _) = read_all(&input, 7);
+            assert_eq!(records, expected, "{:?}", String::from_utf8_lossy(&input));
+            for (chunk, lines, bytes) in
+                [(1, 3, 1000), (5, 1000, 16), (64, 2, 8), (4096, 100, 4096)]
+            {
+                let (items, err, blocks) = read_blocks(&input, chunk, lines, bytes);
+                assert_eq!(err, None);
+                assert_eq!(
+                    items,
+                    expected,
+                    "chunk {chunk}, {lines} lines, {bytes} bytes: {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+                plain_blocks += blocks;
+            }
+        }
+        assert!(plain_blocks > 1000, "the plain reading was used: {plain_blocks} blocks");
+    }
+
+    #[test]
+    fn blocks_end_where_the_input_says_not_where_chunks_do() {
+        let mut input = b"id,v\n".to_vec();
+        for i in 0..1000 {
+            input.extend_from_slice(format!("{i},{}\n", "x".repeat(i % 13)).as_bytes());
+        }
+        let ends = |chunk: usize| {
+            let mut r = CsvReader::new(b',');
+            let mut firsts = Vec::new();
+            let mut chunks = input.chunks(chunk);
+            let mut eof = false;
+            while !eof {
+                match chunks.next() {
+                    Some(c) => r.push(c),
+                    None => eof = true,
+                }
+                loop {
+                    match r.next_plain(eof, 100, 700) {
+                        Next::NeedMore => break,
+                        Next::Plain(block) => firsts.push((block.first_line, block.bytes.len())),
+                        Next::Record => match r.next_item(eof) {
+                            Some(_) => {}
+                            None => break,
+                        },
+                    }
+                }
+            }
+            firsts
+        };
+        let whole = ends(input.len());
+        assert!(whole.len() > 10, "{whole:?}");
+        assert!(whole.iter().all(|&(_, len)| len <= 700 + 20), "{whole:?}");
+        for chunk in [1, 3, 100, 4096] {
+            assert_eq!(ends(chunk), whole, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_character_split_by_a_delimiter_is_invalid_text() {
+        let (items, err) = read_all(b"a,b\n\xc3,\xa9\n", 100);
+        assert_eq!(err, None);
+        assert!(
+            matches!(&items[1], CsvItem::Bad { line: 2, reason, .. } if reason == "invalid UTF-8 in field 1 at byte 0"),
+            "{items:?}"
+        );
     }
 
     fn rec(line: u64, fields: &[&str]) -> CsvItem {

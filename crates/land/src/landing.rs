@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
 
-use crate::csv::{CsvItem, CsvReader};
+use crate::csv::{read_plain, CsvItem, CsvReader, Next, PlainBlock, PlainLine};
 use crate::error::{Error, Result};
 
 /// The directory of the raw layer in a lake.
@@ -207,7 +207,7 @@ pub async fn land(
     let mut json_keys = JsonKeys::default();
     let mut stream = open(input).await?;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::store("read", &input.display, e))?;
+        let chunk = chunk?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
         if format == InputFormat::Jsonl {
@@ -265,17 +265,50 @@ pub async fn land(
     }
 }
 
-async fn open(
-    input: &Input,
-) -> Result<futures::stream::BoxStream<'static, object_store::Result<Bytes>>> {
-    match input.store.get(&input.path).await {
-        Ok(g) => Ok(g.into_stream()),
-        Err(object_store::Error::NotFound { .. }) => Err(Error::Input {
-            path: input.display.clone(),
-            detail: "no such file; check the path".into(),
-        }),
-        Err(e) => Err(Error::store("read", &input.display, e)),
-    }
+/// How much of an input one read asks for: large, so that a local file is read in few system
+/// calls and an S3 object in few ranged GETs.
+const READ_RANGE: u64 = 8 * 1024 * 1024;
+
+/// Reads an input from start to end, in ranges of [`READ_RANGE`], two at a time. Every range is
+/// asked for only if the object still has the entity tag it had when reading began, so a file
+/// changed while it is being landed is an error, never a batch that mixes two contents.
+async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    let meta = match input.store.head(&input.path).await {
+        Ok(meta) => meta,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::Input {
+                path: input.display.clone(),
+                detail: "no such file; check the path".into(),
+            })
+        }
+        Err(e) => return Err(Error::store("read", &input.display, e)),
+    };
+    let (store, path, display) = (input.store.clone(), input.path.clone(), input.display.clone());
+    let ranges = (0..meta.size.div_ceil(READ_RANGE))
+        .map(move |i| i * READ_RANGE..((i + 1) * READ_RANGE).min(meta.size));
+    let reads = futures::stream::iter(ranges).map(move |range| {
+        let (store, path, display) = (store.clone(), path.clone(), display.clone());
+        let options = object_store::GetOptions {
+            if_match: meta.e_tag.clone(),
+            range: Some(range.into()),
+            ..Default::default()
+        };
+        async move {
+            let read = async { store.get_opts(&path, options).await?.bytes().await };
+            read.await.map_err(|e| match e {
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => {
+                    Error::Input {
+                        path: display,
+                        detail: "it changed while it was being read; land it again once it is \
+                                 complete"
+                            .into(),
+                    }
+                }
+                e => Error::store("read", &display, e),
+            })
+        }
+    });
+    Ok(reads.buffered(2).boxed())
 }
 
 pub(crate) async fn read_manifest(lake: &Lake, path: Path) -> Result<Option<BatchManifest>> {
@@ -372,6 +405,21 @@ impl BatchWriter {
 
     fn blank(&mut self) {
         self.counts.blank += 1;
+    }
+
+    /// Counts a blank line or keeps a bad one.
+    async fn take_line(&mut self, msg: CsvMsg) -> Result<()> {
+        match msg {
+            CsvMsg::Bad { line, raw, reason } => {
+                self.reject(line, &raw, &reason);
+                self.flush_rejects(false).await
+            }
+            CsvMsg::Blank => {
+                self.blank();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn flush_rejects(&mut self, force: bool) -> Result<()> {
@@ -477,7 +525,14 @@ impl TextRows {
 enum CsvMsg {
     Schema(SchemaRef),
     Rows(RecordBatch),
-    Bad { line: u64, raw: Vec<u8>, reason: String },
+    /// A block of plain lines being read on another thread: its rows, and its blank and bad
+    /// lines in order.
+    Block(tokio::task::JoinHandle<Result<(RecordBatch, Vec<CsvMsg>)>>),
+    Bad {
+        line: u64,
+        raw: Vec<u8>,
+        reason: String,
+    },
     Blank,
 }
 
@@ -502,11 +557,17 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
                 schema_seen = true;
             }
             CsvMsg::Rows(batch) => out.write(batch).await?,
-            CsvMsg::Bad { line, raw, reason } => {
-                out.reject(line, &raw, &reason);
-                out.flush_rejects(false).await?;
+            CsvMsg::Block(read) => {
+                let (batch, lines) = read.await.map_err(|e| Error::Input {
+                    path: input.display.clone(),
+                    detail: format!("the CSV reader stopped: {e}"),
+                })??;
+                out.write(batch).await?;
+                for line in lines {
+                    out.take_line(line).await?;
+                }
             }
-            CsvMsg::Blank => out.blank(),
+            other => out.take_line(other).await?,
         }
     }
     parser.await.map_err(|e| Error::Input {
@@ -522,10 +583,46 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
     Ok(())
 }
 
+/// How many bytes of plain lines (no quotes) are read as one block on another thread, at most
+/// (and at most `batch_rows` lines): about 8 MiB of input, a record batch once read.
+const PLAIN_BLOCK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads a block of plain lines into one record batch of text columns and `_line`, with its blank
+/// and bad lines in order.
+fn read_plain_block(
+    block: &PlainBlock,
+    delimiter: u8,
+    expected: usize,
+    schema: SchemaRef,
+) -> Result<(RecordBatch, Vec<CsvMsg>)> {
+    let lines = memchr::memchr_iter(b'\n', &block.bytes).count() + 1;
+    let mut columns: Vec<StringBuilder> = (0..expected)
+        .map(|_| StringBuilder::with_capacity(lines, block.bytes.len() / expected.max(1)))
+        .collect();
+    let mut line_numbers = Int64Builder::with_capacity(lines);
+    let mut others = Vec::new();
+    read_plain(block, delimiter, expected, |item| match item {
+        PlainLine::Record { line, fields } => {
+            for (b, v) in columns.iter_mut().zip(fields) {
+                b.append_value(v);
+            }
+            line_numbers.append_value(line as i64);
+        }
+        PlainLine::Bad { line, raw, reason } => {
+            others.push(CsvMsg::Bad { line, raw: raw.to_vec(), reason })
+        }
+        PlainLine::Blank { .. } => others.push(CsvMsg::Blank),
+    });
+    let mut arrays: Vec<ArrayRef> =
+        columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+    arrays.push(Arc::new(line_numbers.finish()));
+    Ok((RecordBatch::try_new(schema, arrays)?, others))
+}
+
 /// Reads and parses CSV records, sending the schema, then row batches, rejects and blanks in
 /// input order. Stops early, without error, when the receiver is gone.
 async fn parse_csv(
-    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    mut stream: futures::stream::BoxStream<'static, Result<Bytes>>,
     delimiter: u8,
     batch_rows: usize,
     display: &str,
@@ -537,11 +634,38 @@ async fn parse_csv(
     loop {
         if !eof {
             match stream.next().await {
-                Some(chunk) => reader.push(&chunk.map_err(|e| Error::store("read", display, e))?),
+                Some(chunk) => reader.push(&chunk?),
                 None => eof = true,
             }
         }
-        while let Some(item) = reader.next_item(eof) {
+        loop {
+            let item = match reader.next_plain(eof, batch_rows, PLAIN_BLOCK_BYTES) {
+                Next::NeedMore => break,
+                Next::Plain(block) => {
+                    let (Some(r), Some(expected)) = (&mut rows, reader.expected()) else {
+                        return Err(Error::Input {
+                            path: display.into(),
+                            detail: "internal error: lines were read before the header; please report it".into(),
+                        });
+                    };
+                    // Rows read one at a time before this block go first.
+                    if r.len() > 0 && tx.send(Ok(CsvMsg::Rows(r.take()?))).await.is_err() {
+                        return Ok(());
+                    }
+                    let schema = r.schema.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        read_plain_block(&block, delimiter, expected, schema)
+                    });
+                    if tx.send(Ok(CsvMsg::Block(read))).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Next::Record => match reader.next_item(eof) {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
             let item = item.map_err(|detail| Error::Input { path: display.into(), detail })?;
             let msg = match item {
                 CsvItem::Record { line, fields } => match &mut rows {
@@ -658,7 +782,7 @@ async fn land_jsonl(input: &Input, keys: Vec<String>, out: &mut BatchWriter) -> 
         let chunk = stream.next().await;
         let eof = chunk.is_none();
         if let Some(c) = chunk {
-            partial.extend_from_slice(&c.map_err(|e| Error::store("read", &input.display, e))?);
+            partial.extend_from_slice(&c?);
         }
         let mut start = 0;
         while let Some(i) = partial[start..].iter().position(|&b| b == b'\n') {
@@ -711,4 +835,39 @@ async fn land_parquet(input: &Input, out: &mut BatchWriter) -> Result<()> {
         out.write(RecordBatch::try_new(schema.clone(), columns)?).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use object_store::memory::InMemory;
+
+    fn input(store: &Arc<dyn ObjectStore>) -> Input {
+        Input { store: store.clone(), path: Path::from("in.csv"), display: "in.csv".into() }
+    }
+
+    #[tokio::test]
+    async fn an_input_is_read_whole_in_ranges() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let body: Vec<u8> = (0..(2 * READ_RANGE + 17)).map(|i| (i % 251) as u8).collect();
+        store.put(&Path::from("in.csv"), body.clone().into()).await.unwrap();
+        let chunks: Vec<Bytes> = open(&input(&store)).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(chunks.iter().map(Bytes::len).collect::<Vec<_>>(), [8 << 20, 8 << 20, 17]);
+        assert_eq!(chunks.concat(), body);
+    }
+
+    #[tokio::test]
+    async fn an_input_changed_while_it_is_read_is_an_error() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("in.csv");
+        store.put(&path, vec![b'a'; 3 * READ_RANGE as usize].into()).await.unwrap();
+        let mut stream = open(&input(&store)).await.unwrap();
+        store.put(&path, vec![b'b'; 3 * READ_RANGE as usize].into()).await.unwrap();
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("changed while it was being read"), "{err}");
+        assert!(err.is_user_error());
+        let missing = open(&Input { path: Path::from("nope.csv"), ..input(&store) }).await;
+        assert!(missing.err().map(|e| e.to_string()).unwrap_or_default().contains("no such file"));
+    }
 }
