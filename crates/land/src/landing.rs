@@ -602,9 +602,9 @@ fn read_plain_block(
     let mut line_numbers = Int64Builder::with_capacity(lines);
     let mut others = Vec::new();
     read_plain(block, delimiter, expected, |item| match item {
-        PlainLine::Record { line, fields } => {
-            for (b, v) in columns.iter_mut().zip(fields) {
-                b.append_value(v);
+        PlainLine::Record { line, text, bounds } => {
+            for (b, &(from, to)) in columns.iter_mut().zip(bounds) {
+                b.append_value(&text[from..to]);
             }
             line_numbers.append_value(line as i64);
         }
