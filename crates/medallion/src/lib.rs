@@ -26,4 +26,5 @@ pub use catalog::{
 pub mod pipeline;
 pub mod run;
 pub mod stages;
+mod udf;
 pub use error::{Error, Result};

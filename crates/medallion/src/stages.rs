@@ -434,7 +434,12 @@ pub fn cleaning_sql(
             "CAST(NULL AS VARCHAR)".into()
         };
         typed.push(format!("{raw} AS {}", ident(&format!("{}__raw", c.name))));
-        typed.push(format!("TRY_CAST({raw} AS {}) AS {}", c.sql_type, ident(&c.name)));
+        let function = crate::udf::decimal_of(&c.sql_type)
+            .and_then(|(p, s)| crate::udf::decimal_function(p, s));
+        typed.push(match function {
+            Some(f) => format!("{f}({raw}) AS {}", ident(&c.name)),
+            None => format!("TRY_CAST({raw} AS {}) AS {}", c.sql_type, ident(&c.name)),
+        });
     }
     // Checks in order: casts, not-null contract (and the business date), then the rules.
     let mut checks: Vec<(String, String, String)> = Vec::new(); // (failing condition, rule, reason)
@@ -481,10 +486,9 @@ pub fn cleaning_sql(
         .map(|(cond, _, reason)| format!("WHEN {cond} THEN {reason}"))
         .collect::<Vec<_>>()
         .join(" ");
-    let hash_parts: Vec<String> = contract
-        .iter()
-        .map(|c| format!("COALESCE({}, '\\N')", ident(&format!("{}__raw", c.name))))
-        .collect();
+    // sha256 of the landed texts joined by chr(31), a null as '\N'.
+    let hash_parts: Vec<String> =
+        contract.iter().map(|c| ident(&format!("{}__raw", c.name))).collect();
     // The text as landed is only kept for the quarantine: accepted rows carry it as null (plain
     // strings, where a null takes 4 bytes and not a 16-byte view), so the sort that ranks them
     // moves far fewer bytes.
@@ -502,7 +506,7 @@ pub fn cleaning_sql(
         "WITH typed AS (SELECT {typed} FROM raw), \
          ruled AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
                    CASE {reason_case} ELSE NULL END AS _reason, \
-                   sha256(concat_ws(chr(31), {hash})) AS _hash{flags} FROM typed) \
+                   strata_text_sha256({hash}) AS _hash{flags} FROM typed) \
          SELECT {out} FROM ruled",
         typed = typed.join(", "),
         hash = hash_parts.join(", "),
@@ -565,6 +569,10 @@ pub(crate) async fn clean(
     let raw_columns: BTreeSet<String> = table.schema_fields();
     let df_ctx = scratch(session);
     df_ctx.register_table("raw", Arc::new(table))?;
+    crate::udf::register(
+        &df_ctx,
+        contract.iter().filter_map(|c| crate::udf::decimal_of(&c.sql_type)),
+    );
     let sql = cleaning_sql(def, contract, &raw_columns);
     df_ctx.register_table("checked", df_ctx.sql(&sql).await?.into_view())?;
     let bd = ident(&def.business_date);
