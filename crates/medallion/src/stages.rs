@@ -429,7 +429,7 @@ pub fn cleaning_sql(
     let mut typed = vec!["_batch".to_string(), "_line".to_string()];
     for c in contract {
         let raw = if raw_columns.contains(&c.name) {
-            format!("NULLIF(TRIM(CAST({} AS VARCHAR)), '')", ident(&c.name))
+            format!("strata_text({})", ident(&c.name))
         } else {
             "CAST(NULL AS VARCHAR)".into()
         };

@@ -5,6 +5,8 @@
 //!   (`-12.5`, `+3`, `7.`) are read directly; anything else goes to Arrow's cast, so the rules for
 //!   rounding, signs and what is not a number stay Arrow's. Arrow's own reading formats two
 //!   strings per value.
+//! - `strata_text(x)` is `NULLIF(TRIM(CAST(x AS VARCHAR)), '')`. Text keeps its type, and a
+//!   column with nothing to trim or blank out is passed on as it is, not copied.
 //! - `strata_text_sha256(a, b, …)` is `sha256(concat_ws(chr(31), COALESCE(a, '\N'), …))`, hashed
 //!   as it goes instead of building the joined text first.
 
@@ -23,9 +25,10 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
-/// Registers `strata_text_sha256` and `strata_decimal_<p>_<s>` for each decimal type given.
+/// Registers `strata_text`, `strata_text_sha256` and `strata_decimal_<p>_<s>` for each decimal type given.
 pub(crate) fn register(ctx: &SessionContext, decimals: impl IntoIterator<Item = (u8, i8)>) {
     ctx.register_udf(ScalarUDF::from(TextSha256::new()));
+    ctx.register_udf(ScalarUDF::from(Text::new()));
     for (precision, scale) in decimals {
         if let Some(udf) = TryDecimal::new(precision, scale) {
             ctx.register_udf(ScalarUDF::from(udf));
@@ -75,6 +78,86 @@ impl<'a> Texts<'a> {
             Texts::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
             Texts::Large(a) => a.is_valid(i).then(|| a.value(i)),
         }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Text {
+    signature: Signature,
+}
+
+impl Text {
+    fn new() -> Self {
+        Text { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+/// `TRIM` (of spaces), then an empty text as null.
+fn trimmed(v: Option<&str>) -> Option<&str> {
+    v.map(|t| t.trim_matches(' ')).filter(|t| !t.is_empty())
+}
+
+/// Whether [`trimmed`] changes any value.
+fn trims<'a>(mut values: impl Iterator<Item = Option<&'a str>>) -> bool {
+    values.any(|v| v.is_some_and(|t| t.is_empty() || t.starts_with(' ') || t.ends_with(' ')))
+}
+
+impl ScalarUDFImpl for Text {
+    fn name(&self) -> &str {
+        "strata_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [t] if text_type(t) => Ok(t.clone()),
+            [_] => Ok(DataType::Utf8View),
+            _ => exec_err!("strata_text takes one argument, not {}", args.len()),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("strata_text takes one argument");
+        };
+        let mut array = arg.to_array(args.number_rows)?;
+        if !text_type(array.data_type()) {
+            // As CAST(x AS VARCHAR) formats it.
+            let options = datafusion::common::format::DEFAULT_CAST_OPTIONS;
+            array = datafusion::arrow::compute::cast_with_options(
+                &array,
+                &DataType::Utf8View,
+                &options,
+            )?;
+        }
+        let out: ArrayRef = match array.data_type() {
+            DataType::Utf8View => {
+                let a = array.as_string_view();
+                match trims(a.iter()) {
+                    false => array,
+                    true => Arc::new(a.iter().map(trimmed).collect::<StringViewArray>()),
+                }
+            }
+            DataType::Utf8 => {
+                let a = array.as_string::<i32>();
+                match trims(a.iter()) {
+                    false => array,
+                    true => Arc::new(a.iter().map(trimmed).collect::<StringArray>()),
+                }
+            }
+            DataType::LargeUtf8 => {
+                let a = array.as_string::<i64>();
+                match trims(a.iter()) {
+                    false => array,
+                    true => Arc::new(a.iter().map(trimmed).collect::<LargeStringArray>()),
+                }
+            }
+            other => return exec_err!("strata_text: unexpected {other}"),
+        };
+        Ok(ColumnarValue::Array(out))
     }
 }
 
@@ -297,6 +380,46 @@ mod tests {
             }
         }
         assert_eq!(checked, 4 * (values.len() + 1));
+    }
+
+    #[tokio::test]
+    async fn text_is_trimmed_and_blank_is_null_as_in_sql() {
+        use datafusion::arrow::array::{Float64Array, Int64Array};
+        let ctx = SessionContext::new();
+        register(&ctx, []);
+        let plain: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("b c")]));
+        let spaced: ArrayRef = Arc::new(StringArray::from(vec![
+            Some(" a "),
+            Some(""),
+            Some("   "),
+            None,
+            Some("\tx\t"),
+        ]));
+        let view: ArrayRef =
+            Arc::new(StringViewArray::from(vec![Some("a longer text than twelve "), Some("")]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(-7), None]));
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), Some(1e21)]));
+        for (name, column) in [
+            ("plain", plain),
+            ("spaced", spaced),
+            ("view", view),
+            ("ints", ints),
+            ("floats", floats),
+        ] {
+            let input_type = column.data_type().clone();
+            let batch =
+                datafusion::arrow::record_batch::RecordBatch::try_from_iter([("x", column)])
+                    .expect("batch");
+            ctx.register_batch(name, batch).expect("register");
+            let sql = format!(
+                "SELECT arrow_cast(NULLIF(TRIM(CAST(x AS VARCHAR)), ''), 'Utf8') AS a, \
+                 arrow_cast(strata_text(x), 'Utf8') AS b, strata_text(x) AS c FROM {name}"
+            );
+            let got = ctx.sql(&sql).await.expect("sql").collect().await.expect("collect");
+            assert_eq!(got[0].column(0), got[0].column(1), "{name}");
+            let kept = if text_type(&input_type) { input_type } else { DataType::Utf8View };
+            assert_eq!(got[0].column(2).data_type(), &kept, "{name}");
+        }
     }
 
     #[test]
