@@ -416,8 +416,8 @@ fn rule_predicate(rule: &RuleDef) -> (String, String) {
 }
 
 /// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
-/// Columns: `_batch`, `_line`, `<col>__raw` (text as landed, null unless the row is
-/// quarantined), typed `<col>`, `_rule`, `_reason`, `_hash` (sha256 of the text as landed,
+/// Columns: `_batch`, `_line`, `_landed` (the text as landed of every contract column, packed
+/// by `strata_pack`; null unless the row is quarantined), typed `<col>`, `_rule`, `_reason`, `_hash` (sha256 of the text as landed,
 /// binary) and `_v<n>` (rows failing a rule that does not quarantine).
 /// Deduplication needs no window function: the stage sorts these rows by key and rank order and
 /// keeps the first row of each key as it streams by.
@@ -489,17 +489,16 @@ pub fn cleaning_sql(
     // sha256 of the landed texts joined by chr(31), a null as '\N'.
     let hash_parts: Vec<String> =
         contract.iter().map(|c| ident(&format!("{}__raw", c.name))).collect();
-    // The text as landed is only kept for the quarantine: accepted rows carry it as null (plain
-    // strings, where a null takes 4 bytes and not a 16-byte view), so the sort that ranks them
-    // moves far fewer bytes.
+    // The text as landed is only kept for the quarantine: accepted rows carry it as null, in one
+    // column (a null in each of sixteen text columns would still take 64 bytes a row), so the
+    // sort that ranks them moves far fewer bytes.
     let mut out = vec!["_batch".to_string(), "_line".to_string()];
-    for c in contract {
-        let r = ident(&format!("{}__raw", c.name));
-        out.push(format!(
-            "arrow_cast(CASE WHEN _rule IS NULL THEN NULL ELSE {r} END, 'Utf8') AS {r}"
-        ));
-        out.push(ident(&c.name));
-    }
+    let raws: Vec<String> = contract.iter().map(|c| ident(&format!("{}__raw", c.name))).collect();
+    out.push(format!(
+        "CASE WHEN _rule IS NULL THEN NULL ELSE strata_pack({}) END AS _landed",
+        raws.join(", ")
+    ));
+    out.extend(contract.iter().map(|c| ident(&c.name)));
     out.extend(["_rule", "_reason", "_hash"].map(String::from));
     out.extend((0..flags.len()).map(|i| format!("_v{}", flag_ids[i])));
     format!(
@@ -624,16 +623,14 @@ pub(crate) async fn clean(
     };
     let (rule_i, bd_i) = (idx("_rule")?, idx(&def.business_date)?);
     let key_idx: Vec<usize> = def.key.iter().map(|k| idx(k)).collect::<Result<_>>()?;
-    let mut q_cols: Vec<(usize, String)> = vec![
+    let q_cols: Vec<(usize, String)> = vec![
         (if month { idx(&part_col)? } else { bd_i }, "quarantine_date".to_string()),
         (rule_i, "_rule".into()),
         (idx("_reason")?, "_reason".into()),
         (idx("_batch")?, "_batch".into()),
         (idx("_line")?, "_line".into()),
     ];
-    for c in contract {
-        q_cols.push((idx(&format!("{}__raw", c.name))?, c.name.clone()));
-    }
+    let landed_i = idx("_landed")?;
     let mut a_cols: Vec<(usize, String)> =
         contract.iter().map(|c| Ok((idx(&c.name)?, c.name.clone()))).collect::<Result<_>>()?;
     if month {
@@ -655,19 +652,12 @@ pub(crate) async fn clean(
         ))
     };
     // The quarantine keeps the landed text as string views, as it always has.
-    let q_schema = project(&q_cols);
-    let q_schema = Arc::new(Schema::new(
-        q_schema
-            .fields()
-            .iter()
-            .map(|f| match f.data_type() {
-                DataType::Utf8 if contract.iter().any(|c| &c.name == f.name()) => {
-                    f.as_ref().clone().with_data_type(DataType::Utf8View)
-                }
-                _ => f.as_ref().clone(),
-            })
-            .collect::<Vec<_>>(),
-    ));
+    // Then the landed text of each contract column, as string views, unpacked from `_landed`.
+    let q_base = project(&q_cols);
+    let mut q_fields = q_base.fields().to_vec();
+    q_fields
+        .extend(contract.iter().map(|c| Arc::new(Field::new(&c.name, DataType::Utf8View, true))));
+    let q_schema = Arc::new(Schema::new(q_fields));
     let a_schema = project(&a_cols);
     let flagged: Vec<(usize, &RuleDef)> =
         def.rules.iter().enumerate().filter(|(_, r)| r.severity() != "QUARANTINE_RECORD").collect();
@@ -764,7 +754,15 @@ pub(crate) async fn clean(
                     .collect::<std::result::Result<_, _>>()?;
                 Ok::<_, Error>(RecordBatch::try_new(s.clone(), picked)?)
             };
-            let q = (quar.true_count() > 0).then(|| take(&q_cols, &q_schema, &quar)).transpose()?;
+            let q = (quar.true_count() > 0)
+                .then(|| {
+                    let base = take(&q_cols, &q_base, &quar)?;
+                    let landed = arrow::compute::filter(batch.column(landed_i), &quar)?;
+                    let mut columns = base.columns().to_vec();
+                    columns.extend(crate::udf::unpack(&landed, contract.len())?);
+                    Ok::<_, Error>(RecordBatch::try_new(q_schema.clone(), columns)?)
+                })
+                .transpose()?;
             if acc.true_count() > 0 {
                 let a = take(&a_cols, &a_schema, &acc)?;
                 pending_rows += a.num_rows();

@@ -106,16 +106,18 @@ fn full_run_counts_and_quarantine(env: &Env) {
     // The quarantine is queryable, with the rule, the reason and the raw-batch origin.
     let q = csv(
         env,
-        "SELECT order_id, _rule, _reason, _line FROM \"orders.quarantine\" ORDER BY order_id",
+        "SELECT order_id, amount, status, _rule, _reason, _line FROM \"orders.quarantine\" \
+         ORDER BY order_id",
     );
+    // The landed text of every column is kept as it was read (an empty field as null).
     assert_eq!(
         q,
-        "order_id,_rule,_reason,_line\n\
-         1003,not_null,amount is null,4\n\
-         1004,amount_positive,\"amount = -5.00 is outside [0, inf]\",5\n\
-         1006,status_known,\"status = lost is not one of paid, shipped, refunded\",8\n\
-         1007,contract,\"amount: cannot read 1,000.00 as decimal(12,2)\",9\n\
-         2004,contract,order_date: cannot read 2026-01-0X as date,6\n"
+        "order_id,amount,status,_rule,_reason,_line\n\
+         1003,,paid,not_null,amount is null,4\n\
+         1004,-5.00,paid,amount_positive,\"amount = -5.00 is outside [0, inf]\",5\n\
+         1006,12.25,lost,status_known,\"status = lost is not one of paid, shipped, refunded\",8\n\
+         1007,\"1,000.00\",paid,contract,\"amount: cannot read 1,000.00 as decimal(12,2)\",9\n\
+         2004,9.00,paid,contract,order_date: cannot read 2026-01-0X as date,6\n"
     );
     let origin =
         csv(env, "SELECT DISTINCT _batch FROM \"orders.quarantine\" WHERE order_id = '1004'");
