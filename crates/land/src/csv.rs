@@ -676,15 +676,26 @@ mod tests {
         (items, None)
     }
 
+    /// A small deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     /// Reads as the lander does: plain blocks where the reader offers them, records otherwise.
+    /// Also returns each block's first line and length.
     fn read_blocks(
         input: &[u8],
         chunk: usize,
         max_lines: usize,
         max_bytes: usize,
-    ) -> (Vec<CsvItem>, Option<String>, usize) {
+    ) -> (Vec<CsvItem>, Option<String>, Vec<(u64, usize)>) {
         let mut r = CsvReader::new(b',');
-        let (mut items, mut blocks) = (Vec::new(), 0);
+        let (mut items, mut blocks) = (Vec::new(), Vec::new());
         let mut chunks = input.chunks(chunk.max(1));
         let mut eof = false;
         loop {
@@ -696,7 +707,7 @@ mod tests {
                 match r.next_plain(eof, max_lines, max_bytes) {
                     Next::NeedMore => break,
                     Next::Plain(block) => {
-                        blocks += 1;
+                        blocks.push((block.first_line, block.bytes.len()));
                         let expected = r.expected().unwrap();
                         read_plain(&block, b',', expected, |line| {
                             items.push(match line {
@@ -751,13 +762,7 @@ mod tests {
             b"15,\"a\"\n",
             b"16,\"\xc3\",\"\xa9\"\n",
         ];
-        let mut seed = 0x9e37_79b9_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = xorshift(0x9e37_79b9_u64);
         let mut plain_blocks = 0;
         for round in 0..300 {
             let mut input = b"id,p,q\n".to_vec();
@@ -786,7 +791,7 @@ mod tests {
                     "chunk {chunk}, {lines} lines, {bytes} bytes: {:?}",
                     String::from_utf8_lossy(&input)
                 );
-                plain_blocks += blocks;
+                plain_blocks += blocks.len();
             }
         }
         assert!(plain_blocks > 1000, "the plain reading was used: {plain_blocks} blocks");
@@ -798,29 +803,7 @@ mod tests {
         for i in 0..1000 {
             input.extend_from_slice(format!("{i},{}\n", "x".repeat(i % 13)).as_bytes());
         }
-        let ends = |chunk: usize| {
-            let mut r = CsvReader::new(b',');
-            let mut firsts = Vec::new();
-            let mut chunks = input.chunks(chunk);
-            let mut eof = false;
-            while !eof {
-                match chunks.next() {
-                    Some(c) => r.push(c),
-                    None => eof = true,
-                }
-                loop {
-                    match r.next_plain(eof, 100, 700) {
-                        Next::NeedMore => break,
-                        Next::Plain(block) => firsts.push((block.first_line, block.bytes.len())),
-                        Next::Record => match r.next_item(eof) {
-                            Some(_) => {}
-                            None => break,
-                        },
-                    }
-                }
-            }
-            firsts
-        };
+        let ends = |chunk: usize| read_blocks(&input, chunk, 100, 700).2;
         let whole = ends(input.len());
         assert!(whole.len() > 10, "{whole:?}");
         assert!(whole.iter().all(|&(_, len)| len <= 700 + 20), "{whole:?}");
@@ -913,13 +896,7 @@ mod tests {
         // leading and trailing delimiters, with ',' and ';' as delimiters.
         let pieces: [&[u8]; 8] =
             [b"", b"a", b"12.50", b" x y ", "é€".as_bytes(), b"\t", b"z", b"  "];
-        let mut seed = 0x2545_f491_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = xorshift(0x2545_f491_u64);
         for delimiter in [b',', b';'] {
             for _ in 0..2000 {
                 let mut record = Vec::new();
@@ -941,13 +918,7 @@ mod tests {
     fn quoted_records_split_as_the_byte_by_byte_parser_does() {
         let pieces: [&[u8]; 10] =
             [b"", b"a", b"\"", b"\"\"", b",", b"x y", "é".as_bytes(), b"\n", b"\"q,\"", b";"];
-        let mut seed = 0x1234_5678_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = xorshift(0x1234_5678_u64);
         let (mut oks, mut errs) = (0, 0);
         for delimiter in [b',', b';'] {
             for _ in 0..20000 {

@@ -408,17 +408,16 @@ impl BatchWriter {
     }
 
     /// Counts a blank line or keeps a bad one.
-    async fn take_line(&mut self, msg: CsvMsg) -> Result<()> {
-        match msg {
-            CsvMsg::Bad { line, raw, reason } => {
+    async fn take_line(&mut self, line: NotARow) -> Result<()> {
+        match line {
+            NotARow::Bad { line, raw, reason } => {
                 self.reject(line, &raw, &reason);
                 self.flush_rejects(false).await
             }
-            CsvMsg::Blank => {
+            NotARow::Blank => {
                 self.blank();
                 Ok(())
             }
-            _ => Ok(()),
         }
     }
 
@@ -527,12 +526,13 @@ enum CsvMsg {
     Rows(RecordBatch),
     /// A block of plain lines being read on another thread: its rows, and its blank and bad
     /// lines in order.
-    Block(tokio::task::JoinHandle<Result<(RecordBatch, Vec<CsvMsg>)>>),
-    Bad {
-        line: u64,
-        raw: Vec<u8>,
-        reason: String,
-    },
+    Block(tokio::task::JoinHandle<Result<(RecordBatch, Vec<NotARow>)>>),
+    Line(NotARow),
+}
+
+/// A line that gives no row.
+enum NotARow {
+    Bad { line: u64, raw: Vec<u8>, reason: String },
     Blank,
 }
 
@@ -567,7 +567,7 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
                     out.take_line(line).await?;
                 }
             }
-            other => out.take_line(other).await?,
+            CsvMsg::Line(line) => out.take_line(line).await?,
         }
     }
     parser.await.map_err(|e| Error::Input {
@@ -594,7 +594,7 @@ fn read_plain_block(
     delimiter: u8,
     expected: usize,
     schema: SchemaRef,
-) -> Result<(RecordBatch, Vec<CsvMsg>)> {
+) -> Result<(RecordBatch, Vec<NotARow>)> {
     let lines = memchr::memchr_iter(b'\n', &block.bytes).count() + 1;
     let mut columns: Vec<StringBuilder> = (0..expected)
         .map(|_| StringBuilder::with_capacity(lines, block.bytes.len() / expected.max(1)))
@@ -609,9 +609,9 @@ fn read_plain_block(
             line_numbers.append_value(line as i64);
         }
         PlainLine::Bad { line, raw, reason } => {
-            others.push(CsvMsg::Bad { line, raw: raw.to_vec(), reason })
+            others.push(NotARow::Bad { line, raw: raw.to_vec(), reason })
         }
-        PlainLine::Blank { .. } => others.push(CsvMsg::Blank),
+        PlainLine::Blank { .. } => others.push(NotARow::Blank),
     });
     let mut arrays: Vec<ArrayRef> =
         columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
@@ -679,8 +679,10 @@ async fn parse_csv(
                         (r.len() >= batch_rows).then(|| r.take().map(CsvMsg::Rows)).transpose()?
                     }
                 },
-                CsvItem::Bad { line, raw, reason } => Some(CsvMsg::Bad { line, raw, reason }),
-                CsvItem::Blank { .. } => Some(CsvMsg::Blank),
+                CsvItem::Bad { line, raw, reason } => {
+                    Some(CsvMsg::Line(NotARow::Bad { line, raw, reason }))
+                }
+                CsvItem::Blank { .. } => Some(CsvMsg::Line(NotARow::Blank)),
             };
             if let Some(msg) = msg {
                 if tx.send(Ok(msg)).await.is_err() {

@@ -31,9 +31,9 @@ use sha2::{Digest, Sha256};
 
 /// Registers `strata_text`, `strata_text_sha256` and `strata_decimal_<p>_<s>` for each decimal type given.
 pub(crate) fn register(ctx: &SessionContext, decimals: impl IntoIterator<Item = (u8, i8)>) {
-    ctx.register_udf(ScalarUDF::from(TextSha256::new()));
+    ctx.register_udf(ScalarUDF::from(RowText::new(RowKind::Sha256)));
     ctx.register_udf(ScalarUDF::from(Text::new()));
-    ctx.register_udf(ScalarUDF::from(Pack::new()));
+    ctx.register_udf(ScalarUDF::from(RowText::new(RowKind::Pack)));
     for (precision, scale) in decimals {
         if let Some(udf) = TryDecimal::new(precision, scale) {
             ctx.register_udf(ScalarUDF::from(udf));
@@ -166,59 +166,6 @@ impl ScalarUDFImpl for Text {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Pack {
-    signature: Signature,
-}
-
-impl Pack {
-    fn new() -> Self {
-        Pack { signature: Signature::variadic_any(Volatility::Immutable) }
-    }
-}
-
-impl ScalarUDFImpl for Pack {
-    fn name(&self) -> &str {
-        "strata_pack"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        if let Some(t) = args.iter().find(|t| !text_type(t)) {
-            return exec_err!("strata_pack takes text, not {t}");
-        }
-        Ok(DataType::Binary)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays =
-            args.args.iter().map(|a| a.to_array(rows)).collect::<Result<Vec<ArrayRef>>>()?;
-        let columns = arrays.iter().map(Texts::of).collect::<Result<Vec<_>>>()?;
-        let mut out = BinaryBuilder::new();
-        let mut packed = Vec::new();
-        for row in 0..rows {
-            packed.clear();
-            for column in &columns {
-                // A null is tag 0; a text is tag 1, its length (u32, little-endian), its bytes.
-                match column.get(row) {
-                    None => packed.push(0),
-                    Some(t) => {
-                        packed.push(1);
-                        packed.extend_from_slice(&(t.len() as u32).to_le_bytes());
-                        packed.extend_from_slice(t.as_bytes());
-                    }
-                }
-            }
-            out.append_value(&packed);
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
-    }
-}
-
 /// The `columns` texts packed by `strata_pack` in each value of `packed`, as string views (a
 /// null value gives nulls in every column).
 pub(crate) fn unpack(packed: &ArrayRef, columns: usize) -> Result<Vec<ArrayRef>> {
@@ -258,20 +205,34 @@ pub(crate) fn unpack(packed: &ArrayRef, columns: usize) -> Result<Vec<ArrayRef>>
     Ok(out.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect())
 }
 
+/// What a [`RowText`] function makes of the texts of each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RowKind {
+    /// `strata_pack`: the texts packed so that [`unpack`] reads them back.
+    Pack,
+    /// `strata_text_sha256`: sha256 of the texts joined by chr(31), a null as `\N`.
+    Sha256,
+}
+
+/// A function of several text columns that gives one binary value per row.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct TextSha256 {
+struct RowText {
+    kind: RowKind,
     signature: Signature,
 }
 
-impl TextSha256 {
-    fn new() -> Self {
-        TextSha256 { signature: Signature::variadic_any(Volatility::Immutable) }
+impl RowText {
+    fn new(kind: RowKind) -> Self {
+        RowText { kind, signature: Signature::variadic_any(Volatility::Immutable) }
     }
 }
 
-impl ScalarUDFImpl for TextSha256 {
+impl ScalarUDFImpl for RowText {
     fn name(&self) -> &str {
-        "strata_text_sha256"
+        match self.kind {
+            RowKind::Pack => "strata_pack",
+            RowKind::Sha256 => "strata_text_sha256",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -280,7 +241,7 @@ impl ScalarUDFImpl for TextSha256 {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         if let Some(t) = args.iter().find(|t| !text_type(t)) {
-            return exec_err!("strata_text_sha256 takes text, not {t}");
+            return exec_err!("{} takes text, not {t}", self.name());
         }
         Ok(DataType::Binary)
     }
@@ -291,16 +252,34 @@ impl ScalarUDFImpl for TextSha256 {
             args.args.iter().map(|a| a.to_array(rows)).collect::<Result<Vec<ArrayRef>>>()?;
         let columns = arrays.iter().map(Texts::of).collect::<Result<Vec<_>>>()?;
         let mut out = BinaryBuilder::with_capacity(rows, rows * 32);
-        let mut text = Vec::new();
+        let mut bytes = Vec::new();
         for row in 0..rows {
-            text.clear();
+            bytes.clear();
             for (i, column) in columns.iter().enumerate() {
-                if i > 0 {
-                    text.push(0x1f);
+                let value = column.get(row);
+                match self.kind {
+                    // A null is tag 0; a text is tag 1, its length (u32, little-endian), its
+                    // bytes.
+                    RowKind::Pack => match value {
+                        None => bytes.push(0),
+                        Some(t) => {
+                            bytes.push(1);
+                            bytes.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                            bytes.extend_from_slice(t.as_bytes());
+                        }
+                    },
+                    RowKind::Sha256 => {
+                        if i > 0 {
+                            bytes.push(0x1f);
+                        }
+                        bytes.extend_from_slice(value.unwrap_or("\\N").as_bytes());
+                    }
                 }
-                text.extend_from_slice(column.get(row).unwrap_or("\\N").as_bytes());
             }
-            out.append_value(Sha256::digest(&text));
+            match self.kind {
+                RowKind::Pack => out.append_value(&bytes),
+                RowKind::Sha256 => out.append_value(Sha256::digest(&bytes)),
+            }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
