@@ -237,11 +237,11 @@ pub async fn run_pipeline(
         "only": options.only,
         "inputs": input_boundary,
     }));
-    // The runs recorded so far, listed once: for the no-op check, the checkpoints to reuse, and
-    // the checkpoints to release after publishing.
-    let earlier = runs::list_runs(lake).await?;
+    // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
+    // release after publishing.
+    let earlier = runs::open_runs(lake).await?;
     if !options.force {
-        if let Some(previous) = already_published(lake, &earlier, &run_key).await? {
+        if let Some(previous) = already_published(lake, &plan.boundary, &run_key).await? {
             side_work_done().await;
             return Ok(RunSummary {
                 run_id: ctx.run_id().to_string(),
@@ -904,17 +904,26 @@ async fn record_stage(
 }
 
 /// A published run with this run key whose versions are all still current.
+///
+/// Such a run published to the datasets of this run's boundary (the same key means the same plan),
+/// so it wrote the versions their pointers name now: only those runs are read, never the whole
+/// history of runs.
 async fn already_published(
     lake: &Lake,
-    runs: &[RunManifest],
+    boundary: &BTreeMap<String, Vec<String>>,
     run_key: &str,
 ) -> Result<Option<RunManifest>> {
-    let mut runs: Vec<&RunManifest> = runs
-        .iter()
-        .filter(|m| m.state == RunState::Published && m.run_key.as_deref() == Some(run_key))
-        .collect();
-    runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
-    for m in runs {
+    let mut writers = BTreeSet::new();
+    for ds in boundary.keys() {
+        if let Some(head) = lake.dataset(ds)?.head().await? {
+            writers.insert(head.version.run_id);
+        }
+    }
+    for id in writers.iter().rev() {
+        let Some(m) = runs::latest_entry(lake, id).await? else { continue };
+        if m.state != RunState::Published || m.run_key.as_deref() != Some(run_key) {
+            continue;
+        }
         let mut current = !m.published.is_empty();
         for (ds, v) in &m.published {
             let head = lake.dataset(ds)?.head().await?;
@@ -924,7 +933,7 @@ async fn already_published(
             }
         }
         if current {
-            return Ok(Some(m.clone()));
+            return Ok(Some(m));
         }
     }
     Ok(None)
@@ -944,10 +953,16 @@ async fn release_superseded_checkpoints(
             .map(|c| &c.dataset)
             .filter(|d| boundary.contains_key(*d))
             .collect();
-        for d in datasets {
-            if let Ok(ds) = lake.dataset(d) {
-                let _ = ds.discard_run(&m.run_id, u64::MAX, &BTreeSet::new()).await;
-            }
+        let mut released = true;
+        for d in &datasets {
+            released &= match lake.dataset(d) {
+                Ok(ds) => ds.discard_run(&m.run_id, u64::MAX, &BTreeSet::new()).await.is_ok(),
+                Err(_) => false,
+            };
+        }
+        // Checkpoints on datasets outside this boundary stay reusable, and the run open.
+        if released && m.checkpoints.iter().all(|c| boundary.contains_key(&c.dataset)) {
+            runs::close(lake, &m.run_id).await;
         }
     }
 }

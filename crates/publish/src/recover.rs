@@ -119,7 +119,7 @@ pub async fn recover(
             vec![latest]
         }
         // A run awaiting review is not stopped: it waits for `strata approve` or `strata reject`.
-        None => runs::list_runs(lake)
+        None => runs::open_runs(lake)
             .await?
             .into_iter()
             .filter(|m| !m.state.is_terminal() && m.state != RunState::AwaitingReview)

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -27,6 +27,12 @@ use crate::run_state::{transition, RunState};
 pub const RUN_FORMAT: &str = "strata.run.v1";
 /// Where run logs live, relative to the lake root.
 pub const RUNS_DIR: &str = "_strata/runs";
+/// The register of open runs: one empty object `_strata/open/<run_id>` per run that may still
+/// need something done (see [`open_runs`]).
+pub const OPEN_DIR: &str = "_strata/open";
+/// Present once every run of the lake is in the register: lakes written before it existed are
+/// registered by the first [`open_runs`].
+const OPEN_SEAL: &str = "_strata/open/_all-registered";
 
 /// One raw batch a run reads: its input boundary is the list of these, fixed before any
 /// transform runs.
@@ -219,6 +225,12 @@ impl RunLog {
         manifest.state = RunState::Planned;
         manifest.entry = 1;
         manifest.times.insert(RunState::Planned.to_string(), at);
+        // Registered before its first entry, so no run is ever outside the register.
+        let marker = open_marker(&manifest.run_id);
+        lake.store()
+            .put(&marker, PutPayload::new())
+            .await
+            .map_err(|e| Error::store("create", &marker, e))?;
         let log = RunLog { lake: lake.clone(), manifest };
         log.write().await?;
         Ok(log)
@@ -278,6 +290,9 @@ impl RunLog {
         if let Err(e) = self.write().await {
             self.manifest = previous;
             return Err(e);
+        }
+        if !needs_attention(&self.manifest) {
+            close(&self.lake, &self.manifest.run_id).await;
         }
         Ok(())
     }
@@ -342,6 +357,79 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
     let found: Vec<Option<RunManifest>> =
         futures::stream::iter(reads).buffered(16).try_collect().await?;
     Ok(found.into_iter().flatten().collect())
+}
+
+/// Whether a run, as its latest entry shows it, may still need something done: it has not
+/// finished (recovery, review), or it failed keeping checkpoints that a rerun may reuse.
+pub fn needs_attention(m: &RunManifest) -> bool {
+    !m.state.is_terminal() || (m.state == RunState::Failed && !m.checkpoints.is_empty())
+}
+
+fn open_marker(run_id: &str) -> Path {
+    Path::from(format!("{OPEN_DIR}/{run_id}"))
+}
+
+/// Takes a run out of the register of open runs (best effort: [`open_runs`] also drops runs that
+/// need nothing). For a failed run with checkpoints, call it once they are released.
+pub async fn close(lake: &Lake, run_id: &str) {
+    let _ = lake.store().delete(&open_marker(run_id)).await;
+}
+
+/// The latest entry of every run that may still need something done ([`needs_attention`]):
+/// runs to recover, runs awaiting review, failed runs whose checkpoints a rerun may reuse.
+///
+/// Reads the register `_strata/open/` and those runs' logs only, so its cost does not grow with
+/// the lake's history. A run is registered before its first entry and leaves the register after
+/// its last, so the register holds every run that needs something (a run whose marker outlived
+/// it is dropped here). A lake written before the register existed is registered on the first
+/// call: all runs are listed once.
+pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
+    let seal = Path::from(OPEN_SEAL);
+    match lake.store().head(&seal).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            for m in list_runs(lake).await?.iter().filter(|m| needs_attention(m)) {
+                let marker = open_marker(&m.run_id);
+                lake.store()
+                    .put(&marker, PutPayload::new())
+                    .await
+                    .map_err(|e| Error::store("create", &marker, e))?;
+            }
+            lake.store()
+                .put(&seal, PutPayload::new())
+                .await
+                .map_err(|e| Error::store("create", &seal, e))?;
+        }
+        Err(e) => return Err(Error::store("read", &seal, e)),
+    }
+    let prefix = Path::from(OPEN_DIR);
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| Error::store("list", &prefix, e))?;
+    let mut ids: Vec<String> = listing
+        .objects
+        .iter()
+        .filter_map(|o| o.location.filename().map(str::to_string))
+        .filter(|id| !id.starts_with('_'))
+        .collect();
+    ids.sort();
+    let found: Vec<Option<RunManifest>> =
+        futures::stream::iter(ids.iter().map(|id| latest_entry(lake, id)))
+            .buffered(16)
+            .try_collect()
+            .await?;
+    let mut open = Vec::new();
+    // A marker without a log is a run being begun: left alone.
+    for m in found.into_iter().flatten() {
+        if needs_attention(&m) {
+            open.push(m);
+        } else {
+            close(lake, &m.run_id).await;
+        }
+    }
+    Ok(open)
 }
 
 /// The latest entry of one run's log (one listing and one read).

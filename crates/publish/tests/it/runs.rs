@@ -2,8 +2,12 @@
 
 use chrono::{TimeZone, Utc};
 use object_store::ObjectStoreExt;
+use serde_json::Value;
 use strata_publish::run_state::RunState;
-use strata_publish::runs::{list_runs, run_log, InputBatch, RunLog, RunManifest};
+use strata_publish::runs::{
+    close, list_runs, open_runs, run_log, InputBatch, RunLog, RunManifest, StagedCheckpoint,
+    OPEN_DIR,
+};
 use strata_publish::{Lake, OpenMode};
 
 fn at(minute: u32) -> chrono::DateTime<Utc> {
@@ -66,4 +70,99 @@ async fn a_run_log_records_every_state_and_refuses_invalid_moves() {
         runs.iter().map(|r| (r.run_id.as_str(), r.state)).collect();
     assert_eq!(summary, vec![("run-a", Published), ("run-b", Failed)]);
     assert!(run_log(&lake, "nope").await.unwrap_err().to_string().contains("strata runs"));
+}
+
+fn ids(runs: &[RunManifest]) -> Vec<(&str, RunState)> {
+    runs.iter().map(|r| (r.run_id.as_str(), r.state)).collect()
+}
+
+async fn markers(lake: &Lake) -> Vec<String> {
+    let mut names: Vec<String> = lake
+        .list_paths(&object_store::path::Path::from(OPEN_DIR))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+fn checkpoint(run_id: &str) -> StagedCheckpoint {
+    StagedCheckpoint {
+        stage_key: "k".into(),
+        dataset: "orders".into(),
+        run_id: run_id.into(),
+        partition_by: vec![],
+        schema: arrow::datatypes::Schema::empty(),
+        partitions: vec![],
+        rows: 0,
+        stats: Default::default(),
+        keys: None,
+        report: None,
+    }
+}
+
+#[tokio::test]
+async fn the_register_of_open_runs_holds_exactly_the_runs_that_need_something() {
+    use RunState::*;
+    let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+    let begin =
+        |id: &str| RunLog::begin(&lake, RunManifest::planned(id, "full", Value::Null), at(0));
+    let mut done = begin("r1-done").await.unwrap();
+    let mut failed = begin("r2-failed").await.unwrap();
+    let mut kept = begin("r3-kept").await.unwrap();
+    let mut crashed = begin("r4-crashed").await.unwrap();
+    assert_eq!(open_runs(&lake).await.unwrap().len(), 4, "registered from their first entry");
+    for st in [InputLocked, Running, Validating, Committing, Published] {
+        done.advance(st, at(1), |_| {}).await.unwrap();
+    }
+    failed.advance(Failed, at(1), |_| {}).await.unwrap();
+    kept.advance(Failed, at(1), |m| m.checkpoints.push(checkpoint("r3-kept"))).await.unwrap();
+    crashed.advance(InputLocked, at(1), |_| {}).await.unwrap();
+    // A finished run leaves the register as it finishes; a failed run keeping checkpoints and a
+    // run that stopped midway stay.
+    assert_eq!(markers(&lake).await, ["_all-registered", "r3-kept", "r4-crashed"]);
+    assert_eq!(
+        ids(&open_runs(&lake).await.unwrap()),
+        [("r3-kept", Failed), ("r4-crashed", InputLocked)]
+    );
+    // Once its checkpoints are released, the failed run is closed.
+    close(&lake, "r3-kept").await;
+    assert_eq!(ids(&open_runs(&lake).await.unwrap()), [("r4-crashed", InputLocked)]);
+    // A marker that outlived its run (a crash before it was removed) is dropped when read; a
+    // marker whose run has no entry yet (being begun) is left alone.
+    for id in ["r1-done", "r5-beginning"] {
+        let p = object_store::path::Path::from(format!("{OPEN_DIR}/{id}"));
+        lake.store().put(&p, object_store::PutPayload::new()).await.unwrap();
+    }
+    assert_eq!(ids(&open_runs(&lake).await.unwrap()), [("r4-crashed", InputLocked)]);
+    assert_eq!(markers(&lake).await, ["_all-registered", "r4-crashed", "r5-beginning"]);
+    // `list_runs` still lists every run.
+    assert_eq!(list_runs(&lake).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_lake_from_before_the_register_is_registered_once() {
+    use RunState::*;
+    let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+    for (id, to) in [("r1", Failed), ("r2", InputLocked), ("r3", Failed)] {
+        let mut log = RunLog::begin(&lake, RunManifest::planned(id, "full", Value::Null), at(0))
+            .await
+            .unwrap();
+        log.advance(to, at(1), |m| {
+            if m.run_id == "r3" {
+                m.checkpoints.push(checkpoint("r3"));
+            }
+        })
+        .await
+        .unwrap();
+    }
+    // The lake as an older strata left it: logs, no register.
+    for m in markers(&lake).await {
+        let p = object_store::path::Path::from(format!("{OPEN_DIR}/{m}"));
+        lake.store().delete(&p).await.unwrap();
+    }
+    assert_eq!(ids(&open_runs(&lake).await.unwrap()), [("r2", InputLocked), ("r3", Failed)]);
+    assert_eq!(markers(&lake).await, ["_all-registered", "r2", "r3"]);
 }
