@@ -214,13 +214,118 @@ impl Dataset {
     }
 
     /// The current pointer entry, or `None` if the dataset was never published.
+    ///
+    /// Found without listing the log, so its cost does not grow with the number of flips. From a
+    /// lower bound (the greatest entry this process saw, else the hint `_strata/head.json`, else
+    /// 0) the entries after it are probed, doubling the step, then bisecting, up to the first
+    /// missing one; the entry before it is the current one, because entries are created one
+    /// sequence number after another and never removed. The entry after the first missing one
+    /// is probed too: if it exists the log has a gap, which is corruption. A bound that names no
+    /// entry (the log was removed behind strata's back) sends the reader to the listing.
     pub async fn head(&self) -> Result<Option<Flip>> {
+        let lower = match self.lake.seen_head(&self.name) {
+            Some(seq) => seq,
+            None => self.read_head_hint().await,
+        };
+        let seq = self.probe_head(lower).await?;
+        if seq == 0 {
+            return Ok(None);
+        }
+        match self.read_flip(seq).await? {
+            Some(flip) => {
+                self.lake.saw_head(&self.name, seq);
+                Ok(Some(flip))
+            }
+            None => {
+                self.lake.forget_head(&self.name);
+                self.head_listed().await
+            }
+        }
+    }
+
+    /// [`Dataset::head`] by listing the whole log and checking it for gaps.
+    async fn head_listed(&self) -> Result<Option<Flip>> {
         let seqs = self.pointer_seqs().await?;
         let Some(&last) = seqs.last() else { return Ok(None) };
         if let Some(gap) = protocol::first_gap(&seqs) {
             return Err(self.gap_error(gap));
         }
-        self.read_flip(last).await
+        let flip = self.read_flip(last).await?;
+        if flip.is_some() {
+            self.lake.saw_head(&self.name, last);
+        }
+        Ok(flip)
+    }
+
+    /// The hint's sequence number; 0 when it is missing or unreadable (it is only a hint).
+    async fn read_head_hint(&self) -> u64 {
+        #[derive(serde::Deserialize)]
+        struct Hint {
+            seq: u64,
+        }
+        let path = layout::head_hint_path(&self.name);
+        match self.read_json::<Hint>(&path).await {
+            Ok(Some(h)) => h.seq,
+            _ => 0,
+        }
+    }
+
+    /// Records that entry `seq` exists, for this process and (best effort) for later ones.
+    async fn write_head_hint(&self, seq: u64) {
+        self.lake.saw_head(&self.name, seq);
+        let body = serde_json::to_vec(&serde_json::json!({ "seq": seq })).unwrap_or_default();
+        let path = layout::head_hint_path(&self.name);
+        let _ = self.store().put(&path, PutPayload::from(body)).await;
+    }
+
+    /// Whether pointer entry `seq` exists (entry 0 stands for the empty log, which always does).
+    async fn entry_exists(&self, seq: u64) -> Result<bool> {
+        if seq == 0 {
+            return Ok(true);
+        }
+        let path = layout::pointer_path(&self.name, seq);
+        match self.store().head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store("check", &path, e)),
+        }
+    }
+
+    /// The greatest `seq` whose entry exists, probing from `lower` (see [`Dataset::head`]).
+    async fn probe_head(&self, lower: u64) -> Result<u64> {
+        let (mut lo, mut step) = (lower, 1u64);
+        // The usual case, nothing published since `lower`: both probes at once.
+        let (next, after) =
+            futures::try_join!(self.entry_exists(lo + 1), self.entry_exists(lo + 2))?;
+        let mut hi = if !next {
+            if after {
+                return Err(self.gap_error(lo + 1));
+            }
+            return Ok(lo);
+        } else {
+            lo += 1;
+            loop {
+                let probe = lo + step;
+                if self.entry_exists(probe).await? {
+                    lo = probe;
+                    step = step.saturating_mul(2);
+                } else {
+                    break probe;
+                }
+            }
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry_exists(mid).await? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if self.entry_exists(hi + 1).await? {
+            return Err(self.gap_error(hi));
+        }
+        Ok(lo)
     }
 
     fn gap_error(&self, gap: u64) -> Error {
@@ -712,7 +817,10 @@ impl Dataset {
     async fn create_flip(&self, flip: &Flip) -> Result<()> {
         let path = layout::pointer_path(&self.name, flip.seq);
         match self.create_resolving(&path, flip, "pointer entry").await {
-            Ok(Outcome::Ours) => Ok(()),
+            Ok(Outcome::Ours) => {
+                self.write_head_hint(flip.seq).await;
+                Ok(())
+            }
             Ok(Outcome::Theirs(found)) => {
                 Err(self.conflict(&flip.run_id, flip.seq - 1, found.as_ref()))
             }

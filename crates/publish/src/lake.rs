@@ -28,6 +28,9 @@ pub struct Lake {
     url: String,
     /// Version records already parsed, by path, with the entity tag they were read at.
     records: Arc<RecordCache>,
+    /// Dataset → the greatest pointer entry this process saw: where the next look for the
+    /// current entry starts (entries are never removed, so it stays a lower bound).
+    heads: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 /// Parsed version records by path, with the entity tag of the object each was read from. A read
@@ -179,7 +182,7 @@ impl Lake {
 
     /// A lake over an existing store; `url` is only used in messages.
     pub fn from_store(store: Arc<dyn ObjectStore>, url: impl Into<String>) -> Lake {
-        Lake { store, url: url.into(), records: Arc::default() }
+        Lake { store, url: url.into(), records: Arc::default(), heads: Arc::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -251,6 +254,24 @@ impl Lake {
     /// Reads a whole object, `None` if absent.
     pub(crate) fn records(&self) -> &RecordCache {
         &self.records
+    }
+
+    /// The greatest pointer entry of `dataset` seen by this process, if any.
+    pub(crate) fn seen_head(&self, dataset: &str) -> Option<u64> {
+        self.heads.lock().ok()?.get(dataset).copied()
+    }
+
+    pub(crate) fn saw_head(&self, dataset: &str, seq: u64) {
+        if let Ok(mut heads) = self.heads.lock() {
+            let e = heads.entry(dataset.to_string()).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+
+    pub(crate) fn forget_head(&self, dataset: &str) {
+        if let Ok(mut heads) = self.heads.lock() {
+            heads.remove(dataset);
+        }
     }
 
     pub async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {

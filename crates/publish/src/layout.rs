@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <dataset>/_strata/pointer/<seq, 20 digits>.json      pointer entries (the flip log)
+//! <dataset>/_strata/head.json                         hint: a pointer entry known to exist
 //! <dataset>/_strata/versions/<version, 20 digits>.json version records
 //! <dataset>/run_id=<run>/<col>=<value>/part-<n>.parquet data files of one run
 //! ```
@@ -21,6 +22,12 @@ pub fn pointer_prefix(dataset: &str) -> Path {
 
 pub fn pointer_path(dataset: &str, seq: u64) -> Path {
     Path::from(format!("{dataset}/{META_DIR}/pointer/{seq:020}.json"))
+}
+
+/// The hint `{"seq": n}`: a pointer entry known to exist, from which readers probe for the
+/// current one instead of listing the log. Written after each flip; only ever a lower bound.
+pub fn head_hint_path(dataset: &str) -> Path {
+    Path::from(format!("{dataset}/{META_DIR}/head.json"))
 }
 
 /// A checkpoint of the pointer log: every flip from 1 to `seq` in one object (a cache; the

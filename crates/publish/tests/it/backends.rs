@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
                 run_locks_exclude_overlaps_and_take_over_stale_ones,
                 commit_rebases_over_disjoint_partitions_only,
                 adopting_checkpointed_files_verifies_and_moves_them,
+                the_head_is_found_from_any_hint,
             );
         }
     };

@@ -879,3 +879,39 @@ pub async fn adopting_checkpointed_files_verifies_and_moves_them(lake: Lake) {
     let still = Path::from(staged.partitions[0].files[0].path.as_str());
     assert!(lake.get_opt(&still).await.unwrap().is_some());
 }
+
+/// The current pointer entry is found by probing from a hint, not by listing the log: whatever
+/// the hint says (missing, garbage, too low, beyond the log), a reader finds the true head, and
+/// a handle that saw an older head finds the newer one.
+pub async fn the_head_is_found_from_any_hint(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    publish_days(&ds, "r1", 0, &days(&["2026-01-01"], 2, 1, 1)).await;
+    publish_days(&ds, "r2", 1, &days(&["2026-01-01"], 3, 10, 2)).await;
+    for i in 0..21u64 {
+        ds.rollback(1 + (i % 2), None, &ctx(&format!("rb{i}"), 2)).await.unwrap();
+    }
+    // A fresh handle on the same store stands for another process.
+    let fresh = || Lake::from_store(lake.store().clone(), lake.url()).dataset("orders").unwrap();
+    let head_seq = |ds: Dataset| async move { ds.head().await.unwrap().map(|h| h.seq) };
+    assert_eq!(head_seq(fresh()).await, Some(23));
+    let hint = layout::head_hint_path("orders");
+    for body in [&b"{\"seq\": 500}"[..], b"{\"seq\": 7}", b"{\"seq\": 0}", b"not json"] {
+        lake.store().put(&hint, PutPayload::from(body.to_vec())).await.unwrap();
+        assert_eq!(head_seq(fresh()).await, Some(23), "{}", String::from_utf8_lossy(body));
+    }
+    lake.store().delete(&hint).await.unwrap();
+    assert_eq!(head_seq(fresh()).await, Some(23), "no hint");
+    // A handle that saw 23 sees the flip another handle makes.
+    let stale = fresh();
+    assert_eq!(head_seq(stale.clone()).await, Some(23));
+    fresh().rollback(2, None, &ctx("rb-other", 3)).await.unwrap();
+    assert_eq!(stale.head().await.unwrap().map(|h| (h.seq, h.to)), Some((24, 2)));
+    // A dataset never published has no head, hint or not.
+    assert_eq!(head_seq(lake.dataset("other").unwrap()).await, None);
+    // A gap where the probe stops is corruption, not the end of the log.
+    lake.store().put(&hint, PutPayload::from_static(b"{\"seq\": 11}")).await.unwrap();
+    lake.store().delete(&layout::pointer_path("orders", 12)).await.unwrap();
+    let err = fresh().head().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("00000000000000000012.json"), "{err}");
+}
