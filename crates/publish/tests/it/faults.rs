@@ -278,7 +278,7 @@ async fn lost_answer_to_the_flip_is_not_a_conflict() {
     assert_eq!(puts.len(), 1, "the create is not blindly re-sent: {log:?}");
     assert_eq!(puts[0].2, Fault::DropResponse, "{log:?}");
     // strata looked at what was there instead, found its own entry, and called it a success.
-    let last = log.iter().filter(|(_, p, _)| p.ends_with(entry2)).next_back().unwrap();
+    let last = log.iter().rfind(|(_, p, _)| p.ends_with(entry2)).unwrap();
     assert_eq!(last.0.as_str(), "GET", "{log:?}");
     assert_eq!(check_whole(&url).await, 2);
     let history = Lake::open(&url, OpenMode::Existing)
