@@ -123,10 +123,13 @@ def incremental(args, strata):
                     f.write(f"{event_id},{day},{rng.randrange(1000)},{rng.randrange(100000) / 100:.2f}\n")
             return day
 
-        for d in range(days):
-            write_day(d)
         lake = work / "lake"
-        run_measured([strata, "run", "--pipeline", "strata.toml", "--lake", str(lake)], work)
+        # The history as a daily pipeline makes it: one run per day, each landing that day's
+        # file (so the lake holds `days` runs, versions and pointer entries, not one big run).
+        for d in range(days):
+            day = write_day(d)
+            run_measured(
+                [strata, "run", "--pipeline", "strata.toml", "--lake", str(lake), "--date", str(day)], work)
         samples = []
         for r in range(args.runs):
             day = write_day(days + r)
