@@ -5,21 +5,26 @@
 //! already landed (a sha256 of the whole file), and which batches hold rows of a business-date
 //! window (a scan of every batch). The index keeps all three.
 //!
-//! It is a cache, never the truth. The truth is the batch directories and their manifests:
-//! loading the index lists the batch directories once (one LIST), reads only the manifests the
-//! index lacks and drops entries whose directory is gone. Losing an update (two processes
-//! writing the index at once, or a crash before it is written) only costs a re-read later; a
-//! damaged index is rebuilt. An input file is recognised by its location, size and entity tag
-//! (on local disk: inode, modification time and size); a file changed in place gets a new tag
-//! and is read and hashed again.
+//! It is a cache, never the truth. The truth is the source's log and the batches' manifests.
+//! Every batch is announced in the log `_raw/<source>/_log/<seq>.json` (create-if-absent, one
+//! sequence number after another) *before* its manifest commits it, so the log names every
+//! batch. The index remembers how much of the log it has read; loading it reads only the log
+//! entries after that, and the manifests of the batches they name (a batch announced whose
+//! manifest is not there yet stays pending, and is looked for again on the next load). So
+//! loading costs the same after ten batches as after ten thousand, and no batch can be missed:
+//! losing an update (two processes writing the index at once, or a crash before it is written)
+//! only costs reading those log entries again. A damaged index, or one written before the log
+//! existed, is rebuilt from a listing of the batch directories and the whole log. An input file
+//! is recognised by its location, size and entity tag (on local disk: inode, modification time
+//! and size); a file changed in place gets a new tag and is read and hashed again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use strata_publish::Lake;
 
@@ -103,6 +108,8 @@ impl Serialize for ManifestOut<'_> {
 struct IndexFileOut<'a> {
     format: &'a str,
     source: &'a str,
+    log: u64,
+    pending: &'a BTreeSet<String>,
     schemas: Vec<&'a arrow::datatypes::Schema>,
     batches: Vec<EntryOut<'a>>,
     inputs: &'a BTreeMap<String, String>,
@@ -112,6 +119,12 @@ struct IndexFileOut<'a> {
 struct IndexFile {
     format: String,
     source: String,
+    /// The log entries 1 to `log` are reflected here; absent in an index from before the log.
+    #[serde(default)]
+    log: Option<u64>,
+    /// Batches the log announced whose manifest was not there yet.
+    #[serde(default)]
+    pending: BTreeSet<String>,
     /// The distinct schemas of the batches, each kept once.
     #[serde(default)]
     schemas: Vec<arrow::datatypes::Schema>,
@@ -127,6 +140,8 @@ pub struct SourceIndex {
     source: String,
     entries: BTreeMap<String, Entry>,
     inputs: BTreeMap<String, String>,
+    log: u64,
+    pending: BTreeSet<String>,
     dirty: bool,
 }
 
@@ -135,71 +150,120 @@ impl SourceIndex {
     pub async fn load(lake: &Lake, source: &str) -> Result<SourceIndex> {
         strata_publish::names::validate_dataset_name(source)?;
         let path = index_path(source);
-        let prefix = source_prefix(source);
-        // The index (read and parsed) and the listing that checks it, at once.
-        let (got, listing) = futures::join!(
-            async {
-                let bytes = match lake.store().get(&path).await {
-                    Ok(g) => g.bytes().await?,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                // A damaged or foreign index is rebuilt from the manifests.
-                Ok(serde_json::from_slice::<IndexFile>(&bytes)
-                    .ok()
-                    .filter(|f| f.format == INDEX_FORMAT && f.source == source))
-            },
-            lake.store().list_with_delimiter(Some(&prefix))
-        );
-        let listing = listing.map_err(|e| Error::store("list", &prefix, e))?;
-        let cached: Option<IndexFile> = got.map_err(|e| Error::store("read", &path, e))?;
-        let mut dirty = cached.is_none();
-        let (mut entries, inputs) = match cached {
+        let got = match lake.store().get(&path).await {
+            Ok(g) => g.bytes().await.map(Some),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let bytes = got.map_err(|e| Error::store("read", &path, e))?;
+        // A damaged or foreign index, or one from before the log, is rebuilt.
+        let cached = bytes
+            .and_then(|b| serde_json::from_slice::<IndexFile>(&b).ok())
+            .filter(|f| f.format == INDEX_FORMAT && f.source == source && f.log.is_some());
+        let mut index = match cached {
             Some(f) => {
                 let mut entries = BTreeMap::new();
+                let mut damaged = BTreeSet::new();
                 for mut e in f.batches {
                     match e.schema.take().map(|i| f.schemas.get(i)) {
                         Some(Some(schema)) => e.manifest.schema = schema.clone(),
                         // A reference to no schema: a damaged entry; read its manifest again.
-                        Some(None) => continue,
+                        Some(None) => {
+                            damaged.insert(e.manifest.batch_id.clone());
+                            continue;
+                        }
                         None => {}
                     }
                     entries.insert(e.manifest.batch_id.clone(), e);
                 }
-                (entries, f.inputs)
+                let mut index = SourceIndex {
+                    source: source.to_string(),
+                    entries,
+                    inputs: f.inputs,
+                    log: f.log.unwrap_or(0),
+                    pending: f.pending,
+                    dirty: !damaged.is_empty(),
+                };
+                index.pending.extend(damaged);
+                index
             }
-            None => (BTreeMap::new(), BTreeMap::new()),
+            None => Self::rebuild(lake, source).await?,
         };
-        let present: std::collections::BTreeSet<String> = listing
+        // The log entries written since, and the batches still pending.
+        let mut announced = std::mem::take(&mut index.pending);
+        while let Some(id) = read_log_entry(lake, source, index.log + 1).await? {
+            announced.insert(id);
+            index.log += 1;
+            index.dirty = true;
+        }
+        index.settle(lake, announced).await?;
+        let known = &index.entries;
+        let before = index.inputs.len();
+        index.inputs.retain(|_, id| known.contains_key(id));
+        index.dirty |= index.inputs.len() != before;
+        Ok(index)
+    }
+
+    /// Reads the manifests of `announced` batches the index lacks: those there become entries,
+    /// the others stay pending.
+    async fn settle(&mut self, lake: &Lake, announced: BTreeSet<String>) -> Result<()> {
+        let source = self.source.clone();
+        let missing: Vec<String> =
+            announced.into_iter().filter(|id| !self.entries.contains_key(id)).collect();
+        let found: Vec<Option<BatchManifest>> = futures::stream::iter(&missing)
+            .map(|id| read_manifest(lake, manifest_path(&source, id)))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        for (id, m) in missing.into_iter().zip(found) {
+            match m {
+                Some(m) => {
+                    self.dirty = true;
+                    self.entries.insert(
+                        m.batch_id.clone(),
+                        Entry { manifest: m, schema: None, dates: BTreeMap::new() },
+                    );
+                }
+                // Announced, not committed: a landing in progress or one that crashed.
+                None => {
+                    self.dirty |= self.pending.insert(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An index made from the truth: the batch directories (one listing) and their manifests,
+    /// and the whole log, whose batches without a manifest are pending.
+    async fn rebuild(lake: &Lake, source: &str) -> Result<SourceIndex> {
+        let prefix = source_prefix(source);
+        let listing = lake
+            .store()
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| Error::store("list", &prefix, e))?;
+        let mut announced: BTreeSet<String> = listing
             .common_prefixes
             .iter()
             .filter_map(|d| d.filename().and_then(|d| d.strip_prefix("batch=")))
             .map(str::to_string)
             .collect();
-        let before = entries.len();
-        entries.retain(|id, _| present.contains(id));
-        dirty |= entries.len() != before;
-        let missing: Vec<&String> =
-            present.iter().filter(|id| !entries.contains_key(*id)).collect();
-        let found: Vec<Option<BatchManifest>> = futures::stream::iter(missing)
-            .map(|id| read_manifest(lake, manifest_path(source, id)))
+        let end = log_end(lake, source, 0).await?;
+        let ids: Vec<Option<String>> = futures::stream::iter(1..=end)
+            .map(|seq| read_log_entry(lake, source, seq))
             .buffered(16)
             .try_collect()
             .await?;
-        for m in found.into_iter().flatten() {
-            // A directory without a manifest is a landing in progress (or one that crashed):
-            // not a batch yet.
-            dirty = true;
-            entries.insert(
-                m.batch_id.clone(),
-                Entry { manifest: m, schema: None, dates: BTreeMap::new() },
-            );
-        }
-        let mut index = SourceIndex { source: source.to_string(), entries, inputs, dirty };
-        let known = &index.entries;
-        let before = index.inputs.len();
-        index.inputs.retain(|_, id| known.contains_key(id));
-        index.dirty |= index.inputs.len() != before;
+        announced.extend(ids.into_iter().flatten());
+        let mut index = SourceIndex {
+            source: source.to_string(),
+            entries: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            log: end,
+            pending: BTreeSet::new(),
+            dirty: true,
+        };
+        index.settle(lake, announced).await?;
         Ok(index)
     }
 
@@ -282,6 +346,8 @@ impl SourceIndex {
         let file = IndexFileOut {
             format: INDEX_FORMAT,
             source: &self.source,
+            log: self.log,
+            pending: &self.pending,
             schemas,
             batches,
             inputs: &self.inputs,
@@ -374,9 +440,116 @@ pub async fn land_indexed(
         return Ok(crate::LandOutcome::AlreadyLanded(m.clone()));
     }
     let source = index.source.clone();
-    let outcome = crate::land(lake, &source, input, options, ctx).await?;
+    let (outcome, logged) =
+        crate::landing::land_logged(lake, &source, input, options, ctx, index.log).await?;
     index.record(Some(identity), outcome.manifest());
+    // Only a log read without a hole may be skipped next time.
+    if logged == Some(index.log + 1) {
+        index.log += 1;
+    }
     Ok(outcome)
+}
+
+/// `format` of a log entry.
+pub const LOG_FORMAT: &str = "strata.raw-log.v1";
+
+fn log_path(source: &str, seq: u64) -> Path {
+    Path::from(format!("{}/_log/{seq:020}.json", source_prefix(source)))
+}
+
+#[derive(Serialize, Deserialize)]
+struct LogEntry {
+    format: String,
+    seq: u64,
+    batch_id: String,
+}
+
+/// The batch log entry `seq` announces, `None` if there is no such entry.
+async fn read_log_entry(lake: &Lake, source: &str, seq: u64) -> Result<Option<String>> {
+    let path = log_path(source, seq);
+    let Some(bytes) = lake.get_opt(&path).await? else { return Ok(None) };
+    match serde_json::from_slice::<LogEntry>(&bytes) {
+        Ok(e) if e.format == LOG_FORMAT && e.seq == seq => Ok(Some(e.batch_id)),
+        Ok(_) | Err(_) => Err(Error::Corrupt {
+            path: path.to_string(),
+            detail: "it is not a raw log entry; restore it from a backup (strata never \
+                     rewrites log entries)"
+                .into(),
+        }),
+    }
+}
+
+/// The last entry of the log, probing from `from` (an entry known to exist, or 0): doubling
+/// the step, then bisecting. Entries are created one after another, so the log has no holes.
+async fn log_end(lake: &Lake, source: &str, from: u64) -> Result<u64> {
+    let exists = |seq: u64| async move {
+        let path = log_path(source, seq);
+        match lake.store().head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store("check", &path, e)),
+        }
+    };
+    let (mut lo, mut step) = (from, 1u64);
+    let mut hi = loop {
+        if exists(lo + step).await? {
+            lo += step;
+            step = step.saturating_mul(2);
+        } else {
+            break lo + step;
+        }
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exists(mid).await? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Announces `batch_id` in the source's log: creates the entry after the log's last one (found
+/// from `from`, a lower bound). Returns its sequence number. An entry of this batch already at
+/// the end (an earlier attempt whose answer was lost) is reused.
+pub(crate) async fn append_to_log(
+    lake: &Lake,
+    source: &str,
+    batch_id: &str,
+    from: u64,
+) -> Result<u64> {
+    let mut seq = log_end(lake, source, from).await? + 1;
+    for _ in 0..1000 {
+        let entry = LogEntry { format: LOG_FORMAT.into(), seq, batch_id: batch_id.into() };
+        let body = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
+            path: log_path(source, seq).to_string(),
+            detail: e.to_string(),
+        })?;
+        let path = log_path(source, seq);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match lake.store().put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => return Ok(seq),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {
+                if read_log_entry(lake, source, seq).await?.as_deref() == Some(batch_id) {
+                    return Ok(seq);
+                }
+                seq += 1;
+            }
+            Err(e) => return Err(Error::store("create", &path, e)),
+        }
+    }
+    Err(Error::store(
+        "create",
+        log_path(source, seq),
+        object_store::Error::Generic {
+            store: "raw log",
+            source: "more than 1000 landings raced for the next log entry; land again".into(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -409,6 +582,124 @@ mod tests {
             again[0].1.as_deref(),
             Some(input_identity(&again[0].0).await.unwrap().as_str())
         );
+    }
+
+    mod log {
+        use super::super::*;
+        use object_store::memory::InMemory;
+        use strata_publish::{OpenMode, RunContext};
+
+        fn input(
+            files: &Arc<InMemory>,
+            name: &str,
+            text: &str,
+        ) -> impl std::future::Future<Output = Input> {
+            let (files, name, text) = (files.clone(), name.to_string(), text.to_string());
+            async move {
+                let path = Path::from(name.as_str());
+                files.put(&path, PutPayload::from(text.into_bytes())).await.unwrap();
+                Input { store: files, path, display: name }
+            }
+        }
+
+        async fn land_one(lake: &Lake, index: &mut SourceIndex, input: &Input) -> String {
+            let ctx = RunContext::new("run-1", chrono::DateTime::UNIX_EPOCH).unwrap();
+            let options = crate::LandOptions::default();
+            let out = land_indexed(lake, index, input, None, &options, &ctx).await.unwrap();
+            out.manifest().batch_id.clone()
+        }
+
+        fn ids(index: &SourceIndex) -> Vec<String> {
+            index.batches().map(|m| m.batch_id.clone()).collect()
+        }
+
+        /// Two processes land at once and the second index write loses the first's batch; a
+        /// third process still finds both, from the log, without listing the batch directories.
+        #[tokio::test]
+        async fn a_lost_index_update_loses_no_batch() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut a = SourceIndex::load(&lake, "orders").await.unwrap();
+            let mut b = SourceIndex::load(&lake, "orders").await.unwrap();
+            let first = land_one(&lake, &mut a, &input(&files, "a.csv", "id\n1\n").await).await;
+            let second = land_one(&lake, &mut b, &input(&files, "b.csv", "id\n2\n").await).await;
+            a.save(&lake).await.unwrap();
+            b.save(&lake).await.unwrap();
+            let mut expected = vec![first.clone(), second.clone()];
+            expected.sort();
+            let c = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(ids(&c), expected);
+            assert_eq!(c.log, 2);
+            // A batch directory the log does not announce is not read: loading lists nothing.
+            // (strata never makes one; a rebuild from the truth, below, finds it.)
+            let stray = manifest_path("orders", &"ee".repeat(32));
+            let mut m =
+                read_manifest(&lake, manifest_path("orders", &first)).await.unwrap().unwrap();
+            m.batch_id = "ee".repeat(32);
+            let body = serde_json::to_vec(&m).unwrap();
+            lake.store().put(&stray, PutPayload::from(body)).await.unwrap();
+            assert_eq!(ids(&SourceIndex::load(&lake, "orders").await.unwrap()), expected);
+            // An index from before the log (or a damaged one) is rebuilt from the directories.
+            lake.store().put(&index_path("orders"), PutPayload::from_static(b"{}")).await.unwrap();
+            let rebuilt = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(rebuilt.len(), 3);
+            assert_eq!(rebuilt.log, 2);
+        }
+
+        /// A batch announced whose manifest is not there yet (a landing in progress, or one that
+        /// crashed) is pending: not a batch, and looked for again on every load.
+        #[tokio::test]
+        async fn an_announced_batch_is_pending_until_its_manifest_exists() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
+            let landed =
+                land_one(&lake, &mut index, &input(&files, "a.csv", "id\n1\n").await).await;
+            index.save(&lake).await.unwrap();
+            // Another batch, announced and then moved out of the way before it commits.
+            let other = land_one(&lake, &mut index, &input(&files, "b.csv", "id\n2\n").await).await;
+            let manifest = manifest_path("orders", &other);
+            let body = lake.store().get(&manifest).await.unwrap().bytes().await.unwrap();
+            lake.store().delete(&manifest).await.unwrap();
+            let mut reader = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(ids(&reader), vec![landed.clone()]);
+            assert!(reader.pending.contains(&other));
+            reader.save(&lake).await.unwrap();
+            lake.store().put(&manifest, PutPayload::from(body)).await.unwrap();
+            let later = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(later.len(), 2);
+            assert!(later.pending.is_empty());
+        }
+
+        #[tokio::test]
+        async fn the_end_of_the_log_is_found_from_any_lower_bound() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            assert_eq!(log_end(&lake, "orders", 0).await.unwrap(), 0);
+            for i in 1..=37u64 {
+                let seq = append_to_log(&lake, "orders", &format!("{i:064}"), i / 3).await.unwrap();
+                assert_eq!(seq, i);
+            }
+            for from in [0, 1, 5, 36, 37] {
+                assert_eq!(log_end(&lake, "orders", from).await.unwrap(), 37, "from {from}");
+            }
+            // Announcing a batch again takes a new entry (a landing that crashed and ran again
+            // does that); a batch is read once however often it is announced.
+            assert_eq!(
+                append_to_log(&lake, "orders", &format!("{:064}", 37), 0).await.unwrap(),
+                38
+            );
+            assert_eq!(
+                read_log_entry(&lake, "orders", 38).await.unwrap(),
+                Some(format!("{:064}", 37))
+            );
+            assert_eq!(read_log_entry(&lake, "orders", 39).await.unwrap(), None);
+            lake.store()
+                .put(&log_path("orders", 39), PutPayload::from_static(b"junk"))
+                .await
+                .unwrap();
+            let err = read_log_entry(&lake, "orders", 39).await.unwrap_err();
+            assert!(err.to_string().contains("_log/00000000000000000039.json"), "{err}");
+        }
     }
 
     /// The index writes manifests field by field (to leave the schema out without copying);

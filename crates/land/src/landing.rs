@@ -189,6 +189,19 @@ pub async fn land(
     options: &LandOptions,
     ctx: &RunContext,
 ) -> Result<LandOutcome> {
+    land_logged(lake, source, input, options, ctx, 0).await.map(|(outcome, _)| outcome)
+}
+
+/// [`land`], probing the source's log from entry `log_from` (a lower bound on its end); also
+/// returns the log entry that announced a new batch.
+pub(crate) async fn land_logged(
+    lake: &Lake,
+    source: &str,
+    input: &Input,
+    options: &LandOptions,
+    ctx: &RunContext,
+    log_from: u64,
+) -> Result<(LandOutcome, Option<u64>)> {
     strata_publish::names::validate_dataset_name(source)?;
     let name = input.path.filename().unwrap_or(input.display.as_str()).to_string();
     let format = match options.format.or_else(|| InputFormat::from_name(&name)) {
@@ -218,7 +231,7 @@ pub async fn land(
     let batch_id = hex::encode(hasher.finalize());
     let manifest_at = manifest_path(source, &batch_id);
     if let Some(existing) = read_manifest(lake, manifest_at.clone()).await? {
-        return Ok(LandOutcome::AlreadyLanded(existing));
+        return Ok((LandOutcome::AlreadyLanded(existing), None));
     }
     // Pass 2: parse and write.
     let dir = batch_dir(source, &batch_id);
@@ -243,13 +256,16 @@ pub async fn land(
         run_id: ctx.run_id().into(),
         landed_at: ctx.now(),
     };
+    // Announced in the source's log before it exists, so that readers find it without listing
+    // the batch directories (see `crate::index`).
+    let logged = crate::index::append_to_log(lake, source, &manifest.batch_id, log_from).await?;
     strata_publish::crash::point("land-before-manifest");
     let mut body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Input { path: manifest_at.to_string(), detail: e.to_string() })?;
     body.push(b'\n');
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     match lake.store().put_opts(&manifest_at, PutPayload::from(body), opts).await {
-        Ok(_) => Ok(LandOutcome::Landed(manifest)),
+        Ok(_) => Ok((LandOutcome::Landed(manifest), Some(logged))),
         Err(
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
         ) => {
@@ -259,7 +275,7 @@ pub async fn land(
                     path: manifest_at.to_string(),
                     detail: "it exists but cannot be read".into(),
                 })?;
-            Ok(LandOutcome::AlreadyLanded(existing))
+            Ok((LandOutcome::AlreadyLanded(existing), Some(logged)))
         }
         Err(e) => Err(Error::store("create", &manifest_at, e)),
     }

@@ -88,12 +88,25 @@ fn orphans(env: &Env) -> Vec<String> {
             .filter(|p| p.starts_with("_raw/") && p.ends_with("/_batch.json"))
             .map(|p| p.trim_end_matches("_batch.json").to_string())
             .collect();
+        // A log entry must announce a batch that was committed (a crash may announce one twice).
+        let mut announced = BTreeSet::new();
+        for p in all.iter().filter(|p| p.starts_with("_raw/") && p.contains("/_log/")) {
+            let bytes = lake.store().get(&p.as_str().into()).await.unwrap().bytes().await.unwrap();
+            let entry: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let source = p.split('/').nth(1).unwrap();
+            let batch = format!("_raw/{source}/batch={}/", entry["batch_id"].as_str().unwrap());
+            if batches.contains(&batch) {
+                announced.insert(p.clone());
+            }
+        }
         all.into_iter()
             .filter(|p| {
                 if p.contains("/run_id=") || p.contains("/_strata/versions/") {
                     !referenced.contains(p)
                 } else if p.starts_with("_strata/locks/") {
                     true
+                } else if p.starts_with("_raw/") && p.contains("/_log/") {
+                    !announced.contains(p)
                 } else if p.starts_with("_raw/") && !p.ends_with("/_index.json") {
                     // The index of a source is a cache of its batches, not a batch.
                     !batches.iter().any(|b| p.starts_with(b.as_str()))
