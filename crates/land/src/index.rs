@@ -479,35 +479,18 @@ async fn read_log_entry(lake: &Lake, source: &str, seq: u64) -> Result<Option<St
     }
 }
 
-/// The last entry of the log, probing from `from` (an entry known to exist, or 0): doubling
-/// the step, then bisecting. Entries are created one after another, so the log has no holes.
+/// The last entry of the log, probing from `from` (an entry known to exist, or 0). Entries are
+/// created one after another, so the log has no holes.
 async fn log_end(lake: &Lake, source: &str, from: u64) -> Result<u64> {
-    let exists = |seq: u64| async move {
+    strata_publish::protocol::last_in_sequence(from, |seq| async move {
         let path = log_path(source, seq);
         match lake.store().head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(Error::store("check", &path, e)),
         }
-    };
-    let (mut lo, mut step) = (from, 1u64);
-    let mut hi = loop {
-        if exists(lo + step).await? {
-            lo += step;
-            step = step.saturating_mul(2);
-        } else {
-            break lo + step;
-        }
-    };
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if exists(mid).await? {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(lo)
+    })
+    .await
 }
 
 /// Announces `batch_id` in the source's log: creates the entry after the log's last one (found

@@ -293,39 +293,18 @@ impl Dataset {
 
     /// The greatest `seq` whose entry exists, probing from `lower` (see [`Dataset::head`]).
     async fn probe_head(&self, lower: u64) -> Result<u64> {
-        let (mut lo, mut step) = (lower, 1u64);
         // The usual case, nothing published since `lower`: both probes at once.
         let (next, after) =
-            futures::try_join!(self.entry_exists(lo + 1), self.entry_exists(lo + 2))?;
-        let mut hi = if !next {
-            if after {
-                return Err(self.gap_error(lo + 1));
-            }
-            return Ok(lo);
-        } else {
-            lo += 1;
-            loop {
-                let probe = lo + step;
-                if self.entry_exists(probe).await? {
-                    lo = probe;
-                    step = step.saturating_mul(2);
-                } else {
-                    break probe;
-                }
-            }
+            futures::try_join!(self.entry_exists(lower + 1), self.entry_exists(lower + 2))?;
+        let last = match (next, after) {
+            (false, true) => return Err(self.gap_error(lower + 1)),
+            (false, false) => return Ok(lower),
+            (true, _) => protocol::last_in_sequence(lower + 1, |s| self.entry_exists(s)).await?,
         };
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if self.entry_exists(mid).await? {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
+        if self.entry_exists(last + 2).await? {
+            return Err(self.gap_error(last + 1));
         }
-        if self.entry_exists(hi + 1).await? {
-            return Err(self.gap_error(hi));
-        }
-        Ok(lo)
+        Ok(last)
     }
 
     fn gap_error(&self, gap: u64) -> Error {

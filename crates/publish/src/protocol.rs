@@ -32,6 +32,36 @@ pub fn first_gap(seqs: &[u64]) -> Option<u64> {
     seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1).map(|(i, _)| i as u64 + 1)
 }
 
+/// The last of a sequence of objects numbered 1, 2, … with no gaps (pointer entries, a source's
+/// raw log), found without listing them: from `from` (a number known to exist, or 0 for none)
+/// the step doubles up to the first missing number, then the interval is bisected. Costs about
+/// 2·log2 of the distance from `from`; `exists` does the looking.
+pub async fn last_in_sequence<E, F, Fut>(from: u64, mut exists: F) -> Result<u64, E>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+{
+    let (mut lo, mut step) = (from, 1u64);
+    let mut hi = loop {
+        let probe = lo.saturating_add(step);
+        if exists(probe).await? {
+            lo = probe;
+            step = step.saturating_mul(2);
+        } else {
+            break probe;
+        }
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exists(mid).await? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 /// The outcome of merging a run's partitions into its parent version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
@@ -318,6 +348,23 @@ mod tests {
         ));
         assert!(!rebase_allowed(Some(&base), Some(&now), &[part("k=a", "r2", 5)], &Replace::All));
         assert!(!rebase_allowed(None, Some(&now), &[part("k=a", "r2", 5)], &Replace::Written));
+    }
+
+    #[tokio::test]
+    async fn the_last_of_a_sequence_is_found_from_any_start() {
+        for end in [0u64, 1, 2, 3, 7, 8, 100, 1000] {
+            for from in [0, end / 3, end.saturating_sub(1), end] {
+                let mut probes = 0;
+                let found = last_in_sequence(from, |n| {
+                    probes += 1;
+                    std::future::ready(Ok::<_, ()>(n <= end))
+                })
+                .await
+                .unwrap();
+                assert_eq!(found, end, "end {end} from {from}");
+                assert!(probes <= 2 * 64 - (end - from).leading_zeros() as u64 + 1, "{probes}");
+            }
+        }
     }
 
     #[test]
