@@ -483,12 +483,7 @@ async fn read_log_entry(lake: &Lake, source: &str, seq: u64) -> Result<Option<St
 /// created one after another, so the log has no holes.
 async fn log_end(lake: &Lake, source: &str, from: u64) -> Result<u64> {
     strata_publish::protocol::last_in_sequence(from, |seq| async move {
-        let path = log_path(source, seq);
-        match lake.store().head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::store("check", &path, e)),
-        }
+        Ok(lake.exists(&log_path(source, seq)).await?)
     })
     .await
 }
@@ -504,12 +499,10 @@ pub(crate) async fn append_to_log(
 ) -> Result<u64> {
     let mut seq = log_end(lake, source, from).await? + 1;
     for _ in 0..1000 {
-        let entry = LogEntry { format: LOG_FORMAT.into(), seq, batch_id: batch_id.into() };
-        let body = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt {
-            path: log_path(source, seq).to_string(),
-            detail: e.to_string(),
-        })?;
         let path = log_path(source, seq);
+        let entry = LogEntry { format: LOG_FORMAT.into(), seq, batch_id: batch_id.into() };
+        let body = serde_json::to_vec(&entry)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match lake.store().put_opts(&path, PutPayload::from(body), opts).await {
             Ok(_) => return Ok(seq),

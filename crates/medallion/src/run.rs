@@ -913,9 +913,13 @@ async fn already_published(
     boundary: &BTreeMap<String, Vec<String>>,
     run_key: &str,
 ) -> Result<Option<RunManifest>> {
+    // Dataset → its current version, read once.
+    let mut current_of: BTreeMap<String, Option<u64>> = BTreeMap::new();
     let mut writers = BTreeSet::new();
     for ds in boundary.keys() {
-        if let Some(head) = lake.dataset(ds)?.head().await? {
+        let head = lake.dataset(ds)?.head().await?;
+        current_of.insert(ds.clone(), head.as_ref().map(|h| h.to));
+        if let Some(head) = head {
             writers.insert(head.version.run_id);
         }
     }
@@ -926,8 +930,11 @@ async fn already_published(
         }
         let mut current = !m.published.is_empty();
         for (ds, v) in &m.published {
-            let head = lake.dataset(ds)?.head().await?;
-            if head.map(|h| h.to) != Some(*v) {
+            let now = match current_of.get(ds) {
+                Some(now) => *now,
+                None => lake.dataset(ds)?.head().await?.map(|h| h.to),
+            };
+            if now != Some(*v) {
                 current = false;
                 break;
             }

@@ -273,9 +273,8 @@ impl Dataset {
     /// Records that entry `seq` exists, for this process and (best effort) for later ones.
     async fn write_head_hint(&self, seq: u64) {
         self.lake.saw_head(&self.name, seq);
-        let body = serde_json::to_vec(&serde_json::json!({ "seq": seq })).unwrap_or_default();
         let path = layout::head_hint_path(&self.name);
-        let _ = self.store().put(&path, PutPayload::from(body)).await;
+        let _ = self.store().put(&path, PutPayload::from(format!("{{\"seq\": {seq}}}"))).await;
     }
 
     /// Whether pointer entry `seq` exists (entry 0 stands for the empty log, which always does).
@@ -283,12 +282,7 @@ impl Dataset {
         if seq == 0 {
             return Ok(true);
         }
-        let path = layout::pointer_path(&self.name, seq);
-        match self.store().head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::store("check", &path, e)),
-        }
+        self.lake.exists(&layout::pointer_path(&self.name, seq)).await
     }
 
     /// The greatest `seq` whose entry exists, probing from `lower` (see [`Dataset::head`]).

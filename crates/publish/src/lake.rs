@@ -274,6 +274,15 @@ impl Lake {
         }
     }
 
+    /// Whether an object exists (one HEAD).
+    pub async fn exists(&self, path: &Path) -> Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store("check", path, e)),
+        }
+    }
+
     pub async fn get_opt(&self, path: &Path) -> Result<Option<bytes::Bytes>> {
         match self.store.get(path).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| Error::store("read", path, e)),

@@ -226,11 +226,7 @@ impl RunLog {
         manifest.entry = 1;
         manifest.times.insert(RunState::Planned.to_string(), at);
         // Registered before its first entry, so no run is ever outside the register.
-        let marker = open_marker(&manifest.run_id);
-        lake.store()
-            .put(&marker, PutPayload::new())
-            .await
-            .map_err(|e| Error::store("create", &marker, e))?;
+        put_empty(lake, &open_marker(&manifest.run_id)).await?;
         let log = RunLog { lake: lake.clone(), manifest };
         log.write().await?;
         Ok(log)
@@ -369,6 +365,14 @@ fn open_marker(run_id: &str) -> Path {
     Path::from(format!("{OPEN_DIR}/{run_id}"))
 }
 
+async fn put_empty(lake: &Lake, path: &Path) -> Result<()> {
+    lake.store()
+        .put(path, PutPayload::new())
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::store("create", path, e))
+}
+
 /// Takes a run out of the register of open runs (best effort: [`open_runs`] also drops runs that
 /// need nothing). For a failed run with checkpoints, call it once they are released.
 pub async fn close(lake: &Lake, run_id: &str) {
@@ -385,22 +389,11 @@ pub async fn close(lake: &Lake, run_id: &str) {
 /// call: all runs are listed once.
 pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
     let seal = Path::from(OPEN_SEAL);
-    match lake.store().head(&seal).await {
-        Ok(_) => {}
-        Err(object_store::Error::NotFound { .. }) => {
-            for m in list_runs(lake).await?.iter().filter(|m| needs_attention(m)) {
-                let marker = open_marker(&m.run_id);
-                lake.store()
-                    .put(&marker, PutPayload::new())
-                    .await
-                    .map_err(|e| Error::store("create", &marker, e))?;
-            }
-            lake.store()
-                .put(&seal, PutPayload::new())
-                .await
-                .map_err(|e| Error::store("create", &seal, e))?;
+    if !lake.exists(&seal).await? {
+        for m in list_runs(lake).await?.iter().filter(|m| needs_attention(m)) {
+            put_empty(lake, &open_marker(&m.run_id)).await?;
         }
-        Err(e) => return Err(Error::store("read", &seal, e)),
+        put_empty(lake, &seal).await?;
     }
     let prefix = Path::from(OPEN_DIR);
     let listing = lake
