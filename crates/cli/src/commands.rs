@@ -141,7 +141,7 @@ async fn publish(
     strata_publish::partition_columns(&schema, &args.partition_by)?;
     let lake = settings.open_lake(OpenMode::Create).await?;
     let ds = lake.dataset(&args.dataset)?;
-    let current = ds.current_opt().await?;
+    let current = ds.current_head().await?;
     // A partitioned dataset keeps its partitioning unless told otherwise.
     let partition_by = match (&current, args.partition_by.is_empty()) {
         (Some(record), true) if !args.replace_all => record.partition_by.clone(),

@@ -110,6 +110,46 @@ fn external(e: strata_publish::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// Whether a partition with `values` (of columns `by`) can hold a row whose `column` is within
+/// `[from, to]`: when the version is partitioned by that date (`column=YYYY-MM-DD`) or by its
+/// month (`<column>_month=YYYY-MM`), the others are not read at all. Any other layout, and a
+/// value that is not a date, may hold anything.
+pub fn may_hold_dates(
+    by: &[String],
+    values: &[Option<String>],
+    column: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> bool {
+    let month = if by == [column.to_string()] {
+        false
+    } else if by == [format!("{column}_month")] {
+        true
+    } else {
+        return true;
+    };
+    let v = match values.first() {
+        Some(Some(v)) => v,
+        // A null date is in no window.
+        Some(None) => return false,
+        None => return true,
+    };
+    if month {
+        match NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d") {
+            Ok(first) => {
+                let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+                first <= to && next > from
+            }
+            Err(_) => true,
+        }
+    } else {
+        match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+            Ok(d) => d >= from && d <= to,
+            Err(_) => true,
+        }
+    }
+}
+
 /// One published version of a dataset as a DataFusion table.
 #[derive(Debug)]
 pub struct VersionTable {
@@ -129,42 +169,11 @@ impl VersionTable {
         &self.record
     }
 
-    /// Keeps only the partitions that can hold a row whose `column` is within `[from, to]`:
-    /// when the version is partitioned by that date (`column=YYYY-MM-DD`) or by its month
-    /// (`<column>_month=YYYY-MM`), the others are not read at all. Otherwise nothing changes;
-    /// either way the caller still filters the rows.
+    /// Keeps only the partitions that can hold a row whose `column` is within `[from, to]`
+    /// (see [`may_hold_dates`]); the caller still filters the rows.
     pub fn only_dates(mut self, column: &str, from: NaiveDate, to: NaiveDate) -> Self {
-        let by = self.record.partition_by.as_slice();
-        let month = if by == [column.to_string()] {
-            false
-        } else if by == [format!("{column}_month")] {
-            true
-        } else {
-            return self;
-        };
-        self.record.partitions.retain(|p| {
-            let v = match p.values.first() {
-                Some(Some(v)) => v,
-                // A null date is in no window.
-                Some(None) => return false,
-                None => return true,
-            };
-            if month {
-                match NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d") {
-                    Ok(first) => {
-                        let next =
-                            first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
-                        first <= to && next > from
-                    }
-                    Err(_) => true,
-                }
-            } else {
-                match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-                    Ok(d) => d >= from && d <= to,
-                    Err(_) => true,
-                }
-            }
-        });
+        let by = self.record.partition_by.clone();
+        self.record.partitions.retain(|p| may_hold_dates(&by, &p.values, column, from, to));
         self
     }
 

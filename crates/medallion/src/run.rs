@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
 use strata_publish::run_state::RunState;
 use strata_publish::runs::{self, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
-use strata_publish::{locks, Lake, RunContext, VersionRecord};
+use strata_publish::{locks, Draft, Lake, RunContext};
 
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
@@ -443,7 +443,7 @@ async fn drive(
     log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = input_boundary).await?;
     log.advance(RunState::Running, ctx.now(), |_| {}).await?;
     let mut outputs: Vec<Output> = Vec::new();
-    let mut previews: BTreeMap<String, VersionRecord> = BTreeMap::new();
+    let mut previews: BTreeMap<String, Draft> = BTreeMap::new();
     let mut stage_keys: BTreeMap<String, String> = BTreeMap::new();
     for (name, window) in &plan.cleaned {
         let def = &pipeline.cleaned[name];
@@ -479,22 +479,19 @@ async fn drive(
             if previews.contains_key(d) {
                 continue;
             }
-            let record = match lake.dataset(d)?.current().await {
-                Ok(r) => r,
-                Err(strata_publish::Error::DatasetNotFound { .. }) => {
-                    return Err(Error::Sql {
-                        message: format!(
-                            "models.{name} reads {d:?}, which has no published version yet; run \
-                             the pipeline without --only, or run {d} first"
-                        ),
-                    })
-                }
-                Err(e) => return Err(e.into()),
+            let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
+                return Err(Error::Sql {
+                    message: format!(
+                        "models.{name} reads {d:?}, which has no published version yet; run the \
+                         pipeline without --only, or run {d} first"
+                    ),
+                });
             };
+            let record = &draft.record;
             bindings
                 .push(json!({"dataset": d, "version": record.version, "run_id": record.run_id}));
             stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
-            previews.insert(d.clone(), record);
+            previews.insert(d.clone(), draft);
         }
         let dep_keys: Vec<&String> = deps.iter().map(|d| &stage_keys[d]).collect();
         let key = hash_json(&json!({
@@ -626,7 +623,7 @@ async fn drive(
 async fn commit_outputs(
     log: &mut RunLog,
     outputs: Vec<Output>,
-    mut previews: BTreeMap<String, VersionRecord>,
+    mut previews: BTreeMap<String, Draft>,
     lock: &locks::RunLocks,
     ctx: &RunContext,
 ) -> Result<BTreeMap<String, u64>> {
@@ -684,7 +681,7 @@ async fn validate(
     pipeline: &Pipeline,
     reports: &mut [StageReport],
     outputs: &[Output],
-    previews: &BTreeMap<String, VersionRecord>,
+    previews: &BTreeMap<String, Draft>,
 ) -> Result<(Vec<serde_json::Value>, Vec<Finding>)> {
     let mut checks = Vec::new();
     let mut check = |dataset: &str, what: String, ok: bool, detail: String| {
@@ -782,8 +779,9 @@ async fn validate(
                         )
                     } else if let Some(max) = g.max_row_change {
                         let before =
-                            lake.dataset(&r.dataset)?.current_opt().await?.map(|c| c.summary.rows);
-                        let after = previews.get(&r.dataset).map(|p| p.summary.rows).unwrap_or(0);
+                            lake.dataset(&r.dataset)?.current_head().await?.map(|c| c.summary.rows);
+                        let after =
+                            previews.get(&r.dataset).map(|p| p.record.summary.rows).unwrap_or(0);
                         match before {
                             Some(b) if b > 0 => {
                                 let change = (after as f64 / b as f64 - 1.0).abs();

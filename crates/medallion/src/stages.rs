@@ -23,7 +23,7 @@ use serde::Serialize;
 use strata_land::BatchManifest;
 use strata_publish::{Dataset, Lake, PublishOptions, RunContext, Staged, WriterOptions};
 
-use crate::catalog::{RawTable, VersionTable, LAKE_URL};
+use crate::catalog::{may_hold_dates, RawTable, VersionTable, LAKE_URL};
 use crate::error::{Error, Result};
 use crate::pipeline::{CleanedDef, ContractColumn, ModelDef, Pipeline, RuleDef};
 
@@ -1233,7 +1233,7 @@ pub(crate) async fn model(
     def: &ModelDef,
     deps: &BTreeSet<String>,
     window: Option<Window>,
-    inputs: &BTreeMap<String, strata_publish::VersionRecord>,
+    inputs: &BTreeMap<String, strata_publish::Draft>,
     ctx: &RunContext,
 ) -> Result<(StageReport, Output)> {
     let started = Instant::now();
@@ -1247,32 +1247,33 @@ pub(crate) async fn model(
     for dep in deps {
         let ds = lake.dataset(dep)?;
         let found = match inputs.get(dep) {
-            Some(r) => Ok(r.clone()),
-            None => ds.current().await,
+            Some(d) => Some(d.clone()),
+            None => ds.draft_of_current().await?,
         };
-        let record = match found {
-            Ok(r) => r,
-            Err(strata_publish::Error::DatasetNotFound { .. }) => {
-                return Err(Error::Sql {
-                    message: format!(
-                        "models.{name} reads {dep:?}, which has no published version yet; run \
-                         the pipeline without --only, or run {dep} first"
-                    ),
-                })
-            }
-            Err(e) => return Err(e.into()),
+        let Some(draft) = found else {
+            return Err(Error::Sql {
+                message: format!(
+                    "models.{name} reads {dep:?}, which has no published version yet; run \
+                     the pipeline without --only, or run {dep} first"
+                ),
+            });
         };
-        rows_in += record.summary.rows;
+        rows_in += draft.record.summary.rows;
         let bd_col = pipeline
             .cleaned
             .get(dep)
             .map(|c| c.business_date.clone())
             .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()));
         // Read only what the window needs: the window plus the model's look-back, skipping
-        // the partitions outside it.
+        // the partitions outside it (and the chunks of the record that hold none of them).
         let df = match (window, bd_col) {
             (Some(w), Some(col)) => {
                 let lo = w.from - Duration::days(def.reads_days.into());
+                let by = draft.record.partition_by.clone();
+                let keep = |key: &str| {
+                    may_hold_dates(&by, &strata_publish::model::key_values(key), &col, lo, w.to)
+                };
+                let record = ds.select(&draft, &keep).await?;
                 let table = VersionTable::new(record, url.clone()).only_dates(&col, lo, w.to);
                 session.read_table(Arc::new(table))?.filter(between_dates(
                     datafusion::prelude::col(ident(&col)),
@@ -1280,7 +1281,10 @@ pub(crate) async fn model(
                     w.to,
                 ))?
             }
-            _ => session.read_table(Arc::new(VersionTable::new(record, url.clone())))?,
+            _ => {
+                let record = ds.select(&draft, &|_| true).await?;
+                session.read_table(Arc::new(VersionTable::new(record, url.clone())))?
+            }
         };
         session.register_table(ident(dep).as_str(), df.into_view())?;
     }

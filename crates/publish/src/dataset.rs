@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::layout;
 use crate::model::{
-    Checkpoint, FileEntry, Flip, FlipKind, VersionBrief, VersionRecord, CHECKPOINT_FORMAT,
-    FLIP_FORMAT, VERSION_FORMAT,
+    Checkpoint, ChunkRef, FileEntry, Flip, FlipKind, PartitionChunk, PartitionEntry, RecordHead,
+    VersionBrief, VersionRecord, CHECKPOINT_FORMAT, CHUNK_FORMAT, FLIP_FORMAT, VERSION_FORMAT,
+    VERSION_FORMAT_V1,
 };
 use crate::protocol;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
@@ -55,10 +56,10 @@ pub struct PublishOptions {
 /// staging and publishing. Dropping it leaves the dataset exactly as it was.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub record: VersionRecord,
+    pub record: RecordHead,
     head: Option<Flip>,
     /// The copy-on-write base (the record `head` names).
-    parent: Option<Arc<VersionRecord>>,
+    parent: Option<Arc<RecordHead>>,
     /// What was staged, as staged (before merging), for rebasing.
     staged: Staged,
     options: PublishOptions,
@@ -74,8 +75,19 @@ impl Prepared {
 /// The result of a successful publish.
 #[derive(Debug, Clone)]
 pub struct Published {
-    pub record: VersionRecord,
+    /// The record as stored; [`Dataset::version`] reads it with all its partitions.
+    pub record: RecordHead,
     pub flip: Flip,
+}
+
+/// A version's record together with the chunks of partitions it writes, whether or not they are
+/// written yet: what [`Dataset::preview`] returns, and what [`Dataset::draft_of_current`] returns
+/// for the current version. [`Dataset::select`] reads some of its partitions.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub record: Arc<RecordHead>,
+    /// Chunks not (yet) in the store, by path.
+    new: Arc<std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>>,
 }
 
 /// What `rollback` did.
@@ -364,13 +376,8 @@ impl Dataset {
             .collect())
     }
 
-    /// Reads a version record without checking that it was published.
-    async fn read_record(&self, version: u64) -> Result<Option<VersionRecord>> {
-        Ok(self.read_record_shared(version).await?.map(|r| r.as_ref().clone()))
-    }
-
-    /// [`Dataset::read_record`] without copying the record out of the cache.
-    async fn read_record_shared(&self, version: u64) -> Result<Option<Arc<VersionRecord>>> {
+    /// The stored record of `version` (its partitions in chunks, unread), shared with the cache.
+    async fn read_record_shared(&self, version: u64) -> Result<Option<Arc<RecordHead>>> {
         let path = layout::version_path(&self.name, version);
         let cache = self.lake.records();
         let cached = cache.get(&path);
@@ -391,12 +398,14 @@ impl Dataset {
         };
         let e_tag = got.meta.e_tag.clone();
         let bytes = got.bytes().await.map_err(|e| Error::store("read", &path, e))?;
-        let record: VersionRecord = serde_json::from_slice(&bytes)
+        let record: RecordHead = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
-        if record.version != version
-            || record.dataset != self.name
-            || record.format != VERSION_FORMAT
-        {
+        let well_formed = match record.format.as_str() {
+            VERSION_FORMAT => record.inline.is_none(),
+            VERSION_FORMAT_V1 => record.inline.is_some(),
+            _ => false,
+        };
+        if record.version != version || record.dataset != self.name || !well_formed {
             return Err(Error::Corrupt {
                 path: path.to_string(),
                 detail: format!(
@@ -410,19 +419,129 @@ impl Dataset {
         Ok(Some(record))
     }
 
+    async fn read_chunk_at(
+        &self,
+        i: usize,
+        chunk: ChunkRef,
+    ) -> Result<(usize, Arc<Vec<PartitionEntry>>)> {
+        Ok((i, self.read_chunk(&chunk).await?))
+    }
+
+    /// The partitions of one chunk, read once per process.
+    async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<PartitionEntry>>> {
+        let cache = self.lake.records();
+        if let Some(parts) = cache.chunk(&chunk.path) {
+            return Ok(parts);
+        }
+        let path = Path::from(chunk.path.as_str());
+        let corrupt = |detail: String| Error::Corrupt { path: chunk.path.clone(), detail };
+        let read: PartitionChunk = self.read_json(&path).await?.ok_or_else(|| {
+            corrupt("a version record names this chunk of partitions but it is missing".into())
+        })?;
+        let keys: Vec<&String> = read.partitions.iter().map(|p| &p.key).collect();
+        if read.format != CHUNK_FORMAT
+            || read.dataset != self.name
+            || keys.len() != chunk.keys.len()
+            || keys.iter().zip(&chunk.keys).any(|(a, b)| *a != b)
+        {
+            return Err(corrupt(format!(
+                "it says dataset {:?} format {:?} and does not hold the partitions the record \
+                 names",
+                read.dataset, read.format
+            )));
+        }
+        let parts = Arc::new(read.partitions);
+        cache.put_chunk(&chunk.path, parts.clone());
+        Ok(parts)
+    }
+
+    /// The partitions of the chunks `which` (indexes into [`protocol::chunks_of`] the record),
+    /// read concurrently; chunks in `new` are taken from there.
+    async fn load_chunks(
+        &self,
+        record: &RecordHead,
+        which: &std::collections::BTreeSet<usize>,
+        new: &std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>,
+    ) -> Result<std::collections::BTreeMap<usize, Arc<Vec<PartitionEntry>>>> {
+        if let Some(inline) = &record.inline {
+            let all = Arc::new(inline.clone());
+            return Ok(which.iter().map(|&i| (i, all.clone())).collect());
+        }
+        let mut loaded = std::collections::BTreeMap::new();
+        let mut reads = Vec::new();
+        for &i in which {
+            let Some(c) = record.chunks.get(i) else { continue };
+            match new.get(&c.path) {
+                Some(parts) => {
+                    loaded.insert(i, parts.clone());
+                }
+                None => reads.push(self.read_chunk_at(i, c.clone())),
+            }
+        }
+        let read: Vec<(usize, Arc<Vec<PartitionEntry>>)> =
+            futures::stream::iter(reads).buffer_unordered(IO_CONCURRENCY).try_collect().await?;
+        loaded.extend(read);
+        Ok(loaded)
+    }
+
+    /// A record with all its partitions.
+    pub async fn full(&self, record: &RecordHead) -> Result<VersionRecord> {
+        let draft = Draft { record: Arc::new(record.clone()), new: Arc::default() };
+        self.select(&draft, &|_| true).await
+    }
+
+    /// A record with only the partitions whose key `keep` accepts (the others are not read):
+    /// what a reader of a few partitions uses.
+    pub async fn select(
+        &self,
+        draft: &Draft,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<VersionRecord> {
+        let record = draft.record.as_ref();
+        if let Some(inline) = &record.inline {
+            return Ok(
+                record.with_partitions(inline.iter().filter(|p| keep(&p.key)).cloned().collect())
+            );
+        }
+        let which: std::collections::BTreeSet<usize> = record
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.keys.iter().any(|k| keep(k)))
+            .map(|(i, _)| i)
+            .collect();
+        let loaded = self.load_chunks(record, &which, &draft.new).await?;
+        let parts = loaded.values().flat_map(|c| c.iter()).filter(|p| keep(&p.key)).cloned();
+        Ok(record.with_partitions(parts.collect()))
+    }
+
+    /// The current version as a [`Draft`] (nothing new in it), or `None` if the dataset was
+    /// never published. Reads only the record, not its chunks.
+    pub async fn draft_of_current(&self) -> Result<Option<Draft>> {
+        Ok(self.current_head().await?.map(|record| Draft { record, new: Arc::default() }))
+    }
+
+    /// The stored record of the current version (its chunks unread), or `None` if the dataset
+    /// was never published.
+    pub async fn current_head(&self) -> Result<Option<Arc<RecordHead>>> {
+        let head = self.head().await?;
+        self.parent_of(head.as_ref()).await
+    }
+
     /// The record of the current version.
     pub async fn current(&self) -> Result<VersionRecord> {
         let head = self.require_head().await?;
         self.record_named_by(&head).await
     }
 
-    /// Reads the record a pointer entry names; pointer entries only ever name published versions.
+    /// Reads the record a pointer entry names, with all its partitions; pointer entries only
+    /// ever name published versions.
     async fn record_named_by(&self, flip: &Flip) -> Result<VersionRecord> {
-        Ok(self.shared_record_named_by(flip).await?.as_ref().clone())
+        self.full(&*self.shared_record_named_by(flip).await?).await
     }
 
     /// [`Dataset::record_named_by`] without copying the record out of the cache.
-    async fn shared_record_named_by(&self, flip: &Flip) -> Result<Arc<VersionRecord>> {
+    async fn shared_record_named_by(&self, flip: &Flip) -> Result<Arc<RecordHead>> {
         self.read_record_shared(flip.to).await?.ok_or_else(|| Error::Corrupt {
             path: layout::version_path(&self.name, flip.to).to_string(),
             detail: format!(
@@ -443,12 +562,18 @@ impl Dataset {
     /// The record of a published version. A record left by a writer that lost a conflict or
     /// crashed before flipping is refused: it was never published.
     pub async fn version(&self, version: u64) -> Result<VersionRecord> {
+        let head = self.published_head(version).await?;
+        self.full(&head).await
+    }
+
+    /// The stored record of a published version (its chunks unread); see [`Dataset::version`].
+    pub async fn published_head(&self, version: u64) -> Result<Arc<RecordHead>> {
         let not_found = |detail: &str| Error::VersionNotFound {
             dataset: self.name.clone(),
             version,
             detail: detail.to_string(),
         };
-        let Some(record) = self.read_record(version).await? else {
+        let Some(record) = self.read_record_shared(version).await? else {
             return match self.head().await? {
                 None => Err(self.not_found()),
                 Some(_) => Err(not_found("")),
@@ -487,7 +612,7 @@ impl Dataset {
     /// published on top of `parent` without replacing every partition.
     pub fn check_against(
         &self,
-        parent: &VersionRecord,
+        parent: &RecordHead,
         schema: &arrow::datatypes::Schema,
         partition_by: &[String],
         source_desc: &str,
@@ -521,8 +646,8 @@ impl Dataset {
         partition_by: &[String],
         replace_all: bool,
         source_desc: &str,
-    ) -> Result<Option<VersionRecord>> {
-        let current = self.current_opt().await?;
+    ) -> Result<Option<Arc<RecordHead>>> {
+        let current = self.current_head().await?;
         if let (Some(parent), false) = (&current, replace_all) {
             self.check_against(parent, schema, partition_by, source_desc)?;
         }
@@ -544,7 +669,7 @@ impl Dataset {
         self.prepare_on(staged, options.clone(), head, parent, None, ctx).await
     }
 
-    /// [`Dataset::prepare`] reusing `preview`, the record [`Dataset::preview`] returned for the
+    /// [`Dataset::prepare`] reusing `preview`, the draft [`Dataset::preview`] returned for the
     /// same staged files and options, when nothing was published since: the record is not
     /// assembled a second time. Evidence attached to `staged` after the preview is taken from
     /// `staged`. A preview of other files, or one overtaken by another publish, is not used.
@@ -552,23 +677,28 @@ impl Dataset {
         &self,
         staged: Staged,
         options: &PublishOptions,
-        preview: VersionRecord,
+        preview: Draft,
         ctx: &RunContext,
     ) -> Result<Prepared> {
         let head = self.head().await?;
         let parent = self.parent_of(head.as_ref()).await?;
-        let fresh = preview.dataset == self.name
-            && preview.run_id == staged.run_id
-            && preview.run_id == ctx.run_id()
-            && preview.publish_seq == protocol::next_seq(head.as_ref())
-            && preview.parent == head.as_ref().map(|h| h.to)
-            && staged.partitions.iter().all(|w| {
-                preview
-                    .partitions
-                    .binary_search_by(|p| p.key.as_str().cmp(&w.key))
-                    .is_ok_and(|i| preview.partitions[i].files == w.files)
-            });
-        let first = fresh.then(|| VersionRecord { evidence: staged.evidence.clone(), ..preview });
+        let record = preview.record.as_ref();
+        let written: std::collections::BTreeMap<&str, &PartitionEntry> =
+            preview.new.values().flat_map(|c| c.iter()).map(|p| (p.key.as_str(), p)).collect();
+        let fresh = record.dataset == self.name
+            && record.run_id == staged.run_id
+            && record.run_id == ctx.run_id()
+            && record.publish_seq == protocol::next_seq(head.as_ref())
+            && record.parent == head.as_ref().map(|h| h.to)
+            && staged
+                .partitions
+                .iter()
+                .all(|w| written.get(w.key.as_str()).is_some_and(|p| p.files == w.files));
+        let first = fresh.then(|| {
+            let mut record = record.clone();
+            record.evidence = staged.evidence.clone();
+            (record, preview.new.as_ref().clone())
+        });
         self.prepare_on(staged, options.clone(), head, parent, first, ctx).await
     }
 
@@ -576,12 +706,11 @@ impl Dataset {
     /// later read (by any handle on the same lake) costs only a check that it did not change.
     /// Nothing happens for a dataset never published.
     pub async fn warm(&self) -> Result<()> {
-        let head = self.head().await?;
-        self.parent_of(head.as_ref()).await.map(|_| ())
+        self.current_head().await.map(|_| ())
     }
 
     /// The record `head` names, shared with the cache.
-    async fn parent_of(&self, head: Option<&Flip>) -> Result<Option<Arc<VersionRecord>>> {
+    async fn parent_of(&self, head: Option<&Flip>) -> Result<Option<Arc<RecordHead>>> {
         match head {
             Some(h) => Ok(Some(self.shared_record_named_by(h).await?)),
             None => Ok(None),
@@ -589,29 +718,34 @@ impl Dataset {
     }
 
     /// The record a publish of `staged` would create now, without writing anything: what later
-    /// stages of a run read before the run commits.
+    /// stages of a run read before the run commits ([`Dataset::select`]).
     pub async fn preview(
         &self,
         staged: &Staged,
         options: &PublishOptions,
         ctx: &RunContext,
-    ) -> Result<VersionRecord> {
+    ) -> Result<Draft> {
         let head = self.head().await?;
         let parent = self.parent_of(head.as_ref()).await?;
         let version = protocol::first_candidate_version(head.as_ref());
-        self.build_record(staged, options, head.as_ref(), parent.as_deref(), version, ctx)
+        let (record, new) = self
+            .build_record(staged, options, head.as_ref(), parent.as_deref(), version, ctx)
+            .await?;
+        Ok(Draft { record: Arc::new(record), new: Arc::new(new) })
     }
 
-    /// The record for `staged` merged onto `parent` as `version`. No IO.
-    fn build_record(
+    /// The record for `staged` merged onto `parent` as `version`, and the chunks of partitions
+    /// it writes (by path). Reads only the parent's chunks that hold a partition the publish
+    /// writes or owns.
+    async fn build_record(
         &self,
         staged: &Staged,
         options: &PublishOptions,
         head: Option<&Flip>,
-        parent: Option<&VersionRecord>,
+        parent: Option<&RecordHead>,
         version: u64,
         ctx: &RunContext,
-    ) -> Result<VersionRecord> {
+    ) -> Result<(RecordHead, NewChunks)> {
         if staged.run_id != ctx.run_id() {
             return Err(Error::Usage(format!(
                 "staged files belong to run {} but the context is run {}",
@@ -638,8 +772,19 @@ impl Dataset {
         for p in &mut written {
             p.written_in = version;
         }
-        let merged = protocol::merge_partitions(parent, written, &replace_of(options));
-        Ok(VersionRecord {
+        let replace = replace_of(options);
+        let loaded = match (parent, protocol::touched_keys(&written, &replace)) {
+            (Some(parent), Some(keys)) => {
+                let chunks = protocol::chunks_of(parent);
+                let which = protocol::chunks_for(&chunks, keys.iter().map(String::as_str));
+                self.load_chunks(parent, &which, &Default::default()).await?
+            }
+            _ => Default::default(),
+        };
+        let path_of = |n: usize| layout::chunk_path(&self.name, &staged.run_id, version, n);
+        let assembled =
+            protocol::assemble(parent.map(|p| (p, &loaded)), written, &replace, &path_of);
+        let record = RecordHead {
             format: VERSION_FORMAT.to_string(),
             dataset: self.name.clone(),
             version,
@@ -650,38 +795,85 @@ impl Dataset {
             reason: options.reason.clone(),
             partition_by: staged.partition_by.clone(),
             schema,
-            summary: merged.summary,
-            partitions: merged.partitions,
+            summary: assembled.summary,
+            chunks: assembled.chunks,
+            inline: None,
             evidence: staged.evidence.clone(),
-        })
+        };
+        Ok((record, assembled.new.into_iter().collect()))
+    }
+
+    /// Writes the chunks a record introduces (each before the record that names it; a chunk
+    /// left by an earlier attempt of the same run and version is overwritten with the same
+    /// partitions).
+    async fn write_chunks(&self, version: u64, new: &NewChunks) -> Result<()> {
+        let writes: Vec<_> = new
+            .iter()
+            .map(|(path, parts)| self.write_chunk(version, path.clone(), parts.clone()))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn write_chunk(
+        &self,
+        version: u64,
+        path: String,
+        parts: Arc<Vec<PartitionEntry>>,
+    ) -> Result<()> {
+        {
+            let chunk = PartitionChunk {
+                format: CHUNK_FORMAT.to_string(),
+                dataset: self.name.clone(),
+                version,
+                partitions: parts.as_ref().clone(),
+            };
+            let mut body = serde_json::to_vec(&chunk)
+                .map_err(|source| Error::Serialize { what: "chunk of partitions", source })?;
+            body.push(b'\n');
+            let path = Path::from(path.as_str());
+            self.store()
+                .put(&path, PutPayload::from(body))
+                .await
+                .map_err(|e| Error::store("write", &path, e))?;
+            self.lake.records().put_chunk(path.as_ref(), parts);
+            Ok(())
+        }
     }
 
     /// Creates the version record of `staged` merged onto `parent` (the record `head` names)
     /// under the first free version number. `first` is that record for the first candidate
-    /// number, when already built.
+    /// number, with its chunks, when already built.
     async fn prepare_on(
         &self,
         staged: Staged,
         options: PublishOptions,
         head: Option<Flip>,
-        parent: Option<Arc<VersionRecord>>,
-        mut first: Option<VersionRecord>,
+        parent: Option<Arc<RecordHead>>,
+        mut first: Option<(RecordHead, NewChunks)>,
         ctx: &RunContext,
     ) -> Result<Prepared> {
         let publish_seq = protocol::next_seq(head.as_ref());
         let mut version = protocol::first_candidate_version(head.as_ref());
         for _ in 0..MAX_VERSION_ATTEMPTS {
-            let record = match first.take() {
-                Some(r) if r.version == version => r,
-                _ => self.build_record(
-                    &staged,
-                    &options,
-                    head.as_ref(),
-                    parent.as_deref(),
-                    version,
-                    ctx,
-                )?,
+            let (record, new) = match first.take() {
+                Some((r, new)) if r.version == version => (r, new),
+                _ => {
+                    self.build_record(
+                        &staged,
+                        &options,
+                        head.as_ref(),
+                        parent.as_deref(),
+                        version,
+                        ctx,
+                    )
+                    .await?
+                }
             };
+            self.write_chunks(version, &new).await?;
             let path = layout::version_path(&self.name, version);
             match self.create_resolving(&path, &record, "version record").await? {
                 Outcome::Ours => {
@@ -690,6 +882,7 @@ impl Dataset {
                 }
                 Outcome::Theirs(_) => {
                     // Another writer took this number. If the pointer moved, we lost already.
+                    self.forget_chunks(&record).await;
                     let now = self.head().await?;
                     if now.as_ref().map(|h| h.seq) != head.as_ref().map(|h| h.seq) {
                         return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
@@ -703,6 +896,29 @@ impl Dataset {
              more than that many writers are racing, retry later",
             self.name
         )))
+    }
+
+    /// Removes the chunks `record` wrote itself (those under its run's prefix for its version),
+    /// once the record will never be published.
+    async fn forget_chunks(&self, record: &RecordHead) {
+        let own = layout::chunk_path(&self.name, &record.run_id, record.version, 0);
+        let own = own.trim_end_matches("00000.json");
+        for c in record.chunks.iter().filter(|c| c.path.starts_with(own)) {
+            self.lake.records().forget_chunk(&c.path);
+            let _ = self.store().delete(&Path::from(c.path.as_str())).await;
+        }
+    }
+
+    /// The partitions of `record` that hold `keys`, sorted by key (for rebase decisions).
+    async fn partitions_holding(
+        &self,
+        record: &RecordHead,
+        keys: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<PartitionEntry>> {
+        let chunks = protocol::chunks_of(record);
+        let which = protocol::chunks_for(&chunks, keys.iter().map(String::as_str));
+        let loaded = self.load_chunks(record, &which, &Default::default()).await?;
+        Ok(loaded.values().flat_map(|c| c.iter().cloned()).collect())
     }
 
     /// Flips the pointer to a prepared version, rebasing it when another writer published first
@@ -723,15 +939,30 @@ impl Dataset {
                     let head = self.head().await?;
                     let parent = self.parent_of(head.as_ref()).await?;
                     let stale = prepared.record.version;
-                    let ok = protocol::rebase_allowed(
-                        prepared.parent.as_deref(),
-                        parent.as_deref(),
-                        &prepared.staged.partitions,
-                        &replace_of(&prepared.options),
-                    );
+                    let replace = replace_of(&prepared.options);
+                    let ok = match protocol::touched_keys(&prepared.staged.partitions, &replace) {
+                        None => false,
+                        Some(keys) => {
+                            let base = match prepared.parent.as_deref() {
+                                Some(b) => Some((b, self.partitions_holding(b, &keys).await?)),
+                                None => None,
+                            };
+                            let now = match parent.as_deref() {
+                                Some(n) => Some((n, self.partitions_holding(n, &keys).await?)),
+                                None => None,
+                            };
+                            protocol::rebase_allowed(
+                                base.as_ref().map(|(h, p)| (*h, p.as_slice())),
+                                now.as_ref().map(|(h, p)| (*h, p.as_slice())),
+                                &prepared.staged.partitions,
+                                &replace,
+                            )
+                        }
+                    };
                     let path = layout::version_path(&self.name, stale);
                     self.lake.records().forget(&path);
                     let _ = self.store().delete(&path).await;
+                    self.forget_chunks(&prepared.record).await;
                     if !ok {
                         return Err(conflict);
                     }
@@ -864,7 +1095,7 @@ impl Dataset {
     /// record. Best effort; never touches anything a pointer entry names.
     pub async fn discard(&self, run_id: &str, version: Option<u64>) {
         if let Some(v) = version {
-            if let Ok(Some(record)) = self.read_record(v).await {
+            if let Ok(Some(record)) = self.read_record_shared(v).await {
                 if record.run_id == run_id {
                     let path = layout::version_path(&self.name, v);
                     self.lake.records().forget(&path);
@@ -896,14 +1127,16 @@ impl Dataset {
     /// run forward). `Ok(None)` when that is no longer possible as prepared: the record is gone,
     /// or the pointer moved since.
     pub async fn flip_record(&self, version: u64, ctx: &RunContext) -> Result<Option<Published>> {
-        let Some(record) = self.read_record(version).await? else { return Ok(None) };
+        let Some(record) = self.read_record_shared(version).await? else { return Ok(None) };
+        // Every chunk it names must be readable before it is made current.
+        self.full(&record).await?;
         let head = self.head().await?;
         if protocol::next_seq(head.as_ref()) != record.publish_seq {
             return Ok(None);
         }
         let flip = flip_for(&record, head.as_ref(), ctx);
         match self.create_flip(&flip).await {
-            Ok(()) => Ok(Some(Published { record, flip })),
+            Ok(()) => Ok(Some(Published { record: record.as_ref().clone(), flip })),
             Err(Error::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -930,7 +1163,7 @@ impl Dataset {
             .map_err(|e| Error::store("list", &prefix, e))?;
         for path in records {
             let Some(v) = layout::parse_numbered(&path) else { continue };
-            let Some(record) = self.read_record(v).await? else { continue };
+            let Some(record) = self.read_record_shared(v).await? else { continue };
             if record.run_id != run_id {
                 continue;
             }
@@ -1010,7 +1243,7 @@ impl Dataset {
         if head.to == to {
             return Ok(RollbackOutcome::AlreadyCurrent(head));
         }
-        let target = self.version(to).await?;
+        let target = self.published_head(to).await?;
         let flip = Flip {
             format: FLIP_FORMAT.to_string(),
             seq: head.seq + 1,
@@ -1106,8 +1339,11 @@ impl Dataset {
     }
 }
 
+/// The chunks of partitions a new record writes, by path.
+type NewChunks = std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>;
+
 /// The pointer entry that publishes `record` on top of `head`.
-fn flip_for(record: &VersionRecord, head: Option<&Flip>, ctx: &RunContext) -> Flip {
+fn flip_for(record: &RecordHead, head: Option<&Flip>, ctx: &RunContext) -> Flip {
     Flip {
         format: FLIP_FORMAT.to_string(),
         seq: record.publish_seq,

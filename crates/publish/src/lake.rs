@@ -15,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::model::VersionRecord;
+use crate::model::{PartitionEntry, RecordHead};
 use crate::names::validate_dataset_name;
 
 /// A lake: an object store holding datasets, and the URL it was opened from.
@@ -39,15 +39,34 @@ pub struct Lake {
 /// never served stale: a record deleted and written again has a new tag.
 #[derive(Debug, Default)]
 pub(crate) struct RecordCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<VersionRecord>)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<RecordHead>)>>,
+    /// Chunks of partition lists by path. A chunk is written once and never changed while a
+    /// record names it, so it is read once per process.
+    chunks: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<PartitionEntry>>>>,
 }
 
 impl RecordCache {
-    pub(crate) fn get(&self, path: &Path) -> Option<(String, Arc<VersionRecord>)> {
+    pub(crate) fn get(&self, path: &Path) -> Option<(String, Arc<RecordHead>)> {
         self.entries.lock().ok()?.get(path.as_ref()).cloned()
     }
 
-    pub(crate) fn put(&self, path: &Path, e_tag: Option<String>, record: Arc<VersionRecord>) {
+    pub(crate) fn chunk(&self, path: &str) -> Option<Arc<Vec<PartitionEntry>>> {
+        self.chunks.lock().ok()?.get(path).cloned()
+    }
+
+    pub(crate) fn put_chunk(&self, path: &str, parts: Arc<Vec<PartitionEntry>>) {
+        if let Ok(mut chunks) = self.chunks.lock() {
+            chunks.insert(path.to_string(), parts);
+        }
+    }
+
+    pub(crate) fn forget_chunk(&self, path: &str) {
+        if let Ok(mut chunks) = self.chunks.lock() {
+            chunks.remove(path);
+        }
+    }
+
+    pub(crate) fn put(&self, path: &Path, e_tag: Option<String>, record: Arc<RecordHead>) {
         if let Ok(mut entries) = self.entries.lock() {
             match e_tag {
                 Some(tag) => entries.insert(path.to_string(), (tag, record)),

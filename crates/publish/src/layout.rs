@@ -54,6 +54,12 @@ pub fn version_path(dataset: &str, version: u64) -> Path {
     Path::from(format!("{dataset}/{META_DIR}/versions/{version:020}.json"))
 }
 
+/// Path of the `n`th chunk of partition entries that version `version` writes: under the run's
+/// prefix, so that whatever removes an unpublished run's files removes its chunks too.
+pub fn chunk_path(dataset: &str, run_id: &str, version: u64, n: usize) -> String {
+    format!("{dataset}/run_id={run_id}/{META_DIR}/partitions-{version:020}-{n:05}.json")
+}
+
 pub fn run_prefix(dataset: &str, run_id: &str) -> Path {
     Path::from(format!("{dataset}/run_id={run_id}"))
 }

@@ -61,12 +61,14 @@ mod writer;
 
 pub use context::RunContext;
 pub use dataset::{
-    Dataset, FileProblem, Prepared, PublishOptions, Published, RollbackOutcome, VerifyReport,
-    VersionListing,
+    Dataset, Draft, FileProblem, Prepared, PublishOptions, Published, RollbackOutcome,
+    VerifyReport, VersionListing,
 };
 pub use error::{Error, Result};
 pub use lake::{Lake, OpenMode};
-pub use model::{FileEntry, Flip, FlipKind, PartitionEntry, Summary, VersionBrief, VersionRecord};
+pub use model::{
+    FileEntry, Flip, FlipKind, PartitionEntry, RecordHead, Summary, VersionBrief, VersionRecord,
+};
 pub use writer::{
     partition_columns, writer_properties, ParquetSink, Staged, StagingWriter, WriterOptions,
 };

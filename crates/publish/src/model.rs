@@ -5,8 +5,13 @@ use arrow::datatypes::Schema;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// `format` of a version record.
-pub const VERSION_FORMAT: &str = "strata.version.v1";
+/// `format` of a version record that lists its partitions in chunks ([`RecordHead`]).
+pub const VERSION_FORMAT: &str = "strata.version.v2";
+/// `format` of a version record that lists its partitions inline (written before chunks; still
+/// read).
+pub const VERSION_FORMAT_V1: &str = "strata.version.v1";
+/// `format` of a chunk of a version's partition list.
+pub const CHUNK_FORMAT: &str = "strata.partitions.v1";
 /// `format` of a pointer entry.
 pub const FLIP_FORMAT: &str = "strata.flip.v1";
 /// `format` of a pointer checkpoint.
@@ -70,7 +75,110 @@ pub struct Summary {
     pub partitions_dropped: u64,
 }
 
-/// The version record: everything a reader needs to read one version.
+/// One chunk of a version's partition list, as the version record names it: a run that changes
+/// a few partitions writes only the chunks that hold them, and a reader of a few partitions
+/// reads only their chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Path of the chunk object ([`PartitionChunk`]) relative to the lake root.
+    pub path: String,
+    /// The keys of its partitions, sorted. Chunks are in key order and do not overlap.
+    pub keys: Vec<String>,
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The object a [`ChunkRef`] names. Written once, before the record that names it; never
+/// changed. Later versions name it again for as long as its partitions are unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionChunk {
+    pub format: String,
+    pub dataset: String,
+    /// The version that wrote it.
+    pub version: u64,
+    /// Sorted by `key`.
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// A version record as stored: everything a reader needs to find one version's files, with
+/// the partitions in chunks. Records of format `strata.version.v1` hold them inline instead
+/// (`inline`), and read as one chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordHead {
+    pub format: String,
+    pub dataset: String,
+    pub version: u64,
+    pub parent: Option<u64>,
+    pub publish_seq: u64,
+    pub run_id: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub partition_by: Vec<String>,
+    pub schema: Schema,
+    pub summary: Summary,
+    /// In key order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+    /// The partitions of a `strata.version.v1` record.
+    #[serde(rename = "partitions", default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<Vec<PartitionEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
+}
+
+impl RecordHead {
+    /// The summary carried in pointer entries.
+    pub fn brief(&self) -> VersionBrief {
+        VersionBrief {
+            version: self.version,
+            run_id: self.run_id.clone(),
+            created_at: self.created_at,
+            rows: self.summary.rows,
+            files: self.summary.files,
+            bytes: self.summary.bytes,
+            partitions: self.summary.partitions,
+        }
+    }
+
+    /// The whole record, given its partitions (all of them, or the ones a reader selected).
+    pub fn with_partitions(&self, partitions: Vec<PartitionEntry>) -> VersionRecord {
+        VersionRecord {
+            format: self.format.clone(),
+            dataset: self.dataset.clone(),
+            version: self.version,
+            parent: self.parent,
+            publish_seq: self.publish_seq,
+            run_id: self.run_id.clone(),
+            created_at: self.created_at,
+            reason: self.reason.clone(),
+            partition_by: self.partition_by.clone(),
+            schema: self.schema.clone(),
+            summary: self.summary.clone(),
+            partitions,
+            chunks: self.chunks.clone(),
+            evidence: self.evidence.clone(),
+        }
+    }
+}
+
+/// The values of a partition, from its key (`col=value[/col=value…]`; values never hold `/`,
+/// column names never `=`).
+pub fn key_values(key: &str) -> Vec<Option<String>> {
+    if key.is_empty() {
+        return Vec::new();
+    }
+    key.split('/')
+        .map(|seg| {
+            let v = seg.split_once('=').map_or(seg, |(_, v)| v);
+            (v != crate::names::NULL_PARTITION).then(|| v.to_string())
+        })
+        .collect()
+}
+
+/// A version with all its partitions (or, from [`crate::Dataset::select`], the ones a reader
+/// asked for): what readers of one version use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub format: String,
@@ -91,6 +199,9 @@ pub struct VersionRecord {
     pub summary: Summary,
     /// Sorted by `key`.
     pub partitions: Vec<PartitionEntry>,
+    /// The chunks the record is stored in (empty for a `strata.version.v1` record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
     /// Evidence attached by later stages (reconciliation, quality gates); free-form JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<serde_json::Value>,

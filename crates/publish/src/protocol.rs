@@ -3,11 +3,13 @@
 //! compatible, which pointer entry is current, and whether the log is whole. No IO here; the
 //! [`crate::Dataset`] methods are thin adapters around these.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema};
 
-use crate::model::{Flip, PartitionEntry, Summary, VersionRecord};
+use crate::model::{ChunkRef, Flip, PartitionEntry, RecordHead, Summary};
 
 /// The version number a new publish allocates first, given the current pointer entry.
 /// If a record with that number already exists (a concurrent or crashed writer), the writer tries
@@ -62,13 +64,8 @@ where
     Ok(lo)
 }
 
-/// The outcome of merging a run's partitions into its parent version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merged {
-    /// Sorted by key.
-    pub partitions: Vec<PartitionEntry>,
-    pub summary: Summary,
-}
+/// How many partitions a chunk of a version's partition list holds at most.
+pub const CHUNK_PARTITIONS: usize = 64;
 
 /// Which of the parent's partitions a publish replaces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,88 +75,185 @@ pub enum Replace {
     Written,
     /// The partitions it wrote and these keys (dropped when not written: the run owns them and
     /// found no rows for them).
-    Owned(std::collections::BTreeSet<String>),
+    Owned(BTreeSet<String>),
     /// Every partition: the new version holds only what it wrote.
     All,
+}
+
+/// The keys a publish writes or owns; `None` when it replaces everything.
+pub fn touched_keys(written: &[PartitionEntry], replace: &Replace) -> Option<BTreeSet<String>> {
+    let mut keys: BTreeSet<String> = written.iter().map(|p| p.key.clone()).collect();
+    match replace {
+        Replace::All => return None,
+        Replace::Written => {}
+        Replace::Owned(owned) => keys.extend(owned.iter().cloned()),
+    }
+    Some(keys)
+}
+
+/// The chunks of a record, in key order: a `strata.version.v1` record's inline partitions read
+/// as one chunk with no path.
+pub fn chunks_of(head: &RecordHead) -> Cow<'_, [ChunkRef]> {
+    match &head.inline {
+        Some(parts) => Cow::Owned(vec![chunk_ref(String::new(), parts)]),
+        None => Cow::Borrowed(&head.chunks),
+    }
+}
+
+/// The chunk that holds `key`, or would hold it if it were added: the last chunk whose first
+/// key is not after it (the first chunk for a key before all of them).
+pub fn chunk_of(chunks: &[ChunkRef], key: &str) -> usize {
+    chunks.partition_point(|c| c.keys.first().is_some_and(|f| f.as_str() <= key)).saturating_sub(1)
+}
+
+/// The chunks that hold or would hold `keys`, by index.
+pub fn chunks_for<'a>(
+    chunks: &[ChunkRef],
+    keys: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<usize> {
+    if chunks.is_empty() {
+        return BTreeSet::new();
+    }
+    keys.into_iter().map(|k| chunk_of(chunks, k)).collect()
+}
+
+/// The reference to a chunk holding `parts` (sorted by key).
+pub fn chunk_ref(path: String, parts: &[PartitionEntry]) -> ChunkRef {
+    ChunkRef {
+        path,
+        keys: parts.iter().map(|p| p.key.clone()).collect(),
+        rows: parts.iter().map(|p| p.rows).sum(),
+        files: parts.iter().map(|p| p.files.len() as u64).sum(),
+        bytes: parts.iter().map(|p| p.bytes).sum(),
+    }
+}
+
+/// The partition list of a new version, assembled copy-on-write from its parent's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assembled {
+    /// All chunks of the new version, in key order.
+    pub chunks: Vec<ChunkRef>,
+    /// The chunks the new version writes (the others are the parent's, named again): their
+    /// paths and partitions.
+    pub new: Vec<(String, Arc<Vec<PartitionEntry>>)>,
+    pub summary: Summary,
 }
 
 /// Assembles the partitions of a new version, copy-on-write.
 ///
 /// Every partition in `written` replaces the parent's partition with the same key. The parent's
 /// other partitions are reused as they are (same files, same paths), except those `replace`
-/// owns, which are dropped.
+/// owns, which are dropped. Only the parent's chunks that hold a key the publish writes or owns
+/// are rewritten (`loaded` holds their partitions, by index in [`chunks_of`] the parent); the
+/// others are named again, unread. A rewritten run of adjacent chunks is cut again into chunks
+/// of at most [`CHUNK_PARTITIONS`], so a dataset that grows by appending rewrites only its last,
+/// partly filled chunk. `path_of(n)` names the `n`th new chunk.
+pub fn assemble(
+    parent: Option<(&RecordHead, &BTreeMap<usize, Arc<Vec<PartitionEntry>>>)>,
+    mut written: Vec<PartitionEntry>,
+    replace: &Replace,
+    path_of: &dyn Fn(usize) -> String,
+) -> Assembled {
+    written.sort_by(|a, b| a.key.cmp(&b.key));
+    let written_keys: BTreeSet<String> = written.iter().map(|p| p.key.clone()).collect();
+    let parent_chunks = parent.map(|(h, _)| chunks_of(h)).unwrap_or_default();
+    let parent_count: u64 = parent_chunks.iter().map(|c| c.keys.len() as u64).sum();
+    let mut out = Assembled { chunks: Vec::new(), new: Vec::new(), summary: Summary::default() };
+    // Cuts sorted partitions into new chunks.
+    let cut = |parts: Vec<PartitionEntry>, out: &mut Assembled| {
+        let mut parts = parts.into_iter().peekable();
+        while parts.peek().is_some() {
+            let piece: Vec<PartitionEntry> = parts.by_ref().take(CHUNK_PARTITIONS).collect();
+            let path = path_of(out.new.len());
+            out.chunks.push(chunk_ref(path.clone(), &piece));
+            out.new.push((path, Arc::new(piece)));
+        }
+    };
+    let (mut replaced, mut dropped) = (0u64, 0u64);
+    let touched = touched_keys(&written, replace);
+    let partitions_written = written.len() as u64;
+    match (&touched, parent) {
+        (None, _) => {
+            // Replace everything: the parent's keys that are not written again are dropped.
+            replaced = parent_chunks
+                .iter()
+                .flat_map(|c| &c.keys)
+                .filter(|k| written_keys.contains(*k))
+                .count() as u64;
+            dropped = parent_count - replaced;
+            cut(written, &mut out);
+        }
+        (Some(_), None) => cut(written, &mut out),
+        (Some(_), Some(_)) if parent_chunks.is_empty() => cut(written, &mut out),
+        (Some(touched), Some((_, loaded))) => {
+            let affected = chunks_for(&parent_chunks, touched.iter().map(String::as_str));
+            let mut written = written.into_iter().peekable();
+            let mut i = 0;
+            while i < parent_chunks.len() {
+                if !affected.contains(&i) {
+                    out.chunks.push(parent_chunks[i].clone());
+                    i += 1;
+                    continue;
+                }
+                // A run of adjacent affected chunks is merged and cut again.
+                let mut group = Vec::new();
+                while i < parent_chunks.len() && affected.contains(&i) {
+                    for p in loaded.get(&i).map(|c| c.as_slice()).unwrap_or_default() {
+                        if written_keys.contains(&p.key) {
+                            replaced += 1;
+                        } else if touched.contains(&p.key) {
+                            dropped += 1;
+                        } else {
+                            group.push(p.clone());
+                        }
+                    }
+                    i += 1;
+                }
+                // The written keys that fall in these chunks: all those before the next chunk.
+                let next_first = parent_chunks.get(i).and_then(|c| c.keys.first());
+                while let Some(p) = written.next_if(|p| next_first.is_none_or(|f| p.key < *f)) {
+                    group.push(p);
+                }
+                group.sort_by(|a, b| a.key.cmp(&b.key));
+                cut(group, &mut out);
+            }
+        }
+    }
+    let reused = parent_count - replaced - dropped;
+    out.summary = Summary {
+        rows: out.chunks.iter().map(|c| c.rows).sum(),
+        files: out.chunks.iter().map(|c| c.files).sum(),
+        bytes: out.chunks.iter().map(|c| c.bytes).sum(),
+        partitions: out.chunks.iter().map(|c| c.keys.len() as u64).sum(),
+        partitions_written,
+        partitions_reused: if touched.is_none() { 0 } else { reused },
+        partitions_dropped: dropped,
+    };
+    out
+}
+
 /// Whether a version prepared on `base` may be re-merged onto `now` (another writer published in
 /// between): only if every partition it writes or owns is the same in both, and the layout did
-/// not change. Replacing everything never rebases.
+/// not change. Replacing everything never rebases. `base_parts` and `now_parts` hold at least
+/// the partitions with those keys (the chunks that hold them), sorted by key.
 pub fn rebase_allowed(
-    base: Option<&VersionRecord>,
-    now: Option<&VersionRecord>,
+    base: Option<(&RecordHead, &[PartitionEntry])>,
+    now: Option<(&RecordHead, &[PartitionEntry])>,
     written: &[PartitionEntry],
     replace: &Replace,
 ) -> bool {
-    let keys: std::collections::BTreeSet<&str> = match replace {
-        Replace::All => return false,
-        Replace::Written => written.iter().map(|p| p.key.as_str()).collect(),
-        Replace::Owned(owned) => {
-            written.iter().map(|p| p.key.as_str()).chain(owned.iter().map(String::as_str)).collect()
-        }
-    };
-    let (Some(base), Some(now)) = (base, now) else {
+    let Some(keys) = touched_keys(written, replace) else { return false };
+    let (Some((base, base_parts)), Some((now, now_parts))) = (base, now) else {
         // Created concurrently from nothing, or emptied: never merge blindly.
         return base.is_none() && now.is_none();
     };
     if base.partition_by != now.partition_by || base.schema != now.schema {
         return false;
     }
-    fn find<'a>(r: &'a VersionRecord, k: &str) -> Option<&'a PartitionEntry> {
-        r.partitions.binary_search_by(|p| p.key.as_str().cmp(k)).ok().map(|i| &r.partitions[i])
+    fn find<'a>(parts: &'a [PartitionEntry], k: &str) -> Option<&'a PartitionEntry> {
+        parts.binary_search_by(|p| p.key.as_str().cmp(k)).ok().map(|i| &parts[i])
     }
-    keys.iter().all(|k| find(base, k) == find(now, k))
-}
-
-pub fn merge_partitions(
-    parent: Option<&VersionRecord>,
-    written: Vec<PartitionEntry>,
-    replace: &Replace,
-) -> Merged {
-    let mut by_key: BTreeMap<String, PartitionEntry> = BTreeMap::new();
-    let mut reused = 0u64;
-    let mut dropped = 0u64;
-    let written_keys: std::collections::BTreeSet<&str> =
-        written.iter().map(|p| p.key.as_str()).collect();
-    if let Some(parent) = parent {
-        for p in &parent.partitions {
-            if written_keys.contains(p.key.as_str()) {
-                continue;
-            }
-            let owned = match replace {
-                Replace::Written => false,
-                Replace::Owned(keys) => keys.contains(&p.key),
-                Replace::All => true,
-            };
-            if owned {
-                dropped += 1;
-            } else {
-                reused += 1;
-                by_key.insert(p.key.clone(), p.clone());
-            }
-        }
-    }
-    let partitions_written = written.len() as u64;
-    for p in written {
-        by_key.insert(p.key.clone(), p);
-    }
-    let partitions: Vec<PartitionEntry> = by_key.into_values().collect();
-    let summary = Summary {
-        rows: partitions.iter().map(|p| p.rows).sum(),
-        files: partitions.iter().map(|p| p.files.len() as u64).sum(),
-        bytes: partitions.iter().map(|p| p.bytes).sum(),
-        partitions: partitions.len() as u64,
-        partitions_written,
-        partitions_reused: reused,
-        partitions_dropped: dropped,
-    };
-    Merged { partitions, summary }
+    keys.iter().all(|k| find(base_parts, k) == find(now_parts, k))
 }
 
 /// Compares the schema of new data with the dataset's: same column names, in the same order,
@@ -233,8 +327,12 @@ mod tests {
         }
     }
 
-    fn record(parts: Vec<PartitionEntry>) -> VersionRecord {
-        VersionRecord {
+    /// A parent record whose partitions are in chunks of `size`, and all their contents.
+    fn chunked(
+        parts: Vec<PartitionEntry>,
+        size: usize,
+    ) -> (RecordHead, BTreeMap<usize, Arc<Vec<PartitionEntry>>>) {
+        let mut head = RecordHead {
             format: crate::model::VERSION_FORMAT.into(),
             dataset: "d".into(),
             version: 1,
@@ -246,9 +344,28 @@ mod tests {
             partition_by: vec!["k".into()],
             schema: Schema::empty(),
             summary: Summary::default(),
-            partitions: parts,
+            chunks: Vec::new(),
+            inline: None,
             evidence: None,
+        };
+        let mut loaded = BTreeMap::new();
+        for (i, piece) in parts.chunks(size).enumerate() {
+            head.chunks.push(chunk_ref(format!("old-{i}"), piece));
+            loaded.insert(i, Arc::new(piece.to_vec()));
         }
+        (head, loaded)
+    }
+
+    fn new_path(n: usize) -> String {
+        format!("new-{n}")
+    }
+
+    fn keys(a: &Assembled) -> Vec<(String, String)> {
+        a.new
+            .iter()
+            .flat_map(|(_, c)| c.iter())
+            .map(|p| (p.key.clone(), p.run_id.clone()))
+            .collect()
     }
 
     fn flip(seq: u64, max_version: u64) -> Flip {
@@ -277,77 +394,141 @@ mod tests {
 
     #[test]
     fn copy_on_write_reuses_untouched_partitions() {
-        let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)]);
-        let m = merge_partitions(Some(&parent), vec![part("k=b", "r2", 20)], &Replace::Written);
-        let keys: Vec<_> =
-            m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
-        assert_eq!(keys, vec![("k=a", "r1"), ("k=b", "r2"), ("k=c", "r1")]);
+        let (parent, loaded) =
+            chunked(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)], 64);
+        let m = assemble(
+            Some((&parent, &loaded)),
+            vec![part("k=b", "r2", 20)],
+            &Replace::Written,
+            &new_path,
+        );
+        assert_eq!(
+            keys(&m),
+            vec![
+                ("k=a".into(), "r1".into()),
+                ("k=b".into(), "r2".into()),
+                ("k=c".into(), "r1".into())
+            ]
+        );
         // Reused partitions keep the parent's file paths: nothing is copied.
-        assert_eq!(m.partitions[0].files, parent.partitions[0].files);
+        assert_eq!(m.new[0].1[0].files, loaded[&0][0].files);
         assert_eq!(m.summary.rows, 1 + 20 + 3);
         assert_eq!((m.summary.partitions_written, m.summary.partitions_reused), (1, 2));
         assert_eq!(m.summary.partitions_dropped, 0);
     }
 
     #[test]
+    fn only_the_chunks_holding_touched_keys_are_rewritten() {
+        let parts: Vec<_> = (0..10).map(|i| part(&format!("k={i:02}"), "r1", 1)).collect();
+        let (parent, mut loaded) = chunked(parts, 4);
+        // Chunks [00..03] [04..07] [08 09]; a write of 05 reads and rewrites only the middle one.
+        loaded.remove(&0);
+        loaded.remove(&2);
+        let m = assemble(
+            Some((&parent, &loaded)),
+            vec![part("k=05", "r2", 7)],
+            &Replace::Written,
+            &new_path,
+        );
+        let paths: Vec<&str> = m.chunks.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, vec!["old-0", "new-0", "old-2"]);
+        assert_eq!(m.new.len(), 1);
+        assert_eq!(m.summary.rows, 9 + 7);
+        assert_eq!((m.summary.partitions, m.summary.partitions_reused), (10, 9));
+        // Appending after the last key rewrites only the last chunk.
+        let loaded_last: BTreeMap<_, _> =
+            [(2, Arc::new(vec![part("k=08", "r1", 1), part("k=09", "r1", 1)]))].into();
+        let m = assemble(
+            Some((&parent, &loaded_last)),
+            vec![part("k=10", "r3", 1)],
+            &Replace::Written,
+            &new_path,
+        );
+        let paths: Vec<&str> = m.chunks.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, vec!["old-0", "old-1", "new-0"]);
+        assert_eq!(m.chunks[2].keys, vec!["k=08", "k=09", "k=10"]);
+        // A key before every chunk goes to the first.
+        assert_eq!(chunk_of(&parent.chunks, "k="), 0);
+        assert_eq!(chunk_of(&parent.chunks, "k=07x"), 1);
+        // A chunk that grows past the limit is cut again; order holds across chunks.
+        let parts: Vec<_> =
+            (0..CHUNK_PARTITIONS).map(|i| part(&format!("k={i:03}"), "r1", 1)).collect();
+        let (parent, loaded) = chunked(parts, CHUNK_PARTITIONS);
+        let m = assemble(
+            Some((&parent, &loaded)),
+            vec![part("k=000a", "r2", 1), part("k=999", "r2", 1)],
+            &Replace::Written,
+            &new_path,
+        );
+        assert_eq!(m.chunks.len(), 2);
+        assert_eq!(m.chunks[0].keys.len(), CHUNK_PARTITIONS);
+        let all: Vec<&String> = m.chunks.iter().flat_map(|c| &c.keys).collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(all.len(), CHUNK_PARTITIONS + 2);
+    }
+
+    #[test]
     fn replace_all_drops_the_rest() {
-        let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
-        let m = merge_partitions(Some(&parent), vec![part("k=z", "r2", 5)], &Replace::All);
-        assert_eq!(m.partitions.len(), 1);
+        let (parent, loaded) = chunked(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)], 64);
+        let m = assemble(
+            Some((&parent, &loaded)),
+            vec![part("k=z", "r2", 5)],
+            &Replace::All,
+            &new_path,
+        );
+        assert_eq!(m.summary.partitions, 1);
         assert_eq!(m.summary.partitions_dropped, 2);
         assert_eq!(m.summary.rows, 5);
-        let m = merge_partitions(
-            None,
-            vec![part("k=b", "r2", 5), part("k=a", "r2", 1)],
-            &Replace::Written,
-        );
-        assert_eq!(m.partitions[0].key, "k=a", "sorted by key");
-        // Owned keys that were not rewritten are dropped; others are reused.
+        let m = assemble(None, vec![part("k=a", "r2", 5)], &Replace::All, &new_path);
+        assert_eq!((m.summary.partitions, m.summary.partitions_dropped), (1, 0));
+    }
+
+    #[test]
+    fn owned_keys_not_written_are_dropped() {
+        let (parent, loaded) = chunked(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)], 64);
         let owned = Replace::Owned(["k=a".to_string(), "k=c".to_string()].into_iter().collect());
-        let parent = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r1", 3)]);
-        let m = merge_partitions(Some(&parent), vec![part("k=c", "r2", 9)], &owned);
-        let keys: Vec<_> =
-            m.partitions.iter().map(|p| (p.key.as_str(), p.run_id.as_str())).collect();
-        assert_eq!(keys, vec![("k=b", "r1"), ("k=c", "r2")]);
+        let m = assemble(Some((&parent, &loaded)), vec![part("k=c", "r2", 3)], &owned, &new_path);
+        assert_eq!(keys(&m), vec![("k=b".into(), "r1".into()), ("k=c".into(), "r2".into())]);
         assert_eq!((m.summary.partitions_dropped, m.summary.partitions_reused), (1, 1));
     }
 
     #[test]
+    fn a_record_with_inline_partitions_reads_as_one_chunk() {
+        let (mut head, _) = chunked(Vec::new(), 64);
+        head.format = crate::model::VERSION_FORMAT_V1.into();
+        head.inline = Some(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
+        let chunks = chunks_of(&head);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].keys, vec!["k=a", "k=b"]);
+        assert_eq!(chunks[0].rows, 3);
+        assert_eq!(
+            crate::model::key_values("a=1/b=__HIVE_DEFAULT_PARTITION__/c=x=y"),
+            vec![Some("1".to_string()), None, Some("x=y".to_string())]
+        );
+    }
+
+    #[test]
     fn rebase_only_when_nothing_this_run_touches_changed() {
-        let base = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
+        let base_parts = vec![part("k=a", "r1", 1), part("k=b", "r1", 2)];
+        let (base, _) = chunked(base_parts.clone(), 64);
+        let base = Some((&base, base_parts.as_slice()));
         // Someone else rewrote k=b: writing k=a may rebase, writing k=b may not.
-        let now = record(vec![part("k=a", "r1", 1), part("k=b", "r3", 7)]);
-        assert!(rebase_allowed(
-            Some(&base),
-            Some(&now),
-            &[part("k=a", "r2", 5)],
-            &Replace::Written
-        ));
-        assert!(!rebase_allowed(
-            Some(&base),
-            Some(&now),
-            &[part("k=b", "r2", 5)],
-            &Replace::Written
-        ));
+        let now_parts = vec![part("k=a", "r1", 1), part("k=b", "r3", 7)];
+        let (now_head, _) = chunked(now_parts.clone(), 64);
+        let now = Some((&now_head, now_parts.as_slice()));
+        assert!(rebase_allowed(base, now, &[part("k=a", "r2", 5)], &Replace::Written));
+        assert!(!rebase_allowed(base, now, &[part("k=b", "r2", 5)], &Replace::Written));
         // Owning k=b without writing it counts as touching it.
         let owned = Replace::Owned(["k=b".to_string()].into_iter().collect());
-        assert!(!rebase_allowed(Some(&base), Some(&now), &[part("k=a", "r2", 5)], &owned));
+        assert!(!rebase_allowed(base, now, &[part("k=a", "r2", 5)], &owned));
         // A new partition someone else created in between is a conflict too.
-        let now2 = record(vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r4", 1)]);
-        assert!(!rebase_allowed(
-            Some(&base),
-            Some(&now2),
-            &[part("k=c", "r2", 5)],
-            &Replace::Written
-        ));
-        assert!(rebase_allowed(
-            Some(&base),
-            Some(&now2),
-            &[part("k=a", "r2", 5)],
-            &Replace::Written
-        ));
-        assert!(!rebase_allowed(Some(&base), Some(&now), &[part("k=a", "r2", 5)], &Replace::All));
-        assert!(!rebase_allowed(None, Some(&now), &[part("k=a", "r2", 5)], &Replace::Written));
+        let now2_parts = vec![part("k=a", "r1", 1), part("k=b", "r1", 2), part("k=c", "r4", 1)];
+        let (now2_head, _) = chunked(now2_parts.clone(), 64);
+        let now2 = Some((&now2_head, now2_parts.as_slice()));
+        assert!(!rebase_allowed(base, now2, &[part("k=c", "r2", 5)], &Replace::Written));
+        assert!(rebase_allowed(base, now2, &[part("k=a", "r2", 5)], &Replace::Written));
+        assert!(!rebase_allowed(base, now, &[part("k=a", "r2", 5)], &Replace::All));
+        assert!(!rebase_allowed(None, now, &[part("k=a", "r2", 5)], &Replace::Written));
     }
 
     #[tokio::test]

@@ -38,9 +38,19 @@ fn latest_run(env: &Env) -> serde_json::Value {
 }
 
 /// The version record of a local lake's dataset, as stored.
+/// A version record as stored, with the partitions of its chunks gathered under `partitions`.
 fn record(env: &Env, ds: &str, v: u64) -> serde_json::Value {
-    let path = env.lake().join(ds).join(format!("_strata/versions/{v:020}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let read = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let mut record = read(env.lake().join(ds).join(format!("_strata/versions/{v:020}.json")));
+    let mut partitions = Vec::new();
+    for chunk in record["chunks"].as_array().cloned().unwrap_or_default() {
+        let chunk = read(env.lake().join(chunk["path"].as_str().unwrap()));
+        partitions.extend(chunk["partitions"].as_array().unwrap().iter().cloned());
+    }
+    record["partitions"] = partitions.into();
+    record
 }
 
 #[test]

@@ -81,6 +81,7 @@ fn orphans(env: &Env) -> Vec<String> {
                     strata_publish::layout::version_path(&name, v.brief.version).to_string(),
                 );
                 referenced.extend(record.files().map(|f| f.path.clone()));
+                referenced.extend(record.chunks.iter().map(|c| c.path.clone()));
             }
         }
         let batches: BTreeSet<String> = all

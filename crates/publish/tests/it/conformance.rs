@@ -15,9 +15,14 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use strata_publish::{
-    layout, Dataset, Error, FlipKind, Lake, PublishOptions, Published, RollbackOutcome, RunContext,
-    Staged, VersionRecord, WriterOptions,
+    layout, Dataset, Error, FlipKind, Lake, PublishOptions, Published, RecordHead, RollbackOutcome,
+    RunContext, Staged, VersionRecord, WriterOptions,
 };
+
+/// A record with all its partitions.
+async fn full(ds: &Dataset, record: &RecordHead) -> VersionRecord {
+    ds.full(record).await.unwrap()
+}
 
 fn ctx(run: &str, minute: u32) -> RunContext {
     RunContext::new(run, Utc.with_ymd_and_hms(2026, 3, 1, 12, minute, 0).unwrap()).unwrap()
@@ -148,13 +153,13 @@ pub async fn first_publish_creates_version_one(lake: Lake) {
     assert_eq!(p.record.summary.rows, 6);
     assert_eq!(p.record.summary.partitions, 2);
     assert_eq!(p.record.partition_by, vec!["day".to_string()]);
-    for f in p.record.files() {
+    for f in full(&ds, &p.record).await.files() {
         assert!(f.path.starts_with("orders/run_id=r1/day=2026-01-0"), "{}", f.path);
         assert_eq!(f.sha256.len(), 64);
     }
     assert_eq!(lake.datasets().await.unwrap(), vec!["orders".to_string()]);
     let current = ds.current().await.unwrap();
-    assert_eq!(current, p.record);
+    assert_eq!(current, full(&ds, &p.record).await);
     let rows = read_rows(&lake, &current).await;
     assert_eq!(rows.len(), 6);
     assert_eq!(rows[0], (1, Some("2026-01-01".into()), 7));
@@ -228,13 +233,22 @@ pub async fn staged_files_are_invisible_until_flip(lake: Lake) {
     w.write(&batch(&days(&["2026-01-01"], 5, 10, 2))).await.unwrap();
     let staged = w.finish().await.unwrap();
     assert!(list_all(&lake).await.iter().any(|p| p.starts_with("orders/run_id=r2/")));
-    assert_eq!(ds.current().await.unwrap(), v1.record, "staged files change nothing");
+    assert_eq!(
+        ds.current().await.unwrap(),
+        full(&ds, &v1.record).await,
+        "staged files change nothing"
+    );
     let prepared = ds.prepare(staged, &PublishOptions::default(), &c2).await.unwrap();
-    assert_eq!(ds.current().await.unwrap(), v1.record, "a version record changes nothing");
+    assert_eq!(
+        ds.current().await.unwrap(),
+        full(&ds, &v1.record).await,
+        "a version record changes nothing"
+    );
     assert_eq!(ds.versions().await.unwrap().len(), 1);
     let published = ds.flip(prepared, &c2).await.unwrap();
-    assert_eq!(ds.current().await.unwrap(), published.record);
-    assert_eq!(read_rows(&lake, &published.record).await.len(), 5);
+    let whole = full(&ds, &published.record).await;
+    assert_eq!(ds.current().await.unwrap(), whole);
+    assert_eq!(read_rows(&lake, &whole).await.len(), 5);
 }
 
 pub async fn copy_on_write_reuses_untouched_partitions(lake: Lake) {
@@ -250,21 +264,27 @@ pub async fn copy_on_write_reuses_untouched_partitions(lake: Lake) {
             .map(|p| (p.key.clone(), p.files.iter().map(|f| f.path.clone()).collect()))
             .collect()
     };
-    let (f1, f2) = (files(&v1.record), files(&v2.record));
+    let (v1, v2r) = (full(&ds, &v1.record).await, full(&ds, &v2.record).await);
+    let (f1, f2) = (files(&v1), files(&v2r));
     assert_eq!(f1["day=2026-01-01"], f2["day=2026-01-01"], "reused by reference");
     assert_eq!(f1["day=2026-01-03"], f2["day=2026-01-03"], "reused by reference");
     assert_ne!(f1["day=2026-01-02"], f2["day=2026-01-02"]);
     assert!(f2["day=2026-01-02"][0].starts_with("orders/run_id=r2/day=2026-01-02/"));
-    // The second run wrote only the partition it replaced: nothing was copied.
+    // The second run wrote only the partition it replaced (and the chunk of the record that
+    // lists it): nothing was copied.
     let r2_files: Vec<String> =
         list_all(&lake).await.into_iter().filter(|p| p.starts_with("orders/run_id=r2/")).collect();
-    assert_eq!(r2_files, f2["day=2026-01-02"]);
+    let chunks: Vec<String> = v2r.chunks.iter().map(|c| c.path.clone()).collect();
+    let mut expected: Vec<String> = chunks.iter().chain(&f2["day=2026-01-02"]).cloned().collect();
+    expected.sort();
+    assert_eq!(chunks, ["orders/run_id=r2/_strata/partitions-00000000000000000002-00000.json"]);
+    assert_eq!(r2_files, expected);
     assert_eq!(v2.record.summary.partitions_written, 1);
     assert_eq!(v2.record.summary.partitions_reused, 2);
     assert_eq!(v2.record.summary.rows, 4 + 9 + 4);
-    let reused = v2.record.partitions.iter().find(|p| p.key == "day=2026-01-01").unwrap();
+    let reused = v2r.partitions.iter().find(|p| p.key == "day=2026-01-01").unwrap();
     assert_eq!((reused.run_id.as_str(), reused.written_in), ("r1", 1));
-    assert_eq!(read_rows(&lake, &v2.record).await.len(), 17);
+    assert_eq!(read_rows(&lake, &v2r).await.len(), 17);
     // The old version is untouched and still readable.
     assert_eq!(read_rows(&lake, &ds.version(1).await.unwrap()).await.len(), 12);
 }
@@ -281,7 +301,8 @@ pub async fn replace_all_must_be_explicit(lake: Lake) {
     )
     .await
     .unwrap();
-    assert_eq!(v2.record.partitions.len(), 1);
+    assert_eq!(v2.record.summary.partitions, 1);
+    assert_eq!(full(&ds, &v2.record).await.partitions.len(), 1);
     assert_eq!(v2.record.summary.partitions_dropped, 2);
     assert_eq!(v2.record.reason.as_deref(), Some("restate"));
     // Changing the partitioning without --replace-all is refused.
@@ -345,7 +366,7 @@ pub async fn eight_concurrent_publishers_one_winner(lake: Lake) {
     assert_eq!(losers, 7);
     let (k, won) = &winners[0];
     let current = ds.current().await.unwrap();
-    assert_eq!(&current, &won.record, "the winner's update is the visible one");
+    assert_eq!(current, full(&ds, &won.record).await, "the winner's update is the visible one");
     let rows = read_rows(&lake, &current).await;
     assert_eq!(rows.len(), 5 + 3);
     assert_eq!(rows.iter().filter(|r| r.2 == *k).count(), 3, "winner's rows visible");
@@ -385,7 +406,7 @@ pub async fn rollback_is_a_pointer_flip(lake: Lake) {
     assert_eq!(ds.history().await.unwrap().len(), 3);
     // Forward again to 2.
     ds.rollback(2, None, &ctx("rb3", 4)).await.unwrap();
-    assert_eq!(ds.current().await.unwrap(), v2.record);
+    assert_eq!(ds.current().await.unwrap(), full(&ds, &v2.record).await);
     // Unknown versions are refused.
     let err = ds.rollback(99, None, &ctx("rb4", 5)).await.unwrap_err();
     assert!(matches!(err, Error::VersionNotFound { version: 99, .. }), "{err}");
@@ -447,7 +468,7 @@ pub async fn verify_catches_changed_byte_and_missing_file(lake: Lake) {
     let report = ds.verify(None).await.unwrap();
     assert_eq!(report.files_checked, 3);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    let files: Vec<_> = v.record.files().cloned().collect();
+    let files: Vec<_> = full(&ds, &v.record).await.files().cloned().collect();
     // Flip one byte in the middle of the first file: same size, different hash.
     let p0 = Path::from(files[0].path.as_str());
     let mut bytes = lake.store().get(&p0).await.unwrap().bytes().await.unwrap().to_vec();
@@ -476,7 +497,7 @@ pub async fn crash_between_stage_and_flip_leaves_current_untouched(lake: Lake) {
         ds.prepare(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
     let orphan = prepared.record.version;
     drop(prepared);
-    assert_eq!(ds.current().await.unwrap(), v1.record);
+    assert_eq!(ds.current().await.unwrap(), full(&ds, &v1.record).await);
     assert_eq!(ds.history().await.unwrap(), history);
     assert_eq!(read_rows(&lake, &ds.current().await.unwrap()).await.len(), 4);
     let err = ds.version(orphan).await.unwrap_err();
@@ -551,8 +572,9 @@ pub async fn records_read_again_are_current(lake: Lake) {
     assert_eq!(lake.dataset("orders").unwrap().version(1).await.unwrap(), first);
     // Rewrite the record in place (same version, other content), as another process could.
     let path = layout::version_path("orders", 1);
-    let mut changed = first.clone();
-    changed.summary.rows += 1;
+    let stored = lake.store().get(&path).await.unwrap().bytes().await.unwrap();
+    let mut changed: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    changed["summary"]["rows"] = (first.summary.rows + 1).into();
     let body = serde_json::to_vec(&changed).unwrap();
     lake.store().put(&path, PutPayload::from(body)).await.unwrap();
     assert_eq!(ds.current().await.unwrap().summary.rows, first.summary.rows + 1);
@@ -577,7 +599,7 @@ pub async fn previewed_records_are_reused_only_while_current(lake: Lake) {
     let prepared = prepared.unwrap();
     assert_eq!(
         prepared.record,
-        VersionRecord { evidence: staged.evidence.clone(), ..preview.clone() },
+        RecordHead { evidence: staged.evidence.clone(), ..preview.record.as_ref().clone() },
         "written as previewed"
     );
     let v2 = ds.commit(prepared, &c2).await.unwrap();
@@ -588,19 +610,22 @@ pub async fn previewed_records_are_reused_only_while_current(lake: Lake) {
     let stale = ds.preview(&staged, &options, &c3).await.unwrap();
     publish_days(&ds, "r4", 3, &days(&["2026-01-04"], 1, 300, 9)).await;
     let prepared = ds.prepare_previewed(staged, &options, stale.clone(), &c3).await.unwrap();
-    assert_ne!(prepared.record, stale);
+    assert_ne!(prepared.record, *stale.record);
     assert_eq!((prepared.record.version, prepared.record.parent), (4, Some(3)));
-    let keys: Vec<&str> = prepared.record.partitions.iter().map(|p| p.key.as_str()).collect();
+    let whole = full(&ds, &prepared.record).await;
+    let keys: Vec<&str> = whole.partitions.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["day=2026-01-01", "day=2026-01-02", "day=2026-01-03", "day=2026-01-04"]);
     let v4 = ds.commit(prepared, &c3).await.unwrap();
-    let ids: Vec<i64> = read_rows(&lake, &v4.record).await.iter().map(|r| r.0).collect();
+    let ids: Vec<i64> =
+        read_rows(&lake, &full(&ds, &v4.record).await).await.iter().map(|r| r.0).collect();
     assert_eq!(ids, [1, 2, 100, 101, 102, 200, 201, 202, 300]);
     // A preview of other staged files is not taken for this run's record.
     let (c5, staged) = stage("r5", 4, "2026-01-05", 400).await;
     let (_, other) = stage("r5", 4, "2026-01-06", 500).await;
     let wrong = ds.preview(&other, &options, &c5).await.unwrap();
     let prepared = ds.prepare_previewed(staged, &options, wrong, &c5).await.unwrap();
-    let keys: Vec<&str> = prepared.record.partitions.iter().map(|p| p.key.as_str()).collect();
+    let whole = full(&ds, &prepared.record).await;
+    let keys: Vec<&str> = whole.partitions.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"day=2026-01-05") && !keys.contains(&"day=2026-01-06"), "{keys:?}");
 }
 
@@ -667,7 +692,8 @@ pub async fn bad_partition_values_are_refused_and_nothing_changes(lake: Lake) {
     .unwrap();
     w.write(&b).await.unwrap();
     let p = ds.publish(w.finish().await.unwrap(), &PublishOptions::default(), &c).await.unwrap();
-    let null_part = p.record.partitions.iter().find(|p| p.values == vec![None]).unwrap();
+    let whole = full(&ds, &p.record).await;
+    let null_part = whole.partitions.iter().find(|p| p.values == vec![None]).unwrap();
     assert_eq!(null_part.key, "day=__HIVE_DEFAULT_PARTITION__");
 }
 
