@@ -462,7 +462,7 @@ impl Dataset {
         record: &RecordHead,
         which: &std::collections::BTreeSet<usize>,
         new: &std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>,
-    ) -> Result<std::collections::BTreeMap<usize, Arc<Vec<PartitionEntry>>>> {
+    ) -> Result<protocol::LoadedChunks> {
         if let Some(inline) = &record.inline {
             let all = Arc::new(inline.clone());
             return Ok(which.iter().map(|&i| (i, all.clone())).collect());

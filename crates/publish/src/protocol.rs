@@ -128,6 +128,9 @@ pub fn chunk_ref(path: String, parts: &[PartitionEntry]) -> ChunkRef {
     }
 }
 
+/// The partitions of some chunks of a record, by index in [`chunks_of`] it.
+pub type LoadedChunks = BTreeMap<usize, Arc<Vec<PartitionEntry>>>;
+
 /// The partition list of a new version, assembled copy-on-write from its parent's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assembled {
@@ -149,7 +152,7 @@ pub struct Assembled {
 /// of at most [`CHUNK_PARTITIONS`], so a dataset that grows by appending rewrites only its last,
 /// partly filled chunk. `path_of(n)` names the `n`th new chunk.
 pub fn assemble(
-    parent: Option<(&RecordHead, &BTreeMap<usize, Arc<Vec<PartitionEntry>>>)>,
+    parent: Option<(&RecordHead, &LoadedChunks)>,
     mut written: Vec<PartitionEntry>,
     replace: &Replace,
     path_of: &dyn Fn(usize) -> String,

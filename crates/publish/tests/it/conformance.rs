@@ -562,6 +562,79 @@ pub async fn corrupt_or_truncated_json_is_reported(lake: Lake) {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
+/// A version record lists its partitions in chunks: a publish rewrites only the chunks that hold
+/// the partitions it writes, and names the others again, unread and uncopied.
+pub async fn a_publish_rewrites_only_the_chunks_that_hold_its_partitions(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let n = strata_publish::protocol::CHUNK_PARTITIONS + 6;
+    let names: Vec<&'static str> = (0..n)
+        .map(|i| {
+            let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
+                + chrono::Duration::days(i as i64);
+            &*Box::leak(day.to_string().into_boxed_str())
+        })
+        .collect();
+    let v1 = publish_days(&ds, "r1", 0, &days(&names, 1, 1, 1)).await;
+    assert_eq!(v1.record.chunks.len(), 2);
+    assert_eq!(v1.record.chunks[0].keys.len(), strata_publish::protocol::CHUNK_PARTITIONS);
+    // One day in the second chunk: the first is named again.
+    let v2 = publish_days(&ds, "r2", 1, &days(&[names[n - 1]], 3, 1000, 2)).await;
+    assert_eq!(v2.record.chunks[0], v1.record.chunks[0]);
+    assert_ne!(v2.record.chunks[1].path, v1.record.chunks[1].path);
+    assert!(v2.record.chunks[1].path.starts_with("orders/run_id=r2/"));
+    assert_eq!(v2.record.summary.rows, n as u64 - 1 + 3);
+    assert_eq!(
+        (v2.record.summary.partitions_written, v2.record.summary.partitions_reused),
+        (1, n as u64 - 1)
+    );
+    // Read by another process: the whole version, and a selection that reads one chunk.
+    let other = Lake::from_store(lake.store().clone(), "other");
+    let ods = other.dataset("orders").unwrap();
+    let whole = ods.current().await.unwrap();
+    assert_eq!(whole.partitions.len(), n);
+    assert_eq!(read_rows(&other, &whole).await.len(), n - 1 + 3);
+    let draft = ods.draft_of_current().await.unwrap().unwrap();
+    let last = format!("day={}", names[n - 1]);
+    let some = ods.select(&draft, &|k: &str| k == last).await.unwrap();
+    assert_eq!(some.partitions.len(), 1);
+    assert_eq!(some.partitions[0].rows, 3);
+    // A chunk that lost a partition is corruption, reported as such.
+    let path = Path::from(v2.record.chunks[0].path.as_str());
+    let stored = lake.store().get(&path).await.unwrap().bytes().await.unwrap();
+    let mut chunk: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    chunk["partitions"].as_array_mut().unwrap().pop();
+    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&chunk).unwrap())).await.unwrap();
+    let fresh = Lake::from_store(lake.store().clone(), "fresh");
+    let err = fresh.dataset("orders").unwrap().current().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+/// A record written before chunks (`strata.version.v1`, partitions inline) is still read, and
+/// the next publish on top of it writes chunks.
+pub async fn records_with_inline_partitions_are_still_read(lake: Lake) {
+    let ds = lake.dataset("orders").unwrap();
+    let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
+    let whole = full(&ds, &v1.record).await;
+    let path = layout::version_path("orders", 1);
+    let mut old = serde_json::to_value(&whole).unwrap();
+    old["format"] = "strata.version.v1".into();
+    old.as_object_mut().unwrap().remove("chunks");
+    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&old).unwrap())).await.unwrap();
+    for c in &v1.record.chunks {
+        lake.store().delete(&Path::from(c.path.as_str())).await.unwrap();
+    }
+    let other = Lake::from_store(lake.store().clone(), "other");
+    let ods = other.dataset("orders").unwrap();
+    let read = ods.current().await.unwrap();
+    assert_eq!((read.partitions, read.chunks.is_empty()), (whole.partitions.clone(), true));
+    let v2 = publish_days(&ods, "r2", 1, &days(&["2026-01-03"], 1, 10, 1)).await;
+    assert_eq!(v2.record.format, "strata.version.v2");
+    assert_eq!(v2.record.summary.partitions, 3);
+    let keys: Vec<String> =
+        full(&ods, &v2.record).await.partitions.into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["day=2026-01-01", "day=2026-01-02", "day=2026-01-03"]);
+}
+
 /// Version records are parsed once per process and cached by entity tag: a record changed in
 /// the store behind the cache's back is read again, never served stale.
 pub async fn records_read_again_are_current(lake: Lake) {
