@@ -131,15 +131,7 @@ pub struct RecordHead {
 impl RecordHead {
     /// The summary carried in pointer entries.
     pub fn brief(&self) -> VersionBrief {
-        VersionBrief {
-            version: self.version,
-            run_id: self.run_id.clone(),
-            created_at: self.created_at,
-            rows: self.summary.rows,
-            files: self.summary.files,
-            bytes: self.summary.bytes,
-            partitions: self.summary.partitions,
-        }
+        VersionBrief::of(self.version, &self.run_id, self.created_at, &self.summary)
     }
 
     /// The whole record, given its partitions (all of them, or the ones a reader selected).
@@ -215,15 +207,7 @@ impl VersionRecord {
 
     /// The summary carried in pointer entries.
     pub fn brief(&self) -> VersionBrief {
-        VersionBrief {
-            version: self.version,
-            run_id: self.run_id.clone(),
-            created_at: self.created_at,
-            rows: self.summary.rows,
-            files: self.summary.files,
-            bytes: self.summary.bytes,
-            partitions: self.summary.partitions,
-        }
+        VersionBrief::of(self.version, &self.run_id, self.created_at, &self.summary)
     }
 }
 
@@ -238,6 +222,20 @@ pub struct VersionBrief {
     pub files: u64,
     pub bytes: u64,
     pub partitions: u64,
+}
+
+impl VersionBrief {
+    fn of(version: u64, run_id: &str, created_at: DateTime<Utc>, summary: &Summary) -> Self {
+        VersionBrief {
+            version,
+            run_id: run_id.to_string(),
+            created_at,
+            rows: summary.rows,
+            files: summary.files,
+            bytes: summary.bytes,
+            partitions: summary.partitions,
+        }
+    }
 }
 
 /// Why the pointer moved.
