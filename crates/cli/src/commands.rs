@@ -252,8 +252,23 @@ async fn land(
     for (file, (input, identity)) in files.iter().zip(strata_land::local_inputs(&files)?) {
         let outcome =
             strata_land::land_indexed(&lake, &mut index, &input, identity, &options, &ctx).await?;
-        let m = outcome.manifest();
-        let fresh = matches!(outcome, strata_land::LandOutcome::Landed(_));
+        let (m, fresh) = match outcome {
+            strata_land::Indexed::Read(read) => match *read {
+                strata_land::LandOutcome::Landed(m) => (m, true),
+                strata_land::LandOutcome::AlreadyLanded(m) => (m, false),
+            },
+            strata_land::Indexed::Known(id) => match index.manifest(&lake, &id).await? {
+                Some(m) => (m, false),
+                None => anyhow::bail!(
+                    "the raw index of {} names batch {id} for {}, but the batch is gone; \
+                     delete {} and land again",
+                    args.source,
+                    file.display(),
+                    strata_land::index_path(&args.source)
+                ),
+            },
+        };
+        let m = &m;
         if fresh {
             landed += 1;
             rows += m.rows;

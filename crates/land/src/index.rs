@@ -17,8 +17,16 @@
 //! existed, is rebuilt from a listing of the batch directories and the whole log. An input file
 //! is recognised by its location, size and entity tag (on local disk: inode, modification time
 //! and size); a file changed in place gets a new tag and is read and hashed again.
+//!
+//! The index file itself stays small: it names the input identities, the pending batches and
+//! the index's chunks. A chunk (`_raw/<source>/_index/<sha256>.json`, named by its content and
+//! never changed) holds the entries of up to 64 batches in landing order: manifests and date
+//! ranges. The index file lists each chunk's batch ids and, per date key, the union of their
+//! ranges, so a window run reads only the chunks that may hold its dates, and a write rewrites
+//! only the chunks that changed (a new batch joins the last chunk while it has room). A chunk
+//! that is gone or damaged is made again from its batches' manifests.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -32,11 +40,26 @@ use crate::error::{Error, Result};
 use crate::landing::{manifest_path, read_manifest, source_prefix, BatchManifest, Input};
 
 /// `format` of an index file.
-pub const INDEX_FORMAT: &str = "strata.raw-index.v1";
+pub const INDEX_FORMAT: &str = "strata.raw-index.v2";
+/// `format` of an index file from before chunks: every batch inline. Still read; the next write
+/// converts it.
+const INDEX_FORMAT_V1: &str = "strata.raw-index.v1";
+/// `format` of a chunk of the index.
+pub const INDEX_CHUNK_FORMAT: &str = "strata.raw-index-chunk.v1";
+/// Batches per chunk.
+const CHUNK_BATCHES: usize = 64;
 
 /// The path of a source's index.
 pub fn index_path(source: &str) -> Path {
     Path::from(format!("{}/_index.json", source_prefix(source)))
+}
+
+/// The path of a chunk of a source's index: named by the sha256 of its content, so that a chunk
+/// is never changed once written.
+fn chunk_path(source: &str, body: &[u8]) -> Path {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(body));
+    Path::from(format!("{}/_index/{digest}.json", source_prefix(source)))
 }
 
 /// What a batch holds of one date column, as the cleaned stage reads it: the first and last
@@ -54,6 +77,24 @@ impl DateRange {
     pub fn may_hold(&self, from: NaiveDate, to: NaiveDate) -> bool {
         self.nulls > 0
             || matches!((self.min, self.max), (Some(lo), Some(hi)) if hi >= from && lo <= to)
+    }
+
+    /// The range of the rows of both: a window that may find a row in either may find one in
+    /// the union.
+    fn union(self, other: &DateRange) -> DateRange {
+        let pick = |a: Option<NaiveDate>,
+                    b: Option<NaiveDate>,
+                    f: fn(NaiveDate, NaiveDate) -> NaiveDate| {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(f(a, b)),
+                (a, b) => a.or(b),
+            }
+        };
+        DateRange {
+            min: pick(self.min, other.min, NaiveDate::min),
+            max: pick(self.max, other.max, NaiveDate::max),
+            nulls: self.nulls + other.nulls,
+        }
     }
 }
 
@@ -104,18 +145,74 @@ impl Serialize for ManifestOut<'_> {
     }
 }
 
+/// Entries as written, each distinct schema once.
+fn entries_out(entries: &[Entry]) -> (Vec<&arrow::datatypes::Schema>, Vec<EntryOut<'_>>) {
+    let mut schemas: Vec<&arrow::datatypes::Schema> = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let i = match schemas.iter().position(|s| **s == e.manifest.schema) {
+            Some(i) => i,
+            None => {
+                schemas.push(&e.manifest.schema);
+                schemas.len() - 1
+            }
+        };
+        out.push(EntryOut { manifest: ManifestOut(&e.manifest), schema: i, dates: &e.dates });
+    }
+    (schemas, out)
+}
+
+/// Entries as read, each given back the schema it names. `None` if one names no schema.
+fn entries_in(entries: Vec<Entry>, schemas: &[arrow::datatypes::Schema]) -> Option<Vec<Entry>> {
+    entries
+        .into_iter()
+        .map(|mut e| {
+            if let Some(i) = e.schema.take() {
+                e.manifest.schema = schemas.get(i)?.clone();
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+/// A chunk as the index names it: its path, its batches in landing order, and per stats key the
+/// union of their date ranges (for the keys every one of them has).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChunkRef {
+    path: String,
+    batches: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    dates: BTreeMap<String, DateRange>,
+}
+
+#[derive(Serialize)]
+struct ChunkFileOut<'a> {
+    format: &'a str,
+    source: &'a str,
+    schemas: Vec<&'a arrow::datatypes::Schema>,
+    batches: Vec<EntryOut<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkFile {
+    format: String,
+    source: String,
+    #[serde(default)]
+    schemas: Vec<arrow::datatypes::Schema>,
+    batches: Vec<Entry>,
+}
+
 #[derive(Serialize)]
 struct IndexFileOut<'a> {
     format: &'a str,
     source: &'a str,
     log: u64,
     pending: &'a BTreeSet<String>,
-    schemas: Vec<&'a arrow::datatypes::Schema>,
-    batches: Vec<EntryOut<'a>>,
+    chunks: Vec<ChunkRef>,
     inputs: &'a BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct IndexFile {
     format: String,
     source: String,
@@ -125,68 +222,95 @@ struct IndexFile {
     /// Batches the log announced whose manifest was not there yet.
     #[serde(default)]
     pending: BTreeSet<String>,
-    /// The distinct schemas of the batches, each kept once.
+    #[serde(default)]
+    chunks: Vec<ChunkRef>,
+    /// `strata.raw-index.v1`: the distinct schemas of the batches, each kept once.
     #[serde(default)]
     schemas: Vec<arrow::datatypes::Schema>,
+    /// `strata.raw-index.v1`: every batch.
+    #[serde(default)]
     batches: Vec<Entry>,
     /// Input identity (location, size, entity tag) → the batch it was landed as.
     #[serde(default)]
     inputs: BTreeMap<String, String>,
 }
 
+/// Some batches of the index, in landing order.
+#[derive(Debug)]
+struct Chunk {
+    /// The stored chunk holding exactly `ids` (and its date summary); `None` once changed, until
+    /// it is written.
+    stored: Option<String>,
+    ids: Vec<String>,
+    /// Of the stored chunk: per stats key, the union of its batches' ranges.
+    dates: BTreeMap<String, DateRange>,
+    /// The entries, in the order of `ids`, once read.
+    entries: Option<Vec<Entry>>,
+}
+
+impl Chunk {
+    fn new(entries: Vec<Entry>) -> Chunk {
+        let ids = entries.iter().map(|e| e.manifest.batch_id.clone()).collect();
+        Chunk { stored: None, ids, dates: BTreeMap::new(), entries: Some(entries) }
+    }
+
+    /// Per stats key that every batch has, the union of their ranges.
+    fn summary(entries: &[Entry]) -> BTreeMap<String, DateRange> {
+        let Some(first) = entries.first() else { return BTreeMap::new() };
+        first
+            .dates
+            .keys()
+            .filter_map(|k| {
+                let mut all = entries.iter().map(|e| e.dates.get(k));
+                let start = *all.next()??;
+                all.try_fold(start, |acc, r| r.map(|r| acc.union(r))).map(|r| (k.clone(), r))
+            })
+            .collect()
+    }
+}
+
 /// The loaded index of one source's raw batches. See the module documentation.
 #[derive(Debug)]
 pub struct SourceIndex {
     source: String,
-    entries: BTreeMap<String, Entry>,
+    chunks: Vec<Chunk>,
+    /// Batch id → the chunk holding it.
+    place: HashMap<String, usize>,
     inputs: BTreeMap<String, String>,
     log: u64,
     pending: BTreeSet<String>,
+    /// Stored chunks no longer named, deleted once the index is written without them.
+    replaced: BTreeSet<String>,
     dirty: bool,
 }
 
 impl SourceIndex {
-    /// Loads the index of `source` and brings it up to date with the batch directories.
+    fn empty(source: &str, log: u64) -> SourceIndex {
+        SourceIndex {
+            source: source.to_string(),
+            chunks: Vec::new(),
+            place: HashMap::new(),
+            inputs: BTreeMap::new(),
+            log,
+            pending: BTreeSet::new(),
+            replaced: BTreeSet::new(),
+            dirty: false,
+        }
+    }
+
+    /// Loads the index of `source` and brings it up to date with the log. Reads the index file
+    /// only: chunks are read when a question needs them.
     pub async fn load(lake: &Lake, source: &str) -> Result<SourceIndex> {
         strata_publish::names::validate_dataset_name(source)?;
         let path = index_path(source);
-        let got = match lake.store().get(&path).await {
-            Ok(g) => g.bytes().await.map(Some),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        };
-        let bytes = got.map_err(|e| Error::store("read", &path, e))?;
+        let bytes = lake.get_opt(&path).await?;
         // A damaged or foreign index, or one from before the log, is rebuilt.
         let cached = bytes
             .and_then(|b| serde_json::from_slice::<IndexFile>(&b).ok())
-            .filter(|f| f.format == INDEX_FORMAT && f.source == source && f.log.is_some());
+            .filter(|f| f.source == source && f.log.is_some())
+            .filter(|f| f.format == INDEX_FORMAT || f.format == INDEX_FORMAT_V1);
         let mut index = match cached {
-            Some(f) => {
-                let mut entries = BTreeMap::new();
-                let mut damaged = BTreeSet::new();
-                for mut e in f.batches {
-                    match e.schema.take().map(|i| f.schemas.get(i)) {
-                        Some(Some(schema)) => e.manifest.schema = schema.clone(),
-                        // A reference to no schema: a damaged entry; read its manifest again.
-                        Some(None) => {
-                            damaged.insert(e.manifest.batch_id.clone());
-                            continue;
-                        }
-                        None => {}
-                    }
-                    entries.insert(e.manifest.batch_id.clone(), e);
-                }
-                let mut index = SourceIndex {
-                    source: source.to_string(),
-                    entries,
-                    inputs: f.inputs,
-                    log: f.log.unwrap_or(0),
-                    pending: f.pending,
-                    dirty: !damaged.is_empty(),
-                };
-                index.pending.extend(damaged);
-                index
-            }
+            Some(f) => Self::from_file(source, f),
             None => Self::rebuild(lake, source).await?,
         };
         // The log entries written since, and the batches still pending.
@@ -197,32 +321,98 @@ impl SourceIndex {
             index.dirty = true;
         }
         index.settle(lake, announced).await?;
-        let known = &index.entries;
-        let before = index.inputs.len();
-        index.inputs.retain(|_, id| known.contains_key(id));
-        index.dirty |= index.inputs.len() != before;
+        index.forget_unknown_inputs();
         Ok(index)
+    }
+
+    fn from_file(source: &str, f: IndexFile) -> SourceIndex {
+        let mut index = SourceIndex::empty(source, f.log.unwrap_or(0));
+        index.inputs = f.inputs;
+        index.pending = f.pending;
+        if f.format == INDEX_FORMAT {
+            for c in f.chunks {
+                let n = index.chunks.len();
+                for id in &c.batches {
+                    index.place.insert(id.clone(), n);
+                }
+                index.chunks.push(Chunk {
+                    stored: Some(c.path),
+                    ids: c.batches,
+                    dates: c.dates,
+                    entries: None,
+                });
+            }
+            return index;
+        }
+        // strata.raw-index.v1: every batch inline, in batch id order; chunked in landing order.
+        let mut entries = Vec::with_capacity(f.batches.len());
+        for e in f.batches {
+            let id = e.manifest.batch_id.clone();
+            match entries_in(vec![e], &f.schemas) {
+                Some(mut one) => entries.append(&mut one),
+                // A reference to no schema: a damaged entry; read its manifest again.
+                None => {
+                    index.pending.insert(id);
+                }
+            }
+        }
+        index.append_all(entries);
+        index.dirty = true;
+        index
+    }
+
+    /// Drops input identities whose batch the index does not hold.
+    fn forget_unknown_inputs(&mut self) {
+        let known = &self.place;
+        let before = self.inputs.len();
+        self.inputs.retain(|_, id| known.contains_key(id));
+        self.dirty |= self.inputs.len() != before;
+    }
+
+    /// Adds batches the index does not hold yet, in landing order, after the others.
+    fn append_all(&mut self, mut entries: Vec<Entry>) {
+        entries.sort_by(|a, b| {
+            (a.manifest.landed_at, &a.manifest.batch_id)
+                .cmp(&(b.manifest.landed_at, &b.manifest.batch_id))
+        });
+        for e in entries {
+            self.append(e);
+        }
+    }
+
+    /// Adds a batch after the others, unless the index holds it.
+    fn append(&mut self, entry: Entry) {
+        let id = entry.manifest.batch_id.clone();
+        if self.place.contains_key(&id) {
+            return;
+        }
+        self.dirty = true;
+        match self.chunks.last_mut() {
+            Some(c) if c.stored.is_none() && c.ids.len() < CHUNK_BATCHES => {
+                if let Some(entries) = &mut c.entries {
+                    c.ids.push(id.clone());
+                    entries.push(entry);
+                    self.place.insert(id, self.chunks.len() - 1);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.place.insert(id, self.chunks.len());
+        self.chunks.push(Chunk::new(vec![entry]));
     }
 
     /// Reads the manifests of `announced` batches the index lacks: those there become entries,
     /// the others stay pending.
     async fn settle(&mut self, lake: &Lake, announced: BTreeSet<String>) -> Result<()> {
-        let source = self.source.clone();
         let missing: Vec<String> =
-            announced.into_iter().filter(|id| !self.entries.contains_key(id)).collect();
-        let found: Vec<Option<BatchManifest>> = futures::stream::iter(&missing)
-            .map(|id| read_manifest(lake, manifest_path(&source, id)))
-            .buffered(16)
-            .try_collect()
-            .await?;
+            announced.into_iter().filter(|id| !self.place.contains_key(id)).collect();
+        let found = read_manifests(lake, &self.source, &missing).await?;
+        let mut entries = Vec::new();
         for (id, m) in missing.into_iter().zip(found) {
             match m {
                 Some(m) => {
-                    self.dirty = true;
-                    self.entries.insert(
-                        m.batch_id.clone(),
-                        Entry { manifest: m, schema: None, dates: BTreeMap::new() },
-                    );
+                    entries.push(Entry { manifest: m, schema: None, dates: BTreeMap::new() })
                 }
                 // Announced, not committed: a landing in progress or one that crashed.
                 None => {
@@ -230,6 +420,7 @@ impl SourceIndex {
                 }
             }
         }
+        self.append_all(entries);
         Ok(())
     }
 
@@ -255,50 +446,139 @@ impl SourceIndex {
             .try_collect()
             .await?;
         announced.extend(ids.into_iter().flatten());
-        let mut index = SourceIndex {
-            source: source.to_string(),
-            entries: BTreeMap::new(),
-            inputs: BTreeMap::new(),
-            log: end,
-            pending: BTreeSet::new(),
-            dirty: true,
-        };
+        let mut index = SourceIndex::empty(source, end);
+        index.dirty = true;
         index.settle(lake, announced).await?;
         Ok(index)
+    }
+
+    /// Reads the chunks `which` that are not read yet. A chunk that is gone or damaged (another
+    /// process replaced it, or it was changed) is made again from its batches' manifests.
+    async fn read_chunks(&mut self, lake: &Lake, which: &[usize]) -> Result<()> {
+        let wanted: Vec<(usize, String, Vec<String>)> = which
+            .iter()
+            .filter_map(|&i| {
+                let c = &self.chunks[i];
+                match (&c.entries, &c.stored) {
+                    (None, Some(path)) => Some((i, path.clone(), c.ids.clone())),
+                    _ => None,
+                }
+            })
+            .collect();
+        let source = self.source.clone();
+        // The futures are made before the stream (a closure inside it would make the whole
+        // future not `Send` for every lifetime, which spawning needs).
+        let reads: Vec<_> =
+            wanted.iter().map(|(_, path, ids)| read_chunk(lake, &source, path, ids)).collect();
+        let read: Vec<Option<Vec<Entry>>> =
+            futures::stream::iter(reads).buffered(16).try_collect().await?;
+        for ((i, path, ids), entries) in wanted.into_iter().zip(read) {
+            let entries = match entries {
+                Some(entries) => entries,
+                None => {
+                    let found = read_manifests(lake, &self.source, &ids).await?;
+                    let mut entries = Vec::with_capacity(ids.len());
+                    for (id, m) in ids.into_iter().zip(found) {
+                        match m {
+                            Some(m) => entries.push(Entry {
+                                manifest: m,
+                                schema: None,
+                                dates: BTreeMap::new(),
+                            }),
+                            None => {
+                                self.place.remove(&id);
+                                self.pending.insert(id);
+                            }
+                        }
+                    }
+                    let c = &mut self.chunks[i];
+                    c.ids = entries.iter().map(|e| e.manifest.batch_id.clone()).collect();
+                    c.stored = None;
+                    c.dates.clear();
+                    self.replaced.insert(path);
+                    self.dirty = true;
+                    entries
+                }
+            };
+            self.chunks[i].entries = Some(entries);
+        }
+        Ok(())
     }
 
     pub fn source(&self) -> &str {
         &self.source
     }
 
-    /// Every landed batch, sorted by batch id.
-    pub fn batches(&self) -> impl Iterator<Item = &BatchManifest> {
-        self.entries.values().map(|e| &e.manifest)
+    /// Every landed batch, sorted by batch id. Reads every chunk.
+    pub async fn all_batches(&mut self, lake: &Lake) -> Result<Vec<BatchManifest>> {
+        let all: Vec<usize> = (0..self.chunks.len()).collect();
+        self.read_chunks(lake, &all).await?;
+        let mut out: Vec<BatchManifest> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.entries.iter().flatten())
+            .map(|e| e.manifest.clone())
+            .collect();
+        out.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
+        Ok(out)
     }
 
+    /// The batches whose range under the stats `key` is `wanted`, and those without a range under
+    /// `key`, each with its range; sorted by batch id. Reads only the chunks whose summary under
+    /// `key` is wanted (or that have none).
+    pub async fn batches_where(
+        &mut self,
+        lake: &Lake,
+        key: &str,
+        wanted: impl Fn(&DateRange) -> bool,
+    ) -> Result<Vec<(BatchManifest, Option<DateRange>)>> {
+        let which: Vec<usize> = (0..self.chunks.len())
+            .filter(|&i| {
+                let c = &self.chunks[i];
+                c.entries.is_some() || c.dates.get(key).is_none_or(&wanted)
+            })
+            .collect();
+        self.read_chunks(lake, &which).await?;
+        let mut out: Vec<(BatchManifest, Option<DateRange>)> = which
+            .iter()
+            .flat_map(|&i| self.chunks[i].entries.iter().flatten())
+            .filter_map(|e| {
+                let range = e.dates.get(key).copied();
+                range.is_none_or(|r| wanted(&r)).then(|| (e.manifest.clone(), range))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.batch_id.cmp(&b.0.batch_id));
+        Ok(out)
+    }
+
+    /// The manifest of a batch the index holds (reading its chunk).
+    pub async fn manifest(&mut self, lake: &Lake, batch_id: &str) -> Result<Option<BatchManifest>> {
+        let Some(&i) = self.place.get(batch_id) else { return Ok(None) };
+        self.read_chunks(lake, &[i]).await?;
+        let entries = self.chunks.get(i).and_then(|c| c.entries.as_ref());
+        Ok(entries
+            .and_then(|es| es.iter().find(|e| e.manifest.batch_id == batch_id))
+            .map(|e| e.manifest.clone()))
+    }
+
+    /// How many batches the index holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.place.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.place.is_empty()
     }
 
     /// The batch an input with this identity (see [`input_identity`]) was landed as.
-    pub fn landed_as(&self, identity: &str) -> Option<&BatchManifest> {
-        self.inputs.get(identity).and_then(|id| self.entries.get(id)).map(|e| &e.manifest)
+    pub fn landed_as(&self, identity: &str) -> Option<&str> {
+        self.inputs.get(identity).filter(|id| self.place.contains_key(*id)).map(String::as_str)
     }
 
     /// Records a landed (or found already landed) batch, and the input it came from.
     pub fn record(&mut self, identity: Option<String>, manifest: &BatchManifest) {
         let id = manifest.batch_id.clone();
-        if !self.entries.contains_key(&id) {
-            self.entries.insert(
-                id.clone(),
-                Entry { manifest: manifest.clone(), schema: None, dates: BTreeMap::new() },
-            );
-            self.dirty = true;
-        }
+        self.append(Entry { manifest: manifest.clone(), schema: None, dates: BTreeMap::new() });
         if let Some(identity) = identity {
             if self.inputs.get(&identity) != Some(&id) {
                 self.inputs.insert(identity, id);
@@ -307,49 +587,98 @@ impl SourceIndex {
         }
     }
 
+    fn entry_mut(&mut self, batch_id: &str) -> Option<(usize, &mut Entry)> {
+        let &i = self.place.get(batch_id)?;
+        let entries = self.chunks.get_mut(i)?.entries.as_mut()?;
+        entries.iter_mut().find(|e| e.manifest.batch_id == batch_id).map(|e| (i, e))
+    }
+
     /// The recorded date range of a batch under `key` (a name for the column and the way it is
-    /// read, chosen by the caller).
+    /// read, chosen by the caller), if its chunk has been read.
     pub fn dates(&self, batch_id: &str, key: &str) -> Option<DateRange> {
-        self.entries.get(batch_id).and_then(|e| e.dates.get(key)).copied()
+        let &i = self.place.get(batch_id)?;
+        let entries = self.chunks.get(i)?.entries.as_ref()?;
+        entries.iter().find(|e| e.manifest.batch_id == batch_id)?.dates.get(key).copied()
     }
 
+    /// Records the date range of a batch whose chunk has been read (one returned by
+    /// [`SourceIndex::batches_where`] or [`SourceIndex::all_batches`]).
     pub fn set_dates(&mut self, batch_id: &str, key: &str, range: DateRange) {
-        if let Some(e) = self.entries.get_mut(batch_id) {
-            if e.dates.get(key) != Some(&range) {
-                e.dates.insert(key.to_string(), range);
-                self.dirty = true;
-            }
+        let Some((i, e)) = self.entry_mut(batch_id) else { return };
+        if e.dates.get(key) == Some(&range) {
+            return;
         }
+        e.dates.insert(key.to_string(), range);
+        let c = &mut self.chunks[i];
+        if let Some(path) = c.stored.take() {
+            self.replaced.insert(path);
+        }
+        self.dirty = true;
     }
 
-    /// Writes the index back if anything changed.
+    /// Writes the index back if anything changed: the chunks that changed (new batches join the
+    /// last chunk while it has room), then the index file, then the chunks it no longer names
+    /// are deleted.
     pub async fn save(&mut self, lake: &Lake) -> Result<()> {
         if !self.dirty {
             return Ok(());
         }
-        let mut schemas: Vec<&arrow::datatypes::Schema> = Vec::new();
-        let mut batches = Vec::with_capacity(self.entries.len());
-        for e in self.entries.values() {
-            let i = match schemas.iter().position(|s| **s == e.manifest.schema) {
-                Some(i) => i,
-                None => {
-                    schemas.push(&e.manifest.schema);
-                    schemas.len() - 1
+        // The last stored chunk takes new batches while it has room.
+        let n = self.chunks.len();
+        if n >= 2 && self.chunks[n - 1].stored.is_none() {
+            let last_stored = (0..n).rev().find(|&i| self.chunks[i].stored.is_some());
+            if let Some(k) = last_stored.filter(|&k| self.chunks[k].ids.len() < CHUNK_BATCHES) {
+                self.read_chunks(lake, &[k]).await?;
+                if let Some(path) = self.chunks[k].stored.take() {
+                    self.replaced.insert(path);
                 }
-            };
-            batches.push(EntryOut {
-                manifest: ManifestOut(&e.manifest),
-                schema: i,
-                dates: &e.dates,
-            });
+            }
         }
+        self.recut();
+        // The changed chunks, then the index that names them.
+        let source = self.source.clone();
+        let mut writes = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.stored.is_some() {
+                continue;
+            }
+            let entries = c.entries.as_deref().unwrap_or_default();
+            let (schemas, batches) = entries_out(entries);
+            let file =
+                ChunkFileOut { format: INDEX_CHUNK_FORMAT, source: &source, schemas, batches };
+            let body = serde_json::to_vec(&file).map_err(|e| Error::Corrupt {
+                path: index_path(&source).to_string(),
+                detail: e.to_string(),
+            })?;
+            writes.push((i, chunk_path(&source, &body), body));
+        }
+        let puts: Vec<_> = writes
+            .iter()
+            .map(|(_, path, body)| lake.store().put(path, PutPayload::from(body.clone())))
+            .collect();
+        for ((_, path, _), put) in writes.iter().zip(futures::future::join_all(puts).await) {
+            put.map_err(|e| Error::store("write", path, e))?;
+        }
+        for (i, path, _) in writes {
+            let c = &mut self.chunks[i];
+            c.dates = Chunk::summary(c.entries.as_deref().unwrap_or_default());
+            c.stored = Some(path.to_string());
+        }
+        let chunks: Vec<ChunkRef> = self
+            .chunks
+            .iter()
+            .map(|c| ChunkRef {
+                path: c.stored.clone().unwrap_or_default(),
+                batches: c.ids.clone(),
+                dates: c.dates.clone(),
+            })
+            .collect();
         let file = IndexFileOut {
             format: INDEX_FORMAT,
             source: &self.source,
             log: self.log,
             pending: &self.pending,
-            schemas,
-            batches,
+            chunks,
             inputs: &self.inputs,
         };
         let path = index_path(&self.source);
@@ -360,8 +689,103 @@ impl SourceIndex {
             .await
             .map_err(|e| Error::store("write", &path, e))?;
         self.dirty = false;
+        // Chunks no longer named. Another process may still name one (it read the index before
+        // this write); reading it then finds it gone and makes it again from the manifests.
+        let named: BTreeSet<&str> =
+            self.chunks.iter().filter_map(|c| c.stored.as_deref()).collect();
+        let gone: Vec<Path> = std::mem::take(&mut self.replaced)
+            .into_iter()
+            .filter(|p| !named.contains(p.as_str()))
+            .map(Path::from)
+            .collect();
+        let deletes = gone.iter().map(|p| lake.store().delete(p));
+        let _ = futures::future::join_all(deletes).await;
+        self.sweep(lake, &named).await;
         Ok(())
     }
+
+    /// Deletes chunks that no index names and that are more than an hour old: those of a write
+    /// interrupted between its chunks and its index file. (A younger one may belong to a write
+    /// still under way in another process.) Best effort: the index is a cache.
+    async fn sweep(&self, lake: &Lake, named: &BTreeSet<&str>) {
+        let dir = Path::from(format!("{}/_index", source_prefix(&self.source)));
+        let Ok(listed) = lake.store().list(Some(&dir)).try_collect::<Vec<_>>().await else {
+            return;
+        };
+        let old = chrono::Utc::now() - chrono::Duration::hours(1);
+        let strays: Vec<Path> = listed
+            .into_iter()
+            .filter(|m| m.last_modified < old && !named.contains(m.location.as_ref()))
+            .map(|m| m.location)
+            .collect();
+        let deletes = strays.iter().map(|p| lake.store().delete(p));
+        let _ = futures::future::join_all(deletes).await;
+    }
+
+    /// Cuts each run of changed chunks again into chunks of at most [`CHUNK_BATCHES`], keeping
+    /// the order, so that small chunks merge.
+    fn recut(&mut self) {
+        let mut out: Vec<Chunk> = Vec::with_capacity(self.chunks.len());
+        let mut run: Vec<Entry> = Vec::new();
+        let flush = |run: &mut Vec<Entry>, out: &mut Vec<Chunk>| {
+            let mut all = std::mem::take(run);
+            all.sort_by(|a, b| {
+                (a.manifest.landed_at, &a.manifest.batch_id)
+                    .cmp(&(b.manifest.landed_at, &b.manifest.batch_id))
+            });
+            let mut rest = all.into_iter().peekable();
+            while rest.peek().is_some() {
+                out.push(Chunk::new(rest.by_ref().take(CHUNK_BATCHES).collect()));
+            }
+        };
+        // A run of changed chunks ends with the new batches, recorded in the order their
+        // inputs came; they are written in landing order, so that a write interrupted and made
+        // again writes the same chunks.
+        for c in std::mem::take(&mut self.chunks) {
+            if c.stored.is_some() {
+                flush(&mut run, &mut out);
+                out.push(c);
+            } else {
+                run.extend(c.entries.unwrap_or_default());
+            }
+        }
+        flush(&mut run, &mut out);
+        self.place.clear();
+        for (i, c) in out.iter().enumerate() {
+            for id in &c.ids {
+                self.place.insert(id.clone(), i);
+            }
+        }
+        self.chunks = out;
+    }
+}
+
+/// The manifests of some batches, `None` for those without one.
+async fn read_manifests(
+    lake: &Lake,
+    source: &str,
+    ids: &[String],
+) -> Result<Vec<Option<BatchManifest>>> {
+    let reads: Vec<_> =
+        ids.iter().map(|id| read_manifest(lake, manifest_path(source, id))).collect();
+    futures::stream::iter(reads).buffered(16).try_collect().await
+}
+
+/// The entries of a stored chunk, `None` if it is gone or is not the chunk the index names.
+async fn read_chunk(
+    lake: &Lake,
+    source: &str,
+    path: &str,
+    ids: &[String],
+) -> Result<Option<Vec<Entry>>> {
+    let Some(bytes) = lake.get_opt(&Path::from(path)).await? else { return Ok(None) };
+    let Ok(file) = serde_json::from_slice::<ChunkFile>(&bytes) else { return Ok(None) };
+    if file.format != INDEX_CHUNK_FORMAT || file.source != source {
+        return Ok(None);
+    }
+    let entries = entries_in(file.batches, &file.schemas)
+        .filter(|es| es.iter().map(|e| &e.manifest.batch_id).eq(ids.iter()));
+    Ok(entries)
 }
 
 /// How an input is recognised without reading it: its location, size and entity tag (or, when
@@ -392,13 +816,31 @@ fn identity_of(meta: object_store::ObjectMeta) -> String {
 /// workers for many files.
 pub fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<String>)>> {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    // The store path of each directory, made once: a file's is its directory's and its name
+    // (what `Path::from_absolute_path` makes of the whole path, at a fraction of the cost).
+    let mut dir: Option<(&std::ffi::OsStr, Option<Path>)> = None;
     files
         .iter()
         .map(|f| {
-            let path = Path::from_absolute_path(f).map_err(|e| Error::Input {
-                path: f.display().to_string(),
-                detail: format!("it cannot be used as an input path: {e}"),
-            })?;
+            let whole = || {
+                Path::from_absolute_path(f).map_err(|e| Error::Input {
+                    path: f.display().to_string(),
+                    detail: format!("it cannot be used as an input path: {e}"),
+                })
+            };
+            let path = match (f.parent(), f.file_name().and_then(|n| n.to_str())) {
+                (Some(parent), Some(name)) => {
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent.as_os_str()) {
+                        dir = Some((parent.as_os_str(), Path::from_absolute_path(parent).ok()));
+                    }
+                    let base = dir.as_ref().and_then(|(_, d)| d.as_ref());
+                    match (base, object_store::path::PathPart::parse(name)) {
+                        (Some(base), Ok(part)) => base.clone().join(part),
+                        _ => whole()?,
+                    }
+                }
+                _ => whole()?,
+            };
             let identity = std::fs::metadata(f).ok().map(|m| local_identity(&path, &m));
             Ok((Input { store: store.clone(), path, display: f.display().to_string() }, identity))
         })
@@ -421,8 +863,18 @@ fn local_identity(location: &Path, meta: &std::fs::Metadata) -> String {
     format!("{location}|{size}|{:x}-{mtime:x}-{size:x}", meta.ino())
 }
 
+/// What [`land_indexed`] did with an input.
+#[derive(Debug, Clone)]
+pub enum Indexed {
+    /// The index knew the input (same identity): nothing was read. The batch it was landed as
+    /// ([`SourceIndex::manifest`] has its manifest).
+    Known(String),
+    /// The input was read: landed as a new batch, or found to hold the content of one.
+    Read(Box<crate::LandOutcome>),
+}
+
 /// Lands `input` unless the index knows it (same identity), and records the batch in the index.
-/// `identity` is the input's, when already known (see [`input_identities`]). The index is not
+/// `identity` is the input's, when already known (see [`local_inputs`]). The index is not
 /// written; call [`SourceIndex::save`] after a set of inputs.
 pub async fn land_indexed(
     lake: &Lake,
@@ -431,13 +883,13 @@ pub async fn land_indexed(
     identity: Option<String>,
     options: &crate::LandOptions,
     ctx: &strata_publish::RunContext,
-) -> Result<crate::LandOutcome> {
+) -> Result<Indexed> {
     let identity = match identity {
         Some(i) => i,
         None => input_identity(input).await?,
     };
-    if let Some(m) = index.landed_as(&identity) {
-        return Ok(crate::LandOutcome::AlreadyLanded(m.clone()));
+    if let Some(id) = index.landed_as(&identity) {
+        return Ok(Indexed::Known(id.to_string()));
     }
     let source = index.source.clone();
     let (outcome, logged) =
@@ -447,7 +899,7 @@ pub async fn land_indexed(
     if logged == Some(index.log + 1) {
         index.log += 1;
     }
-    Ok(outcome)
+    Ok(Indexed::Read(Box::new(outcome)))
 }
 
 /// `format` of a log entry.
@@ -537,19 +989,28 @@ mod tests {
     #[tokio::test]
     async fn local_identities_are_the_local_stores() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<std::path::PathBuf> = (0..3)
-            .map(|i| {
-                let f = dir.path().join(format!("in-{i}.csv"));
+        // Names a URL would escape, in two directories: the same store paths as the store's.
+        std::fs::create_dir(dir.path().join("sub dir")).unwrap();
+        let names = ["in-0.csv", "with space 1.csv", "per%cent #2.csv", "sub dir/dé 3.csv"];
+        let files: Vec<std::path::PathBuf> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let f = dir.path().join(name);
                 std::fs::write(&f, "a\n".repeat(i + 1)).unwrap();
                 std::fs::canonicalize(f).unwrap()
             })
             .collect();
         let inputs = local_inputs(&files).unwrap();
         for (input, identity) in &inputs {
+            let whole =
+                object_store::path::Path::from_absolute_path(std::path::Path::new(&input.display))
+                    .unwrap();
+            assert_eq!(input.path, whole, "{}", input.display);
             assert_eq!(identity.as_deref(), Some(input_identity(input).await.unwrap().as_str()));
         }
         let ids: std::collections::BTreeSet<_> = inputs.iter().map(|(_, i)| i.clone()).collect();
-        assert_eq!(ids.len(), 3, "distinct files, distinct identities");
+        assert_eq!(ids.len(), 4, "distinct files, distinct identities");
         // Changed in place: a new identity.
         std::fs::write(&files[0], "changed\n").unwrap();
         let again = local_inputs(&files[..1]).unwrap();
@@ -562,6 +1023,7 @@ mod tests {
 
     mod log {
         use super::super::*;
+        use chrono::NaiveDate;
         use object_store::memory::InMemory;
         use strata_publish::{OpenMode, RunContext};
 
@@ -579,14 +1041,23 @@ mod tests {
         }
 
         async fn land_one(lake: &Lake, index: &mut SourceIndex, input: &Input) -> String {
-            let ctx = RunContext::new("run-1", chrono::DateTime::UNIX_EPOCH).unwrap();
-            let options = crate::LandOptions::default();
-            let out = land_indexed(lake, index, input, None, &options, &ctx).await.unwrap();
-            out.manifest().batch_id.clone()
+            land_at(lake, index, input, 0).await
         }
 
-        fn ids(index: &SourceIndex) -> Vec<String> {
-            index.batches().map(|m| m.batch_id.clone()).collect()
+        /// Lands `input` in a run `secs` seconds after the epoch.
+        async fn land_at(lake: &Lake, index: &mut SourceIndex, input: &Input, secs: i64) -> String {
+            let at = chrono::DateTime::from_timestamp(secs, 0).unwrap();
+            let ctx = RunContext::new("run-1", at).unwrap();
+            let options = crate::LandOptions::default();
+            match land_indexed(lake, index, input, None, &options, &ctx).await.unwrap() {
+                Indexed::Read(out) => out.manifest().batch_id.clone(),
+                Indexed::Known(id) => id,
+            }
+        }
+
+        async fn ids(lake: &Lake, index: &mut SourceIndex) -> Vec<String> {
+            let all = index.all_batches(lake).await.unwrap();
+            all.into_iter().map(|m| m.batch_id).collect()
         }
 
         /// Two processes land at once and the second index write loses the first's batch; a
@@ -603,8 +1074,8 @@ mod tests {
             b.save(&lake).await.unwrap();
             let mut expected = vec![first.clone(), second.clone()];
             expected.sort();
-            let c = SourceIndex::load(&lake, "orders").await.unwrap();
-            assert_eq!(ids(&c), expected);
+            let mut c = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(ids(&lake, &mut c).await, expected);
             assert_eq!(c.log, 2);
             // A batch directory the log does not announce is not read: loading lists nothing.
             // (strata never makes one; a rebuild from the truth, below, finds it.)
@@ -614,7 +1085,8 @@ mod tests {
             m.batch_id = "ee".repeat(32);
             let body = serde_json::to_vec(&m).unwrap();
             lake.store().put(&stray, PutPayload::from(body)).await.unwrap();
-            assert_eq!(ids(&SourceIndex::load(&lake, "orders").await.unwrap()), expected);
+            let mut again = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(ids(&lake, &mut again).await, expected);
             // An index from before the log (or a damaged one) is rebuilt from the directories.
             lake.store().put(&index_path("orders"), PutPayload::from_static(b"{}")).await.unwrap();
             let rebuilt = SourceIndex::load(&lake, "orders").await.unwrap();
@@ -638,13 +1110,183 @@ mod tests {
             let body = lake.store().get(&manifest).await.unwrap().bytes().await.unwrap();
             lake.store().delete(&manifest).await.unwrap();
             let mut reader = SourceIndex::load(&lake, "orders").await.unwrap();
-            assert_eq!(ids(&reader), vec![landed.clone()]);
+            assert_eq!(ids(&lake, &mut reader).await, vec![landed.clone()]);
             assert!(reader.pending.contains(&other));
             reader.save(&lake).await.unwrap();
             lake.store().put(&manifest, PutPayload::from(body)).await.unwrap();
             let later = SourceIndex::load(&lake, "orders").await.unwrap();
             assert_eq!(later.len(), 2);
             assert!(later.pending.is_empty());
+        }
+
+        async fn head(lake: &Lake) -> serde_json::Value {
+            let bytes = lake.get_opt(&index_path("orders")).await.unwrap().unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        }
+
+        fn chunk_paths(head: &serde_json::Value) -> Vec<String> {
+            let chunks = head["chunks"].as_array().unwrap();
+            chunks.iter().map(|c| c["path"].as_str().unwrap().to_string()).collect()
+        }
+
+        fn day(i: usize) -> NaiveDate {
+            NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(i as u64)
+        }
+
+        /// 130 batches, batch `i` holding day `i`, in chunks of 64 in landing order; a question
+        /// about one day reads the one chunk that may hold it; a new batch rewrites only the
+        /// last chunk; a chunk that is gone or damaged is made again from the manifests.
+        #[tokio::test]
+        async fn batches_are_kept_in_chunks_that_are_read_only_when_needed() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
+            let mut landed = Vec::new();
+            for i in 0..130 {
+                let file = input(&files, &format!("d{i}.csv"), &format!("id\n{i}\n")).await;
+                landed.push(land_at(&lake, &mut index, &file, i).await);
+            }
+            let key = "clean.v1:d:date";
+            for (i, id) in landed.iter().enumerate() {
+                let range = DateRange { min: Some(day(i)), max: Some(day(i)), nulls: 0 };
+                index.set_dates(id, key, range);
+            }
+            index.save(&lake).await.unwrap();
+            let written = head(&lake).await;
+            assert_eq!(written["format"], INDEX_FORMAT);
+            let chunks = written["chunks"].as_array().unwrap();
+            let sizes: Vec<usize> =
+                chunks.iter().map(|c| c["batches"].as_array().unwrap().len()).collect();
+            assert_eq!(sizes, vec![64, 64, 2]);
+            let order: Vec<&str> = chunks
+                .iter()
+                .flat_map(|c| c["batches"].as_array().unwrap())
+                .map(|b| b.as_str().unwrap())
+                .collect();
+            assert_eq!(order, landed.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(chunks[1]["dates"][key]["min"], "2026-03-06", "day 64");
+            assert_eq!(chunks[1]["dates"][key]["max"], "2026-05-08", "day 127");
+            let before = chunk_paths(&written);
+
+            // Another process asks about day 100: only the second chunk is read.
+            let mut reader = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(reader.len(), 130);
+            let wanted = |r: &DateRange| r.may_hold(day(100), day(100));
+            let found = reader.batches_where(&lake, key, wanted).await.unwrap();
+            let found: Vec<&str> = found.iter().map(|(m, _)| m.batch_id.as_str()).collect();
+            assert_eq!(found, vec![landed[100].as_str()]);
+            let read: Vec<bool> = reader.chunks.iter().map(|c| c.entries.is_some()).collect();
+            assert_eq!(read, vec![false, true, false]);
+            // Its new batch joins the last chunk; the others are named again, unchanged.
+            let file = input(&files, "d130.csv", "id\n130\n").await;
+            landed.push(land_at(&lake, &mut reader, &file, 130).await);
+            reader.save(&lake).await.unwrap();
+            let after = chunk_paths(&head(&lake).await);
+            assert_eq!(after.len(), 3);
+            assert_eq!(after[..2], before[..2]);
+            assert_ne!(after[2], before[2]);
+            assert!(lake.get_opt(&Path::from(before[2].as_str())).await.unwrap().is_none());
+
+            // The second chunk gone and the first damaged: both made again from the manifests;
+            // their date ranges are lost (scanned again by the next window run), none of the
+            // batches is.
+            lake.store().delete(&Path::from(after[1].as_str())).await.unwrap();
+            let junk = PutPayload::from_static(b"{\"format\": \"no\"}");
+            lake.store().put(&Path::from(after[0].as_str()), junk).await.unwrap();
+            let mut healed = SourceIndex::load(&lake, "orders").await.unwrap();
+            let mut expected = landed.clone();
+            expected.sort();
+            assert_eq!(ids(&lake, &mut healed).await, expected);
+            assert_eq!(healed.dates(&landed[3], key), None);
+            assert_eq!(healed.dates(&landed[70], key), None);
+            assert_eq!(healed.dates(&landed[129], key).and_then(|r| r.min), Some(day(129)));
+            healed.save(&lake).await.unwrap();
+            let mut again = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(again.all_batches(&lake).await.unwrap().len(), 131);
+            assert!(!again.dirty, "the chunks written back read whole");
+        }
+
+        /// A chunk no index names (a write interrupted before its index file) is deleted by a
+        /// later write once it is an hour old; a younger one may be another write's, and stays.
+        #[tokio::test]
+        async fn stray_chunks_are_swept_after_an_hour() {
+            let dir = tempfile::tempdir().unwrap();
+            let lake = Lake::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
+            land_one(&lake, &mut index, &input(&files, "a.csv", "id\n1\n").await).await;
+            index.save(&lake).await.unwrap();
+            let chunks = dir.path().join("_raw/orders/_index");
+            let (old, young) = (chunks.join("old.json"), chunks.join("young.json"));
+            for f in [&old, &young] {
+                std::fs::write(f, b"{}").unwrap();
+            }
+            let two_hours = std::time::Duration::from_secs(7200);
+            std::fs::File::options()
+                .write(true)
+                .open(&old)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - two_hours)
+                .unwrap();
+            land_one(&lake, &mut index, &input(&files, "b.csv", "id\n2\n").await).await;
+            index.save(&lake).await.unwrap();
+            assert!(!old.exists());
+            assert!(young.exists());
+            let named = chunk_paths(&head(&lake).await);
+            assert_eq!(named.len(), 1);
+            let left: Vec<String> = std::fs::read_dir(&chunks)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .filter(|n| n != "young.json")
+                .collect();
+            assert_eq!(left.len(), 1, "the replaced chunk is deleted: {left:?}");
+            assert!(named[0].ends_with(&left[0]));
+        }
+
+        /// An index from before chunks (every batch inline) is read, dates and inputs included,
+        /// and written back in chunks.
+        #[tokio::test]
+        async fn an_index_with_inline_batches_is_read_and_written_in_chunks() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
+            let mut landed = Vec::new();
+            for i in 0..70 {
+                let file = input(&files, &format!("d{i}.csv"), &format!("id\n{i}\n")).await;
+                landed.push(land_one(&lake, &mut index, &file).await);
+            }
+            let key = "clean.v1:d:date";
+            let range = DateRange { min: Some(day(1)), max: Some(day(2)), nulls: 3 };
+            index.set_dates(&landed[5], key, range);
+            let entries: Vec<Entry> =
+                index.chunks.iter().flat_map(|c| c.entries.clone().unwrap()).collect();
+            let (schemas, batches) = entries_out(&entries);
+            let v1 = serde_json::json!({
+                "format": INDEX_FORMAT_V1, "source": "orders", "log": index.log,
+                "pending": [], "schemas": schemas, "batches": batches, "inputs": index.inputs,
+            });
+            let body = serde_json::to_vec(&v1).unwrap();
+            lake.store().put(&index_path("orders"), PutPayload::from(body)).await.unwrap();
+            let mut old = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(old.len(), 70);
+            assert_eq!(old.dates(&landed[5], key), Some(range));
+            let known = old.inputs.len();
+            assert_eq!(known, 70, "every input identity kept");
+            old.save(&lake).await.unwrap();
+            let written = head(&lake).await;
+            assert_eq!(written["format"], INDEX_FORMAT);
+            assert_eq!(chunk_paths(&written).len(), 2);
+            assert!(written.get("batches").is_none());
+            let mut new = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(new.manifest(&lake, &landed[5]).await.unwrap().unwrap().rows, 1);
+            assert_eq!(new.dates(&landed[5], key), Some(range));
+            // Landing a known input again reads nothing.
+            let file =
+                Input { store: files.clone(), path: Path::from("d7.csv"), display: "d7".into() };
+            let ctx = RunContext::new("run-2", chrono::DateTime::UNIX_EPOCH).unwrap();
+            let options = crate::LandOptions::default();
+            let out = land_indexed(&lake, &mut new, &file, None, &options, &ctx).await.unwrap();
+            assert!(matches!(out, Indexed::Known(id) if id == landed[7]));
         }
 
         #[tokio::test]

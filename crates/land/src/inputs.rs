@@ -1,5 +1,7 @@
 //! Expanding input arguments: files, directories and glob patterns.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -57,10 +59,12 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
             out.push((path, false));
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
+    // Paths are compared and hashed as bytes: `PathBuf`'s own comparison and hash go component
+    // by component, which costs more than the rest of a glob over thousands of files.
+    let mut seen: HashSet<OsString> = HashSet::new();
     let mut unique = Vec::new();
     // Each directory is resolved once; a file is resolved on its own only when it is a link.
-    let mut dirs: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    let mut dirs: HashMap<OsString, PathBuf> = HashMap::new();
     for (f, not_link) in out {
         let fail = |e: std::io::Error| input_error(f.display(), e.to_string());
         let link =
@@ -68,14 +72,18 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
         let canonical = match (f.parent(), f.file_name()) {
             (Some(parent), Some(name)) if !link => {
                 let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-                if !dirs.contains_key(parent) {
-                    dirs.insert(parent.to_path_buf(), std::fs::canonicalize(parent).map_err(fail)?);
-                }
-                dirs[parent].join(name)
+                let dir = match dirs.get(parent.as_os_str()) {
+                    Some(dir) => dir,
+                    None => {
+                        let dir = std::fs::canonicalize(parent).map_err(fail)?;
+                        dirs.entry(parent.as_os_str().to_owned()).or_insert(dir)
+                    }
+                };
+                dir.join(name)
             }
             _ => std::fs::canonicalize(&f).map_err(fail)?,
         };
-        if seen.insert(canonical.clone()) {
+        if seen.insert(canonical.as_os_str().to_owned()) {
             unique.push(canonical);
         }
     }
@@ -110,31 +118,27 @@ fn glob(pattern: &str) -> Vec<(PathBuf, bool)> {
         for (base, _) in &current {
             if part.contains(['*', '?']) {
                 let Ok(entries) = std::fs::read_dir(base) else { continue };
-                let mut names: Vec<(PathBuf, bool)> = entries
+                let mut names: Vec<(OsString, bool)> = entries
                     .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard(part, n)))
-                    .filter(|e| {
+                    .filter_map(|e| {
+                        let name = e.file_name();
+                        if !name.to_str().is_some_and(|n| wildcard(part, n)) {
+                            return None;
+                        }
                         // The entry's own type needs no extra call; a link is followed.
                         let kind = e.file_type().ok().filter(|t| !t.is_symlink());
-                        match kind {
-                            Some(t) => {
-                                if last {
-                                    t.is_file()
-                                } else {
-                                    t.is_dir()
-                                }
-                            }
+                        let wanted = match kind {
+                            Some(t) if last => t.is_file(),
+                            Some(t) => t.is_dir(),
                             None if last => e.path().is_file(),
                             None => e.path().is_dir(),
-                        }
-                    })
-                    .map(|e| {
-                        let not_link = e.file_type().is_ok_and(|t| !t.is_symlink());
-                        (e.path(), not_link)
+                        };
+                        wanted.then_some((name, kind.is_some()))
                     })
                     .collect();
-                names.sort();
-                next.extend(names);
+                // Names in one directory: their order is the order of the paths.
+                names.sort_unstable();
+                next.extend(names.into_iter().map(|(name, not_link)| (base.join(name), not_link)));
             } else {
                 let p = base.join(part);
                 if p.exists() {
@@ -153,13 +157,21 @@ fn glob(pattern: &str) -> Vec<(PathBuf, bool)> {
 
 /// `*` matches any run of characters, `?` any one character.
 fn wildcard(pattern: &str, name: &str) -> bool {
+    if pattern.is_ascii() && name.is_ascii() {
+        return matches(pattern.as_bytes(), name.as_bytes(), b'?', b'*');
+    }
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    matches(&p, &n, '?', '*')
+}
+
+/// Wildcard matching over any symbols: `one` matches one symbol, `any` a run of them.
+fn matches<T: PartialEq + Copy>(p: &[T], n: &[T], one: T, any: T) -> bool {
     let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == n[ni]) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any {
             star = Some(pi);
             mark = ni;
             pi += 1;
@@ -171,7 +183,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == any {
         pi += 1;
     }
     pi == p.len()
@@ -190,5 +202,9 @@ mod tests {
         assert!(!wildcard("a?c", "ac"));
         assert!(wildcard("*", ""));
         assert!(wildcard("*a*b", "xxaxxb"));
+        // Characters, not bytes, outside ASCII.
+        assert!(wildcard("d?t?-*.csv", "dät?-1.csv"));
+        assert!(wildcard("??.csv", "éà.csv"));
+        assert!(!wildcard("?.csv", "éà.csv"));
     }
 }

@@ -35,7 +35,8 @@ mod landing;
 
 pub use error::{Error, Result};
 pub use index::{
-    index_path, input_identity, land_indexed, local_inputs, DateRange, SourceIndex, INDEX_FORMAT,
+    index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed, SourceIndex,
+    INDEX_CHUNK_FORMAT, INDEX_FORMAT,
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{

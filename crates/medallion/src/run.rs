@@ -191,7 +191,7 @@ pub async fn run_pipeline(
     for (name, window) in &plan.cleaned {
         let def = &pipeline.cleaned[name];
         let Some(index) = indexes.get_mut(&def.source) else { continue };
-        let read = batches_for_window(&session, pipeline, name, def, index, *window).await?;
+        let read = batches_for_window(&session, lake, pipeline, name, def, index, *window).await?;
         batches.insert(name.clone(), read);
     }
     // The indexes are caches (a lost update costs a re-read, never a wrong answer), so they are

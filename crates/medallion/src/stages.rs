@@ -213,13 +213,16 @@ pub(crate) async fn land_source(
             .await
             .map_err(land_error)?;
         match outcome {
-            strata_land::LandOutcome::Landed(m) => {
-                new += 1;
-                report.rows_in += m.lines();
-                report.rows_out += m.rows;
-                report.quarantined += m.rejected;
-            }
-            strata_land::LandOutcome::AlreadyLanded(_) => old += 1,
+            strata_land::Indexed::Read(read) => match *read {
+                strata_land::LandOutcome::Landed(m) => {
+                    new += 1;
+                    report.rows_in += m.lines();
+                    report.rows_out += m.rows;
+                    report.quarantined += m.rejected;
+                }
+                strata_land::LandOutcome::AlreadyLanded(_) => old += 1,
+            },
+            strata_land::Indexed::Known(_) => old += 1,
         }
     }
     report.note = if new + old == 0 {
@@ -234,24 +237,27 @@ pub(crate) async fn land_source(
 /// The raw batches the cleaned stage `name` reads for `window`: every batch that can hold a row
 /// of the window or a row whose business date is missing or unreadable (those reach the
 /// quarantine in every window), all of them without a window. The range of each batch is taken
-/// from the source's index; a batch the index has no range for is scanned once, and its range
-/// recorded in the index (the caller saves it).
+/// from the source's index (which reads only the chunks that may hold the window); a batch the
+/// index has no range for is scanned once, and its range recorded in the index (the caller saves
+/// it).
 pub(crate) async fn batches_for_window(
     session: &SessionContext,
+    lake: &Lake,
     pipeline: &Pipeline,
     name: &str,
     def: &CleanedDef,
     index: &mut strata_land::SourceIndex,
     window: Option<Window>,
 ) -> Result<Vec<BatchManifest>> {
-    let all = || index.batches().cloned().collect::<Vec<_>>();
-    let Some(window) = window else { return Ok(all()) };
+    let Some(window) = window else { return all_batches(lake, index).await };
     let Some(column) = pipeline.contracts[name].iter().find(|c| c.name == def.business_date) else {
-        return Ok(all());
+        return all_batches(lake, index).await;
     };
     let key = format!("clean.v1:{}:{}", column.name, column.sql_type);
+    let wanted = |r: &strata_land::DateRange| r.may_hold(window.from, window.to);
+    let candidates = index.batches_where(lake, &key, wanted).await.map_err(land_error)?;
     let missing: Vec<BatchManifest> =
-        index.batches().filter(|b| index.dates(&b.batch_id, &key).is_none()).cloned().collect();
+        candidates.iter().filter(|(_, r)| r.is_none()).map(|(m, _)| m.clone()).collect();
     if !missing.is_empty() {
         let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?);
         let found = if table.schema_fields().contains(&column.name) {
@@ -267,7 +273,7 @@ pub(crate) async fn batches_for_window(
             match df_ctx.sql(&sql).await {
                 Ok(df) => Some(df.collect().await?),
                 // A business date that is not date-like cannot prune; read every batch.
-                Err(_) => return Ok(all()),
+                Err(_) => return all_batches(lake, index).await,
             }
         } else {
             None
@@ -280,7 +286,7 @@ pub(crate) async fn batches_for_window(
             let hi = b.column(2).as_primitive_opt::<arrow::datatypes::Date32Type>();
             let nulls = b.column(3).as_primitive_opt::<arrow::datatypes::Int64Type>();
             let (Some(ids), Some(lo), Some(hi), Some(nulls)) = (ids, lo, hi, nulls) else {
-                return Ok(all());
+                return all_batches(lake, index).await;
             };
             let day = |a: &arrow::array::Date32Array, i: usize| {
                 (!a.is_null(i)).then(|| date_of_days(a.value(i)))
@@ -307,13 +313,18 @@ pub(crate) async fn batches_for_window(
             index.set_dates(&m.batch_id, &key, range);
         }
     }
-    Ok(index
-        .batches()
-        .filter(|b| {
-            index.dates(&b.batch_id, &key).is_none_or(|r| r.may_hold(window.from, window.to))
-        })
-        .cloned()
+    Ok(candidates
+        .into_iter()
+        .filter(|(m, r)| r.or_else(|| index.dates(&m.batch_id, &key)).is_none_or(|r| wanted(&r)))
+        .map(|(m, _)| m)
         .collect())
+}
+
+async fn all_batches(
+    lake: &Lake,
+    index: &mut strata_land::SourceIndex,
+) -> Result<Vec<BatchManifest>> {
+    index.all_batches(lake).await.map_err(land_error)
 }
 
 fn land_error(e: strata_land::Error) -> Error {

@@ -444,8 +444,14 @@ fn a_window_run_reads_only_the_batches_that_can_hold_its_dates() {
     // input with the batch it became.
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
-    let batches = written["batches"].as_array().unwrap();
-    assert_eq!(batches.len(), 4, "{written}");
+    let chunks = written["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 1, "{written}");
+    let key = chunks[0]["dates"].as_object().unwrap().keys().next().unwrap().clone();
+    assert!(key.starts_with("clean.v1:order_date:"), "{written}");
+    let path = env.lake().join(chunks[0]["path"].as_str().unwrap());
+    let chunk: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let batches = chunk["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 4, "{chunk}");
     for b in batches {
         let dates = b["dates"].as_object().unwrap();
         assert!(dates.keys().any(|k| k.starts_with("clean.v1:order_date:")), "{b}");

@@ -100,6 +100,33 @@ fn orphans(env: &Env) -> Vec<String> {
                 announced.insert(p.clone());
             }
         }
+        // A source's index names its chunks. An index write killed between its chunks and its
+        // index file leaves a whole chunk it does not name (a later write sweeps it once it is
+        // an hour old); anything else under `_index/` is not accounted for.
+        let mut indexed = BTreeSet::new();
+        for p in all.iter().filter(|p| p.starts_with("_raw/") && p.ends_with("/_index.json")) {
+            let bytes = lake.store().get(&p.as_str().into()).await.unwrap().bytes().await.unwrap();
+            let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            for c in index["chunks"].as_array().into_iter().flatten() {
+                indexed.insert(c["path"].as_str().unwrap().to_string());
+            }
+        }
+        let unnamed: Vec<&String> =
+            all.iter().filter(|p| p.contains("/_index/") && !indexed.contains(*p)).collect();
+        for p in unnamed {
+            let bytes = lake.store().get(&p.as_str().into()).await.unwrap().bytes().await.unwrap();
+            let chunk: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let ids = chunk["batches"].as_array().cloned().unwrap_or_default();
+            let whole = chunk["format"] == strata_land::INDEX_CHUNK_FORMAT
+                && !ids.is_empty()
+                && ids.iter().all(|b| {
+                    let id = b["manifest"]["batch_id"].as_str().unwrap_or_default();
+                    batches.iter().any(|d| d.ends_with(&format!("/batch={id}/")))
+                });
+            if whole {
+                indexed.insert(p.clone());
+            }
+        }
         all.into_iter()
             .filter(|p| {
                 if p.contains("/run_id=") || p.contains("/_strata/versions/") {
@@ -108,6 +135,8 @@ fn orphans(env: &Env) -> Vec<String> {
                     true
                 } else if p.starts_with("_raw/") && p.contains("/_log/") {
                     !announced.contains(p)
+                } else if p.starts_with("_raw/") && p.contains("/_index/") {
+                    !indexed.contains(p)
                 } else if p.starts_with("_raw/") && !p.ends_with("/_index.json") {
                     // The index of a source is a cache of its batches, not a batch.
                     !batches.iter().any(|b| p.starts_with(b.as_str()))
