@@ -308,7 +308,12 @@ impl SourceIndex {
         let cached = bytes
             .and_then(|b| serde_json::from_slice::<IndexFile>(&b).ok())
             .filter(|f| f.source == source && f.log.is_some())
-            .filter(|f| f.format == INDEX_FORMAT || f.format == INDEX_FORMAT_V1);
+            .filter(|f| f.format == INDEX_FORMAT || f.format == INDEX_FORMAT_V1)
+            .filter(|f| {
+                // Every chunk named where this index keeps its chunks, and not empty.
+                let dir = format!("{}/_index/", source_prefix(source));
+                f.chunks.iter().all(|c| c.path.starts_with(&dir) && !c.batches.is_empty())
+            });
         let mut index = match cached {
             Some(f) => Self::from_file(source, f),
             None => Self::rebuild(lake, source).await?,
@@ -1204,6 +1209,14 @@ mod tests {
             let mut again = SourceIndex::load(&lake, "orders").await.unwrap();
             assert_eq!(again.all_batches(&lake).await.unwrap().len(), 131);
             assert!(!again.dirty, "the chunks written back read whole");
+            // An index naming a chunk elsewhere is not followed there: it is rebuilt.
+            let mut odd = head(&lake).await;
+            odd["chunks"][0]["path"] = serde_json::json!("_strata/elsewhere.json");
+            let body = serde_json::to_vec(&odd).unwrap();
+            lake.store().put(&index_path("orders"), PutPayload::from(body)).await.unwrap();
+            let rebuilt = SourceIndex::load(&lake, "orders").await.unwrap();
+            assert_eq!(rebuilt.len(), 131);
+            assert!(rebuilt.chunks.iter().all(|c| c.stored.is_none() && c.entries.is_some()));
         }
 
         /// A chunk no index names (a write interrupted before its index file) is deleted by a
