@@ -7,7 +7,7 @@
 //! model), and in key order (`keys in order`, as for a cleaned stage, whose rows arrive sorted).
 //!
 //! `cargo bench -p strata-reconcile --bench hashing` (release build). `STRATA_BENCH_ROWS` sets the
-//! rows (default 2,000,000). Target: at least 1 GB/s per core.
+//! rows (default 2,000,000), `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at least 1 GB/s per core.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,7 +125,8 @@ fn main() {
             ("full totals", spec_ref(&spec), false),
             ("keys in order", spec_ref(&spec), true),
         ];
-        for (name, spec, in_order) in runs {
+        let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
+        for (name, spec, in_order) in runs.into_iter().filter(|r| r.0.contains(only.as_str())) {
             let mut samples = Vec::new();
             for _ in 0..5 {
                 let started = Instant::now();
