@@ -353,7 +353,7 @@ mod tests {
                 })
             })
             .collect();
-        serde_json::from_value(serde_json::json!({
+        let head: strata_publish::RecordHead = serde_json::from_value(serde_json::json!({
             "format": "strata.version.v1", "dataset": "d", "version": 1, "parent": null,
             "publish_seq": 1, "run_id": "r", "created_at": "2026-01-01T00:00:00Z",
             "partition_by": [by], "schema": {"fields": [], "metadata": {}},
@@ -361,7 +361,8 @@ mod tests {
                         "partitions_written": 0, "partitions_reused": 0, "partitions_dropped": 0},
             "partitions": partitions,
         }))
-        .unwrap()
+        .unwrap();
+        head.with_partitions(head.inline.clone().unwrap())
     }
 
     fn kept(table: VersionTable) -> Vec<Option<String>> {

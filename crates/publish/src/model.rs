@@ -136,22 +136,7 @@ impl RecordHead {
 
     /// The whole record, given its partitions (all of them, or the ones a reader selected).
     pub fn with_partitions(&self, partitions: Vec<PartitionEntry>) -> VersionRecord {
-        VersionRecord {
-            format: self.format.clone(),
-            dataset: self.dataset.clone(),
-            version: self.version,
-            parent: self.parent,
-            publish_seq: self.publish_seq,
-            run_id: self.run_id.clone(),
-            created_at: self.created_at,
-            reason: self.reason.clone(),
-            partition_by: self.partition_by.clone(),
-            schema: self.schema.clone(),
-            summary: self.summary.clone(),
-            partitions,
-            chunks: self.chunks.clone(),
-            evidence: self.evidence.clone(),
-        }
+        VersionRecord { head: RecordHead { inline: None, ..self.clone() }, partitions }
     }
 }
 
@@ -170,44 +155,29 @@ pub fn key_values(key: &str) -> Vec<Option<String>> {
 }
 
 /// A version with all its partitions (or, from [`crate::Dataset::select`], the ones a reader
-/// asked for): what readers of one version use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// asked for): what readers of one version use. The header's fields read through it
+/// (`record.version`, `record.schema`, …).
+#[derive(Debug, Clone, PartialEq)]
 pub struct VersionRecord {
-    pub format: String,
-    pub dataset: String,
-    pub version: u64,
-    /// The version that was current when this one was prepared (its copy-on-write base).
-    pub parent: Option<u64>,
-    /// The pointer entry that publishes this version. The record is valid only if that entry
-    /// exists and names this version and run.
-    pub publish_seq: u64,
-    pub run_id: String,
-    /// Time from the run context.
-    pub created_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub partition_by: Vec<String>,
-    pub schema: Schema,
-    pub summary: Summary,
+    /// The stored record's header; its `inline` partitions (a `strata.version.v1` record) are
+    /// in `partitions` instead.
+    pub head: RecordHead,
     /// Sorted by `key`.
     pub partitions: Vec<PartitionEntry>,
-    /// The chunks the record is stored in (empty for a `strata.version.v1` record).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chunks: Vec<ChunkRef>,
-    /// Evidence attached by later stages (reconciliation, quality gates); free-form JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<serde_json::Value>,
+}
+
+impl std::ops::Deref for VersionRecord {
+    type Target = RecordHead;
+
+    fn deref(&self) -> &RecordHead {
+        &self.head
+    }
 }
 
 impl VersionRecord {
     /// All files of the version, in partition order.
     pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
         self.partitions.iter().flat_map(|p| p.files.iter())
-    }
-
-    /// The summary carried in pointer entries.
-    pub fn brief(&self) -> VersionBrief {
-        VersionBrief::of(self.version, &self.run_id, self.created_at, &self.summary)
     }
 }
 

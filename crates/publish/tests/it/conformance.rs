@@ -616,17 +616,23 @@ pub async fn records_with_inline_partitions_are_still_read(lake: Lake) {
     let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
     let whole = full(&ds, &v1.record).await;
     let path = layout::version_path("orders", 1);
-    let mut old = serde_json::to_value(&whole).unwrap();
-    old["format"] = "strata.version.v1".into();
-    old.as_object_mut().unwrap().remove("chunks");
-    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&old).unwrap())).await.unwrap();
+    let old = RecordHead {
+        format: "strata.version.v1".into(),
+        chunks: Vec::new(),
+        inline: Some(whole.partitions.clone()),
+        ..whole.head.clone()
+    };
+    let body = serde_json::to_value(&old).unwrap();
+    assert!(body.get("chunks").is_none() && body["partitions"].is_array(), "{body}");
+    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&body).unwrap())).await.unwrap();
     for c in &v1.record.chunks {
         lake.store().delete(&Path::from(c.path.as_str())).await.unwrap();
     }
     let other = Lake::from_store(lake.store().clone(), "other");
     let ods = other.dataset("orders").unwrap();
     let read = ods.current().await.unwrap();
-    assert_eq!((read.partitions, read.chunks.is_empty()), (whole.partitions.clone(), true));
+    assert!(read.chunks.is_empty());
+    assert_eq!(read.partitions, whole.partitions);
     let v2 = publish_days(&ods, "r2", 1, &days(&["2026-01-03"], 1, 10, 1)).await;
     assert_eq!(v2.record.format, "strata.version.v2");
     assert_eq!(v2.record.summary.partitions, 3);
