@@ -1138,12 +1138,38 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(i as u64)
         }
 
+        /// Lakes to run a test on: in memory, on local disk, and on S3 when
+        /// `STRATA_TEST_S3_URL` names a bucket (`./scripts/test.sh` starts a local server).
+        fn lakes() -> Vec<(&'static str, Lake, Option<tempfile::TempDir>)> {
+            let dir = tempfile::tempdir().unwrap();
+            let local = Lake::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
+            let mut out = vec![
+                ("memory", Lake::open("memory://", OpenMode::Create).unwrap(), None),
+                ("local disk", local, Some(dir)),
+            ];
+            if let Ok(base) = std::env::var("STRATA_TEST_S3_URL") {
+                use std::sync::atomic::{AtomicU64, Ordering};
+                static N: AtomicU64 = AtomicU64::new(0);
+                let n = N.fetch_add(1, Ordering::SeqCst);
+                let url =
+                    format!("{}/raw-index-{}-{n}", base.trim_end_matches('/'), std::process::id());
+                out.push(("s3", Lake::open(&url, OpenMode::Create).unwrap(), None));
+            }
+            out
+        }
+
         /// 130 batches, batch `i` holding day `i`, in chunks of 64 in landing order; a question
         /// about one day reads the one chunk that may hold it; a new batch rewrites only the
         /// last chunk; a chunk that is gone or damaged is made again from the manifests.
-        #[tokio::test]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn batches_are_kept_in_chunks_that_are_read_only_when_needed() {
-            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            for (store, lake, _dir) in lakes() {
+                eprintln!("on {store}");
+                chunks_on(lake).await;
+            }
+        }
+
+        async fn chunks_on(lake: Lake) {
             let files = Arc::new(InMemory::new());
             let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
             let mut landed = Vec::new();
