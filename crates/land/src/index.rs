@@ -376,10 +376,7 @@ impl SourceIndex {
 
     /// Adds batches the index does not hold yet, in landing order, after the others.
     fn append_all(&mut self, mut entries: Vec<Entry>) {
-        entries.sort_by(|a, b| {
-            (a.manifest.landed_at, &a.manifest.batch_id)
-                .cmp(&(b.manifest.landed_at, &b.manifest.batch_id))
-        });
+        entries.sort_by(landing_order);
         for e in entries {
             self.append(e);
         }
@@ -734,10 +731,7 @@ impl SourceIndex {
         let mut run: Vec<Entry> = Vec::new();
         let flush = |run: &mut Vec<Entry>, out: &mut Vec<Chunk>| {
             let mut all = std::mem::take(run);
-            all.sort_by(|a, b| {
-                (a.manifest.landed_at, &a.manifest.batch_id)
-                    .cmp(&(b.manifest.landed_at, &b.manifest.batch_id))
-            });
+            all.sort_by(landing_order);
             let mut rest = all.into_iter().peekable();
             while rest.peek().is_some() {
                 out.push(Chunk::new(rest.by_ref().take(CHUNK_BATCHES).collect()));
@@ -763,6 +757,12 @@ impl SourceIndex {
         }
         self.chunks = out;
     }
+}
+
+/// Landing order: by landing time, then batch id (batches of one run land at the same time).
+fn landing_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    let (a, b) = (&a.manifest, &b.manifest);
+    a.landed_at.cmp(&b.landed_at).then_with(|| a.batch_id.cmp(&b.batch_id))
 }
 
 /// The manifests of some batches, `None` for those without one.
