@@ -268,7 +268,6 @@ async fn land(
                 ),
             },
         };
-        let m = &m;
         if fresh {
             landed += 1;
             rows += m.rows;

@@ -162,17 +162,12 @@ fn entries_out(entries: &[Entry]) -> (Vec<&arrow::datatypes::Schema>, Vec<EntryO
     (schemas, out)
 }
 
-/// Entries as read, each given back the schema it names. `None` if one names no schema.
-fn entries_in(entries: Vec<Entry>, schemas: &[arrow::datatypes::Schema]) -> Option<Vec<Entry>> {
-    entries
-        .into_iter()
-        .map(|mut e| {
-            if let Some(i) = e.schema.take() {
-                e.manifest.schema = schemas.get(i)?.clone();
-            }
-            Some(e)
-        })
-        .collect()
+/// An entry as read, given back the schema it names; `None` if it names no schema.
+fn entry_in(mut e: Entry, schemas: &[arrow::datatypes::Schema]) -> Option<Entry> {
+    if let Some(i) = e.schema.take() {
+        e.manifest.schema = schemas.get(i)?.clone();
+    }
+    Some(e)
 }
 
 /// A chunk as the index names it: its path, its batches in landing order, and per stats key the
@@ -353,8 +348,8 @@ impl SourceIndex {
         let mut entries = Vec::with_capacity(f.batches.len());
         for e in f.batches {
             let id = e.manifest.batch_id.clone();
-            match entries_in(vec![e], &f.schemas) {
-                Some(mut one) => entries.append(&mut one),
+            match entry_in(e, &f.schemas) {
+                Some(e) => entries.push(e),
                 // A reference to no schema: a damaged entry; read its manifest again.
                 None => {
                     index.pending.insert(id);
@@ -652,12 +647,11 @@ impl SourceIndex {
                 path: index_path(&source).to_string(),
                 detail: e.to_string(),
             })?;
-            writes.push((i, chunk_path(&source, &body), body));
+            writes.push((i, chunk_path(&source, &body), PutPayload::from(body)));
         }
-        let puts: Vec<_> = writes
-            .iter()
-            .map(|(_, path, body)| lake.store().put(path, PutPayload::from(body.clone())))
-            .collect();
+        // A payload is shared bytes: cloning it copies no chunk.
+        let puts: Vec<_> =
+            writes.iter().map(|(_, path, body)| lake.store().put(path, body.clone())).collect();
         for ((_, path, _), put) in writes.iter().zip(futures::future::join_all(puts).await) {
             put.map_err(|e| Error::store("write", path, e))?;
         }
@@ -788,8 +782,10 @@ async fn read_chunk(
     if file.format != INDEX_CHUNK_FORMAT || file.source != source {
         return Ok(None);
     }
-    let entries = entries_in(file.batches, &file.schemas)
-        .filter(|es| es.iter().map(|e| &e.manifest.batch_id).eq(ids.iter()));
+    let schemas = &file.schemas;
+    let entries: Option<Vec<Entry>> =
+        file.batches.into_iter().map(|e| entry_in(e, schemas)).collect();
+    let entries = entries.filter(|es| es.iter().map(|e| &e.manifest.batch_id).eq(ids.iter()));
     Ok(entries)
 }
 
