@@ -6,8 +6,13 @@
 //! Full totals count keys two ways: with a digest of every key (rows in any order, as for a
 //! model), and in key order (`keys in order`, as for a cleaned stage, whose rows arrive sorted).
 //!
+//! Batches of 8,192 rows (DataFusion's batch size), each read once before it is timed: a stage's
+//! writer hashes each batch as the query produces it, while it is in cache. `encode only` and
+//! `encode+sha256` show where the time goes.
+//!
 //! `cargo bench -p strata-reconcile --bench hashing` (release build). `STRATA_BENCH_ROWS` sets the
-//! rows (default 2,000,000), `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at least 1 GB/s per core.
+//! rows (default 2,000,000), `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at
+//! least 1 GB/s per core.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +21,7 @@ use arrow::array::{
     ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray, StringViewArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use strata_reconcile::{Totals, TotalsSpec};
+use strata_reconcile::{encoded_rows, EncodedRows, Totals, TotalsSpec};
 
 /// Lineitem-shaped rows; text as Utf8View (what DataFusion's VARCHAR, and so a cleaned stage,
 /// produces) or as plain Utf8.
@@ -94,10 +99,42 @@ fn batch(start: i64, n: i64, view: bool) -> RecordBatch {
     RecordBatch::try_new(schema, cols).expect("batch")
 }
 
+/// Reads every cache line of a batch's buffers, as a batch a query just produced is in cache
+/// when the writer hashes it.
+fn touch(b: &RecordBatch) -> u8 {
+    fn data(d: &arrow::array::ArrayData) -> u8 {
+        let mut x = 0u8;
+        for buf in d.buffers() {
+            x ^= buf.as_slice().iter().step_by(64).fold(0, |a, v| a ^ v);
+        }
+        d.child_data().iter().fold(x, |a, c| a ^ data(c))
+    }
+    b.columns().iter().fold(0, |a, c| a ^ data(&c.to_data()))
+}
+
+/// Runs `work` over every batch (each touched first, untimed), five times, and returns the
+/// median of the timed parts.
+fn measure(batches: &[RecordBatch], mut work: impl FnMut(&RecordBatch)) -> f64 {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let mut timed = std::time::Duration::ZERO;
+        for b in batches {
+            std::hint::black_box(touch(b));
+            let started = Instant::now();
+            work(b);
+            timed += started.elapsed();
+        }
+        samples.push(timed.as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[2]
+}
+
 fn main() {
     let rows: i64 =
         std::env::var("STRATA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
-    let size = 65_536;
+    // DataFusion's batch size: what a stage's writer hashes at a time.
+    let size = 8_192;
     let spec = TotalsSpec {
         key: vec!["l_orderkey".into(), "l_linenumber".into()],
         sums: vec![
@@ -109,49 +146,87 @@ fn main() {
         time: Some("l_shipdate".into()),
     };
     let only_rows = TotalsSpec::default();
-    // What SHA-256 itself does over bulk data on this host this minute: every scheme that
-    // compresses three 64-byte blocks per row is bounded by it (the host's speed varies).
+    let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
+    // What SHA-256 itself does over bulk data on this host this minute (its speed varies).
     let bulk = sha256_bulk();
     println!("sha256 over bulk data (sha2, 16 KiB updates): median {:.2} GB/s (one core)", bulk);
+    println!(
+        "row digests: {}",
+        if strata_reconcile::lanes::available() {
+            "AVX-512, sixteen rows at a time"
+        } else {
+            "sha2, one row at a time (no AVX-512 here)"
+        }
+    );
     for view in [true, false] {
         let batches: Vec<RecordBatch> =
             (0..rows).step_by(size as usize).map(|s| batch(s, size.min(rows - s), view)).collect();
         let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
         let text = if view { "Utf8View" } else { "Utf8" };
+        let report = |name: &str, secs: f64| {
+            let rate = bytes as f64 / secs / 1e9;
+            println!(
+                "{name:<14} text {text:<8} {rows} rows, {:>4.0} MiB of Arrow data: median {secs:.3} s = {rate:.2} GB/s ({:.2}x bulk sha256), {:.0} ns/row (one core)",
+                bytes as f64 / 1048576.0,
+                rate / bulk,
+                secs * 1e9 / rows as f64
+            );
+        };
+        // Where the time goes: the canonical encoding of whole rows alone, then with their
+        // SHA-256 digests (as the totals do it, 256 rows at a time).
+        for (name, hash) in [("encode only", false), ("encode+sha256", true)] {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let mut rows_buf = EncodedRows::default();
+            let mut digests = Vec::new();
+            let mut sink = 0u8;
+            let secs = measure(&batches, |b| {
+                for start in (0..b.num_rows()).step_by(256) {
+                    let len = 256.min(b.num_rows() - start);
+                    let cols: Vec<ArrayRef> =
+                        b.columns().iter().map(|c| c.slice(start, len)).collect();
+                    encoded_rows(&cols, &mut rows_buf);
+                    if hash {
+                        rows_buf.digests(&mut digests);
+                        sink ^= digests[0][0];
+                    } else {
+                        sink ^= rows_buf.row(0)[0];
+                    }
+                }
+            });
+            std::hint::black_box(sink);
+            report(name, secs);
+        }
         // Keys counted by digest (any order), or in key order (a cleaned stage: the rows are
         // generated sorted by (l_orderkey, l_linenumber)).
         let runs = [
             ("row hash only", &only_rows, false),
-            ("full totals", spec_ref(&spec), false),
-            ("keys in order", spec_ref(&spec), true),
+            ("full totals", &spec, false),
+            ("keys in order", &spec, true),
         ];
-        let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
         for (name, spec, in_order) in runs.into_iter().filter(|r| r.0.contains(only.as_str())) {
             let mut samples = Vec::new();
             for _ in 0..5 {
-                let started = Instant::now();
                 let mut t =
                     if in_order { Totals::new_in_key_order(spec) } else { Totals::new(spec) };
+                let mut timed = std::time::Duration::ZERO;
                 for b in &batches {
+                    std::hint::black_box(touch(b));
+                    let started = Instant::now();
                     t.update(b).expect("totals");
+                    timed += started.elapsed();
                 }
+                let started = Instant::now();
                 let totals = t.finish();
-                samples.push(started.elapsed());
+                timed += started.elapsed();
+                samples.push(timed.as_secs_f64());
                 assert_eq!(totals.rows, rows as u64);
                 let keys = totals.keys.unwrap_or_default();
                 assert_eq!(keys.out_of_order, 0);
             }
-            samples.sort();
-            let med = samples[samples.len() / 2].as_secs_f64();
-            let rate = bytes as f64 / med / 1e9;
-            println!(
-                "{name:<14} text {text:<8} {rows} rows, {:>4.0} MiB of Arrow data: median {:.3} s = {:.2} GB/s ({:.2}x bulk sha256), {:.1} M rows/s (one core)",
-                bytes as f64 / 1048576.0,
-                med,
-                rate,
-                rate / bulk,
-                rows as f64 / med / 1e6
-            );
+            samples.sort_by(f64::total_cmp);
+            report(name, samples[2]);
         }
     }
 }
@@ -173,8 +248,4 @@ fn sha256_bulk() -> f64 {
         .collect();
     samples.sort_by(f64::total_cmp);
     samples[2]
-}
-
-fn spec_ref(s: &TotalsSpec) -> &TotalsSpec {
-    s
 }

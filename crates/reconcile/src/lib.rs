@@ -35,6 +35,7 @@
 //! ```
 
 mod encode;
+pub mod lanes;
 mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows, ENCODING};
