@@ -201,7 +201,7 @@ impl Dataset {
 
     /// Writes the checkpoint for `seq` if it is due (best effort: it is only a cache).
     async fn checkpoint_if_due(&self, seq: u64) {
-        if seq % CHECKPOINT_EVERY != 0 {
+        if !seq.is_multiple_of(CHECKPOINT_EVERY) {
             return;
         }
         let Ok(flips) = self.history().await else { return };
