@@ -7,8 +7,9 @@
 //! model), and in key order (`keys in order`, as for a cleaned stage, whose rows arrive sorted).
 //!
 //! Batches of 8,192 rows (DataFusion's batch size), each read once before it is timed: a stage's
-//! writer hashes each batch as the query produces it, while it is in cache. `encode only` and
-//! `encode+sha256` show where the time goes.
+//! writer hashes each batch as the query produces it, while it is in cache. `encode only`,
+//! `encode+sha256` and `both hashes` (row and key hashes, no other totals) show where the time
+//! goes.
 //!
 //! `cargo bench -p strata-reconcile --bench hashing` (release build). `STRATA_BENCH_ROWS` sets the
 //! rows (default 2,000,000), `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at
@@ -172,30 +173,44 @@ fn main() {
                 secs * 1e9 / rows as f64
             );
         };
-        // Where the time goes: the canonical encoding of whole rows alone, then with their
-        // SHA-256 digests (as the totals do it, 256 rows at a time).
-        for (name, hash) in [("encode only", false), ("encode+sha256", true)] {
+        // Where the time goes: the canonical encoding of whole rows alone; with their SHA-256
+        // digests; and both content hashes (rows and keys, encoded, digested and summed) as the
+        // totals compute them, 256 rows at a time, without the other totals.
+        let key_cols = [0usize, 3];
+        for (name, hash, keys) in [
+            ("encode only", false, false),
+            ("encode+sha256", true, false),
+            ("both hashes", true, true),
+        ] {
             if !name.contains(only.as_str()) {
                 continue;
             }
             let mut rows_buf = EncodedRows::default();
-            let mut digests = Vec::new();
-            let mut sink = 0u8;
+            let mut keys_buf = EncodedRows::default();
+            let mut words = Vec::new();
+            let mut sums = [0u32; 2];
             let secs = measure(&batches, |b| {
                 for start in (0..b.num_rows()).step_by(256) {
                     let len = 256.min(b.num_rows() - start);
                     let cols: Vec<ArrayRef> =
                         b.columns().iter().map(|c| c.slice(start, len)).collect();
                     encoded_rows(&cols, &mut rows_buf);
-                    if hash {
-                        rows_buf.digests(&mut digests);
-                        sink ^= digests[0][0];
-                    } else {
-                        sink ^= rows_buf.row(0)[0];
+                    if !hash {
+                        sums[0] ^= u32::from(rows_buf.row(0)[0]);
+                        continue;
+                    }
+                    rows_buf.digest_words(&mut words);
+                    sums[0] = words.iter().fold(sums[0], |a, w| a.wrapping_add(w[0]));
+                    if keys {
+                        let cols: Vec<ArrayRef> =
+                            key_cols.iter().map(|&i| b.column(i).slice(start, len)).collect();
+                        encoded_rows(&cols, &mut keys_buf);
+                        keys_buf.digest_words(&mut words);
+                        sums[1] = words.iter().fold(sums[1], |a, w| a.wrapping_add(w[0]));
                     }
                 }
             });
-            std::hint::black_box(sink);
+            std::hint::black_box(sums);
             report(name, secs);
         }
         // Keys counted by digest (any order), or in key order (a cleaned stage: the rows are

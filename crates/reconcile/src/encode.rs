@@ -88,6 +88,15 @@ impl EncodedRows {
     /// The SHA-256 digests of every row, in order, into `out` (cleared first): sixteen rows at
     /// a time where the CPU can ([`crate::lanes`]), the same digests as [`Self::digest`].
     pub fn digests(&self, out: &mut Vec<[u8; 32]>) {
+        let mut words = Vec::new();
+        self.digest_words(&mut words);
+        out.clear();
+        out.extend(words.into_iter().map(digest_bytes));
+    }
+
+    /// [`Self::digests`] as the eight 32-bit words of SHA-256's final state (the digest is
+    /// their big-endian bytes), without the conversion to bytes.
+    pub fn digest_words(&self, out: &mut Vec<[u32; 8]>) {
         out.clear();
         out.reserve(self.len());
         for first in (0..self.len()).step_by(LANES) {
@@ -102,7 +111,7 @@ impl EncodedRows {
                 }
             });
             let states = lanes::states(&self.blocks, &starts, &counts);
-            out.extend(states[..rows].iter().map(|s| digest_bytes(*s)));
+            out.extend_from_slice(&states[..rows]);
         }
     }
 }

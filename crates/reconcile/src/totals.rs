@@ -257,15 +257,22 @@ pub struct Totals {
     row_hash: [u64; 4],
     rows_buf: EncodedRows,
     keys_buf: EncodedRows,
-    /// The digests of a chunk's rows or keys.
-    digests: Vec<[u8; 32]>,
+    /// The digests (as SHA-256 state words) of a chunk's rows or keys.
+    digests: Vec<[u32; 8]>,
 }
 
-fn add_digest(lanes: &mut [u64; 4], digest: &[u8]) {
-    for (i, lane) in lanes.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&digest[i * 8..i * 8 + 8]);
-        *lane = lane.wrapping_add(u64::from_le_bytes(b));
+/// A digest (given as SHA-256's state words) as four little-endian 64-bit numbers: bytes
+/// `8i..8i + 8` of the digest are lane `i`.
+fn digest_lanes(words: &[u32; 8]) -> [u64; 4] {
+    // The digest is the words big-endian; read little-endian, a word's bytes are swapped.
+    std::array::from_fn(|i| {
+        u64::from(words[2 * i].swap_bytes()) | (u64::from(words[2 * i + 1].swap_bytes()) << 32)
+    })
+}
+
+fn add_digest(lanes: &mut [u64; 4], digest: &[u64; 4]) {
+    for (lane, d) in lanes.iter_mut().zip(digest) {
+        *lane = lane.wrapping_add(*d);
     }
 }
 
@@ -500,20 +507,20 @@ impl Totals {
             let len = CHUNK.min(n - start);
             let sliced: Vec<ArrayRef> = columns.iter().map(|c| c.slice(start, len)).collect();
             encoded_rows(&sliced, &mut self.rows_buf);
-            self.rows_buf.digests(&mut self.digests);
+            self.rows_buf.digest_words(&mut self.digests);
             for d in &self.digests {
-                add_digest(&mut self.row_hash, d);
+                add_digest(&mut self.row_hash, &digest_lanes(d));
             }
             if let Some(counter) = &mut self.keys {
                 let sliced: Vec<ArrayRef> = keys.iter().map(|c| c.slice(start, len)).collect();
                 encoded_rows(&sliced, &mut self.keys_buf);
-                self.keys_buf.digests(&mut self.digests);
+                self.keys_buf.digest_words(&mut self.digests);
                 for d in &self.digests {
-                    add_digest(&mut self.key_hash, d);
+                    let lanes = digest_lanes(d);
+                    add_digest(&mut self.key_hash, &lanes);
                     if let KeyCounter::Set(set) = counter {
-                        let mut b = [0u8; 16];
-                        b.copy_from_slice(&d[..16]);
-                        set.push(u128::from_le_bytes(b));
+                        // The digest's first 16 bytes, little-endian.
+                        set.push(u128::from(lanes[0]) | (u128::from(lanes[1]) << 64));
                     }
                 }
             }

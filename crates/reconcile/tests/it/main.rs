@@ -288,3 +288,35 @@ fn keys_in_order_are_counted_without_remembering_them() {
     assert!(!json.contains("out_of_order"), "{json}");
     assert!(serde_json::to_string(&k).unwrap().contains("\"out_of_order\":1"));
 }
+
+/// The hashes' definition, computed the plain way: the sum, as four little-endian 64-bit lanes
+/// (wrapping), of the standard SHA-256 of every row's canonical encoding (columns in name order;
+/// the key's columns in the key's order). Evidence stored by earlier runs depends on it.
+#[test]
+fn hashes_are_sums_of_standard_sha256_digests() {
+    use sha2::{Digest, Sha256};
+    // 600 rows: 37 groups of sixteen digests and a tail of eight.
+    let b = rows(600);
+    let schema = b.schema();
+    let mut names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    names.sort();
+    let by_name: Vec<ArrayRef> =
+        names.iter().map(|n| b.column_by_name(n).unwrap().clone()).collect();
+    let key = vec![b.column_by_name("id").unwrap().clone()];
+    let sum = |cols: &[ArrayRef]| {
+        let mut lanes = [0u64; 4];
+        for i in 0..b.num_rows() {
+            let d = Sha256::digest(strata_reconcile::encode(cols, i));
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let word = u64::from_le_bytes(d[l * 8..l * 8 + 8].try_into().unwrap());
+                *lane = lane.wrapping_add(word);
+            }
+        }
+        lanes.iter().flat_map(|l| l.to_le_bytes()).map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    let t = totals(&[b.clone()]);
+    assert_eq!(t.row_hash, sum(&by_name));
+    assert_eq!(t.key_hash.as_deref(), Some(sum(&key).as_str()));
+    let keys = t.keys.unwrap();
+    assert_eq!((keys.distinct, keys.duplicates), (600, 0));
+}
