@@ -314,7 +314,7 @@ fn hashes_are_sums_of_standard_sha256_digests() {
         }
         lanes.iter().flat_map(|l| l.to_le_bytes()).map(|x| format!("{x:02x}")).collect::<String>()
     };
-    let t = totals(&[b.clone()]);
+    let t = totals(std::slice::from_ref(&b));
     assert_eq!(t.row_hash, sum(&by_name));
     assert_eq!(t.key_hash.as_deref(), Some(sum(&key).as_str()));
     let keys = t.keys.unwrap();
