@@ -564,13 +564,7 @@ mod tests {
     #[test]
     fn rows_of_every_shape_match_a_plain_encoder() {
         use arrow::array::{BooleanArray, Decimal128Array, Float64Array, StringViewArray};
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1du64);
         let n = 3000;
         let mut ints = Vec::new();
         let mut decs = Vec::new();
@@ -582,16 +576,18 @@ mod tests {
             let r = next();
             // Magnitudes of every byte count, signs, nulls.
             let int = (next() as i64) >> (r % 64);
-            ints.push((r % 7 != 0).then_some(int));
+            ints.push((!r.is_multiple_of(7)).then_some(int));
             let dec = (i128::from(next() as i64) << 64 | i128::from(next())) >> (r % 128);
-            decs.push((r % 5 != 0).then_some(dec));
+            decs.push((!r.is_multiple_of(5)).then_some(dec));
             let len = (next() % 40) as usize;
             let text: String = (0..len).map(|_| char::from(b'a' + (next() % 26) as u8)).collect();
-            texts.push((r % 11 != 0).then(|| text.clone()));
+            texts.push((!r.is_multiple_of(11)).then(|| text.clone()));
             let len = (next() % 30) as usize;
-            views.push((r % 3 != 0).then(|| text.chars().cycle().take(len).collect::<String>()));
-            bools.push((r % 13 != 0).then_some(r % 2 == 0));
-            floats.push((r % 17 != 0).then_some(int as f64 / 3.0));
+            views.push(
+                (!r.is_multiple_of(3)).then(|| text.chars().cycle().take(len).collect::<String>()),
+            );
+            bools.push((!r.is_multiple_of(13)).then_some(r.is_multiple_of(2)));
+            floats.push((!r.is_multiple_of(17)).then_some(int as f64 / 3.0));
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(ints.clone())),

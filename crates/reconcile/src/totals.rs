@@ -757,13 +757,7 @@ mod tests {
 
     #[test]
     fn big_buckets_sort_and_count_like_small_ones() {
-        let mut seed = 0x0123_4567_89ab_cdefu64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(0x0123_4567_89ab_cdefu64);
         for n in [0usize, 5, 1023, 1024, 5000] {
             // Random digests in one bucket (top byte 7), some repeated up to three times.
             let mut digests: Vec<u128> = (0..n)
