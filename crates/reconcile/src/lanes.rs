@@ -5,7 +5,7 @@
 //! function computed in sixteen lanes of 512-bit registers, with three-input logic
 //! (`vpternlogd`) for Ch, Maj and the sigma sums and native rotates (`vprord`), costs about
 //! 110 vector instructions per block for the sixteen, which is about 1.8 times the throughput
-//! of SHA-NI on this machine (`cargo bench -p strata-reconcile --bench hashing`).
+//! of SHA-NI on this machine (256 two-block messages in cache; docs/pipeline.md, "Cost").
 //!
 //! The digests are the standard SHA-256 (tests compare them with `sha2` on messages of every
 //! block count). CPUs without AVX-512 use `sha2`.
