@@ -113,18 +113,27 @@ fn touch(b: &RecordBatch) -> u8 {
     b.columns().iter().fold(0, |a, c| a ^ data(&c.to_data()))
 }
 
-/// Runs `work` over every batch (each touched first, untimed), five times, and returns the
-/// median of the timed parts.
-fn measure(batches: &[RecordBatch], mut work: impl FnMut(&RecordBatch)) -> f64 {
+/// Five samples, median: each sample makes a state with `begin`, runs `work` on it over every
+/// batch (each touched first, untimed) and ends with `end`; the work and the end are timed.
+fn measure<S>(
+    batches: &[RecordBatch],
+    mut begin: impl FnMut() -> S,
+    mut work: impl FnMut(&mut S, &RecordBatch),
+    mut end: impl FnMut(S),
+) -> f64 {
     let mut samples = Vec::new();
     for _ in 0..5 {
+        let mut state = begin();
         let mut timed = std::time::Duration::ZERO;
         for b in batches {
             std::hint::black_box(touch(b));
             let started = Instant::now();
-            work(b);
+            work(&mut state, b);
             timed += started.elapsed();
         }
+        let started = Instant::now();
+        end(state);
+        timed += started.elapsed();
         samples.push(timed.as_secs_f64());
     }
     samples.sort_by(f64::total_cmp);
@@ -176,7 +185,6 @@ fn main() {
         // Where the time goes: the canonical encoding of whole rows alone; with their SHA-256
         // digests; and both content hashes (rows and keys, encoded, digested and summed) as the
         // totals compute them, 256 rows at a time, without the other totals.
-        let key_cols = [0usize, 3];
         for (name, hash, keys) in [
             ("encode only", false, false),
             ("encode+sha256", true, false),
@@ -189,27 +197,35 @@ fn main() {
             let mut keys_buf = EncodedRows::default();
             let mut words = Vec::new();
             let mut sums = [0u32; 2];
-            let secs = measure(&batches, |b| {
-                for start in (0..b.num_rows()).step_by(256) {
-                    let len = 256.min(b.num_rows() - start);
-                    let cols: Vec<ArrayRef> =
-                        b.columns().iter().map(|c| c.slice(start, len)).collect();
-                    encoded_rows(&cols, &mut rows_buf);
-                    if !hash {
-                        sums[0] ^= u32::from(rows_buf.row(0)[0]);
-                        continue;
-                    }
-                    rows_buf.digest_words(&mut words);
-                    sums[0] = words.iter().fold(sums[0], |a, w| a.wrapping_add(w[0]));
-                    if keys {
+            let secs = measure(
+                &batches,
+                || (),
+                |_, b| {
+                    for start in (0..b.num_rows()).step_by(256) {
+                        let len = 256.min(b.num_rows() - start);
                         let cols: Vec<ArrayRef> =
-                            key_cols.iter().map(|&i| b.column(i).slice(start, len)).collect();
-                        encoded_rows(&cols, &mut keys_buf);
-                        keys_buf.digest_words(&mut words);
-                        sums[1] = words.iter().fold(sums[1], |a, w| a.wrapping_add(w[0]));
+                            b.columns().iter().map(|c| c.slice(start, len)).collect();
+                        encoded_rows(&cols, &mut rows_buf);
+                        if !hash {
+                            sums[0] ^= u32::from(rows_buf.row(0)[0]);
+                            continue;
+                        }
+                        rows_buf.digest_words(&mut words);
+                        sums[0] = words.iter().fold(sums[0], |a, w| a.wrapping_add(w[0]));
+                        if keys {
+                            let cols: Vec<ArrayRef> = spec
+                                .key
+                                .iter()
+                                .map(|k| b.column_by_name(k).expect("key column").slice(start, len))
+                                .collect();
+                            encoded_rows(&cols, &mut keys_buf);
+                            keys_buf.digest_words(&mut words);
+                            sums[1] = words.iter().fold(sums[1], |a, w| a.wrapping_add(w[0]));
+                        }
                     }
-                }
-            });
+                },
+                |_| (),
+            );
             std::hint::black_box(sums);
             report(name, secs);
         }
@@ -221,27 +237,17 @@ fn main() {
             ("keys in order", &spec, true),
         ];
         for (name, spec, in_order) in runs.into_iter().filter(|r| r.0.contains(only.as_str())) {
-            let mut samples = Vec::new();
-            for _ in 0..5 {
-                let mut t =
-                    if in_order { Totals::new_in_key_order(spec) } else { Totals::new(spec) };
-                let mut timed = std::time::Duration::ZERO;
-                for b in &batches {
-                    std::hint::black_box(touch(b));
-                    let started = Instant::now();
-                    t.update(b).expect("totals");
-                    timed += started.elapsed();
-                }
-                let started = Instant::now();
-                let totals = t.finish();
-                timed += started.elapsed();
-                samples.push(timed.as_secs_f64());
-                assert_eq!(totals.rows, rows as u64);
-                let keys = totals.keys.unwrap_or_default();
-                assert_eq!(keys.out_of_order, 0);
-            }
-            samples.sort_by(f64::total_cmp);
-            report(name, samples[2]);
+            let secs = measure(
+                &batches,
+                || if in_order { Totals::new_in_key_order(spec) } else { Totals::new(spec) },
+                |t, b| t.update(b).expect("totals"),
+                |t| {
+                    let totals = t.finish();
+                    assert_eq!(totals.rows, rows as u64);
+                    assert_eq!(totals.keys.unwrap_or_default().out_of_order, 0);
+                },
+            );
+            report(name, secs);
         }
     }
 }

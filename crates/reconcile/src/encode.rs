@@ -75,7 +75,12 @@ impl EncodedRows {
     /// The blocks of row `i`'s padded message.
     fn blocks(&self, i: usize) -> &[[u8; 64]] {
         let start = i * self.slot;
-        &self.blocks[start..start + (self.lens[i] + 9).div_ceil(64)]
+        &self.blocks[start..start + self.block_count(i)]
+    }
+
+    /// How many blocks row `i`'s padded message has (the length, 0x80 and 8 bytes of length).
+    fn block_count(&self, i: usize) -> usize {
+        (self.lens[i] + 9).div_ceil(64)
     }
 
     /// The SHA-256 digest of row `i`.
@@ -85,17 +90,9 @@ impl EncodedRows {
         digest_bytes(state)
     }
 
-    /// The SHA-256 digests of every row, in order, into `out` (cleared first): sixteen rows at
-    /// a time where the CPU can ([`crate::lanes`]), the same digests as [`Self::digest`].
-    pub fn digests(&self, out: &mut Vec<[u8; 32]>) {
-        let mut words = Vec::new();
-        self.digest_words(&mut words);
-        out.clear();
-        out.extend(words.into_iter().map(digest_bytes));
-    }
-
-    /// [`Self::digests`] as the eight 32-bit words of SHA-256's final state (the digest is
-    /// their big-endian bytes), without the conversion to bytes.
+    /// The SHA-256 digests of every row, in order, into `out` (cleared first), as the eight
+    /// 32-bit words of SHA-256's final state (the digest is their big-endian bytes): sixteen
+    /// rows at a time where the CPU can ([`crate::lanes`]), the same digests as [`Self::digest`].
     pub fn digest_words(&self, out: &mut Vec<[u32; 8]>) {
         out.clear();
         out.reserve(self.len());
@@ -103,13 +100,8 @@ impl EncodedRows {
             let rows = LANES.min(self.len() - first);
             let starts =
                 std::array::from_fn(|l| if l < rows { (first + l) * self.slot } else { 0 });
-            let counts = std::array::from_fn(|l| {
-                if l < rows {
-                    (self.lens[first + l] + 9).div_ceil(64)
-                } else {
-                    0
-                }
-            });
+            let counts =
+                std::array::from_fn(|l| if l < rows { self.block_count(first + l) } else { 0 });
             let states = lanes::states(&self.blocks, &starts, &counts);
             out.extend_from_slice(&states[..rows]);
         }
@@ -516,11 +508,11 @@ mod tests {
         let mut rows = EncodedRows::default();
         encoded_rows(&cols, &mut rows);
         let mut all = Vec::new();
-        rows.digests(&mut all);
+        rows.digest_words(&mut all);
         assert_eq!(all.len(), 4);
         for (i, d) in all.iter().enumerate() {
             assert_eq!(rows.digest(i).to_vec(), Sha256::digest(rows.row(i)).to_vec(), "row {i}");
-            assert_eq!(*d, rows.digest(i), "row {i}");
+            assert_eq!(digest_bytes(*d), rows.digest(i), "row {i}");
         }
         // The bitmap, then each cell that is not null: integers as a byte count and the bytes
         // of the zigzag value, text as a varint length and the bytes.
@@ -637,10 +629,10 @@ mod tests {
         }
         // Sixteen at a time (rows of one to three blocks here), as one at a time.
         let mut all = Vec::new();
-        rows.digests(&mut all);
+        rows.digest_words(&mut all);
         assert_eq!(all.len(), n);
         for (i, d) in all.iter().enumerate() {
-            assert_eq!(*d, rows.digest(i), "row {i}");
+            assert_eq!(digest_bytes(*d), rows.digest(i), "row {i}");
         }
     }
 }

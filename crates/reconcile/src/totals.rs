@@ -194,8 +194,8 @@ impl KeySet {
 }
 
 /// Sorts one bucket of digests. The digests are uniform, so a pass by their second byte (the
-/// first is the bucket's) leaves groups of a few dozen, each sorted in cache; a big bucket
-/// sorted whole costs about twice as much.
+/// first is the bucket's) leaves groups of a few dozen, each sorted in cache: 1.24–1.39 times
+/// as fast as sorting each bucket whole (2,000,000 digests in 256 buckets, side by side).
 fn sort_digests(b: &mut Vec<u128>, scratch: &mut Vec<u128>) {
     if b.len() < 1024 {
         b.sort_unstable();
