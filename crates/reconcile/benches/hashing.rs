@@ -22,7 +22,7 @@ use arrow::array::{
     ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray, StringViewArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use strata_reconcile::{encoded_rows, EncodedRows, Totals, TotalsSpec};
+use strata_reconcile::{EncodedRows, RowEncoder, Totals, TotalsSpec};
 
 /// Lineitem-shaped rows; text as Utf8View (what DataFusion's VARCHAR, and so a cleaned stage,
 /// produces) or as plain Utf8.
@@ -201,11 +201,16 @@ fn main() {
                 &batches,
                 || (),
                 |_, b| {
+                    let rows = RowEncoder::new(b.columns());
+                    let key_columns: Vec<ArrayRef> = spec
+                        .key
+                        .iter()
+                        .map(|k| b.column_by_name(k).expect("key column").clone())
+                        .collect();
+                    let key_rows = RowEncoder::new(&key_columns);
                     for start in (0..b.num_rows()).step_by(256) {
-                        let len = 256.min(b.num_rows() - start);
-                        let cols: Vec<ArrayRef> =
-                            b.columns().iter().map(|c| c.slice(start, len)).collect();
-                        encoded_rows(&cols, &mut rows_buf);
+                        let chunk = start..b.num_rows().min(start + 256);
+                        rows.encode(chunk.clone(), &mut rows_buf);
                         if !hash {
                             sums[0] ^= u32::from(rows_buf.row(0)[0]);
                             continue;
@@ -213,12 +218,7 @@ fn main() {
                         rows_buf.digest_words(&mut words);
                         sums[0] = words.iter().fold(sums[0], |a, w| a.wrapping_add(w[0]));
                         if keys {
-                            let cols: Vec<ArrayRef> = spec
-                                .key
-                                .iter()
-                                .map(|k| b.column_by_name(k).expect("key column").slice(start, len))
-                                .collect();
-                            encoded_rows(&cols, &mut keys_buf);
+                            key_rows.encode(chunk, &mut keys_buf);
                             keys_buf.digest_words(&mut words);
                             sums[1] = words.iter().fold(sums[1], |a, w| a.wrapping_add(w[0]));
                         }

@@ -31,14 +31,16 @@
 //! block-aligned, in one buffer, and hashed with the raw compression function (SHA-NI where the
 //! CPU has it). The buffer is filled column by column, one tight loop per column.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
-    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, OffsetSizeTrait,
-    TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
-    TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
-};
-use arrow::buffer::NullBuffer;
+use std::ops::Range;
+
+use arrow::array::{Array, ArrayRef, AsArray, OffsetSizeTrait};
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{
+    Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// The name of this encoding, stored with totals so that totals hashed differently are never
@@ -55,6 +57,8 @@ pub struct EncodedRows {
     slot: usize,
     /// The encoded length of each row (before padding).
     lens: Vec<usize>,
+    /// Where each row's next cell goes, while encoding.
+    cursor: Vec<usize>,
 }
 
 impl EncodedRows {
@@ -118,10 +122,16 @@ fn digest_bytes(state: [u32; 8]) -> [u8; 32] {
 
 /// The canonical encoding of one row of `columns`, for tests and tools.
 pub fn encode(columns: &[ArrayRef], row: usize) -> Vec<u8> {
-    let sliced: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
     let mut out = EncodedRows::default();
-    encoded_rows(&sliced, &mut out);
+    RowEncoder::new(columns).encode(row..row + 1, &mut out);
     out.row(0).to_vec()
+}
+
+/// Encodes and pads every row of `columns` (all of the same length) into `out`, reusing its
+/// buffers.
+pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
+    let encoder = RowEncoder::new(columns);
+    encoder.encode(0..encoder.len(), out);
 }
 
 #[inline]
@@ -141,360 +151,465 @@ fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
     at + 1
 }
 
-/// The bytes of an integer cell: its count of significant bytes, then those bytes.
-#[inline]
-fn int_len(v: u64) -> usize {
-    1 + (64 - v.leading_zeros() as usize).div_ceil(8)
+/// Bytes a row may have past its end for stores that run over (see [`RowEncoder::encode`]).
+const SLACK: usize = 16;
+
+#[inline(always)]
+fn store16(buf: &mut [u8], at: usize, v: u128) {
+    buf[at..at + 16].copy_from_slice(&v.to_le_bytes());
 }
 
-#[inline]
-fn int_len128(v: u128) -> usize {
-    1 + (128 - v.leading_zeros() as usize).div_ceil(8)
-}
-
-/// Writes an integer cell at `at` and returns its end, with one 8- or 16-byte store that may run
-/// past the cell (see [`encoded_rows`] for why that is safe).
-#[inline]
+/// Writes an integer cell (its count of significant bytes `k`, then those bytes) at `at` with
+/// one 16-byte store, and returns its end.
+#[inline(always)]
 fn put_int(buf: &mut [u8], at: usize, v: u64) -> usize {
-    let len = int_len(v);
-    if len <= 8 {
-        buf[at..at + 8].copy_from_slice(&((v << 8) | (len as u64 - 1)).to_le_bytes());
-    } else {
-        buf[at..at + 16].copy_from_slice(&((u128::from(v) << 8) | 8).to_le_bytes());
-    }
-    at + len
+    let k = (64 - v.leading_zeros() as usize).div_ceil(8);
+    store16(buf, at, (u128::from(v) << 8) | k as u128);
+    at + 1 + k
 }
 
-#[inline]
+#[inline(always)]
 fn put_int128(buf: &mut [u8], at: usize, v: u128) -> usize {
-    let len = int_len128(v);
-    if len <= 8 {
-        return put_int(buf, at, v as u64);
-    }
-    if len <= 16 {
-        buf[at..at + 16].copy_from_slice(&((v << 8) | (len as u128 - 1)).to_le_bytes());
+    let k = (128 - v.leading_zeros() as usize).div_ceil(8);
+    if k < 16 {
+        store16(buf, at, (v << 8) | k as u128);
     } else {
         buf[at] = 16;
         buf[at + 1..at + 17].copy_from_slice(&v.to_le_bytes());
     }
-    at + len
+    at + 1 + k
 }
 
-#[inline]
+#[inline(always)]
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-#[inline]
+#[inline(always)]
 fn zigzag128(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
 }
 
-/// Writes `data[start..start + len]`, length first, at `at` and returns its end. Text under 128
-/// bytes (a one-byte length) is written with fixed-size stores: up to 7 bytes and the length in
-/// one 8-byte store when `data` has 8 bytes from `start` (see [`encoded_rows`]), up to 32 with
-/// two overlapping stores of 8 or 16 bytes that end at the cell's end.
-#[inline]
-fn put_bytes(buf: &mut [u8], at: usize, data: &[u8], start: usize, len: usize) -> usize {
-    if len >= 128 {
-        let at = put_varint(buf, at, len as u64);
-        buf[at..at + len].copy_from_slice(&data[start..start + len]);
-        return at + len;
+/// Copies `src` (at least 16 bytes) to `at` in 16-byte pieces, the last one ending at its end.
+#[inline(always)]
+fn copy_long(buf: &mut [u8], at: usize, src: &[u8]) {
+    let len = src.len();
+    let mut k = 0;
+    while k + 16 < len {
+        buf[at + k..at + k + 16].copy_from_slice(&src[k..k + 16]);
+        k += 16;
     }
-    if len <= 7 && start + 8 <= data.len() {
-        let word = u64::from_le_bytes(data[start..start + 8].try_into().expect("8 bytes"));
-        buf[at..at + 8].copy_from_slice(&((word << 8) | len as u64).to_le_bytes());
+    buf[at + len - 16..at + len].copy_from_slice(&src[len - 16..]);
+}
+
+/// Writes `data[start..start + len]`, length first (a LEB128 varint), at `at` and returns its
+/// end. Under 16 bytes, the length and the bytes go in one 16-byte store when `data` has 16
+/// bytes from `start`; longer text is copied in 16-byte pieces.
+#[inline(always)]
+fn put_bytes(buf: &mut [u8], at: usize, data: &[u8], start: usize, len: usize) -> usize {
+    if len < 16 {
+        if let Some(src) = data.get(start..start + 16) {
+            let word = u128::from_le_bytes(src.try_into().expect("16 bytes"));
+            store16(buf, at, (word << 8) | len as u128);
+        } else {
+            buf[at] = len as u8;
+            buf[at + 1..at + 1 + len].copy_from_slice(&data[start..start + len]);
+        }
         return at + 1 + len;
     }
-    buf[at] = len as u8;
-    let (at, src) = (at + 1, &data[start..start + len]);
-    match len {
-        8..=16 => {
-            buf[at..at + 8].copy_from_slice(&src[..8]);
-            buf[at + len - 8..at + len].copy_from_slice(&src[len - 8..]);
-        }
-        17..=32 => {
-            buf[at..at + 16].copy_from_slice(&src[..16]);
-            buf[at + len - 16..at + len].copy_from_slice(&src[len - 16..]);
-        }
-        _ => buf[at..at + len].copy_from_slice(src),
-    }
+    let at = if len < 128 {
+        buf[at] = len as u8;
+        at + 1
+    } else {
+        put_varint(buf, at, len as u64)
+    };
+    copy_long(buf, at, &data[start..start + len]);
     at + len
 }
 
-/// Writes the cells of a column that are not null, each at its row's cursor `at[i]` (moved past
-/// it): `put(buf, at, i)` writes cell `i` at `at` and returns the end.
-#[inline]
-fn cells(
-    nulls: Option<&NullBuffer>,
+/// Writes cell `i` of `values` (for each row `i` whose bit is set in `valid`, or every row) at
+/// that row's cursor `at[i]` with `put(buf, at[i], i, values[i])`, and moves the cursor past
+/// it. One copy of this loop per column type, so that each is small and keeps its state in
+/// registers.
+#[inline(never)]
+fn write_cells<T: Copy>(
+    values: &[T],
+    valid: Option<&BooleanBuffer>,
     buf: &mut [u8],
     at: &mut [usize],
-    put: impl Fn(&mut [u8], usize, usize) -> usize,
+    put: impl Fn(&mut [u8], usize, usize, T) -> usize,
 ) {
-    match nulls {
+    match valid {
         None => {
-            for (i, a) in at.iter_mut().enumerate() {
-                *a = put(buf, *a, i);
+            for (i, (a, v)) in at.iter_mut().zip(values).enumerate() {
+                *a = put(buf, *a, i, *v);
             }
         }
-        Some(nb) => nb.valid_indices().for_each(|i| at[i] = put(buf, at[i], i)),
-    }
-}
-
-fn is_binary(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Binary
-            | DataType::LargeBinary
-            | DataType::BinaryView
-    )
-}
-
-/// The longest cell of a column of type `t`, if it has a bound.
-fn widest_fixed(t: &DataType) -> Option<usize> {
-    Some(match t {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Date32
-        | DataType::Date64
-        | DataType::Timestamp(_, _) => 9,
-        DataType::Decimal128(_, _) => 17,
-        DataType::Float32 | DataType::Float64 => 8,
-        DataType::Boolean => 1,
-        _ => return None,
-    })
-}
-
-/// Display text of every cell, for types without a binary form in the encoding.
-fn text_of(c: &ArrayRef) -> Vec<String> {
-    let encoded = is_binary(c.data_type()) || widest_fixed(c.data_type()).is_some();
-    if encoded {
-        return Vec::new();
-    }
-    let options = FormatOptions::default();
-    let fmt = ArrayFormatter::try_new(c.as_ref(), &options).ok();
-    (0..c.len())
-        .map(|i| fmt.as_ref().map_or_else(String::new, |f| f.value(i).to_string()))
-        .collect()
-}
-
-/// The longest cell (length and bytes) of a column of variable width. Null cells count too,
-/// with the length their slot has: this is a bound, not a measure.
-fn widest_var(c: &ArrayRef, text: &[String]) -> usize {
-    fn widest<O: OffsetSizeTrait>(offsets: &[O]) -> usize {
-        offsets.windows(2).map(|w| w[1].as_usize() - w[0].as_usize()).max().unwrap_or(0)
-    }
-    let view_len = |views: &[u128]| views.iter().map(|v| *v as u32 as usize).max().unwrap_or(0);
-    let longest = match c.data_type() {
-        DataType::Utf8 => widest(c.as_string::<i32>().value_offsets()),
-        DataType::LargeUtf8 => widest(c.as_string::<i64>().value_offsets()),
-        DataType::Binary => widest(c.as_binary::<i32>().value_offsets()),
-        DataType::LargeBinary => widest(c.as_binary::<i64>().value_offsets()),
-        DataType::Utf8View => view_len(c.as_string_view().views()),
-        DataType::BinaryView => view_len(c.as_binary_view().views()),
-        _ => text.iter().map(String::len).max().unwrap_or(0),
-    };
-    varint_len(longest as u64) + longest
-}
-
-/// Writes every cell of a Utf8 or Binary column with `O` offsets, straight from its buffers.
-fn offset_cells<O: OffsetSizeTrait>(
-    offsets: &[O],
-    data: &[u8],
-    nulls: Option<&NullBuffer>,
-    buf: &mut [u8],
-    at: &mut [usize],
-) {
-    cells(nulls, buf, at, |buf, at, i| {
-        let start = offsets[i].as_usize();
-        put_bytes(buf, at, data, start, offsets[i + 1].as_usize() - start)
-    });
-}
-
-/// Writes every cell of one column that is not null, each at its row's cursor.
-fn write_column(c: &ArrayRef, text: &[String], buf: &mut [u8], at: &mut [usize]) {
-    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
-    let nb = nulls.as_ref();
-    // Integer cells of primitive array type `$t`, each value coded to u64 by `$code`.
-    macro_rules! ints {
-        ($t:ty, $code:expr) => {{
-            let v = c.as_any().downcast_ref::<$t>().expect("type checked").values();
-            let code = $code;
-            cells(nb, buf, at, |buf, at, i| put_int(buf, at, code(v[i])))
-        }};
-    }
-    let signed = |x: i64| zigzag(x);
-    match c.data_type() {
-        DataType::Int8 => ints!(Int8Array, |x: i8| signed(x.into())),
-        DataType::Int16 => ints!(Int16Array, |x: i16| signed(x.into())),
-        DataType::Int32 => ints!(Int32Array, |x: i32| signed(x.into())),
-        DataType::Int64 => ints!(Int64Array, signed),
-        DataType::Date32 => ints!(Date32Array, |x: i32| signed(x.into())),
-        DataType::Date64 => ints!(Date64Array, signed),
-        DataType::Timestamp(TimeUnit::Second, _) => ints!(TimestampSecondArray, signed),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            ints!(TimestampMillisecondArray, signed)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            ints!(TimestampMicrosecondArray, signed)
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => ints!(TimestampNanosecondArray, signed),
-        DataType::UInt8 => ints!(UInt8Array, |x: u8| u64::from(x)),
-        DataType::UInt16 => ints!(UInt16Array, |x: u16| u64::from(x)),
-        DataType::UInt32 => ints!(UInt32Array, |x: u32| u64::from(x)),
-        DataType::UInt64 => ints!(UInt64Array, |x: u64| x),
-        DataType::Decimal128(_, _) => {
-            let v = c.as_any().downcast_ref::<Decimal128Array>().expect("type checked").values();
-            // Most decimals fit in 64 bits, and their cells are the same either way.
-            cells(nb, buf, at, |buf, at, i| match i64::try_from(v[i]) {
-                Ok(small) => put_int(buf, at, zigzag(small)),
-                Err(_) => put_int128(buf, at, zigzag128(v[i])),
-            })
-        }
-        DataType::Float32 | DataType::Float64 => {
-            let v: Vec<f64> = match c.data_type() {
-                DataType::Float32 => {
-                    let a = c.as_any().downcast_ref::<Float32Array>().expect("type checked");
-                    a.values().iter().map(|x| f64::from(*x)).collect()
-                }
-                _ => c
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .expect("type checked")
-                    .values()
-                    .to_vec(),
-            };
-            cells(nb, buf, at, |buf, at, i| {
-                buf[at..at + 8].copy_from_slice(&v[i].to_bits().to_le_bytes());
-                at + 8
-            })
-        }
-        DataType::Boolean => {
-            let a = c.as_any().downcast_ref::<BooleanArray>().expect("type checked");
-            cells(nb, buf, at, |buf, at, i| {
-                buf[at] = u8::from(a.value(i));
-                at + 1
-            })
-        }
-        DataType::Utf8 => {
-            let a = c.as_string::<i32>();
-            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
-        }
-        DataType::LargeUtf8 => {
-            let a = c.as_string::<i64>();
-            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
-        }
-        DataType::Binary => {
-            let a = c.as_binary::<i32>();
-            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
-        }
-        DataType::LargeBinary => {
-            let a = c.as_binary::<i64>();
-            offset_cells(a.value_offsets(), a.values(), nb, buf, at)
-        }
-        DataType::Utf8View | DataType::BinaryView => {
-            let (views, buffers) = match c.data_type() {
-                DataType::Utf8View => {
-                    let a = c.as_string_view();
-                    (a.views(), a.data_buffers())
-                }
-                _ => {
-                    let a = c.as_binary_view();
-                    (a.views(), a.data_buffers())
-                }
-            };
-            cells(nb, buf, at, |buf, at, i| {
-                let view = views[i];
-                let len = view as u32 as usize;
-                if len > 12 {
-                    let b = &buffers[(view >> 64) as u32 as usize];
-                    return put_bytes(buf, at, b, (view >> 96) as u32 as usize, len);
-                }
-                // Inline: the bytes are in the view, after the length. The length (under 128:
-                // one byte) and the bytes in one store of 8 or 16 bytes.
-                let cell = ((view >> 32) << 8) | len as u128;
-                if len <= 7 {
-                    buf[at..at + 8].copy_from_slice(&(cell as u64).to_le_bytes());
-                } else {
-                    buf[at..at + 16].copy_from_slice(&cell.to_le_bytes());
-                }
-                at + 1 + len
-            })
-        }
-        _ => cells(nb, buf, at, |buf, at, i| {
-            put_bytes(buf, at, text[i].as_bytes(), 0, text[i].len())
-        }),
-    }
-}
-
-/// Encodes and pads every row of `columns` (all of the same length) into `out`, reusing its
-/// buffers. Works column by column.
-///
-/// Cells are written with whole 8- or 16-byte stores that may run past the cell, into bytes the
-/// next cell or the padding overwrites later. A store never runs more than 7 bytes past its cell
-/// (8-byte stores start inside a cell of at least one byte; 16-byte stores, inside one of at
-/// least nine), and a row's padding (written last) is at least 9 bytes, so no store reaches the
-/// next row.
-pub fn encoded_rows(columns: &[ArrayRef], out: &mut EncodedRows) {
-    let n = columns.first().map_or(0, |c| c.len());
-    let bitmap = columns.len().div_ceil(8);
-    let texts: Vec<Vec<String>> = columns.iter().map(text_of).collect();
-    // 1. Room for the longest row: the widest cell of each column, and the padding.
-    let mut room = bitmap + 9;
-    for (c, text) in columns.iter().zip(&texts) {
-        room += widest_fixed(c.data_type()).unwrap_or_else(|| widest_var(c, text));
-    }
-    out.slot = room.div_ceil(64);
-    // Zeroed first, in one pass: the bitmaps and the padding's zeros need no other writes.
-    let total = n * out.slot;
-    if out.blocks.len() < total {
-        out.blocks.resize(total, [0u8; 64]);
-    }
-    out.blocks[..total].fill([0u8; 64]);
-    let buf = out.blocks.as_flattened_mut();
-    let mut cursor: Vec<usize> = (0..n).map(|i| i * out.slot * 64).collect();
-    // 2. Bitmaps.
-    for (ci, c) in columns.iter().enumerate() {
-        if let Some(nb) = c.logical_nulls().filter(|n| n.null_count() > 0) {
-            for i in (0..n).filter(|&i| nb.is_null(i)) {
-                buf[cursor[i] + ci / 8] |= 1 << (ci % 8);
+        Some(valid) => {
+            for i in valid.set_indices() {
+                at[i] = put(buf, at[i], i, values[i]);
             }
         }
     }
-    // 3. The cells, column by column, each at its row's cursor.
-    for at in &mut cursor {
-        *at += bitmap;
+}
+
+/// One column's cells, typed once and borrowed from its arrays.
+#[derive(Debug)]
+enum Cells<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    Decimal(&'a [i128]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Bool(&'a BooleanBuffer),
+    Offsets32(&'a [i32], &'a [u8]),
+    Offsets64(&'a [i64], &'a [u8]),
+    Views(&'a [u128], &'a [Buffer]),
+    /// Display text, for types without a binary form in the encoding.
+    Text(Vec<String>),
+}
+
+#[derive(Debug)]
+struct Column<'a> {
+    cells: Cells<'a>,
+    /// Present only when some cell is null.
+    nulls: Option<NullBuffer>,
+}
+
+impl<'a> Column<'a> {
+    fn new(c: &'a ArrayRef) -> Self {
+        let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
+        let cells = match c.data_type() {
+            DataType::Int8 => Cells::I8(c.as_primitive::<Int8Type>().values()),
+            DataType::Int16 => Cells::I16(c.as_primitive::<Int16Type>().values()),
+            DataType::Int32 => Cells::I32(c.as_primitive::<Int32Type>().values()),
+            DataType::Int64 => Cells::I64(c.as_primitive::<Int64Type>().values()),
+            DataType::Date32 => Cells::I32(c.as_primitive::<Date32Type>().values()),
+            DataType::Date64 => Cells::I64(c.as_primitive::<Date64Type>().values()),
+            DataType::Timestamp(TimeUnit::Second, _) => {
+                Cells::I64(c.as_primitive::<TimestampSecondType>().values())
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                Cells::I64(c.as_primitive::<TimestampMillisecondType>().values())
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                Cells::I64(c.as_primitive::<TimestampMicrosecondType>().values())
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                Cells::I64(c.as_primitive::<TimestampNanosecondType>().values())
+            }
+            DataType::UInt8 => Cells::U8(c.as_primitive::<UInt8Type>().values()),
+            DataType::UInt16 => Cells::U16(c.as_primitive::<UInt16Type>().values()),
+            DataType::UInt32 => Cells::U32(c.as_primitive::<UInt32Type>().values()),
+            DataType::UInt64 => Cells::U64(c.as_primitive::<UInt64Type>().values()),
+            DataType::Decimal128(_, _) => {
+                Cells::Decimal(c.as_primitive::<Decimal128Type>().values())
+            }
+            DataType::Float32 => Cells::F32(c.as_primitive::<Float32Type>().values()),
+            DataType::Float64 => Cells::F64(c.as_primitive::<Float64Type>().values()),
+            DataType::Boolean => Cells::Bool(c.as_boolean().values()),
+            DataType::Utf8 => {
+                let a = c.as_string::<i32>();
+                Cells::Offsets32(a.value_offsets(), a.values())
+            }
+            DataType::LargeUtf8 => {
+                let a = c.as_string::<i64>();
+                Cells::Offsets64(a.value_offsets(), a.values())
+            }
+            DataType::Binary => {
+                let a = c.as_binary::<i32>();
+                Cells::Offsets32(a.value_offsets(), a.values())
+            }
+            DataType::LargeBinary => {
+                let a = c.as_binary::<i64>();
+                Cells::Offsets64(a.value_offsets(), a.values())
+            }
+            DataType::Utf8View => {
+                let a = c.as_string_view();
+                Cells::Views(a.views(), a.data_buffers())
+            }
+            DataType::BinaryView => {
+                let a = c.as_binary_view();
+                Cells::Views(a.views(), a.data_buffers())
+            }
+            _ => {
+                let options = FormatOptions::default();
+                let fmt = ArrayFormatter::try_new(c.as_ref(), &options).ok();
+                Cells::Text(
+                    (0..c.len())
+                        .map(|i| fmt.as_ref().map_or_else(String::new, |f| f.value(i).to_string()))
+                        .collect(),
+                )
+            }
+        };
+        Column { cells, nulls }
     }
-    for (c, text) in columns.iter().zip(&texts) {
-        write_column(c, text, buf, &mut cursor);
+
+    /// The longest cell of rows `rows` (null cells count too, with the value their slot has:
+    /// this is a bound, not a measure). For integers, the bytes of all the values or-ed
+    /// together (as many as the widest has).
+    fn widest(&self, rows: Range<usize>) -> usize {
+        fn offsets<O: OffsetSizeTrait>(o: &[O], rows: Range<usize>) -> usize {
+            o[rows.start..=rows.end].windows(2).map(|w| (w[1] - w[0]).as_usize()).max().unwrap_or(0)
+        }
+        fn ints<T: Copy>(v: &[T], code: impl Fn(T) -> u64) -> usize {
+            let all = v.iter().fold(0, |a, x| a | code(*x));
+            1 + (64 - all.leading_zeros() as usize).div_ceil(8)
+        }
+        let r = rows.clone();
+        let longest = match &self.cells {
+            Cells::I8(v) => return ints(&v[r], |x| zigzag(x.into())),
+            Cells::I16(v) => return ints(&v[r], |x| zigzag(x.into())),
+            Cells::I32(v) => return ints(&v[r], |x| zigzag(x.into())),
+            Cells::I64(v) => return ints(&v[r], zigzag),
+            Cells::U8(v) => return ints(&v[r], u64::from),
+            Cells::U16(v) => return ints(&v[r], u64::from),
+            Cells::U32(v) => return ints(&v[r], u64::from),
+            Cells::U64(v) => return ints(&v[r], |x| x),
+            Cells::Decimal(v) => {
+                let all = v[r].iter().fold(0, |a, x| a | zigzag128(*x));
+                return 1 + (128 - all.leading_zeros() as usize).div_ceil(8);
+            }
+            Cells::F32(_) | Cells::F64(_) => return 8,
+            Cells::Bool(_) => return 1,
+            Cells::Offsets32(o, _) => offsets(o, rows),
+            Cells::Offsets64(o, _) => offsets(o, rows),
+            Cells::Views(v, _) => v[r].iter().map(|v| *v as u32 as usize).max().unwrap_or(0),
+            Cells::Text(t) => t[r].iter().map(String::len).max().unwrap_or(0),
+        };
+        varint_len(longest as u64) + longest
     }
-    // 4. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length.
-    out.lens.clear();
-    for (i, end) in cursor.into_iter().enumerate() {
-        let start = i * out.slot * 64;
-        let len = end - start;
-        let end = start + (len + 9).div_ceil(64) * 64;
-        // 0x80 and the zeros that the last cell's store may have run over (at most 7 bytes,
-        // and the padding is at least 9).
-        buf[start + len..start + len + 8].copy_from_slice(&0x80u64.to_le_bytes());
-        buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
-        out.lens.push(len);
+
+    /// Writes the cells of rows `rows` that are not null, each at its row's cursor.
+    fn write(&self, rows: Range<usize>, buf: &mut [u8], at: &mut [usize]) {
+        let valid = self.nulls.as_ref().map(|n| n.inner().slice(rows.start, rows.len()));
+        let valid = valid.as_ref();
+        let r = rows.clone();
+        macro_rules! ints {
+            ($v:expr, $code:expr) => {{
+                let code = $code;
+                write_cells(
+                    &$v[r],
+                    valid,
+                    buf,
+                    at,
+                    #[inline(always)]
+                    |b, a, _, x| put_int(b, a, code(x)),
+                )
+            }};
+        }
+        match &self.cells {
+            Cells::I8(v) => ints!(v, |x: i8| zigzag(x.into())),
+            Cells::I16(v) => ints!(v, |x: i16| zigzag(x.into())),
+            Cells::I32(v) => ints!(v, |x: i32| zigzag(x.into())),
+            Cells::I64(v) => ints!(v, zigzag),
+            Cells::U8(v) => ints!(v, u64::from),
+            Cells::U16(v) => ints!(v, u64::from),
+            Cells::U32(v) => ints!(v, u64::from),
+            Cells::U64(v) => ints!(v, |x: u64| x),
+            Cells::Decimal(v) => write_cells(
+                &v[r],
+                valid,
+                buf,
+                at,
+                #[inline(always)]
+                |b, a, _, x| put_int128(b, a, zigzag128(x)),
+            ),
+            Cells::F32(v) => write_cells(
+                &v[r],
+                valid,
+                buf,
+                at,
+                #[inline(always)]
+                |b, a, _, x| {
+                    b[a..a + 8].copy_from_slice(&f64::from(x).to_bits().to_le_bytes());
+                    a + 8
+                },
+            ),
+            Cells::F64(v) => write_cells(
+                &v[r],
+                valid,
+                buf,
+                at,
+                #[inline(always)]
+                |b, a, _, x| {
+                    b[a..a + 8].copy_from_slice(&x.to_bits().to_le_bytes());
+                    a + 8
+                },
+            ),
+            Cells::Bool(v) => {
+                let v = v.slice(rows.start, rows.len());
+                write_cells(
+                    &vec![(); rows.len()],
+                    valid,
+                    buf,
+                    at,
+                    #[inline(always)]
+                    |b, a, i, ()| {
+                        b[a] = u8::from(v.value(i));
+                        a + 1
+                    },
+                )
+            }
+            Cells::Offsets32(o, data) => {
+                let ends = &o[rows.start + 1..=rows.end];
+                write_cells(
+                    &o[r],
+                    valid,
+                    buf,
+                    at,
+                    #[inline(always)]
+                    |b, a, i, start| {
+                        put_bytes(b, a, data, start as usize, (ends[i] - start) as usize)
+                    },
+                )
+            }
+            Cells::Offsets64(o, data) => {
+                let ends = &o[rows.start + 1..=rows.end];
+                write_cells(
+                    &o[r],
+                    valid,
+                    buf,
+                    at,
+                    #[inline(always)]
+                    |b, a, i, start| {
+                        put_bytes(b, a, data, start as usize, (ends[i] - start) as usize)
+                    },
+                )
+            }
+            Cells::Views(v, buffers) => write_cells(
+                &v[r],
+                valid,
+                buf,
+                at,
+                #[inline(always)]
+                |b, a, _, view| {
+                    let len = view as u32 as usize;
+                    if len > 12 {
+                        let data = &buffers[(view >> 64) as u32 as usize];
+                        return put_bytes(b, a, data, (view >> 96) as u32 as usize, len);
+                    }
+                    // Inline: the bytes are in the view, after the length; the length (one byte)
+                    // and the bytes in one store.
+                    store16(b, a, ((view >> 32) << 8) | len as u128);
+                    a + 1 + len
+                },
+            ),
+            Cells::Text(t) => {
+                let t = &t[r];
+                write_cells(
+                    &vec![(); t.len()],
+                    valid,
+                    buf,
+                    at,
+                    #[inline(always)]
+                    |b, a, i, ()| put_bytes(b, a, t[i].as_bytes(), 0, t[i].len()),
+                )
+            }
+        }
+    }
+}
+
+/// Columns of one batch, typed once, whose rows are encoded a range at a time (no slicing).
+#[derive(Debug)]
+pub struct RowEncoder<'a> {
+    columns: Vec<Column<'a>>,
+    len: usize,
+}
+
+impl<'a> RowEncoder<'a> {
+    /// An encoder of rows of `columns` (all of the same length), in that order.
+    pub fn new(columns: impl IntoIterator<Item = &'a ArrayRef>) -> Self {
+        let mut len = 0;
+        let columns = columns
+            .into_iter()
+            .map(|c| {
+                len = c.len();
+                Column::new(c)
+            })
+            .collect();
+        RowEncoder { columns, len }
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Encodes and pads rows `rows` into `out` (row `rows.start` is `out.row(0)`), reusing its
+    /// buffers. Works column by column.
+    ///
+    /// Cells are written with whole 16-byte stores that may run past the cell, into bytes the
+    /// next cell or the padding overwrites later. A store starts inside a cell, so it runs at
+    /// most 15 bytes past the row's end; the padding starts with one 16-byte store (0x80 and
+    /// zeros) at the row's end, and every slot has room for it.
+    pub fn encode(&self, rows: Range<usize>, out: &mut EncodedRows) {
+        let n = rows.len();
+        let bitmap = self.columns.len().div_ceil(8);
+        // 1. Room for the longest row: the widest cell of each column, and the padding.
+        let mut room = bitmap + SLACK;
+        for c in &self.columns {
+            room += c.widest(rows.clone());
+        }
+        out.slot = room.div_ceil(64);
+        let total = n * out.slot;
+        if out.blocks.len() < total {
+            out.blocks.resize(total, [0u8; 64]);
+        }
+        let buf = out.blocks.as_flattened_mut();
+        let row_bytes = out.slot * 64;
+        // 2. Bitmaps.
+        for i in 0..n {
+            buf[i * row_bytes..i * row_bytes + bitmap].fill(0);
+        }
+        for (ci, c) in self.columns.iter().enumerate() {
+            if let Some(nb) = &c.nulls {
+                for i in 0..n {
+                    buf[i * row_bytes + ci / 8] |= u8::from(nb.is_null(rows.start + i)) << (ci % 8);
+                }
+            }
+        }
+        // 3. The cells, column by column, each at its row's cursor.
+        let at = &mut out.cursor;
+        at.clear();
+        at.extend((0..n).map(|i| i * row_bytes + bitmap));
+        for c in &self.columns {
+            c.write(rows.clone(), buf, at);
+        }
+        // 4. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length. The
+        // first store also clears what the last cell's store ran over; the zeros after it (up
+        // to 48 bytes) are stores that end at most at the row's end.
+        out.lens.clear();
+        for (i, end) in at.iter().enumerate() {
+            let start = i * row_bytes;
+            let len = end - start;
+            let end = start + (len + 9).div_ceil(64) * 64;
+            store16(buf, start + len, 0x80);
+            let mut zeros = start + len + 16;
+            while zeros < end - 8 {
+                store16(buf, zeros.min(end - 16), 0);
+                zeros += 16;
+            }
+            buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+            out.lens.push(len);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::StringArray;
+    use arrow::array::{Int64Array, StringArray};
     use sha2::{Digest, Sha256};
     use std::sync::Arc;
 
@@ -633,6 +748,27 @@ mod tests {
         assert_eq!(all.len(), n);
         for (i, d) in all.iter().enumerate() {
             assert_eq!(digest_bytes(*d), rows.digest(i), "row {i}");
+        }
+        // Any range of rows, of arrays that are themselves slices, encodes as the whole does
+        // (each range's slots are sized for its own widest cells; bitmaps and padding are
+        // written over what the buffer held before).
+        let sliced: Vec<ArrayRef> = cols.iter().map(|c| c.slice(7, n - 7)).collect();
+        let encoder = RowEncoder::new(&sliced);
+        let mut part = EncodedRows::default();
+        let mut start = 0;
+        for len in [1, 300, 17, 256, 1000, 5].into_iter().cycle() {
+            let end = (start + len).min(n - 7);
+            encoder.encode(start..end, &mut part);
+            assert_eq!(part.len(), end - start);
+            part.digest_words(&mut all);
+            for i in start..end {
+                assert_eq!(part.row(i - start), rows.row(i + 7), "row {}", i + 7);
+                assert_eq!(digest_bytes(all[i - start]), rows.digest(i + 7), "row {}", i + 7);
+            }
+            if end == n - 7 {
+                break;
+            }
+            start = end;
         }
     }
 }

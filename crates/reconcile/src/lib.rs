@@ -38,7 +38,7 @@ mod encode;
 pub mod lanes;
 mod totals;
 
-pub use encode::{encode, encoded_rows, EncodedRows, ENCODING};
+pub use encode::{encode, encoded_rows, EncodedRows, RowEncoder, ENCODING};
 pub use totals::{
     compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference,
     KeyCounts, KeyOrder, KeySet, TimeBounds, Totals, TotalsSpec,

@@ -13,7 +13,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
-use crate::encode::{encoded_rows, EncodedRows, ENCODING};
+use crate::encode::{EncodedRows, RowEncoder, ENCODING};
 use crate::{Error, Result};
 
 /// What to total: declared per dataset.
@@ -493,27 +493,26 @@ impl Totals {
             *self.nulls.entry(schema.field(i).name().clone()).or_default() +=
                 batch.column(i).logical_null_count() as u64;
         }
-        let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
+        let rows = RowEncoder::new(order.iter().map(|&i| batch.column(i)));
         let keys: Vec<ArrayRef> = match &self.keys {
             Some(_) => {
                 self.spec.key.iter().map(|k| column(batch, k).cloned()).collect::<Result<_>>()?
             }
             None => Vec::new(),
         };
+        let key_rows = RowEncoder::new(&keys);
         // Chunks small enough that a chunk's encoded rows stay in the CPU cache while each
         // column is written into them.
         let mut start = 0;
         while start < n {
-            let len = CHUNK.min(n - start);
-            let sliced: Vec<ArrayRef> = columns.iter().map(|c| c.slice(start, len)).collect();
-            encoded_rows(&sliced, &mut self.rows_buf);
+            let chunk = start..CHUNK.min(n - start) + start;
+            rows.encode(chunk.clone(), &mut self.rows_buf);
             self.rows_buf.digest_words(&mut self.digests);
             for d in &self.digests {
                 add_digest(&mut self.row_hash, &digest_lanes(d));
             }
             if let Some(counter) = &mut self.keys {
-                let sliced: Vec<ArrayRef> = keys.iter().map(|c| c.slice(start, len)).collect();
-                encoded_rows(&sliced, &mut self.keys_buf);
+                key_rows.encode(chunk.clone(), &mut self.keys_buf);
                 self.keys_buf.digest_words(&mut self.digests);
                 for d in &self.digests {
                     let lanes = digest_lanes(d);
@@ -524,7 +523,7 @@ impl Totals {
                     }
                 }
             }
-            start += len;
+            start = chunk.end;
         }
         if let Some(KeyCounter::Order(order)) = &mut self.keys {
             order.update(&keys)?;
