@@ -570,7 +570,11 @@ impl<'a> RowEncoder<'a> {
         let row_bytes = out.slot * 64;
         // 2. Bitmaps.
         for i in 0..n {
-            buf[i * row_bytes..i * row_bytes + bitmap].fill(0);
+            if bitmap <= 16 {
+                store16(buf, i * row_bytes, 0);
+            } else {
+                buf[i * row_bytes..i * row_bytes + bitmap].fill(0);
+            }
         }
         for (ci, c) in self.columns.iter().enumerate() {
             if let Some(nb) = &c.nulls {
