@@ -208,8 +208,8 @@ fn main() {
                         .map(|k| b.column_by_name(k).expect("key column").clone())
                         .collect();
                     let key_rows = RowEncoder::new(&key_columns);
-                    for start in (0..b.num_rows()).step_by(256) {
-                        let chunk = start..b.num_rows().min(start + 256);
+                    for start in (0..b.num_rows()).step_by(128) {
+                        let chunk = start..b.num_rows().min(start + 128);
                         rows.encode(chunk.clone(), &mut rows_buf);
                         if !hash {
                             sums[0] ^= u32::from(rows_buf.row(0)[0]);

@@ -152,7 +152,7 @@ fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
 }
 
 /// Bytes a row may have past its end for stores that run over (see [`RowEncoder::encode`]).
-const SLACK: usize = 16;
+const SLACK: usize = 64;
 
 #[inline(always)]
 fn store16(buf: &mut [u8], at: usize, v: u128) {
@@ -351,37 +351,22 @@ impl<'a> Column<'a> {
         Column { cells, nulls }
     }
 
-    /// The longest cell of rows `rows` (null cells count too, with the value their slot has:
-    /// this is a bound, not a measure). For integers, the bytes of all the values or-ed
-    /// together (as many as the widest has).
+    /// The longest cell of rows `rows` (null cells count too, with the length their slot has:
+    /// this is a bound, not a measure).
     fn widest(&self, rows: Range<usize>) -> usize {
         fn offsets<O: OffsetSizeTrait>(o: &[O], rows: Range<usize>) -> usize {
             o[rows.start..=rows.end].windows(2).map(|w| (w[1] - w[0]).as_usize()).max().unwrap_or(0)
         }
-        fn ints<T: Copy>(v: &[T], code: impl Fn(T) -> u64) -> usize {
-            let all = v.iter().fold(0, |a, x| a | code(*x));
-            1 + (64 - all.leading_zeros() as usize).div_ceil(8)
-        }
-        let r = rows.clone();
         let longest = match &self.cells {
-            Cells::I8(v) => return ints(&v[r], |x| zigzag(x.into())),
-            Cells::I16(v) => return ints(&v[r], |x| zigzag(x.into())),
-            Cells::I32(v) => return ints(&v[r], |x| zigzag(x.into())),
-            Cells::I64(v) => return ints(&v[r], zigzag),
-            Cells::U8(v) => return ints(&v[r], u64::from),
-            Cells::U16(v) => return ints(&v[r], u64::from),
-            Cells::U32(v) => return ints(&v[r], u64::from),
-            Cells::U64(v) => return ints(&v[r], |x| x),
-            Cells::Decimal(v) => {
-                let all = v[r].iter().fold(0, |a, x| a | zigzag128(*x));
-                return 1 + (128 - all.leading_zeros() as usize).div_ceil(8);
-            }
+            Cells::I8(_) | Cells::I16(_) | Cells::I32(_) | Cells::I64(_) => return 9,
+            Cells::U8(_) | Cells::U16(_) | Cells::U32(_) | Cells::U64(_) => return 9,
+            Cells::Decimal(_) => return 17,
             Cells::F32(_) | Cells::F64(_) => return 8,
             Cells::Bool(_) => return 1,
             Cells::Offsets32(o, _) => offsets(o, rows),
             Cells::Offsets64(o, _) => offsets(o, rows),
-            Cells::Views(v, _) => v[r].iter().map(|v| *v as u32 as usize).max().unwrap_or(0),
-            Cells::Text(t) => t[r].iter().map(String::len).max().unwrap_or(0),
+            Cells::Views(v, _) => v[rows].iter().map(|v| *v as u32 as usize).max().unwrap_or(0),
+            Cells::Text(t) => t[rows].iter().map(String::len).max().unwrap_or(0),
         };
         varint_len(longest as u64) + longest
     }
@@ -599,11 +584,9 @@ impl<'a> RowEncoder<'a> {
             let len = end - start;
             let end = start + (len + 9).div_ceil(64) * 64;
             store16(buf, start + len, 0x80);
-            let mut zeros = start + len + 16;
-            while zeros < end - 8 {
-                store16(buf, zeros.min(end - 16), 0);
-                zeros += 16;
-            }
+            store16(buf, start + len + 16, 0);
+            store16(buf, start + len + 32, 0);
+            store16(buf, start + len + 48, 0);
             buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
             out.lens.push(len);
         }

@@ -146,7 +146,7 @@ pub struct TimeBounds {
 }
 
 /// Rows encoded and hashed at a time.
-const CHUNK: usize = 256;
+const CHUNK: usize = 128;
 
 /// The key digests seen (first 128 bits of each key's SHA-256), in 256 buckets by their top
 /// byte. A bucket is a list of pages (4 digests, then twice as many each time up to 1,024), so
