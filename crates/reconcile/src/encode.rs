@@ -398,13 +398,17 @@ impl<'a> Column<'a> {
             Cells::U16(v) => ints!(v, u64::from),
             Cells::U32(v) => ints!(v, u64::from),
             Cells::U64(v) => ints!(v, |x: u64| x),
+            // Most decimals fit in 64 bits, and their cells are the same either way.
             Cells::Decimal(v) => write_cells(
                 &v[r],
                 valid,
                 buf,
                 at,
                 #[inline(always)]
-                |b, a, _, x| put_int128(b, a, zigzag128(x)),
+                |b, a, _, x| match i64::try_from(x) {
+                    Ok(small) => put_int(b, a, zigzag(small)),
+                    Err(_) => put_int128(b, a, zigzag128(x)),
+                },
             ),
             Cells::F32(v) => write_cells(
                 &v[r],

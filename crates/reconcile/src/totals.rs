@@ -215,54 +215,61 @@ impl KeySet {
 /// buffers from bucket to bucket.
 #[derive(Default)]
 struct DigestCounter {
+    /// An open-addressing table of at least twice as many slots as digests; 0 is empty.
+    table: Vec<u128>,
     scratch: Vec<u128>,
-    starts: Vec<usize>,
 }
 
+/// The most slots of a [`DigestCounter`] table (16 MiB); a bucket of more than half as many
+/// digests (a quarter of a billion keys, or very many repeats) is counted by sorting.
+const TABLE: usize = 1 << 20;
+
 impl DigestCounter {
-    /// `(distinct, total)` of the digests in `pages`. The digests are uniform, so one radix pass
-    /// by the bits after the top byte (as many groups as digests, rounded to a power of two)
-    /// leaves groups of one or two, compared pairwise; a larger group (repeated keys) is sorted.
+    /// `(distinct, total)` of the digests in `pages`. The digests are uniform, so the bits
+    /// after the top byte place each in a table at most half full, where a repeat meets its
+    /// first copy within a probe or two.
     fn count(&mut self, pages: &[&[u128]]) -> (u64, u64) {
         let n: usize = pages.iter().map(|p| p.len()).sum();
         if n == 0 {
             return (0, 0);
         }
-        let bits = n.next_power_of_two().trailing_zeros().clamp(1, 20);
-        let group = |d: u128| ((d >> (120 - bits)) as usize) & ((1 << bits) - 1);
-        self.starts.clear();
-        self.starts.resize((1 << bits) + 1, 0);
-        for page in pages {
-            for d in *page {
-                self.starts[group(*d) + 1] += 1;
+        if 2 * n > TABLE {
+            self.scratch.clear();
+            for page in pages {
+                self.scratch.extend_from_slice(page);
             }
+            self.scratch.sort_unstable();
+            let repeats = self.scratch.windows(2).filter(|w| w[0] == w[1]).count();
+            self.scratch = Vec::new();
+            return ((n - repeats) as u64, n as u64);
         }
-        for g in 0..1 << bits {
-            self.starts[g + 1] += self.starts[g];
-        }
-        self.scratch.clear();
-        self.scratch.resize(n, 0);
-        let mut at = self.starts.clone();
+        let bits = (2 * n).next_power_of_two().trailing_zeros();
+        let mask = (1usize << bits) - 1;
+        self.table.clear();
+        self.table.resize(1 << bits, 0);
+        let (mut distinct, mut zero) = (0u64, false);
         for page in pages {
-            for d in *page {
-                let g = group(*d);
-                self.scratch[at[g]] = *d;
-                at[g] += 1;
-            }
-        }
-        let mut distinct = 0u64;
-        for w in self.starts.windows(2) {
-            let g = &mut self.scratch[w[0]..w[1]];
-            distinct += match g.len() {
-                0 | 1 => g.len() as u64,
-                2..=8 => (0..g.len()).filter(|&i| !g[..i].contains(&g[i])).count() as u64,
-                _ => {
-                    g.sort_unstable();
-                    g.len() as u64 - g.windows(2).filter(|w| w[0] == w[1]).count() as u64
+            for &d in *page {
+                if d == 0 {
+                    zero = true;
+                    continue;
                 }
-            };
+                let mut slot = ((d >> (120 - bits)) as usize) & mask;
+                loop {
+                    let there = self.table[slot];
+                    if there == d {
+                        break;
+                    }
+                    if there == 0 {
+                        self.table[slot] = d;
+                        distinct += 1;
+                        break;
+                    }
+                    slot = (slot + 1) & mask;
+                }
+            }
         }
-        (distinct, n as u64)
+        (distinct + u64::from(zero), n as u64)
     }
 }
 
@@ -803,20 +810,26 @@ mod tests {
     #[test]
     fn key_sets_count_like_a_sort() {
         let mut next = crate::xorshift(0x0123_4567_89ab_cdefu64);
-        for n in [0usize, 1, 5, 1023, 1024, 5000, 70_000] {
-            // Random digests, crowded into a few buckets (top bytes 7 and 8) or spread over
-            // all; some repeated up to three times, and one repeated 40 times (a group too big
-            // to compare pairwise).
+        // Random digests, crowded into one or two buckets (top bytes 7 and 8) or spread over
+        // all 256; some repeated up to three times, one repeated 40 times, and the digest 0
+        // (the table's empty slot) among them. 600,000 in one bucket are counted by sorting.
+        for (n, crowd) in [(0usize, 2), (1, 2), (5, 2), (1023, 2), (5000, 2), (70_000, 256)]
+            .into_iter()
+            .chain([(600_000, 1)])
+        {
             let mut digests: Vec<u128> = (0..n)
                 .map(|i| {
                     let d = (u128::from(next()) << 64) | u128::from(next());
-                    if n < 10_000 {
-                        (d >> 8) | ((7 + (i % 2) as u128) << 120)
-                    } else {
-                        d
+                    match crowd {
+                        256 => d,
+                        _ => (d >> 8) | ((7 + (i % crowd) as u128) << 120),
                     }
                 })
                 .collect();
+            if n == 5000 {
+                digests[17] = 0;
+                digests.push(0);
+            }
             for i in (0..n).step_by(7) {
                 let d = digests[i];
                 digests.push(d);
