@@ -151,8 +151,9 @@ fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
     at + 1
 }
 
-/// Bytes a row may have past its end for stores that run over (see [`RowEncoder::encode`]).
-const SLACK: usize = 64;
+/// Room in a row's slot past its message: the padding (at most 72 bytes), which also takes the
+/// stores that run over the last cell (see [`RowEncoder::encode`]).
+const SLACK: usize = 72;
 
 #[inline(always)]
 fn store16(buf: &mut [u8], at: usize, v: u128) {
@@ -540,8 +541,10 @@ impl<'a> RowEncoder<'a> {
     ///
     /// Cells are written with whole 16-byte stores that may run past the cell, into bytes the
     /// next cell or the padding overwrites later. A store starts inside a cell, so it runs at
-    /// most 15 bytes past the row's end; the padding starts with one 16-byte store (0x80 and
-    /// zeros) at the row's end, and every slot has room for it.
+    /// most 15 bytes past the row's message; the padding writes the 64 bytes after the message
+    /// (0x80, then zeros) and the length, and every slot has room for the longest row's
+    /// message and 72 bytes more. Only the bitmaps and the padding are zeroed: the buffer is
+    /// reused, and nothing else is read.
     pub fn encode(&self, rows: Range<usize>, out: &mut EncodedRows) {
         let n = rows.len();
         let bitmap = self.columns.len().div_ceil(8);
@@ -579,19 +582,18 @@ impl<'a> RowEncoder<'a> {
         for c in &self.columns {
             c.write(rows.clone(), buf, at);
         }
-        // 4. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length. The
-        // first store also clears what the last cell's store ran over; the zeros after it (up
-        // to 48 bytes) are stores that end at most at the row's end.
+        // 4. Padding, last: the message, 0x80, zeros, the 64-bit big-endian bit length, all
+        // within the 72 bytes after the message (the padding is 9 to 72 bytes). The zeros also
+        // clear what the last cell's store ran over.
         out.lens.clear();
-        for (i, end) in at.iter().enumerate() {
-            let start = i * row_bytes;
-            let len = end - start;
-            let end = start + (len + 9).div_ceil(64) * 64;
-            store16(buf, start + len, 0x80);
-            store16(buf, start + len + 16, 0);
-            store16(buf, start + len + 32, 0);
-            store16(buf, start + len + 48, 0);
-            buf[end - 8..end].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+        for (i, &end) in at.iter().enumerate() {
+            let len = end - i * row_bytes;
+            let pad: &mut [u8; 72] =
+                (&mut buf[end..end + 72]).try_into().expect("room for the padding");
+            pad[..16].copy_from_slice(&0x80u128.to_le_bytes());
+            pad[16..64].fill(0);
+            let length_at = (len + 9).div_ceil(64) * 64 - len - 8;
+            pad[length_at..length_at + 8].copy_from_slice(&((len as u64) * 8).to_be_bytes());
             out.lens.push(len);
         }
     }
