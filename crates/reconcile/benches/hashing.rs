@@ -11,9 +11,13 @@
 //! `encode+sha256` and `both hashes` (row and key hashes, no other totals) show where the time
 //! goes.
 //!
+//! Samples are taken round-robin over the lines (and SHA-256 over bulk data, the host's own
+//! speed), so that a slow minute of a shared host falls on every line alike; each line reports
+//! its median and its best sample.
+//!
 //! `cargo bench -p strata-reconcile --bench hashing` (release build). `STRATA_BENCH_ROWS` sets the
-//! rows (default 2,000,000), `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at
-//! least 1 GB/s per core.
+//! rows (default 2,000,000), `STRATA_BENCH_SAMPLES` the samples per line (default 7),
+//! `STRATA_BENCH_ONLY` picks lines by name (`full totals`). Target: at least 1 GB/s per core.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -113,36 +117,51 @@ fn touch(b: &RecordBatch) -> u8 {
     b.columns().iter().fold(0, |a, c| a ^ data(&c.to_data()))
 }
 
-/// Five samples, median: each sample makes a state with `begin`, runs `work` on it over every
-/// batch (each touched first, untimed) and ends with `end`; the work and the end are timed.
-fn measure<S>(
+/// One sample: makes a state with `begin`, runs `work` on it over every batch (each touched
+/// first, untimed) and ends with `end`; the work and the end are timed, in seconds.
+fn sample<S>(
     batches: &[RecordBatch],
-    mut begin: impl FnMut() -> S,
-    mut work: impl FnMut(&mut S, &RecordBatch),
-    mut end: impl FnMut(S),
+    begin: &mut impl FnMut() -> S,
+    work: &mut impl FnMut(&mut S, &RecordBatch),
+    end: &mut impl FnMut(S),
 ) -> f64 {
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let mut state = begin();
-        let mut timed = std::time::Duration::ZERO;
-        for b in batches {
-            std::hint::black_box(touch(b));
-            let started = Instant::now();
-            work(&mut state, b);
-            timed += started.elapsed();
-        }
+    let mut state = begin();
+    let mut timed = std::time::Duration::ZERO;
+    for b in batches {
+        std::hint::black_box(touch(b));
         let started = Instant::now();
-        end(state);
+        work(&mut state, b);
         timed += started.elapsed();
-        samples.push(timed.as_secs_f64());
     }
-    samples.sort_by(f64::total_cmp);
-    samples[2]
+    let started = Instant::now();
+    end(state);
+    timed += started.elapsed();
+    timed.as_secs_f64()
+}
+
+/// A line of the report: its name, the bytes it reads, and one timed sample of it.
+struct Line<'a> {
+    name: String,
+    bytes: usize,
+    run: Box<dyn FnMut() -> f64 + 'a>,
+}
+
+fn line<'a, S: 'a>(
+    name: String,
+    batches: &'a [RecordBatch],
+    mut begin: impl FnMut() -> S + 'a,
+    mut work: impl FnMut(&mut S, &RecordBatch) + 'a,
+    mut end: impl FnMut(S) + 'a,
+) -> Line<'a> {
+    let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    Line { name, bytes, run: Box::new(move || sample(batches, &mut begin, &mut work, &mut end)) }
 }
 
 fn main() {
     let rows: i64 =
         std::env::var("STRATA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let samples: usize =
+        std::env::var("STRATA_BENCH_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
     // DataFusion's batch size: what a stage's writer hashes at a time.
     let size = 8_192;
     let spec = TotalsSpec {
@@ -157,9 +176,6 @@ fn main() {
     };
     let only_rows = TotalsSpec::default();
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
-    // What SHA-256 itself does over bulk data on this host this minute (its speed varies).
-    let bulk = sha256_bulk();
-    println!("sha256 over bulk data (sha2, 16 KiB updates): median {:.2} GB/s (one core)", bulk);
     println!(
         "row digests: {}",
         if strata_reconcile::lanes::available() {
@@ -168,39 +184,48 @@ fn main() {
             "sha2, one row at a time (no AVX-512 here)"
         }
     );
-    for view in [true, false] {
-        let batches: Vec<RecordBatch> =
-            (0..rows).step_by(size as usize).map(|s| batch(s, size.min(rows - s), view)).collect();
-        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let text = if view { "Utf8View" } else { "Utf8" };
-        let report = |name: &str, secs: f64| {
-            let rate = bytes as f64 / secs / 1e9;
-            println!(
-                "{name:<14} text {text:<8} {rows} rows, {:>4.0} MiB of Arrow data: median {secs:.3} s = {rate:.2} GB/s ({:.2}x bulk sha256), {:.0} ns/row (one core)",
-                bytes as f64 / 1048576.0,
-                rate / bulk,
-                secs * 1e9 / rows as f64
-            );
-        };
+    let data: Vec<(&str, Vec<RecordBatch>)> = [true, false]
+        .into_iter()
+        .map(|view| {
+            let batches = (0..rows)
+                .step_by(size as usize)
+                .map(|s| batch(s, size.min(rows - s), view))
+                .collect();
+            (if view { "Utf8View" } else { "Utf8" }, batches)
+        })
+        .collect();
+    // SHA-256 itself (sha2, SHA-NI where the CPU has it) over 64 MiB in 16 KiB updates: this
+    // host's speed varies from minute to minute, so it is sampled with the other lines.
+    let block: Vec<u8> = (0..16_384u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut lines = vec![Line {
+        name: "sha256 over bulk data (sha2, 16 KiB updates)".into(),
+        bytes: 4096 * block.len(),
+        run: Box::new(|| {
+            use sha2::{Digest, Sha256};
+            let started = Instant::now();
+            let mut h = Sha256::new();
+            for _ in 0..4096 {
+                h.update(&block);
+            }
+            std::hint::black_box(h.finalize());
+            started.elapsed().as_secs_f64()
+        }),
+    }];
+    for (text, batches) in &data {
         // Where the time goes: the canonical encoding of whole rows alone; with their SHA-256
         // digests; and both content hashes (rows and keys, encoded, digested and summed) as the
-        // totals compute them, 256 rows at a time, without the other totals.
+        // totals compute them, 128 rows at a time, without the other totals.
         for (name, hash, keys) in [
             ("encode only", false, false),
             ("encode+sha256", true, false),
             ("both hashes", true, true),
         ] {
-            if !name.contains(only.as_str()) {
-                continue;
-            }
-            let mut rows_buf = EncodedRows::default();
-            let mut keys_buf = EncodedRows::default();
-            let mut words = Vec::new();
-            let mut sums = [0u32; 2];
-            let secs = measure(
-                &batches,
-                || (),
-                |_, b| {
+            let (spec, name) = (&spec, format!("{name:<14} text {text:<8}"));
+            lines.push(line(
+                name,
+                batches,
+                || (EncodedRows::default(), EncodedRows::default(), Vec::new(), [0u32; 2]),
+                move |(rows_buf, keys_buf, words, sums), b| {
                     let rows = RowEncoder::new(b.columns());
                     let key_columns: Vec<ArrayRef> = spec
                         .key
@@ -210,63 +235,72 @@ fn main() {
                     let key_rows = RowEncoder::new(&key_columns);
                     for start in (0..b.num_rows()).step_by(128) {
                         let chunk = start..b.num_rows().min(start + 128);
-                        rows.encode(chunk.clone(), &mut rows_buf);
+                        rows.encode(chunk.clone(), rows_buf);
                         if !hash {
                             sums[0] ^= u32::from(rows_buf.row(0)[0]);
                             continue;
                         }
-                        rows_buf.digest_words(&mut words);
+                        rows_buf.digest_words(words);
                         sums[0] = words.iter().fold(sums[0], |a, w| a.wrapping_add(w[0]));
                         if keys {
-                            key_rows.encode(chunk, &mut keys_buf);
-                            keys_buf.digest_words(&mut words);
+                            key_rows.encode(chunk, keys_buf);
+                            keys_buf.digest_words(words);
                             sums[1] = words.iter().fold(sums[1], |a, w| a.wrapping_add(w[0]));
                         }
                     }
                 },
-                |_| (),
-            );
-            std::hint::black_box(sums);
-            report(name, secs);
+                |state| {
+                    std::hint::black_box(state.3);
+                },
+            ));
         }
         // Keys counted by digest (any order), or in key order (a cleaned stage: the rows are
         // generated sorted by (l_orderkey, l_linenumber)).
-        let runs = [
+        for (name, spec, in_order) in [
             ("row hash only", &only_rows, false),
             ("full totals", &spec, false),
             ("keys in order", &spec, true),
-        ];
-        for (name, spec, in_order) in runs.into_iter().filter(|r| r.0.contains(only.as_str())) {
-            let secs = measure(
-                &batches,
-                || if in_order { Totals::new_in_key_order(spec) } else { Totals::new(spec) },
+        ] {
+            lines.push(line(
+                format!("{name:<14} text {text:<8}"),
+                batches,
+                move || if in_order { Totals::new_in_key_order(spec) } else { Totals::new(spec) },
                 |t, b| t.update(b).expect("totals"),
                 |t| {
                     let totals = t.finish();
                     assert_eq!(totals.rows, rows as u64);
                     assert_eq!(totals.keys.unwrap_or_default().out_of_order, 0);
                 },
-            );
-            report(name, secs);
+            ));
         }
     }
-}
-
-/// GB/s of SHA-256 over 256 MiB in 16 KiB updates, median of 5.
-fn sha256_bulk() -> f64 {
-    use sha2::{Digest, Sha256};
-    let block: Vec<u8> = (0..16_384u32).map(|i| (i * 31 % 251) as u8).collect();
-    let mut samples: Vec<f64> = (0..5)
-        .map(|_| {
-            let started = Instant::now();
-            let mut h = Sha256::new();
-            for _ in 0..16_384 {
-                h.update(&block);
-            }
-            std::hint::black_box(h.finalize());
-            (16_384.0 * 16_384.0) / started.elapsed().as_secs_f64() / 1e9
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[2]
+    lines.retain(|l| l.name.starts_with("sha256") || l.name.contains(only.as_str()));
+    // Samples taken round-robin, so that every line sees the host's slow and fast minutes
+    // alike and their ratios hold; the median and the fastest sample of each.
+    let mut times = vec![Vec::new(); lines.len()];
+    for _ in 0..samples {
+        for (l, t) in lines.iter_mut().zip(&mut times) {
+            t.push((l.run)());
+        }
+    }
+    let rate = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        (t[t.len() / 2], t[0])
+    };
+    let (bulk, bulk_best) = median(&mut times[0]);
+    let (bulk, bulk_best) = (rate(lines[0].bytes, bulk), rate(lines[0].bytes, bulk_best));
+    println!("{}: median {bulk:.2} GB/s, best {bulk_best:.2} GB/s (one core)", lines[0].name);
+    for (l, t) in lines.iter().zip(&mut times).skip(1) {
+        let (secs, best) = median(t);
+        println!(
+            "{} {rows} rows, {:>4.0} MiB of Arrow data: median {secs:.3} s = {:.2} GB/s ({:.2}x bulk sha256), {:.0} ns/row; best {:.2} GB/s (one core)",
+            l.name,
+            l.bytes as f64 / 1048576.0,
+            rate(l.bytes, secs),
+            rate(l.bytes, secs) / bulk,
+            secs * 1e9 / rows as f64,
+            rate(l.bytes, best),
+        );
+    }
 }
