@@ -254,6 +254,30 @@ fn write_cells<T: Copy>(
     }
 }
 
+/// Writes the cells of rows `rows` of a Utf8 or Binary column with `O` offsets, straight from
+/// its buffers.
+fn offset_cells<O: OffsetSizeTrait>(
+    offsets: &[O],
+    data: &[u8],
+    rows: Range<usize>,
+    valid: Option<&BooleanBuffer>,
+    buf: &mut [u8],
+    at: &mut [usize],
+) {
+    let ends = &offsets[rows.start + 1..=rows.end];
+    write_cells(
+        &offsets[rows],
+        valid,
+        buf,
+        at,
+        #[inline(always)]
+        |b, a, i, start| {
+            let start = start.as_usize();
+            put_bytes(b, a, data, start, ends[i].as_usize() - start)
+        },
+    )
+}
+
 /// One column's cells, typed once and borrowed from its arrays.
 #[derive(Debug)]
 enum Cells<'a> {
@@ -433,6 +457,8 @@ impl<'a> Column<'a> {
                     a + 8
                 },
             ),
+            // Cells read by index (bits, strings): the values passed are `()`, a vector that
+            // allocates nothing.
             Cells::Bool(v) => {
                 let v = v.slice(rows.start, rows.len());
                 write_cells(
@@ -447,32 +473,8 @@ impl<'a> Column<'a> {
                     },
                 )
             }
-            Cells::Offsets32(o, data) => {
-                let ends = &o[rows.start + 1..=rows.end];
-                write_cells(
-                    &o[r],
-                    valid,
-                    buf,
-                    at,
-                    #[inline(always)]
-                    |b, a, i, start| {
-                        put_bytes(b, a, data, start as usize, (ends[i] - start) as usize)
-                    },
-                )
-            }
-            Cells::Offsets64(o, data) => {
-                let ends = &o[rows.start + 1..=rows.end];
-                write_cells(
-                    &o[r],
-                    valid,
-                    buf,
-                    at,
-                    #[inline(always)]
-                    |b, a, i, start| {
-                        put_bytes(b, a, data, start as usize, (ends[i] - start) as usize)
-                    },
-                )
-            }
+            Cells::Offsets32(o, data) => offset_cells(o, data, rows, valid, buf, at),
+            Cells::Offsets64(o, data) => offset_cells(o, data, rows, valid, buf, at),
             Cells::Views(v, buffers) => write_cells(
                 &v[r],
                 valid,
