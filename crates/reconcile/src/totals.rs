@@ -218,7 +218,6 @@ impl KeySet {
 struct DigestCounter {
     /// An open-addressing table of at least twice as many slots as digests; 0 is empty.
     table: Vec<u128>,
-    scratch: Vec<u128>,
 }
 
 /// The most slots of a [`DigestCounter`] table (16 MiB); a bucket of more than half as many
@@ -235,13 +234,9 @@ impl DigestCounter {
             return (0, 0);
         }
         if 2 * n > TABLE {
-            self.scratch.clear();
-            for page in pages {
-                self.scratch.extend_from_slice(page);
-            }
-            self.scratch.sort_unstable();
-            let repeats = self.scratch.windows(2).filter(|w| w[0] == w[1]).count();
-            self.scratch = Vec::new();
+            let mut all = pages.concat();
+            all.sort_unstable();
+            let repeats = all.windows(2).filter(|w| w[0] == w[1]).count();
             return ((n - repeats) as u64, n as u64);
         }
         let bits = (2 * n).next_power_of_two().trailing_zeros();
@@ -559,7 +554,7 @@ impl Totals {
         // column is written into them.
         let mut start = 0;
         while start < n {
-            let chunk = start..CHUNK.min(n - start) + start;
+            let chunk = start..(start + CHUNK).min(n);
             rows.encode(chunk.clone(), &mut self.rows_buf);
             self.rows_buf.digest_words(&mut self.digests);
             for d in &self.digests {
@@ -814,9 +809,8 @@ mod tests {
         // Random digests, crowded into one or two buckets (top bytes 7 and 8) or spread over
         // all 256; some repeated up to three times, one repeated 40 times, and the digest 0
         // (the table's empty slot) among them. 600,000 in one bucket are counted by sorting.
-        for (n, crowd) in [(0usize, 2), (1, 2), (5, 2), (1023, 2), (5000, 2), (70_000, 256)]
-            .into_iter()
-            .chain([(600_000, 1)])
+        for (n, crowd) in
+            [(0usize, 2), (1, 2), (5, 2), (1023, 2), (5000, 2), (70_000, 256), (600_000, 1)]
         {
             let mut digests: Vec<u128> = (0..n)
                 .map(|i| {
