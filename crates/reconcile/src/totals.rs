@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::buffer::NullBuffer;
 use arrow::compute::SortOptions;
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int16Type, Int32Type, Int64Type, Int8Type,
@@ -47,46 +48,251 @@ fn is_zero(n: &u64) -> bool {
 /// SQL's `ORDER BY` sorts them), in constant memory: only the last key is kept. A key lower than
 /// the one before breaks the premise; it is counted as out of order, so that unsorted rows are
 /// never taken for unique ones.
+///
+/// Keys of integers, decimals, dates, timestamps, booleans, text and bytes are compared as they
+/// are, column by column; keys of other types through arrow's row format (one comparable byte
+/// string a key, several times slower).
 #[derive(Debug, Default)]
 pub struct KeyOrder {
-    converter: Option<RowConverter>,
-    last: Option<OwnedRow>,
+    /// How keys are compared: set by the first batch.
+    how: Option<Compare>,
     counts: KeyCounts,
+    /// Row `i`'s key against row `i - 1`'s, in a batch (kept to reuse its buffer).
+    ord: Vec<Ordering>,
+}
+
+#[derive(Debug)]
+enum Compare {
+    /// Cells compared as they are; the key columns' types, and the last key seen.
+    Native { types: Vec<DataType>, last: Option<Vec<Cell>> },
+    /// Arrow's row format.
+    Rows { converter: RowConverter, last: Option<OwnedRow> },
+}
+
+/// One cell of a key, as [`KeyOrder`] remembers the last key. A column's cells are all `Int` or
+/// all `Bytes`, or null; nulls sort last.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Cell {
+    Int(i128),
+    Bytes(Vec<u8>),
+    Null,
+}
+
+/// Whether [`KeyOrder`] compares cells of this type as they are.
+fn native_key(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        t,
+        Int8 | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Decimal128(_, _)
+            | Date32
+            | Date64
+            | Timestamp(_, _)
+            | Boolean
+            | Utf8
+            | LargeUtf8
+            | Utf8View
+            | Binary
+            | LargeBinary
+            | BinaryView
+    )
+}
+
+/// Runs `$body` with `$get`, a function from a row of key column `$c` (of a type that
+/// [`native_key`] accepts) to its value: an i128 for numbers, dates and booleans, bytes for text.
+macro_rules! with_key_values {
+    ($c:expr, |$get:ident| $body:expr) => {{
+        let c: &ArrayRef = $c;
+        macro_rules! prim {
+            ($t:ty) => {{
+                let v = c.as_primitive::<$t>().values();
+                let $get = |i: usize| i128::from(v[i]);
+                $body
+            }};
+        }
+        match c.data_type() {
+            DataType::Int8 => prim!(Int8Type),
+            DataType::Int16 => prim!(Int16Type),
+            DataType::Int32 => prim!(Int32Type),
+            DataType::Int64 => prim!(Int64Type),
+            DataType::UInt8 => prim!(UInt8Type),
+            DataType::UInt16 => prim!(UInt16Type),
+            DataType::UInt32 => prim!(UInt32Type),
+            DataType::UInt64 => prim!(UInt64Type),
+            DataType::Decimal128(_, _) => prim!(Decimal128Type),
+            DataType::Date32 => prim!(Date32Type),
+            DataType::Date64 => prim!(Date64Type),
+            DataType::Timestamp(TimeUnit::Second, _) => prim!(TimestampSecondType),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => prim!(TimestampMillisecondType),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => prim!(TimestampMicrosecondType),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => prim!(TimestampNanosecondType),
+            DataType::Boolean => {
+                let a = c.as_boolean();
+                let $get = |i: usize| i128::from(a.value(i));
+                $body
+            }
+            DataType::Utf8 => {
+                let a = c.as_string::<i32>();
+                let $get = |i: usize| a.value(i).as_bytes();
+                $body
+            }
+            DataType::LargeUtf8 => {
+                let a = c.as_string::<i64>();
+                let $get = |i: usize| a.value(i).as_bytes();
+                $body
+            }
+            DataType::Utf8View => {
+                let a = c.as_string_view();
+                let $get = |i: usize| a.value(i).as_bytes();
+                $body
+            }
+            DataType::Binary => {
+                let a = c.as_binary::<i32>();
+                let $get = |i: usize| a.value(i);
+                $body
+            }
+            DataType::LargeBinary => {
+                let a = c.as_binary::<i64>();
+                let $get = |i: usize| a.value(i);
+                $body
+            }
+            DataType::BinaryView => {
+                let a = c.as_binary_view();
+                let $get = |i: usize| a.value(i);
+                $body
+            }
+            other => unreachable!("{other} is not compared natively (native_key)"),
+        }
+    }};
+}
+
+impl From<i128> for Cell {
+    fn from(v: i128) -> Self {
+        Cell::Int(v)
+    }
+}
+
+impl From<&[u8]> for Cell {
+    fn from(v: &[u8]) -> Self {
+        Cell::Bytes(v.to_vec())
+    }
+}
+
+/// Cell `i` of key column `c`.
+fn key_cell(c: &ArrayRef, i: usize) -> Cell {
+    if c.is_null(i) {
+        return Cell::Null;
+    }
+    with_key_values!(c, |get| Cell::from(get(i)))
+}
+
+/// `ord[i] = ord[i].then(row i - 1 against row i)` for one key column, for every row after the
+/// first: after all the key's columns, in order, `ord[i]` compares the two rows' keys.
+fn refine_order(c: &ArrayRef, ord: &mut [Ordering]) {
+    let nulls = c.logical_nulls().filter(|n| n.null_count() > 0);
+    with_key_values!(c, |get| refine_by(ord, nulls.as_ref(), get))
+}
+
+fn refine_by<T: Ord>(ord: &mut [Ordering], nulls: Option<&NullBuffer>, get: impl Fn(usize) -> T) {
+    match nulls {
+        None => {
+            for (i, o) in ord.iter_mut().enumerate().skip(1) {
+                if *o == Ordering::Equal {
+                    *o = get(i - 1).cmp(&get(i));
+                }
+            }
+        }
+        Some(n) => {
+            // Nulls last, and equal to each other.
+            let key = |i: usize| if n.is_null(i) { (true, None) } else { (false, Some(get(i))) };
+            for (i, o) in ord.iter_mut().enumerate().skip(1) {
+                if *o == Ordering::Equal {
+                    *o = key(i - 1).cmp(&key(i));
+                }
+            }
+        }
+    }
 }
 
 impl KeyOrder {
     /// Counts the keys of some rows (the key columns, in order), after those already seen.
     pub fn update(&mut self, keys: &[ArrayRef]) -> Result<()> {
-        if keys.first().is_none_or(|k| k.is_empty()) {
+        self.update_with(keys, true)
+    }
+
+    /// [`Self::update`], with `native` false to use arrow's row format for every type.
+    fn update_with(&mut self, keys: &[ArrayRef], native: bool) -> Result<()> {
+        let n = keys.first().map_or(0, |k| k.len());
+        if n == 0 {
             return Ok(());
         }
-        let converter = match &mut self.converter {
-            Some(c) => c,
-            None => {
+        let how = match &mut self.how {
+            Some(how) => how,
+            None => self.how.insert(if native && keys.iter().all(|k| native_key(k.data_type())) {
+                Compare::Native {
+                    types: keys.iter().map(|k| k.data_type().clone()).collect(),
+                    last: None,
+                }
+            } else {
                 let order = SortOptions { descending: false, nulls_first: false };
                 let fields = keys
                     .iter()
                     .map(|k| SortField::new_with_options(k.data_type().clone(), order))
                     .collect();
-                self.converter.insert(RowConverter::new(fields).map_err(Error::KeyOrder)?)
+                Compare::Rows {
+                    converter: RowConverter::new(fields).map_err(Error::KeyOrder)?,
+                    last: None,
+                }
+            }),
+        };
+        let counts = &mut self.counts;
+        let mut count = |o: Option<Ordering>| match o {
+            None | Some(Ordering::Less) => counts.distinct += 1,
+            Some(Ordering::Equal) => counts.duplicates += 1,
+            Some(Ordering::Greater) => {
+                counts.distinct += 1;
+                counts.out_of_order += 1;
             }
         };
-        let rows = converter.convert_columns(keys).map_err(Error::KeyOrder)?;
-        let counts = &mut self.counts;
-        let mut prev = self.last.as_ref().map(|r| r.row());
-        for row in rows.iter() {
-            match prev.map(|p| p.cmp(&row)) {
-                None | Some(Ordering::Less) => counts.distinct += 1,
-                Some(Ordering::Equal) => counts.duplicates += 1,
-                Some(Ordering::Greater) => {
-                    counts.distinct += 1;
-                    counts.out_of_order += 1;
+        match how {
+            Compare::Native { types, last } => {
+                if keys.len() != types.len()
+                    || keys.iter().zip(types.iter()).any(|(k, t)| k.data_type() != t)
+                {
+                    return Err(Error::KeyOrder(arrow::error::ArrowError::SchemaError(format!(
+                        "the key columns were {types:?} and are now {:?}",
+                        keys.iter().map(|k| k.data_type()).collect::<Vec<_>>()
+                    ))));
                 }
+                let first: Vec<Cell> = keys.iter().map(|k| key_cell(k, 0)).collect();
+                count(last.as_ref().map(|l| l.cmp(&first)));
+                let ord = &mut self.ord;
+                ord.clear();
+                ord.resize(n, Ordering::Equal);
+                for k in keys {
+                    refine_order(k, ord);
+                }
+                for o in &ord[1..] {
+                    count(Some(*o));
+                }
+                *last = Some(keys.iter().map(|k| key_cell(k, n - 1)).collect());
             }
-            prev = Some(row);
+            Compare::Rows { converter, last } => {
+                let rows = converter.convert_columns(keys).map_err(Error::KeyOrder)?;
+                let mut prev = last.as_ref().map(|r| r.row());
+                for row in rows.iter() {
+                    count(prev.map(|p| p.cmp(&row)));
+                    prev = Some(row);
+                }
+                *last = prev.map(|r| r.owned());
+            }
         }
-        let last = prev.map(|r| r.owned());
-        self.last = last;
         Ok(())
     }
 
@@ -360,6 +566,33 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     })
 }
 
+/// The exact sum of `values`, or `None` when it is outside the range of an i128 (whatever the
+/// order of the values: a sum that fits is never refused for an intermediate overflow).
+///
+/// Each value is four 32-bit limbs, summed apart in 64-bit lanes (three unsigned, the top one
+/// signed), which cannot overflow below 2^31 values and which the compiler vectorizes; the limb
+/// sums are then carried into one number. An i128 add with an overflow check per value was a
+/// chain of dependent instructions, several cycles a value.
+pub(crate) fn exact_sum(values: &[i128]) -> Option<i128> {
+    // The sum so far is `high * 2^96 + low`, with `low` under 2^96.
+    let (mut high, mut low): (i128, u128) = (0, 0);
+    for chunk in values.chunks(1 << 30) {
+        let (mut l0, mut l1, mut l2, mut l3) = (0u64, 0u64, 0u64, 0i64);
+        for &v in chunk {
+            l0 += u64::from(v as u32);
+            l1 += u64::from((v >> 32) as u32);
+            l2 += u64::from((v >> 64) as u32);
+            l3 += i64::from((v >> 96) as i32);
+        }
+        // Each limb sum is under 2^62 in magnitude, so `low` stays under 2^127 here.
+        low += u128::from(l0) + (u128::from(l1) << 32) + (u128::from(l2) << 64);
+        high += i128::from(l3) + (low >> 96) as i128;
+        low &= (1 << 96) - 1;
+    }
+    let high = i32::try_from(high).ok()?;
+    Some((i128::from(high) << 96) | low as i128)
+}
+
 fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
     let overflow = || Error::Overflow { column: name.to_string() };
     macro_rules! ints {
@@ -384,16 +617,11 @@ fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
         DataType::UInt64 => ints!(UInt64Type),
         DataType::Decimal128(_, scale) => {
             let a = c.as_primitive::<Decimal128Type>();
-            let mut s: i128 = 0;
-            let mut add = |v: i128| -> Result<()> {
-                s = s.checked_add(v).ok_or_else(overflow)?;
-                Ok(())
+            let s = match a.nulls().filter(|n| n.null_count() > 0) {
+                None => exact_sum(a.values()),
+                Some(_) => exact_sum(&a.iter().flatten().collect::<Vec<_>>()),
             };
-            match a.nulls().filter(|n| n.null_count() > 0) {
-                None => a.values().iter().try_for_each(|v| add(*v))?,
-                Some(_) => a.iter().flatten().try_for_each(add)?,
-            }
-            (s, *scale)
+            (s.ok_or_else(overflow)?, *scale)
         }
         other => {
             return Err(Error::NotSummable {
@@ -801,6 +1029,142 @@ mod tests {
         }
         assert_eq!(add_decimal((150, 2), (5, 1), "x").unwrap(), (200, 2));
         assert_eq!(normalize(1500, 3), "1.5");
+    }
+
+    /// Keys compared as they are count like keys in arrow's row format: sorted and shuffled rows,
+    /// nulls, repeats within and across batches, several types.
+    #[test]
+    fn native_key_order_counts_like_the_row_format() {
+        use arrow::array::{
+            BinaryArray, BooleanArray, Date32Array, Decimal128Array, Int64Array, LargeStringArray,
+            StringArray, StringViewArray, UInt64Array,
+        };
+        use std::sync::Arc;
+        let mut next = crate::xorshift(0x0dde_a5ed);
+        for round in 0..120 {
+            let n = 1 + (next() % 200) as usize;
+            let small = 1 + next() % 6;
+            let mut rows: Vec<(Option<i64>, Option<String>, Option<bool>)> = (0..n)
+                .map(|_| {
+                    let a = (!next().is_multiple_of(9)).then(|| (next() % small) as i64 - 2);
+                    let b = (!next().is_multiple_of(7))
+                        .then(|| ["", "a", "ab", "b", "\u{e9}"][(next() % 5) as usize].to_string());
+                    let c = (!next().is_multiple_of(5)).then(|| next().is_multiple_of(2));
+                    (a, b, c)
+                })
+                .collect();
+            if round % 3 != 0 {
+                // ORDER BY a, b, c (nulls last).
+                rows.sort_by(|x, y| {
+                    let k = |r: &(Option<i64>, Option<String>, Option<bool>)| {
+                        (r.0.is_none(), r.0, r.1.is_none(), r.1.clone(), r.2.is_none(), r.2)
+                    };
+                    k(x).cmp(&k(y))
+                });
+            }
+            let a: Vec<Option<i64>> = rows.iter().map(|r| r.0).collect();
+            let b: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
+            let c: Vec<Option<bool>> = rows.iter().map(|r| r.2).collect();
+            let first: ArrayRef = match round % 4 {
+                0 => Arc::new(Int64Array::from(a.clone())),
+                1 => Arc::new(
+                    Decimal128Array::from(a.iter().map(|v| v.map(i128::from)).collect::<Vec<_>>())
+                        .with_precision_and_scale(20, 2)
+                        .unwrap(),
+                ),
+                2 => Arc::new(Date32Array::from(
+                    a.iter().map(|v| v.map(|x| x as i32)).collect::<Vec<_>>(),
+                )),
+                // Unsigned: shifted to stay in order.
+                _ => Arc::new(UInt64Array::from(
+                    a.iter().map(|v| v.map(|x| (x + 2) as u64)).collect::<Vec<_>>(),
+                )),
+            };
+            let second: ArrayRef = match round % 5 {
+                0 => Arc::new(StringArray::from(b.clone())),
+                1 => Arc::new(StringViewArray::from(b.clone())),
+                2 => Arc::new(LargeStringArray::from(b.clone())),
+                3 => Arc::new(BinaryArray::from(
+                    b.iter().map(|v| v.map(str::as_bytes)).collect::<Vec<_>>(),
+                )),
+                _ => Arc::new(StringViewArray::from(b.clone())),
+            };
+            let keys = [first, second, Arc::new(BooleanArray::from(c)) as ArrayRef];
+            let (mut native, mut rows_format) = (KeyOrder::default(), KeyOrder::default());
+            let mut at = 0;
+            while at < n {
+                let len = (1 + next() % 40) as usize;
+                let len = len.min(n - at);
+                let part: Vec<ArrayRef> = keys.iter().map(|k| k.slice(at, len)).collect();
+                native.update_with(&part, true).unwrap();
+                rows_format.update_with(&part, false).unwrap();
+                at += len;
+            }
+            assert!(matches!(native.how, Some(Compare::Native { .. })), "round {round}");
+            assert!(matches!(rows_format.how, Some(Compare::Rows { .. })), "round {round}");
+            let got = native.counts();
+            assert_eq!(got, rows_format.counts(), "round {round}");
+            assert_eq!(got.distinct + got.duplicates, n as u64, "round {round}");
+            if round % 3 != 0 {
+                assert_eq!(got.out_of_order, 0, "round {round}");
+                let distinct: std::collections::BTreeSet<_> = rows.iter().collect();
+                assert_eq!(got.distinct, distinct.len() as u64, "round {round}");
+            }
+        }
+        // A key whose types change between batches is refused, with what changed.
+        let mut order = KeyOrder::default();
+        order.update(&[Arc::new(Int64Array::from(vec![1])) as ArrayRef]).unwrap();
+        let err = order.update(&[Arc::new(StringArray::from(vec!["1"])) as ArrayRef]).unwrap_err();
+        assert!(err.to_string().contains("Int64"), "{err}");
+    }
+
+    /// The sum of `values` in 256 bits (a sign-extended carry word and the low 128 bits), then
+    /// back to an i128 if it fits.
+    fn wide_sum(values: &[i128]) -> Option<i128> {
+        let (mut high, mut low) = (0i128, 0u128);
+        for &v in values {
+            let (sum, carry) = low.overflowing_add(v as u128);
+            low = sum;
+            high += i128::from(carry) + if v < 0 { -1 } else { 0 };
+        }
+        match high {
+            0 if low <= i128::MAX as u128 => Some(low as i128),
+            -1 if low > i128::MAX as u128 => Some(low as i128),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn exact_sums_match_a_wide_sum_in_any_order() {
+        let mut next = crate::xorshift(0x0051_a70f_5eed);
+        for round in 0..400 {
+            let n = (next() % 300) as usize;
+            // Magnitudes of every size; some rounds all near the limits, where only some
+            // orders of a plain checked sum would overflow on the way.
+            let values: Vec<i128> = (0..n)
+                .map(|_| {
+                    let v =
+                        (i128::from(next() as i64) << 64 | i128::from(next())) >> (next() % 128);
+                    match round % 4 {
+                        0 => v,
+                        1 => i128::MAX - (v & 0xff),
+                        2 => i128::MIN + (v & 0xff),
+                        _ => v.signum() * (i128::MAX / 3),
+                    }
+                })
+                .collect();
+            let want = wide_sum(&values);
+            assert_eq!(exact_sum(&values), want, "round {round}");
+            let reversed: Vec<i128> = values.iter().rev().copied().collect();
+            assert_eq!(exact_sum(&reversed), want, "round {round}, reversed");
+        }
+        // A sum that fits after an intermediate overflow; one that does not fit either way.
+        assert_eq!(exact_sum(&[i128::MAX, 1, -1]), Some(i128::MAX));
+        assert_eq!(exact_sum(&[i128::MIN, -1, 1]), Some(i128::MIN));
+        assert_eq!(exact_sum(&[i128::MAX, 1]), None);
+        assert_eq!(exact_sum(&[i128::MIN, -1]), None);
+        assert_eq!(exact_sum(&[i128::MIN, i128::MIN, i128::MAX, i128::MAX, 2]), Some(0));
+        assert_eq!(exact_sum(&[]), Some(0));
     }
 
     #[test]
