@@ -262,9 +262,7 @@ impl KeyOrder {
         };
         match how {
             Compare::Native { types, last } => {
-                if keys.len() != types.len()
-                    || keys.iter().zip(types.iter()).any(|(k, t)| k.data_type() != t)
-                {
+                if !keys.iter().map(|k| k.data_type()).eq(types.iter()) {
                     return Err(Error::KeyOrder(arrow::error::ArrowError::SchemaError(format!(
                         "the key columns were {types:?} and are now {:?}",
                         keys.iter().map(|k| k.data_type()).collect::<Vec<_>>()
