@@ -171,7 +171,7 @@ async fn publish(
     let staged = match staged {
         Ok(s) => s,
         Err(e) => {
-            ds.discard(ctx.run_id(), None).await;
+            ds.discard(ctx.run_id(), 0).await;
             return Err(e.into());
         }
     };
@@ -184,7 +184,7 @@ async fn publish(
         Ok(p) => p,
         Err(e) => {
             if !matches!(e, strata_publish::Error::UnknownCommit { .. }) {
-                ds.discard(ctx.run_id(), None).await;
+                ds.discard(ctx.run_id(), 0).await;
             }
             return Err(e.into());
         }

@@ -91,10 +91,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code: another process holds or moved what the command needed; retry later.
+pub const EXIT_BUSY: u8 = 4;
+/// Exit code: durable state needs a decision only a person can make.
+pub const EXIT_NEEDS_PERSON: u8 = 5;
+
 /// Prints an error the way its kind deserves and picks the exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(err) {
         return ExitCode::SUCCESS;
+    }
+    let class = err.chain().find_map(|e| {
+        e.downcast_ref::<strata_publish::Error>()
+            .map(|e| e.class())
+            .or_else(|| e.downcast_ref::<strata_medallion::Error>().map(|e| e.class()))
+    });
+    match class {
+        Some(strata_publish::ErrorClass::Busy) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_BUSY);
+        }
+        Some(strata_publish::ErrorClass::NeedsPerson) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_NEEDS_PERSON);
+        }
+        _ => {}
     }
     if is_user_error(err) {
         eprintln!("error: {err}");

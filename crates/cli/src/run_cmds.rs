@@ -224,7 +224,7 @@ pub async fn recover_cmd(
         }
     }
     let unknown = report.recovered.iter().any(|r| r.to == RunState::Unknown);
-    Ok(if unknown { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if unknown { ExitCode::from(crate::EXIT_NEEDS_PERSON) } else { ExitCode::SUCCESS })
 }
 
 /// Recovers stopped runs before a new run starts; prints what it did.

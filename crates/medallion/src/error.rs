@@ -38,6 +38,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// What a scheduler should do about this error (see [`strata_publish::ErrorClass`]).
+    pub fn class(&self) -> strata_publish::ErrorClass {
+        match self {
+            Error::Lake(e) => e.class(),
+            e if e.is_user_error() => strata_publish::ErrorClass::User,
+            _ => strata_publish::ErrorClass::Internal,
+        }
+    }
+
     /// True when the user can fix it (exit code 2).
     pub fn is_user_error(&self) -> bool {
         match self {

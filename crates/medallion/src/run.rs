@@ -23,6 +23,7 @@ use datafusion::prelude::SessionContext;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
+use strata_publish::deletion::Holder;
 use strata_publish::run_state::RunState;
 use strata_publish::runs::{self, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
 use strata_publish::{locks, Draft, Lake, RunContext};
@@ -311,37 +312,70 @@ pub async fn run_pipeline(
             })
         }
         Err(e) => {
-            let state = log.manifest().state;
             let message = e.to_string();
-            if state == RunState::Unknown {
-                // Leave everything for recovery: the store may have taken a flip.
-                return Err(e);
-            }
-            if !log.manifest().published.is_empty() {
-                // Partly published: recovery rolls it forward or reports it.
-                let _ = log
-                    .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
-                    .await;
-                return Err(e);
-            }
-            // Nothing was flipped: clean up, keep finished stages for a rerun, record FAILED.
-            let keep: BTreeSet<String> = log
-                .manifest()
-                .checkpoints
-                .iter()
-                .flat_map(|c| c.files().map(str::to_string))
-                .collect();
-            for ds in plan.boundary.keys() {
-                if let Ok(ds) = lake.dataset(ds) {
-                    let above = log.manifest().bases.get(ds.name()).map_or(0, |b| b.max_version);
-                    let _ = ds.discard_run(ctx.run_id(), above, &keep).await;
+            match after_failure(log.manifest().state) {
+                AfterFailure::Leave => {}
+                AfterFailure::MarkUnknown => {
+                    // A flip may have landed: nothing is deleted, recovery settles it. If even
+                    // UNKNOWN cannot be written, the log says COMMITTING, which recovery treats
+                    // the same way.
+                    let _ = log
+                        .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
+                        .await;
+                }
+                AfterFailure::CleanUpAndFail => {
+                    // Nothing was flipped: clean up, keep finished stages for a rerun, record
+                    // FAILED. A cleanup that cannot finish leaves the run for recovery.
+                    let keep: BTreeSet<String> = log
+                        .manifest()
+                        .checkpoints
+                        .iter()
+                        .flat_map(|c| c.files().map(str::to_string))
+                        .collect();
+                    let mut cleaned = true;
+                    for ds in plan.boundary.keys() {
+                        let Ok(ds) = lake.dataset(ds) else { continue };
+                        let base = log.manifest().bases.get(ds.name()).copied().unwrap_or_default();
+                        cleaned &= ds
+                            .discard_run(ctx.run_id(), base, &keep, Holder::Caller)
+                            .await
+                            .is_ok_and(|d| d.kept_because.is_none());
+                    }
+                    if cleaned {
+                        let _ = log
+                            .advance(RunState::Failed, ctx.now(), |m| {
+                                m.error = Some(message.clone())
+                            })
+                            .await;
+                    }
                 }
             }
-            let _ =
-                log.advance(RunState::Failed, ctx.now(), |m| m.error = Some(message.clone())).await;
             lock.release().await;
             Err(e)
         }
+    }
+}
+
+/// What a run does after an error, by the state its log reached (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// Settled or UNKNOWN already: leave everything for recovery.
+    Leave,
+    /// A flip may have been attempted: record UNKNOWN and delete nothing.
+    MarkUnknown,
+    /// No flip was attempted: remove the staging (keeping checkpoints) and record FAILED.
+    CleanUpAndFail,
+}
+
+fn after_failure(state: RunState) -> AfterFailure {
+    match state {
+        RunState::Unknown | RunState::Published | RunState::Failed => AfterFailure::Leave,
+        RunState::Committing => AfterFailure::MarkUnknown,
+        RunState::Planned
+        | RunState::InputLocked
+        | RunState::Running
+        | RunState::Validating
+        | RunState::AwaitingReview => AfterFailure::CleanUpAndFail,
     }
 }
 
@@ -638,7 +672,12 @@ async fn commit_outputs(
     lock.check()?;
     let versions: BTreeMap<String, u64> =
         prepared.iter().map(|(ds, p)| (ds.name().to_string(), p.record.version)).collect();
-    log.advance(RunState::Committing, ctx.now(), |m| m.prepared = versions).await?;
+    if log.manifest().state == RunState::Committing {
+        // An approval claimed the run first; the prepared versions are progress.
+        log.record(ctx.now(), |m| m.prepared = versions).await?;
+    } else {
+        log.advance(RunState::Committing, ctx.now(), |m| m.prepared = versions).await?;
+    }
     strata_publish::crash::point("before-flips");
     let mut published = BTreeMap::new();
     for (ds, p) in prepared {
@@ -961,7 +1000,16 @@ async fn release_superseded_checkpoints(
         let mut released = true;
         for d in &datasets {
             released &= match lake.dataset(d) {
-                Ok(ds) => ds.discard_run(&m.run_id, u64::MAX, &BTreeSet::new()).await.is_ok(),
+                Ok(ds) => {
+                    // Only its staged files: no record of a failed run is above u64::MAX.
+                    let base = runs::Base {
+                        seq: m.bases.get(ds.name()).map_or(0, |b| b.seq),
+                        max_version: u64::MAX,
+                    };
+                    ds.discard_run(&m.run_id, base, &BTreeSet::new(), Holder::Stopped)
+                        .await
+                        .is_ok_and(|d| d.kept_because.is_none())
+                }
                 Err(_) => false,
             };
         }
@@ -973,7 +1021,12 @@ async fn release_superseded_checkpoints(
 }
 
 /// Publishes a run held for review (AWAITING_REVIEW): its staged files are checked against their
-/// sha256, its partitions locked again, and its versions committed as the run planned them.
+/// sha256, its bases against the pointers (nothing it writes may have changed since it was
+/// validated), its partitions locked again, and its versions committed as the run planned them.
+///
+/// The approval claims the run by writing COMMITTING before it prepares anything, so of two
+/// approvals, or an approval and a rejection, exactly one goes ahead; the other gets
+/// [`strata_publish::Error::RunMoved`] having changed nothing.
 pub async fn approve(
     lake: &Lake,
     run_id: &str,
@@ -1015,14 +1068,73 @@ pub async fn approve(
             },
         });
     }
+    let stays = format!(
+        "the run stays AWAITING_REVIEW. `strata reject {run_id}` discards it; then run the \
+         pipeline again to compute it on the current data"
+    );
+    check_bases(&m, &outputs, &stays).await?;
     let lock = locks::acquire(lake, run_id, &m.output_boundary, lease, clock).await?;
     let mut log = RunLog::resume(lake, m);
-    let result = commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx).await;
+    // The claim: whoever writes the next entry first decides the run.
+    if let Err(e) = log.advance(RunState::Committing, ctx.now(), |m| m.error = None).await {
+        lock.release().await;
+        return Err(e.into());
+    }
+    // The pointers may have moved between the check and the claim.
+    let failed = "the run was marked FAILED; run the pipeline again";
+    let result = match check_bases(log.manifest(), &outputs, failed).await {
+        Ok(()) => commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx).await,
+        Err(e) => {
+            let message = e.to_string();
+            let mut cleaned = true;
+            for o in &outputs {
+                let base = log.manifest().bases.get(o.ds.name()).copied().unwrap_or_default();
+                cleaned &=
+                    o.ds.discard_run(run_id, base, &BTreeSet::new(), Holder::Caller)
+                        .await
+                        .is_ok_and(|d| d.kept_because.is_none());
+            }
+            if cleaned {
+                let _ = log
+                    .advance(RunState::Failed, ctx.now(), |m| {
+                        m.error = Some(message);
+                        m.checkpoints.clear();
+                    })
+                    .await;
+            }
+            Err(e)
+        }
+    };
+    if result.is_err() && log.manifest().state == RunState::Committing {
+        // A flip may have been attempted: recovery settles it; nothing is deleted here.
+        let message = result.as_ref().err().map(|e| e.to_string());
+        let _ = log.advance(RunState::Unknown, ctx.now(), |m| m.error = message).await;
+    }
     lock.release().await;
     result
 }
 
-/// Discards a run held for review: its staging is removed and it is marked FAILED.
+/// Fails with [`strata_publish::Error::BaseMoved`] when what the run writes to any of its
+/// datasets changed since it recorded that dataset's pointer as its base; `next` says what
+/// happens to the run.
+async fn check_bases(m: &RunManifest, outputs: &[Output], next: &str) -> Result<()> {
+    for o in outputs {
+        let base = m.bases.get(o.ds.name()).map_or(0, |b| b.seq);
+        if let Some(detail) = o.ds.changed_since(base, &o.staged, &o.options).await? {
+            return Err(Error::Lake(strata_publish::Error::BaseMoved {
+                run_id: m.run_id.clone(),
+                dataset: o.ds.name().to_string(),
+                detail,
+                next: next.to_string(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Discards a run held for review: it is marked FAILED first (so that an approval racing with
+/// it stops), then its staging is removed. A rejection killed in between leaves the staging to
+/// recovery, which finishes it.
 pub async fn reject(
     lake: &Lake,
     run_id: &str,
@@ -1030,20 +1142,15 @@ pub async fn reject(
     note: Option<String>,
 ) -> Result<u64> {
     let m = held_run(lake, run_id).await?;
-    let mut removed = 0;
-    for ds in m.output_boundary.keys() {
-        let above = m.bases.get(ds).map_or(0, |b| b.max_version);
-        removed +=
-            lake.dataset(ds)?.discard_run(run_id, above, &BTreeSet::new()).await?.len() as u64;
-    }
     let mut log = RunLog::resume(lake, m);
     let why = format!("rejected at review{}", note.map(|n| format!(": {n}")).unwrap_or_default());
     log.advance(RunState::Failed, now, |m| {
         m.error = Some(why);
         m.checkpoints.clear();
+        m.cleanup = true;
     })
     .await?;
-    Ok(removed)
+    Ok(strata_publish::recover::clean_up_failed(lake, log.manifest()).await?)
 }
 
 async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {

@@ -803,8 +803,8 @@ pub(crate) async fn clean(
     let (written, a_writer, q_writer) = match writing.await {
         Ok(x) => x,
         Err(e) => {
-            a_ds.discard(ctx.run_id(), None).await;
-            q_ds.discard(ctx.run_id(), None).await;
+            a_ds.discard(ctx.run_id(), 0).await;
+            q_ds.discard(ctx.run_id(), 0).await;
             return Err(Error::Sql {
                 message: format!("cleaned.{name}: the writer task failed: {e}; run again"),
             });
@@ -821,8 +821,8 @@ pub(crate) async fn clean(
     let (mut a_staged, q_staged) = match staged {
         Ok(x) => x,
         Err(e) => {
-            a_ds.discard(ctx.run_id(), None).await;
-            q_ds.discard(ctx.run_id(), None).await;
+            a_ds.discard(ctx.run_id(), 0).await;
+            q_ds.discard(ctx.run_id(), 0).await;
             return Err(e);
         }
     };
@@ -836,8 +836,8 @@ pub(crate) async fn clean(
         }
         let sev = rule.severity();
         if sev == "FAIL_RUN" {
-            a_ds.discard(ctx.run_id(), None).await;
-            q_ds.discard(ctx.run_id(), None).await;
+            a_ds.discard(ctx.run_id(), 0).await;
+            q_ds.discard(ctx.run_id(), 0).await;
             return Err(Error::Quality {
                 message: format!(
                     "cleaned.{name}: {rows} row(s) fail rule {:?}, whose severity is FAIL_RUN; \
@@ -933,8 +933,8 @@ pub(crate) async fn clean(
         || q_written != quarantined
         || input != accepted + quarantined + duplicates
     {
-        q_ds.discard(ctx.run_id(), None).await;
-        a_ds.discard(ctx.run_id(), None).await;
+        q_ds.discard(ctx.run_id(), 0).await;
+        a_ds.discard(ctx.run_id(), 0).await;
         return Err(Error::Sql {
             message: format!(
                 "cleaned.{name}: counts do not reconcile (input {input}, accepted {accepted} but \
@@ -1221,13 +1221,13 @@ async fn stage_stream(
     }
     .await;
     if let Err(e) = result {
-        ds.discard(ctx.run_id(), None).await;
+        ds.discard(ctx.run_id(), 0).await;
         return Err(e);
     }
     match writer.finish().await {
         Ok(staged) => Ok((ds, staged)),
         Err(e) => {
-            ds.discard(ctx.run_id(), None).await;
+            ds.discard(ctx.run_id(), 0).await;
             Err(e.into())
         }
     }

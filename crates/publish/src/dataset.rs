@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::context::RunContext;
 use crate::crash;
+use crate::deletion::{self, Holder, RecordFound, Referenced};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::layout;
@@ -26,6 +27,7 @@ use crate::model::{
     VERSION_FORMAT_V1,
 };
 use crate::protocol;
+use crate::runs::Base;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
 
 /// A pointer checkpoint is written every this many flips.
@@ -39,6 +41,13 @@ const MAX_VERSION_ATTEMPTS: u64 = 10_000;
 const CREATE_ATTEMPTS: u32 = 5;
 /// How many times [`Dataset::commit`] rebases onto a pointer that moved.
 const MAX_REBASES: u32 = 100;
+
+/// What [`Dataset::discard_run`] removed, and why it kept anything it kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discarded {
+    pub removed: Vec<String>,
+    pub kept_because: Option<String>,
+}
 
 /// Options of a publish.
 #[derive(Debug, Clone, Default)]
@@ -880,9 +889,22 @@ impl Dataset {
                     crash::point("after-version-record");
                     return Ok(Prepared { record, head, parent, staged, options });
                 }
-                Outcome::Theirs(_) => {
-                    // Another writer took this number. If the pointer moved, we lost already.
-                    self.forget_chunks(&record).await;
+                Outcome::Theirs(found) => {
+                    // Another writer took this number; the chunks written for it go, unless
+                    // that writer acts for the same run (its record may name the same paths, and
+                    // may be published at any moment). If the pointer moved, we lost already.
+                    let writer = found.map_or_else(String::new, |f| f.run_id);
+                    let referenced =
+                        Referenced { versions: Default::default(), runs: [writer].into() };
+                    let verdict = deletion::decide(
+                        &record.run_id,
+                        &[],
+                        &own_chunks(&self.name, &record),
+                        &Default::default(),
+                        &referenced,
+                        Holder::Caller,
+                    );
+                    self.delete_decided(&verdict.delete).await?;
                     let now = self.head().await?;
                     if now.as_ref().map(|h| h.seq) != head.as_ref().map(|h| h.seq) {
                         return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
@@ -898,15 +920,62 @@ impl Dataset {
         )))
     }
 
-    /// Removes the chunks `record` wrote itself (those under its run's prefix for its version),
-    /// once the record will never be published.
-    async fn forget_chunks(&self, record: &RecordHead) {
-        let own = layout::chunk_path(&self.name, &record.run_id, record.version, 0);
-        let own = own.trim_end_matches("00000.json");
-        for c in record.chunks.iter().filter(|c| c.path.starts_with(own)) {
-            self.lake.records().forget_chunk(&c.path);
-            let _ = self.store().delete(&Path::from(c.path.as_str())).await;
+    /// Removes a record this process prepared and could not publish (its pointer entry went to
+    /// another writer), and the chunks it wrote itself, through the deletion authority: the
+    /// entries from the one it lost on are read, and nothing they name is touched.
+    async fn discard_prepared(&self, record: &RecordHead, lost_seq: u64) -> Result<()> {
+        let referenced = Referenced::of(&self.flips_after(lost_seq.saturating_sub(1)).await?);
+        let chunks = own_chunks(&self.name, record);
+        let found = [RecordFound {
+            version: record.version,
+            run_id: record.run_id.clone(),
+            path: layout::version_path(&self.name, record.version).to_string(),
+        }];
+        let verdict = deletion::decide(
+            &record.run_id,
+            &found,
+            &chunks,
+            &Default::default(),
+            &referenced,
+            Holder::Caller,
+        );
+        self.delete_decided(&verdict.delete).await?;
+        Ok(())
+    }
+
+    /// Deletes what [`deletion::decide`] allowed (and nothing else calls `delete` on records,
+    /// chunks or data files). A path already gone counts as deleted.
+    async fn delete_decided(&self, paths: &[String]) -> Result<()> {
+        for p in paths {
+            let path = Path::from(p.as_str());
+            self.lake.records().forget(&path);
+            self.lake.records().forget_chunk(p);
+            match self.store().delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("delete", &path, e)),
+            }
         }
+        Ok(())
+    }
+
+    /// The pointer entries after `after_seq`, oldest first (all of them for 0). Empty when the
+    /// dataset was never published.
+    pub async fn flips_after(&self, after_seq: u64) -> Result<Vec<Flip>> {
+        if after_seq == 0 {
+            return match self.history().await {
+                Ok(h) => Ok(h),
+                Err(Error::DatasetNotFound { .. }) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+        }
+        let seqs = self.pointer_seqs().await?;
+        let mut found = Vec::new();
+        for &seq in seqs.iter().filter(|&&s| s > after_seq) {
+            if let Some(f) = self.read_flip(seq).await? {
+                found.push(f);
+            }
+        }
+        Ok(found)
     }
 
     /// The partitions of `record` that hold `keys`, sorted by key (for rebase decisions).
@@ -959,10 +1028,10 @@ impl Dataset {
                             )
                         }
                     };
-                    let path = layout::version_path(&self.name, stale);
-                    self.lake.records().forget(&path);
-                    let _ = self.store().delete(&path).await;
-                    self.forget_chunks(&prepared.record).await;
+                    // The stale record lost its pointer entry to another writer: the deletion
+                    // authority removes it and its chunks (never anything an entry names).
+                    let _ = self.discard_prepared(&prepared.record, prepared.publish_seq()).await;
+                    let _ = stale;
                     if !ok {
                         return Err(conflict);
                     }
@@ -1008,7 +1077,7 @@ impl Dataset {
             }
             Err(e) => {
                 if matches!(e, Error::Conflict { .. }) {
-                    self.discard(&record.run_id, Some(record.version)).await;
+                    self.discard(&record.run_id, head.as_ref().map_or(0, |h| h.seq)).await;
                 }
                 Err(e)
             }
@@ -1083,7 +1152,7 @@ impl Dataset {
             Ok(p) => p,
             Err(e) => {
                 if matches!(e, Error::Conflict { .. }) {
-                    self.discard(&run_id, None).await;
+                    self.discard(&run_id, 0).await;
                 }
                 return Err(e);
             }
@@ -1091,21 +1160,13 @@ impl Dataset {
         self.flip(prepared, ctx).await
     }
 
-    /// Removes what an unpublished run left: its staged files and, if given, its version
-    /// record. Best effort; never touches anything a pointer entry names.
-    pub async fn discard(&self, run_id: &str, version: Option<u64>) {
-        if let Some(v) = version {
-            if let Ok(Some(record)) = self.read_record_shared(v).await {
-                if record.run_id == run_id {
-                    let path = layout::version_path(&self.name, v);
-                    self.lake.records().forget(&path);
-                    let _ = self.store().delete(&path).await;
-                }
-            }
-        }
-        let prefix = layout::run_prefix(&self.name, run_id);
-        let paths = self.store().list(Some(&prefix)).map_ok(|m| m.location).boxed();
-        let _ = self.store().delete_stream(paths).try_collect::<Vec<_>>().await;
+    /// Removes what an unpublished run of this process left (its staged files and version
+    /// records), through the deletion authority; `after_seq` is the pointer entry the run read
+    /// before preparing anything (0 if unknown). Best effort: never touches anything a pointer
+    /// entry names, and leaves everything in place when the log cannot be read.
+    pub async fn discard(&self, run_id: &str, after_seq: u64) {
+        let base = Base { seq: after_seq, max_version: 0 };
+        let _ = self.discard_run(run_id, base, &Default::default(), Holder::Caller).await;
     }
 
     /// The publishes by `run_id` among the pointer entries after `after_seq`, oldest first.
@@ -1121,6 +1182,69 @@ impl Dataset {
             }
         }
         Ok(found)
+    }
+
+    /// Whether what a run writes changed since it read the pointer at entry `base_seq`: `None`
+    /// when the pointer is still there, or moved without touching any partition the run writes
+    /// or owns (a publish rebases onto it); otherwise one sentence saying what moved. A run that
+    /// replaces the whole dataset conflicts with any move.
+    pub async fn changed_since(
+        &self,
+        base_seq: u64,
+        staged: &Staged,
+        options: &PublishOptions,
+    ) -> Result<Option<String>> {
+        let head = self.head().await?;
+        let Some(now) = head.as_ref().filter(|h| h.seq != base_seq) else {
+            return Ok(None);
+        };
+        let base_flip = match base_seq {
+            0 => None,
+            seq => self.read_flip(seq).await?,
+        };
+        let base = match &base_flip {
+            Some(f) => Some(self.shared_record_named_by(f).await?),
+            None => None,
+        };
+        let current = self.parent_of(head.as_ref()).await?;
+        let replace = replace_of(options);
+        let untouched = match protocol::touched_keys(&staged.partitions, &replace) {
+            None => false,
+            Some(keys) => {
+                let base = match base.as_deref() {
+                    Some(b) => Some((b, self.partitions_holding(b, &keys).await?)),
+                    None => None,
+                };
+                let now = match current.as_deref() {
+                    Some(n) => Some((n, self.partitions_holding(n, &keys).await?)),
+                    None => None,
+                };
+                protocol::rebase_allowed(
+                    base.as_ref().map(|(h, p)| (*h, p.as_slice())),
+                    now.as_ref().map(|(h, p)| (*h, p.as_slice())),
+                    &staged.partitions,
+                    &replace,
+                )
+            }
+        };
+        if untouched {
+            return Ok(None);
+        }
+        let what = match now.kind {
+            FlipKind::Publish => format!("run {} published version {}", now.run_id, now.to),
+            FlipKind::Rollback => format!("a rollback made version {} current", now.to),
+        };
+        Ok(Some(format!(
+            "its pointer moved from entry #{base_seq} to #{} ({what}), and that changed \
+             partitions this run writes",
+            now.seq
+        )))
+    }
+
+    /// The pointer entry a prepared record is to be published as; `None` when the record is
+    /// gone.
+    pub async fn record_publish_seq(&self, version: u64) -> Result<Option<u64>> {
+        Ok(self.read_record_shared(version).await?.map(|r| r.publish_seq))
     }
 
     /// Flips the pointer to a record that was prepared and never published (recovery rolling a
@@ -1142,54 +1266,49 @@ impl Dataset {
         }
     }
 
-    /// Removes what an unpublished run left, for recovery: version records of `run_id` numbered
-    /// above `above_version` that no pointer entry publishes, and its staged files except the
-    /// paths in `keep`. Never touches anything a pointer entry names. Returns the paths removed.
+    /// Removes what an unpublished run left: version records of `run_id` numbered above
+    /// `base.max_version`, and its staged files and chunks except the paths in `keep`, as far as
+    /// the deletion authority ([`deletion::decide`]) allows: nothing a pointer entry after
+    /// `base.seq` names, no staged file at all once a version of the run was made current, and
+    /// nothing of a live run. Returns what was removed, and why anything was kept.
     pub async fn discard_run(
         &self,
         run_id: &str,
-        above_version: u64,
+        base: Base,
         keep: &std::collections::BTreeSet<String>,
-    ) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
+        holder: Holder,
+    ) -> Result<Discarded> {
         let prefix = layout::versions_prefix(&self.name);
-        let offset = layout::version_path(&self.name, above_version);
-        let records: Vec<Path> = self
+        let offset = layout::version_path(&self.name, base.max_version);
+        let listed: Vec<Path> = self
             .store()
             .list_with_offset(Some(&prefix), &offset)
             .map_ok(|m| m.location)
             .try_collect()
             .await
             .map_err(|e| Error::store("list", &prefix, e))?;
-        for path in records {
+        let mut records = Vec::new();
+        for path in listed {
             let Some(v) = layout::parse_numbered(&path) else { continue };
             let Some(record) = self.read_record_shared(v).await? else { continue };
-            if record.run_id != run_id {
-                continue;
-            }
-            let published = matches!(
-                self.read_flip(record.publish_seq).await?,
-                Some(f) if f.to == v && f.run_id == run_id
-            );
-            if !published {
-                self.lake.records().forget(&path);
-                self.store().delete(&path).await.map_err(|e| Error::store("delete", &path, e))?;
-                removed.push(path.to_string());
-            }
+            records.push(RecordFound {
+                version: v,
+                run_id: record.run_id.clone(),
+                path: path.to_string(),
+            });
         }
-        let prefix = layout::run_prefix(&self.name, run_id);
-        let staged: Vec<Path> = self.lake.list_paths(&prefix).await?;
-        for path in staged {
-            if keep.contains(path.as_ref()) {
-                continue;
-            }
-            match self.store().delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::store("delete", &path, e)),
-            }
-            removed.push(path.to_string());
-        }
-        Ok(removed)
+        let staged: Vec<String> = self
+            .lake
+            .list_paths(&layout::run_prefix(&self.name, run_id))
+            .await?
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        // Read last, so that a flip made while the rest was listed is seen.
+        let referenced = Referenced::of(&self.flips_after(base.seq).await?);
+        let verdict = deletion::decide(run_id, &records, &staged, keep, &referenced, holder);
+        self.delete_decided(&verdict.delete).await?;
+        Ok(Discarded { removed: verdict.delete, kept_because: verdict.kept_because })
     }
 
     /// Checks files against their recorded size and sha256 (reading each whole).
@@ -1343,6 +1462,13 @@ impl Dataset {
 type NewChunks = std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>;
 
 /// The pointer entry that publishes `record` on top of `head`.
+/// The chunks `record` wrote itself (those under its run's prefix for its version).
+fn own_chunks(dataset: &str, record: &RecordHead) -> Vec<String> {
+    let own = layout::chunk_path(dataset, &record.run_id, record.version, 0);
+    let own = own.trim_end_matches("00000.json");
+    record.chunks.iter().filter(|c| c.path.starts_with(own)).map(|c| c.path.clone()).collect()
+}
+
 fn flip_for(record: &RecordHead, head: Option<&Flip>, ctx: &RunContext) -> Flip {
     Flip {
         format: FLIP_FORMAT.to_string(),

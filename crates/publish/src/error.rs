@@ -80,6 +80,28 @@ pub enum Error {
     )]
     Locked { what: String, holder: Box<crate::locks::LockInfo> },
 
+    /// The run stalled past its lock's lease and another run took the lock over.
+    #[error(
+        "run {run_id} lost its lock: it stalled past its lease and another run took over; \
+         nothing more of it will be published. Run it again"
+    )]
+    LockLost { run_id: String },
+
+    /// Another process moved the run first: it created entry `entry` of the run's log, which
+    /// this process was about to create. This process stopped before doing anything.
+    #[error(
+        "run {run_id} was moved by another process at the same moment (it wrote entry {entry} of \
+         the run's log first); this command did nothing. `strata show-run {run_id}` shows where \
+         the run is now"
+    )]
+    RunMoved { run_id: String, entry: u32 },
+
+    /// A run's output was validated against a version of a dataset that is no longer current,
+    /// and what the run writes changed since: publishing it would overwrite newer data, or
+    /// publish it on a base another of its datasets no longer matches.
+    #[error("run {run_id} cannot publish {dataset:?}: {detail}. Nothing more of the run was published; {next}")]
+    BaseMoved { run_id: String, dataset: String, detail: String, next: String },
+
     /// An input the user named cannot be read as what it should be.
     #[error("cannot read {path}: {detail}")]
     InvalidInput { path: String, detail: String },
@@ -125,7 +147,33 @@ pub enum Error {
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a scheduler should do about an error: the binary turns it into an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The user asked for something impossible, or the lake needs a fix they can make.
+    User,
+    /// Another process holds or moved what this one needed: retry later.
+    Busy,
+    /// Durable state needs a decision only a person can make.
+    NeedsPerson,
+    /// strata or the machine failed.
+    Internal,
+}
+
 impl Error {
+    /// What a scheduler should do about this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Locked { .. }
+            | Error::LockLost { .. }
+            | Error::Conflict { .. }
+            | Error::RunMoved { .. } => ErrorClass::Busy,
+            Error::BaseMoved { .. } => ErrorClass::NeedsPerson,
+            e if e.is_user_error() => ErrorClass::User,
+            _ => ErrorClass::Internal,
+        }
+    }
+
     /// True when the problem lies in what the user asked for or in the state of the lake they
     /// pointed at (exit code 2), rather than in strata or the machine (exit code 1).
     pub fn is_user_error(&self) -> bool {
@@ -138,6 +186,9 @@ impl Error {
             | Error::SchemaConflict { .. }
             | Error::Conflict { .. }
             | Error::Locked { .. }
+            | Error::RunMoved { .. }
+            | Error::LockLost { .. }
+            | Error::BaseMoved { .. }
             | Error::InvalidInput { .. }
             | Error::Usage(_)
             | Error::Lake { .. } => true,

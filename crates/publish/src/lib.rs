@@ -46,7 +46,9 @@
 pub mod context;
 pub mod crash;
 mod dataset;
+pub mod deletion;
 pub mod error;
+pub mod faults;
 pub mod input;
 mod lake;
 pub mod layout;
@@ -61,10 +63,10 @@ mod writer;
 
 pub use context::RunContext;
 pub use dataset::{
-    Dataset, Draft, FileProblem, Prepared, PublishOptions, Published, RollbackOutcome,
+    Dataset, Discarded, Draft, FileProblem, Prepared, PublishOptions, Published, RollbackOutcome,
     VerifyReport, VersionListing,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};
 pub use lake::{Lake, OpenMode};
 pub use model::{
     FileEntry, Flip, FlipKind, PartitionEntry, RecordHead, Summary, VersionBrief, VersionRecord,

@@ -65,6 +65,14 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// Whether `other` was taken by the same process for the same run.
+    pub fn same_holder(&self, other: &LockInfo) -> bool {
+        self.run_id == other.run_id
+            && self.host == other.host
+            && self.pid == other.pid
+            && self.pid_start == other.pid_start
+    }
+
     /// A lock for `run_id` held by this process, valid for `lease` from `now`.
     pub fn for_this_process(run_id: &str, now: DateTime<Utc>, lease: Duration) -> Self {
         LockInfo {
@@ -165,7 +173,7 @@ fn takeover_path(lock: &Path) -> Path {
 #[derive(Debug)]
 pub struct RunLocks {
     lake: Lake,
-    run_id: String,
+    holder: LockInfo,
     paths: Vec<Path>,
     lost: Arc<AtomicBool>,
     stop: Arc<tokio::sync::Notify>,
@@ -176,11 +184,7 @@ impl RunLocks {
     /// Fails if another run took over one of the locks (this process stalled past its lease).
     pub fn check(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::Usage(format!(
-                "run {} lost its lock: it stalled past its lease and another run took over; \
-                 nothing more of it will be published. Run it again",
-                self.run_id
-            )));
+            return Err(Error::LockLost { run_id: self.holder.run_id.clone() });
         }
         Ok(())
     }
@@ -192,7 +196,8 @@ impl RunLocks {
             self.stop.notify_one();
             let _ = h.await;
         }
-        release_paths(&self.lake, &self.run_id, &self.paths).await;
+        let holder = &self.holder;
+        release_paths(&self.lake, &self.paths, |found| found.same_holder(holder)).await;
     }
 }
 
@@ -204,10 +209,10 @@ impl Drop for RunLocks {
     }
 }
 
-async fn release_paths(lake: &Lake, run_id: &str, paths: &[Path]) {
+async fn release_paths(lake: &Lake, paths: &[Path], mine: impl Fn(&LockInfo) -> bool) {
     for p in paths {
         if let Ok(Some(info)) = read_lock(lake, p).await {
-            if info.run_id == run_id {
+            if mine(&info) {
                 let _ = lake.store().delete(p).await;
             }
         }
@@ -217,7 +222,7 @@ async fn release_paths(lake: &Lake, run_id: &str, paths: &[Path]) {
 /// Deletes whatever locks `run_id` still holds in `boundary` (for recovery of a dead run).
 pub async fn release_run(lake: &Lake, run_id: &str, boundary: &BTreeMap<String, Vec<String>>) {
     let paths: Vec<Path> = lock_paths(boundary).into_iter().map(|(_, _, p)| p).collect();
-    release_paths(lake, run_id, &paths).await;
+    release_paths(lake, &paths, |found| found.run_id == run_id).await;
 }
 
 /// The live lock `run_id` holds in `boundary`, if any: proof that the run is still going.
@@ -274,7 +279,10 @@ async fn take(lake: &Lake, path: &Path, info: &LockInfo, clock: Clock) -> Result
             return Ok(None);
         }
         let Some(found) = read_lock(lake, path).await? else { continue };
-        if found.run_id == info.run_id {
+        // Ours only if this very process holds it (an earlier attempt whose answer was lost):
+        // another process acting for the same run (two `strata approve` of one run) is a holder
+        // like any other.
+        if found.same_holder(info) {
             return Ok(None);
         }
         if stale_reason(&found, clock()).is_none() {
@@ -295,7 +303,7 @@ async fn take(lake: &Lake, path: &Path, info: &LockInfo, clock: Clock) -> Result
             continue;
         }
         match read_lock(lake, &marker).await? {
-            Some(m) if m.run_id != info.run_id && stale_reason(&m, clock()).is_none() => {
+            Some(m) if !m.same_holder(info) && stale_reason(&m, clock()).is_none() => {
                 return Ok(Some(m));
             }
             Some(_) => {
@@ -322,7 +330,7 @@ pub async fn acquire(
     let info = LockInfo::for_this_process(run_id, clock(), lease);
     let mut locks = RunLocks {
         lake: lake.clone(),
-        run_id: run_id.into(),
+        holder: info.clone(),
         paths: Vec::new(),
         lost: Arc::new(AtomicBool::new(false)),
         stop: Arc::new(tokio::sync::Notify::new()),
@@ -344,19 +352,14 @@ pub async fn acquire(
     }
     // Whole-dataset and partition locks exclude each other.
     if failure.is_none() {
-        failure = cross_check(lake, run_id, boundary, clock).await.err();
+        failure = cross_check(lake, &info, boundary, clock).await.err();
     }
     if let Some(e) = failure {
         locks.release().await;
         return Err(e);
     }
-    let (lake2, paths, lost, stop, run) = (
-        lake.clone(),
-        locks.paths.clone(),
-        locks.lost.clone(),
-        locks.stop.clone(),
-        run_id.to_string(),
-    );
+    let (lake2, paths, lost, stop) =
+        (lake.clone(), locks.paths.clone(), locks.lost.clone(), locks.stop.clone());
     locks.heartbeat = Some(tokio::spawn(async move {
         let every = (lease / 3).max(Duration::from_millis(100));
         loop {
@@ -369,7 +372,7 @@ pub async fn acquire(
                 clock() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
             for p in &paths {
                 match read_lock(&lake2, p).await {
-                    Ok(Some(found)) if found.run_id == run => {
+                    Ok(Some(found)) if found.same_holder(&info) => {
                         if let Ok(body) = serde_json::to_vec_pretty(&renewed) {
                             let _ = lake2.store().put(p, PutPayload::from(body)).await;
                         }
@@ -385,7 +388,7 @@ pub async fn acquire(
 
 async fn cross_check(
     lake: &Lake,
-    run_id: &str,
+    me: &LockInfo,
     boundary: &BTreeMap<String, Vec<String>>,
     clock: Clock,
 ) -> Result<()> {
@@ -395,14 +398,14 @@ async fn cross_check(
             let found: Vec<Path> = lake.list_paths(&prefix).await?;
             for p in found.iter().filter(|p| p.as_ref().ends_with(".json")) {
                 if let Some(other) = read_lock(lake, p).await? {
-                    if other.run_id != run_id && stale_reason(&other, clock()).is_none() {
+                    if !other.same_holder(me) && stale_reason(&other, clock()).is_none() {
                         let key = p.filename().unwrap_or("?").trim_end_matches(".json");
                         return Err(locked(ds, &key.replace(',', "/"), &other));
                     }
                 }
             }
         } else if let Some(other) = read_lock(lake, &lock_path(ds, WHOLE)).await? {
-            if other.run_id != run_id && stale_reason(&other, clock()).is_none() {
+            if !other.same_holder(me) && stale_reason(&other, clock()).is_none() {
                 return Err(locked(ds, WHOLE, &other));
             }
         }

@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | any | no flip by the run | staging removed (finished stages' checkpoints kept for a rerun), **FAILED** |
 //! | COMMITTING / UNKNOWN | a flip by the run on every prepared dataset | **PUBLISHED** |
-//! | COMMITTING / UNKNOWN | flips on some datasets; the others' pointers unmoved | the remaining prepared versions are flipped (roll forward), **PUBLISHED** |
-//! | COMMITTING / UNKNOWN | flips on some; another pointer moved since | **UNKNOWN**, with the evidence |
+//! | COMMITTING / UNKNOWN | flips on some datasets, still current; the others' pointers unmoved since they were prepared | the remaining prepared versions are flipped (roll forward), **PUBLISHED** |
+//! | COMMITTING / UNKNOWN | flips on some; a flipped one moved since (rolled back, republished), or an unflipped one's pointer moved | **UNKNOWN**, with what is visible now |
 //!
 //! A run whose lock is live (its process is running, or its lease has not expired) is left alone.
 
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::context::RunContext;
 use crate::crash;
+use crate::deletion::Holder;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::locks::{self, Clock};
@@ -30,34 +31,110 @@ pub enum Decision {
     Published,
     /// Nothing of the run is visible.
     Failed,
-    /// Some datasets were flipped; these were prepared and not yet.
+    /// Some datasets were flipped and are still current; these were prepared and not yet, and
+    /// their pointers have not moved since: they can be flipped as prepared.
     RollForward(Vec<String>),
-    /// The pointers show something the state machine cannot explain.
+    /// The pointers show something the state machine cannot explain, or the run cannot be
+    /// finished without publishing on a base that moved: a person must decide.
     Unknown(String),
 }
 
-/// The decision table (pure): from the run's latest state, the versions it prepared and the
-/// versions its flips published.
-pub fn decide(
-    state: RunState,
-    prepared: &BTreeMap<String, u64>,
-    flipped: &BTreeMap<String, u64>,
-) -> Decision {
+/// One dataset of a run's output boundary, as recovery finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatasetView {
+    /// The version the run prepared (from COMMITTING on).
+    pub prepared: Option<u64>,
+    /// The version the run's last publish flip on this dataset made current, if any.
+    pub flipped: Option<u64>,
+    /// The current pointer entry: `(seq, version, run that wrote that version)`.
+    pub head: Option<(u64, u64, String)>,
+    /// For a prepared version, the pointer entry it is to be published as (from its record);
+    /// `None` when the record is gone.
+    pub publish_seq: Option<u64>,
+}
+
+impl DatasetView {
+    /// The run's flip on this dataset is what readers see now.
+    fn still_current(&self, run_id: &str) -> bool {
+        matches!((&self.head, self.flipped), (Some((_, v, by)), Some(f)) if *v == f && by == run_id)
+    }
+
+    /// The pointer is where it was when the version was prepared.
+    fn unmoved(&self) -> bool {
+        let next = self.head.as_ref().map_or(1, |(seq, _, _)| seq + 1);
+        self.publish_seq == Some(next)
+    }
+}
+
+/// The decision table (pure): from the run's latest state and what each dataset of its output
+/// boundary shows. A run is only rolled forward when every dataset it already flipped is still
+/// current at the run's version and every dataset left to flip is unmoved since it was prepared,
+/// so the run never ends published on a base that another of its datasets no longer matches.
+pub fn decide(state: RunState, run_id: &str, views: &BTreeMap<String, DatasetView>) -> Decision {
+    let flipped: Vec<&String> =
+        views.iter().filter(|(_, v)| v.flipped.is_some()).map(|(d, _)| d).collect();
     if flipped.is_empty() {
         return Decision::Failed;
     }
     if !matches!(state, RunState::Committing | RunState::Unknown) {
         return Decision::Unknown(format!(
             "the run is {state}, which never flips a pointer, yet flips by it exist on {}",
-            flipped.keys().cloned().collect::<Vec<_>>().join(", ")
+            flipped.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    let missing: Vec<String> =
-        prepared.keys().filter(|d| !flipped.contains_key(*d)).cloned().collect();
+    let missing: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| v.prepared.is_some() && v.flipped.is_none())
+        .map(|(d, _)| d.clone())
+        .collect();
     if missing.is_empty() {
-        Decision::Published
-    } else {
-        Decision::RollForward(missing)
+        return Decision::Published;
+    }
+    let moved: Vec<&String> =
+        flipped.iter().copied().filter(|d| !views[*d].still_current(run_id)).collect();
+    let stuck: Vec<&String> = missing.iter().filter(|d| !views[*d].unmoved()).collect();
+    if moved.is_empty() && stuck.is_empty() {
+        return Decision::RollForward(missing);
+    }
+    let mut why = Vec::new();
+    if !moved.is_empty() {
+        why.push(format!(
+            "{} moved after the run published it",
+            moved.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !stuck.is_empty() {
+        why.push(format!(
+            "{} moved since the run prepared it",
+            stuck.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Decision::Unknown(format!(
+        "the run is partly published and cannot be finished without publishing on a base that \
+         moved ({}); {}",
+        why.join("; "),
+        visibility(run_id, views)
+    ))
+}
+
+/// What readers see of the run now, in one sentence (pure).
+pub fn visibility(run_id: &str, views: &BTreeMap<String, DatasetView>) -> String {
+    let visible: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| v.still_current(run_id))
+        .map(|(d, v)| format!("{d} v{}", v.flipped.unwrap_or_default()))
+        .collect();
+    let hidden: Vec<&str> = views
+        .iter()
+        .filter(|(_, v)| v.prepared.is_some() && !v.still_current(run_id))
+        .map(|(d, _)| d.as_str())
+        .collect();
+    match (visible.is_empty(), hidden.is_empty()) {
+        (true, _) => "nothing of the run is visible now".into(),
+        (false, true) => format!("visible now: {}", visible.join(", ")),
+        (false, false) => {
+            format!("visible now: {}; not visible: {}", visible.join(", "), hidden.join(", "))
+        }
     }
 }
 
@@ -122,7 +199,10 @@ pub async fn recover(
         None => runs::open_runs(lake)
             .await?
             .into_iter()
-            .filter(|m| !m.state.is_terminal() && m.state != RunState::AwaitingReview)
+            .filter(|m| {
+                (!m.state.is_terminal() && m.state != RunState::AwaitingReview)
+                    || (m.state == RunState::Failed && m.cleanup)
+            })
             .collect(),
     };
     let mut report = RecoveryReport::default();
@@ -144,6 +224,20 @@ pub async fn recover(
             });
             continue;
         }
+        if m.state == RunState::Failed {
+            // Settled already; only its staging is left to remove.
+            let removed = clean_up_failed(lake, &m).await?;
+            report.recovered.push(Recovered {
+                run_id: m.run_id.clone(),
+                from: m.state,
+                to: m.state,
+                action: "finished removing the staging of a FAILED run".into(),
+                evidence: vec![format!("removed {removed} staged object(s)")],
+                removed,
+                kept: 0,
+            });
+            continue;
+        }
         report.recovered.push(recover_run(lake, m, ctx).await?);
     }
     if only.is_none() {
@@ -152,71 +246,113 @@ pub async fn recover(
     Ok(report)
 }
 
-async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Recovered> {
-    let from = m.state;
-    let mut evidence = Vec::new();
-    let mut flipped: BTreeMap<String, u64> = BTreeMap::new();
+/// Removes the staging of a run recorded FAILED with [`RunManifest::cleanup`] set (a rejected
+/// run), through the deletion authority, and takes it out of the register of open runs once
+/// everything is gone. Safe to repeat. Returns the objects removed.
+pub async fn clean_up_failed(lake: &Lake, m: &RunManifest) -> Result<u64> {
+    let mut removed = 0;
+    let mut whole = true;
+    let keep: BTreeSet<String> =
+        m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
     for ds_name in m.output_boundary.keys() {
         let ds = lake.dataset(ds_name)?;
-        let after = m.bases.get(ds_name).map_or(0, |b| b.seq);
-        let flips = ds.flips_by(&m.run_id, after).await?;
-        match flips.last() {
-            Some(f) => {
-                evidence.push(format!(
-                    "{ds_name}: pointer #{} publishes version {} of this run",
-                    f.seq, f.to
-                ));
-                flipped.insert(ds_name.clone(), f.to);
-            }
-            None => evidence.push(format!("{ds_name}: no pointer entry of this run")),
-        }
+        let base = m.bases.get(ds_name).copied().unwrap_or_default();
+        let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
+        removed += done.removed.len() as u64;
+        whole &= done.kept_because.is_none();
     }
-    let mut decision = decide(from, &m.prepared, &flipped);
+    if whole && m.checkpoints.is_empty() {
+        runs::close(lake, &m.run_id).await;
+    }
+    Ok(removed)
+}
+
+/// What one dataset of a run's boundary shows: the run's flips after its base, the current
+/// entry, and the entry its prepared record is to be published as.
+async fn view_of(lake: &Lake, m: &RunManifest, ds_name: &str) -> Result<DatasetView> {
+    let ds = lake.dataset(ds_name)?;
+    let after = m.bases.get(ds_name).map_or(0, |b| b.seq);
+    let flipped = ds.flips_by(&m.run_id, after).await?.last().map(|f| f.to);
+    let head = ds.head().await?.map(|h| (h.seq, h.to, h.version.run_id.clone()));
+    let prepared = m.prepared.get(ds_name).copied();
+    let publish_seq = match prepared {
+        Some(v) if flipped.is_none() => ds.record_publish_seq(v).await?,
+        _ => None,
+    };
+    Ok(DatasetView { prepared, flipped, head, publish_seq })
+}
+
+async fn views_of(lake: &Lake, m: &RunManifest) -> Result<BTreeMap<String, DatasetView>> {
+    let mut views = BTreeMap::new();
+    for ds_name in m.output_boundary.keys() {
+        views.insert(ds_name.clone(), view_of(lake, m, ds_name).await?);
+    }
+    Ok(views)
+}
+
+fn describe(run_id: &str, ds_name: &str, v: &DatasetView) -> String {
+    match (v.flipped, &v.head) {
+        (Some(f), Some((seq, to, by))) if *to == f && by == run_id => {
+            format!("{ds_name}: version {f} of this run is current (pointer #{seq})")
+        }
+        (Some(f), Some((seq, to, by))) => format!(
+            "{ds_name}: version {f} of this run was published, then the pointer moved: #{seq} \
+             makes version {to} (run {by}) current"
+        ),
+        (None, Some((seq, to, by))) => format!(
+            "{ds_name}: no pointer entry of this run; #{seq} makes version {to} (run {by}) current"
+        ),
+        _ => format!("{ds_name}: no pointer entry of this run"),
+    }
+}
+
+async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Recovered> {
+    let from = m.state;
+    let mut views = views_of(lake, &m).await?;
+    let mut evidence: Vec<String> = views.iter().map(|(d, v)| describe(&m.run_id, d, v)).collect();
+    let mut decision = decide(from, &m.run_id, &views);
     if let Decision::RollForward(missing) = &decision {
-        let mut stuck = Vec::new();
         for ds_name in missing {
             let ds = lake.dataset(ds_name)?;
             let v = m.prepared[ds_name];
-            match ds.flip_record(v, ctx).await? {
-                Some(p) => {
-                    evidence.push(format!(
-                        "{ds_name}: rolled forward, pointer #{} publishes prepared version {v}",
-                        p.flip.seq
-                    ));
-                    flipped.insert(ds_name.clone(), v);
-                }
-                None => stuck.push(format!(
-                    "{ds_name}: prepared version {v} can no longer be published as prepared (its \
-                     pointer moved, or the record is gone)"
-                )),
+            if let Some(p) = ds.flip_record(v, ctx).await? {
+                evidence.push(format!(
+                    "{ds_name}: rolled forward, pointer #{} publishes prepared version {v}",
+                    p.flip.seq
+                ));
             }
         }
-        decision = if stuck.is_empty() {
-            Decision::Published
-        } else {
-            evidence.extend(stuck);
-            Decision::Unknown(
-                "the run is partly published and the rest cannot be rolled forward".into(),
-            )
+        // Settled from what the pointers show now, so that a pointer that moved while rolling
+        // forward is reported rather than assumed.
+        views = views_of(lake, &m).await?;
+        decision = match decide(from, &m.run_id, &views) {
+            Decision::RollForward(_) => Decision::Unknown(format!(
+                "rolling forward did not land on every dataset; {}",
+                visibility(&m.run_id, &views)
+            )),
+            other => other,
         };
     }
+    let flipped: BTreeMap<String, u64> =
+        views.iter().filter_map(|(d, v)| v.flipped.map(|f| (d.clone(), f))).collect();
     let (mut removed, mut kept) = (0u64, 0u64);
     if decision == Decision::Failed {
         let keep: BTreeSet<String> =
             m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
         for ds_name in m.output_boundary.keys() {
             let ds = lake.dataset(ds_name)?;
-            // Re-check right before deleting: never remove what a flip made visible.
-            let after = m.bases.get(ds_name).map_or(0, |b| b.seq);
-            if !ds.flips_by(&m.run_id, after).await?.is_empty() {
+            let base = m.bases.get(ds_name).copied().unwrap_or_default();
+            let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
+            removed += done.removed.len() as u64;
+            if let Some(why) = done.kept_because {
+                // A flip by the run appeared since it was inspected: never remove what may be
+                // visible; the next recovery sees the flip.
                 return Err(Error::Usage(format!(
-                    "run {} published {ds_name} while being recovered; run `strata recover --run \
-                     {}` again",
+                    "run {} changed while being recovered ({ds_name}: {why}); run `strata \
+                     recover --run {}` again",
                     m.run_id, m.run_id
                 )));
             }
-            let above = m.bases.get(ds_name).map_or(0, |b| b.max_version);
-            removed += ds.discard_run(&m.run_id, above, &keep).await?.len() as u64;
         }
         kept = keep.len() as u64;
         if removed > 0 {
@@ -240,7 +376,7 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
     };
     let run_id = m.run_id.clone();
     let boundary = m.output_boundary.clone();
-    if to != from {
+    if to != from || to == RunState::Unknown {
         let mut log = RunLog::resume(lake, m);
         let ev = evidence.clone();
         let published = flipped.clone();
@@ -249,22 +385,25 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             Decision::Unknown(w) => Some(w.clone()),
             _ => None,
         };
-        log.advance(to, ctx.now(), |m| {
-            m.recovery = Some(serde_json::json!({
-                "by": ctx.run_id(), "from": from, "evidence": ev,
-            }));
-            if to == RunState::Published {
-                m.published = published;
-            }
+        let recovery = Recovery { by: ctx.run_id().to_string(), from, evidence: ev };
+        let update = |m: &mut RunManifest| {
+            m.recovery = serde_json::to_value(&recovery).ok();
+            m.published = published;
             if to == RunState::Failed {
-                m.error = why.clone();
                 m.checkpoints.retain(|_| kept > 0);
             }
-            if to == RunState::Unknown {
+            if to != RunState::Published {
                 m.error = why.clone();
             }
-        })
-        .await?;
+        };
+        if to == from {
+            // Still UNKNOWN: the evidence is recorded again only if it changed.
+            if log.manifest().error != why {
+                log.record(ctx.now(), update).await?;
+            }
+        } else {
+            log.advance(to, ctx.now(), update).await?;
+        }
     }
     if to != RunState::Unknown {
         locks::release_run(lake, &run_id, &boundary).await;
@@ -272,27 +411,77 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
     Ok(Recovered { run_id, from, to, action, evidence, removed, kept })
 }
 
+/// What recovery records in the manifest of a run it moved.
+#[derive(Debug, Clone, Serialize)]
+struct Recovery {
+    by: String,
+    from: RunState,
+    evidence: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use RunState::*;
 
-    fn map(items: &[(&str, u64)]) -> BTreeMap<String, u64> {
-        items.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    fn view(prepared: Option<u64>, flipped: Option<u64>, head: (u64, u64, &str)) -> DatasetView {
+        DatasetView {
+            prepared,
+            flipped,
+            head: Some((head.0, head.1, head.2.to_string())),
+            publish_seq: prepared.map(|_| head.0 + 1),
+        }
+    }
+
+    fn views(items: Vec<(&str, DatasetView)>) -> BTreeMap<String, DatasetView> {
+        items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     #[test]
     fn decision_table() {
-        let prepared = map(&[("a", 3), ("b", 5)]);
+        // Nothing flipped: FAILED whatever the state.
+        let none = views(vec![
+            ("a", view(Some(3), None, (2, 2, "x"))),
+            ("b", view(Some(5), None, (4, 4, "x"))),
+        ]);
         for st in [Planned, InputLocked, Running, Validating, Committing, Unknown] {
-            assert_eq!(decide(st, &prepared, &map(&[])), Decision::Failed, "{st}");
+            assert_eq!(decide(st, "r", &none), Decision::Failed, "{st}");
         }
-        assert_eq!(decide(Committing, &prepared, &map(&[("a", 3), ("b", 5)])), Decision::Published);
-        assert_eq!(decide(Unknown, &prepared, &map(&[("a", 3), ("b", 6)])), Decision::Published);
-        assert_eq!(
-            decide(Committing, &prepared, &map(&[("a", 3)])),
-            Decision::RollForward(vec!["b".into()])
-        );
-        assert!(matches!(decide(Running, &prepared, &map(&[("a", 3)])), Decision::Unknown(_)));
+        // Everything flipped: PUBLISHED, even if a pointer moved afterwards.
+        let all = views(vec![
+            ("a", view(Some(3), Some(3), (3, 3, "r"))),
+            ("b", view(Some(5), Some(5), (9, 1, "x"))),
+        ]);
+        assert_eq!(decide(Committing, "r", &all), Decision::Published);
+        // Half flipped, the flipped one still current, the other unmoved: roll forward.
+        let mut half = views(vec![
+            ("a", view(Some(3), Some(3), (3, 3, "r"))),
+            ("b", view(Some(5), None, (4, 4, "x"))),
+        ]);
+        assert_eq!(decide(Unknown, "r", &half), Decision::RollForward(vec!["b".into()]));
+        // A flip where the state machine never flips.
+        assert!(matches!(decide(Running, "r", &half), Decision::Unknown(_)));
+        // The other's pointer moved since it was prepared.
+        half.get_mut("b").unwrap().head = Some((5, 6, "y".into()));
+        let Decision::Unknown(why) = decide(Committing, "r", &half) else { panic!() };
+        assert!(why.contains("b moved since the run prepared it"), "{why}");
+        assert!(why.contains("visible now: a v3; not visible: b"), "{why}");
+        // The record of the unflipped version is gone.
+        half.get_mut("b").unwrap().head = Some((4, 4, "x".into()));
+        half.get_mut("b").unwrap().publish_seq = None;
+        assert!(matches!(decide(Committing, "r", &half), Decision::Unknown(_)));
+    }
+
+    #[test]
+    fn a_flipped_dataset_that_was_rolled_back_stops_the_roll_forward() {
+        // orders was published by the run, then rolled back to version 1 by an operator; the
+        // model computed from the run's orders must not be published on top of version 1.
+        let rolled_back = views(vec![
+            ("orders", view(Some(2), Some(2), (3, 1, "first"))),
+            ("daily_revenue", view(Some(2), None, (1, 1, "first"))),
+        ]);
+        let Decision::Unknown(why) = decide(Committing, "r", &rolled_back) else { panic!() };
+        assert!(why.contains("orders moved after the run published it"), "{why}");
+        assert!(why.contains("nothing of the run is visible now"), "{why}");
     }
 }

@@ -1,15 +1,21 @@
 //! Durable run manifests: one append-only log per run.
 //!
 //! ```text
-//! _strata/runs/<run_id>/0001-PLANNED.json
-//! _strata/runs/<run_id>/0002-INPUT_LOCKED.json
-//! _strata/runs/<run_id>/0003-RUNNING.json …
+//! _strata/runs/<run_id>/0001.json      PLANNED
+//! _strata/runs/<run_id>/0002.json      INPUT_LOCKED
+//! _strata/runs/<run_id>/0003.json      RUNNING …
 //! ```
 //!
 //! Every entry is a full snapshot of the manifest at that state, created with create-if-absent
 //! *before* the work the state announces begins. The run's state is its highest-numbered entry.
-//! Nothing is overwritten, so a crash at any point leaves the last state that was reached, and
-//! no two processes can record the same step of one run.
+//! An entry's name is its number alone, so at most one entry can ever exist for each number,
+//! whatever state it records: of two processes that read entry n and try to move the run, exactly
+//! one creates n+1 and the other gets [`Error::RunMoved`] before doing anything else. Nothing is
+//! overwritten, so a crash at any point leaves the last state that was reached.
+//!
+//! Lakes written by earlier versions of strata name entries `<n>-<STATE>.json`; they are read
+//! the same way (by number). Two entries with one number (which that naming allowed) are
+//! reported as a corrupt log that needs a person.
 
 use std::collections::BTreeMap;
 
@@ -168,6 +174,10 @@ pub struct RunManifest {
     pub published: BTreeMap<String, u64>,
     #[serde(default)]
     pub error: Option<String>,
+    /// A FAILED run whose staging is still to be removed (it was recorded FAILED first, so that
+    /// no other process could move it meanwhile); recovery finishes the removal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleanup: bool,
     /// What recovery found and did, when recovery moved the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<serde_json::Value>,
@@ -199,13 +209,65 @@ impl RunManifest {
             checkpoints: Vec::new(),
             published: BTreeMap::new(),
             error: None,
+            cleanup: false,
             recovery: None,
         }
     }
 }
 
-fn entry_path(run_id: &str, entry: u32, state: RunState) -> Path {
-    Path::from(format!("{RUNS_DIR}/{run_id}/{entry:04}-{state}.json"))
+/// The path of entry `entry` of a run's log: the number alone, whatever the state.
+pub fn entry_path(run_id: &str, entry: u32) -> Path {
+    Path::from(format!("{RUNS_DIR}/{run_id}/{entry:04}.json"))
+}
+
+/// The number of a log entry from its file name: `0011.json`, or `0011-COMMITTING.json` as
+/// lakes written by earlier versions name them. `None` for anything else.
+pub fn parse_entry_name(name: &str) -> Option<u32> {
+    let stem = name.strip_suffix(".json")?;
+    let digits = stem.split_once('-').map_or(stem, |(n, _)| n);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Two or more files of one log with the same entry number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoubledEntry {
+    pub entry: u32,
+    pub paths: Vec<Path>,
+}
+
+/// The entries of a log by number, oldest first (pure). Two files with one number are a log
+/// that an older strata let two processes write at once: `Err` names them.
+pub fn order_entries(paths: Vec<Path>) -> std::result::Result<Vec<(u32, Path)>, DoubledEntry> {
+    let mut numbered: Vec<(u32, Path)> = paths
+        .into_iter()
+        .filter_map(|p| p.filename().and_then(parse_entry_name).map(|n| (n, p)))
+        .collect();
+    numbered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    if let Some(w) = numbered.windows(2).find(|w| w[0].0 == w[1].0) {
+        let entry = w[0].0;
+        let paths = numbered.into_iter().filter(|(m, _)| *m == entry).map(|(_, p)| p).collect();
+        return Err(DoubledEntry { entry, paths });
+    }
+    Ok(numbered)
+}
+
+async fn entry_paths(lake: &Lake, run_id: &str) -> Result<Vec<(u32, Path)>> {
+    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
+    order_entries(lake.list_paths(&prefix).await?).map_err(|DoubledEntry { entry: n, paths }| {
+        Error::Corrupt {
+            path: format!("{prefix}/"),
+            detail: format!(
+            "the log of run {run_id} has {} entries numbered {n} ({}): two processes moved the \
+             run at once under an earlier strata. A person must decide which holds; `strata \
+             show-run {run_id}` and `strata history <dataset>` show the evidence",
+            paths.len(),
+            paths.iter().map(|p| p.filename().unwrap_or_default()).collect::<Vec<_>>().join(", ")
+        ),
+        }
+    })
 }
 
 /// The log of one run, open for appending.
@@ -228,8 +290,14 @@ impl RunLog {
         // Registered before its first entry, so no run is ever outside the register.
         put_empty(lake, &open_marker(&manifest.run_id)).await?;
         let log = RunLog { lake: lake.clone(), manifest };
-        log.write().await?;
-        Ok(log)
+        match log.write().await {
+            Ok(()) => Ok(log),
+            Err(Error::RunMoved { run_id, .. }) => Err(Error::Usage(format!(
+                "run {run_id} is already recorded; a run id is used once (`strata show-run \
+                 {run_id}` shows that run)"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn manifest(&self) -> &RunManifest {
@@ -295,7 +363,7 @@ impl RunLog {
 
     async fn write(&self) -> Result<()> {
         let m = &self.manifest;
-        let path = entry_path(&m.run_id, m.entry, m.state);
+        let path = entry_path(&m.run_id, m.entry);
         let mut body = serde_json::to_vec_pretty(m)
             .map_err(|source| Error::Serialize { what: "run manifest", source })?;
         body.push(b'\n');
@@ -305,10 +373,7 @@ impl RunLog {
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) => Err(Error::Usage(format!(
-                "run {} already recorded entry {} ({path}); another process is driving this run",
-                m.run_id, m.entry
-            ))),
+            ) => Err(Error::RunMoved { run_id: m.run_id.clone(), entry: m.entry }),
             Err(e) => Err(Error::store("create", &path, e)),
         }
     }
@@ -319,11 +384,9 @@ pub async fn run_log(lake: &Lake, run_id: &str) -> Result<Vec<RunManifest>> {
     crate::names::validate_dataset_name(run_id).map_err(|_| {
         Error::Usage(format!("{run_id:?} is not a run id; `strata runs` lists them"))
     })?;
-    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
-    let mut paths: Vec<Path> = lake.list_paths(&prefix).await?;
-    paths.sort();
+    let paths = entry_paths(lake, run_id).await?;
     let mut entries = Vec::with_capacity(paths.len());
-    for p in paths {
+    for (_, p) in paths {
         let Some(bytes) = lake.get_opt(&p).await? else { continue };
         let m: RunManifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt { path: p.to_string(), detail: e.to_string() })?;
@@ -358,7 +421,8 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 /// Whether a run, as its latest entry shows it, may still need something done: it has not
 /// finished (recovery, review), or it failed keeping checkpoints that a rerun may reuse.
 pub fn needs_attention(m: &RunManifest) -> bool {
-    !m.state.is_terminal() || (m.state == RunState::Failed && !m.checkpoints.is_empty())
+    !m.state.is_terminal()
+        || (m.state == RunState::Failed && (!m.checkpoints.is_empty() || m.cleanup))
 }
 
 fn open_marker(run_id: &str) -> Path {
@@ -427,9 +491,7 @@ pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 
 /// The latest entry of one run's log (one listing and one read).
 pub async fn latest_entry(lake: &Lake, run_id: &str) -> Result<Option<RunManifest>> {
-    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
-    let paths: Vec<Path> = lake.list_paths(&prefix).await?;
-    let Some(last) = paths.into_iter().max() else { return Ok(None) };
+    let Some((_, last)) = entry_paths(lake, run_id).await?.pop() else { return Ok(None) };
     let Some(bytes) = lake.get_opt(&last).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)

@@ -91,12 +91,27 @@ impl Env {
 
     /// Runs `strata <args>`, asserts exit code 2 with a one-line error, and returns that line.
     pub fn user_error(&self, args: &[&str]) -> String {
+        self.fails(2, args)
+    }
+
+    /// Runs `strata <args>`, asserts exit code 4 (busy: retry later) with a one-line error.
+    pub fn busy(&self, args: &[&str]) -> String {
+        self.fails(4, args)
+    }
+
+    /// Runs `strata <args>`, asserts exit code 5 (needs a person) with a one-line error.
+    pub fn needs_person(&self, args: &[&str]) -> String {
+        self.fails(5, args)
+    }
+
+    /// Runs `strata <args>`, asserts exit code `code` with a one-line error, and returns it.
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(
             out.status.code(),
-            Some(2),
-            "strata {args:?}: expected exit 2, stderr: {stderr}"
+            Some(code),
+            "strata {args:?}: expected exit {code}, stderr: {stderr}"
         );
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "strata {args:?}: expected one error line, got: {stderr}");

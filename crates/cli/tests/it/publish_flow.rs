@@ -293,7 +293,7 @@ fn concurrent_publishes(env: &Env) {
         let out = child.wait_with_output().unwrap();
         match out.status.code() {
             Some(0) => succeeded += 1,
-            Some(2) => {
+            Some(4) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(err.starts_with("error: conflict: dataset \"orders\" moved"), "{err}");
                 assert!(err.contains("nothing from") && err.contains("re-run"), "{err}");

@@ -387,7 +387,7 @@ fn locks_on(make: impl Fn() -> Env) {
     let toml = toml.to_str().unwrap();
     // A live run on another host holds the whole of `orders`: fail fast, naming it.
     put_lock(&env, "_strata/locks/orders/_all.json", "ghost-run", "elsewhere", 3600);
-    let line = env.user_error(&["run", "--pipeline", toml]);
+    let line = env.busy(&["run", "--pipeline", toml]);
     assert!(line.contains("locked by run ghost-run") && line.contains("elsewhere"), "{line}");
     assert!(run_ids(&env, "PLANNED").is_empty(), "nothing was recorded: {line}");
     // Its lease expired: the lock is taken over.
@@ -437,7 +437,7 @@ fn overlapping_runs_exclude_each_other_and_disjoint_ones_both_publish() {
     // B overlaps A: it fails at once, naming A; recovery leaves the live A alone.
     let mut b_args = vec!["run", "--pipeline", toml, "--date", "2026-01-03"];
     b_args.extend_from_slice(&only);
-    let line = env.user_error(&b_args);
+    let line = env.busy(&b_args);
     assert!(line.contains(&format!("locked by run {a_id}")), "{line}");
     assert_eq!(run_ids(&env, "COMMITTING"), vec![a_id.clone()], "A untouched");
     // C writes other partitions: it publishes while A waits.

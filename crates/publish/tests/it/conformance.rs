@@ -14,6 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use strata_publish::deletion::Holder;
 use strata_publish::{
     layout, Dataset, Error, FlipKind, Lake, PublishOptions, Published, RecordHead, RollbackOutcome,
     RunContext, Staged, VersionRecord, WriterOptions,
@@ -737,7 +738,7 @@ pub async fn schema_conflict_is_refused_and_nothing_changes(lake: Lake) {
     let staged = w.finish().await.unwrap();
     let err = ds.publish(staged, &PublishOptions::default(), &c).await.unwrap_err();
     assert!(matches!(err, Error::SchemaConflict { .. }), "{err}");
-    ds.discard("r2", None).await;
+    ds.discard("r2", 0).await;
     assert_eq!(list_all(&lake).await, before);
 }
 
@@ -751,7 +752,7 @@ pub async fn bad_partition_values_are_refused_and_nothing_changes(lake: Lake) {
         let err = w.write(&batch(&[(1, "2026-01-02", 1), (2, bad, 1)])).await.unwrap_err();
         assert!(matches!(err, Error::InvalidName { .. }) && err.is_user_error(), "{bad:?}: {err}");
         drop(w);
-        ds.discard("bad", None).await;
+        ds.discard("bad", 0).await;
         assert_eq!(list_all(&lake).await, before, "{bad:?}");
     }
     for bad in ["../x", "a/b", "a\\b", "x\ny", ".."] {
@@ -948,8 +949,19 @@ pub async fn commit_rebases_over_disjoint_partitions_only(lake: Lake) {
     let current = ds.current().await.unwrap();
     assert_eq!(current.summary.rows, 2 * 2 + 3 + 3);
     // Recovery's clean-up removes r3's staged files and keeps what a version names.
-    let removed = ds.discard_run("r3", 0, &Default::default()).await.unwrap();
-    assert_eq!(removed.len(), 1, "{removed:?}");
+    let done = ds
+        .discard_run("r3", Default::default(), &Default::default(), Holder::Stopped)
+        .await
+        .unwrap();
+    assert_eq!(done.removed.len(), 1, "{done:?}");
+    assert_eq!(done.kept_because, None);
+    // r2's files are named by the current version: the authority keeps every one of them.
+    let done = ds
+        .discard_run("r2", Default::default(), &Default::default(), Holder::Stopped)
+        .await
+        .unwrap();
+    assert!(done.removed.is_empty(), "{done:?}");
+    assert!(done.kept_because.is_some());
     assert!(ds.verify(None).await.unwrap().problems.is_empty());
     assert!(
         ds.flips_by("r2", 0).await.unwrap().len() == 1

@@ -55,7 +55,7 @@ async fn a_run_log_records_every_state_and_refuses_invalid_moves() {
     assert_eq!(last.times["COMMITTING"], at(4));
     assert!(lake
         .store()
-        .head(&object_store::path::Path::from("_strata/runs/run-a/0006-PUBLISHED.json"))
+        .head(&object_store::path::Path::from("_strata/runs/run-a/0006.json"))
         .await
         .is_ok());
 
@@ -165,4 +165,98 @@ async fn a_lake_from_before_the_register_is_registered_once() {
     }
     assert_eq!(ids(&open_runs(&lake).await.unwrap()), [("r2", InputLocked), ("r3", Failed)]);
     assert_eq!(markers(&lake).await, ["_all-registered", "r2", "r3"]);
+}
+
+/// Case 1 of issue 21: two processes that read the same latest entry of a held run (an approval
+/// and a rejection) both try to write the next one. Entry names carry the number alone, so
+/// exactly one create succeeds, whatever state each records; the other learns it lost before it
+/// has done anything.
+#[tokio::test]
+async fn two_processes_moving_one_run_cannot_both_write_an_entry() {
+    use RunState::*;
+    let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+    let mut log = RunLog::begin(&lake, RunManifest::planned("held", "full", Value::Null), at(0))
+        .await
+        .unwrap();
+    for st in [InputLocked, Running, Validating, AwaitingReview] {
+        log.advance(st, at(1), |_| {}).await.unwrap();
+    }
+    for round in 0..20u32 {
+        let latest = run_log(&lake, "held").await.unwrap().pop().unwrap();
+        let mut approve = RunLog::resume(&lake, latest.clone());
+        let mut reject = RunLog::resume(&lake, latest);
+        // Raced on a multi-threaded runtime, in both orders.
+        let (a, r) = if round % 2 == 0 {
+            tokio::join!(
+                approve.record(at(2), |m| m.error = Some("approve".into())),
+                reject.record(at(2), |m| m.error = Some("reject".into()))
+            )
+        } else {
+            let r = reject.record(at(2), |m| m.error = Some("reject".into())).await;
+            (approve.record(at(2), |m| m.error = Some("approve".into())).await, r)
+        };
+        assert!(a.is_ok() != r.is_ok(), "exactly one wins: {a:?} {r:?}");
+        let lost = a.err().or(r.err()).unwrap();
+        assert!(matches!(lost, strata_publish::Error::RunMoved { .. }), "{lost}");
+        assert_eq!(lost.class(), strata_publish::ErrorClass::Busy);
+    }
+    // A state change races the same way: COMMITTING against FAILED.
+    let latest = run_log(&lake, "held").await.unwrap().pop().unwrap();
+    let mut approve = RunLog::resume(&lake, latest.clone());
+    let mut reject = RunLog::resume(&lake, latest);
+    let (a, r) = tokio::join!(
+        approve.advance(Committing, at(3), |_| {}),
+        reject.advance(Failed, at(3), |_| {})
+    );
+    assert!(a.is_ok() != r.is_ok(), "exactly one wins: {a:?} {r:?}");
+    let entries = run_log(&lake, "held").await.unwrap();
+    let numbers: Vec<u32> = entries.iter().map(|m| m.entry).collect();
+    assert_eq!(numbers, (1..=entries.len() as u32).collect::<Vec<_>>(), "one entry per number");
+}
+
+/// Lakes written by earlier versions name entries `<n>-<STATE>.json`: they read by number, a
+/// new entry continues the numbering, and two entries with one number (which that naming let
+/// two processes write) are a corrupt log that names both files.
+#[tokio::test]
+async fn a_log_in_the_old_naming_is_read_by_number() {
+    let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+    let mut m = RunManifest::planned("old", "full", Value::Null);
+    let put = |name: &str, m: &RunManifest| {
+        let path = object_store::path::Path::from(format!("_strata/runs/old/{name}"));
+        let body = serde_json::to_vec(m).unwrap();
+        let store = lake.store().clone();
+        async move { store.put(&path, body.into()).await.unwrap() }
+    };
+    put("0001-PLANNED.json", &m).await;
+    for (n, st) in [(2, RunState::InputLocked), (9, RunState::Running), (10, RunState::Validating)]
+    {
+        m.entry = n;
+        m.state = st;
+        put(&format!("{n:04}-{st}.json"), &m).await;
+    }
+    let entries = run_log(&lake, "old").await.unwrap();
+    assert_eq!(entries.iter().map(|m| m.entry).collect::<Vec<_>>(), [1, 2, 9, 10]);
+    let mut log = RunLog::resume(&lake, entries.last().unwrap().clone());
+    log.advance(RunState::Failed, at(1), |_| {}).await.unwrap();
+    let latest = strata_publish::runs::latest_entry(&lake, "old").await.unwrap().unwrap();
+    assert_eq!((latest.entry, latest.state), (11, RunState::Failed));
+    // The doubled entry an older strata could write.
+    m.entry = 11;
+    m.state = RunState::Committing;
+    put("0011-COMMITTING.json", &m).await;
+    let err = run_log(&lake, "old").await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("0011-COMMITTING.json") && text.contains("0011.json"), "{text}");
+    assert!(strata_publish::runs::latest_entry(&lake, "old").await.is_err());
+}
+
+#[test]
+fn entry_names_parse_by_number() {
+    use strata_publish::runs::parse_entry_name;
+    assert_eq!(parse_entry_name("0011.json"), Some(11));
+    assert_eq!(parse_entry_name("0011-COMMITTING.json"), Some(11));
+    assert_eq!(parse_entry_name("12345.json"), Some(12345));
+    for bad in ["x.json", ".json", "0011", "-FAILED.json", "00a1.json"] {
+        assert_eq!(parse_entry_name(bad), None, "{bad}");
+    }
 }
