@@ -1044,6 +1044,16 @@ pub async fn approve(
         let problems =
             ds.check_files(cp.partitions.iter().flat_map(|p| p.files.clone()).collect()).await?;
         if let Some(p) = problems.first() {
+            // A rejection that won the run meanwhile removes its staging: that is a lost race,
+            // not damage.
+            if let Some(now) = runs::latest_entry(lake, run_id).await? {
+                if now.entry != m.entry {
+                    return Err(Error::Lake(strata_publish::Error::RunMoved {
+                        run_id: run_id.to_string(),
+                        entry: m.entry + 1,
+                    }));
+                }
+            }
             return Err(Error::Sql {
                 message: format!(
                     "run {run_id}: staged file {} is {} ({} expected, {} found); it cannot be \

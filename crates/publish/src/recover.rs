@@ -96,6 +96,12 @@ pub fn decide(state: RunState, run_id: &str, views: &BTreeMap<String, DatasetVie
     if moved.is_empty() && stuck.is_empty() {
         return Decision::RollForward(missing);
     }
+    if !views.values().any(|v| v.still_current(run_id)) {
+        // What it published was rolled back or replaced since, and the rest cannot follow:
+        // nothing of the run is visible, which is what FAILED says. The files of the versions
+        // it published stay (the pointer's history names them).
+        return Decision::Failed;
+    }
     let mut why = Vec::new();
     if !moved.is_empty() {
         why.push(format!(
@@ -344,7 +350,7 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             let base = m.bases.get(ds_name).copied().unwrap_or_default();
             let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
             removed += done.removed.len() as u64;
-            if let Some(why) = done.kept_because {
+            if let Some(why) = done.kept_because.filter(|_| !flipped.contains_key(ds_name)) {
                 // A flip by the run appeared since it was inspected: never remove what may be
                 // visible; the next recovery sees the flip.
                 return Err(Error::Usage(format!(
@@ -361,6 +367,13 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         if kept > 0 {
             evidence.push(format!(
                 "kept {kept} checksummed file(s) of finished stages for a rerun to reuse"
+            ));
+        }
+        if !flipped.is_empty() {
+            evidence.push(format!(
+                "nothing of the run is visible now; the files of the versions it published are \
+                 kept, since the history of {} names them",
+                flipped.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
     }
@@ -480,8 +493,15 @@ mod tests {
             ("orders", view(Some(2), Some(2), (3, 1, "first"))),
             ("daily_revenue", view(Some(2), None, (1, 1, "first"))),
         ]);
-        let Decision::Unknown(why) = decide(Committing, "r", &rolled_back) else { panic!() };
+        assert_eq!(decide(Committing, "r", &rolled_back), Decision::Failed);
+        // The same, with a third dataset of the run still current: a person must decide.
+        let mut partly = rolled_back.clone();
+        partly.insert("customers".into(), view(Some(4), Some(4), (4, 4, "r")));
+        let Decision::Unknown(why) = decide(Committing, "r", &partly) else { panic!() };
         assert!(why.contains("orders moved after the run published it"), "{why}");
-        assert!(why.contains("nothing of the run is visible now"), "{why}");
+        assert!(
+            why.contains("visible now: customers v4; not visible: daily_revenue, orders"),
+            "{why}"
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
 //! - `quality`: reconciliation and quality gates by severity, `strata reconcile`;
+//! - `races`: operators racing each other: approve/reject, approve/approve, stale approvals,
+//!   recovery after a rollback;
 //! - `runs`: run manifests, recovery, locks and reruns; the crash matrix with random kills;
 //! - `s3`: S3 configuration errors and credential hygiene.
 
@@ -19,5 +21,6 @@ mod land;
 mod pipeline;
 mod publish_flow;
 mod quality;
+mod races;
 mod runs;
 mod s3;

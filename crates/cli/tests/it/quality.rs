@@ -19,7 +19,7 @@ fn versions(env: &Env, ds: &str) -> usize {
 
 /// The shop pipeline with `amount_positive` (which the order 1004 of 2026-01-01, amount -5.00,
 /// fails) at `severity`.
-fn shop_with(env: &Env, severity: &str) -> String {
+pub(crate) fn shop_with(env: &Env, severity: &str) -> String {
     let toml = shop(env, 2, &[]);
     let text = std::fs::read_to_string(&toml).unwrap().replace(
         r#"{ name = "amount_positive", range = { column = "amount", min = 0 } }"#,
@@ -32,7 +32,7 @@ fn shop_with(env: &Env, severity: &str) -> String {
     toml.to_str().unwrap().to_string()
 }
 
-fn latest_run(env: &Env) -> serde_json::Value {
+pub(crate) fn latest_run(env: &Env) -> serde_json::Value {
     let runs: serde_json::Value = serde_json::from_str(&env.ok(&["runs", "--json"])).unwrap();
     runs[0].clone()
 }

@@ -57,17 +57,17 @@ fn assert_no_duplicates(env: &Env, what: &str) {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
-fn open(env: &Env) -> Lake {
+pub(crate) fn open(env: &Env) -> Lake {
     Lake::open(&env.lake_url, OpenMode::Existing).unwrap()
 }
 
 /// Every object of the lake that nothing accounts for: staged files no published version lists,
 /// version records never published, locks left behind, raw batches without their manifest.
-fn orphans(env: &Env) -> Vec<String> {
+pub(crate) fn orphans(env: &Env) -> Vec<String> {
     block_on(async {
         let lake = open(env);
         let all: Vec<String> =
@@ -148,7 +148,7 @@ fn orphans(env: &Env) -> Vec<String> {
     })
 }
 
-fn run_ids(env: &Env, status: &str) -> Vec<String> {
+pub(crate) fn run_ids(env: &Env, status: &str) -> Vec<String> {
     let v: serde_json::Value =
         serde_json::from_str(&env.ok(&["runs", "--status", status, "--json"])).unwrap();
     v.as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_string()).collect()
