@@ -180,15 +180,8 @@ async fn publish(
         reason: args.reason.clone(),
         ..Default::default()
     };
-    let published = match ds.publish(staged, &options, &ctx).await {
-        Ok(p) => p,
-        Err(e) => {
-            if !matches!(e, strata_publish::Error::UnknownCommit { .. }) {
-                ds.discard(ctx.run_id(), 0).await;
-            }
-            return Err(e.into());
-        }
-    };
+    // On an error, `publish` has removed what the deletion authority allows.
+    let published = ds.publish(staged, &options, &ctx).await?;
     let r = &published.record;
     if args.json {
         output::json(

@@ -1148,16 +1148,16 @@ impl Dataset {
         ctx: &RunContext,
     ) -> Result<Published> {
         let run_id = staged.run_id.clone();
-        let prepared = match self.prepare(staged, options, ctx).await {
-            Ok(p) => p,
-            Err(e) => {
-                if matches!(e, Error::Conflict { .. }) {
-                    self.discard(&run_id, 0).await;
-                }
-                return Err(e);
-            }
+        let result = match self.prepare(staged, options, ctx).await {
+            Ok(prepared) => self.flip(prepared, ctx).await,
+            Err(e) => Err(e),
         };
-        self.flip(prepared, ctx).await
+        if result.is_err() {
+            // Whatever failed, the deletion authority removes only what no pointer entry names:
+            // after an unknown commit outcome whose flip landed, it keeps everything.
+            self.discard(&run_id, 0).await;
+        }
+        result
     }
 
     /// Removes what an unpublished run of this process left (its staged files and version
