@@ -865,7 +865,8 @@ impl Dataset {
         mut first: Option<(RecordHead, NewChunks)>,
         ctx: &RunContext,
     ) -> Result<Prepared> {
-        let publish_seq = protocol::next_seq(head.as_ref());
+        let (mut head, mut parent) = (head, parent);
+        let mut publish_seq = protocol::next_seq(head.as_ref());
         let mut version = protocol::first_candidate_version(head.as_ref());
         for _ in 0..MAX_VERSION_ATTEMPTS {
             let (record, new) = match first.take() {
@@ -907,7 +908,20 @@ impl Dataset {
                     self.delete_decided(&verdict.delete).await?;
                     let now = self.head().await?;
                     if now.as_ref().map(|h| h.seq) != head.as_ref().map(|h| h.seq) {
-                        return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
+                        // Another writer published meanwhile: re-merge onto its version when
+                        // it left everything this publish writes or owns alone.
+                        let now_parent = self.parent_of(now.as_ref()).await?;
+                        let ok = self
+                            .may_rebase(&staged, &options, parent.as_deref(), now_parent.as_deref())
+                            .await?;
+                        if !ok {
+                            return Err(self.conflict(ctx.run_id(), publish_seq - 1, now.as_ref()));
+                        }
+                        publish_seq = protocol::next_seq(now.as_ref());
+                        version =
+                            (version + 1).max(protocol::first_candidate_version(now.as_ref()));
+                        (head, parent) = (now, now_parent);
+                        continue;
                     }
                     version += 1;
                 }
@@ -978,6 +992,36 @@ impl Dataset {
         Ok(found)
     }
 
+    /// Whether a publish of `staged` prepared on `base` may be re-merged onto `now` (the records
+    /// of the pointer entries then and now): only if no partition it writes or owns differs
+    /// ([`protocol::rebase_allowed`]).
+    async fn may_rebase(
+        &self,
+        staged: &Staged,
+        options: &PublishOptions,
+        base: Option<&RecordHead>,
+        now: Option<&RecordHead>,
+    ) -> Result<bool> {
+        let replace = replace_of(options);
+        let Some(keys) = protocol::touched_keys(&staged.partitions, &replace) else {
+            return Ok(false);
+        };
+        let base = match base {
+            Some(b) => Some((b, self.partitions_holding(b, &keys).await?)),
+            None => None,
+        };
+        let now = match now {
+            Some(n) => Some((n, self.partitions_holding(n, &keys).await?)),
+            None => None,
+        };
+        Ok(protocol::rebase_allowed(
+            base.as_ref().map(|(h, p)| (*h, p.as_slice())),
+            now.as_ref().map(|(h, p)| (*h, p.as_slice())),
+            &staged.partitions,
+            &replace,
+        ))
+    }
+
     /// The partitions of `record` that hold `keys`, sorted by key (for rebase decisions).
     async fn partitions_holding(
         &self,
@@ -1008,26 +1052,14 @@ impl Dataset {
                     let head = self.head().await?;
                     let parent = self.parent_of(head.as_ref()).await?;
                     let stale = prepared.record.version;
-                    let replace = replace_of(&prepared.options);
-                    let ok = match protocol::touched_keys(&prepared.staged.partitions, &replace) {
-                        None => false,
-                        Some(keys) => {
-                            let base = match prepared.parent.as_deref() {
-                                Some(b) => Some((b, self.partitions_holding(b, &keys).await?)),
-                                None => None,
-                            };
-                            let now = match parent.as_deref() {
-                                Some(n) => Some((n, self.partitions_holding(n, &keys).await?)),
-                                None => None,
-                            };
-                            protocol::rebase_allowed(
-                                base.as_ref().map(|(h, p)| (*h, p.as_slice())),
-                                now.as_ref().map(|(h, p)| (*h, p.as_slice())),
-                                &prepared.staged.partitions,
-                                &replace,
-                            )
-                        }
-                    };
+                    let ok = self
+                        .may_rebase(
+                            &prepared.staged,
+                            &prepared.options,
+                            prepared.parent.as_deref(),
+                            parent.as_deref(),
+                        )
+                        .await?;
                     // The stale record lost its pointer entry to another writer: the deletion
                     // authority removes it and its chunks (never anything an entry names).
                     let _ = self.discard_prepared(&prepared.record, prepared.publish_seq()).await;
@@ -1207,27 +1239,7 @@ impl Dataset {
             None => None,
         };
         let current = self.parent_of(head.as_ref()).await?;
-        let replace = replace_of(options);
-        let untouched = match protocol::touched_keys(&staged.partitions, &replace) {
-            None => false,
-            Some(keys) => {
-                let base = match base.as_deref() {
-                    Some(b) => Some((b, self.partitions_holding(b, &keys).await?)),
-                    None => None,
-                };
-                let now = match current.as_deref() {
-                    Some(n) => Some((n, self.partitions_holding(n, &keys).await?)),
-                    None => None,
-                };
-                protocol::rebase_allowed(
-                    base.as_ref().map(|(h, p)| (*h, p.as_slice())),
-                    now.as_ref().map(|(h, p)| (*h, p.as_slice())),
-                    &staged.partitions,
-                    &replace,
-                )
-            }
-        };
-        if untouched {
+        if self.may_rebase(staged, options, base.as_deref(), current.as_deref()).await? {
             return Ok(None);
         }
         let what = match now.kind {

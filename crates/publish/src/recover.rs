@@ -343,8 +343,11 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         views.iter().filter_map(|(d, v)| v.flipped.map(|f| (d.clone(), f))).collect();
     let (mut removed, mut kept) = (0u64, 0u64);
     if decision == Decision::Failed {
-        let keep: BTreeSet<String> =
-            m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
+        // A checkpoint on a dataset the run published (and that was rolled back since) is not
+        // offered for reuse: reusing moves its files, which that version still lists.
+        let keep: BTreeSet<String> = reusable(&m.checkpoints, &flipped)
+            .flat_map(|c| c.files().map(str::to_string))
+            .collect();
         for ds_name in m.output_boundary.keys() {
             let ds = lake.dataset(ds_name)?;
             let base = m.bases.get(ds_name).copied().unwrap_or_default();
@@ -401,10 +404,10 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         let recovery = Recovery { by: ctx.run_id().to_string(), from, evidence: ev };
         let update = |m: &mut RunManifest| {
             m.recovery = serde_json::to_value(&recovery).ok();
-            m.published = published;
             if to == RunState::Failed {
-                m.checkpoints.retain(|_| kept > 0);
+                m.checkpoints = reusable(&m.checkpoints, &published).cloned().collect();
             }
+            m.published = published;
             if to != RunState::Published {
                 m.error = why.clone();
             }
@@ -422,6 +425,14 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         locks::release_run(lake, &run_id, &boundary).await;
     }
     Ok(Recovered { run_id, from, to, action, evidence, removed, kept })
+}
+
+/// The checkpoints a rerun may adopt: those on datasets the run never made current.
+fn reusable<'a>(
+    checkpoints: &'a [runs::StagedCheckpoint],
+    flipped: &'a BTreeMap<String, u64>,
+) -> impl Iterator<Item = &'a runs::StagedCheckpoint> {
+    checkpoints.iter().filter(|c| !flipped.contains_key(&c.dataset))
 }
 
 /// What recovery records in the manifest of a run it moved.

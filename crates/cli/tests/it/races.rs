@@ -247,3 +247,206 @@ fn recovery_does_not_roll_forward_onto_a_base_that_was_rolled_back() {
     env.ok(&["run", "--pipeline", toml, "--force"]);
     assert_sound(&env);
 }
+
+/// Runs over disjoint windows at once (`--only daily_revenue --date D`, no lookback) all
+/// publish: each re-merges onto the versions the others published, and the result is what the
+/// same runs one after another publish.
+fn disjoint_windows_on(make: impl Fn() -> Env, n: usize) {
+    let days = ["2026-01-01", "2026-01-02", "2026-01-03"];
+    let sequential = {
+        let env = make();
+        let toml = crate::pipeline::shop(&env, 0, &[]);
+        let toml = toml.to_str().unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        for d in days {
+            env.ok(&["run", "--pipeline", toml, "--only", "daily_revenue", "--date", d, "--force"]);
+        }
+        revenue(&env)
+    };
+    for _ in 0..n {
+        let env = make();
+        let toml = crate::pipeline::shop(&env, 0, &[]);
+        let toml = toml.to_str().unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        let children: Vec<_> = days
+            .iter()
+            .map(|d| {
+                env.cmd(&[
+                    "run",
+                    "--pipeline",
+                    toml,
+                    "--only",
+                    "daily_revenue",
+                    "--date",
+                    d,
+                    "--force",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "a disjoint run failed: {}", stderr(&out));
+        }
+        assert_eq!(revenue(&env), sequential);
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["versions", "daily_revenue", "--json"])).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 4, "one version per run");
+        assert_sound(&env);
+    }
+}
+
+fn revenue(env: &Env) -> String {
+    env.ok(&["query", "SELECT * FROM daily_revenue ORDER BY 1", "--format", "csv"])
+}
+
+#[test]
+fn runs_over_disjoint_windows_all_publish() {
+    disjoint_windows_on(Env::new, trials(4));
+}
+
+#[test]
+fn runs_over_disjoint_windows_all_publish_s3() {
+    if Env::s3().is_some() {
+        disjoint_windows_on(|| Env::s3().unwrap(), trials(2));
+    }
+}
+
+/// A run killed after its first flip; then `strata recover` and a new `strata run` (which
+/// recovers first) race. Whoever settles the killed run, it is settled once, and the lake ends
+/// with what an uninterrupted run publishes.
+fn recover_and_run_on(make: impl Fn() -> Env, n: usize) {
+    for _ in 0..n {
+        let env = make();
+        let toml = crate::pipeline::shop(&env, 2, &[]);
+        let toml = toml.to_str().unwrap();
+        let out = env
+            .cmd(&["run", "--pipeline", toml])
+            .env("STRATA_CRASH_AT", "after-flip#2")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+        let (rec, run) = race(&env, &["recover"], &["run", "--pipeline", toml]);
+        for (what, o) in [("recover", &rec), ("run", &run)] {
+            assert!(
+                matches!(o.status.code(), Some(0 | 4)),
+                "{what}: exit {:?}: {}",
+                o.status.code(),
+                stderr(o)
+            );
+        }
+        env.ok(&["recover"]);
+        env.ok(&["run", "--pipeline", toml]);
+        let states: serde_json::Value = serde_json::from_str(&env.ok(&["runs", "--json"])).unwrap();
+        for r in states.as_array().unwrap() {
+            assert!(matches!(r["state"].as_str(), Some("PUBLISHED" | "FAILED")), "{r}");
+        }
+        assert_sound(&env);
+    }
+}
+
+#[test]
+fn recover_and_run_racing_settle_a_killed_run_once() {
+    recover_and_run_on(Env::new, trials(3));
+}
+
+#[test]
+fn recover_and_run_racing_settle_a_killed_run_once_s3() {
+    if Env::s3().is_some() {
+        recover_and_run_on(|| Env::s3().unwrap(), trials(1));
+    }
+}
+
+/// A run killed after its first flip (customers); then an operator's rollback of customers and
+/// `strata recover` race. Recovery never finishes the run on a base the rollback moved: the run
+/// ends PUBLISHED (recovery finished first, then the rollback applied) or FAILED (the rollback
+/// came first), never UNKNOWN, and everything current verifies.
+#[test]
+fn rollback_and_recover_racing_never_leave_a_run_on_a_moved_base() {
+    for _ in 0..trials(3) {
+        let env = Env::new();
+        let toml = crate::pipeline::shop(&env, 2, &[]);
+        let toml = toml.to_str().unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        let out = env
+            .cmd(&["run", "--pipeline", toml, "--force"])
+            .env("STRATA_CRASH_AT", "after-flip#1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+        let (rb, rec) = race(&env, &["rollback", "customers", "--to", "1"], &["recover"]);
+        assert!(rb.status.success(), "rollback: {}", stderr(&rb));
+        assert!(matches!(rec.status.code(), Some(0 | 4)), "recover: {}", stderr(&rec));
+        env.ok(&["recover"]);
+        let killed =
+            &serde_json::from_str::<serde_json::Value>(&env.ok(&["runs", "--json"])).unwrap()[0];
+        assert!(matches!(killed["state"].as_str(), Some("PUBLISHED" | "FAILED")), "{killed}");
+        // Every version the killed run made current is whole, the rolled-back one included.
+        for ds in DATASETS {
+            let v: serde_json::Value =
+                serde_json::from_str(&env.ok(&["versions", ds, "--json"])).unwrap();
+            for version in v.as_array().unwrap() {
+                let n = version["version"].to_string();
+                env.ok(&["verify", ds, "--version", &n]);
+            }
+        }
+        env.ok(&["run", "--pipeline", toml, "--force"]);
+        assert_sound(&env);
+    }
+}
+
+/// An approval of a held run races a newer run that publishes a new order: the new order is
+/// never lost. Either the approval goes first and the newer run publishes on top of it, or the
+/// newer run goes first and the approval is refused (exit 5), or one of them finds the other
+/// holding the partitions (exit 4).
+#[test]
+fn approving_an_old_held_run_while_a_newer_run_publishes_never_loses_the_newer_data() {
+    for _ in 0..trials(3) {
+        let env = Env::new();
+        let id = held(&env);
+        let toml = env.path("shop/strata.toml");
+        let text = std::fs::read_to_string(&toml).unwrap().replace("MANUAL_REVIEW", "WARN");
+        std::fs::write(&toml, text).unwrap();
+        std::fs::write(
+            env.path("shop/data/orders/orders-2026-01-04.csv"),
+            "order_id,customer_id,order_date,amount,status,updated_at\n\
+             2001,1,2026-01-03,12.50,paid,2026-01-03T10:00:00\n",
+        )
+        .unwrap();
+        let toml = toml.to_str().unwrap();
+        let (approve, run) = race(&env, &["approve", &id], &["run", "--pipeline", toml]);
+        for (what, o) in [("approve", &approve), ("run", &run)] {
+            assert!(
+                matches!(o.status.code(), Some(0 | 4 | 5)),
+                "{what}: exit {:?}: {}",
+                o.status.code(),
+                stderr(o)
+            );
+        }
+        if run.status.success() {
+            let n = env.ok(&[
+                "query",
+                "SELECT count(*) AS n FROM orders WHERE order_id = 2001",
+                "--format",
+                "csv",
+            ]);
+            assert_eq!(n, "n\n1\n", "the newer run's order is published");
+        }
+        // Settle: a held run left is rejected, then everything runs once more.
+        if latest_state(&env, &id) == "AWAITING_REVIEW" {
+            env.ok(&["reject", &id]);
+        }
+        env.ok(&["run", "--pipeline", toml]);
+        assert_sound(&env);
+    }
+}
+
+fn latest_state(env: &Env, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["show-run", id, "--json"])).unwrap();
+    let entries =
+        v.as_array().cloned().unwrap_or_else(|| v["entries"].as_array().cloned().unwrap());
+    entries.last().unwrap()["state"].as_str().unwrap().to_string()
+}
