@@ -590,8 +590,7 @@ async fn files(
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ds = lake.dataset(&args.dataset)?;
     let record = ds.version_or_current(args.version).await?;
-    let base = location_base(&settings.lake_url)?;
-    let locate = |p: &str| format!("{base}/{p}");
+    let locate = locator(&settings.lake_url)?;
     if args.json {
         let list: Vec<_> = record
             .partitions
@@ -625,12 +624,26 @@ async fn files(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where the lake root is, for other engines: an absolute local path or the s3:// URL.
-fn location_base(lake_url: &str) -> anyhow::Result<String> {
-    if lake_url.contains("://") && !lake_url.starts_with("file://") {
-        return Ok(lake_url.trim_end_matches('/').to_string());
-    }
-    let local = lake_url.strip_prefix("file://").unwrap_or(lake_url);
-    let abs = std::fs::canonicalize(local).with_context(|| format!("cannot resolve {local}"))?;
-    Ok(abs.display().to_string())
+/// Where each file of the lake is, for other engines: the path the local store keeps it at
+/// (which percent-encodes characters outside ASCII, `k=%C3%A9`), or its URL on S3.
+fn locator(lake_url: &str) -> anyhow::Result<impl Fn(&str) -> String> {
+    let local = if lake_url.contains("://") && !lake_url.starts_with("file://") {
+        None
+    } else {
+        let dir = lake_url.strip_prefix("file://").unwrap_or(lake_url);
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .with_context(|| format!("cannot resolve {dir}"))?;
+        Some(store)
+    };
+    let base = lake_url.trim_end_matches('/').to_string();
+    Ok(move |p: &str| match &local {
+        Some(store) => {
+            let path = object_store::path::Path::from(p);
+            match store.path_to_filesystem(&path) {
+                Ok(fs) => fs.display().to_string(),
+                Err(_) => format!("{base}/{p}"),
+            }
+        }
+        None => format!("{base}/{}", object_store::path::Path::from(p)),
+    })
 }

@@ -1369,6 +1369,7 @@ mod tests {
             size: 10,
             rows: 2,
             sha256: "ab".repeat(32),
+            crc32: None,
         };
         let m = BatchManifest {
             format: "strata.raw-batch.v1".into(),

@@ -14,10 +14,12 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use strata_publish::checked::CheckedStore;
 use strata_publish::{Lake, VersionRecord};
 
 use crate::error::Result;
@@ -61,15 +63,30 @@ pub async fn session_for_lake(lake: &Lake, options: QueryOptions) -> Result<Sess
     }
     // Identifiers keep their case only when quoted; dataset names are matched as DataFusion
     // normalises them (lower case for unquoted names).
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = read_checked(lake, config, Arc::new(RuntimeEnv::default()))?;
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
-    ctx.register_object_store(url.as_ref(), lake.store().clone());
     let names = lake.datasets().await?;
     let schema = Arc::new(LakeSchema { lake: lake.clone(), names, url });
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
     catalog.register_schema("public", schema)?;
+    Ok(ctx)
+}
+
+/// A session over `runtime` whose lake store checks every read of a published file against the
+/// size and block checksums its version record lists ([`strata_publish::checked`]): a
+/// [`VersionTable`] registers its files when it is scanned.
+pub(crate) fn read_checked(
+    lake: &Lake,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<SessionContext> {
+    let checked = CheckedStore::new(lake.store().clone());
+    let config = config.with_extension(checked.clone());
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let url = ObjectStoreUrl::parse(LAKE_URL)?;
+    ctx.register_object_store(url.as_ref(), checked);
     Ok(ctx)
 }
 
@@ -210,6 +227,9 @@ impl TableProvider for VersionTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let Some(checked) = state.config().get_extension::<CheckedStore>() {
+            checked.expect(self.record.files());
+        }
         let groups = self.file_groups(state.config().target_partitions());
         let table_schema = TableSchema::from(self.schema.clone());
         parquet_scan(state, &self.url, table_schema, &self.schema, groups, projection, limit).await

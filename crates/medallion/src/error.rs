@@ -29,6 +29,25 @@ pub enum Error {
     )]
     MissingFile { detail: String },
 
+    /// The work needed more memory than the pool allows.
+    #[error(
+        "the run needed more memory than its memory_limit allows ({detail}); raise \
+         pipeline.memory_limit in strata.toml, or run a smaller window with --date / --from"
+    )]
+    OutOfMemory { detail: String },
+
+    /// A data file failed strata's read check (size or block checksum).
+    #[error("{message}")]
+    Damaged { message: String },
+
+    /// A data file of the lake cannot be read as Parquet.
+    #[error(
+        "a data file cannot be read as Parquet ({detail}); it was damaged after it was written. \
+         Run `strata verify <dataset>` to find it, then `strata rollback` to a healthy version or \
+         restore the file"
+    )]
+    CorruptFile { detail: String },
+
     /// Execution failed.
     #[error("query failed")]
     DataFusion(#[source] DataFusionError),
@@ -52,7 +71,12 @@ impl Error {
         match self {
             Error::Lake(e) => e.is_user_error(),
             Error::Land(e) => e.is_user_error(),
-            Error::Sql { .. } | Error::Quality { .. } | Error::MissingFile { .. } => true,
+            Error::Sql { .. }
+            | Error::Quality { .. }
+            | Error::MissingFile { .. }
+            | Error::OutOfMemory { .. }
+            | Error::Damaged { .. }
+            | Error::CorruptFile { .. } => true,
             Error::DataFusion(_) => false,
         }
     }
@@ -100,11 +124,16 @@ fn classify(e: DataFusionError) -> Error {
         },
         DataFusionError::ParquetError(pq) => {
             let text = pq.to_string();
-            if text.contains("NotFound") || text.contains("not found") {
+            if let Some(message) = damaged_file(&text) {
+                Error::Damaged { message }
+            } else if text.contains("NotFound") || text.contains("not found") {
                 Error::MissingFile { detail: text }
             } else {
-                Error::DataFusion(DataFusionError::ParquetError(pq))
+                Error::CorruptFile { detail: text }
             }
+        }
+        DataFusionError::ResourcesExhausted(detail) => {
+            Error::OutOfMemory { detail: detail.lines().next().unwrap_or_default().to_string() }
         }
         e @ (DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
@@ -112,13 +141,27 @@ fn classify(e: DataFusionError) -> Error {
         | DataFusionError::NotImplemented(_)) => Error::Sql { message: sql_message(&e) },
         other => {
             let text = other.to_string();
-            if text.contains("Object at location") && text.contains("not found") {
+            if let Some(message) = damaged_file(&text) {
+                Error::Damaged { message }
+            } else if text.contains("Object at location") && text.contains("not found") {
                 Error::MissingFile { detail: text }
             } else {
                 Error::DataFusion(other)
             }
         }
     }
+}
+
+/// The message of strata's own read check ([`strata_publish::checked`]) inside an error's text.
+fn damaged_file(text: &str) -> Option<String> {
+    let start = text.find("data file ")?;
+    let rest = &text[start..];
+    rest.contains(" is damaged: ").then(|| {
+        let end = rest
+            .find(strata_publish::checked::DAMAGED_HINT)
+            .map_or(rest.len(), |i| i + strata_publish::checked::DAMAGED_HINT.len());
+        rest[..end].to_string()
+    })
 }
 
 /// A one-line SQL error with a hint on what to do.

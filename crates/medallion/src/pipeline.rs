@@ -395,6 +395,23 @@ impl Pipeline {
                 if let Some(col) = column {
                     need.push(("rule column", col.clone()));
                 }
+                if let Some(rx) = &r.regex {
+                    // The same engine DataFusion's regexp functions use, so what compiles here
+                    // compiles there, and a typo is reported before anything is landed.
+                    if let Err(e) = regex::Regex::new(&rx.pattern) {
+                        let why = e.to_string();
+                        let why = why.lines().last().unwrap_or_default().trim();
+                        let why = why.strip_prefix("error: ").unwrap_or(why);
+                        return Err(err(
+                            line_of(&rx.pattern).or_else(|| line_of(&format!("\"{}\"", r.name))),
+                            format!(
+                                "rule {:?} of cleaned.{name}: pattern {:?} is not a valid regular \
+                                 expression ({why}); fix the pattern (Rust regex syntax)",
+                                r.name, rx.pattern
+                            ),
+                        ));
+                    }
+                }
                 if let Some(sev) = &r.severity {
                     if !SEVERITIES.contains(&sev.as_str()) {
                         return Err(err(
@@ -541,21 +558,35 @@ impl Pipeline {
         })
     }
 
-    /// The memory limit in bytes (default 1 GiB).
+    /// The memory limit in bytes (default 1 GiB, at least [`MIN_MEMORY_LIMIT`]).
     pub fn memory_limit(&self) -> Result<usize, DefinitionError> {
+        let err = |message: String| DefinitionError {
+            file: self.file.display().to_string(),
+            line: None,
+            message,
+        };
         match &self.settings.memory_limit {
             None => Ok(DEFAULT_MEMORY_LIMIT),
-            Some(s) => parse_bytes(s).ok_or_else(|| DefinitionError {
-                file: self.file.display().to_string(),
-                line: None,
-                message: format!("pipeline.memory_limit is {s:?}; expected a size such as \"512MiB\" or \"2GiB\""),
-            }),
+            Some(s) => match parse_bytes(s) {
+                None => Err(err(format!(
+                    "pipeline.memory_limit is {s:?}; expected a size such as \"512MiB\" or \"2GiB\""
+                ))),
+                Some(n) if n < MIN_MEMORY_LIMIT => Err(err(format!(
+                    "pipeline.memory_limit is {s:?}, below the {} MiB a run needs (sorts and \
+                     Parquet row groups work in blocks of up to 64 MiB); set it to \"256MiB\" or more",
+                    MIN_MEMORY_LIMIT >> 20
+                ))),
+                Some(n) => Ok(n),
+            },
         }
     }
 }
 
 /// DataFusion's memory pool when the pipeline does not set one.
 pub const DEFAULT_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// The smallest memory pool a run accepts.
+pub const MIN_MEMORY_LIMIT: usize = 128 * 1024 * 1024;
 
 /// Parses `512MiB`, `2GiB`, `1GB`, `100000`.
 pub fn parse_bytes(s: &str) -> Option<usize> {

@@ -356,6 +356,24 @@ pub async fn run_pipeline(
     }
 }
 
+/// An error computing a model's SQL over its data (a division by zero, a cast that fails) is
+/// the model's: it is named, with the cause, so the user knows which SQL to fix.
+fn in_model(name: &str, sql: &str, e: Error) -> Error {
+    match e {
+        Error::DataFusion(df) => {
+            let cause = df.strip_backtrace();
+            let cause = cause.lines().next().unwrap_or_default();
+            Error::Sql {
+                message: format!(
+                    "models.{name} failed on its data: {cause}. Fix its SQL ({sql}), for example \
+                     with NULLIF or TRY_CAST; nothing was published"
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
 /// What a run does after an error, by the state its log reached (pure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AfterFailure {
@@ -537,9 +555,9 @@ async fn drive(
         let reused = reuse(lake, found, &key, "model", names, *window, plan, options, ctx).await?;
         let (report, out) = match reused {
             Some((report, mut outs)) => (report, outs.remove(0)),
-            None => {
-                model(lake, options, pipeline, name, def, deps, *window, &previews, ctx).await?
-            }
+            None => model(lake, options, pipeline, name, def, deps, *window, &previews, ctx)
+                .await
+                .map_err(|e| in_model(name, &def.sql, e))?,
         };
         record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
         previews.insert(name.clone(), out.ds.preview(&out.staged, &out.options, ctx).await?);

@@ -158,10 +158,7 @@ pub(crate) fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContex
     if options.target_partitions > 0 {
         config = config.with_target_partitions(options.target_partitions);
     }
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let url = ObjectStoreUrl::parse(LAKE_URL)?;
-    ctx.register_object_store(url.as_ref(), lake.store().clone());
-    Ok(ctx)
+    crate::catalog::read_checked(lake, config, runtime)
 }
 
 /// A fresh context sharing the session's runtime (store, memory pool) with no tables.

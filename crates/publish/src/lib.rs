@@ -43,6 +43,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod checked;
 pub mod context;
 pub mod crash;
 mod dataset;

@@ -326,6 +326,7 @@ mod tests {
                 size: rows * 10,
                 rows,
                 sha256: "00".into(),
+                crc32: None,
             }],
         }
     }

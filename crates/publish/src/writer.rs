@@ -187,6 +187,7 @@ impl ParquetSink {
             size: sink.bytes,
             rows: self.rows,
             sha256: hex::encode(sink.hasher.finalize()),
+            crc32: Some(sink.crc.finish()),
         })
     }
 }
@@ -555,18 +556,20 @@ impl StagingWriter {
 struct HashingWriter {
     inner: BufWriter,
     hasher: Sha256,
+    crc: crate::checked::BlockCrc,
     bytes: u64,
 }
 
 impl HashingWriter {
     fn new(inner: BufWriter) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+        HashingWriter { inner, hasher: Sha256::new(), crc: Default::default(), bytes: 0 }
     }
 }
 
 impl AsyncFileWriter for HashingWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
         self.hasher.update(&bs);
+        self.crc.update(&bs);
         let first = self.bytes == 0;
         self.bytes += bs.len() as u64;
         Box::pin(async move {

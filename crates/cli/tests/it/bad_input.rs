@@ -191,3 +191,74 @@ fn schema_conflicts_and_unreadable_inputs() {
     assert_eq!(env.run(&["rollback", "orders"]).status.code(), Some(2));
     assert_eq!(env.run(&["frobnicate"]).status.code(), Some(2));
 }
+
+/// Case 8 of issue 21: a flipped byte in a published file (anywhere: data, footer, footer
+/// length) or a truncated file makes `query` fail naming the file, never return a wrong value.
+#[test]
+fn a_damaged_published_file_is_refused_on_read() {
+    let env = Env::new();
+    published(&env);
+    let files: Vec<String> = env.ok(&["files", "orders"]).lines().map(String::from).collect();
+    let original = std::fs::read(&files[0]).unwrap();
+    let n = original.len();
+    for at in [10, n / 2, n - 12, n - 6] {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x04;
+        std::fs::write(&files[0], &bytes).unwrap();
+        let rel = files[0].split("/lake/").nth(1).unwrap();
+        let line = refused(
+            &env,
+            &["query", "SELECT sum(amount) AS s FROM orders"],
+            &[rel, "is damaged", "strata verify"],
+        );
+        assert!(line.contains("CRC-32"), "byte {at}: {line}");
+    }
+    std::fs::write(&files[0], &original[..n - 100]).unwrap();
+    refused(&env, &["query", "SELECT count(*) FROM orders"], &["is damaged"]);
+    std::fs::write(&files[0], &original).unwrap();
+    env.ok(&["query", "SELECT count(*) FROM orders"]);
+}
+
+/// Item 8 of issue 21: mistakes in a pipeline are one line naming where they are, exit 2, and
+/// found before anything is landed.
+#[test]
+fn pipeline_mistakes_name_where_they_are() {
+    let env = Env::new();
+    let toml = crate::pipeline::shop(&env, 2, &[]);
+    let text = std::fs::read_to_string(&toml).unwrap();
+    // An invalid regex: file and line, before landing.
+    std::fs::write(&toml, text.replace("^[A-Z]{2}$", "^[A-Z{2$")).unwrap();
+    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+    let at = format!("{}:", toml.display());
+    assert!(
+        line.contains(&at)
+            && line.contains("country_code")
+            && line.contains("not a valid regular expression"),
+        "{line}"
+    );
+    assert!(!env.lake().exists(), "nothing was landed");
+    // A memory limit no run can work in.
+    std::fs::write(&toml, text.replace("memory_limit = \"512MiB\"", "memory_limit = \"1KiB\""))
+        .unwrap();
+    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+    assert!(line.contains("memory_limit") && line.contains("256MiB"), "{line}");
+    // A model failing on its data is named.
+    std::fs::write(&toml, &text).unwrap();
+    let sql = env.path("shop/models/daily_revenue.sql");
+    let model = std::fs::read_to_string(&sql).unwrap();
+    std::fs::write(
+        &sql,
+        model.replace(
+            "count(*) AS orders,",
+            "count(*) AS orders, 1 / (count(*) - count(*)) AS boom,",
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["run", "--pipeline", toml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("models.daily_revenue failed on its data") && err.contains("Divide by zero"),
+        "{err}"
+    );
+}

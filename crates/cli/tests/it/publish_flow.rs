@@ -336,3 +336,36 @@ fn names_from_datasets_work_in_sql_double_quoted_where_needed() {
     let tables = count("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name");
     assert_eq!(tables, "table_name\nOrders-2\ncleaned.orders\ndaily_revenue\n");
 }
+
+/// `strata files` gives each file where another engine finds it: a partition value outside
+/// ASCII is stored percent-encoded on local disk (`k=%C3%A9`), and that is the path printed.
+#[test]
+fn files_are_listed_where_they_are_stored() {
+    let env = Env::new();
+    let input = env.path("in.parquet");
+    crate::harness::write_orders(&input, &[(1, "é", 5), (2, "a b", 6)]);
+    env.ok(&[
+        "publish",
+        "orders",
+        "--from",
+        input.to_str().unwrap(),
+        "--partition-by",
+        "order_date",
+    ]);
+    let listed = env.ok(&["files", "orders"]);
+    let paths: Vec<&str> = listed.lines().collect();
+    assert_eq!(paths.len(), 2, "{listed}");
+    for p in &paths {
+        assert!(std::path::Path::new(p).is_file(), "{p} is not a file; listed:\n{listed}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", "orders", "--json"])).unwrap();
+    for f in j["files"].as_array().unwrap() {
+        let location = f["location"].as_str().unwrap();
+        assert!(std::path::Path::new(location).is_file(), "{location}");
+    }
+    let quoted = env.ok(&["files", "orders", "--quoted"]);
+    for p in &paths {
+        assert!(quoted.contains(&format!("'{p}'")), "{quoted}");
+    }
+}
