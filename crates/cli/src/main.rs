@@ -117,6 +117,14 @@ fn report(err: &anyhow::Error) -> ExitCode {
         }
         _ => {}
     }
+    if let Some(problem) = err.chain().find_map(strata_publish::error::io_problem) {
+        let cause = err.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        eprintln!(
+            "error: {problem} ({cause}) while trying to: {err}. Fix that, then run `strata \
+             recover` (it settles anything left half done) and run the command again"
+        );
+        return ExitCode::from(2);
+    }
     if is_user_error(err) {
         eprintln!("error: {err}");
         ExitCode::from(2)
@@ -134,6 +142,28 @@ fn is_user_error(err: &anyhow::Error) -> bool {
             || e.downcast_ref::<strata_medallion::Error>().is_some_and(|e| e.is_user_error())
             || e.downcast_ref::<strata_land::Error>().is_some_and(|e| e.is_user_error())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_or_read_only_lake_is_a_user_error_that_says_what_to_do() {
+        for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::ReadOnlyFilesystem] {
+            let io = std::io::Error::new(kind, "the disk says no");
+            let store = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(io) };
+            let err = anyhow::Error::new(strata_publish::Error::Store {
+                op: "create",
+                path: "orders/_strata/pointer/2.json".into(),
+                source: store,
+            });
+            assert!(err.chain().find_map(strata_publish::error::io_problem).is_some(), "{kind:?}");
+            assert_eq!(report(&err), ExitCode::from(2), "{kind:?}");
+        }
+        let other = anyhow::anyhow!("something else");
+        assert_eq!(report(&other), ExitCode::from(1));
+    }
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -209,7 +209,8 @@ impl Error {
     }
 }
 
-/// Errors of the store that a user causes or fixes: bad credentials, missing bucket, bad path.
+/// Errors of the store that a user causes or fixes: bad credentials, missing bucket, bad path,
+/// a full disk, a read-only file system.
 fn store_error_is_user_error(e: &object_store::Error) -> bool {
     matches!(
         e,
@@ -217,5 +218,29 @@ fn store_error_is_user_error(e: &object_store::Error) -> bool {
             | object_store::Error::InvalidPath { .. }
             | object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }
-    )
+    ) || io_problem(e).is_some()
+}
+
+/// What a person must fix about the machine, if an IO error of that kind is among the causes of
+/// `e`: the disk is full, the file system is read-only, or permission is denied.
+pub fn io_problem(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    return Some("the lake's storage is full");
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem => {
+                    return Some("the lake is on a read-only file system");
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    return Some("permission to write the lake is denied");
+                }
+                _ => {}
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
