@@ -212,7 +212,8 @@ landing the same content again is a no-op, and nothing in the raw layer is ever 
 deleted. CSV and JSON lines land as text columns (the cleaned stage applies types); every row keeps
 _line, the input line it came from. Lines that cannot be read (wrong field count, invalid UTF-8,
 broken quoting, invalid JSON) are kept byte for byte in the batch's rejects with their line number
-and the reason: nothing is dropped silently.
+and the reason: nothing is dropped silently. Lines may end with LF, CRLF or (in a file whose first
+line ends so) a lone CR.
 
 Needs no pipeline file.";
 

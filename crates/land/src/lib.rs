@@ -32,6 +32,7 @@ mod error;
 mod index;
 mod inputs;
 mod landing;
+pub mod line_ends;
 
 pub use error::{Error, Result};
 pub use index::{

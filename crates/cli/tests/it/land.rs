@@ -153,3 +153,115 @@ fn land_refuses_bad_arguments_without_writing() {
     let line = env.user_error(&["land", "orders", "dup.csv"]);
     assert!(line.contains("twice"), "{line}");
 }
+
+/// Lands `text` as `name` into `source` and returns the JSON result and the rejects'
+/// `(line, raw, reason)`.
+fn land_text(
+    env: &Env,
+    source: &str,
+    name: &str,
+    text: &[u8],
+) -> (serde_json::Value, Vec<(i64, Vec<u8>, String)>) {
+    std::fs::write(env.path(name), text).unwrap();
+    let out = env.ok(&["land", source, name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = v[0].clone();
+    assert_eq!(r["status"], "landed", "{name}: {r}");
+    let rej = if r["rejected"].as_u64().unwrap() > 0 {
+        let batch = r["batch_id"].as_str().unwrap();
+        let bytes = read_object(env, &format!("_raw/{source}/batch={batch}/rejects.parquet"));
+        rejects_of(bytes)
+    } else {
+        Vec::new()
+    };
+    (r, rej)
+}
+
+fn rejects_of(bytes: Vec<u8>) -> Vec<(i64, Vec<u8>, String)> {
+    use arrow::array::{Array, BinaryArray, Int64Array, StringArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let line = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let raw = b.column(1).as_any().downcast_ref::<BinaryArray>().unwrap();
+        let reason = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push((line.value(i), raw.value(i).to_vec(), reason.value(i).to_string()));
+        }
+    }
+    out
+}
+
+/// The rows of a Parquet file, each as its values cast to text joined by `|`.
+fn text_rows(bytes: Vec<u8>) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            let row: Vec<&str> = cols
+                .iter()
+                .map(|c| if c.is_null(i) { "∅" } else { c.as_string::<i32>().value(i) })
+                .collect();
+            out.push(row.join("|"));
+        }
+    }
+    out
+}
+
+fn counts(r: &serde_json::Value) -> (u64, u64, u64) {
+    let n = |k: &str| r[k].as_u64().unwrap();
+    (n("rows"), n("rejected"), n("blank_lines"))
+}
+
+/// Lines ending with a lone CR (classic Mac) are lines, in CSV and JSON lines: every row lands,
+/// a bad line is rejected with its own line number, a blank line is counted; CRLF is still one
+/// line end, and a CR inside a line of an LF file is still text.
+#[test]
+fn lone_cr_line_ends_are_line_ends() {
+    let env = Env::new();
+    let (r, rej) = land_text(&env, "mac", "mac.csv", b"id,amount\r1,10\r2,oops,3\r\r3,30\r");
+    assert_eq!(counts(&r), (2, 1, 1), "{r}");
+    assert_eq!(rej, vec![(3, b"2,oops,3".to_vec(), "expected 2 fields, found 3".to_string())]);
+    let batch = r["batch_id"].as_str().unwrap();
+    let data = read_object(&env, &format!("_raw/mac/batch={batch}/part-00000.parquet"));
+    assert_eq!(text_rows(data), ["1|10|2", "3|30|5"], "values, then _line");
+    let (r, rej) = land_text(&env, "mac", "mac-last.csv", b"id,amount\r4,40\r5,50,x");
+    assert_eq!(counts(&r), (1, 1, 0), "no line end at the end: {r}");
+    assert_eq!(rej[0].0, 3);
+    let (r, rej) =
+        land_text(&env, "dos", "dos.csv", b"id,amount\r\n1,10\r\n2,oops,3\r\n\r\n3,30\r\n");
+    assert_eq!(counts(&r), (2, 1, 1), "{r}");
+    assert_eq!(rej[0].0, 3);
+    assert_eq!(rej[0].1, b"2,oops,3");
+    let (r, rej) = land_text(&env, "unix", "unix.csv", b"id,note\n1,a\rb\n2,c,d\n");
+    assert_eq!(counts(&r), (1, 1, 0), "{r}");
+    assert_eq!(rej[0].0, 3);
+
+    let (r, rej) =
+        land_text(&env, "events", "mac.jsonl", b"{\"id\":1}\r{broken\r\r{\"id\":2,\"x\":\"y\"}\r");
+    assert_eq!(counts(&r), (2, 1, 1), "{r}");
+    assert_eq!(rej.len(), 1);
+    assert_eq!((rej[0].0, rej[0].1.as_slice()), (2, &b"{broken"[..]));
+    let (r, rej) =
+        land_text(&env, "events", "dos.jsonl", b"{\"id\":3}\r\n{broken\r\n{\"id\":4}\r\n");
+    assert_eq!(counts(&r), (2, 1, 0), "{r}");
+    assert_eq!(rej[0].0, 2);
+}
