@@ -88,11 +88,14 @@ pub struct LandOptions {
     pub delimiter: u8,
     /// Rows per record batch written.
     pub batch_rows: usize,
+    /// Read and hash every input, even one the source's index already knows by its identity
+    /// (see [`crate::land_indexed`]).
+    pub rehash: bool,
 }
 
 impl Default for LandOptions {
     fn default() -> Self {
-        LandOptions { format: None, delimiter: b',', batch_rows: 64 * 1024 }
+        LandOptions { format: None, delimiter: b',', batch_rows: 64 * 1024, rehash: false }
     }
 }
 

@@ -36,8 +36,8 @@ pub mod line_ends;
 
 pub use error::{Error, Result};
 pub use index::{
-    index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed, SourceIndex,
-    INDEX_CHUNK_FORMAT, INDEX_FORMAT,
+    identity_settled, index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed,
+    InputIdentity, SourceIndex, INDEX_CHUNK_FORMAT, INDEX_FORMAT, SETTLE_TIME,
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{

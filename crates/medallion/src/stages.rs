@@ -234,6 +234,19 @@ pub(crate) async fn land_source(
     Ok((report, index))
 }
 
+/// Makes the next landing of every source of the pipeline read and hash each of its inputs
+/// again, instead of recognising them by their identity (`strata run --rehash`): forgets the
+/// input identities of every source's index. Batches are kept; landing is content-addressed, so
+/// an unchanged input is found already landed and a changed one lands as a new batch.
+pub async fn forget_input_identities(lake: &Lake, pipeline: &Pipeline) -> Result<()> {
+    for name in pipeline.sources.keys() {
+        let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
+        index.forget_inputs();
+        index.save(lake).await.map_err(land_error)?;
+    }
+    Ok(())
+}
+
 /// The raw batches the cleaned stage `name` reads for `window`: every batch that can hold a row
 /// of the window or a row whose business date is missing or unreadable (those reach the
 /// quarantine in every window), all of them without a window. The range of each batch is taken

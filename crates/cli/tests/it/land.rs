@@ -265,3 +265,61 @@ fn lone_cr_line_ends_are_line_ends() {
     assert_eq!(counts(&r), (2, 1, 0), "{r}");
     assert_eq!(rej[0].0, 2);
 }
+
+/// `strata land <source> <file> --json [extra]`: `(status, batch_id)`.
+fn land_one(env: &Env, file: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["land", "orders", file, "--json"];
+    args.extend_from_slice(extra);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&args)).unwrap();
+    (v[0]["status"].as_str().unwrap().into(), v[0]["batch_id"].as_str().unwrap().into())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A file rewritten in place with its old size and modification time (`cp -p`) lands again;
+/// `--rehash` reads every input whatever the raw index remembers about it.
+#[test]
+fn a_file_rewritten_in_place_with_the_same_size_and_mtime_lands_again() {
+    let env = Env::new();
+    let (orders, fixed) = (env.path("orders.csv"), env.path("fixed.csv"));
+    let (old_text, new_text) = ("id,amount\n1,1000\n", "id,amount\n1,1010\n");
+    std::fs::write(&orders, old_text).unwrap();
+    std::fs::write(&fixed, new_text).unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for f in [&orders, &fixed] {
+        std::fs::File::options().write(true).open(f).unwrap().set_modified(hour_ago).unwrap();
+    }
+    // Landed well after its last change: the index remembers it by its identity.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let first = land_one(&env, "orders.csv", &[]);
+    assert_eq!(first, ("landed".into(), sha256_hex(old_text.as_bytes())));
+    assert_eq!(land_one(&env, "orders.csv", &[]), ("already_landed".into(), first.1.clone()));
+
+    // Rewritten in place: same inode, size and modification time, new content.
+    let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&p.metadata().unwrap());
+    let before = inode(&orders);
+    let cp = std::process::Command::new("cp").arg("-p").arg(&fixed).arg(&orders).status().unwrap();
+    assert!(cp.success());
+    let meta = orders.metadata().unwrap();
+    assert_eq!((inode(&orders), meta.len(), meta.modified().unwrap()), (before, 17, hour_ago));
+    let second = land_one(&env, "orders.csv", &[]);
+    assert_eq!(second, ("landed".into(), sha256_hex(new_text.as_bytes())));
+
+    // A raw index that is wrong about the file (here edited to name the first batch for it) is
+    // believed without --rehash, and not with it.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(land_one(&env, "orders.csv", &[]).1, second.1, "remembered now");
+    let index = env.lake().join("_raw/orders/_index.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    for (_, batch) in v["inputs"].as_object_mut().unwrap() {
+        *batch = serde_json::json!(first.1);
+    }
+    std::fs::write(&index, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(land_one(&env, "orders.csv", &[]).1, first.1, "the index is believed");
+    assert_eq!(land_one(&env, "orders.csv", &["--rehash"]), ("already_landed".into(), second.1));
+    let help = env.ok(&["land", "--help"]);
+    assert!(help.contains("--rehash"), "{help}");
+}
