@@ -604,6 +604,24 @@ impl SourceIndex {
         self.inputs.clear();
     }
 
+    /// Puts `manifest` in place of the index's copy of it, if the index holds that batch and
+    /// its copy differs (a batch landed again after its directory was deleted).
+    async fn replace_manifest(&mut self, lake: &Lake, manifest: &BatchManifest) -> Result<()> {
+        let Some(&i) = self.place.get(&manifest.batch_id) else { return Ok(()) };
+        self.read_chunks(lake, &[i]).await?;
+        let Some((i, e)) = self.entry_mut(&manifest.batch_id) else { return Ok(()) };
+        if e.manifest == *manifest {
+            return Ok(());
+        }
+        e.manifest = manifest.clone();
+        e.dates.clear();
+        if let Some(path) = self.chunks[i].stored.take() {
+            self.replaced.insert(path);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
     fn entry_mut(&mut self, batch_id: &str) -> Option<(usize, &mut Entry)> {
         let &i = self.place.get(batch_id)?;
         let entries = self.chunks.get_mut(i)?.entries.as_mut()?;
@@ -976,6 +994,11 @@ pub async fn land_indexed(
     let source = index.source.clone();
     let (outcome, logged) =
         crate::landing::land_logged(lake, &source, input, options, ctx, index.log).await?;
+    if let crate::LandOutcome::Landed(m) = &outcome {
+        // Landed again after its directory was deleted (a damaged batch): the index's copy of
+        // the manifest is the old one.
+        index.replace_manifest(lake, m).await?;
+    }
     index.record(identity.settled.then_some(identity.key), outcome.manifest());
     // Only a log read without a hole may be skipped next time.
     if logged == Some(index.log + 1) {

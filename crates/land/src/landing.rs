@@ -307,7 +307,17 @@ async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Resul
         }
         Err(e) => return Err(Error::store("read", &input.display, e)),
     };
-    let (store, path, display) = (input.store.clone(), input.path.clone(), input.display.clone());
+    Ok(read_ranges(input.store.clone(), input.path.clone(), input.display.clone(), meta))
+}
+
+/// Reads the object `meta` describes from start to end, in ranges of [`READ_RANGE`], two at a
+/// time, each only if the object still has the entity tag of `meta` (see [`open`]).
+pub(crate) fn read_ranges(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    display: String,
+    meta: object_store::ObjectMeta,
+) -> futures::stream::BoxStream<'static, Result<Bytes>> {
     let ranges = (0..meta.size.div_ceil(READ_RANGE))
         .map(move |i| i * READ_RANGE..((i + 1) * READ_RANGE).min(meta.size));
     let reads = futures::stream::iter(ranges).map(move |range| {
@@ -332,7 +342,7 @@ async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Resul
             })
         }
     });
-    Ok(reads.buffered(2).boxed())
+    reads.buffered(2).boxed()
 }
 
 /// An input's text, its lines ending with LF whatever its own line ends are (see

@@ -33,6 +33,7 @@ mod index;
 mod inputs;
 mod landing;
 pub mod line_ends;
+mod verify;
 
 pub use error::{Error, Result};
 pub use index::{
@@ -45,3 +46,4 @@ pub use landing::{
     BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome, BATCH_FORMAT,
     LINE_COLUMN, RAW_DIR,
 };
+pub use verify::{check_file, verify_batch, verify_batches, FileCheck};

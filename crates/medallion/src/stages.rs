@@ -272,6 +272,8 @@ pub(crate) async fn batches_for_window(
     let missing: Vec<BatchManifest> =
         candidates.iter().filter(|(_, r)| r.is_none()).map(|(m, _)| m.clone()).collect();
     if !missing.is_empty() {
+        // Read once here for their dates: checked against their manifests first.
+        strata_land::verify_batches(lake, &missing).await.map_err(land_error)?;
         let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?);
         let found = if table.schema_fields().contains(&column.name) {
             let df_ctx = scratch(session);
@@ -588,6 +590,9 @@ pub(crate) async fn clean(
     let started = Instant::now();
     let contract = &pipeline.contracts[name];
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
+    // Every raw data file read is first checked against the size and sha256 its manifest
+    // records: a damaged file fails the run, naming the batch, instead of being published.
+    strata_land::verify_batches(lake, raw).await.map_err(land_error)?;
     let table = RawTable::new(raw, url);
     let raw_columns: BTreeSet<String> = table.schema_fields();
     let df_ctx = scratch(session);

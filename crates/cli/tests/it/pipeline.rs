@@ -602,3 +602,81 @@ fn a_file_rewritten_in_place_is_landed_again_by_run() {
     assert_eq!(csv(&env, "SELECT amount FROM orders"), "amount\n1010\n");
     assert!(env.ok(&["run", "--help"]).contains("--rehash"));
 }
+
+/// Reads, changes and writes back an object of the lake (local disk or S3).
+fn rewrite_object(env: &Env, path: &str, change: impl FnOnce(&mut Vec<u8>)) {
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake =
+            strata_publish::Lake::open(&env.lake_url, strata_publish::OpenMode::Existing).unwrap();
+        let path = object_store::path::Path::from(path);
+        let mut bytes = lake.store().get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+        change(&mut bytes);
+        lake.store().put(&path, bytes.into()).await.unwrap();
+    })
+}
+
+fn damaged_raw_batch_fails_the_run(env: &Env) {
+    let toml = tiny(env, "csv", "");
+    let toml = toml.to_str().unwrap();
+    let orders = env.path("tiny/data/orders.csv");
+    std::fs::write(
+        &orders,
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,1010,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    run_json(env, &["--pipeline", toml]);
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+    let batch = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&orders).unwrap()))
+    };
+    let data = format!("_raw/orders/batch={batch}/part-00000.parquet");
+    // One bit flipped in the middle of the landed file.
+    rewrite_object(env, &data, |b| {
+        let i = b.len() / 2;
+        b[i] ^= 0x01;
+    });
+    let versions = env.ok(&["versions", "orders"]);
+    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    for needle in ["raw batch", &batch[..], "source orders", "orders.csv", &data[..], "sha256"] {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    assert!(line.contains("--rehash") && line.contains("restore"), "{line}");
+    assert_eq!(env.ok(&["versions", "orders"]), versions, "nothing published");
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+    // What it says to do works: the batch deleted and its input landed again.
+    rewrite_object(env, &data, |b| b.clear());
+    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    assert!(line.contains("has 0 bytes where its manifest records"), "{line}");
+    for name in ["part-00000.parquet", "_batch.json"] {
+        let path = object_store::path::Path::from(format!("_raw/orders/batch={batch}/{name}"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            use object_store::ObjectStoreExt;
+            let lake =
+                strata_publish::Lake::open(&env.lake_url, strata_publish::OpenMode::Existing)
+                    .unwrap();
+            lake.store().delete(&path).await.unwrap();
+        });
+    }
+    let landed = env.ok(&["land", "orders", orders.to_str().unwrap(), "--rehash"]);
+    assert!(landed.contains("1 input(s) landed"), "{landed}");
+    run_json(env, &["--pipeline", toml, "--force"]);
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+}
+
+/// A bit flipped in a landed raw batch fails the next run that reads it (exit 2, one line naming
+/// the source, the batch and the file, and what to do) instead of publishing what it now says.
+#[test]
+fn a_damaged_raw_batch_fails_the_run_and_names_it() {
+    damaged_raw_batch_fails_the_run(&Env::new());
+}
+
+#[test]
+fn a_damaged_raw_batch_fails_the_run_and_names_it_s3() {
+    if let Some(env) = Env::s3() {
+        damaged_raw_batch_fails_the_run(&env);
+    }
+}
