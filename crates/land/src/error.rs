@@ -28,6 +28,12 @@ pub enum Error {
     )]
     DamagedBatch { raw_source: String, batch: String, input: String, path: String, detail: String },
 
+    /// Raw batches of a source disagree on the type of a column that is read, and one of the
+    /// types cannot be read as text to reconcile them (see [`crate::columns::TypeConflict`],
+    /// whose `error` writes `detail`: both batches, their inputs and types, and what to do).
+    #[error("column {column:?} of source {raw_source} {detail}")]
+    ColumnTypes { raw_source: String, column: String, detail: String },
+
     /// An object store operation failed unexpectedly.
     #[error("storage error while trying to {op} {path}")]
     Store {
@@ -52,7 +58,8 @@ impl Error {
             Error::Lake(e) => e.is_user_error(),
             Error::Input { .. }
             | Error::Corrupt { .. }
-            | Error::DamagedBatch { .. } => true,
+            | Error::DamagedBatch { .. }
+            | Error::ColumnTypes { .. } => true,
             Error::Store { source, .. } => matches!(
                 source,
                 object_store::Error::PermissionDenied { .. }

@@ -27,6 +27,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod columns;
 pub mod csv;
 mod error;
 mod index;
@@ -35,6 +36,7 @@ mod landing;
 pub mod line_ends;
 mod verify;
 
+pub use columns::{read_columns, TypeConflict};
 pub use error::{Error, Result};
 pub use index::{
     identity_settled, index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed,

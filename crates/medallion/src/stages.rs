@@ -274,7 +274,8 @@ pub(crate) async fn batches_for_window(
     if !missing.is_empty() {
         // Read once here for their dates: checked against their manifests first.
         strata_land::verify_batches(lake, &missing).await.map_err(land_error)?;
-        let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?);
+        let reads = BTreeSet::from([column.name.clone()]);
+        let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?, &reads)?;
         let found = if table.schema_fields().contains(&column.name) {
             let df_ctx = scratch(session);
             df_ctx.register_table("raw", Arc::new(table))?;
@@ -593,7 +594,8 @@ pub(crate) async fn clean(
     // Every raw data file read is first checked against the size and sha256 its manifest
     // records: a damaged file fails the run, naming the batch, instead of being published.
     strata_land::verify_batches(lake, raw).await.map_err(land_error)?;
-    let table = RawTable::new(raw, url);
+    let reads: BTreeSet<String> = contract.iter().map(|c| c.name.clone()).collect();
+    let table = RawTable::new(raw, url, &reads)?;
     let raw_columns: BTreeSet<String> = table.schema_fields();
     let df_ctx = scratch(session);
     df_ctx.register_table("raw", Arc::new(table))?;

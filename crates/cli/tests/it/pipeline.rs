@@ -680,3 +680,109 @@ fn a_damaged_raw_batch_fails_the_run_and_names_it_s3() {
         damaged_raw_batch_fails_the_run(&env);
     }
 }
+
+/// Writes a Parquet file of the given columns.
+fn write_parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+    let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn texts(values: &[&str]) -> arrow::array::ArrayRef {
+    std::sync::Arc::new(arrow::array::StringArray::from(values.to_vec()))
+}
+
+/// Two landed Parquet files disagree on the type of `order_id` (int64, then text): the run
+/// reads the column as text, casts it per the contract, and quarantines the value that does not
+/// cast, with its reason, instead of failing every run.
+#[test]
+fn parquet_batches_whose_types_differ_are_cast_per_contract() {
+    use std::sync::Arc;
+    let env = Env::new();
+    let toml = tiny(&env, "parquet", "");
+    let toml = toml.to_str().unwrap();
+    let dates = |n: usize| texts(&vec!["2026-01-01"; n]);
+    let stamps = |n: usize| texts(&vec!["2026-01-01T10:00:00"; n]);
+    write_parquet(
+        &env.path("tiny/data/a.parquet"),
+        vec![
+            ("order_id", Arc::new(arrow::array::Int64Array::from(vec![1])) as _),
+            ("order_date", dates(1)),
+            ("amount", Arc::new(arrow::array::Int64Array::from(vec![1000])) as _),
+            ("updated_at", stamps(1)),
+        ],
+    );
+    // Batches are read in batch id order: the text one is made to come second, so that the
+    // first batch's type is int64 (the order in which the failure was found).
+    let sha = |p: &Path| {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    let (a, b) = (env.path("tiny/data/a.parquet"), env.path("tiny/data/b.parquet"));
+    for pad in 0.. {
+        write_parquet(
+            &b,
+            vec![
+                ("order_id", texts(&["2", "x"])),
+                ("order_date", dates(2)),
+                ("amount", Arc::new(arrow::array::Int64Array::from(vec![1010, 5])) as _),
+                ("updated_at", stamps(2)),
+                ("note", texts(&[&format!("pad {pad}"), ""])),
+            ],
+        );
+        if sha(&b) > sha(&a) {
+            break;
+        }
+    }
+    let r = run_json(&env, &["--pipeline", toml]);
+    let clean = stage(&r, "clean", "orders");
+    assert_eq!((clean["rows_in"].as_u64(), clean["quarantined"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        csv(&env, "SELECT order_id, amount FROM orders ORDER BY 1"),
+        "order_id,amount\n1,1000\n2,1010\n"
+    );
+    assert_eq!(
+        csv(&env, "SELECT order_id, _rule, _reason FROM \"orders.quarantine\""),
+        "order_id,_rule,_reason\nx,contract,order_id: cannot read x as bigint\n"
+    );
+}
+
+/// A struct column in one batch and text in another cannot be reconciled as text: a run whose
+/// contract reads it fails with exit 2, naming the column, both batches' inputs and both types;
+/// a contract that leaves it out runs.
+#[test]
+fn a_struct_column_that_drifts_is_named_with_both_types() {
+    use std::sync::Arc;
+    let env = Env::new();
+    let toml = tiny(&env, "parquet", ", meta = \"varchar\"");
+    let toml = toml.to_str().unwrap();
+    let one = |n: i64| Arc::new(arrow::array::Int64Array::from(vec![n])) as arrow::array::ArrayRef;
+    let meta = arrow::array::StructArray::from(vec![(
+        Arc::new(arrow::datatypes::Field::new("x", arrow::datatypes::DataType::Int64, false)),
+        one(7),
+    )]);
+    let base = |id: i64| {
+        vec![
+            ("order_id", one(id)),
+            ("order_date", texts(&["2026-01-01"])),
+            ("amount", one(10)),
+            ("updated_at", texts(&["2026-01-01T10:00:00"])),
+        ]
+    };
+    let mut a = base(1);
+    a.push(("meta", Arc::new(meta) as _));
+    write_parquet(&env.path("tiny/data/a.parquet"), a);
+    let mut b = base(2);
+    b.push(("meta", texts(&["plain"])));
+    write_parquet(&env.path("tiny/data/b.parquet"), b);
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    for needle in ["\"meta\"", "a.parquet", "b.parquet", "Struct", "Utf8", "contract"] {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    // Without it in the contract, the column is not read, and the run goes through.
+    tiny(&env, "parquet", "");
+    run_json(&env, &["--pipeline", toml]);
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n2\n");
+}
