@@ -191,6 +191,10 @@ names the holder. Running again with the same pipeline version, parameters and i
 published run is a no-op that says so; --force publishes a new, byte-identical version. A rerun
 after a crash reuses the checksummed output of the stages the crashed run had finished.
 
+Input files already landed are recognised by their location, size, inode and modification and
+change times, and not read again; --rehash reads and hashes every input file again (unchanged
+files stay no-ops, changed ones land as new batches).
+
 --date D runs one business day: it reads and replaces only what that day owns, plus the
 pipeline's lookback_days before it (to pick up late data). --from/--to run a range. With no
 window, the run covers every business date found in the input and replaces the datasets whole.
@@ -202,7 +206,8 @@ Examples:
   strata run                                     (./strata.toml, every date)
   strata run --date 2026-01-03                   (one day, plus the lookback)
   strata run --from 2026-01-01 --to 2026-01-31 --only orders daily_revenue
-  strata run --pipeline testdata/shop/strata.toml";
+  strata run --pipeline testdata/shop/strata.toml
+  strata run --rehash                            (read every input file again)";
 
 const LAND_LONG: &str = "\
 Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer of the lake.
@@ -212,7 +217,13 @@ landing the same content again is a no-op, and nothing in the raw layer is ever 
 deleted. CSV and JSON lines land as text columns (the cleaned stage applies types); every row keeps
 _line, the input line it came from. Lines that cannot be read (wrong field count, invalid UTF-8,
 broken quoting, invalid JSON) are kept byte for byte in the batch's rejects with their line number
-and the reason: nothing is dropped silently.
+and the reason: nothing is dropped silently. Lines may end with LF, CRLF or (in a file whose first
+line ends so) a lone CR.
+
+A file already landed is recognised without reading it by its location, size, inode and
+modification and change times; a file that changed less than 2 s before it was landed is read and
+hashed again next time, since a change within the same time stamp tick may not show. --rehash
+reads and hashes every input regardless.
 
 Needs no pipeline file.";
 
@@ -221,7 +232,8 @@ Examples:
   strata land orders exports/orders-2026-01-01.csv
   strata land orders exports/                    (every .csv, .jsonl, .ndjson, .json, .parquet)
   strata land orders 'exports/orders-*.csv'      (quoted: strata expands * and ?)
-  strata land events events.log --format jsonl";
+  strata land events events.log --format jsonl
+  strata land orders exports/ --rehash           (read every file again; changed ones land)";
 
 const PUBLISH_LONG: &str = "\
 Publish Parquet files as a new version of a dataset.
@@ -291,6 +303,12 @@ pub struct RunArgs {
     /// parameters and inputs); publishes a new, byte-identical version.
     #[arg(long)]
     pub force: bool,
+
+    /// Read and hash every input file of every source again instead of recognising the files
+    /// already landed by their identity (location, size, inode, modification and change times).
+    /// Unchanged files stay no-ops; a changed file lands as a new batch.
+    #[arg(long)]
+    pub rehash: bool,
 
     /// Print the stage reports as JSON.
     #[arg(long)]
@@ -392,6 +410,12 @@ pub struct LandArgs {
     /// CSV field delimiter (one ASCII character).
     #[arg(long, default_value_t = ',')]
     pub delimiter: char,
+
+    /// Read and hash every input again instead of recognising the files already landed by their
+    /// identity (location, size, inode, modification and change times). Unchanged files stay
+    /// no-ops; a changed file lands as a new batch.
+    #[arg(long)]
+    pub rehash: bool,
 
     /// Print the result as JSON.
     #[arg(long)]

@@ -237,6 +237,7 @@ async fn land(
             LandFormat::Parquet => strata_land::InputFormat::Parquet,
         }),
         delimiter: args.delimiter as u8,
+        rehash: args.rehash,
         ..Default::default()
     };
     let mut index = strata_land::SourceIndex::load(&lake, &args.source).await?;

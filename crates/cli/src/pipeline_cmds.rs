@@ -85,6 +85,9 @@ pub async fn run(
     } else {
         crate::run_cmds::recover_before_run(&lake, &ctx, out).await?;
     }
+    if args.rehash {
+        strata_medallion::stages::forget_input_identities(&lake, &pipeline).await?;
+    }
     let mut lines: Vec<String> = Vec::new();
     let mut done = 0usize;
     let mut progress = |r: &StageReport| {

@@ -19,6 +19,21 @@ pub enum Error {
     )]
     Corrupt { path: String, detail: String },
 
+    /// The data file of a raw batch is not what its manifest records (size or sha256): it was
+    /// damaged after landing, and reading it would publish whatever it now says.
+    #[error(
+        "raw batch {batch} of source {raw_source} (input {input}) is damaged: {path} {detail}; \
+         restore that file from a backup, or delete the directory of batch {batch} under \
+         _raw/{raw_source}/ and land {input} again with `strata land {raw_source} <file> --rehash`"
+    )]
+    DamagedBatch { raw_source: String, batch: String, input: String, path: String, detail: String },
+
+    /// Raw batches of a source disagree on the type of a column that is read, and one of the
+    /// types cannot be read as text to reconcile them (see [`crate::columns::TypeConflict`],
+    /// whose `error` writes `detail`: both batches, their inputs and types, and what to do).
+    #[error("column {column:?} of source {raw_source} {detail}")]
+    ColumnTypes { raw_source: String, column: String, detail: String },
+
     /// An object store operation failed unexpectedly.
     #[error("storage error while trying to {op} {path}")]
     Store {
@@ -41,7 +56,10 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Lake(e) => e.is_user_error(),
-            Error::Input { .. } | Error::Corrupt { .. } => true,
+            Error::Input { .. }
+            | Error::Corrupt { .. }
+            | Error::DamagedBatch { .. }
+            | Error::ColumnTypes { .. } => true,
             Error::Store { source, .. } => matches!(
                 source,
                 object_store::Error::PermissionDenied { .. }

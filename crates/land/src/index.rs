@@ -572,16 +572,54 @@ impl SourceIndex {
         self.inputs.get(identity).filter(|id| self.place.contains_key(*id)).map(String::as_str)
     }
 
-    /// Records a landed (or found already landed) batch, and the input it came from.
+    /// Records a landed (or found already landed) batch, and the input it came from: its
+    /// identity replaces any other of the same location (an earlier content of the file).
     pub fn record(&mut self, identity: Option<String>, manifest: &BatchManifest) {
         let id = manifest.batch_id.clone();
         self.append(Entry { manifest: manifest.clone(), schema: None, dates: BTreeMap::new() });
         if let Some(identity) = identity {
             if self.inputs.get(&identity) != Some(&id) {
+                let location = identity_location(&identity);
+                let before = format!("{location}|");
+                let stale: Vec<String> = self
+                    .inputs
+                    .range(before.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&before))
+                    .filter(|(k, _)| identity_location(k) == location)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in stale {
+                    self.inputs.remove(&k);
+                }
                 self.inputs.insert(identity, id);
                 self.dirty = true;
             }
         }
+    }
+
+    /// Forgets every input identity, so that the next landing of each input reads and hashes it
+    /// again (`strata run --rehash`). Batches are kept.
+    pub fn forget_inputs(&mut self) {
+        self.dirty |= !self.inputs.is_empty();
+        self.inputs.clear();
+    }
+
+    /// Puts `manifest` in place of the index's copy of it, if the index holds that batch and
+    /// its copy differs (a batch landed again after its directory was deleted).
+    async fn replace_manifest(&mut self, lake: &Lake, manifest: &BatchManifest) -> Result<()> {
+        let Some(&i) = self.place.get(&manifest.batch_id) else { return Ok(()) };
+        self.read_chunks(lake, &[i]).await?;
+        let Some((i, e)) = self.entry_mut(&manifest.batch_id) else { return Ok(()) };
+        if e.manifest == *manifest {
+            return Ok(());
+        }
+        e.manifest = manifest.clone();
+        e.dates.clear();
+        if let Some(path) = self.chunks[i].stored.take() {
+            self.replaced.insert(path);
+        }
+        self.dirty = true;
+        Ok(())
     }
 
     fn entry_mut(&mut self, batch_id: &str) -> Option<(usize, &mut Entry)> {
@@ -789,9 +827,40 @@ async fn read_chunk(
     Ok(entries)
 }
 
-/// How an input is recognised without reading it: its location, size and entity tag (or, when
-/// the store has no tags, its modification time).
-pub async fn input_identity(input: &Input) -> Result<String> {
+/// How an input is recognised without reading it (see [`input_identity`] and
+/// [`local_inputs`]), and whether that can be trusted to change with its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputIdentity {
+    /// Location, size and entity tag (on local disk: inode, modification and change times).
+    pub key: String,
+    /// Whether the input last changed long enough before it was looked at (see
+    /// [`identity_settled`]). An identity that is not settled is not remembered: the next landing
+    /// reads and hashes the input again.
+    pub settled: bool,
+}
+
+/// How long before the moment an input is looked at its last change must be for its identity
+/// to be trusted: more than the coarsest timestamp granularity of common file systems (FAT
+/// keeps times to 2 s; Linux stamps files from a clock that moves by ticks of up to 10 ms).
+pub const SETTLE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether an input that last changed at `changed` and was looked at no earlier than `seen` can
+/// be recognised by its identity from now on. A later change within the same timestamp tick as
+/// `changed`, with the same size, would leave the identity as it is; so an identity is trusted
+/// only when its last change is at least [`SETTLE_TIME`] before `seen` (any change after `seen`
+/// then gets a later time stamp). A change time after `seen` (a clock ahead of this one) is not
+/// settled either.
+pub fn identity_settled(changed: std::time::SystemTime, seen: std::time::SystemTime) -> bool {
+    seen.duration_since(changed).is_ok_and(|age| age >= SETTLE_TIME)
+}
+
+/// How an input is recognised without reading it, through its store: its location, size and
+/// entity tag (or, when the store has no tags, its modification time). A store's entity tag
+/// changes with every write (S3's is a digest of the content), except on local disk, where it is
+/// made of the file's inode, modification time and size: an identity made of times is settled
+/// only once they are old enough (see [`identity_settled`]).
+pub async fn input_identity(input: &Input) -> Result<InputIdentity> {
+    let seen = std::time::SystemTime::now();
     let meta = match input.store.head(&input.path).await {
         Ok(m) => m,
         Err(object_store::Error::NotFound { .. }) => {
@@ -802,7 +871,10 @@ pub async fn input_identity(input: &Input) -> Result<String> {
         }
         Err(e) => return Err(Error::store("read", &input.display, e)),
     };
-    Ok(identity_of(meta))
+    let made_of_times =
+        meta.e_tag.is_none() || input.store.to_string().starts_with("LocalFileSystem");
+    let settled = !made_of_times || identity_settled(meta.last_modified.into(), seen);
+    Ok(InputIdentity { key: identity_of(meta), settled })
 }
 
 fn identity_of(meta: object_store::ObjectMeta) -> String {
@@ -810,13 +882,21 @@ fn identity_of(meta: object_store::ObjectMeta) -> String {
     format!("{}|{}|{tag}", meta.location, meta.size)
 }
 
+/// The location an identity key names (see [`identity_of`]).
+fn identity_location(key: &str) -> &str {
+    let mut parts = key.rsplitn(3, '|');
+    let (_, _) = (parts.next(), parts.next());
+    parts.next().unwrap_or(key)
+}
+
 /// Local files as inputs (read through a local store), each with its identity from the file's
-/// metadata: the same identity the local store gives (see [`local_identity`]), at the cost of one
-/// `stat` per file and no listing. A file whose metadata cannot be read is left without one
-/// (landing it asks the store, and reports what is wrong). Blocking: call it off the async
-/// workers for many files.
-pub fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<String>)>> {
+/// metadata (see [`local_identity`]), at the cost of one `stat` per file and no listing. A file
+/// whose metadata cannot be read is left without one (landing it asks the store, and reports
+/// what is wrong). Blocking: call it off the async workers for many files.
+pub fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<InputIdentity>)>> {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    // Taken before any file is looked at: no earlier than any `stat` below.
+    let seen = std::time::SystemTime::now();
     // The store path of each directory, made once: a file's is its directory's and its name
     // (what `Path::from_absolute_path` makes of the whole path, at a fraction of the cost).
     let mut dir: Option<(&std::ffi::OsStr, Option<Path>)> = None;
@@ -842,17 +922,23 @@ pub fn local_inputs(files: &[std::path::PathBuf]) -> Result<Vec<(Input, Option<S
                 }
                 _ => whole()?,
             };
-            let identity = std::fs::metadata(f).ok().map(|m| local_identity(&path, &m));
+            let identity = std::fs::metadata(f).ok().map(|m| local_identity(&path, &m, seen));
             Ok((Input { store: store.clone(), path, display: f.display().to_string() }, identity))
         })
         .collect()
 }
 
-/// The identity of a local file from its metadata, as [`input_identity`] computes it through the
-/// local store: location, size, and the store's entity tag (inode, modification time in
-/// microseconds and size, in hex). If the store ever tags files differently, the two disagree and
-/// an input is hashed once more, never mistaken for another.
-fn local_identity(location: &Path, meta: &std::fs::Metadata) -> String {
+/// The identity of a local file from its metadata: location, size, and the local store's entity
+/// tag (inode, modification time in microseconds and size, in hex), followed by the file's change
+/// time (`ctime`, in microseconds). The change time is what tells a file rewritten in place with
+/// its old size and modification time (`cp -p`, `touch -r`, `rsync -t`): no program can set it,
+/// and every write moves it. The identity is settled when that change is older than
+/// [`SETTLE_TIME`] at `seen`.
+fn local_identity(
+    location: &Path,
+    meta: &std::fs::Metadata,
+    seen: std::time::SystemTime,
+) -> InputIdentity {
     use std::os::unix::fs::MetadataExt;
     let mtime = meta
         .modified()
@@ -861,7 +947,17 @@ fn local_identity(location: &Path, meta: &std::fs::Metadata) -> String {
         .unwrap_or_default()
         .as_micros();
     let size = meta.len();
-    format!("{location}|{size}|{:x}-{mtime:x}-{size:x}", meta.ino())
+    let changed = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(
+            meta.ctime().max(0) as u64,
+            meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+        ))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let ctime = changed.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    InputIdentity {
+        key: format!("{location}|{size}|{:x}-{mtime:x}-{size:x}-c{ctime:x}", meta.ino()),
+        settled: identity_settled(changed, seen),
+    }
 }
 
 /// What [`land_indexed`] did with an input.
@@ -874,14 +970,15 @@ pub enum Indexed {
     Read(Box<crate::LandOutcome>),
 }
 
-/// Lands `input` unless the index knows it (same identity), and records the batch in the index.
-/// `identity` is the input's, when already known (see [`local_inputs`]). The index is not
-/// written; call [`SourceIndex::save`] after a set of inputs.
+/// Lands `input` unless the index knows it (same identity; never with `options.rehash`), and
+/// records the batch in the index, with the input's identity if it is settled. `identity` is the
+/// input's, when already known (see [`local_inputs`]). The index is not written; call
+/// [`SourceIndex::save`] after a set of inputs.
 pub async fn land_indexed(
     lake: &Lake,
     index: &mut SourceIndex,
     input: &Input,
-    identity: Option<String>,
+    identity: Option<InputIdentity>,
     options: &crate::LandOptions,
     ctx: &strata_publish::RunContext,
 ) -> Result<Indexed> {
@@ -889,13 +986,20 @@ pub async fn land_indexed(
         Some(i) => i,
         None => input_identity(input).await?,
     };
-    if let Some(id) = index.landed_as(&identity) {
-        return Ok(Indexed::Known(id.to_string()));
+    if !options.rehash {
+        if let Some(id) = index.landed_as(&identity.key) {
+            return Ok(Indexed::Known(id.to_string()));
+        }
     }
     let source = index.source.clone();
     let (outcome, logged) =
         crate::landing::land_logged(lake, &source, input, options, ctx, index.log).await?;
-    index.record(Some(identity), outcome.manifest());
+    if let crate::LandOutcome::Landed(m) = &outcome {
+        // Landed again after its directory was deleted (a damaged batch): the index's copy of
+        // the manifest is the old one.
+        index.replace_manifest(lake, m).await?;
+    }
+    index.record(identity.settled.then_some(identity.key), outcome.manifest());
     // Only a log read without a hole may be skipped next time.
     if logged == Some(index.log + 1) {
         index.log += 1;
@@ -983,7 +1087,10 @@ pub(crate) async fn append_to_log(
 
 #[cfg(test)]
 mod tests {
-    use super::{input_identity, local_inputs, DateRange, ManifestOut};
+    use super::{
+        identity_location, identity_settled, input_identity, local_inputs, DateRange, ManifestOut,
+        SETTLE_TIME,
+    };
     use crate::landing::{BatchManifest, InputInfo};
     use chrono::NaiveDate;
 
@@ -1008,18 +1115,46 @@ mod tests {
                 object_store::path::Path::from_absolute_path(std::path::Path::new(&input.display))
                     .unwrap();
             assert_eq!(input.path, whole, "{}", input.display);
-            assert_eq!(identity.as_deref(), Some(input_identity(input).await.unwrap().as_str()));
+            // The store's identity, and the file's change time.
+            let identity = identity.clone().unwrap();
+            let store = input_identity(input).await.unwrap();
+            assert!(identity.key.starts_with(&format!("{}-c", store.key)), "{identity:?}");
+            assert!(!identity.settled && !store.settled, "just written");
         }
-        let ids: std::collections::BTreeSet<_> = inputs.iter().map(|(_, i)| i.clone()).collect();
+        let ids: std::collections::BTreeSet<_> =
+            inputs.iter().map(|(_, i)| i.clone().unwrap().key).collect();
         assert_eq!(ids.len(), 4, "distinct files, distinct identities");
         // Changed in place: a new identity.
         std::fs::write(&files[0], "changed\n").unwrap();
         let again = local_inputs(&files[..1]).unwrap();
         assert_ne!(again[0].1, inputs[0].1);
-        assert_eq!(
-            again[0].1.as_deref(),
-            Some(input_identity(&again[0].0).await.unwrap().as_str())
-        );
+        // Rewritten in place with the same size and modification time (as `cp -p` does): still
+        // a new identity, by the change time.
+        let mtime = std::fs::metadata(&files[1]).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&files[1], "b\nb\n").unwrap();
+        std::fs::File::options().write(true).open(&files[1]).unwrap().set_modified(mtime).unwrap();
+        let copied = local_inputs(&files[1..2]).unwrap();
+        assert_eq!(std::fs::metadata(&files[1]).unwrap().modified().unwrap(), mtime);
+        assert_ne!(copied[0].1.as_ref().unwrap().key, inputs[1].1.as_ref().unwrap().key);
+    }
+
+    #[test]
+    fn an_identity_is_settled_once_its_last_change_is_older_than_a_timestamp_tick() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let ms = std::time::Duration::from_millis;
+        assert!(!identity_settled(t, t), "changed the moment it was seen");
+        assert!(!identity_settled(t, t + ms(1999)), "within the coarsest tick");
+        assert!(identity_settled(t, t + SETTLE_TIME));
+        assert!(identity_settled(t, t + ms(3_600_000)));
+        assert!(!identity_settled(t + ms(5000), t), "changed after it was seen: a clock ahead");
+    }
+
+    #[test]
+    fn identity_keys_name_their_location() {
+        assert_eq!(identity_location("/in/a.csv|12|1f-2e-c"), "/in/a.csv");
+        assert_eq!(identity_location("/in/a|b.csv|12|1f-2e-c"), "/in/a|b.csv");
+        assert_eq!(identity_location("odd"), "odd");
     }
 
     mod log {
@@ -1059,6 +1194,59 @@ mod tests {
         async fn ids(lake: &Lake, index: &mut SourceIndex) -> Vec<String> {
             let all = index.all_batches(lake).await.unwrap();
             all.into_iter().map(|m| m.batch_id).collect()
+        }
+
+        /// An identity that is not settled (the input changed too recently to tell a later
+        /// change by its time stamps) is not remembered, so the input is read again: a rewrite
+        /// with the same identity lands. A settled one is remembered; `rehash` reads the input
+        /// all the same. A new identity of a location replaces the old one.
+        #[tokio::test]
+        async fn only_settled_identities_are_trusted_and_rehash_trusts_none() {
+            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
+            let files = Arc::new(InMemory::new());
+            let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
+            let ctx = RunContext::new("run-1", chrono::DateTime::UNIX_EPOCH).unwrap();
+            let options = crate::LandOptions::default();
+            let rehash = crate::LandOptions { rehash: true, ..Default::default() };
+            let fresh = InputIdentity { key: "/in/a.csv|5|1-2-5-c3".into(), settled: false };
+            let settled = InputIdentity { settled: true, ..fresh.clone() };
+            let landed = |out: Indexed| match out {
+                Indexed::Read(read) => match *read {
+                    crate::LandOutcome::Landed(m) => (m.batch_id, true),
+                    crate::LandOutcome::AlreadyLanded(m) => (m.batch_id, false),
+                },
+                Indexed::Known(id) => (id, false),
+            };
+            let file = input(&files, "a.csv", "id\n1\n").await;
+            let once = land_indexed(&lake, &mut index, &file, Some(fresh.clone()), &options, &ctx);
+            let (first, new) = landed(once.await.unwrap());
+            assert!(new);
+            assert_eq!(index.landed_as(&fresh.key), None, "not remembered");
+            // Rewritten within the same tick: the same identity, another content.
+            let file = input(&files, "a.csv", "id\n2\n").await;
+            let again = land_indexed(&lake, &mut index, &file, Some(fresh.clone()), &options, &ctx);
+            let (second, new) = landed(again.await.unwrap());
+            assert!(new && second != first, "the new content lands");
+            // Settled now: read once more (already landed), then remembered.
+            let out = land_indexed(&lake, &mut index, &file, Some(settled.clone()), &options, &ctx);
+            assert_eq!(landed(out.await.unwrap()), (second.clone(), false));
+            assert_eq!(index.landed_as(&settled.key), Some(second.as_str()));
+            let out = land_indexed(&lake, &mut index, &file, Some(settled.clone()), &options, &ctx);
+            assert!(matches!(out.await.unwrap(), Indexed::Known(id) if id == second));
+            // A cache that is wrong (the content changed, the identity did not): rehash reads.
+            let file = input(&files, "a.csv", "id\n3\n").await;
+            let out = land_indexed(&lake, &mut index, &file, Some(settled.clone()), &rehash, &ctx);
+            let (third, new) = landed(out.await.unwrap());
+            assert!(new && third != second);
+            assert_eq!(index.landed_as(&settled.key), Some(third.as_str()));
+            // Another identity of the same file replaces the old one.
+            let later = InputIdentity { key: "/in/a.csv|5|1-9-5-c9".into(), settled: true };
+            let out = land_indexed(&lake, &mut index, &file, Some(later.clone()), &options, &ctx);
+            assert_eq!(landed(out.await.unwrap()), (third.clone(), false));
+            assert_eq!(index.inputs.keys().collect::<Vec<_>>(), vec![&later.key]);
+            index.forget_inputs();
+            assert_eq!(index.landed_as(&later.key), None);
+            assert_eq!(index.len(), 3, "batches are kept");
         }
 
         /// Two processes land at once and the second index write loses the first's batch; a

@@ -30,6 +30,7 @@ use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
 
 use crate::csv::{read_plain, CsvItem, CsvReader, Next, PlainBlock, PlainLine};
 use crate::error::{Error, Result};
+use crate::line_ends::LineEndReader;
 
 /// The directory of the raw layer in a lake.
 pub const RAW_DIR: &str = "_raw";
@@ -87,11 +88,14 @@ pub struct LandOptions {
     pub delimiter: u8,
     /// Rows per record batch written.
     pub batch_rows: usize,
+    /// Read and hash every input, even one the source's index already knows by its identity
+    /// (see [`crate::land_indexed`]).
+    pub rehash: bool,
 }
 
 impl Default for LandOptions {
     fn default() -> Self {
-        LandOptions { format: None, delimiter: b',', batch_rows: 64 * 1024 }
+        LandOptions { format: None, delimiter: b',', batch_rows: 64 * 1024, rehash: false }
     }
 }
 
@@ -218,14 +222,18 @@ pub(crate) async fn land_logged(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut json_keys = JsonKeys::default();
+    let mut json_lines = LineEndReader::default();
     let mut stream = open(input).await?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
         if format == InputFormat::Jsonl {
-            json_keys.push(&chunk);
+            json_keys.push(&json_lines.push(chunk));
         }
+    }
+    if format == InputFormat::Jsonl {
+        json_keys.push(&json_lines.finish());
     }
     json_keys.finish();
     let batch_id = hex::encode(hasher.finalize());
@@ -299,7 +307,17 @@ async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Resul
         }
         Err(e) => return Err(Error::store("read", &input.display, e)),
     };
-    let (store, path, display) = (input.store.clone(), input.path.clone(), input.display.clone());
+    Ok(read_ranges(input.store.clone(), input.path.clone(), input.display.clone(), meta))
+}
+
+/// Reads the object `meta` describes from start to end, in ranges of [`READ_RANGE`], two at a
+/// time, each only if the object still has the entity tag of `meta` (see [`open`]).
+pub(crate) fn read_ranges(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    display: String,
+    meta: object_store::ObjectMeta,
+) -> futures::stream::BoxStream<'static, Result<Bytes>> {
     let ranges = (0..meta.size.div_ceil(READ_RANGE))
         .map(move |i| i * READ_RANGE..((i + 1) * READ_RANGE).min(meta.size));
     let reads = futures::stream::iter(ranges).map(move |range| {
@@ -324,7 +342,25 @@ async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Resul
             })
         }
     });
-    Ok(reads.buffered(2).boxed())
+    reads.buffered(2).boxed()
+}
+
+/// An input's text, its lines ending with LF whatever its own line ends are (see
+/// [`crate::line_ends`]).
+async fn open_lines(input: &Input) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    let stream = open(input).await?;
+    let state = (stream, LineEndReader::default(), false);
+    let lines = futures::stream::unfold(state, |(mut stream, mut ends, done)| async move {
+        if done {
+            return None;
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => Some((Ok(ends.push(chunk)), (stream, ends, false))),
+            Some(Err(e)) => Some((Err(e), (stream, ends, true))),
+            None => Some((Ok(ends.finish()), (stream, ends, true))),
+        }
+    });
+    Ok(lines.boxed())
 }
 
 pub(crate) async fn read_manifest(lake: &Lake, path: Path) -> Result<Option<BatchManifest>> {
@@ -556,7 +592,7 @@ enum NotARow {
 /// two halves of the work run on two cores.
 async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<CsvMsg>>(4);
-    let stream = open(input).await?;
+    let stream = open_lines(input).await?;
     let (delimiter, batch_rows, display) =
         (options.delimiter, options.batch_rows, input.display.clone());
     let parser = tokio::spawn(async move {
@@ -782,7 +818,7 @@ async fn land_jsonl(input: &Input, keys: Vec<String>, out: &mut BatchWriter) -> 
     let schema = text_schema(&keys, &input.display)?;
     out.set_schema(schema.clone());
     let mut rows = TextRows::new(schema, 1024);
-    let mut stream = open(input).await?;
+    let mut stream = open_lines(input).await?;
     let mut partial: Vec<u8> = Vec::new();
     let mut line_no = 0u64;
     let handle = |line: &[u8], line_no: u64, rows: &mut TextRows, out: &mut BatchWriter| {

@@ -27,16 +27,20 @@
 //! # }).unwrap();
 //! ```
 
+pub mod columns;
 pub mod csv;
 mod error;
 mod index;
 mod inputs;
 mod landing;
+pub mod line_ends;
+mod verify;
 
+pub use columns::{read_columns, TypeConflict};
 pub use error::{Error, Result};
 pub use index::{
-    index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed, SourceIndex,
-    INDEX_CHUNK_FORMAT, INDEX_FORMAT,
+    identity_settled, index_path, input_identity, land_indexed, local_inputs, DateRange, Indexed,
+    InputIdentity, SourceIndex, INDEX_CHUNK_FORMAT, INDEX_FORMAT, SETTLE_TIME,
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{
@@ -44,3 +48,4 @@ pub use landing::{
     BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome, BATCH_FORMAT,
     LINE_COLUMN, RAW_DIR,
 };
+pub use verify::{check_file, verify_batch, verify_batches, FileCheck};

@@ -274,7 +274,8 @@ fn batch_type() -> datafusion::arrow::datatypes::DataType {
 }
 
 /// Raw batches of one source as a table: the union of their columns (a column missing from a
-/// batch reads as null), plus `_batch`, the id of the batch each row came from.
+/// batch reads as null), plus `_batch`, the id of the batch each row came from. A column whose
+/// type differs between batches is read as text (see [`strata_land::columns`]).
 #[derive(Debug)]
 pub struct RawTable {
     file_schema: SchemaRef,
@@ -284,14 +285,18 @@ pub struct RawTable {
 }
 
 impl RawTable {
-    pub fn new(batches: &[strata_land::BatchManifest], url: ObjectStoreUrl) -> Self {
-        let mut fields: Vec<datafusion::arrow::datatypes::Field> = Vec::new();
-        for b in batches {
-            for f in b.schema.fields() {
-                if !fields.iter().any(|x| x.name() == f.name()) {
-                    fields.push(f.as_ref().clone().with_nullable(true));
-                }
-            }
+    /// The table of `batches`, of which the caller reads the columns `reads`: a column whose
+    /// types across the batches cannot be read as one is an error if it is read, and left out
+    /// of the table otherwise.
+    pub fn new(
+        batches: &[strata_land::BatchManifest],
+        url: ObjectStoreUrl,
+        reads: &std::collections::BTreeSet<String>,
+    ) -> Result<Self> {
+        let (mut fields, conflicts) = strata_land::read_columns(batches);
+        if let Some(c) = conflicts.iter().find(|c| reads.contains(&c.column)) {
+            let source = batches.first().map(|b| b.source.as_str()).unwrap_or_default();
+            return Err(crate::error::Error::Land(c.error(source)));
         }
         if !fields.iter().any(|f| f.name() == strata_land::LINE_COLUMN) {
             // No batch (a window no batch holds a row of): the provenance column still exists.
@@ -308,7 +313,7 @@ impl RawTable {
             .iter()
             .filter_map(|b| b.data.as_ref().map(|d| (d.path.clone(), d.size, b.batch_id.clone())))
             .collect();
-        RawTable { file_schema, schema, files, url }
+        Ok(RawTable { file_schema, schema, files, url })
     }
 }
 

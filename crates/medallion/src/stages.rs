@@ -231,6 +231,19 @@ pub(crate) async fn land_source(
     Ok((report, index))
 }
 
+/// Makes the next landing of every source of the pipeline read and hash each of its inputs
+/// again, instead of recognising them by their identity (`strata run --rehash`): forgets the
+/// input identities of every source's index. Batches are kept; landing is content-addressed, so
+/// an unchanged input is found already landed and a changed one lands as a new batch.
+pub async fn forget_input_identities(lake: &Lake, pipeline: &Pipeline) -> Result<()> {
+    for name in pipeline.sources.keys() {
+        let mut index = strata_land::SourceIndex::load(lake, name).await.map_err(land_error)?;
+        index.forget_inputs();
+        index.save(lake).await.map_err(land_error)?;
+    }
+    Ok(())
+}
+
 /// The raw batches the cleaned stage `name` reads for `window`: every batch that can hold a row
 /// of the window or a row whose business date is missing or unreadable (those reach the
 /// quarantine in every window), all of them without a window. The range of each batch is taken
@@ -256,7 +269,10 @@ pub(crate) async fn batches_for_window(
     let missing: Vec<BatchManifest> =
         candidates.iter().filter(|(_, r)| r.is_none()).map(|(m, _)| m.clone()).collect();
     if !missing.is_empty() {
-        let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?);
+        // Read once here for their dates: checked against their manifests first.
+        strata_land::verify_batches(lake, &missing).await.map_err(land_error)?;
+        let reads = BTreeSet::from([column.name.clone()]);
+        let table = RawTable::new(&missing, ObjectStoreUrl::parse(LAKE_URL)?, &reads)?;
         let found = if table.schema_fields().contains(&column.name) {
             let df_ctx = scratch(session);
             df_ctx.register_table("raw", Arc::new(table))?;
@@ -572,7 +588,11 @@ pub(crate) async fn clean(
     let started = Instant::now();
     let contract = &pipeline.contracts[name];
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
-    let table = RawTable::new(raw, url);
+    // Every raw data file read is first checked against the size and sha256 its manifest
+    // records: a damaged file fails the run, naming the batch, instead of being published.
+    strata_land::verify_batches(lake, raw).await.map_err(land_error)?;
+    let reads: BTreeSet<String> = contract.iter().map(|c| c.name.clone()).collect();
+    let table = RawTable::new(raw, url, &reads)?;
     let raw_columns: BTreeSet<String> = table.schema_fields();
     let df_ctx = scratch(session);
     df_ctx.register_table("raw", Arc::new(table))?;

@@ -436,6 +436,9 @@ fn a_window_run_reads_only_the_batches_that_can_hold_its_dates() {
     let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03", "--force"]);
     assert_eq!(run_inputs(&env, &r), expected);
     std::fs::remove_file(&index).unwrap();
+    // Inputs that changed less than 2 s before they were looked at are not remembered (see
+    // docs/pipeline.md): wait until the copies are older than that.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let r = run_json(&env, &["--pipeline", toml, "--date", "2026-01-03", "--force"]);
     assert_eq!(run_inputs(&env, &r), expected);
     let land = stage(&r, "land", "orders");
@@ -539,4 +542,247 @@ fn runs_tune_the_allocator_unless_told_otherwise() {
         ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=2097152"],
         "a value the user set is kept"
     );
+}
+
+/// A one-source pipeline in `<dir>/tiny`: source `orders` reads `data/*.<ext>`; cleaned
+/// `orders` has `order_id bigint`, `order_date date`, `amount bigint` and `updated_at
+/// timestamp` (latest wins), plus `extra` columns. Returns the pipeline file.
+pub(crate) fn tiny(env: &Env, ext: &str, extra: &str) -> PathBuf {
+    let dir = env.path("tiny");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let toml = dir.join("strata.toml");
+    let text = format!(
+        "[pipeline]\nname = \"tiny\"\n\n\
+         [sources.orders]\npath = \"data/*.{ext}\"\n\n\
+         [cleaned.orders]\nsource = \"orders\"\nkey = [\"order_id\"]\nlatest_by = \"updated_at\"\n\
+         business_date = \"order_date\"\n\
+         columns = {{ order_id = \"bigint not null\", order_date = \"date not null\", \
+         amount = \"bigint\", updated_at = \"timestamp\"{extra} }}\n"
+    );
+    std::fs::write(&toml, text).unwrap();
+    toml
+}
+
+/// An input file of the tiny pipeline rewritten in place with its old size and modification
+/// time (`cp -p`) is landed again by `strata run`, and its new values are published; `strata
+/// run --rehash` reads every input again and changes nothing when nothing changed.
+#[test]
+fn a_file_rewritten_in_place_is_landed_again_by_run() {
+    let env = Env::new();
+    let toml = tiny(&env, "csv", "");
+    let toml = toml.to_str().unwrap();
+    let orders = env.path("tiny/data/orders.csv");
+    let fixed = env.path("fixed.csv");
+    std::fs::write(
+        &orders,
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,1000,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &fixed,
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,1010,2026-01-01T11:00:00\n",
+    )
+    .unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for f in [&orders, &fixed] {
+        std::fs::File::options().write(true).open(f).unwrap().set_modified(hour_ago).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    run_json(&env, &["--pipeline", toml]);
+    assert_eq!(csv(&env, "SELECT amount FROM orders"), "amount\n1000\n");
+    let cp = std::process::Command::new("cp").arg("-p").arg(&fixed).arg(&orders).status().unwrap();
+    assert!(cp.success());
+    assert_eq!(orders.metadata().unwrap().modified().unwrap(), hour_ago);
+    let r = run_json(&env, &["--pipeline", toml]);
+    assert_eq!(stage(&r, "land", "orders")["note"], "1 new batch(es), 0 already landed");
+    assert_eq!(csv(&env, "SELECT amount FROM orders"), "amount\n1010\n");
+    // Everything read again: nothing new, nothing to do.
+    let r = run_json(&env, &["--pipeline", toml, "--rehash"]);
+    assert_eq!(stage(&r, "land", "orders")["note"], "0 new batch(es), 1 already landed");
+    assert_eq!(csv(&env, "SELECT amount FROM orders"), "amount\n1010\n");
+    assert!(env.ok(&["run", "--help"]).contains("--rehash"));
+}
+
+/// Reads, changes and writes back an object of the lake (local disk or S3).
+fn rewrite_object(env: &Env, path: &str, change: impl FnOnce(&mut Vec<u8>)) {
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake =
+            strata_publish::Lake::open(&env.lake_url, strata_publish::OpenMode::Existing).unwrap();
+        let path = object_store::path::Path::from(path);
+        let mut bytes = lake.store().get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+        change(&mut bytes);
+        lake.store().put(&path, bytes.into()).await.unwrap();
+    })
+}
+
+fn damaged_raw_batch_fails_the_run(env: &Env) {
+    let toml = tiny(env, "csv", "");
+    let toml = toml.to_str().unwrap();
+    let orders = env.path("tiny/data/orders.csv");
+    std::fs::write(
+        &orders,
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,1010,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    run_json(env, &["--pipeline", toml]);
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+    let batch = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&orders).unwrap()))
+    };
+    let data = format!("_raw/orders/batch={batch}/part-00000.parquet");
+    // One bit flipped in the middle of the landed file.
+    rewrite_object(env, &data, |b| {
+        let i = b.len() / 2;
+        b[i] ^= 0x01;
+    });
+    let versions = env.ok(&["versions", "orders"]);
+    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    for needle in ["raw batch", &batch[..], "source orders", "orders.csv", &data[..], "sha256"] {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    assert!(line.contains("--rehash") && line.contains("restore"), "{line}");
+    assert_eq!(env.ok(&["versions", "orders"]), versions, "nothing published");
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+    // What it says to do works: the batch deleted and its input landed again.
+    rewrite_object(env, &data, |b| b.clear());
+    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    assert!(line.contains("has 0 bytes where its manifest records"), "{line}");
+    for name in ["part-00000.parquet", "_batch.json"] {
+        let path = object_store::path::Path::from(format!("_raw/orders/batch={batch}/{name}"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            use object_store::ObjectStoreExt;
+            let lake =
+                strata_publish::Lake::open(&env.lake_url, strata_publish::OpenMode::Existing)
+                    .unwrap();
+            lake.store().delete(&path).await.unwrap();
+        });
+    }
+    let landed = env.ok(&["land", "orders", orders.to_str().unwrap(), "--rehash"]);
+    assert!(landed.contains("1 input(s) landed"), "{landed}");
+    run_json(env, &["--pipeline", toml, "--force"]);
+    assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
+}
+
+/// A bit flipped in a landed raw batch fails the next run that reads it (exit 2, one line naming
+/// the source, the batch and the file, and what to do) instead of publishing what it now says.
+#[test]
+fn a_damaged_raw_batch_fails_the_run_and_names_it() {
+    damaged_raw_batch_fails_the_run(&Env::new());
+}
+
+#[test]
+fn a_damaged_raw_batch_fails_the_run_and_names_it_s3() {
+    if let Some(env) = Env::s3() {
+        damaged_raw_batch_fails_the_run(&env);
+    }
+}
+
+/// Writes a Parquet file of the given columns.
+fn write_parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+    let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn texts(values: &[&str]) -> arrow::array::ArrayRef {
+    std::sync::Arc::new(arrow::array::StringArray::from(values.to_vec()))
+}
+
+/// Two landed Parquet files disagree on the type of `order_id` (int64, then text): the run
+/// reads the column as text, casts it per the contract, and quarantines the value that does not
+/// cast, with its reason, instead of failing every run.
+#[test]
+fn parquet_batches_whose_types_differ_are_cast_per_contract() {
+    use std::sync::Arc;
+    let env = Env::new();
+    let toml = tiny(&env, "parquet", "");
+    let toml = toml.to_str().unwrap();
+    let dates = |n: usize| texts(&vec!["2026-01-01"; n]);
+    let stamps = |n: usize| texts(&vec!["2026-01-01T10:00:00"; n]);
+    write_parquet(
+        &env.path("tiny/data/a.parquet"),
+        vec![
+            ("order_id", Arc::new(arrow::array::Int64Array::from(vec![1])) as _),
+            ("order_date", dates(1)),
+            ("amount", Arc::new(arrow::array::Int64Array::from(vec![1000])) as _),
+            ("updated_at", stamps(1)),
+        ],
+    );
+    // Batches are read in batch id order: the text one is made to come second, so that the
+    // first batch's type is int64 (the order in which the failure was found).
+    let sha = |p: &Path| {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    let (a, b) = (env.path("tiny/data/a.parquet"), env.path("tiny/data/b.parquet"));
+    for pad in 0.. {
+        write_parquet(
+            &b,
+            vec![
+                ("order_id", texts(&["2", "x"])),
+                ("order_date", dates(2)),
+                ("amount", Arc::new(arrow::array::Int64Array::from(vec![1010, 5])) as _),
+                ("updated_at", stamps(2)),
+                ("note", texts(&[&format!("pad {pad}"), ""])),
+            ],
+        );
+        if sha(&b) > sha(&a) {
+            break;
+        }
+    }
+    let r = run_json(&env, &["--pipeline", toml]);
+    let clean = stage(&r, "clean", "orders");
+    assert_eq!((clean["rows_in"].as_u64(), clean["quarantined"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        csv(&env, "SELECT order_id, amount FROM orders ORDER BY 1"),
+        "order_id,amount\n1,1000\n2,1010\n"
+    );
+    assert_eq!(
+        csv(&env, "SELECT order_id, _rule, _reason FROM \"orders.quarantine\""),
+        "order_id,_rule,_reason\nx,contract,order_id: cannot read x as bigint\n"
+    );
+}
+
+/// A struct column in one batch and text in another cannot be reconciled as text: a run whose
+/// contract reads it fails with exit 2, naming the column, both batches' inputs and both types;
+/// a contract that leaves it out runs.
+#[test]
+fn a_struct_column_that_drifts_is_named_with_both_types() {
+    use std::sync::Arc;
+    let env = Env::new();
+    let toml = tiny(&env, "parquet", ", meta = \"varchar\"");
+    let toml = toml.to_str().unwrap();
+    let one = |n: i64| Arc::new(arrow::array::Int64Array::from(vec![n])) as arrow::array::ArrayRef;
+    let meta = arrow::array::StructArray::from(vec![(
+        Arc::new(arrow::datatypes::Field::new("x", arrow::datatypes::DataType::Int64, false)),
+        one(7),
+    )]);
+    let base = |id: i64| {
+        vec![
+            ("order_id", one(id)),
+            ("order_date", texts(&["2026-01-01"])),
+            ("amount", one(10)),
+            ("updated_at", texts(&["2026-01-01T10:00:00"])),
+        ]
+    };
+    let mut a = base(1);
+    a.push(("meta", Arc::new(meta) as _));
+    write_parquet(&env.path("tiny/data/a.parquet"), a);
+    let mut b = base(2);
+    b.push(("meta", texts(&["plain"])));
+    write_parquet(&env.path("tiny/data/b.parquet"), b);
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    for needle in ["\"meta\"", "a.parquet", "b.parquet", "Struct", "Utf8", "contract"] {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    // Without it in the contract, the column is not read, and the run goes through.
+    tiny(&env, "parquet", "");
+    run_json(&env, &["--pipeline", toml]);
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n2\n");
 }
