@@ -144,6 +144,17 @@ fn is_user_error(err: &anyhow::Error) -> bool {
     })
 }
 
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+            || e.downcast_ref::<arrow::error::ArrowError>().is_some_and(|e| {
+                matches!(e, arrow::error::ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +163,8 @@ mod tests {
     fn a_full_disk_or_read_only_lake_is_a_user_error_that_says_what_to_do() {
         for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::ReadOnlyFilesystem] {
             let io = std::io::Error::new(kind, "the disk says no");
-            let store = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(io) };
+            let store =
+                object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(io) };
             let err = anyhow::Error::new(strata_publish::Error::Store {
                 op: "create",
                 path: "orders/_strata/pointer/2.json".into(),
@@ -164,15 +176,4 @@ mod tests {
         let other = anyhow::anyhow!("something else");
         assert_eq!(report(&other), ExitCode::from(1));
     }
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            || e.downcast_ref::<serde_json::Error>()
-                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
-            || e.downcast_ref::<arrow::error::ArrowError>().is_some_and(|e| {
-                matches!(e, arrow::error::ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
-            })
-    })
 }
