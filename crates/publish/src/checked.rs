@@ -27,7 +27,7 @@ use object_store::{
 use crate::model::FileEntry;
 
 /// Bytes covered by one CRC-32.
-pub const CRC_BLOCK: u64 = 256 * 1024;
+pub const CRC_BLOCK: u64 = 64 * 1024;
 
 /// The CRC-32 of each [`CRC_BLOCK`] of a byte stream, fed in pieces of any size.
 #[derive(Debug, Clone, Default)]

@@ -36,7 +36,7 @@ pub struct FileEntry {
     pub rows: u64,
     /// Lower-case hex sha256 of the whole file.
     pub sha256: String,
-    /// CRC-32 of each 256 KiB block of the file, 8 hex digits a block, in order: what readers
+    /// CRC-32 of each 64 KiB block of the file, 8 hex digits a block, in order: what readers
     /// check every read against ([`crate::checked`]). Absent in files written before strata
     /// recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
