@@ -1064,13 +1064,8 @@ pub async fn approve(
         if let Some(p) = problems.first() {
             // A rejection that won the run meanwhile removes its staging: that is a lost race,
             // not damage.
-            if let Some(now) = runs::latest_entry(lake, run_id).await? {
-                if now.entry != m.entry {
-                    return Err(Error::Lake(strata_publish::Error::RunMoved {
-                        run_id: run_id.to_string(),
-                        entry: m.entry + 1,
-                    }));
-                }
+            if let Some(moved) = moved_meanwhile(lake, &m).await? {
+                return Err(moved);
             }
             return Err(Error::Sql {
                 message: format!(
@@ -1100,7 +1095,11 @@ pub async fn approve(
         "the run stays AWAITING_REVIEW. `strata reject {run_id}` discards it; then run the \
          pipeline again to compute it on the current data"
     );
-    check_bases(&m, &outputs, &stays).await?;
+    if let Err(e) = check_bases(&m, &outputs, &stays).await {
+        // Another approval that is publishing this very run moves the pointers too: that is a
+        // lost race, not a stale run.
+        return Err(moved_meanwhile(lake, &m).await?.unwrap_or(e));
+    }
     let lock = locks::acquire(lake, run_id, &m.output_boundary, lease, clock).await?;
     let mut log = RunLog::resume(lake, m);
     // The claim: whoever writes the next entry first decides the run.
@@ -1140,6 +1139,17 @@ pub async fn approve(
     }
     lock.release().await;
     result
+}
+
+/// [`strata_publish::Error::RunMoved`] if another process moved the run past the entry `m`.
+async fn moved_meanwhile(lake: &Lake, m: &RunManifest) -> Result<Option<Error>> {
+    let now = runs::latest_entry(lake, &m.run_id).await?;
+    Ok(now.filter(|now| now.entry != m.entry).map(|_| {
+        Error::Lake(strata_publish::Error::RunMoved {
+            run_id: m.run_id.clone(),
+            entry: m.entry + 1,
+        })
+    }))
 }
 
 /// Fails with [`strata_publish::Error::BaseMoved`] when what the run writes to any of its
