@@ -8,16 +8,7 @@ use std::process::{Output, Stdio};
 
 use crate::harness::Env;
 use crate::quality::{latest_run, shop_with};
-use crate::runs::{block_on, open, orphans};
-
-const DATASETS: [&str; 6] = [
-    "customers",
-    "customers.quarantine",
-    "daily_revenue",
-    "orders",
-    "orders.quarantine",
-    "revenue_7d",
-];
+use crate::runs::{block_on, open, orphans, DATASETS};
 
 /// How many times each race is run: a few by default, many with `STRATA_STRESS=1`.
 fn trials(default: usize) -> usize {

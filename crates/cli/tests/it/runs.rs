@@ -16,7 +16,7 @@ use strata_publish::{Lake, OpenMode};
 use crate::harness::Env;
 use crate::pipeline::shop;
 
-const DATASETS: [&str; 6] = [
+pub(crate) const DATASETS: [&str; 6] = [
     "customers",
     "customers.quarantine",
     "daily_revenue",
