@@ -171,7 +171,8 @@ does this first, every time.
                                       (PUBLISHED), otherwise marked UNKNOWN with the evidence
 
 Runs still holding a live lock (their process is running, or their lease has not expired) are
-left alone.";
+left alone, and so are runs whose partitions another process holds (settling them right now);
+`--run ID` then exits 4 (busy: retry in a moment).";
 
 const RECOVER_AFTER: &str = "\
 Examples:

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use strata_publish::locks::lease_from_env;
 use strata_publish::recover::{recover, RecoveryReport};
 use strata_publish::run_state::RunState;
 use strata_publish::runs::{list_runs, run_log, RunManifest};
@@ -211,7 +212,7 @@ pub async fn recover_cmd(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ctx = run_context()?;
-    let report = recover(&lake, args.run.as_deref(), &ctx, wall_clock).await?;
+    let report = recover(&lake, args.run.as_deref(), &ctx, wall_clock, lease_from_env()).await?;
     if args.json {
         output::json(out, &report)?;
     } else {
@@ -233,7 +234,7 @@ pub async fn recover_before_run(
     ctx: &RunContext,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let report = recover(lake, None, ctx, wall_clock).await?;
+    let report = recover(lake, None, ctx, wall_clock, lease_from_env()).await?;
     print_recovery(&report, out)?;
     Ok(())
 }
@@ -253,7 +254,7 @@ fn print_recovery(report: &RecoveryReport, out: &mut impl Write) -> anyhow::Resu
         )?;
     }
     for l in &report.live {
-        writeln!(out, "left run {} ({}) alone: still running ({})", l.run_id, l.state, l.holder)?;
+        writeln!(out, "left run {} ({}) alone: {}", l.run_id, l.state, l.holder)?;
     }
     Ok(())
 }

@@ -256,6 +256,10 @@ pub async fn run_pipeline(
     let clock = options.clock.unwrap_or(chrono::Utc::now);
     let lock = locks::acquire(lake, ctx.run_id(), &plan.boundary, options.lease, clock).await?;
     strata_publish::crash::point("after-lock");
+    if let Err(e) = no_unsettled_flips(lake, &plan.boundary).await {
+        lock.release().await;
+        return Err(e);
+    }
     let mut manifest = RunManifest::planned(
         ctx.run_id(),
         if options.window.is_some() { "window" } else { "full" },
@@ -353,6 +357,23 @@ pub async fn run_pipeline(
             lock.release().await;
             Err(e)
         }
+    }
+}
+
+/// Refuses to go on while a stopped run that may have flipped some of these partitions is not
+/// settled. Recovery settles such runs before a run starts, holding their locks; a recovery by
+/// another process that backed off (or is settling it right now) leaves one for this check,
+/// which runs once this run holds its own locks, so no recovery can be half-way through.
+async fn no_unsettled_flips(lake: &Lake, boundary: &BTreeMap<String, Vec<String>>) -> Result<()> {
+    let unsettled = runs::open_runs(lake).await?.into_iter().find(|m| {
+        m.state == RunState::Committing && locks::overlap(&m.output_boundary, boundary)
+    });
+    match unsettled {
+        Some(m) => Err(Error::Lake(strata_publish::Error::Unsettled {
+            run_id: m.run_id,
+            state: m.state,
+        })),
+        None => Ok(()),
     }
 }
 

@@ -80,6 +80,25 @@ pub enum Error {
     )]
     Locked { what: String, holder: Box<crate::locks::LockInfo> },
 
+    /// The run named is still running (its lock is live), or its partitions are held by a
+    /// process settling it right now.
+    #[error(
+        "run {run_id} is {} (pid {} on {}, lease until {}); wait for it, or stop that process and \
+         run `strata recover` again",
+        if holder.run_id == *run_id { "still running" } else { "held by another run" },
+        holder.pid, holder.host, holder.expires_at.to_rfc3339()
+    )]
+    StillRunning { run_id: String, holder: Box<crate::locks::LockInfo> },
+
+    /// A stopped run that may have flipped some of the partitions this run writes is not
+    /// settled yet (another process may be recovering it right now).
+    #[error(
+        "run {run_id} ({state}) stopped while publishing partitions this run writes and is not \
+         settled yet (another process may be recovering it right now); nothing was written. Run \
+         `strata recover`, then run again"
+    )]
+    Unsettled { run_id: String, state: crate::run_state::RunState },
+
     /// The run stalled past its lock's lease and another run took the lock over.
     #[error(
         "run {run_id} lost its lock: it stalled past its lease and another run took over; \
@@ -165,6 +184,8 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Locked { .. }
+            | Error::StillRunning { .. }
+            | Error::Unsettled { .. }
             | Error::LockLost { .. }
             | Error::Conflict { .. }
             | Error::RunMoved { .. } => ErrorClass::Busy,
@@ -186,6 +207,8 @@ impl Error {
             | Error::SchemaConflict { .. }
             | Error::Conflict { .. }
             | Error::Locked { .. }
+            | Error::StillRunning { .. }
+            | Error::Unsettled { .. }
             | Error::RunMoved { .. }
             | Error::LockLost { .. }
             | Error::BaseMoved { .. }

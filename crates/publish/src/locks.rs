@@ -144,6 +144,16 @@ pub fn process_alive(pid: u32, start: Option<u64>) -> Option<bool> {
     }
 }
 
+/// Whether two output boundaries (dataset → partition keys, empty: the whole dataset) share a
+/// partition (pure).
+pub fn overlap(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>) -> bool {
+    a.iter().any(|(ds, keys)| {
+        b.get(ds).is_some_and(|other| {
+            keys.is_empty() || other.is_empty() || keys.iter().any(|k| other.contains(k))
+        })
+    })
+}
+
 /// The lock objects for an output boundary: dataset → owned partition keys (empty: the whole
 /// dataset).
 pub fn lock_paths(boundary: &BTreeMap<String, Vec<String>>) -> Vec<(String, String, Path)> {
@@ -219,12 +229,6 @@ async fn release_paths(lake: &Lake, paths: &[Path], mine: impl Fn(&LockInfo) -> 
     }
 }
 
-/// Deletes whatever locks `run_id` still holds in `boundary` (for recovery of a dead run).
-pub async fn release_run(lake: &Lake, run_id: &str, boundary: &BTreeMap<String, Vec<String>>) {
-    let paths: Vec<Path> = lock_paths(boundary).into_iter().map(|(_, _, p)| p).collect();
-    release_paths(lake, &paths, |found| found.run_id == run_id).await;
-}
-
 /// The live lock `run_id` holds in `boundary`, if any: proof that the run is still going.
 pub async fn live_lock_of(
     lake: &Lake,
@@ -247,6 +251,14 @@ async fn read_lock(lake: &Lake, path: &Path) -> Result<Option<LockInfo>> {
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })
+}
+
+/// Deletes a lock; one that is gone already (its holder released it meanwhile) is fine.
+async fn delete_if_present(lake: &Lake, path: &Path) -> Result<()> {
+    match lake.store().delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(Error::store("delete", path, e)),
+    }
 }
 
 async fn create(lake: &Lake, path: &Path, info: &LockInfo) -> Result<bool> {
@@ -293,7 +305,7 @@ async fn take(lake: &Lake, path: &Path, info: &LockInfo, clock: Clock) -> Result
         if create(lake, &marker, info).await? {
             // Still the same stale holder? (It may have been replaced meanwhile.)
             if read_lock(lake, path).await?.as_ref() == Some(&found) {
-                lake.store().delete(path).await.map_err(|e| Error::store("delete", path, e))?;
+                delete_if_present(lake, path).await?;
             }
             let taken = create(lake, path, info).await?;
             let _ = lake.store().delete(&marker).await;
@@ -345,6 +357,9 @@ pub async fn acquire(
                 break;
             }
             Err(e) => {
+                // The store may have created the lock and only failed to say so: released
+                // below like the others (only if it is ours).
+                locks.paths.push(path);
                 failure = Some(e);
                 break;
             }
@@ -431,7 +446,7 @@ pub async fn sweep_stale(lake: &Lake, clock: Clock) -> Result<Vec<String>> {
             continue; // someone is taking it over right now
         }
         if read_lock(lake, &path).await?.as_ref() == Some(&info) {
-            lake.store().delete(&path).await.map_err(|e| Error::store("delete", &path, e))?;
+            delete_if_present(lake, &path).await?;
             removed.push(path.to_string());
         }
         let _ = lake.store().delete(&marker).await;
@@ -452,6 +467,23 @@ pub fn lease_from_env() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boundaries_overlap_on_a_shared_partition_or_a_whole_dataset() {
+        let b = |items: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+            items
+                .iter()
+                .map(|(d, ks)| (d.to_string(), ks.iter().map(|k| k.to_string()).collect()))
+                .collect()
+        };
+        let day1 = b(&[("orders", &["d=1"])]);
+        assert!(overlap(&day1, &b(&[("orders", &["d=1", "d=2"])])));
+        assert!(!overlap(&day1, &b(&[("orders", &["d=2"])])));
+        assert!(overlap(&day1, &b(&[("orders", &[])])), "the whole dataset");
+        assert!(overlap(&b(&[("orders", &[])]), &day1), "the whole dataset");
+        assert!(!overlap(&day1, &b(&[("customers", &[])])), "another dataset");
+        assert!(!overlap(&day1, &BTreeMap::new()));
+    }
     use chrono::TimeZone;
 
     fn info(host: &str, expires: i64) -> LockInfo {

@@ -160,12 +160,25 @@ pub struct Recovered {
     pub kept: u64,
 }
 
-/// A run recovery left alone because it is still running.
+/// A run recovery left alone because it is still running, or because another process holds
+/// its partitions (settling it, or running over them).
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveRun {
     pub run_id: String,
     pub state: RunState,
+    /// Who holds it: `still running: pid … on …` or `held by run … (pid … on …)`.
     pub holder: String,
+}
+
+impl LiveRun {
+    fn of(m: &RunManifest, holder: &locks::LockInfo) -> Self {
+        let holder = if holder.run_id == m.run_id {
+            format!("still running: pid {} on {}", holder.pid, holder.host)
+        } else {
+            format!("held by run {} (pid {} on {})", holder.run_id, holder.pid, holder.host)
+        };
+        LiveRun { run_id: m.run_id.clone(), state: m.state, holder }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -176,12 +189,14 @@ pub struct RecoveryReport {
     pub stale_locks_removed: Vec<String>,
 }
 
-/// Recovers every run that stopped before a terminal state (or only `only`).
+/// Recovers every run that stopped before a terminal state (or only `only`), holding each
+/// run's partition locks (for `lease`) while it settles it.
 pub async fn recover(
     lake: &Lake,
     only: Option<&str>,
     ctx: &RunContext,
     clock: Clock,
+    lease: std::time::Duration,
 ) -> Result<RecoveryReport> {
     let candidates: Vec<RunManifest> = match only {
         Some(id) => {
@@ -202,14 +217,7 @@ pub async fn recover(
             vec![latest]
         }
         // A run awaiting review is not stopped: it waits for `strata approve` or `strata reject`.
-        None => runs::open_runs(lake)
-            .await?
-            .into_iter()
-            .filter(|m| {
-                (!m.state.is_terminal() && m.state != RunState::AwaitingReview)
-                    || (m.state == RunState::Failed && m.cleanup)
-            })
-            .collect(),
+        None => runs::open_runs(lake).await?.into_iter().filter(|m| recoverable(m)).collect(),
     };
     let mut report = RecoveryReport::default();
     for m in candidates {
@@ -217,39 +225,68 @@ pub async fn recover(
             locks::live_lock_of(lake, &m.run_id, &m.output_boundary, clock()).await?
         {
             if only.is_some() {
-                return Err(Error::Usage(format!(
-                    "run {} is still running (pid {} on {}, lease until {}); wait for it, or stop \
-                     that process and run `strata recover` again",
-                    m.run_id, holder.pid, holder.host, holder.expires_at
-                )));
+                return Err(Error::StillRunning { run_id: m.run_id, holder: Box::new(holder) });
             }
-            report.live.push(LiveRun {
-                run_id: m.run_id.clone(),
-                state: m.state,
-                holder: format!("pid {} on {}", holder.pid, holder.host),
-            });
+            report.live.push(LiveRun::of(&m, &holder));
             continue;
         }
-        if m.state == RunState::Failed {
-            // Settled already; only its staging is left to remove.
-            let removed = clean_up_failed(lake, &m).await?;
-            report.recovered.push(Recovered {
-                run_id: m.run_id.clone(),
-                from: m.state,
-                to: m.state,
-                action: "finished removing the staging of a FAILED run".into(),
-                evidence: vec![format!("removed {removed} staged object(s)")],
-                removed,
-                kept: 0,
-            });
-            continue;
+        // The run's partitions are held while it is settled, so that two recoveries (or a
+        // recovery and a new run) never settle it at once.
+        let held = match locks::acquire(lake, &m.run_id, &m.output_boundary, lease, clock).await {
+            Ok(held) => held,
+            Err(Error::Locked { holder, .. }) => {
+                if only.is_some() {
+                    return Err(Error::StillRunning { run_id: m.run_id, holder });
+                }
+                report.live.push(LiveRun::of(&m, &holder));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let settled = settle(lake, m, ctx).await;
+        held.release().await;
+        if let Some(recovered) = settled? {
+            report.recovered.push(recovered);
         }
-        report.recovered.push(recover_run(lake, m, ctx).await?);
     }
     if only.is_none() {
         report.stale_locks_removed = locks::sweep_stale(lake, clock).await?;
     }
     Ok(report)
+}
+
+/// Settles one run whose partitions this process holds. The candidate was read before its
+/// locks were taken: a run that was live then may have settled since, so what it left is read
+/// again now that no live process can move it (a run takes its locks before its first entry).
+/// `None` when there is nothing left to do.
+async fn settle(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Option<Recovered>> {
+    let m = match runs::latest_entry(lake, &m.run_id).await? {
+        Some(now) if now.entry == m.entry => m,
+        Some(now) if recoverable(&now) => now,
+        _ => return Ok(None),
+    };
+    if m.state == RunState::Failed {
+        // Settled already; only its staging is left to remove.
+        let removed = clean_up_failed(lake, &m).await?;
+        return Ok(Some(Recovered {
+            run_id: m.run_id.clone(),
+            from: m.state,
+            to: m.state,
+            action: "finished removing the staging of a FAILED run".into(),
+            evidence: vec![format!("removed {removed} staged object(s)")],
+            removed,
+            kept: 0,
+        }));
+    }
+    recover_run(lake, m, ctx).await.map(Some)
+}
+
+/// Whether recovery settles a run whose latest entry is `m` (pure): a run that stopped before
+/// a terminal state, or a rejected run whose staging is still to be removed. A run awaiting
+/// review is not stopped: it waits for `strata approve` or `strata reject`.
+fn recoverable(m: &RunManifest) -> bool {
+    (!m.state.is_terminal() && m.state != RunState::AwaitingReview)
+        || (m.state == RunState::Failed && m.cleanup)
 }
 
 /// Removes the staging of a run recorded FAILED with [`RunManifest::cleanup`] set (a rejected
@@ -391,7 +428,6 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         Decision::RollForward(_) => unreachable!("settled above"),
     };
     let run_id = m.run_id.clone();
-    let boundary = m.output_boundary.clone();
     if to != from || to == RunState::Unknown {
         let mut log = RunLog::resume(lake, m);
         let ev = evidence.clone();
@@ -420,9 +456,6 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         } else {
             log.advance(to, ctx.now(), update).await?;
         }
-    }
-    if to != RunState::Unknown {
-        locks::release_run(lake, &run_id, &boundary).await;
     }
     Ok(Recovered { run_id, from, to, action, evidence, removed, kept })
 }
@@ -459,6 +492,22 @@ mod tests {
 
     fn views(items: Vec<(&str, DatasetView)>) -> BTreeMap<String, DatasetView> {
         items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    #[test]
+    fn recovery_settles_stopped_runs_and_unfinished_rejections_only() {
+        let m = |state: RunState, cleanup: bool| RunManifest {
+            state,
+            cleanup,
+            ..RunManifest::planned("r", "full", serde_json::Value::Null)
+        };
+        for state in [Planned, InputLocked, Running, Validating, Committing, Unknown] {
+            assert!(recoverable(&m(state, false)), "{state}");
+        }
+        for state in [AwaitingReview, Published, Failed] {
+            assert!(!recoverable(&m(state, false)), "{state}");
+        }
+        assert!(recoverable(&m(Failed, true)));
     }
 
     #[test]

@@ -158,9 +158,8 @@ fn two_approvals_of_one_run_publish_it_once_s3() {
 /// Case 4: a run held for review, then a newer run publishes a new order. Approving the held
 /// run would publish its older rows over the newer ones: it is refused (exit 5, naming the
 /// dataset and what moved), the new order stays, and the held run can still be rejected.
-#[test]
-fn approving_a_held_run_after_a_newer_run_published_is_refused() {
-    let env = Env::new();
+fn stale_approval_on(make: impl Fn() -> Env) {
+    let env = make();
     let id = held(&env);
     // The newer run: a new order, and the gate no longer holds (a person changed it).
     let toml = env.path("shop/strata.toml");
@@ -198,13 +197,24 @@ fn approving_a_held_run_after_a_newer_run_published_is_refused() {
     assert_sound(&env);
 }
 
+#[test]
+fn approving_a_held_run_after_a_newer_run_published_is_refused() {
+    stale_approval_on(Env::new);
+}
+
+#[test]
+fn approving_a_held_run_after_a_newer_run_published_is_refused_s3() {
+    if Env::s3().is_some() {
+        stale_approval_on(|| Env::s3().unwrap());
+    }
+}
+
 /// Case 5: a run dies after its first flip (customers); an operator rolls customers back; then
 /// recovery must not roll the run's other datasets forward onto that base. Nothing of the run
 /// is visible, so it is marked FAILED, the rolled-back version's files are kept for history,
 /// and a rerun publishes normally.
-#[test]
-fn recovery_does_not_roll_forward_onto_a_base_that_was_rolled_back() {
-    let env = Env::new();
+fn no_roll_forward_onto_rolled_back_base_on(make: impl Fn() -> Env) {
+    let env = make();
     let toml = crate::pipeline::shop(&env, 2, &[]);
     let toml = toml.to_str().unwrap();
     env.ok(&["run", "--pipeline", toml]);
@@ -237,6 +247,18 @@ fn recovery_does_not_roll_forward_onto_a_base_that_was_rolled_back() {
     env.ok(&["verify", "customers", "--version", "2"]);
     env.ok(&["run", "--pipeline", toml, "--force"]);
     assert_sound(&env);
+}
+
+#[test]
+fn recovery_does_not_roll_forward_onto_a_base_that_was_rolled_back() {
+    no_roll_forward_onto_rolled_back_base_on(Env::new);
+}
+
+#[test]
+fn recovery_does_not_roll_forward_onto_a_base_that_was_rolled_back_s3() {
+    if Env::s3().is_some() {
+        no_roll_forward_onto_rolled_back_base_on(|| Env::s3().unwrap());
+    }
 }
 
 /// Runs over disjoint windows at once (`--only daily_revenue --date D`, no lookback) all
@@ -355,10 +377,9 @@ fn recover_and_run_racing_settle_a_killed_run_once_s3() {
 /// `strata recover` race. Recovery never finishes the run on a base the rollback moved: the run
 /// ends PUBLISHED (recovery finished first, then the rollback applied) or FAILED (the rollback
 /// came first), never UNKNOWN, and everything current verifies.
-#[test]
-fn rollback_and_recover_racing_never_leave_a_run_on_a_moved_base() {
-    for _ in 0..trials(3) {
-        let env = Env::new();
+fn rollback_and_recover_on(make: impl Fn() -> Env, n: usize) {
+    for _ in 0..n {
+        let env = make();
         let toml = crate::pipeline::shop(&env, 2, &[]);
         let toml = toml.to_str().unwrap();
         env.ok(&["run", "--pipeline", toml]);
@@ -389,14 +410,25 @@ fn rollback_and_recover_racing_never_leave_a_run_on_a_moved_base() {
     }
 }
 
+#[test]
+fn rollback_and_recover_racing_never_leave_a_run_on_a_moved_base() {
+    rollback_and_recover_on(Env::new, trials(3));
+}
+
+#[test]
+fn rollback_and_recover_racing_never_leave_a_run_on_a_moved_base_s3() {
+    if Env::s3().is_some() {
+        rollback_and_recover_on(|| Env::s3().unwrap(), trials(1));
+    }
+}
+
 /// An approval of a held run races a newer run that publishes a new order: the new order is
 /// never lost. Either the approval goes first and the newer run publishes on top of it, or the
 /// newer run goes first and the approval is refused (exit 5), or one of them finds the other
 /// holding the partitions (exit 4).
-#[test]
-fn approving_an_old_held_run_while_a_newer_run_publishes_never_loses_the_newer_data() {
-    for _ in 0..trials(3) {
-        let env = Env::new();
+fn old_approval_and_newer_run_on(make: impl Fn() -> Env, n: usize) {
+    for _ in 0..n {
+        let env = make();
         let id = held(&env);
         let toml = env.path("shop/strata.toml");
         let text = std::fs::read_to_string(&toml).unwrap().replace("MANUAL_REVIEW", "WARN");
@@ -432,6 +464,18 @@ fn approving_an_old_held_run_while_a_newer_run_publishes_never_loses_the_newer_d
         }
         env.ok(&["run", "--pipeline", toml]);
         assert_sound(&env);
+    }
+}
+
+#[test]
+fn approving_an_old_held_run_while_a_newer_run_publishes_never_loses_the_newer_data() {
+    old_approval_and_newer_run_on(Env::new, trials(3));
+}
+
+#[test]
+fn approving_an_old_held_run_while_a_newer_run_publishes_never_loses_the_newer_data_s3() {
+    if Env::s3().is_some() {
+        old_approval_and_newer_run_on(|| Env::s3().unwrap(), trials(1));
     }
 }
 

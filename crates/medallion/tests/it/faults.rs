@@ -46,6 +46,11 @@ fn a_day_later() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::days(1)
 }
 
+/// Later still: the locks a faulted recovery (which ran a day later) left have expired too.
+fn two_days_later() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::days(2)
+}
+
 /// The example pipeline, copied into a temporary directory, optionally with the
 /// `amount_positive` rule (which order 1004 fails) at `severity`.
 fn shop(severity: Option<&str>) -> (tempfile::TempDir, Pipeline) {
@@ -230,9 +235,15 @@ async fn a_fault_at_any_store_operation_of_a_run_is_settled_by_recovery_and_a_re
         if hit.is_some() {
             fired += 1;
         }
-        recover::recover(&lake, None, &ctx("recovery"), a_day_later)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+        recover::recover(
+            &lake,
+            None,
+            &ctx("recovery"),
+            a_day_later,
+            strata_publish::locks::DEFAULT_LEASE,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
         let again = run(&lake, &p, "r2", a_day_later)
             .await
             .unwrap_or_else(|e| panic!("{what}: the rerun failed: {e}"));
@@ -276,9 +287,15 @@ async fn a_fault_during_approve_or_reject_leaves_the_run_decided_or_undecided_ne
                 first.as_ref().err().map(|e| e.to_string())
             );
             // Settle as an operator would: recover; if the run is still held, decide again.
-            recover::recover(&lake, None, &ctx("recovery"), a_day_later)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+            recover::recover(
+                &lake,
+                None,
+                &ctx("recovery"),
+                a_day_later,
+                strata_publish::locks::DEFAULT_LEASE,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
             let state = runs::latest_entry(&lake, "held").await.unwrap().unwrap().state;
             if state == RunState::AwaitingReview {
                 decide(verb, &lake, a_day_later)
@@ -377,22 +394,43 @@ async fn a_fault_during_recovery_is_settled_by_recovering_again() {
         // Count recovery's operations on this lake, then enumerate faults over them.
         let snapshot = copy_of(&lake).await;
         let (count_store, count_lake) = snapshot_lake(&snapshot).await;
-        recover::recover(&count_lake, None, &ctx("recovery"), a_day_later).await.unwrap();
+        recover::recover(
+            &count_lake,
+            None,
+            &ctx("recovery"),
+            a_day_later,
+            strata_publish::locks::DEFAULT_LEASE,
+        )
+        .await
+        .unwrap();
         let plan = faults(&counts(&count_store));
         for fault in plan {
             let (store, lake) = snapshot_lake(&snapshot).await;
             store.arm(fault);
-            let first = recover::recover(&lake, None, &ctx("recovery"), a_day_later).await;
+            let first = recover::recover(
+                &lake,
+                None,
+                &ctx("recovery"),
+                a_day_later,
+                strata_publish::locks::DEFAULT_LEASE,
+            )
+            .await;
             let hit = store.fired();
             store.disarm();
             let what = format!(
                 "write #{nth} failed, then recovery {fault:?} ({hit:?}, {:?})",
                 first.as_ref().err().map(|e| e.to_string())
             );
-            recover::recover(&lake, None, &ctx("recovery2"), a_day_later)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: recovering again failed: {e}"));
-            let again = run(&lake, &p, "r2", a_day_later)
+            recover::recover(
+                &lake,
+                None,
+                &ctx("recovery2"),
+                two_days_later,
+                strata_publish::locks::DEFAULT_LEASE,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{what}: recovering again failed: {e}"));
+            let again = run(&lake, &p, "r2", two_days_later)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: the rerun failed: {e}"));
             assert_eq!(again.state, RunState::Published, "{what}");
