@@ -217,7 +217,7 @@ pub async fn recover(
             vec![latest]
         }
         // A run awaiting review is not stopped: it waits for `strata approve` or `strata reject`.
-        None => runs::open_runs(lake).await?.into_iter().filter(|m| recoverable(m)).collect(),
+        None => runs::open_runs(lake).await?.into_iter().filter(recoverable).collect(),
     };
     let mut report = RecoveryReport::default();
     for m in candidates {
