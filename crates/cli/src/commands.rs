@@ -22,7 +22,7 @@ use crate::cli::{
 };
 use crate::output;
 use crate::settings::{run_context, Settings};
-use crate::user_error;
+use crate::{check_failed, user_error};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_cli(&cli);
@@ -572,7 +572,7 @@ async fn verify(
         return Ok(ExitCode::SUCCESS);
     }
     out.flush()?;
-    Err(user_error!(
+    Err(check_failed!(
         "{} of {} file(s) of {} version {} are missing or changed; restore them from a backup, or \
          `strata rollback {}` to a version that verifies",
         report.problems.len(),

@@ -25,6 +25,25 @@ impl std::fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
+/// The data failed a check the command made (verification, a comparison of totals): printed
+/// as one line, exit code 3.
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+/// Shorthand for returning a [`CheckFailed`].
+#[macro_export]
+macro_rules! check_failed {
+    ($($arg:tt)*) => { anyhow::Error::new($crate::CheckFailed(format!($($arg)*))) };
+}
+
 /// Shorthand for returning a [`UserError`].
 #[macro_export]
 macro_rules! user_error {
@@ -91,31 +110,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code: a problem with what was asked for (flags, strata.toml, an unknown dataset or run)
+/// or with the input or lake named; the message says what to fix.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the data failed a check (a FAIL_RUN gate, reconciliation, verification); nothing
+/// was published.
+pub const EXIT_CHECK_FAILED: u8 = 3;
 /// Exit code: another process holds or moved what the command needed; retry later.
 pub const EXIT_BUSY: u8 = 4;
-/// Exit code: durable state needs a decision only a person can make.
+/// Exit code: durable state needs a decision only a person can make (a run held for review, a
+/// run left UNKNOWN, an approval whose datasets moved).
 pub const EXIT_NEEDS_PERSON: u8 = 5;
+
+/// The class of the first typed error in the chain.
+fn class_of(err: &anyhow::Error) -> Option<strata_publish::ErrorClass> {
+    err.chain().find_map(|e| {
+        e.downcast_ref::<strata_runs::Error>()
+            .map(|e| e.class())
+            .or_else(|| e.downcast_ref::<strata_publish::Error>().map(|e| e.class()))
+            .or_else(|| e.downcast_ref::<strata_medallion::Error>().map(|e| e.class()))
+    })
+}
 
 /// Prints an error the way its kind deserves and picks the exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(err) {
         return ExitCode::SUCCESS;
     }
-    let class = err.chain().find_map(|e| {
-        e.downcast_ref::<strata_publish::Error>()
-            .map(|e| e.class())
-            .or_else(|| e.downcast_ref::<strata_medallion::Error>().map(|e| e.class()))
-    });
-    match class {
-        Some(strata_publish::ErrorClass::Busy) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_BUSY);
-        }
-        Some(strata_publish::ErrorClass::NeedsPerson) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_NEEDS_PERSON);
-        }
-        _ => {}
+    let code = match class_of(err) {
+        Some(strata_publish::ErrorClass::Busy) => Some(EXIT_BUSY),
+        Some(strata_publish::ErrorClass::NeedsPerson) => Some(EXIT_NEEDS_PERSON),
+        Some(strata_publish::ErrorClass::CheckFailed) => Some(EXIT_CHECK_FAILED),
+        _ if err.chain().any(|e| e.is::<CheckFailed>()) => Some(EXIT_CHECK_FAILED),
+        _ => None,
+    };
+    if let Some(code) = code {
+        eprintln!("error: {err}");
+        return ExitCode::from(code);
     }
     if let Some(problem) = err.chain().find_map(strata_publish::error::io_problem) {
         let cause = err.chain().last().map(|c| c.to_string()).unwrap_or_default();
@@ -123,11 +154,11 @@ fn report(err: &anyhow::Error) -> ExitCode {
             "error: {problem} ({cause}) while trying to: {err}. Fix that, then run `strata \
              recover` (it settles anything left half done) and run the command again"
         );
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     }
     if is_user_error(err) {
         eprintln!("error: {err}");
-        ExitCode::from(2)
+        ExitCode::from(EXIT_USAGE)
     } else {
         eprintln!("error: {err:#}");
         eprintln!("This is unexpected. If it persists, report it with the command that caused it.");
@@ -138,6 +169,8 @@ fn report(err: &anyhow::Error) -> ExitCode {
 fn is_user_error(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<UserError>().is_some()
+            || e.downcast_ref::<strata_runs::Error>()
+                .is_some_and(|e| e.class() == strata_publish::ErrorClass::User)
             || e.downcast_ref::<strata_publish::Error>().is_some_and(|e| e.is_user_error())
             || e.downcast_ref::<strata_medallion::Error>().is_some_and(|e| e.is_user_error())
             || e.downcast_ref::<strata_land::Error>().is_some_and(|e| e.is_user_error())

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use chrono::NaiveDate;
 use strata_medallion::pipeline::Pipeline;
-use strata_medallion::run::run_pipeline;
 use strata_medallion::stages::{RunOptions, StageReport, Window};
 use strata_publish::OpenMode;
+use strata_runs::driver::run_pipeline;
 
 use crate::cli::{InitArgs, RunArgs};
 use crate::output;
@@ -115,7 +115,7 @@ pub async fn run(
             for l in &lines {
                 writeln!(out, "{l}")?;
             }
-            let state = strata_publish::runs::latest_entry(&lake, ctx.run_id())
+            let state = strata_runs::log::latest_entry(&lake, ctx.run_id())
                 .await
                 .ok()
                 .flatten()
@@ -123,7 +123,7 @@ pub async fn run(
             // A FAILED run published nothing and its error says what to do; any other state
             // needs recovery.
             let hint = match state {
-                Some(strata_publish::run_state::RunState::Failed) | None => String::new(),
+                Some(strata_runs::run_state::RunState::Failed) | None => String::new(),
                 Some(other) => format!(
                     "run {} is {other}; run `strata recover --run {}` to settle it",
                     ctx.run_id(),
@@ -172,7 +172,7 @@ pub async fn run(
     for f in summary.stages.iter().flat_map(|r| &r.findings) {
         writeln!(out, "{:<17} {} {}: {}", f.severity, f.dataset, f.source, f.detail)?;
     }
-    if summary.state == strata_publish::run_state::RunState::AwaitingReview {
+    if summary.state == strata_runs::run_state::RunState::AwaitingReview {
         writeln!(
             out,
             "run {id} is AWAITING_REVIEW: its output is staged and checked, and held for a \
@@ -180,7 +180,8 @@ pub async fn run(
              discards it",
             id = summary.run_id
         )?;
-        return Ok(ExitCode::SUCCESS);
+        // Not a success: nothing was published, and a person has to decide.
+        return Ok(ExitCode::from(crate::EXIT_NEEDS_PERSON));
     }
     let total_ms: u64 = summary.stages.iter().map(|r| r.millis).sum();
     writeln!(

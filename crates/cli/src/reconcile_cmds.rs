@@ -230,7 +230,7 @@ pub async fn reconcile(
             differences.len(),
             if args.json { " (\"differences\")" } else { "" }
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(crate::EXIT_CHECK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -242,7 +242,7 @@ pub async fn approve(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ctx = run_context()?;
-    let published = strata_medallion::run::approve(
+    let published = strata_runs::driver::approve(
         &lake,
         &args.run_id,
         ctx.now(),
@@ -268,7 +268,7 @@ pub async fn reject(
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ctx = run_context()?;
     let removed =
-        strata_medallion::run::reject(&lake, &args.run_id, ctx.now(), args.note.clone()).await?;
+        strata_runs::driver::reject(&lake, &args.run_id, ctx.now(), args.note.clone()).await?;
     writeln!(
         out,
         "run {} rejected: FAILED, {removed} staged object(s) removed, nothing published",

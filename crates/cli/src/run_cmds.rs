@@ -4,10 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use strata_publish::locks::lease_from_env;
-use strata_publish::recover::{recover, RecoveryReport};
-use strata_publish::run_state::RunState;
-use strata_publish::runs::{list_runs, run_log, RunManifest};
 use strata_publish::{Lake, OpenMode, RunContext};
+use strata_runs::log::{list_runs, run_log, RunManifest};
+use strata_runs::recover::{recover, RecoveryReport};
+use strata_runs::run_state::RunState;
 
 use crate::cli::{RecoverArgs, RunsArgs, ShowRunArgs};
 use crate::output;

@@ -22,6 +22,14 @@ pub enum Error {
     #[error("{message}")]
     Quality { message: String },
 
+    /// What a stage wrote does not reconcile with what it read: nothing was published.
+    #[error("{message}")]
+    Reconciliation { message: String },
+
+    /// An invariant of strata's own code failed (a bug): the message says where.
+    #[error("{message}; this is a bug in strata: please report it")]
+    Internal { message: String },
+
     /// A data file named by the version record is missing from the store.
     #[error(
         "a data file is missing ({detail}); run `strata verify <dataset>` to list every missing \
@@ -61,6 +69,9 @@ impl Error {
     pub fn class(&self) -> strata_publish::ErrorClass {
         match self {
             Error::Lake(e) => e.class(),
+            Error::Quality { .. } | Error::Damaged { .. } | Error::Reconciliation { .. } => {
+                strata_publish::ErrorClass::CheckFailed
+            }
             e if e.is_user_error() => strata_publish::ErrorClass::User,
             _ => strata_publish::ErrorClass::Internal,
         }
@@ -73,11 +84,12 @@ impl Error {
             Error::Land(e) => e.is_user_error(),
             Error::Sql { .. }
             | Error::Quality { .. }
+            | Error::Reconciliation { .. }
             | Error::MissingFile { .. }
             | Error::OutOfMemory { .. }
             | Error::Damaged { .. }
             | Error::CorruptFile { .. } => true,
-            Error::DataFusion(_) => false,
+            Error::DataFusion(_) | Error::Internal { .. } => false,
         }
     }
 }

@@ -24,7 +24,6 @@ pub use catalog::{
     LAKE_URL,
 };
 pub mod pipeline;
-pub mod run;
 pub mod stages;
 mod udf;
 pub use error::{Error, Result};

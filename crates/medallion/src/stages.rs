@@ -41,7 +41,7 @@ impl Window {
     }
 
     /// Widened to whole months (for month grain).
-    pub(crate) fn whole_months(&self) -> Window {
+    pub fn whole_months(&self) -> Window {
         let from = NaiveDate::from_ymd_opt(self.from.year(), self.from.month(), 1).expect("valid");
         let next = if self.to.month() == 12 {
             NaiveDate::from_ymd_opt(self.to.year() + 1, 1, 1)
@@ -136,7 +136,7 @@ pub struct SumParts {
 }
 
 /// A DataFusion session with the lake's store, the memory limit and spilling.
-pub(crate) fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContext> {
+pub fn session(lake: &Lake, options: &RunOptions) -> Result<SessionContext> {
     let limit = if options.memory_limit == 0 {
         crate::pipeline::DEFAULT_MEMORY_LIMIT
     } else {
@@ -168,7 +168,7 @@ fn scratch(session: &SessionContext) -> SessionContext {
 
 /// Lands the files of a source that are new, and returns the source's index of raw batches
 /// (not written yet: the caller saves it once the batches' date ranges are in it too).
-pub(crate) async fn land_source(
+pub async fn land_source(
     lake: &Lake,
     pipeline: &Pipeline,
     name: &str,
@@ -250,7 +250,7 @@ pub async fn forget_input_identities(lake: &Lake, pipeline: &Pipeline) -> Result
 /// from the source's index (which reads only the chunks that may hold the window); a batch the
 /// index has no range for is scanned once, and its range recorded in the index (the caller saves
 /// it).
-pub(crate) async fn batches_for_window(
+pub async fn batches_for_window(
     session: &SessionContext,
     lake: &Lake,
     pipeline: &Pipeline,
@@ -552,7 +552,7 @@ fn date_literal(d: NaiveDate) -> String {
 }
 
 /// Partition keys of a day- or month-grain dataset for a window.
-pub(crate) fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
+pub fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
     window
         .days()
         .map(|d| {
@@ -566,7 +566,7 @@ pub(crate) fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<
 }
 
 /// The partition column of a dataset: the business date, or `<date>_month` for month grain.
-pub(crate) fn partition_column(business_date: &str, grain: &str) -> String {
+pub fn partition_column(business_date: &str, grain: &str) -> String {
     if grain == "month" {
         format!("{business_date}_month")
     } else {
@@ -575,7 +575,7 @@ pub(crate) fn partition_column(business_date: &str, grain: &str) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn clean(
+pub async fn clean(
     lake: &Lake,
     session: &SessionContext,
     pipeline: &Pipeline,
@@ -822,8 +822,8 @@ pub(crate) async fn clean(
         Err(e) => {
             a_ds.discard(ctx.run_id(), 0).await;
             q_ds.discard(ctx.run_id(), 0).await;
-            return Err(Error::Sql {
-                message: format!("cleaned.{name}: the writer task failed: {e}; run again"),
+            return Err(Error::Internal {
+                message: format!("cleaned.{name}: the writer task failed: {e}"),
             });
         }
     };
@@ -952,7 +952,7 @@ pub(crate) async fn clean(
     {
         q_ds.discard(ctx.run_id(), 0).await;
         a_ds.discard(ctx.run_id(), 0).await;
-        return Err(Error::Sql {
+        return Err(Error::Reconciliation {
             message: format!(
                 "cleaned.{name}: counts do not reconcile (input {input}, accepted {accepted} but \
                  staged {written} + withheld {withheld}, quarantined {quarantined} but staged \
@@ -1107,8 +1107,10 @@ impl CleanPass {
         let rule = b.column(rule_i);
         let quar = arrow::compute::is_not_null(rule)?;
         let ok = arrow::compute::is_null(rule)?;
-        let ranker =
-            self.keys.as_mut().ok_or_else(|| Error::Sql { message: "no key ranker".into() })?;
+        let ranker = self
+            .keys
+            .as_mut()
+            .ok_or_else(|| Error::Internal { message: "no key ranker".into() })?;
         let acc = ranker.first_of_key(b, &ok)?;
         let dup = arrow::compute::and(&ok, &arrow::compute::not(&acc)?)?;
         Ok((acc, quar, dup))
@@ -1141,7 +1143,7 @@ impl CleanPass {
         }
         for (k, &ci) in flag_cols.iter().enumerate() {
             let flag = b.column(ci).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
-                Error::Sql { message: "a rule's flag column is not boolean".into() }
+                Error::Internal { message: "a rule's flag column is not boolean".into() }
             })?;
             let failing = arrow::compute::and(flag, acc)?;
             self.flag_rows[k] += failing.true_count() as u64;
@@ -1211,7 +1213,7 @@ fn exact_sum(a: &ArrayRef, column: &str) -> Result<(i128, i8)> {
 
 /// Staged output of a stage, with how it is to be published.
 #[derive(Debug, Clone)]
-pub(crate) struct Output {
+pub struct Output {
     pub ds: Dataset,
     pub staged: Staged,
     pub options: PublishOptions,
@@ -1253,7 +1255,7 @@ async fn stage_stream(
 /// Computes a model and stages its output. `inputs` are the records this run prepared for its
 /// dependencies (not yet published); other dependencies are read at their current version.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn model(
+pub async fn model(
     lake: &Lake,
     options: &RunOptions,
     pipeline: &Pipeline,

@@ -21,13 +21,13 @@ use crate::deletion::{self, Holder, RecordFound, Referenced};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::layout;
+use crate::model::Base;
 use crate::model::{
     Checkpoint, ChunkRef, FileEntry, Flip, FlipKind, PartitionChunk, PartitionEntry, RecordHead,
     VersionBrief, VersionRecord, CHECKPOINT_FORMAT, CHUNK_FORMAT, FLIP_FORMAT, VERSION_FORMAT,
     VERSION_FORMAT_V1,
 };
 use crate::protocol;
-use crate::runs::Base;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
 
 /// A pointer checkpoint is written every this many flips.

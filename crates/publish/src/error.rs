@@ -80,46 +80,12 @@ pub enum Error {
     )]
     Locked { what: String, holder: Box<crate::locks::LockInfo> },
 
-    /// The run named is still running (its lock is live), or its partitions are held by a
-    /// process settling it right now.
-    #[error(
-        "run {run_id} is {} (pid {} on {}, lease until {}); wait for it, or stop that process and \
-         run `strata recover` again",
-        if holder.run_id == *run_id { "still running" } else { "held by another run" },
-        holder.pid, holder.host, holder.expires_at.to_rfc3339()
-    )]
-    StillRunning { run_id: String, holder: Box<crate::locks::LockInfo> },
-
-    /// A stopped run that may have flipped some of the partitions this run writes is not
-    /// settled yet (another process may be recovering it right now).
-    #[error(
-        "run {run_id} ({state}) stopped while publishing partitions this run writes and is not \
-         settled yet (another process may be recovering it right now); nothing was written. Run \
-         `strata recover`, then run again"
-    )]
-    Unsettled { run_id: String, state: crate::run_state::RunState },
-
     /// The run stalled past its lock's lease and another run took the lock over.
     #[error(
         "run {run_id} lost its lock: it stalled past its lease and another run took over; \
          nothing more of it will be published. Run it again"
     )]
     LockLost { run_id: String },
-
-    /// Another process moved the run first: it created entry `entry` of the run's log, which
-    /// this process was about to create. This process stopped before doing anything.
-    #[error(
-        "run {run_id} was moved by another process at the same moment (it wrote entry {entry} of \
-         the run's log first); this command did nothing. `strata show-run {run_id}` shows where \
-         the run is now"
-    )]
-    RunMoved { run_id: String, entry: u32 },
-
-    /// A run's output was validated against a version of a dataset that is no longer current,
-    /// and what the run writes changed since: publishing it would overwrite newer data, or
-    /// publish it on a base another of its datasets no longer matches.
-    #[error("run {run_id} cannot publish {dataset:?}: {detail}. Nothing more of the run was published; {next}")]
-    BaseMoved { run_id: String, dataset: String, detail: String, next: String },
 
     /// An input the user named cannot be read as what it should be.
     #[error("cannot read {path}: {detail}")]
@@ -173,6 +139,9 @@ pub enum ErrorClass {
     User,
     /// Another process holds or moved what this one needed: retry later.
     Busy,
+    /// The data failed a check (a FAIL_RUN gate, reconciliation, verification): nothing was
+    /// published.
+    CheckFailed,
     /// Durable state needs a decision only a person can make.
     NeedsPerson,
     /// strata or the machine failed.
@@ -183,13 +152,9 @@ impl Error {
     /// What a scheduler should do about this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Locked { .. }
-            | Error::StillRunning { .. }
-            | Error::Unsettled { .. }
-            | Error::LockLost { .. }
-            | Error::Conflict { .. }
-            | Error::RunMoved { .. } => ErrorClass::Busy,
-            Error::BaseMoved { .. } => ErrorClass::NeedsPerson,
+            Error::Locked { .. } | Error::LockLost { .. } | Error::Conflict { .. } => {
+                ErrorClass::Busy
+            }
             e if e.is_user_error() => ErrorClass::User,
             _ => ErrorClass::Internal,
         }
@@ -207,11 +172,7 @@ impl Error {
             | Error::SchemaConflict { .. }
             | Error::Conflict { .. }
             | Error::Locked { .. }
-            | Error::StillRunning { .. }
-            | Error::Unsettled { .. }
-            | Error::RunMoved { .. }
             | Error::LockLost { .. }
-            | Error::BaseMoved { .. }
             | Error::InvalidInput { .. }
             | Error::Usage(_)
             | Error::Lake { .. } => true,
@@ -223,11 +184,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn store(
-        op: &'static str,
-        path: impl ToString,
-        source: object_store::Error,
-    ) -> Self {
+    pub fn store(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
         Error::Store { op, path: path.to_string(), source }
     }
 }

@@ -57,9 +57,6 @@ pub mod locks;
 pub mod model;
 pub mod names;
 pub mod protocol;
-pub mod recover;
-pub mod run_state;
-pub mod runs;
 mod writer;
 
 pub use context::RunContext;

@@ -254,3 +254,11 @@ pub struct Flip {
     /// The version that `to` names.
     pub version: VersionBrief,
 }
+
+/// The pointer of a dataset as a run found it before preparing anything: recovery looks for the
+/// run's flips after `seq` and its leftover records above `max_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Base {
+    pub seq: u64,
+    pub max_version: u64,
+}

@@ -12,8 +12,13 @@ fn published(env: &Env) {
 /// Runs `args`, expects a one-line user error containing every `needle`, and checks that the
 /// lake is byte-for-byte unchanged.
 fn refused(env: &Env, args: &[&str], needles: &[&str]) -> String {
+    refused_with(2, env, args, needles)
+}
+
+/// Like [`refused`], with exit code `code`.
+fn refused_with(code: i32, env: &Env, args: &[&str], needles: &[&str]) -> String {
     let before = env.snapshot();
-    let line = env.user_error(args);
+    let line = env.fails(code, args);
     for n in needles {
         assert!(line.contains(n), "{args:?}: {line:?} should mention {n:?}");
     }
@@ -87,7 +92,7 @@ fn missing_or_changed_data_file() {
         refused(&env, &["query", "SELECT count(*) FROM orders"], &["missing", "strata verify"]);
     assert!(!line.contains("panick"), "{line}");
     let out = env.run(&["verify", "orders"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "verification failed: exit 3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let rel = files[0].split("/lake/").nth(1).unwrap();
     assert!(stdout.contains(&format!("{rel}: missing")), "{stdout}");
@@ -98,7 +103,7 @@ fn missing_or_changed_data_file() {
     bytes[10] ^= 0xff;
     std::fs::write(&files[1], bytes).unwrap();
     let out = env.run(&["verify", "orders", "--json"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems: Vec<&str> = v["report"]["problems"]
         .as_array()
@@ -206,7 +211,9 @@ fn a_damaged_published_file_is_refused_on_read() {
         bytes[at] ^= 0x04;
         std::fs::write(&files[0], &bytes).unwrap();
         let rel = files[0].split("/lake/").nth(1).unwrap();
-        let line = refused(
+        // A failed read check: exit 3, the data failed a check.
+        let line = refused_with(
+            3,
             &env,
             &["query", "SELECT sum(amount) AS s FROM orders"],
             &[rel, "is damaged", "strata verify"],
@@ -214,7 +221,7 @@ fn a_damaged_published_file_is_refused_on_read() {
         assert!(line.contains("CRC-32"), "byte {at}: {line}");
     }
     std::fs::write(&files[0], &original[..n - 100]).unwrap();
-    refused(&env, &["query", "SELECT count(*) FROM orders"], &["is damaged"]);
+    refused_with(3, &env, &["query", "SELECT count(*) FROM orders"], &["is damaged"]);
     std::fs::write(&files[0], &original).unwrap();
     env.ok(&["query", "SELECT count(*) FROM orders"]);
 }

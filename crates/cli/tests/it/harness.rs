@@ -94,6 +94,26 @@ impl Env {
         self.fails(2, args)
     }
 
+    /// Runs `strata <args>`, asserts exit code 3 (the data failed a check) with a one-line
+    /// error, and returns that line.
+    pub fn check_failed(&self, args: &[&str]) -> String {
+        self.fails(3, args)
+    }
+
+    /// Runs `strata run …` that ends with its output held for review: asserts exit code 5
+    /// (needs a person, nothing published) and returns stdout.
+    pub fn held(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "strata {args:?}: expected exit 5 (held for review), stdout: {}, stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
     /// Runs `strata <args>`, asserts exit code 4 (busy: retry later) with a one-line error.
     pub fn busy(&self, args: &[&str]) -> String {
         self.fails(4, args)

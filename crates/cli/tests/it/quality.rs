@@ -113,7 +113,7 @@ fn each_severity_has_its_effect_on_what_is_published() {
     // FAIL_RUN: nothing is published; the run is FAILED and says why.
     let env = Env::new();
     let toml = shop_with(&env, "FAIL_RUN");
-    let line = env.user_error(&["run", "--pipeline", &toml]);
+    let line = env.check_failed(&["run", "--pipeline", &toml]);
     assert!(
         line.contains("amount_positive")
             && line.contains("FAIL_RUN")
@@ -126,7 +126,7 @@ fn each_severity_has_its_effect_on_what_is_published() {
     // MANUAL_REVIEW: staged and held; approve publishes it, reject discards it.
     let env = Env::new();
     let toml = shop_with(&env, "MANUAL_REVIEW");
-    let out = env.ok(&["run", "--pipeline", &toml]);
+    let out = env.held(&["run", "--pipeline", &toml]);
     assert!(out.contains("AWAITING_REVIEW") && out.contains("strata approve"), "{out}");
     let held = latest_run(&env);
     assert_eq!(held["state"], "AWAITING_REVIEW");
@@ -141,7 +141,7 @@ fn each_severity_has_its_effect_on_what_is_published() {
     let line = env.user_error(&["approve", &id]);
     assert!(line.contains("not AWAITING_REVIEW"), "{line}");
     // Held again (a new run), then rejected: nothing more is published and nothing is left.
-    let out = env.ok(&["run", "--pipeline", &toml, "--force"]);
+    let out = env.held(&["run", "--pipeline", &toml, "--force"]);
     assert!(out.contains("AWAITING_REVIEW"), "{out}");
     let id = latest_run(&env)["run_id"].as_str().unwrap().to_string();
     let out = env.ok(&["reject", &id, "--note", "bad export"]);
@@ -176,7 +176,7 @@ fn gates_on_thresholds() {
         r#"max_quarantine_rate = 0.10, severity = "FAIL_RUN""#,
     );
     std::fs::write(&toml, text).unwrap();
-    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+    let line = env.check_failed(&["run", "--pipeline", toml.to_str().unwrap()]);
     assert!(line.contains("gate quarantine_rate") && line.contains("25.00% > 10.00%"), "{line}");
     assert!(env.run(&["versions", "orders"]).status.code() == Some(2));
     // At WARN it publishes and says so.
@@ -199,7 +199,7 @@ fn the_invariant_catches_an_injected_lost_or_duplicated_row() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{fault}: {stderr}");
+        assert_eq!(out.status.code(), Some(3), "{fault}: the data failed a check: {stderr}");
         assert!(stderr.contains("nothing was published"), "{fault}: {stderr}");
         match fault {
             "lose-row" => assert!(stderr.contains("accepted 12 but staged 11"), "{stderr}"),
@@ -236,7 +236,7 @@ reconcile = [{ column = "revenue", equals = "orders.amount" }]"#,
     );
     std::fs::write(&toml, text).unwrap();
     // daily_revenue leaves out refunded orders, so its revenue is not the sum of all amounts.
-    let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+    let line = env.check_failed(&["run", "--pipeline", toml.to_str().unwrap()]);
     assert!(
         line.contains("daily_revenue: sum(revenue) = sum(orders.amount) (329.80 = 334.80)"),
         "{line}"
@@ -284,18 +284,19 @@ fn reconcile_hashes_ignore_order_and_files_and_catch_changes() {
     let (a, b) = (totals("a"), totals("b"));
     assert_eq!(a["rows"], 60);
     assert_eq!(a["row_hash"], b["row_hash"], "order and file split do not change the hash");
-    // One changed amount: --against reports it and exits 2.
+    // One changed amount: --against reports it and exits 3 (the data failed a check).
     let mut changed = all.clone();
     changed[3].2 = 6;
     env.orders_file("changed.parquet", &changed);
     env.ok(&["publish", "a", "--from", "changed.parquet", "--replace-all"]);
     let out = env.run(&["reconcile", "a", "--against", "1"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("MISMATCH") && text.contains("row hash"), "{text}");
     env.ok(&["reconcile", "a", "--version", "1", "--against", "1"]);
-    // A version published without a pipeline has no input checks to show.
-    assert_eq!(env.run(&["reconcile", "a", "--input"]).status.code(), Some(2));
+    // A version published without a pipeline has no input checks to show: it cannot be proven
+    // against its input, so the check fails.
+    assert_eq!(env.run(&["reconcile", "a", "--input"]).status.code(), Some(3));
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn trials(default: usize) -> usize {
 /// A lake with one run held by a MANUAL_REVIEW gate; returns its run id.
 fn held(env: &Env) -> String {
     let toml = shop_with(env, "MANUAL_REVIEW");
-    let out = env.ok(&["run", "--pipeline", &toml]);
+    let out = env.held(&["run", "--pipeline", &toml]);
     assert!(out.contains("AWAITING_REVIEW"), "{out}");
     latest_run(env)["run_id"].as_str().unwrap().to_string()
 }
@@ -69,8 +69,8 @@ fn assert_sound(env: &Env) {
     }
     block_on(async {
         let lake = open(env);
-        for m in strata_publish::runs::list_runs(&lake).await.unwrap() {
-            let log = strata_publish::runs::run_log(&lake, &m.run_id).await.unwrap();
+        for m in strata_runs::log::list_runs(&lake).await.unwrap() {
+            let log = strata_runs::log::run_log(&lake, &m.run_id).await.unwrap();
             let numbers: Vec<u32> = log.iter().map(|e| e.entry).collect();
             assert_eq!(numbers, (1..=log.len() as u32).collect::<Vec<_>>(), "{}", m.run_id);
         }

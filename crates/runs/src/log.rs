@@ -25,8 +25,10 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub use strata_publish::model::Base;
+use strata_publish::Lake;
+
 use crate::error::{Error, Result};
-use crate::lake::Lake;
 use crate::run_state::{transition, RunState};
 
 /// `format` of a run manifest entry.
@@ -49,14 +51,6 @@ pub struct InputBatch {
     pub rows: u64,
 }
 
-/// The pointer of a dataset as a run found it before preparing anything: recovery looks for the
-/// run's flips after `seq` and its leftover records above `max_version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Base {
-    pub seq: u64,
-    pub max_version: u64,
-}
-
 /// Output a run staged and checksummed for one stage, kept for reuse if the run fails: a rerun
 /// whose stage has the same `stage_key` adopts these files instead of computing them again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +61,7 @@ pub struct StagedCheckpoint {
     pub run_id: String,
     pub partition_by: Vec<String>,
     pub schema: arrow::datatypes::Schema,
-    pub partitions: Vec<crate::model::PartitionEntry>,
+    pub partitions: Vec<strata_publish::model::PartitionEntry>,
     pub rows: u64,
     /// The stage's counts (input, quarantined, duplicates…), reported again on reuse.
     #[serde(default)]
@@ -81,7 +75,7 @@ pub struct StagedCheckpoint {
 }
 
 impl StagedCheckpoint {
-    pub fn new(stage_key: &str, dataset: &str, staged: &crate::writer::Staged) -> Self {
+    pub fn new(stage_key: &str, dataset: &str, staged: &strata_publish::Staged) -> Self {
         StagedCheckpoint {
             stage_key: stage_key.into(),
             dataset: dataset.into(),
@@ -96,8 +90,8 @@ impl StagedCheckpoint {
         }
     }
 
-    pub fn staged(&self) -> crate::writer::Staged {
-        crate::writer::Staged {
+    pub fn staged(&self) -> strata_publish::Staged {
+        strata_publish::Staged {
             run_id: self.run_id.clone(),
             schema: std::sync::Arc::new(self.schema.clone()),
             partition_by: self.partition_by.clone(),
@@ -257,7 +251,7 @@ pub fn order_entries(paths: Vec<Path>) -> std::result::Result<Vec<(u32, Path)>, 
 async fn entry_paths(lake: &Lake, run_id: &str) -> Result<Vec<(u32, Path)>> {
     let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
     order_entries(lake.list_paths(&prefix).await?).map_err(|DoubledEntry { entry: n, paths }| {
-        Error::Corrupt {
+        strata_publish::Error::Corrupt {
             path: format!("{prefix}/"),
             detail: format!(
             "the log of run {run_id} has {} entries numbered {n} ({}): two processes moved the \
@@ -267,6 +261,7 @@ async fn entry_paths(lake: &Lake, run_id: &str) -> Result<Vec<(u32, Path)>> {
             paths.iter().map(|p| p.filename().unwrap_or_default()).collect::<Vec<_>>().join(", ")
         ),
         }
+        .into()
     })
 }
 
@@ -292,10 +287,7 @@ impl RunLog {
         let log = RunLog { lake: lake.clone(), manifest };
         match log.write().await {
             Ok(()) => Ok(log),
-            Err(Error::RunMoved { run_id, .. }) => Err(Error::Usage(format!(
-                "run {run_id} is already recorded; a run id is used once (`strata show-run \
-                 {run_id}` shows that run)"
-            ))),
+            Err(Error::RunMoved { run_id, .. }) => Err(Error::AlreadyRecorded(run_id)),
             Err(e) => Err(e),
         }
     }
@@ -317,10 +309,14 @@ impl RunLog {
         update: impl FnOnce(&mut RunManifest),
     ) -> Result<()> {
         if self.manifest.state.is_terminal() {
-            return Err(Error::Usage(format!(
-                "run {} is {}; its log takes no more entries",
-                self.manifest.run_id, self.manifest.state
-            )));
+            return Err(Error::WrongState {
+                run_id: self.manifest.run_id.clone(),
+                state: self.manifest.state,
+                message: format!(
+                    "run {} is {}; its log takes no more entries",
+                    self.manifest.run_id, self.manifest.state
+                ),
+            });
         }
         let mut m = self.manifest.clone();
         update(&mut m);
@@ -342,8 +338,10 @@ impl RunLog {
         at: DateTime<Utc>,
         update: impl FnOnce(&mut RunManifest),
     ) -> Result<()> {
-        let next = transition(self.manifest.state, to).map_err(|e| {
-            Error::Usage(format!("run {}: {e}; this is a bug in the caller", self.manifest.run_id))
+        let next = transition(self.manifest.state, to).map_err(|_| Error::InvalidTransition {
+            run_id: self.manifest.run_id.clone(),
+            from: self.manifest.state,
+            to,
         })?;
         let mut m = self.manifest.clone();
         update(&mut m);
@@ -365,7 +363,7 @@ impl RunLog {
         let m = &self.manifest;
         let path = entry_path(&m.run_id, m.entry);
         let mut body = serde_json::to_vec_pretty(m)
-            .map_err(|source| Error::Serialize { what: "run manifest", source })?;
+            .map_err(|source| Error::Serialize { run_id: m.run_id.clone(), source })?;
         body.push(b'\n');
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.lake.store().put_opts(&path, PutPayload::from(body), opts).await {
@@ -374,29 +372,26 @@ impl RunLog {
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
             ) => Err(Error::RunMoved { run_id: m.run_id.clone(), entry: m.entry }),
-            Err(e) => Err(Error::store("create", &path, e)),
+            Err(e) => Err(strata_publish::Error::store("create", &path, e).into()),
         }
     }
 }
 
 /// Every entry of a run's log, oldest first.
 pub async fn run_log(lake: &Lake, run_id: &str) -> Result<Vec<RunManifest>> {
-    crate::names::validate_dataset_name(run_id).map_err(|_| {
-        Error::Usage(format!("{run_id:?} is not a run id; `strata runs` lists them"))
-    })?;
+    strata_publish::names::validate_dataset_name(run_id)
+        .map_err(|_| Error::NotARunId(run_id.to_string()))?;
     let paths = entry_paths(lake, run_id).await?;
     let mut entries = Vec::with_capacity(paths.len());
     for (_, p) in paths {
         let Some(bytes) = lake.get_opt(&p).await? else { continue };
-        let m: RunManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt { path: p.to_string(), detail: e.to_string() })?;
+        let m: RunManifest = serde_json::from_slice(&bytes).map_err(|e| {
+            strata_publish::Error::Corrupt { path: p.to_string(), detail: e.to_string() }
+        })?;
         entries.push(m);
     }
     if entries.is_empty() {
-        return Err(Error::Usage(format!(
-            "no run {run_id:?} in lake {}; `strata runs` lists the runs",
-            lake.url()
-        )));
+        return Err(Error::NoSuchRun { run_id: run_id.to_string(), lake: lake.url().to_string() });
     }
     Ok(entries)
 }
@@ -408,7 +403,7 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
         .store()
         .list_with_delimiter(Some(&prefix))
         .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
+        .map_err(|e| strata_publish::Error::store("list", &prefix, e))?;
     let mut ids: Vec<String> =
         listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
     ids.sort();
@@ -434,7 +429,7 @@ async fn put_empty(lake: &Lake, path: &Path) -> Result<()> {
         .put(path, PutPayload::new())
         .await
         .map(|_| ())
-        .map_err(|e| Error::store("create", path, e))
+        .map_err(|e| strata_publish::Error::store("create", path, e).into())
 }
 
 /// Takes a run out of the register of open runs (best effort: [`open_runs`] also drops runs that
@@ -464,7 +459,7 @@ pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
         .store()
         .list_with_delimiter(Some(&prefix))
         .await
-        .map_err(|e| Error::store("list", &prefix, e))?;
+        .map_err(|e| strata_publish::Error::store("list", &prefix, e))?;
     let mut ids: Vec<String> = listing
         .objects
         .iter()
@@ -493,7 +488,7 @@ pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 pub async fn latest_entry(lake: &Lake, run_id: &str) -> Result<Option<RunManifest>> {
     let Some((_, last)) = entry_paths(lake, run_id).await?.pop() else { return Ok(None) };
     let Some(bytes) = lake.get_opt(&last).await? else { return Ok(None) };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::Corrupt { path: last.to_string(), detail: e.to_string() })
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        strata_publish::Error::Corrupt { path: last.to_string(), detail: e.to_string() }.into()
+    })
 }

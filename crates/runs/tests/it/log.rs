@@ -3,12 +3,12 @@
 use chrono::{TimeZone, Utc};
 use object_store::ObjectStoreExt;
 use serde_json::Value;
-use strata_publish::run_state::RunState;
-use strata_publish::runs::{
+use strata_publish::{Lake, OpenMode};
+use strata_runs::log::{
     close, list_runs, open_runs, run_log, InputBatch, RunLog, RunManifest, StagedCheckpoint,
     OPEN_DIR,
 };
-use strata_publish::{Lake, OpenMode};
+use strata_runs::run_state::RunState;
 
 fn at(minute: u32) -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, minute, 0).unwrap()
@@ -197,7 +197,7 @@ async fn two_processes_moving_one_run_cannot_both_write_an_entry() {
         };
         assert!(a.is_ok() != r.is_ok(), "exactly one wins: {a:?} {r:?}");
         let lost = a.err().or(r.err()).unwrap();
-        assert!(matches!(lost, strata_publish::Error::RunMoved { .. }), "{lost}");
+        assert!(matches!(lost, strata_runs::Error::RunMoved { .. }), "{lost}");
         assert_eq!(lost.class(), strata_publish::ErrorClass::Busy);
     }
     // A state change races the same way: COMMITTING against FAILED.
@@ -238,7 +238,7 @@ async fn a_log_in_the_old_naming_is_read_by_number() {
     assert_eq!(entries.iter().map(|m| m.entry).collect::<Vec<_>>(), [1, 2, 9, 10]);
     let mut log = RunLog::resume(&lake, entries.last().unwrap().clone());
     log.advance(RunState::Failed, at(1), |_| {}).await.unwrap();
-    let latest = strata_publish::runs::latest_entry(&lake, "old").await.unwrap().unwrap();
+    let latest = strata_runs::log::latest_entry(&lake, "old").await.unwrap().unwrap();
     assert_eq!((latest.entry, latest.state), (11, RunState::Failed));
     // The doubled entry an older strata could write.
     m.entry = 11;
@@ -247,12 +247,12 @@ async fn a_log_in_the_old_naming_is_read_by_number() {
     let err = run_log(&lake, "old").await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("0011-COMMITTING.json") && text.contains("0011.json"), "{text}");
-    assert!(strata_publish::runs::latest_entry(&lake, "old").await.is_err());
+    assert!(strata_runs::log::latest_entry(&lake, "old").await.is_err());
 }
 
 #[test]
 fn entry_names_parse_by_number() {
-    use strata_publish::runs::parse_entry_name;
+    use strata_runs::log::parse_entry_name;
     assert_eq!(parse_entry_name("0011.json"), Some(11));
     assert_eq!(parse_entry_name("0011-COMMITTING.json"), Some(11));
     assert_eq!(parse_entry_name("12345.json"), Some(12345));

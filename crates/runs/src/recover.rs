@@ -15,14 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::context::RunContext;
-use crate::crash;
-use crate::deletion::Holder;
+use strata_publish::crash;
+use strata_publish::deletion::Holder;
+use strata_publish::locks::{self, Clock};
+use strata_publish::{Lake, RunContext};
+
 use crate::error::{Error, Result};
-use crate::lake::Lake;
-use crate::locks::{self, Clock};
+use crate::log::{self as runs, RunLog, RunManifest};
 use crate::run_state::RunState;
-use crate::runs::{self, RunLog, RunManifest};
 
 /// What recovery decides for one run, before acting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,17 +202,25 @@ pub async fn recover(
         Some(id) => {
             let latest = runs::run_log(lake, id).await?.pop().expect("run_log is never empty");
             if latest.state == RunState::AwaitingReview {
-                return Err(Error::Usage(format!(
-                    "run {id} is AWAITING_REVIEW: its output is held for a person; `strata approve \
-                     {id}` publishes it, `strata reject {id}` discards it"
-                )));
+                return Err(Error::WrongState {
+                    run_id: id.to_string(),
+                    state: latest.state,
+                    message: format!(
+                        "run {id} is AWAITING_REVIEW: its output is held for a person; `strata \
+                         approve {id}` publishes it, `strata reject {id}` discards it"
+                    ),
+                });
             }
             if latest.state.is_terminal() {
-                return Err(Error::Usage(format!(
-                    "run {id} is already {}; there is nothing to recover (`strata show-run {id}` \
-                     shows it)",
-                    latest.state
-                )));
+                return Err(Error::WrongState {
+                    run_id: id.to_string(),
+                    state: latest.state,
+                    message: format!(
+                        "run {id} is already {}; there is nothing to recover (`strata show-run \
+                         {id}` shows it)",
+                        latest.state
+                    ),
+                });
             }
             vec![latest]
         }
@@ -234,14 +242,14 @@ pub async fn recover(
         // recovery and a new run) never settle it at once.
         let held = match locks::acquire(lake, &m.run_id, &m.output_boundary, lease, clock).await {
             Ok(held) => held,
-            Err(Error::Locked { holder, .. }) => {
+            Err(strata_publish::Error::Locked { holder, .. }) => {
                 if only.is_some() {
                     return Err(Error::StillRunning { run_id: m.run_id, holder });
                 }
                 report.live.push(LiveRun::of(&m, &holder));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let settled = settle(lake, m, ctx).await;
         held.release().await;
@@ -393,11 +401,10 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             if let Some(why) = done.kept_because.filter(|_| !flipped.contains_key(ds_name)) {
                 // A flip by the run appeared since it was inspected: never remove what may be
                 // visible; the next recovery sees the flip.
-                return Err(Error::Usage(format!(
-                    "run {} changed while being recovered ({ds_name}: {why}); run `strata \
-                     recover --run {}` again",
-                    m.run_id, m.run_id
-                )));
+                return Err(Error::ChangedDuringRecovery {
+                    run_id: m.run_id.clone(),
+                    detail: format!("{ds_name}: {why}"),
+                });
             }
         }
         kept = keep.len() as u64;

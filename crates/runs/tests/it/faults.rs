@@ -21,12 +21,13 @@ use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
 use strata_medallion::pipeline::Pipeline;
-use strata_medallion::run::{approve, reject, run_pipeline, RunSummary};
 use strata_medallion::stages::RunOptions;
 use strata_publish::faults::{Fault, FaultyStore, Op};
 use strata_publish::locks::Clock;
-use strata_publish::run_state::RunState;
-use strata_publish::{recover, runs, Lake, RunContext};
+use strata_publish::{Lake, RunContext};
+use strata_runs::driver::{approve, reject, run_pipeline, RunSummary};
+use strata_runs::run_state::RunState;
+use strata_runs::{log as runs, recover};
 
 fn stress() -> bool {
     std::env::var("STRATA_STRESS").is_ok_and(|v| v == "1")
@@ -103,12 +104,7 @@ fn ctx(id: &str) -> RunContext {
     RunContext::new(id, at()).unwrap()
 }
 
-async fn run(
-    lake: &Lake,
-    p: &Pipeline,
-    id: &str,
-    clock: Clock,
-) -> strata_medallion::Result<RunSummary> {
+async fn run(lake: &Lake, p: &Pipeline, id: &str, clock: Clock) -> strata_runs::Result<RunSummary> {
     run_pipeline(lake, p, &options(clock), &ctx(id), &mut |_| {}).await
 }
 
@@ -320,7 +316,7 @@ async fn a_fault_during_approve_or_reject_leaves_the_run_decided_or_undecided_ne
     }
 }
 
-async fn decide(verb: &str, lake: &Lake, clock: Clock) -> strata_medallion::Result<()> {
+async fn decide(verb: &str, lake: &Lake, clock: Clock) -> strata_runs::Result<()> {
     if verb == "approve" {
         approve(lake, "held", at(), std::time::Duration::from_secs(120), clock, None)
             .await

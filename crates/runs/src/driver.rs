@@ -15,7 +15,7 @@
 //! Each state is written before the work it announces. A definite failure before the first flip
 //! removes the staging (keeping finished stages' checkpoints) and records FAILED; a flip whose
 //! outcome the store did not report records UNKNOWN. `strata recover` settles runs that stopped
-//! without reaching a terminal state; see `strata_publish::recover`.
+//! without reaching a terminal state; see [`crate::recover`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,17 +23,17 @@ use datafusion::prelude::SessionContext;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
-use strata_publish::deletion::Holder;
-use strata_publish::run_state::RunState;
-use strata_publish::runs::{self, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
-use strata_publish::{locks, Draft, Lake, RunContext};
-
-use crate::error::{Error, Result};
-use crate::pipeline::Pipeline;
-use crate::stages::{
+use strata_medallion::pipeline::Pipeline;
+use strata_medallion::stages::{
     batches_for_window, clean, land_source, model, owned_keys, partition_column, session, Finding,
     Output, RunOptions, StageReport, Window,
 };
+use strata_publish::deletion::Holder;
+use strata_publish::{locks, Draft, Lake, RunContext};
+
+use crate::error::{Error, Result};
+use crate::log::{self as runs, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
+use crate::run_state::RunState;
 
 /// How a run ended.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,20 +60,18 @@ struct Plan {
 fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
     for name in &options.only {
         if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
-            return Err(Error::Sql {
-                message: format!(
-                    "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
-                     (datasets: {})",
-                    pipeline.file.display(),
-                    pipeline
-                        .cleaned
-                        .keys()
-                        .chain(pipeline.models.keys())
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
+            return Err(Error::Plan(format!(
+                "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
+                 (datasets: {})",
+                pipeline.file.display(),
+                pipeline
+                    .cleaned
+                    .keys()
+                    .chain(pipeline.models.keys())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
     }
     let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
@@ -273,7 +271,7 @@ pub async fn run_pipeline(
         Ok(l) => l,
         Err(e) => {
             lock.release().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let result = drive(
@@ -365,33 +363,26 @@ pub async fn run_pipeline(
 /// another process that backed off (or is settling it right now) leaves one for this check,
 /// which runs once this run holds its own locks, so no recovery can be half-way through.
 async fn no_unsettled_flips(lake: &Lake, boundary: &BTreeMap<String, Vec<String>>) -> Result<()> {
-    let unsettled = runs::open_runs(lake).await?.into_iter().find(|m| {
-        m.state == RunState::Committing && locks::overlap(&m.output_boundary, boundary)
-    });
+    let unsettled = runs::open_runs(lake)
+        .await?
+        .into_iter()
+        .find(|m| m.state == RunState::Committing && locks::overlap(&m.output_boundary, boundary));
     match unsettled {
-        Some(m) => Err(Error::Lake(strata_publish::Error::Unsettled {
-            run_id: m.run_id,
-            state: m.state,
-        })),
+        Some(m) => Err(Error::Unsettled { run_id: m.run_id, state: m.state }),
         None => Ok(()),
     }
 }
 
 /// An error computing a model's SQL over its data (a division by zero, a cast that fails) is
 /// the model's: it is named, with the cause, so the user knows which SQL to fix.
-fn in_model(name: &str, sql: &str, e: Error) -> Error {
+fn in_model(name: &str, sql: &str, e: strata_medallion::Error) -> Error {
     match e {
-        Error::DataFusion(df) => {
+        strata_medallion::Error::DataFusion(df) => {
             let cause = df.strip_backtrace();
-            let cause = cause.lines().next().unwrap_or_default();
-            Error::Sql {
-                message: format!(
-                    "models.{name} failed on its data: {cause}. Fix its SQL ({sql}), for example \
-                     with NULLIF or TRY_CAST; nothing was published"
-                ),
-            }
+            let cause = cause.lines().next().unwrap_or_default().to_string();
+            Error::ModelFailed { model: name.to_string(), cause, sql: sql.to_string() }
         }
-        other => other,
+        other => other.into(),
     }
 }
 
@@ -553,12 +544,10 @@ async fn drive(
                 continue;
             }
             let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
-                return Err(Error::Sql {
-                    message: format!(
-                        "models.{name} reads {d:?}, which has no published version yet; run the \
-                         pipeline without --only, or run {d} first"
-                    ),
-                });
+                return Err(Error::Plan(format!(
+                    "models.{name} reads {d:?}, which has no published version yet; run the \
+                     pipeline without --only, or run {d} first"
+                )));
             };
             let record = &draft.record;
             bindings
@@ -617,22 +606,16 @@ async fn drive(
     })
     .await?;
     if !failed.is_empty() {
-        return Err(Error::Sql {
-            message: format!(
-                "reconciliation failed, nothing was published: {}. The output does not match its \
-                 input; report this with run id {}",
-                failed.join("; "),
-                ctx.run_id()
-            ),
+        return Err(Error::Reconciliation {
+            run_id: ctx.run_id().to_string(),
+            failed: failed.join("; "),
         });
     }
     if let Some(f) = findings.iter().find(|f| f.severity == "FAIL_RUN") {
-        return Err(Error::Quality {
-            message: format!(
-                "{} {}: {}; its severity is FAIL_RUN, so nothing was published. Fix the input or \
-                 the gate, then run again",
-                f.dataset, f.source, f.detail
-            ),
+        return Err(Error::GateFailed {
+            dataset: f.dataset.clone(),
+            source_name: f.source.clone(),
+            detail: f.detail.clone(),
         });
     }
     // The evidence each version record carries: its checks, and the findings on its dataset.
@@ -1088,12 +1071,12 @@ pub async fn approve(
             if let Some(moved) = moved_meanwhile(lake, &m).await? {
                 return Err(moved);
             }
-            return Err(Error::Sql {
-                message: format!(
-                    "run {run_id}: staged file {} is {} ({} expected, {} found); it cannot be \
-                     published. `strata reject {run_id}` and run again",
-                    p.path, p.problem, p.expected, p.found
-                ),
+            return Err(Error::StagedDamaged {
+                run_id: run_id.to_string(),
+                path: p.path.clone(),
+                problem: p.problem.to_string(),
+                expected: p.expected.to_string(),
+                found: p.found.to_string(),
             });
         }
         let plan = m.publish_plan.get(&cp.dataset).cloned().unwrap_or_default();
@@ -1126,7 +1109,7 @@ pub async fn approve(
     // The claim: whoever writes the next entry first decides the run.
     if let Err(e) = log.advance(RunState::Committing, ctx.now(), |m| m.error = None).await {
         lock.release().await;
-        return Err(e.into());
+        return Err(e);
     }
     // The pointers may have moved between the check and the claim.
     let failed = "the run was marked FAILED; run the pipeline again";
@@ -1162,30 +1145,27 @@ pub async fn approve(
     result
 }
 
-/// [`strata_publish::Error::RunMoved`] if another process moved the run past the entry `m`.
+/// [`Error::RunMoved`] if another process moved the run past the entry `m`.
 async fn moved_meanwhile(lake: &Lake, m: &RunManifest) -> Result<Option<Error>> {
     let now = runs::latest_entry(lake, &m.run_id).await?;
-    Ok(now.filter(|now| now.entry != m.entry).map(|_| {
-        Error::Lake(strata_publish::Error::RunMoved {
-            run_id: m.run_id.clone(),
-            entry: m.entry + 1,
-        })
-    }))
+    Ok(now
+        .filter(|now| now.entry != m.entry)
+        .map(|_| Error::RunMoved { run_id: m.run_id.clone(), entry: m.entry + 1 }))
 }
 
-/// Fails with [`strata_publish::Error::BaseMoved`] when what the run writes to any of its
+/// Fails with [`Error::BaseMoved`] when what the run writes to any of its
 /// datasets changed since it recorded that dataset's pointer as its base; `next` says what
 /// happens to the run.
 async fn check_bases(m: &RunManifest, outputs: &[Output], next: &str) -> Result<()> {
     for o in outputs {
         let base = m.bases.get(o.ds.name()).map_or(0, |b| b.seq);
         if let Some(detail) = o.ds.changed_since(base, &o.staged, &o.options).await? {
-            return Err(Error::Lake(strata_publish::Error::BaseMoved {
+            return Err(Error::BaseMoved {
                 run_id: m.run_id.clone(),
                 dataset: o.ds.name().to_string(),
                 detail,
                 next: next.to_string(),
-            }));
+            });
         }
     }
     Ok(())
@@ -1209,13 +1189,15 @@ pub async fn reject(
         m.cleanup = true;
     })
     .await?;
-    Ok(strata_publish::recover::clean_up_failed(lake, log.manifest()).await?)
+    crate::recover::clean_up_failed(lake, log.manifest()).await
 }
 
 async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {
     let m = runs::run_log(lake, run_id).await?.pop().expect("run_log is never empty");
     if m.state != RunState::AwaitingReview {
-        return Err(Error::Sql {
+        return Err(Error::WrongState {
+            run_id: run_id.to_string(),
+            state: m.state,
             message: format!(
                 "run {run_id} is {}, not AWAITING_REVIEW; only a run held by a MANUAL_REVIEW gate \
                  can be approved or rejected (`strata runs --status AWAITING_REVIEW` lists them)",

@@ -1,0 +1,23 @@
+//! Runs of strata: the durable state machine above the transforms and the storage core.
+//!
+//! A run lands its sources, computes the cleaned and curated stages (`strata-medallion`),
+//! validates what it staged against the control totals (`strata-reconcile`), and publishes it
+//! through the versioned-output writer (`strata-publish`). This crate owns what ties those
+//! together and makes them safe to kill at any moment:
+//!
+//! - [`run_state`]: the states a run moves through and the moves allowed;
+//! - [`log`]: each run's append-only manifest log (one entry per number, create-if-absent) and
+//!   the register of runs that may still need something done;
+//! - [`driver`]: running a pipeline, approving and rejecting a held run;
+//! - [`recover`]: settling runs that stopped before a terminal state.
+//!
+//! Locks, the deletion authority and the pointer protocol live below, in `strata-publish`.
+
+mod error;
+
+pub mod driver;
+pub mod log;
+pub mod recover;
+pub mod run_state;
+
+pub use error::{Error, Result};
