@@ -24,8 +24,16 @@ Examples:
   strata rollback orders --to 1 --reason \"bad upstream file\"
   strata verify orders
 
-Exit codes: 0 success, 2 a problem with the input or the lake (the message says what to do),
-1 an unexpected failure.";
+Exit codes (for schedulers):
+  0  success, or nothing to do
+  2  usage or definition error: bad flags, a bad strata.toml or SQL, an unknown dataset, version
+     or run, an input or lake problem; the one-line message says what to fix
+  3  the data failed a check: a FAIL_RUN rule or gate, reconciliation, `strata verify`,
+     `strata reconcile`, a checksum on read; nothing was published
+  4  busy: another process holds the partitions or moved the run first; retry later
+  5  needs a person: a run held for review (AWAITING_REVIEW), a run left UNKNOWN, an approval
+     whose datasets moved since the run was validated
+  1  internal error: unexpected; printed with its cause chain, report it";
 
 #[derive(Debug, Parser)]
 #[command(

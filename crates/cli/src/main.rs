@@ -101,7 +101,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(commands::run(cli));
+    // A panic is a bug: it exits 1 like any internal error (the panic message is printed
+    // above), never with the 101 a scheduler cannot tell apart.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(commands::run(cli))
+    }));
+    let Ok(result) = result else {
+        runtime.shutdown_background();
+        eprintln!(
+            "error: strata stopped on an internal error (above). This is unexpected: report it \
+             with the command that caused it. Nothing half-done is visible; `strata recover` \
+             settles what it left"
+        );
+        return ExitCode::from(1);
+    };
     // Do not wait for lingering background IO on the way out.
     runtime.shutdown_background();
     match result {

@@ -234,7 +234,8 @@ fn with_dictionaries(props: WriterProperties, batch: &RecordBatch) -> WriterProp
 /// Arms a fault for tests of the reconciliation invariant: `STRATA_INJECT_FAULT=<fault>:<dataset>`
 /// changes the first batch written to `<dataset>` on its way to the files. Faults: `lose-row`
 /// (its last row is dropped), `dup-row` (its first row is written twice), `swap-row` (its last
-/// row is replaced by a copy of its first: the row count stays right).
+/// row is replaced by a copy of its first: the row count stays right), `panic` (the writer
+/// panics: an internal error, exit code 1).
 pub const FAULT_ENV: &str = "STRATA_INJECT_FAULT";
 
 fn inject_fault(dataset: &str, batch: RecordBatch) -> Result<RecordBatch> {
@@ -250,6 +251,7 @@ fn inject_fault(dataset: &str, batch: RecordBatch) -> Result<RecordBatch> {
         "lose-row" => (0..n - 1).collect(),
         "dup-row" => std::iter::once(0).chain(0..n).collect(),
         "swap-row" => (0..n - 1).chain(std::iter::once(0)).collect(),
+        "panic" => panic!("strata: injected panic writing {dataset} ({FAULT_ENV})"),
         _ => return Ok(batch),
     };
     eprintln!("strata: injecting {fault} into {dataset} ({FAULT_ENV})");

@@ -639,7 +639,7 @@ fn damaged_raw_batch_fails_the_run(env: &Env) {
         b[i] ^= 0x01;
     });
     let versions = env.ok(&["versions", "orders"]);
-    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    let line = env.check_failed(&["run", "--pipeline", toml, "--force"]);
     for needle in ["raw batch", &batch[..], "source orders", "orders.csv", &data[..], "sha256"] {
         assert!(line.contains(needle), "{needle}: {line}");
     }
@@ -648,7 +648,7 @@ fn damaged_raw_batch_fails_the_run(env: &Env) {
     assert_eq!(csv(env, "SELECT amount FROM orders"), "amount\n1010\n");
     // What it says to do works: the batch deleted and its input landed again.
     rewrite_object(env, &data, |b| b.clear());
-    let line = env.user_error(&["run", "--pipeline", toml, "--force"]);
+    let line = env.check_failed(&["run", "--pipeline", toml, "--force"]);
     assert!(line.contains("has 0 bytes where its manifest records"), "{line}");
     for name in ["part-00000.parquet", "_batch.json"] {
         let path = object_store::path::Path::from(format!("_raw/orders/batch={batch}/{name}"));
