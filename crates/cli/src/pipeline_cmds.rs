@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{RunOptions, StageReport, Window};
+use strata_medallion::types::StageKind;
 use strata_publish::OpenMode;
 use strata_runs::driver::run_pipeline;
 
@@ -197,9 +198,9 @@ pub async fn run(
 fn stage_line(r: &StageReport) -> String {
     let mut s =
         format!("{:<6} {:<22} in {:>7}  out {:>7}", r.stage, r.dataset, r.rows_in, r.rows_out);
-    match r.stage.as_str() {
-        "land" => s.push_str(&format!("  rejected {:>5}  {}", r.quarantined, r.note)),
-        "clean" => {
+    match r.stage {
+        StageKind::Land => s.push_str(&format!("  rejected {:>5}  {}", r.quarantined, r.note)),
+        StageKind::Clean => {
             s.push_str(&format!(
                 "  quarantined {:>5}  duplicates {:>5}",
                 r.quarantined, r.duplicates
@@ -212,7 +213,7 @@ fn stage_line(r: &StageReport) -> String {
                 ));
             }
         }
-        _ => {}
+        StageKind::Model => {}
     }
     if let Some(from) = &r.reused_from {
         s.push_str(&format!("  reused from run {from}"));

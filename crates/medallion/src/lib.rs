@@ -25,5 +25,6 @@ pub use catalog::{
 };
 pub mod pipeline;
 pub mod stages;
+pub mod types;
 mod udf;
 pub use error::{Error, Result};

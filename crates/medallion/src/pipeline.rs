@@ -33,6 +33,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use strata_land::InputFormat;
+
+use crate::types::{Bound, GateMeasure, Grain, RuleCheck, Severity};
 
 /// A pipeline definition that could not be loaded: names the file, the line and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,60 +64,102 @@ pub struct SourceDef {
     /// A file, directory or glob, relative to the pipeline file.
     pub path: String,
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<InputFormat>,
     #[serde(default)]
     pub delimiter: Option<String>,
 }
 
-/// A quality rule of a cleaned dataset. Exactly one of the checks is given.
+/// A quality rule of a cleaned dataset: one check, and what a failure does.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRule")]
 pub struct RuleDef {
     pub name: String,
-    #[serde(default)]
-    pub not_null: Option<ColumnRef>,
-    #[serde(default)]
-    pub range: Option<RangeRule>,
-    #[serde(default, rename = "enum")]
-    pub enum_: Option<EnumRule>,
-    #[serde(default)]
-    pub regex: Option<RegexRule>,
-    /// An SQL predicate over the typed columns; rows where it is not true fail.
-    #[serde(default)]
-    pub sql: Option<String>,
+    pub check: RuleCheck,
     /// What a failure does (quality gates build on this); default `QUARANTINE_RECORD`.
+    pub severity: Severity,
+}
+
+/// A rule as written: exactly one of the checks is given.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
     #[serde(default)]
-    pub severity: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ColumnRef {
-    pub column: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RangeRule {
-    pub column: String,
+    not_null: Option<ColumnRef>,
     #[serde(default)]
-    pub min: Option<toml::Value>,
+    range: Option<RangeRule>,
+    #[serde(default, rename = "enum")]
+    enum_: Option<EnumRule>,
     #[serde(default)]
-    pub max: Option<toml::Value>,
+    regex: Option<RegexRule>,
+    #[serde(default)]
+    sql: Option<String>,
+    #[serde(default)]
+    severity: Option<Severity>,
+}
+
+impl TryFrom<RawRule> for RuleDef {
+    type Error = String;
+
+    fn try_from(r: RawRule) -> Result<Self, String> {
+        let mut checks = Vec::new();
+        if let Some(c) = r.not_null {
+            checks.push(RuleCheck::NotNull { column: c.column });
+        }
+        if let Some(c) = r.range {
+            checks.push(RuleCheck::Range { column: c.column, min: c.min, max: c.max });
+        }
+        if let Some(c) = r.enum_ {
+            checks.push(RuleCheck::Enum { column: c.column, values: c.values });
+        }
+        if let Some(c) = r.regex {
+            checks.push(RuleCheck::Regex { column: c.column, pattern: c.pattern });
+        }
+        if let Some(sql) = r.sql {
+            checks.push(RuleCheck::Sql(sql));
+        }
+        if checks.len() != 1 {
+            return Err(format!(
+                "rule {:?} must have exactly one of not_null, range, enum, regex, sql",
+                r.name
+            ));
+        }
+        Ok(RuleDef {
+            name: r.name,
+            check: checks.remove(0),
+            severity: r.severity.unwrap_or(Severity::QuarantineRecord),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EnumRule {
-    pub column: String,
-    pub values: Vec<String>,
+struct ColumnRef {
+    column: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegexRule {
-    pub column: String,
-    pub pattern: String,
+struct RangeRule {
+    column: String,
+    #[serde(default)]
+    min: Option<Bound>,
+    #[serde(default)]
+    max: Option<Bound>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnumRule {
+    column: String,
+    values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegexRule {
+    column: String,
+    pattern: String,
 }
 
 /// A cleaned dataset: a raw source cast to a contract, validated, deduplicated.
@@ -126,8 +171,8 @@ pub struct CleanedDef {
     #[serde(default)]
     pub latest_by: Option<String>,
     pub business_date: String,
-    #[serde(default = "day")]
-    pub grain: String,
+    #[serde(default)]
+    pub grain: Grain,
     /// Column name → `"<sql type>[ not null]"`, in contract order (the file's order).
     pub columns: toml::Table,
     #[serde(default)]
@@ -141,35 +186,52 @@ pub struct CleanedDef {
     pub gates: Vec<GateDef>,
 }
 
-/// The severities of a failing rule or gate, from mildest.
-pub const SEVERITIES: [&str; 6] =
-    ["INFO", "WARN", "QUARANTINE_RECORD", "FAIL_PARTITION", "FAIL_RUN", "MANUAL_REVIEW"];
-
-/// A threshold over a stage's counts. Exactly one measure is given.
+/// A threshold over a stage's counts: one measure, and what crossing it does.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawGate")]
 pub struct GateDef {
     pub name: String,
-    /// Quarantined rows / input rows above this fails the gate (0.01 = 1%).
-    #[serde(default)]
-    pub max_quarantine_rate: Option<f64>,
-    /// |rows of the new version / rows of the current version - 1| above this fails the gate.
-    #[serde(default)]
-    pub max_row_change: Option<f64>,
+    pub measure: GateMeasure,
     /// INFO, WARN, FAIL_RUN or MANUAL_REVIEW; default FAIL_RUN.
+    pub severity: Severity,
+}
+
+/// A gate as written: exactly one measure is given.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    name: String,
     #[serde(default)]
-    pub severity: Option<String>,
+    max_quarantine_rate: Option<f64>,
+    #[serde(default)]
+    max_row_change: Option<f64>,
+    #[serde(default)]
+    severity: Option<Severity>,
 }
 
-impl GateDef {
-    pub fn severity(&self) -> &str {
-        self.severity.as_deref().unwrap_or("FAIL_RUN")
-    }
-}
+impl TryFrom<RawGate> for GateDef {
+    type Error = String;
 
-impl RuleDef {
-    pub fn severity(&self) -> &str {
-        self.severity.as_deref().unwrap_or("QUARANTINE_RECORD")
+    fn try_from(g: RawGate) -> Result<Self, String> {
+        let measure = match (g.max_quarantine_rate, g.max_row_change) {
+            (Some(r), None) => GateMeasure::MaxQuarantineRate(r),
+            (None, Some(c)) => GateMeasure::MaxRowChange(c),
+            _ => {
+                return Err(format!(
+                    "gate {:?} must have exactly one of max_quarantine_rate, max_row_change",
+                    g.name
+                ))
+            }
+        };
+        let severity = g.severity.unwrap_or(Severity::FailRun);
+        if !severity.fits_a_gate() {
+            return Err(format!(
+                "gate {:?} has severity \"{severity}\"; a gate can be INFO, WARN, FAIL_RUN or \
+                 MANUAL_REVIEW",
+                g.name
+            ));
+        }
+        Ok(GateDef { name: g.name, measure, severity })
     }
 }
 
@@ -183,10 +245,6 @@ pub struct SumCheck {
     pub equals: String,
 }
 
-fn day() -> String {
-    "day".into()
-}
-
 /// A curated model.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,8 +252,8 @@ pub struct ModelDef {
     /// Path of the SQL file, relative to the pipeline file.
     pub sql: String,
     pub business_date: String,
-    #[serde(default = "day")]
-    pub grain: String,
+    #[serde(default)]
+    pub grain: Grain,
     /// How many days before a partition the SQL reads (a 7-day rolling window reads 6).
     #[serde(default)]
     pub reads_days: u32,
@@ -305,16 +363,6 @@ impl Pipeline {
             strata_publish::names::validate_dataset_name(name)
                 .map_err(|e| err(line_of(name), format!("{e}")))?;
         }
-        for (name, src) in &raw.sources {
-            if let Some(f) = &src.format {
-                if !matches!(f.as_str(), "csv" | "jsonl" | "parquet") {
-                    return Err(err(
-                        line_of(&format!("format = \"{f}\"")),
-                        format!("sources.{name}.format is {f:?}; expected \"csv\", \"jsonl\" or \"parquet\""),
-                    ));
-                }
-            }
-        }
         let mut contracts = BTreeMap::new();
         for (name, c) in &raw.cleaned {
             let at = |key: &str| line_of(&format!("[cleaned.{name}")).or_else(|| line_of(key));
@@ -327,12 +375,6 @@ impl Pipeline {
                         c.source,
                         raw.sources.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
-                ));
-            }
-            if !matches!(c.grain.as_str(), "day" | "month") {
-                return Err(err(
-                    at("grain"),
-                    format!("cleaned.{name}.grain is {:?}; expected \"day\" or \"month\"", c.grain),
                 ));
             }
             let mut cols = Vec::new();
@@ -369,84 +411,25 @@ impl Pipeline {
                 need.push(("latest_by", l.clone()));
             }
             for r in &c.rules {
-                let checks = [
-                    r.not_null.is_some(),
-                    r.range.is_some(),
-                    r.enum_.is_some(),
-                    r.regex.is_some(),
-                    r.sql.is_some(),
-                ];
-                if checks.iter().filter(|x| **x).count() != 1 {
-                    return Err(err(
-                        line_of(&format!("\"{}\"", r.name)),
-                        format!(
-                            "rule {:?} of cleaned.{name} must have exactly one of not_null, range, enum, regex, sql",
-                            r.name
-                        ),
-                    ));
+                if let Some(col) = r.check.column() {
+                    need.push(("rule column", col.to_string()));
                 }
-                let column = r
-                    .not_null
-                    .as_ref()
-                    .map(|c| &c.column)
-                    .or(r.range.as_ref().map(|c| &c.column))
-                    .or(r.enum_.as_ref().map(|c| &c.column))
-                    .or(r.regex.as_ref().map(|c| &c.column));
-                if let Some(col) = column {
-                    need.push(("rule column", col.clone()));
-                }
-                if let Some(rx) = &r.regex {
+                if let RuleCheck::Regex { pattern, .. } = &r.check {
                     // The same engine DataFusion's regexp functions use, so what compiles here
                     // compiles there, and a typo is reported before anything is landed.
-                    if let Err(e) = regex::Regex::new(&rx.pattern) {
+                    if let Err(e) = regex::Regex::new(pattern) {
                         let why = e.to_string();
                         let why = why.lines().last().unwrap_or_default().trim();
                         let why = why.strip_prefix("error: ").unwrap_or(why);
                         return Err(err(
-                            line_of(&rx.pattern).or_else(|| line_of(&format!("\"{}\"", r.name))),
+                            line_of(pattern).or_else(|| line_of(&format!("\"{}\"", r.name))),
                             format!(
                                 "rule {:?} of cleaned.{name}: pattern {:?} is not a valid regular \
                                  expression ({why}); fix the pattern (Rust regex syntax)",
-                                r.name, rx.pattern
+                                r.name, pattern
                             ),
                         ));
                     }
-                }
-                if let Some(sev) = &r.severity {
-                    if !SEVERITIES.contains(&sev.as_str()) {
-                        return Err(err(
-                            line_of(&format!("\"{sev}\"")),
-                            format!(
-                                "rule {:?} has severity {sev:?}; expected one of {}",
-                                r.name,
-                                SEVERITIES.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-            for g in &c.gates {
-                let measures = [g.max_quarantine_rate.is_some(), g.max_row_change.is_some()];
-                if measures.iter().filter(|x| **x).count() != 1 {
-                    return Err(err(
-                        line_of(&format!("\"{}\"", g.name)),
-                        format!(
-                            "gate {:?} of cleaned.{name} must have exactly one of \
-                             max_quarantine_rate, max_row_change",
-                            g.name
-                        ),
-                    ));
-                }
-                if !["INFO", "WARN", "FAIL_RUN", "MANUAL_REVIEW"].contains(&g.severity()) {
-                    return Err(err(
-                        line_of(&format!("\"{}\"", g.severity())),
-                        format!(
-                            "gate {:?} has severity {:?}; a gate can be INFO, WARN, FAIL_RUN or \
-                             MANUAL_REVIEW",
-                            g.name,
-                            g.severity()
-                        ),
-                    ));
                 }
             }
             for col in c.sums.iter().flatten() {
@@ -485,12 +468,6 @@ impl Pipeline {
         }
         let mut model_sql = BTreeMap::new();
         for (name, m) in &raw.models {
-            if !matches!(m.grain.as_str(), "day" | "month") {
-                return Err(err(
-                    line_of(&format!("[models.{name}]")),
-                    format!("models.{name}.grain is {:?}; expected \"day\" or \"month\"", m.grain),
-                ));
-            }
             let path = dir.join(&m.sql);
             let sql = std::fs::read_to_string(&path).map_err(|e| {
                 err(

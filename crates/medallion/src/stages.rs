@@ -26,6 +26,8 @@ use strata_publish::{Dataset, Lake, PublishOptions, RunContext, Staged, WriterOp
 use crate::catalog::{may_hold_dates, RawTable, VersionTable, LAKE_URL};
 use crate::error::{Error, Result};
 use crate::pipeline::{CleanedDef, ContractColumn, ModelDef, Pipeline, RuleDef};
+pub use crate::types::Finding;
+use crate::types::{Bound, ExpectedSum, Grain, RuleCheck, Severity, StageKind};
 
 /// The business dates a run covers, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -75,8 +77,7 @@ pub struct RunOptions {
 /// What one stage did, as `strata run` prints it.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StageReport {
-    /// `land`, `clean` or `model`.
-    pub stage: String,
+    pub stage: StageKind,
     pub dataset: String,
     pub rows_in: u64,
     pub rows_out: u64,
@@ -108,22 +109,10 @@ pub struct StageReport {
     pub sums: BTreeMap<String, SumParts>,
     /// Model checks: output column → `<value> = sum(<input>.<column>)` its sum must equal.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub expected_sums: BTreeMap<String, String>,
+    pub expected_sums: BTreeMap<String, ExpectedSum>,
     /// The partitions the accepted rows fall in (what must be written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_partitions: Option<Vec<String>>,
-}
-
-/// A rule or gate that found something, and what its severity made of it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Finding {
-    pub severity: String,
-    /// `rule <name>` or `gate <name>`.
-    pub source: String,
-    pub dataset: String,
-    /// Rows (for rules) that failed.
-    pub rows: u64,
-    pub detail: String,
 }
 
 /// The parts of an exact sum in the cleaned stage.
@@ -177,16 +166,12 @@ pub async fn land_source(
 ) -> Result<(StageReport, strata_land::SourceIndex)> {
     let started = Instant::now();
     let options = strata_land::LandOptions {
-        format: source.format.as_deref().map(|f| match f {
-            "csv" => strata_land::InputFormat::Csv,
-            "jsonl" => strata_land::InputFormat::Jsonl,
-            _ => strata_land::InputFormat::Parquet,
-        }),
+        format: source.format,
         delimiter: source.delimiter.as_deref().and_then(|d| d.bytes().next()).unwrap_or(b','),
         ..Default::default()
     };
     let mut report =
-        StageReport { stage: "land".into(), dataset: name.to_string(), ..Default::default() };
+        StageReport { stage: StageKind::Land, dataset: name.to_string(), ..Default::default() };
     let (mut new, mut old) = (0, 0);
     // The source's index and its input files (a directory walk and a listing), both of a size
     // that grows with history, are read at the same time.
@@ -358,85 +343,76 @@ fn literal(text: &str) -> String {
 }
 
 /// A bound of a range rule as SQL.
-fn toml_literal(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => literal(s),
-        other => toml_text(other),
+fn bound_literal(b: &Bound) -> String {
+    if b.is_text() {
+        literal(&b.text())
+    } else {
+        b.text()
     }
 }
 
-/// A bound of a range rule as text.
-fn toml_text(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Datetime(d) => d.to_string(),
-        toml::Value::Array(_) | toml::Value::Table(_) => "?".into(),
-    }
-}
-
-/// The SQL condition a rule requires, over the typed columns.
+/// The SQL condition a rule requires, over the typed columns, and the SQL of the reason a
+/// failing row gets.
 fn rule_predicate(rule: &RuleDef) -> (String, String) {
-    if let Some(c) = &rule.not_null {
-        return (
-            format!("{} IS NOT NULL", ident(&c.column)),
-            format!("concat({}, ' is null')", literal(&c.column)),
-        );
-    }
-    if let Some(r) = &rule.range {
-        let col = ident(&r.column);
-        let mut conds = Vec::new();
-        if let Some(min) = &r.min {
-            conds.push(format!("{col} >= {}", toml_literal(min)));
+    match &rule.check {
+        RuleCheck::NotNull { column } => (
+            format!("{} IS NOT NULL", ident(column)),
+            format!("concat({}, ' is null')", literal(column)),
+        ),
+        RuleCheck::Range { column, min, max } => {
+            let col = ident(column);
+            let mut conds = Vec::new();
+            if let Some(min) = min {
+                conds.push(format!("{col} >= {}", bound_literal(min)));
+            }
+            if let Some(max) = max {
+                conds.push(format!("{col} <= {}", bound_literal(max)));
+            }
+            let bounds = format!(
+                "[{}, {}]",
+                min.as_ref().map(Bound::text).unwrap_or_else(|| "-inf".into()),
+                max.as_ref().map(Bound::text).unwrap_or_else(|| "inf".into())
+            );
+            let cond = if conds.is_empty() { "TRUE".into() } else { conds.join(" AND ") };
+            (
+                format!("({col} IS NULL OR ({cond}))"),
+                format!(
+                    "concat({}, ' = ', CAST({col} AS VARCHAR), ' is outside ', {})",
+                    literal(column),
+                    literal(&bounds)
+                ),
+            )
         }
-        if let Some(max) = &r.max {
-            conds.push(format!("{col} <= {}", toml_literal(max)));
+        RuleCheck::Enum { column, values } => {
+            let col = ident(column);
+            let listed: Vec<String> = values.iter().map(|v| literal(v)).collect();
+            (
+                format!("({col} IS NULL OR CAST({col} AS VARCHAR) IN ({}))", listed.join(", ")),
+                format!(
+                    "concat({}, ' = ', CAST({col} AS VARCHAR), ' is not one of ', {})",
+                    literal(column),
+                    literal(&values.join(", "))
+                ),
+            )
         }
-        let bounds = format!(
-            "[{}, {}]",
-            r.min.as_ref().map(toml_text).unwrap_or_else(|| "-inf".into()),
-            r.max.as_ref().map(toml_text).unwrap_or_else(|| "inf".into())
-        );
-        let cond = if conds.is_empty() { "TRUE".into() } else { conds.join(" AND ") };
-        return (
-            format!("({col} IS NULL OR ({cond}))"),
-            format!(
-                "concat({}, ' = ', CAST({col} AS VARCHAR), ' is outside ', {})",
-                literal(&r.column),
-                literal(&bounds)
-            ),
-        );
+        RuleCheck::Regex { column, pattern } => {
+            let col = ident(column);
+            (
+                format!(
+                    "({col} IS NULL OR regexp_like(CAST({col} AS VARCHAR), {}))",
+                    literal(pattern)
+                ),
+                format!(
+                    "concat({}, ' = ', CAST({col} AS VARCHAR), ' does not match ', {})",
+                    literal(column),
+                    literal(pattern)
+                ),
+            )
+        }
+        RuleCheck::Sql(sql) => {
+            (format!("COALESCE(({sql}), FALSE)"), literal(&format!("not true: {sql}")))
+        }
     }
-    if let Some(e) = &rule.enum_ {
-        let col = ident(&e.column);
-        let values: Vec<String> = e.values.iter().map(|v| literal(v)).collect();
-        return (
-            format!("({col} IS NULL OR CAST({col} AS VARCHAR) IN ({}))", values.join(", ")),
-            format!(
-                "concat({}, ' = ', CAST({col} AS VARCHAR), ' is not one of ', {})",
-                literal(&e.column),
-                literal(&e.values.join(", "))
-            ),
-        );
-    }
-    if let Some(r) = &rule.regex {
-        let col = ident(&r.column);
-        return (
-            format!(
-                "({col} IS NULL OR regexp_like(CAST({col} AS VARCHAR), {}))",
-                literal(&r.pattern)
-            ),
-            format!(
-                "concat({}, ' = ', CAST({col} AS VARCHAR), ' does not match ', {})",
-                literal(&r.column),
-                literal(&r.pattern)
-            ),
-        );
-    }
-    let sql = rule.sql.clone().unwrap_or_else(|| "TRUE".into());
-    (format!("COALESCE(({sql}), FALSE)"), literal(&format!("not true: {sql}")))
 }
 
 /// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
@@ -493,7 +469,7 @@ pub fn cleaning_sql(
     let (mut flags, mut flag_ids) = (Vec::new(), Vec::new());
     for (i, rule) in def.rules.iter().enumerate() {
         let (ok, reason) = rule_predicate(rule);
-        if rule.severity() == "QUARANTINE_RECORD" {
+        if rule.severity == Severity::QuarantineRecord {
             checks.push((format!("NOT {ok}"), rule.name.clone(), reason));
         } else {
             flags.push(format!(", NOT {ok} AS _v{i}"));
@@ -552,11 +528,11 @@ fn date_literal(d: NaiveDate) -> String {
 }
 
 /// Partition keys of a day- or month-grain dataset for a window.
-pub fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String> {
+pub fn owned_keys(column: &str, grain: Grain, window: Window) -> BTreeSet<String> {
     window
         .days()
         .map(|d| {
-            if grain == "month" {
+            if grain == Grain::Month {
                 format!("{column}={}", d.format("%Y-%m"))
             } else {
                 format!("{column}={}", d.format("%Y-%m-%d"))
@@ -566,8 +542,8 @@ pub fn owned_keys(column: &str, grain: &str, window: Window) -> BTreeSet<String>
 }
 
 /// The partition column of a dataset: the business date, or `<date>_month` for month grain.
-pub fn partition_column(business_date: &str, grain: &str) -> String {
-    if grain == "month" {
+pub fn partition_column(business_date: &str, grain: Grain) -> String {
+    if grain == Grain::Month {
         format!("{business_date}_month")
     } else {
         business_date.to_string()
@@ -603,7 +579,7 @@ pub async fn clean(
     let sql = cleaning_sql(def, contract, &raw_columns);
     df_ctx.register_table("checked", df_ctx.sql(&sql).await?.into_view())?;
     let bd = ident(&def.business_date);
-    let month = def.grain == "month";
+    let month = def.grain == Grain::Month;
     // The window: as asked (widened to whole months for month grain), or every date present.
     let requested = window;
     let window = match window {
@@ -618,7 +594,7 @@ pub async fn clean(
         ),
         None => "TRUE".into(),
     };
-    let part_col = partition_column(&def.business_date, &def.grain);
+    let part_col = partition_column(&def.business_date, def.grain);
     // One pass over the ranked rows, in a fixed order (key, then origin) so that the files are
     // byte-identical from run to run: each batch is split into accepted rows and quarantined rows
     // on their way to the writers, and counted, summed and bucketed by partition on the way.
@@ -687,8 +663,12 @@ pub async fn clean(
         .extend(contract.iter().map(|c| Arc::new(Field::new(&c.name, DataType::Utf8View, true))));
     let q_schema = Arc::new(Schema::new(q_fields));
     let a_schema = project(&a_cols);
-    let flagged: Vec<(usize, &RuleDef)> =
-        def.rules.iter().enumerate().filter(|(_, r)| r.severity() != "QUARANTINE_RECORD").collect();
+    let flagged: Vec<(usize, &RuleDef)> = def
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.severity != Severity::QuarantineRecord)
+        .collect();
     let flag_cols: Vec<usize> =
         flagged.iter().map(|(i, _)| idx(&format!("_v{i}"))).collect::<Result<_>>()?;
     let sum_cols = def.sum_columns(contract);
@@ -728,7 +708,7 @@ pub async fn clean(
         ..Default::default()
     };
     let fail_partition: Vec<bool> =
-        flagged.iter().map(|(_, r)| r.severity() == "FAIL_PARTITION").collect();
+        flagged.iter().map(|(_, r)| r.severity == Severity::FailPartition).collect();
     // The writers (control totals, Parquet encoding) run in their own task, so that they use
     // the second core while this one merges, ranks and splits the rows.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Option<RecordBatch>, Option<RecordBatch>)>(2);
@@ -851,8 +831,8 @@ pub async fn clean(
         if *rows == 0 {
             continue;
         }
-        let sev = rule.severity();
-        if sev == "FAIL_RUN" {
+        let sev = rule.severity;
+        if sev == Severity::FailRun {
             a_ds.discard(ctx.run_id(), 0).await;
             q_ds.discard(ctx.run_id(), 0).await;
             return Err(Error::Quality {
@@ -865,7 +845,7 @@ pub async fn clean(
             });
         }
         findings.push(Finding {
-            severity: sev.to_string(),
+            severity: sev,
             source: format!("rule {}", rule.name),
             dataset: name.to_string(),
             rows: *rows,
@@ -922,11 +902,11 @@ pub async fn clean(
     }
     let mut q_owned = window
         .filter(|_| requested.is_some())
-        .map(|w| owned_keys("quarantine_date", &def.grain, w))
+        .map(|w| owned_keys("quarantine_date", def.grain, w))
         .unwrap_or_default();
     q_owned.insert(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
     let mut owned = requested.and(window).map(|w| {
-        owned_keys(&part_col, &def.grain, w)
+        owned_keys(&part_col, def.grain, w)
             .difference(&failed_keys)
             .cloned()
             .collect::<BTreeSet<_>>()
@@ -968,7 +948,7 @@ pub async fn clean(
         .collect();
     let reason = Some(format!("run {}", ctx.run_id()));
     let report = StageReport {
-        stage: "clean".into(),
+        stage: StageKind::Clean,
         dataset: name.to_string(),
         rows_in: input,
         rows_out: written,
@@ -1270,7 +1250,7 @@ pub async fn model(
     let session = session(lake, options)?;
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
     let window = match window {
-        Some(w) if def.grain == "month" => Some(w.whole_months()),
+        Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
         other => other,
     };
     let mut rows_in = 0;
@@ -1364,7 +1344,10 @@ pub async fn model(
                     .unwrap_or_default()
             })
             .unwrap_or_else(|| "0".into());
-        expected_sums.insert(check.column.clone(), format!("{v} = sum({})", check.equals));
+        expected_sums.insert(
+            check.column.clone(),
+            ExpectedSum { value: v.to_string(), of: check.equals.clone() },
+        );
     }
     let sql = &pipeline.model_sql[name];
     let mut df = session.sql(sql).await.map_err(|e| match Error::from(e) {
@@ -1420,8 +1403,8 @@ pub async fn model(
     if let Some(w) = window {
         df = df.filter(between_dates(bd.clone(), w.from, w.to))?;
     }
-    let part_col = partition_column(&def.business_date, &def.grain);
-    if def.grain == "month" {
+    let part_col = partition_column(&def.business_date, def.grain);
+    if def.grain == Grain::Month {
         df = df.with_column(
             &part_col,
             datafusion::functions::expr_fn::to_char(bd, datafusion::prelude::lit("%Y-%m")),
@@ -1436,7 +1419,7 @@ pub async fn model(
         .collect();
     let df = df.sort(sort)?;
     let stream = df.execute_stream().await?;
-    let owned = window.map(|w| owned_keys(&part_col, &def.grain, w));
+    let owned = window.map(|w| owned_keys(&part_col, def.grain, w));
     let full = window.is_none();
     let mut sums = def.sums.clone();
     sums.extend(def.reconcile.iter().map(|c| c.column.clone()));
@@ -1449,7 +1432,7 @@ pub async fn model(
     });
     let (ds, staged) = stage_stream(lake, name, stream, vec![part_col], totals, ctx).await?;
     let report = StageReport {
-        stage: "model".into(),
+        stage: StageKind::Model,
         dataset: name.to_string(),
         rows_in,
         rows_out: staged.rows,

@@ -25,15 +25,17 @@ use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{
-    batches_for_window, clean, land_source, model, owned_keys, partition_column, session, Finding,
-    Output, RunOptions, StageReport, Window,
+    batches_for_window, clean, land_source, model, owned_keys, partition_column, session, Output,
+    RunOptions, StageReport, Window,
 };
+use strata_medallion::types::{Finding, GateMeasure, Grain, StageKind};
 use strata_publish::deletion::Holder;
 use strata_publish::{locks, Draft, Lake, RunContext};
 
 use crate::error::{Error, Result};
 use crate::log::{self as runs, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
 use crate::run_state::RunState;
+use crate::validate::{self, Check, GateCounts, Verdict};
 
 /// How a run ended.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -85,14 +87,14 @@ fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
         }
         sources.insert(def.source.clone());
         let w = match options.window {
-            Some(w) if def.grain == "month" => Some(w.whole_months()),
+            Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
             other => other,
         };
-        let part = partition_column(&def.business_date, &def.grain);
+        let part = partition_column(&def.business_date, def.grain);
         let keys: Vec<String> =
-            w.map(|w| owned_keys(&part, &def.grain, w).into_iter().collect()).unwrap_or_default();
+            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default();
         let mut q_keys: Vec<String> = w
-            .map(|w| owned_keys("quarantine_date", &def.grain, w).into_iter().collect())
+            .map(|w| owned_keys("quarantine_date", def.grain, w).into_iter().collect())
             .unwrap_or_default();
         if w.is_some() {
             q_keys.push(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
@@ -124,16 +126,16 @@ fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
                 )
             };
             let w = Window { from, to: to + chrono::Duration::days(def.reads_days.into()) };
-            if def.grain == "month" {
+            if def.grain == Grain::Month {
                 w.whole_months()
             } else {
                 w
             }
         });
-        let part = partition_column(&def.business_date, &def.grain);
+        let part = partition_column(&def.business_date, def.grain);
         boundary.insert(
             name.clone(),
-            w.map(|w| owned_keys(&part, &def.grain, w).into_iter().collect()).unwrap_or_default(),
+            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default(),
         );
         windows.insert(name.clone(), w);
         models.push((name.clone(), w));
@@ -427,7 +429,7 @@ async fn reuse(
     lake: &Lake,
     found: &Checkpoints,
     stage_key: &str,
-    stage: &str,
+    stage: StageKind,
     datasets: &[String],
     window: Option<Window>,
     plan: &Plan,
@@ -456,7 +458,7 @@ async fn reuse(
         .clone()
         .and_then(|r| serde_json::from_value::<StageReport>(r).ok())
         .unwrap_or_else(|| StageReport {
-            stage: stage.into(),
+            stage,
             dataset: datasets[0].clone(),
             rows_in: stat("input"),
             rows_out: adopted[0].rows,
@@ -519,7 +521,8 @@ async fn drive(
         }));
         stage_keys.insert(name.clone(), key.clone());
         let names = vec![name.clone(), format!("{name}.quarantine")];
-        let reused = reuse(lake, found, &key, "clean", &names, *window, plan, options, ctx).await?;
+        let reused =
+            reuse(lake, found, &key, StageKind::Clean, &names, *window, plan, options, ctx).await?;
         let (report, outs) = match reused {
             Some(x) => x,
             None => Box::pin(clean(lake, session, pipeline, name, def, raw, *window, ctx)).await?,
@@ -562,7 +565,8 @@ async fn drive(
         }));
         stage_keys.insert(name.clone(), key.clone());
         let names = std::slice::from_ref(name);
-        let reused = reuse(lake, found, &key, "model", names, *window, plan, options, ctx).await?;
+        let reused =
+            reuse(lake, found, &key, StageKind::Model, names, *window, plan, options, ctx).await?;
         let (report, out) = match reused {
             Some((report, mut outs)) => (report, outs.remove(0)),
             None => model(lake, options, pipeline, name, def, deps, *window, &previews, ctx)
@@ -584,20 +588,14 @@ async fn drive(
     }
     log.advance(RunState::Validating, ctx.now(), |m| m.bases = bases).await?;
     let (checks, findings) = validate(lake, pipeline, reports, &outputs, &previews).await?;
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c["ok"] == false)
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
-            format!("{}: {} ({})", s("dataset"), s("check"), s("detail"))
-        })
-        .collect();
+    let verdict = validate::verdict(&checks, &findings);
+    let checks_json: Vec<serde_json::Value> =
+        checks.iter().map(|c| serde_json::to_value(c).unwrap_or_default()).collect();
     let findings_json: Vec<serde_json::Value> =
         findings.iter().map(|f| serde_json::to_value(f).unwrap_or_default()).collect();
-    let checks_copy = checks.clone();
-    let proven_bad = !failed.is_empty();
+    let proven_bad = matches!(verdict, Verdict::FailChecks(_));
     log.record(ctx.now(), |m| {
-        m.checks = checks_copy;
+        m.checks = checks_json;
         m.findings = findings_json;
         if proven_bad {
             // Output that failed reconciliation must never be reused by a rerun.
@@ -605,42 +603,28 @@ async fn drive(
         }
     })
     .await?;
-    if !failed.is_empty() {
-        return Err(Error::Reconciliation {
-            run_id: ctx.run_id().to_string(),
-            failed: failed.join("; "),
-        });
-    }
-    if let Some(f) = findings.iter().find(|f| f.severity == "FAIL_RUN") {
-        return Err(Error::GateFailed {
-            dataset: f.dataset.clone(),
-            source_name: f.source.clone(),
-            detail: f.detail.clone(),
-        });
+    match verdict {
+        Verdict::FailChecks(failed) => {
+            return Err(Error::Reconciliation {
+                run_id: ctx.run_id().to_string(),
+                failed: failed.join("; "),
+            })
+        }
+        Verdict::FailGate(f) => {
+            return Err(Error::GateFailed {
+                dataset: f.dataset,
+                source_name: f.source,
+                detail: f.detail,
+            })
+        }
+        Verdict::Publish | Verdict::Hold(_) => {}
     }
     // The evidence each version record carries: its checks, and the findings on its dataset.
     for o in &mut outputs {
-        let name = o.ds.name().to_string();
-        let base = name.trim_end_matches(".quarantine");
-        let mine = |c: &serde_json::Value| c["dataset"] == name.as_str();
-        let warnings: Vec<String> = findings
-            .iter()
-            .filter(|f| f.dataset == base && f.severity == "WARN")
-            .map(|f| format!("{}: {}", f.source, f.detail))
-            .collect();
-        o.staged.evidence = Some(json!({
-            "run_id": ctx.run_id(),
-            "checks": checks.iter().filter(|c| mine(c)).cloned().collect::<Vec<_>>(),
-            "findings": findings.iter().filter(|f| f.dataset == base).collect::<Vec<_>>(),
-            "warnings": warnings,
-        }));
+        let evidence = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
+        o.staged.evidence = serde_json::to_value(evidence).ok();
     }
-    let review: Vec<String> = findings
-        .iter()
-        .filter(|f| f.severity == "MANUAL_REVIEW")
-        .map(|f| format!("{} {}: {}", f.dataset, f.source, f.detail))
-        .collect();
-    if !review.is_empty() {
+    if let Verdict::Hold(review) = verdict {
         // Held: the staged output waits for `strata approve` or `strata reject`.
         let plan: BTreeMap<String, serde_json::Value> = outputs
             .iter()
@@ -735,195 +719,42 @@ async fn commit_outputs(
     Ok(published)
 }
 
-/// VALIDATING: the reconciliation checks and the gates. Pure comparisons of what the stages
-/// counted in SQL with the control totals the writer computed from the rows it wrote.
+/// VALIDATING: gathers what the checks and gates compare (the stages' counts, what the writer
+/// staged, the current row counts the gates measure change against) and lets
+/// [`crate::validate`] decide.
 async fn validate(
     lake: &Lake,
     pipeline: &Pipeline,
     reports: &mut [StageReport],
     outputs: &[Output],
     previews: &BTreeMap<String, Draft>,
-) -> Result<(Vec<serde_json::Value>, Vec<Finding>)> {
-    let mut checks = Vec::new();
-    let mut check = |dataset: &str, what: String, ok: bool, detail: String| {
-        checks.push(json!({ "check": what, "dataset": dataset, "ok": ok, "detail": detail }));
-    };
+) -> Result<(Vec<Check>, Vec<Finding>)> {
     let by_name: BTreeMap<&str, &Output> = outputs.iter().map(|o| (o.ds.name(), o)).collect();
-    let totals_of = |o: &Output| -> Option<strata_reconcile::ControlTotals> {
-        let parts: Option<Vec<&strata_reconcile::ControlTotals>> =
-            o.staged.partitions.iter().map(|p| p.totals.as_ref()).collect();
-        parts.and_then(|p| strata_reconcile::ControlTotals::combine(p).ok())
-    };
+    let mut checks = Vec::new();
     let mut findings = Vec::new();
-    for r in reports.iter_mut().filter(|r| r.stage != "land") {
+    for r in reports.iter().filter(|r| r.stage != StageKind::Land) {
         let Some(out) = by_name.get(r.dataset.as_str()) else { continue };
-        let totals = totals_of(out);
-        // The written sum of a column; no rows written sums to zero.
-        let written_sum = |col: &str| {
-            totals
-                .as_ref()
-                .and_then(|t| t.sums.get(col))
-                .cloned()
-                .or_else(|| (out.staged.rows == 0).then(|| "0".to_string()))
-        };
-        if r.stage == "clean" {
-            check(
-                &r.dataset,
-                "input = accepted + quarantined + duplicates + withheld".into(),
-                r.rows_in == r.rows_out + r.quarantined + r.duplicates + r.withheld,
-                format!(
-                    "{} = {} + {} + {} + {}",
-                    r.rows_in, r.rows_out, r.quarantined, r.duplicates, r.withheld
-                ),
-            );
-            for (col, p) in &r.sums {
-                let parts =
-                    strata_reconcile::decimal_sum(&[&p.accepted, &p.duplicates, &p.quarantined]);
-                check(
-                    &r.dataset,
-                    format!("sum({col}): raw = accepted + duplicates + quarantined"),
-                    parts.as_ref().is_ok_and(|s| strata_reconcile::same_decimal(s, &p.input)),
-                    format!("{} = {} + {} + {}", p.input, p.accepted, p.duplicates, p.quarantined),
-                );
-                // Rows of failed partitions were counted as accepted but are not written.
-                if r.withheld == 0 {
-                    let written = written_sum(col);
-                    check(
-                        &r.dataset,
-                        format!("sum({col}): accepted = written"),
-                        written
-                            .as_deref()
-                            .is_some_and(|w| strata_reconcile::same_decimal(w, &p.accepted)),
-                        format!("{} = {}", p.accepted, written.unwrap_or_else(|| "?".into())),
-                    );
-                }
-            }
-            if let Some(expected) = &r.expected_partitions {
-                let written: Vec<String> =
-                    out.staged.partitions.iter().map(|p| p.key.clone()).collect();
-                let missing: Vec<&String> =
-                    expected.iter().filter(|k| !written.contains(k)).collect();
-                check(
-                    &r.dataset,
-                    "every expected partition is present".into(),
-                    missing.is_empty(),
-                    if missing.is_empty() {
-                        format!("{} partition(s)", expected.len())
-                    } else {
-                        format!(
-                            "missing {}",
-                            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        )
-                    },
-                );
-            }
-            if let Some(q) = by_name.get(format!("{}.quarantine", r.dataset).as_str()) {
-                check(
-                    q.ds.name(),
-                    "quarantined = written".into(),
-                    q.staged.rows == r.quarantined,
-                    format!("{} = {}", r.quarantined, q.staged.rows),
-                );
-            }
-            // Gates.
-            if let Some(def) = pipeline.cleaned.get(&r.dataset) {
-                for g in &def.gates {
-                    let (failed, detail) = if let Some(max) = g.max_quarantine_rate {
-                        let rate = if r.rows_in == 0 {
-                            0.0
-                        } else {
-                            r.quarantined as f64 / r.rows_in as f64
-                        };
-                        (
-                            rate > max,
-                            format!("quarantine rate {:.2}% > {:.2}%", rate * 100.0, max * 100.0),
-                        )
-                    } else if let Some(max) = g.max_row_change {
-                        let before =
-                            lake.dataset(&r.dataset)?.current_head().await?.map(|c| c.summary.rows);
-                        let after =
-                            previews.get(&r.dataset).map(|p| p.record.summary.rows).unwrap_or(0);
-                        match before {
-                            Some(b) if b > 0 => {
-                                let change = (after as f64 / b as f64 - 1.0).abs();
-                                (
-                                    change > max,
-                                    format!(
-                                        "rows {b} -> {after}: {:.1}% change > {:.1}%",
-                                        change * 100.0,
-                                        max * 100.0
-                                    ),
-                                )
-                            }
-                            _ => (false, String::new()),
-                        }
-                    } else {
-                        (false, String::new())
-                    };
-                    if failed {
-                        findings.push(Finding {
-                            severity: g.severity().to_string(),
-                            source: format!("gate {}", g.name),
-                            dataset: r.dataset.clone(),
-                            rows: 0,
-                            detail,
-                        });
-                    }
-                }
-            }
-        }
-        for (col, expected) in &r.expected_sums {
-            let want = expected.split(" = ").next().unwrap_or("");
-            let got = written_sum(col);
-            check(
-                &r.dataset,
-                format!("sum({col}) = {}", expected.split(" = ").nth(1).unwrap_or("")),
-                got.as_deref().is_some_and(|g| strata_reconcile::same_decimal(g, want)),
-                format!("{} = {want}", got.unwrap_or_else(|| "?".into())),
-            );
-        }
-        if let Some(k) = out.staged.keys {
-            let mut detail = format!("{} distinct, {} duplicate(s)", k.distinct, k.duplicates);
-            if k.out_of_order > 0 {
-                detail.push_str(&format!(
-                    ", {} key(s) out of order: the rows were not sorted by key, so their \
-                     uniqueness is not proved (a bug in strata: please report it)",
-                    k.out_of_order
-                ));
-            }
-            check(
-                &r.dataset,
-                "no duplicate keys".into(),
-                k.duplicates == 0 && k.out_of_order == 0,
-                detail,
-            );
+        let quarantine = by_name.get(format!("{}.quarantine", r.dataset).as_str());
+        checks.extend(validate::stage_checks(r, &out.staged, quarantine.map(|q| &q.staged)));
+        if let Some(def) = pipeline.cleaned.get(&r.dataset).filter(|d| !d.gates.is_empty()) {
+            let measures_change =
+                def.gates.iter().any(|g| matches!(g.measure, GateMeasure::MaxRowChange(_)));
+            let rows_before = match measures_change {
+                true => lake.dataset(&r.dataset)?.current_head().await?.map(|c| c.summary.rows),
+                false => None,
+            };
+            let counts = GateCounts {
+                rows_in: r.rows_in,
+                quarantined: r.quarantined,
+                rows_before,
+                rows_after: previews.get(&r.dataset).map_or(0, |p| p.record.summary.rows),
+            };
+            findings.extend(validate::gate_findings(&r.dataset, &def.gates, counts));
         }
         findings.extend(r.findings.iter().cloned());
     }
-    for o in outputs {
-        let parts: u64 = o.staged.partitions.iter().map(|p| p.rows).sum();
-        let files: u64 = o.staged.partitions.iter().flat_map(|p| &p.files).map(|f| f.rows).sum();
-        let totalled = totals_of(o).map(|t| t.rows);
-        check(
-            o.ds.name(),
-            "rows written = in partitions = in files = totalled".into(),
-            parts == o.staged.rows
-                && files == o.staged.rows
-                && totalled.is_none_or(|t| t == o.staged.rows),
-            format!(
-                "{} / {parts} / {files} / {}",
-                o.staged.rows,
-                totalled.map_or("-".into(), |t| t.to_string())
-            ),
-        );
-    }
-    // Findings of a rule also stay on its report (for the run's output).
-    for r in reports.iter_mut() {
-        for f in findings.iter().filter(|f| f.dataset == r.dataset && f.source.starts_with("gate "))
-        {
-            r.findings.push(f.clone());
-        }
-    }
+    checks.extend(outputs.iter().map(|o| validate::output_check(o.ds.name(), &o.staged)));
+    validate::attach_gate_findings(reports, &findings);
     Ok((checks, findings))
 }
 

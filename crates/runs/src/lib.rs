@@ -9,6 +9,7 @@
 //! - [`log`]: each run's append-only manifest log (one entry per number, create-if-absent) and
 //!   the register of runs that may still need something done;
 //! - [`driver`]: running a pipeline, approving and rejecting a held run;
+//! - [`validate`]: the reconciliation checks, the gates and the run's verdict (pure);
 //! - [`recover`]: settling runs that stopped before a terminal state.
 //!
 //! Locks, the deletion authority and the pointer protocol live below, in `strata-publish`.
@@ -19,5 +20,6 @@ pub mod driver;
 pub mod log;
 pub mod recover;
 pub mod run_state;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -186,6 +186,7 @@ fn gates_on_thresholds() {
     std::fs::write(&toml, text).unwrap();
     let out = env.ok(&["run", "--pipeline", toml.to_str().unwrap()]);
     assert!(out.contains("WARN              orders gate quarantine_rate"), "{out}");
+    assert_eq!(out.matches("orders gate quarantine_rate").count(), 1, "said once: {out}");
 }
 
 #[test]
