@@ -73,13 +73,9 @@ pub async fn runs(
 }
 
 fn window_text(m: &RunManifest) -> String {
-    match m.params.get("window") {
-        Some(w) if !w.is_null() => format!(
-            "{}..{}",
-            w.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
-            w.get("to").and_then(|v| v.as_str()).unwrap_or("?")
-        ),
-        _ => "all dates".into(),
+    match &m.params.window {
+        Some(w) => format!("{}..{}", w.from, w.to),
+        None => "all dates".into(),
     }
 }
 
@@ -112,7 +108,12 @@ pub async fn show_run(
     if let Some((name, version)) = &m.pipeline {
         writeln!(out, "pipeline   {name} (version {version})")?;
     }
-    writeln!(out, "mode       {} {}", m.mode, m.params)?;
+    let only = match m.params.only.as_slice() {
+        [] => String::new(),
+        only => format!(" --only {}", only.join(",")),
+    };
+    let force = if m.params.force { " --force" } else { "" };
+    writeln!(out, "mode       {} ({}){only}{force}", m.mode, window_text(m))?;
     if let Some(p) = &m.process {
         writeln!(out, "process    {p}")?;
     }
@@ -147,23 +148,12 @@ pub async fn show_run(
     if !m.stages.is_empty() {
         writeln!(out, "stages")?;
         for s in &m.stages {
-            let g = |k: &str| {
-                s.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default()
-            };
-            let reused = s
-                .get("reused_from")
-                .and_then(|v| v.as_str())
-                .map(|r| format!("  (reused from {r})"))
-                .unwrap_or_default();
+            let reused =
+                s.reused_from.as_ref().map(|r| format!("  (reused from {r})")).unwrap_or_default();
             writeln!(
                 out,
                 "  {:<6} {:<22} in {:>8}  out {:>8}  quarantined {:>6}  duplicates {:>6}{reused}",
-                g("stage"),
-                g("dataset"),
-                g("rows_in"),
-                g("rows_out"),
-                g("quarantined"),
-                g("duplicates")
+                s.stage, s.dataset, s.rows_in, s.rows_out, s.quarantined, s.duplicates
             )?;
         }
     }
@@ -171,21 +161,14 @@ pub async fn show_run(
         writeln!(
             out,
             "reads      {} v{} (pinned: not computed by this run)",
-            b["dataset"].as_str().unwrap_or("?"),
-            b["version"]
+            b.dataset, b.version
         )?;
     }
     if !m.checks.is_empty() {
-        let passed = m.checks.iter().filter(|c| c["ok"] == true).count();
+        let passed = m.checks.iter().filter(|c| c.ok).count();
         writeln!(out, "checks     {passed} of {} passed", m.checks.len())?;
-        for c in m.checks.iter().filter(|c| c["ok"] != true) {
-            writeln!(
-                out,
-                "  FAILED {} {}: {}",
-                c["dataset"].as_str().unwrap_or("?"),
-                c["check"].as_str().unwrap_or("?"),
-                c["detail"].as_str().unwrap_or("")
-            )?;
+        for c in m.checks.iter().filter(|c| !c.ok) {
+            writeln!(out, "  FAILED {} {}: {}", c.dataset, c.check, c.detail)?;
         }
     }
     if !m.checkpoints.is_empty() {
@@ -200,7 +183,10 @@ pub async fn show_run(
         writeln!(out, "error      {e}")?;
     }
     if let Some(r) = &m.recovery {
-        writeln!(out, "recovery   {r}")?;
+        writeln!(out, "recovery   by {} from {}", r.by, r.from)?;
+        for e in &r.evidence {
+            writeln!(out, "  {e}")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -75,7 +75,7 @@ pub struct RunOptions {
 }
 
 /// What one stage did, as `strata run` prints it.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct StageReport {
     pub stage: StageKind,
     pub dataset: String,

@@ -33,9 +33,12 @@ use strata_publish::deletion::Holder;
 use strata_publish::{locks, Draft, Lake, RunContext};
 
 use crate::error::{Error, Result};
-use crate::log::{self as runs, Base, InputBatch, RunLog, RunManifest, StagedCheckpoint};
+use crate::log::{
+    self as runs, Base, Binding, InputBatch, PublishPlan, RunLog, RunManifest, RunParams,
+    StagedCheckpoint,
+};
 use crate::run_state::RunState;
-use crate::validate::{self, Check, GateCounts, Verdict};
+use crate::validate::{self, Approval, Check, Evidence, GateCounts, Verdict};
 
 /// How a run ended.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -227,11 +230,8 @@ pub async fn run_pipeline(
             rows,
         })
         .collect();
-    let params = json!({
-        "window": options.window,
-        "only": options.only,
-        "force": options.force,
-    });
+    let params =
+        RunParams { window: options.window, only: options.only.clone(), force: options.force };
     let run_key = hash_json(&json!({
         "pipeline": pipeline.version,
         "window": options.window,
@@ -453,21 +453,17 @@ async fn reuse(
     }
     let cp = &cps[0];
     let stat = |k: &str| cp.stats.get(k).copied().unwrap_or(0);
-    let mut report = cp
-        .report
-        .clone()
-        .and_then(|r| serde_json::from_value::<StageReport>(r).ok())
-        .unwrap_or_else(|| StageReport {
-            stage,
-            dataset: datasets[0].clone(),
-            rows_in: stat("input"),
-            rows_out: adopted[0].rows,
-            quarantined: stat("quarantined"),
-            duplicates: stat("duplicates"),
-            partitions: adopted[0].partitions.len() as u64,
-            window,
-            ..Default::default()
-        });
+    let mut report = cp.report.clone().unwrap_or_else(|| StageReport {
+        stage,
+        dataset: datasets[0].clone(),
+        rows_in: stat("input"),
+        rows_out: adopted[0].rows,
+        quarantined: stat("quarantined"),
+        duplicates: stat("duplicates"),
+        partitions: adopted[0].partitions.len() as u64,
+        window,
+        ..Default::default()
+    });
     report.reused_from = Some(cp.run_id.clone());
     report.note = format!("reused the checksummed output of run {}", cp.run_id);
     report.millis = 0;
@@ -553,8 +549,11 @@ async fn drive(
                 )));
             };
             let record = &draft.record;
-            bindings
-                .push(json!({"dataset": d, "version": record.version, "run_id": record.run_id}));
+            bindings.push(Binding {
+                dataset: d.clone(),
+                version: record.version,
+                run_id: record.run_id.clone(),
+            });
             stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
             previews.insert(d.clone(), draft);
         }
@@ -589,14 +588,10 @@ async fn drive(
     log.advance(RunState::Validating, ctx.now(), |m| m.bases = bases).await?;
     let (checks, findings) = validate(lake, pipeline, reports, &outputs, &previews).await?;
     let verdict = validate::verdict(&checks, &findings);
-    let checks_json: Vec<serde_json::Value> =
-        checks.iter().map(|c| serde_json::to_value(c).unwrap_or_default()).collect();
-    let findings_json: Vec<serde_json::Value> =
-        findings.iter().map(|f| serde_json::to_value(f).unwrap_or_default()).collect();
     let proven_bad = matches!(verdict, Verdict::FailChecks(_));
     log.record(ctx.now(), |m| {
-        m.checks = checks_json;
-        m.findings = findings_json;
+        m.checks = checks.clone();
+        m.findings = findings.clone();
         if proven_bad {
             // Output that failed reconciliation must never be reused by a rerun.
             m.checkpoints.clear();
@@ -620,24 +615,28 @@ async fn drive(
         Verdict::Publish | Verdict::Hold(_) => {}
     }
     // The evidence each version record carries: its checks, and the findings on its dataset.
+    let evidence: BTreeMap<String, Evidence> = outputs
+        .iter()
+        .map(|o| {
+            let e = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
+            (o.ds.name().to_string(), e)
+        })
+        .collect();
     for o in &mut outputs {
-        let evidence = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
-        o.staged.evidence = serde_json::to_value(evidence).ok();
+        o.staged.evidence = serde_json::to_value(&evidence[o.ds.name()]).ok();
     }
     if let Verdict::Hold(review) = verdict {
         // Held: the staged output waits for `strata approve` or `strata reject`.
-        let plan: BTreeMap<String, serde_json::Value> = outputs
+        let plan: BTreeMap<String, PublishPlan> = outputs
             .iter()
             .map(|o| {
-                (
-                    o.ds.name().to_string(),
-                    json!({
-                        "replace_all": o.options.replace_all,
-                        "owned": o.options.owned,
-                        "reason": o.options.reason,
-                        "evidence": o.staged.evidence,
-                    }),
-                )
+                let plan = PublishPlan {
+                    replace_all: o.options.replace_all,
+                    owned: o.options.owned.clone(),
+                    reason: o.options.reason.clone(),
+                    evidence: evidence.get(o.ds.name()).cloned(),
+                };
+                (o.ds.name().to_string(), plan)
             })
             .collect();
         let why = review.join("; ");
@@ -764,7 +763,7 @@ async fn record_stage(
     report: &StageReport,
     key: &str,
     outs: &[Output],
-    bindings: Vec<serde_json::Value>,
+    bindings: Vec<Binding>,
 ) -> Result<()> {
     let stats: BTreeMap<String, u64> = [
         ("input".to_string(), report.rows_in),
@@ -779,13 +778,12 @@ async fn record_stage(
         .map(|o| {
             let mut c = StagedCheckpoint::new(key, o.ds.name(), &o.staged);
             c.stats = stats.clone();
-            c.report = serde_json::to_value(report).ok();
+            c.report = Some(report.clone());
             c
         })
         .collect();
-    let stage = serde_json::to_value(report).unwrap_or_default();
     log.record(ctx.now(), |m| {
-        m.stages.push(stage);
+        m.stages.push(report.clone());
         m.checkpoints.extend(cps);
         m.reference_data.extend(bindings);
     })
@@ -911,17 +909,17 @@ pub async fn approve(
             });
         }
         let plan = m.publish_plan.get(&cp.dataset).cloned().unwrap_or_default();
-        let mut evidence = plan.get("evidence").cloned().unwrap_or_else(|| json!({}));
-        evidence["approved"] = json!({ "at": now, "note": note });
-        staged.evidence = Some(evidence);
-        let owned: Option<BTreeSet<String>> =
-            plan.get("owned").and_then(|o| serde_json::from_value(o.clone()).ok()).flatten();
+        let mut evidence = plan
+            .evidence
+            .unwrap_or_else(|| validate::evidence_for(&cp.dataset, run_id, &m.checks, &m.findings));
+        evidence.approved = Some(Approval { at: now, note: note.clone() });
+        staged.evidence = serde_json::to_value(evidence).ok();
         outputs.push(Output {
             ds,
             staged,
             options: strata_publish::PublishOptions {
-                replace_all: plan.get("replace_all").and_then(|v| v.as_bool()).unwrap_or(false),
-                owned,
+                replace_all: plan.replace_all,
+                owned: plan.owned,
                 reason: Some(format!("run {run_id}, approved")),
             },
         });

@@ -17,7 +17,7 @@
 //! the same way (by number). Two entries with one number (which that naming allowed) are
 //! reported as a corrupt log that needs a person.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -25,11 +25,14 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use strata_medallion::stages::{StageReport, Window};
+use strata_medallion::types::Finding;
 pub use strata_publish::model::Base;
 use strata_publish::Lake;
 
 use crate::error::{Error, Result};
 use crate::run_state::{transition, RunState};
+use crate::validate::{Check, Evidence};
 
 /// `format` of a run manifest entry.
 pub const RUN_FORMAT: &str = "strata.run.v1";
@@ -71,7 +74,7 @@ pub struct StagedCheckpoint {
     pub keys: Option<strata_reconcile::KeyCounts>,
     /// The stage's whole report (counts, sums, findings), to validate a reuse like a run.
     #[serde(default)]
-    pub report: Option<serde_json::Value>,
+    pub report: Option<StageReport>,
 }
 
 impl StagedCheckpoint {
@@ -121,8 +124,8 @@ pub struct RunManifest {
     /// `full`, `window`, `publish`, …
     pub mode: String,
     /// Parameters as given (window, datasets…).
-    #[serde(default)]
-    pub params: serde_json::Value,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub params: RunParams,
     /// The exact raw batches read.
     #[serde(default)]
     pub input_boundary: Vec<InputBatch>,
@@ -131,13 +134,13 @@ pub struct RunManifest {
     pub output_boundary: BTreeMap<String, Vec<String>>,
     /// Reference data the run is pinned to.
     #[serde(default)]
-    pub reference_data: Vec<serde_json::Value>,
+    pub reference_data: Vec<Binding>,
     /// When each state was entered, from the run's clock.
     #[serde(default)]
     pub times: BTreeMap<String, DateTime<Utc>>,
     /// Per-stage counts and results.
     #[serde(default)]
-    pub stages: Vec<serde_json::Value>,
+    pub stages: Vec<StageReport>,
     /// Identifies what the run computes: pipeline version, parameters and input boundary. Two
     /// runs with the same key publish the same data.
     #[serde(default)]
@@ -153,13 +156,13 @@ pub struct RunManifest {
     pub prepared: BTreeMap<String, u64>,
     /// Validation results (from VALIDATING on): each check, the dataset, whether it held.
     #[serde(default)]
-    pub checks: Vec<serde_json::Value>,
+    pub checks: Vec<Check>,
     /// What rules and gates found (severity, source, dataset, rows, detail).
     #[serde(default)]
-    pub findings: Vec<serde_json::Value>,
+    pub findings: Vec<Finding>,
     /// Dataset → how its staged output is to be published (for a run awaiting review).
     #[serde(default)]
-    pub publish_plan: BTreeMap<String, serde_json::Value>,
+    pub publish_plan: BTreeMap<String, PublishPlan>,
     /// Finished stages' staged output, reusable by a rerun while the run is not published.
     #[serde(default)]
     pub checkpoints: Vec<StagedCheckpoint>,
@@ -174,12 +177,71 @@ pub struct RunManifest {
     pub cleanup: bool,
     /// What recovery found and did, when recovery moved the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recovery: Option<serde_json::Value>,
+    pub recovery: Option<Recovery>,
+}
+
+/// The parameters a run was started with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunParams {
+    /// The business dates asked for; none: every date found in the input.
+    #[serde(default)]
+    pub window: Option<Window>,
+    /// `--only`: the datasets asked for; empty: all.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// `--force`: run even when a published run already computed exactly this.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A dataset a run read but did not compute, pinned at the version it read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub dataset: String,
+    pub version: u64,
+    /// The run that published that version.
+    pub run_id: String,
+}
+
+/// How a held run's staged output of one dataset is to be published once approved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishPlan {
+    #[serde(default)]
+    pub replace_all: bool,
+    /// The partitions the run owns (none: the whole dataset).
+    #[serde(default)]
+    pub owned: Option<BTreeSet<String>>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The evidence its version record will carry.
+    #[serde(default)]
+    pub evidence: Option<Evidence>,
+}
+
+/// What recovery found and did, recorded in the manifest of a run it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The recovery's own run id.
+    pub by: String,
+    /// The state the run had stopped in.
+    pub from: RunState,
+    /// What the pointers and staging showed, and what was done.
+    pub evidence: Vec<String>,
+}
+
+/// A `null` (as manifests of earlier runs hold for parameters they did not have) reads as the
+/// default.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl RunManifest {
     /// A manifest in state PLANNED.
-    pub fn planned(run_id: &str, mode: &str, params: serde_json::Value) -> Self {
+    pub fn planned(run_id: &str, mode: &str, params: RunParams) -> Self {
         RunManifest {
             format: RUN_FORMAT.into(),
             run_id: run_id.into(),

@@ -21,7 +21,7 @@ use strata_publish::locks::{self, Clock};
 use strata_publish::{Lake, RunContext};
 
 use crate::error::{Error, Result};
-use crate::log::{self as runs, RunLog, RunManifest};
+use crate::log::{self as runs, Recovery, RunLog, RunManifest};
 use crate::run_state::RunState;
 
 /// What recovery decides for one run, before acting.
@@ -446,7 +446,7 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         };
         let recovery = Recovery { by: ctx.run_id().to_string(), from, evidence: ev };
         let update = |m: &mut RunManifest| {
-            m.recovery = serde_json::to_value(&recovery).ok();
+            m.recovery = Some(recovery.clone());
             if to == RunState::Failed {
                 m.checkpoints = reusable(&m.checkpoints, &published).cloned().collect();
             }
@@ -475,14 +475,6 @@ fn reusable<'a>(
     checkpoints.iter().filter(|c| !flipped.contains_key(&c.dataset))
 }
 
-/// What recovery records in the manifest of a run it moved.
-#[derive(Debug, Clone, Serialize)]
-struct Recovery {
-    by: String,
-    from: RunState,
-    evidence: Vec<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,7 +498,7 @@ mod tests {
         let m = |state: RunState, cleanup: bool| RunManifest {
             state,
             cleanup,
-            ..RunManifest::planned("r", "full", serde_json::Value::Null)
+            ..RunManifest::planned("r", "full", Default::default())
         };
         for state in [Planned, InputLocked, Running, Validating, Committing, Unknown] {
             assert!(recoverable(&m(state, false)), "{state}");

@@ -244,13 +244,23 @@ pub fn verdict(checks: &[Check], findings: &[Finding]) -> Verdict {
 }
 
 /// The evidence a version record carries: the run, the checks on the dataset, the findings on
-/// it (a quarantine dataset carries its base dataset's), and its warnings.
+/// it (a quarantine dataset carries its base dataset's), its warnings, and, for a held run, who
+/// approved it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub run_id: String,
     pub checks: Vec<Check>,
     pub findings: Vec<Finding>,
     pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Approval>,
+}
+
+/// A person's approval of a held run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub note: Option<String>,
 }
 
 /// The evidence of `dataset` from the run's checks and findings.
@@ -271,6 +281,7 @@ pub fn evidence_for(
             .map(|f| format!("{}: {}", f.source, f.detail))
             .collect(),
         findings,
+        approved: None,
     }
 }
 

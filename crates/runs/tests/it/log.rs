@@ -2,11 +2,10 @@
 
 use chrono::{TimeZone, Utc};
 use object_store::ObjectStoreExt;
-use serde_json::Value;
 use strata_publish::{Lake, OpenMode};
 use strata_runs::log::{
-    close, list_runs, open_runs, run_log, InputBatch, RunLog, RunManifest, StagedCheckpoint,
-    OPEN_DIR,
+    close, list_runs, open_runs, run_log, InputBatch, RunLog, RunManifest, RunParams,
+    StagedCheckpoint, OPEN_DIR,
 };
 use strata_runs::run_state::RunState;
 
@@ -17,7 +16,11 @@ fn at(minute: u32) -> chrono::DateTime<Utc> {
 #[tokio::test]
 async fn a_run_log_records_every_state_and_refuses_invalid_moves() {
     let lake = Lake::open("memory://", OpenMode::Create).unwrap();
-    let m = RunManifest::planned("run-a", "window", serde_json::json!({"date": "2026-01-03"}));
+    let m = RunManifest::planned(
+        "run-a",
+        "window",
+        RunParams { only: vec!["orders".into()], ..Default::default() },
+    );
     let mut log = RunLog::begin(&lake, m.clone(), at(0)).await.unwrap();
     // The same run id cannot be begun twice.
     let err = RunLog::begin(&lake, m, at(1)).await.unwrap_err();
@@ -61,7 +64,7 @@ async fn a_run_log_records_every_state_and_refuses_invalid_moves() {
 
     // A second run that fails; listing shows each run's latest state.
     let mut b =
-        RunLog::begin(&lake, RunManifest::planned("run-b", "full", serde_json::Value::Null), at(9))
+        RunLog::begin(&lake, RunManifest::planned("run-b", "full", RunParams::default()), at(9))
             .await
             .unwrap();
     b.advance(RunState::Failed, at(10), |m| m.error = Some("disk full".into())).await.unwrap();
@@ -107,8 +110,9 @@ fn checkpoint(run_id: &str) -> StagedCheckpoint {
 async fn the_register_of_open_runs_holds_exactly_the_runs_that_need_something() {
     use RunState::*;
     let lake = Lake::open("memory://", OpenMode::Create).unwrap();
-    let begin =
-        |id: &str| RunLog::begin(&lake, RunManifest::planned(id, "full", Value::Null), at(0));
+    let begin = |id: &str| {
+        RunLog::begin(&lake, RunManifest::planned(id, "full", RunParams::default()), at(0))
+    };
     let mut done = begin("r1-done").await.unwrap();
     let mut failed = begin("r2-failed").await.unwrap();
     let mut kept = begin("r3-kept").await.unwrap();
@@ -147,9 +151,10 @@ async fn a_lake_from_before_the_register_is_registered_once() {
     use RunState::*;
     let lake = Lake::open("memory://", OpenMode::Create).unwrap();
     for (id, to) in [("r1", Failed), ("r2", InputLocked), ("r3", Failed)] {
-        let mut log = RunLog::begin(&lake, RunManifest::planned(id, "full", Value::Null), at(0))
-            .await
-            .unwrap();
+        let mut log =
+            RunLog::begin(&lake, RunManifest::planned(id, "full", RunParams::default()), at(0))
+                .await
+                .unwrap();
         log.advance(to, at(1), |m| {
             if m.run_id == "r3" {
                 m.checkpoints.push(checkpoint("r3"));
@@ -175,9 +180,10 @@ async fn a_lake_from_before_the_register_is_registered_once() {
 async fn two_processes_moving_one_run_cannot_both_write_an_entry() {
     use RunState::*;
     let lake = Lake::open("memory://", OpenMode::Create).unwrap();
-    let mut log = RunLog::begin(&lake, RunManifest::planned("held", "full", Value::Null), at(0))
-        .await
-        .unwrap();
+    let mut log =
+        RunLog::begin(&lake, RunManifest::planned("held", "full", RunParams::default()), at(0))
+            .await
+            .unwrap();
     for st in [InputLocked, Running, Validating, AwaitingReview] {
         log.advance(st, at(1), |_| {}).await.unwrap();
     }
@@ -220,7 +226,7 @@ async fn two_processes_moving_one_run_cannot_both_write_an_entry() {
 #[tokio::test]
 async fn a_log_in_the_old_naming_is_read_by_number() {
     let lake = Lake::open("memory://", OpenMode::Create).unwrap();
-    let mut m = RunManifest::planned("old", "full", Value::Null);
+    let mut m = RunManifest::planned("old", "full", RunParams::default());
     let put = |name: &str, m: &RunManifest| {
         let path = object_store::path::Path::from(format!("_strata/runs/old/{name}"));
         let body = serde_json::to_vec(m).unwrap();
