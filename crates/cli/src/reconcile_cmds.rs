@@ -105,7 +105,7 @@ pub async fn reconcile(
     let parts = partition_totals(&ds, &record, args.input).await?;
     let totals = combined(&parts)?;
     let mut differences: Vec<serde_json::Value> = Vec::new();
-    let mut checks: Vec<serde_json::Value> = Vec::new();
+    let mut checks: Vec<strata_publish::model::Check> = Vec::new();
     let mut against_totals = None;
     if let Some(m) = args.against {
         let other = ds.version(m).await?;
@@ -149,15 +149,9 @@ pub async fn reconcile(
                 None => differences.push(json!({"partition": key, "what": "no recorded totals", "left": "-", "right": "recomputed"})),
             }
         }
-        checks = record
-            .evidence
-            .as_ref()
-            .and_then(|e| e.get("checks"))
-            .and_then(|c| c.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for c in checks.iter().filter(|c| c["ok"] != true) {
-            differences.push(json!({"partition": null, "what": format!("check failed: {}", c["check"].as_str().unwrap_or("?")), "left": c["detail"], "right": ""}));
+        checks = record.evidence.as_ref().map(|e| e.checks.clone()).unwrap_or_default();
+        for c in checks.iter().filter(|c| !c.ok) {
+            differences.push(json!({"partition": null, "what": format!("check failed: {}", c.check), "left": c.detail, "right": ""}));
         }
         if checks.is_empty() {
             differences.push(json!({"partition": null, "what": "the version records no input checks (published without a pipeline run)", "left": "-", "right": "-"}));
@@ -200,9 +194,9 @@ pub async fn reconcile(
                 writeln!(
                     out,
                     "  {:<4} {}  {}",
-                    if c["ok"] == true { "ok" } else { "FAIL" },
-                    c["check"].as_str().unwrap_or("?"),
-                    c["detail"].as_str().unwrap_or("")
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.check,
+                    c.detail
                 )?;
             }
         }

@@ -6,60 +6,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-/// What a failing rule or gate does, from mildest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Severity {
-    /// Recorded.
-    Info,
-    /// Recorded, and the run says so; the version carries it as a warning.
-    Warn,
-    /// The failing rows go to quarantine with the rule as their reason (rules only).
-    QuarantineRecord,
-    /// The partitions holding failing rows are not published (rules only).
-    FailPartition,
-    /// Nothing is published; the run is FAILED.
-    FailRun,
-    /// The output is staged and held until a person approves or rejects it.
-    ManualReview,
-}
-
-impl Severity {
-    /// Every severity, from mildest.
-    pub const ALL: [Severity; 6] = [
-        Severity::Info,
-        Severity::Warn,
-        Severity::QuarantineRecord,
-        Severity::FailPartition,
-        Severity::FailRun,
-        Severity::ManualReview,
-    ];
-
-    /// The spelling in `strata.toml` and in manifests.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "INFO",
-            Severity::Warn => "WARN",
-            Severity::QuarantineRecord => "QUARANTINE_RECORD",
-            Severity::FailPartition => "FAIL_PARTITION",
-            Severity::FailRun => "FAIL_RUN",
-            Severity::ManualReview => "MANUAL_REVIEW",
-        }
-    }
-
-    /// Whether a gate may have this severity: a gate measures a whole stage, so it cannot
-    /// quarantine a record or fail one partition.
-    pub fn fits_a_gate(self) -> bool {
-        !matches!(self, Severity::QuarantineRecord | Severity::FailPartition)
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+pub use strata_publish::model::{Finding, Severity};
 
 /// The partition grain of a dataset: one partition per day or per month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -234,18 +181,6 @@ impl From<ExpectedSum> for String {
     fn from(e: ExpectedSum) -> String {
         format!("{} = sum({})", e.value, e.of)
     }
-}
-
-/// A rule or gate that found something, and what its severity made of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
-    pub severity: Severity,
-    /// `rule <name>` or `gate <name>`.
-    pub source: String,
-    pub dataset: String,
-    /// Rows (for rules) that failed.
-    pub rows: u64,
-    pub detail: String,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The JSON records of the protocol. `docs/protocol.md` specifies them field by field; keep the
 //! two in step.
 
+use std::fmt;
+
 use arrow::datatypes::Schema;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -130,7 +132,7 @@ pub struct RecordHead {
     #[serde(rename = "partitions", default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<Vec<PartitionEntry>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<serde_json::Value>,
+    pub evidence: Option<Evidence>,
 }
 
 impl RecordHead {
@@ -261,4 +263,118 @@ pub struct Flip {
 pub struct Base {
     pub seq: u64,
     pub max_version: u64,
+}
+
+// The evidence a version record carries (written by strata's runs; `docs/protocol.md`).
+
+/// What a failing rule or gate does, from mildest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    /// Recorded.
+    Info,
+    /// Recorded, and the run says so; the version carries it as a warning.
+    Warn,
+    /// The failing rows go to quarantine with the rule as their reason (rules only).
+    QuarantineRecord,
+    /// The partitions holding failing rows are not published (rules only).
+    FailPartition,
+    /// Nothing is published; the run is FAILED.
+    FailRun,
+    /// The output is staged and held until a person approves or rejects it.
+    ManualReview,
+}
+
+impl Severity {
+    /// Every severity, from mildest.
+    pub const ALL: [Severity; 6] = [
+        Severity::Info,
+        Severity::Warn,
+        Severity::QuarantineRecord,
+        Severity::FailPartition,
+        Severity::FailRun,
+        Severity::ManualReview,
+    ];
+
+    /// The spelling in `strata.toml` and in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Warn => "WARN",
+            Severity::QuarantineRecord => "QUARANTINE_RECORD",
+            Severity::FailPartition => "FAIL_PARTITION",
+            Severity::FailRun => "FAIL_RUN",
+            Severity::ManualReview => "MANUAL_REVIEW",
+        }
+    }
+
+    /// Whether a gate may have this severity: a gate measures a whole stage, so it cannot
+    /// quarantine a record or fail one partition.
+    pub fn fits_a_gate(self) -> bool {
+        !matches!(self, Severity::QuarantineRecord | Severity::FailPartition)
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A rule or gate that found something, and what its severity made of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// `rule <name>` or `gate <name>`.
+    pub source: String,
+    pub dataset: String,
+    /// Rows (for rules) that failed.
+    pub rows: u64,
+    pub detail: String,
+}
+
+/// One reconciliation check and whether it held, as the manifest and the version's evidence
+/// record it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was compared, e.g. `input = accepted + quarantined + duplicates + withheld`.
+    pub check: String,
+    pub dataset: String,
+    pub ok: bool,
+    /// The values compared, e.g. `20 = 12 + 5 + 3 + 0`.
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(dataset: &str, check: impl Into<String>, ok: bool, detail: String) -> Self {
+        Check { check: check.into(), dataset: dataset.to_string(), ok, detail }
+    }
+
+    /// `dataset: check (detail)`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}: {} ({})", self.dataset, self.check, self.detail)
+    }
+}
+
+/// The evidence a version record carries: the run, the checks on the dataset, the findings on
+/// it (a quarantine dataset carries its base dataset's), its warnings, and, for a held run, who
+/// approved it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub run_id: String,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Approval>,
+}
+
+/// A person's approval of a held run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub at: DateTime<Utc>,
+    pub note: Option<String>,
 }

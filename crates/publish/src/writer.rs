@@ -73,7 +73,7 @@ pub struct Staged {
     pub partitions: Vec<PartitionEntry>,
     pub rows: u64,
     /// Evidence to store in the version record.
-    pub evidence: Option<serde_json::Value>,
+    pub evidence: Option<crate::model::Evidence>,
     /// Key counts over every partition written (keys repeated across partitions count as
     /// duplicates), when the writer computed totals with a key.
     pub keys: Option<strata_reconcile::KeyCounts>,

@@ -276,7 +276,8 @@ pub async fn run_pipeline(
             return Err(e);
         }
     };
-    let result = drive(
+    // Boxed: the stages' futures are large, and every caller would carry them inline.
+    let result = Box::pin(drive(
         lake,
         pipeline,
         options,
@@ -290,7 +291,7 @@ pub async fn run_pipeline(
         &lock,
         progress,
         &mut reports,
-    )
+    ))
     .await;
     side_work_done().await;
     match result {
@@ -623,7 +624,7 @@ async fn drive(
         })
         .collect();
     for o in &mut outputs {
-        o.staged.evidence = serde_json::to_value(&evidence[o.ds.name()]).ok();
+        o.staged.evidence = evidence.get(o.ds.name()).cloned();
     }
     if let Verdict::Hold(review) = verdict {
         // Held: the staged output waits for `strata approve` or `strata reject`.
@@ -913,7 +914,7 @@ pub async fn approve(
             .evidence
             .unwrap_or_else(|| validate::evidence_for(&cp.dataset, run_id, &m.checks, &m.findings));
         evidence.approved = Some(Approval { at: now, note: note.clone() });
-        staged.evidence = serde_json::to_value(evidence).ok();
+        staged.evidence = Some(evidence);
         outputs.push(Output {
             ds,
             staged,
@@ -943,7 +944,7 @@ pub async fn approve(
     // The pointers may have moved between the check and the claim.
     let failed = "the run was marked FAILED; run the pipeline again";
     let result = match check_bases(log.manifest(), &outputs, failed).await {
-        Ok(()) => commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx).await,
+        Ok(()) => Box::pin(commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx)).await,
         Err(e) => {
             let message = e.to_string();
             let mut cleaned = true;

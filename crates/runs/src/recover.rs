@@ -251,7 +251,7 @@ pub async fn recover(
             }
             Err(e) => return Err(e.into()),
         };
-        let settled = settle(lake, m, ctx).await;
+        let settled = Box::pin(settle(lake, m, ctx)).await;
         held.release().await;
         if let Some(recovered) = settled? {
             report.recovered.push(recovered);

@@ -4,34 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use strata_medallion::pipeline::GateDef;
 use strata_medallion::stages::StageReport;
 use strata_medallion::types::{Finding, GateMeasure, Severity, StageKind};
+pub use strata_publish::model::{Approval, Check, Evidence};
 use strata_publish::Staged;
-
-/// One reconciliation check and whether it held, as the manifest and the version's evidence
-/// record it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// What was compared, e.g. `input = accepted + quarantined + duplicates + withheld`.
-    pub check: String,
-    pub dataset: String,
-    pub ok: bool,
-    /// The values compared, e.g. `20 = 12 + 5 + 3 + 0`.
-    pub detail: String,
-}
-
-impl Check {
-    fn new(dataset: &str, check: impl Into<String>, ok: bool, detail: String) -> Self {
-        Check { check: check.into(), dataset: dataset.to_string(), ok, detail }
-    }
-
-    /// `dataset: check (detail)`, for messages.
-    pub fn describe(&self) -> String {
-        format!("{}: {} ({})", self.dataset, self.check, self.detail)
-    }
-}
 
 /// The control totals of everything a dataset staged, if every partition has them.
 fn totals_of(staged: &Staged) -> Option<strata_reconcile::ControlTotals> {
@@ -241,26 +218,6 @@ pub fn verdict(checks: &[Check], findings: &[Finding]) -> Verdict {
     } else {
         Verdict::Hold(review)
     }
-}
-
-/// The evidence a version record carries: the run, the checks on the dataset, the findings on
-/// it (a quarantine dataset carries its base dataset's), its warnings, and, for a held run, who
-/// approved it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    pub run_id: String,
-    pub checks: Vec<Check>,
-    pub findings: Vec<Finding>,
-    pub warnings: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approved: Option<Approval>,
-}
-
-/// A person's approval of a held run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approval {
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub note: Option<String>,
 }
 
 /// The evidence of `dataset` from the run's checks and findings.

@@ -674,7 +674,13 @@ pub async fn previewed_records_are_reused_only_while_current(lake: Lake) {
     // Nothing published in between: the preview is the record, plus evidence.
     let (c2, mut staged) = stage("r2", 1, "2026-01-02", 100).await;
     let preview = ds.preview(&staged, &options, &c2).await.unwrap();
-    staged.evidence = Some(serde_json::json!({"checks": "ok"}));
+    staged.evidence = Some(strata_publish::model::Evidence {
+        run_id: "r2".into(),
+        checks: vec![strata_publish::model::Check::new("orders", "rows", true, "5 = 5".into())],
+        findings: Vec::new(),
+        warnings: Vec::new(),
+        approved: None,
+    });
     let prepared = ds.prepare_previewed(staged.clone(), &options, preview.clone(), &c2).await;
     let prepared = prepared.unwrap();
     assert_eq!(
