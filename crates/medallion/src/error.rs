@@ -10,6 +10,10 @@ pub enum Error {
     #[error(transparent)]
     Lake(#[from] strata_publish::Error),
 
+    /// A control total cannot be computed (a column that does not sum exactly, an overflow).
+    #[error(transparent)]
+    Totals(#[from] strata_reconcile::Error),
+
     /// A raw-landing problem.
     #[error(transparent)]
     Land(strata_land::Error),
@@ -88,6 +92,7 @@ impl Error {
             Error::Sql { .. }
             | Error::Quality { .. }
             | Error::Reconciliation { .. }
+            | Error::Totals(_)
             | Error::MissingFile { .. }
             | Error::OutOfMemory { .. }
             | Error::Damaged { .. }

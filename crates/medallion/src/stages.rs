@@ -1140,8 +1140,11 @@ impl CleanPass {
             // Slot 0 is every row: the column itself, unfiltered.
             for (slot, mask) in [None, Some(acc), Some(dup), Some(quar)].into_iter().enumerate() {
                 let part = match mask {
-                    None => exact_sum(col, &sum_cols[k])?,
-                    Some(m) => exact_sum(&arrow::compute::filter(col, m)?, &sum_cols[k])?,
+                    None => strata_reconcile::sum_column(col, &sum_cols[k])?,
+                    Some(m) => strata_reconcile::sum_column(
+                        &arrow::compute::filter(col, m)?,
+                        &sum_cols[k],
+                    )?,
                 };
                 let acc_sum = &mut self.sums[k][slot];
                 let scale = part.1;
@@ -1153,42 +1156,6 @@ impl CleanPass {
         }
         Ok(())
     }
-}
-
-/// The exact sum of an integer or decimal column: (units, scale).
-fn exact_sum(a: &ArrayRef, column: &str) -> Result<(i128, i8)> {
-    use datafusion::arrow::datatypes::{Decimal128Type, Int16Type, Int32Type, Int64Type, Int8Type};
-    let overflow = || Error::Sql { message: format!("the sum of {column} overflows") };
-    Ok(match a.data_type() {
-        DataType::Decimal128(_, s) => (
-            arrow::compute::sum_checked(a.as_primitive::<Decimal128Type>())
-                .map_err(|_| overflow())?
-                .unwrap_or(0),
-            *s,
-        ),
-        DataType::Int64 => (
-            i128::from(
-                arrow::compute::sum_checked(a.as_primitive::<Int64Type>())
-                    .map_err(|_| overflow())?
-                    .unwrap_or(0),
-            ),
-            0,
-        ),
-        DataType::Int32 => {
-            (a.as_primitive::<Int32Type>().iter().flatten().map(i128::from).sum(), 0)
-        }
-        DataType::Int16 => {
-            (a.as_primitive::<Int16Type>().iter().flatten().map(i128::from).sum(), 0)
-        }
-        DataType::Int8 => (a.as_primitive::<Int8Type>().iter().flatten().map(i128::from).sum(), 0),
-        other => {
-            return Err(Error::Sql {
-                message: format!(
-                    "{column} is {other}; only integer and decimal columns sum exactly"
-                ),
-            })
-        }
-    })
 }
 
 /// Staged output of a stage, with how it is to be published.

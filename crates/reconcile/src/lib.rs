@@ -40,8 +40,8 @@ mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows, RowEncoder, ENCODING};
 pub use totals::{
-    compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, ControlTotals, Difference,
-    KeyCounts, KeyOrder, KeySet, TimeBounds, Totals, TotalsSpec,
+    compare, decimal_sum, decimal_text, merge_key_sets, same_decimal, sum_column, ControlTotals,
+    Difference, KeyCounts, KeyOrder, KeySet, TimeBounds, Totals, TotalsSpec,
 };
 
 /// What can go wrong computing totals.

@@ -591,7 +591,10 @@ pub(crate) fn exact_sum(values: &[i128]) -> Option<i128> {
     Some((i128::from(high) << 96) | low as i128)
 }
 
-fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
+/// The exact sum of an integer or decimal column (nulls skipped): units and scale. The one
+/// exact sum of strata: the writer's control totals and the stages' SQL-side counts both use it,
+/// so they overflow (and agree) alike.
+pub fn sum_column(c: &ArrayRef, name: &str) -> Result<(i128, i8)> {
     let overflow = || Error::Overflow { column: name.to_string() };
     macro_rules! ints {
         ($t:ty) => {{
@@ -1018,6 +1021,18 @@ fn normalize(mut units: i128, mut scale: i8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_int64_sum_past_i64_is_exact_not_an_overflow() {
+        let big: ArrayRef = std::sync::Arc::new(arrow::array::Int64Array::from(vec![
+            Some(i64::MAX),
+            None,
+            Some(i64::MAX),
+        ]));
+        assert_eq!(sum_column(&big, "n").ok(), Some((2 * i128::from(i64::MAX), 0)));
+        let text: ArrayRef = std::sync::Arc::new(arrow::array::StringArray::from(vec!["1"]));
+        assert!(matches!(sum_column(&text, "s"), Err(Error::NotSummable { .. })));
+    }
 
     #[test]
     fn decimal_text_round_trips() {
