@@ -25,10 +25,9 @@ use sha2::{Digest, Sha256};
 use strata_land::BatchManifest;
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{
-    batches_for_window, clean, land_source, model, owned_keys, partition_column, session, Output,
-    RunOptions, StageReport, Window,
+    batches_for_window, clean, land_source, model, session, Output, RunOptions, StageReport, Window,
 };
-use strata_medallion::types::{Finding, GateMeasure, Grain, StageKind};
+use strata_medallion::types::{Finding, GateMeasure, StageKind};
 use strata_publish::deletion::Holder;
 use strata_publish::{locks, Draft, Lake, RunContext};
 
@@ -37,6 +36,7 @@ use crate::log::{
     self as runs, Base, Binding, InputBatch, PublishPlan, RunLog, RunManifest, RunParams,
     StagedCheckpoint,
 };
+use crate::plan::{plan, Plan};
 use crate::run_state::RunState;
 use crate::validate::{self, Approval, Check, Evidence, GateCounts, Verdict};
 
@@ -50,105 +50,6 @@ pub struct RunSummary {
     pub stages: Vec<StageReport>,
     /// Dataset → version published.
     pub published: BTreeMap<String, u64>,
-}
-
-/// What a run will do, fixed before it starts: per dataset, the window it recomputes.
-#[derive(Debug, Clone)]
-struct Plan {
-    cleaned: Vec<(String, Option<Window>)>,
-    models: Vec<(String, Option<Window>)>,
-    sources: Vec<String>,
-    /// Dataset → owned partition keys (empty: the whole dataset).
-    boundary: BTreeMap<String, Vec<String>>,
-}
-
-fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
-    for name in &options.only {
-        if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
-            return Err(Error::Plan(format!(
-                "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
-                 (datasets: {})",
-                pipeline.file.display(),
-                pipeline
-                    .cleaned
-                    .keys()
-                    .chain(pipeline.models.keys())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
-    let mut boundary = BTreeMap::new();
-    let mut windows: BTreeMap<String, Option<Window>> = BTreeMap::new();
-    let mut cleaned = Vec::new();
-    let mut sources = BTreeSet::new();
-    for (name, def) in &pipeline.cleaned {
-        if !selected(name) {
-            continue;
-        }
-        sources.insert(def.source.clone());
-        let w = match options.window {
-            Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
-            other => other,
-        };
-        let part = partition_column(&def.business_date, def.grain);
-        let keys: Vec<String> =
-            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default();
-        let mut q_keys: Vec<String> = w
-            .map(|w| owned_keys("quarantine_date", def.grain, w).into_iter().collect())
-            .unwrap_or_default();
-        if w.is_some() {
-            q_keys.push(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
-        }
-        boundary.insert(name.clone(), keys);
-        boundary.insert(format!("{name}.quarantine"), q_keys);
-        windows.insert(name.clone(), w);
-        cleaned.push((name.clone(), w));
-    }
-    let mut models = Vec::new();
-    for name in &pipeline.model_order {
-        if !selected(name) {
-            continue;
-        }
-        let def = &pipeline.models[name];
-        // The dates to recompute: where the inputs change, plus the model's look-back spill;
-        // everything when there is no window.
-        let w = options.window.map(|w| {
-            let ranges: Vec<Window> = pipeline.model_deps[name]
-                .iter()
-                .filter_map(|d| windows.get(d).copied().flatten())
-                .collect();
-            let (from, to) = if ranges.is_empty() {
-                (w.from, w.to)
-            } else {
-                (
-                    ranges.iter().map(|r| r.from).min().expect("non-empty"),
-                    ranges.iter().map(|r| r.to).max().expect("non-empty"),
-                )
-            };
-            let w = Window { from, to: to + chrono::Duration::days(def.reads_days.into()) };
-            if def.grain == Grain::Month {
-                w.whole_months()
-            } else {
-                w
-            }
-        });
-        let part = partition_column(&def.business_date, def.grain);
-        boundary.insert(
-            name.clone(),
-            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default(),
-        );
-        windows.insert(name.clone(), w);
-        models.push((name.clone(), w));
-    }
-    let sources = if options.only.is_empty() {
-        pipeline.sources.keys().cloned().collect()
-    } else {
-        sources.into_iter().collect()
-    };
-    Ok(Plan { cleaned, models, sources, boundary })
 }
 
 fn hash_json(value: &serde_json::Value) -> String {

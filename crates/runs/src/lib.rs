@@ -8,6 +8,7 @@
 //! - [`run_state`]: the states a run moves through and the moves allowed;
 //! - [`log`]: each run's append-only manifest log (one entry per number, create-if-absent) and
 //!   the register of runs that may still need something done;
+//! - [`plan`]: what a run computes over which dates, and the partitions it owns (pure);
 //! - [`driver`]: running a pipeline, approving and rejecting a held run;
 //! - [`validate`]: the reconciliation checks, the gates and the run's verdict (pure);
 //! - [`recover`]: settling runs that stopped before a terminal state.
@@ -18,6 +19,7 @@ mod error;
 
 pub mod driver;
 pub mod log;
+pub mod plan;
 pub mod recover;
 pub mod run_state;
 pub mod validate;

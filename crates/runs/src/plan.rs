@@ -1,0 +1,193 @@
+//! What a run will do, decided before it starts (pure): the datasets it computes, the dates
+//! each recomputes, and the partitions it owns.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use strata_medallion::pipeline::Pipeline;
+use strata_medallion::stages::{owned_keys, partition_column, RunOptions, Window};
+use strata_medallion::types::Grain;
+
+use crate::error::{Error, Result};
+
+/// What a run will do, fixed before it starts: per dataset, the window it recomputes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The cleaned datasets to compute, with the dates each recomputes (none: all).
+    pub cleaned: Vec<(String, Option<Window>)>,
+    /// The models to compute, in dependency order, with the dates each recomputes.
+    pub models: Vec<(String, Option<Window>)>,
+    /// The sources to land.
+    pub sources: Vec<String>,
+    /// Dataset → the partition keys the run owns and replaces (empty: the whole dataset).
+    pub boundary: BTreeMap<String, Vec<String>>,
+}
+
+/// The plan of a run (pure): which datasets it computes over which dates, and the partitions it
+/// owns. A cleaned dataset of month grain recomputes whole months; a model recomputes the dates
+/// its inputs change on, plus the `reads_days` after them that read those dates (a 7-day
+/// rolling sum of a changed day U changes U through U+6).
+pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
+    for name in &options.only {
+        if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
+            return Err(Error::Plan(format!(
+                "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
+                 (datasets: {})",
+                pipeline.file.display(),
+                pipeline
+                    .cleaned
+                    .keys()
+                    .chain(pipeline.models.keys())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    let mut boundary = BTreeMap::new();
+    let mut windows: BTreeMap<String, Option<Window>> = BTreeMap::new();
+    let mut cleaned = Vec::new();
+    let mut sources = BTreeSet::new();
+    for (name, def) in &pipeline.cleaned {
+        if !selected(name) {
+            continue;
+        }
+        sources.insert(def.source.clone());
+        let w = match options.window {
+            Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
+            other => other,
+        };
+        let part = partition_column(&def.business_date, def.grain);
+        let keys: Vec<String> =
+            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default();
+        let mut q_keys: Vec<String> = w
+            .map(|w| owned_keys("quarantine_date", def.grain, w).into_iter().collect())
+            .unwrap_or_default();
+        if w.is_some() {
+            q_keys.push(format!("quarantine_date={}", strata_publish::names::NULL_PARTITION));
+        }
+        boundary.insert(name.clone(), keys);
+        boundary.insert(format!("{name}.quarantine"), q_keys);
+        windows.insert(name.clone(), w);
+        cleaned.push((name.clone(), w));
+    }
+    let mut models = Vec::new();
+    for name in &pipeline.model_order {
+        if !selected(name) {
+            continue;
+        }
+        let def = &pipeline.models[name];
+        // The dates to recompute: where the inputs change, plus the model's look-back spill;
+        // everything when there is no window.
+        let w = options.window.map(|w| {
+            let ranges: Vec<Window> = pipeline.model_deps[name]
+                .iter()
+                .filter_map(|d| windows.get(d).copied().flatten())
+                .collect();
+            let (from, to) = if ranges.is_empty() {
+                (w.from, w.to)
+            } else {
+                (
+                    ranges.iter().map(|r| r.from).min().expect("non-empty"),
+                    ranges.iter().map(|r| r.to).max().expect("non-empty"),
+                )
+            };
+            let w = Window { from, to: to + chrono::Duration::days(def.reads_days.into()) };
+            if def.grain == Grain::Month {
+                w.whole_months()
+            } else {
+                w
+            }
+        });
+        let part = partition_column(&def.business_date, def.grain);
+        boundary.insert(
+            name.clone(),
+            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default(),
+        );
+        windows.insert(name.clone(), w);
+        models.push((name.clone(), w));
+    }
+    let sources = if options.only.is_empty() {
+        pipeline.sources.keys().cloned().collect()
+    } else {
+        sources.into_iter().collect()
+    };
+    Ok(Plan { cleaned, models, sources, boundary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn shop() -> Pipeline {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/shop/strata.toml");
+        Pipeline::load(&file).unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
+    fn options(window: Option<(&str, &str)>, only: &[&str]) -> RunOptions {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_default();
+        RunOptions {
+            window: window.map(|(f, t)| Window { from: day(f), to: day(t) }),
+            only: only.iter().map(|s| s.to_string()).collect(),
+            memory_limit: 256 << 20,
+            target_partitions: 1,
+            force: false,
+            lease: std::time::Duration::from_secs(60),
+            clock: None,
+        }
+    }
+
+    fn window_of<'a>(list: &'a [(String, Option<Window>)], name: &str) -> Option<&'a Window> {
+        list.iter().find(|(n, _)| n == name).and_then(|(_, w)| w.as_ref())
+    }
+
+    #[test]
+    fn a_full_run_computes_everything_and_owns_whole_datasets() {
+        let p = plan(&shop(), &options(None, &[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.sources, ["customers", "orders"]);
+        let names: Vec<&str> = p.models.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["daily_revenue", "revenue_7d"], "dependency order");
+        assert!(p.boundary.values().all(Vec::is_empty), "whole datasets: {:?}", p.boundary);
+        assert_eq!(p.boundary.len(), 6, "two cleaned, their quarantines, two models");
+    }
+
+    #[test]
+    fn a_window_spills_over_into_the_days_that_read_it() {
+        let p = plan(&shop(), &options(Some(("2026-01-02", "2026-01-03")), &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let orders = window_of(&p.cleaned, "orders").copied();
+        assert_eq!(
+            orders.map(|w| (w.from.to_string(), w.to.to_string())),
+            Some(("2026-01-02".into(), "2026-01-03".into()))
+        );
+        // daily_revenue reads only its day; revenue_7d's days read the 6 days before them.
+        let daily = window_of(&p.models, "daily_revenue").map(|w| w.to.to_string());
+        assert_eq!(daily.as_deref(), Some("2026-01-03"));
+        let rolling =
+            window_of(&p.models, "revenue_7d").map(|w| (w.from.to_string(), w.to.to_string()));
+        assert_eq!(rolling, Some(("2026-01-02".into(), "2026-01-09".into())));
+        assert_eq!(p.boundary["revenue_7d"].len(), 8, "{:?}", p.boundary["revenue_7d"]);
+        assert_eq!(p.boundary["orders"], ["order_date=2026-01-02", "order_date=2026-01-03"]);
+        // A month-grain dataset recomputes the whole month.
+        let customers =
+            window_of(&p.cleaned, "customers").map(|w| (w.from.to_string(), w.to.to_string()));
+        assert_eq!(customers, Some(("2026-01-01".into(), "2026-01-31".into())));
+        assert_eq!(p.boundary["customers"], ["signup_date_month=2026-01"]);
+        // Quarantined rows without a date are owned by every windowed run of their dataset.
+        assert!(p.boundary["orders.quarantine"]
+            .iter()
+            .any(|k| k.contains("__HIVE_DEFAULT_PARTITION__")));
+    }
+
+    #[test]
+    fn only_selects_datasets_and_their_sources() {
+        let p = plan(&shop(), &options(Some(("2026-01-02", "2026-01-02")), &["daily_revenue"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.cleaned.is_empty() && p.sources.is_empty());
+        assert_eq!(p.boundary.keys().collect::<Vec<_>>(), ["daily_revenue"]);
+        let err = plan(&shop(), &options(None, &["nosuch"])).unwrap_err();
+        assert!(err.to_string().contains("--only names \"nosuch\""), "{err}");
+    }
+}
