@@ -99,8 +99,15 @@ pub fn stale_reason_with(
     host: &str,
     alive: impl Fn(u32, Option<u64>) -> Option<bool>,
 ) -> Option<String> {
-    if info.host == host && alive(info.pid, info.pid_start) == Some(false) {
-        return Some(format!("its process {} on {host} is gone", info.pid));
+    if info.host == host {
+        match alive(info.pid, info.pid_start) {
+            Some(false) => return Some(format!("its process {} on {host} is gone", info.pid)),
+            // A live process on this host keeps its lock whatever its lease says: a process that
+            // was paused (a suspended VM, a frozen container, SIGSTOP) resumes where it was, and
+            // taking its lock over would let it publish what another process removed.
+            Some(true) => return None,
+            None => {}
+        }
     }
     if info.expires_at < now {
         return Some(format!("its lease expired at {}", info.expires_at));
@@ -195,6 +202,24 @@ impl RunLocks {
     pub fn check(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(Error::LockLost { run_id: self.holder.run_id.clone() });
+        }
+        Ok(())
+    }
+
+    /// Fails unless every lock this run holds on `dataset` is still its own, read from the store
+    /// now (not from the renewal's last look): the last word before a flip, so that a process
+    /// that was paused past its lease and taken over never publishes.
+    pub async fn confirm(&self, dataset: &str) -> Result<()> {
+        self.check()?;
+        let prefix = format!("{LOCKS_DIR}/{dataset}/");
+        for p in self.paths.iter().filter(|p| p.as_ref().starts_with(&prefix)) {
+            match read_lock(&self.lake, p).await? {
+                Some(found) if found.same_holder(&self.holder) => {}
+                _ => {
+                    self.lost.store(true, Ordering::SeqCst);
+                    return Err(Error::LockLost { run_id: self.holder.run_id.clone() });
+                }
+            }
         }
         Ok(())
     }
@@ -498,6 +523,27 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_lock_taken_over_is_caught_before_a_flip() {
+        let lake = Lake::open("memory://", crate::OpenMode::Create).unwrap();
+        let boundary: BTreeMap<String, Vec<String>> =
+            [("orders".to_string(), vec!["d=1".to_string()])].into_iter().collect();
+        let held =
+            acquire(&lake, "r1", &boundary, Duration::from_secs(60), Utc::now).await.unwrap();
+        held.confirm("orders").await.unwrap();
+        held.confirm("customers").await.unwrap(); // holds nothing there: nothing to lose
+                                                  // Another process took the lock over (this one was paused past its lease elsewhere).
+        let other = info("elsewhere", 4_000_000_000);
+        let path = lock_path("orders", "d=1");
+        let body = serde_json::to_vec(&other).unwrap();
+        lake.store().put(&path, PutPayload::from(body)).await.unwrap();
+        let err = held.confirm("orders").await.unwrap_err();
+        assert!(matches!(err, Error::LockLost { .. }), "{err}");
+        assert!(held.check().is_err(), "remembered");
+        held.release().await;
+        assert!(read_lock(&lake, &path).await.unwrap().is_some(), "the new holder's lock stays");
+    }
+
     #[test]
     fn staleness() {
         let now = Utc.timestamp_opt(100, 0).unwrap();
@@ -508,6 +554,10 @@ mod tests {
         assert!(stale_reason_with(&info("h", 1000), now, "h", dead).unwrap().contains("gone"));
         assert!(stale_reason_with(&info("h", 1000), now, "h", alive).is_none());
         assert!(stale_reason_with(&info("h", 1000), now, "h", unknown).is_none());
+        // A live process on this host is never stale, even past its lease (it was paused);
+        // when this host cannot tell, the lease counts.
+        assert!(stale_reason_with(&info("h", 99), now, "h", alive).is_none());
+        assert!(stale_reason_with(&info("h", 99), now, "h", unknown).unwrap().contains("lease"));
         // Another host: only the lease counts.
         assert!(stale_reason_with(&info("other", 1000), now, "h", dead).is_none());
         assert!(stale_reason_with(&info("other", 99), now, "h", alive).unwrap().contains("lease"));

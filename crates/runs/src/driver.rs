@@ -588,6 +588,14 @@ async fn commit_outputs(
     strata_publish::crash::point("before-flips");
     let mut published = BTreeMap::new();
     for (ds, p) in prepared {
+        // Still ours? A process paused past its lease may have been taken over meanwhile.
+        if let Err(e) = lock.confirm(ds.name()).await {
+            if !published.is_empty() {
+                let so_far = published.clone();
+                let _ = log.record(ctx.now(), |m| m.published = so_far).await;
+            }
+            return Err(e.into());
+        }
         match ds.commit(p, ctx).await {
             Ok(done) => {
                 published.insert(ds.name().to_string(), done.record.version);

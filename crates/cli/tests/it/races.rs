@@ -485,3 +485,49 @@ fn latest_state(env: &Env, id: &str) -> String {
         v.as_array().cloned().unwrap_or_else(|| v["entries"].as_array().cloned().unwrap());
     entries.last().unwrap()["state"].as_str().unwrap().to_string()
 }
+
+/// A run stopped (SIGSTOP, as a suspended VM or a frozen container would) while COMMITTING,
+/// past its lock's lease: its process is alive on this host, so recovery leaves it alone
+/// instead of removing what it is about to publish; resumed, it publishes, and nothing is lost.
+#[test]
+fn a_run_paused_past_its_lease_is_left_alone_and_publishes_when_resumed() {
+    let env = Env::new();
+    let toml = crate::pipeline::shop(&env, 2, &[]);
+    let toml = toml.to_str().unwrap();
+    let child = env
+        .cmd(&["run", "--pipeline", toml])
+        .env("STRATA_LOCK_LEASE_SECS", "1")
+        .env("STRATA_PAUSE_AT", "before-flips:2000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let runs = env.run(&["runs", "--json"]);
+        let text = String::from_utf8_lossy(&runs.stdout);
+        if text.contains("COMMITTING") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "the run never reached COMMITTING: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    signal("-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = env.ok(&["recover"]);
+    assert!(out.contains("alone") && out.contains("still running"), "{out}");
+    signal("-CONT");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the resumed run: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PUBLISHED"));
+    assert_eq!(latest_state(&env, latest_run(&env)["run_id"].as_str().unwrap()), "PUBLISHED");
+    assert_sound(&env);
+}
