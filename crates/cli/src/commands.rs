@@ -14,6 +14,7 @@ use object_store::path::Path;
 use serde_json::json;
 use strata_medallion::{session_for_lake, QueryOptions};
 use strata_publish::input::ParquetInput;
+use strata_publish::locks::{self, RunLocks};
 use strata_publish::{Dataset, OpenMode, PublishOptions, RollbackOutcome, WriterOptions};
 
 use crate::cli::{
@@ -21,6 +22,7 @@ use crate::cli::{
     QueryArgs, RollbackArgs, VerifyArgs,
 };
 use crate::output;
+use crate::run_cmds::wall_clock;
 use crate::settings::{run_context, Settings};
 use crate::{check_failed, user_error};
 
@@ -58,6 +60,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn dataset(settings: &Settings, name: &str, mode: OpenMode) -> anyhow::Result<Dataset> {
     Ok(settings.open_lake(mode).await?.dataset(name)?)
+}
+
+/// Holds the whole of `ds` for an operator's write (a publish, a rollback), so that it never
+/// lands in the middle of a run's commit of the same dataset: a run holding any partition of it
+/// makes this fail at once (exit 4, naming the run).
+async fn hold_dataset(ds: &Dataset, ctx: &strata_publish::RunContext) -> anyhow::Result<RunLocks> {
+    let boundary = std::collections::BTreeMap::from([(ds.name().to_string(), Vec::new())]);
+    Ok(locks::acquire(ds.lake(), ctx.run_id(), &boundary, locks::lease_from_env(), wall_clock)
+        .await?)
 }
 
 /// The Parquet files named by `--from`: files as given, directories searched recursively for
@@ -157,31 +168,10 @@ async fn publish(
     }
 
     let ctx = run_context()?;
-    let options = WriterOptions { partition_by, ..Default::default() };
-    let mut writer = ds.writer(&ctx, schema, options)?;
-    let staged = async {
-        for input in &mut inputs {
-            while let Some(batch) = input.next_batch().await? {
-                writer.write(&batch).await?;
-            }
-        }
-        writer.finish().await
-    }
-    .await;
-    let staged = match staged {
-        Ok(s) => s,
-        Err(e) => {
-            ds.discard(ctx.run_id(), 0).await;
-            return Err(e.into());
-        }
-    };
-    let options = PublishOptions {
-        replace_all: args.replace_all,
-        reason: args.reason.clone(),
-        ..Default::default()
-    };
-    // On an error, `publish` has removed what the deletion authority allows.
-    let published = ds.publish(staged, &options, &ctx).await?;
+    let held = hold_dataset(&ds, &ctx).await?;
+    let published = stage_and_publish(&ds, &ctx, inputs, schema, partition_by, &args).await;
+    held.release().await;
+    let published = published?;
     let r = &published.record;
     if args.json {
         output::json(
@@ -214,6 +204,43 @@ async fn publish(
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stages the inputs and publishes them as one version; on an error, what the deletion
+/// authority allows is removed.
+async fn stage_and_publish(
+    ds: &Dataset,
+    ctx: &strata_publish::RunContext,
+    mut inputs: Vec<ParquetInput>,
+    schema: arrow::datatypes::SchemaRef,
+    partition_by: Vec<String>,
+    args: &PublishArgs,
+) -> anyhow::Result<strata_publish::Published> {
+    let options = WriterOptions { partition_by, ..Default::default() };
+    let mut writer = ds.writer(ctx, schema, options)?;
+    let staged = async {
+        for input in &mut inputs {
+            while let Some(batch) = input.next_batch().await? {
+                writer.write(&batch).await?;
+            }
+        }
+        writer.finish().await
+    }
+    .await;
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            ds.discard(ctx.run_id(), 0).await;
+            return Err(e.into());
+        }
+    };
+    let options = PublishOptions {
+        replace_all: args.replace_all,
+        reason: args.reason.clone(),
+        ..Default::default()
+    };
+    // On an error, `publish` has removed what the deletion authority allows.
+    Ok(ds.publish(staged, &options, ctx).await?)
 }
 
 async fn land(
@@ -440,7 +467,10 @@ async fn rollback(
 ) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
     let ctx = run_context()?;
-    let outcome = ds.rollback(args.to, args.reason, &ctx).await?;
+    let held = hold_dataset(&ds, &ctx).await?;
+    let outcome = ds.rollback(args.to, args.reason, &ctx).await;
+    held.release().await;
+    let outcome = outcome?;
     let (flip, changed) = match &outcome {
         RollbackOutcome::Flipped(f) => (f, true),
         RollbackOutcome::AlreadyCurrent(f) => (f, false),

@@ -56,6 +56,16 @@ fn exit_4_when_another_process_holds_the_partitions() {
     std::fs::write(&lock, serde_json::to_vec(&holder).unwrap()).unwrap();
     let line = env.busy(&["run", "--pipeline", toml, "--force"]);
     assert!(line.contains("is locked by run another-run"), "{line}");
+    // An operator's rollback or publish waits for the run too: never in the middle of its
+    // commit.
+    let line = env.busy(&["rollback", "orders", "--to", "1"]);
+    assert!(line.contains("is locked by run another-run"), "{line}");
+    let lake_files: Vec<String> = env.ok(&["files", "orders"]).lines().map(String::from).collect();
+    let line = env.busy(&["publish", "orders", "--from", &lake_files[0]]);
+    assert!(line.contains("is locked by run another-run"), "{line}");
+    let versions: serde_json::Value =
+        serde_json::from_str(&env.ok(&["versions", "orders", "--json"])).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 1, "nothing was published or rolled back");
     std::fs::remove_file(&lock).unwrap();
     env.ok(&["run", "--pipeline", toml, "--force"]);
 }
