@@ -799,19 +799,22 @@ pub fn json_line_values(
 ) -> std::result::Result<Vec<Option<String>>, String> {
     let text = std::str::from_utf8(line)
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err("not a JSON object".into());
-    };
-    Ok(keys
-        .iter()
-        .map(|k| match map.get(k) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(other) => Some(other.to_string()),
+    // Each value is kept as its JSON text: a number is landed exactly as written (parsing it
+    // would round it through a 64-bit float), a string unescaped, anything else as written.
+    let map: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => "not a JSON object".to_string(),
+            _ => format!("invalid JSON: {e}"),
+        })?;
+    keys.iter()
+        .map(|k| match map.get(k).map(|v| v.get()) {
+            None | Some("null") => Ok(None),
+            Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
+                .map(Some)
+                .map_err(|e| format!("invalid JSON string for {k:?}: {e}")),
+            Some(raw) => Ok(Some(raw.to_string())),
         })
-        .collect())
+        .collect()
 }
 
 async fn land_jsonl(input: &Input, keys: Vec<String>, out: &mut BatchWriter) -> Result<()> {
@@ -896,6 +899,28 @@ mod tests {
     use super::*;
     use futures::TryStreamExt;
     use object_store::memory::InMemory;
+
+    #[test]
+    fn json_values_are_landed_as_written() {
+        let keys: Vec<String> = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        let line = br#"{"a": 1234567890.123456789012345678, "b": 123456789012345678901234567890,
+            "c": "x\"y", "d": null, "e": 1e-7, "f": true}"#;
+        let line: Vec<u8> = line.iter().copied().filter(|b| *b != b'\n').collect();
+        let values = json_line_values(&line, &keys).unwrap();
+        assert_eq!(
+            values,
+            [
+                Some("1234567890.123456789012345678".to_string()),
+                Some("123456789012345678901234567890".to_string()),
+                Some("x\"y".to_string()),
+                None,
+                Some("1e-7".to_string()),
+                Some("true".to_string()),
+            ]
+        );
+        assert_eq!(json_line_values(b"[1]", &keys).unwrap_err(), "not a JSON object");
+        assert!(json_line_values(b"{\"a\": ", &keys).unwrap_err().starts_with("invalid JSON"));
+    }
 
     fn input(store: &Arc<dyn ObjectStore>) -> Input {
         Input { store: store.clone(), path: Path::from("in.csv"), display: "in.csv".into() }

@@ -26,6 +26,10 @@ pub enum Error {
     #[error("{message}")]
     Quality { message: String },
 
+    /// An expression failed on the data (a division by zero, a cast or parse that fails).
+    #[error("the query failed on its data: {cause}; change the SQL, for example with NULLIF or TRY_CAST")]
+    FailedOnData { cause: String },
+
     /// What a stage wrote does not reconcile with what it read: nothing was published.
     #[error("{message}")]
     Reconciliation { message: String },
@@ -92,6 +96,7 @@ impl Error {
             Error::Sql { .. }
             | Error::Quality { .. }
             | Error::Reconciliation { .. }
+            | Error::FailedOnData { .. }
             | Error::Totals(_)
             | Error::MissingFile { .. }
             | Error::OutOfMemory { .. }
@@ -151,6 +156,20 @@ fn classify(e: DataFusionError) -> Error {
             } else {
                 Error::CorruptFile { detail: text }
             }
+        }
+        // What the data makes an expression fail on (a division by zero, a cast or parse that
+        // fails, an overflow): the query's, so the user's to fix.
+        DataFusionError::ArrowError(e, _)
+            if matches!(
+                *e,
+                datafusion::arrow::error::ArrowError::DivideByZero
+                    | datafusion::arrow::error::ArrowError::CastError(_)
+                    | datafusion::arrow::error::ArrowError::ParseError(_)
+                    | datafusion::arrow::error::ArrowError::ArithmeticOverflow(_)
+                    | datafusion::arrow::error::ArrowError::ComputeError(_)
+            ) =>
+        {
+            Error::FailedOnData { cause: e.to_string() }
         }
         DataFusionError::ResourcesExhausted(detail) => {
             Error::OutOfMemory { detail: detail.lines().next().unwrap_or_default().to_string() }

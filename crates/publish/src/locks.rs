@@ -485,7 +485,10 @@ pub fn lease_from_env() -> Duration {
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        // A lease longer than a week would keep a crashed run's partitions locked for that
+        // long on another host; chrono cannot add much more than that anyway.
+        .map(|d| d.min(Duration::from_secs(7 * 24 * 3600)))
         .unwrap_or(DEFAULT_LEASE)
 }
 

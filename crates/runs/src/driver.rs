@@ -281,6 +281,9 @@ async fn no_unsettled_flips(lake: &Lake, boundary: &BTreeMap<String, Vec<String>
 /// the model's: it is named, with the cause, so the user knows which SQL to fix.
 fn in_model(name: &str, sql: &str, e: strata_medallion::Error) -> Error {
     match e {
+        strata_medallion::Error::FailedOnData { cause } => {
+            Error::ModelFailed { model: name.to_string(), cause, sql: sql.to_string() }
+        }
         strata_medallion::Error::DataFusion(df) => {
             let cause = df.strip_backtrace();
             let cause = cause.lines().next().unwrap_or_default().to_string();
@@ -933,6 +936,10 @@ pub async fn reject(
 
 async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {
     let m = runs::run_log(lake, run_id).await?.pop().expect("run_log is never empty");
+    if m.state == RunState::Committing {
+        // Another approval claimed it a moment ago: a lost race, not a mistake.
+        return Err(Error::RunMoved { run_id: run_id.to_string(), entry: m.entry });
+    }
     if m.state != RunState::AwaitingReview {
         return Err(Error::WrongState {
             run_id: run_id.to_string(),

@@ -52,6 +52,26 @@ fn two_days_later() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::days(2)
 }
 
+/// What the faulted attempt's process would leave once it exits: the locks it could not
+/// release name a process that is gone (this test process lives on, and a live process on this
+/// host keeps its locks whatever their lease says).
+async fn its_process_died(lake: &Lake) {
+    let store = lake.store().clone();
+    let locks: Vec<object_store::path::Path> = store
+        .list(Some(&"_strata/locks".into()))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap();
+    for path in locks.into_iter().filter(|p| p.as_ref().ends_with(".json")) {
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let mut info: strata_publish::locks::LockInfo = serde_json::from_slice(&bytes).unwrap();
+        info.pid = u32::MAX - 1;
+        info.pid_start = None;
+        store.put(&path, serde_json::to_vec(&info).unwrap().into()).await.unwrap();
+    }
+}
+
 /// The example pipeline, copied into a temporary directory, optionally with the
 /// `amount_positive` rule (which order 1004 fails) at `severity`.
 fn shop(severity: Option<&str>) -> (tempfile::TempDir, Pipeline) {
@@ -226,6 +246,7 @@ async fn a_fault_at_any_store_operation_of_a_run_is_settled_by_recovery_and_a_re
         let first = run(&lake, &p, "r1", now).await;
         let hit = store.fired();
         store.disarm();
+        its_process_died(&lake).await;
         let what =
             format!("{fault:?} ({hit:?}, first attempt {:?})", first.as_ref().map(|s| s.state));
         if hit.is_some() {
@@ -269,6 +290,7 @@ async fn a_fault_during_approve_or_reject_leaves_the_run_decided_or_undecided_ne
         let (store, lake) = fresh();
         run(&lake, &p, "held", now).await.unwrap();
         store.disarm();
+        its_process_died(&lake).await;
         decide(verb, &lake, now).await.unwrap();
         let plan = faults(&counts(&store));
         for fault in plan {
@@ -278,6 +300,8 @@ async fn a_fault_during_approve_or_reject_leaves_the_run_decided_or_undecided_ne
             let first = decide(verb, &lake, now).await;
             let hit = store.fired();
             store.disarm();
+            its_process_died(&lake).await;
+            its_process_died(&lake).await;
             let what = format!(
                 "{verb} {fault:?} ({hit:?}, first attempt {:?})",
                 first.as_ref().err().map(|e| e.to_string())
@@ -338,6 +362,7 @@ async fn a_fault_during_rollback_leaves_one_whole_version_current() {
         o.force = true;
         run_pipeline(&lake, &p, &o, &ctx("r2"), &mut |_| {}).await.unwrap();
         store.disarm();
+        its_process_died(&lake).await;
         (store, lake)
     };
     let (store, lake) = setup().await;
@@ -349,6 +374,7 @@ async fn a_fault_during_rollback_leaves_one_whole_version_current() {
         let first = lake.dataset("orders").unwrap().rollback(1, None, &ctx("undo")).await;
         let hit = store.fired();
         store.disarm();
+        its_process_died(&lake).await;
         let what =
             format!("{fault:?} ({hit:?}, {:?})", first.as_ref().err().map(|e| e.to_string()));
         let ds = lake.dataset("orders").unwrap();
@@ -382,6 +408,7 @@ async fn a_fault_during_recovery_is_settled_by_recovering_again() {
         store.arm(Fault { op: Op::Write, nth, lands: false });
         let _ = run(&lake, &p, "r1", now).await;
         store.disarm();
+        its_process_died(&lake).await;
         let state = runs::latest_entry(&lake, "r1").await.unwrap().map(|m| m.state);
         if !matches!(state, Some(RunState::Committing | RunState::Unknown)) {
             continue;
@@ -413,6 +440,8 @@ async fn a_fault_during_recovery_is_settled_by_recovering_again() {
             .await;
             let hit = store.fired();
             store.disarm();
+            its_process_died(&lake).await;
+            its_process_died(&lake).await;
             let what = format!(
                 "write #{nth} failed, then recovery {fault:?} ({hit:?}, {:?})",
                 first.as_ref().err().map(|e| e.to_string())
@@ -512,6 +541,7 @@ async fn a_fault_during_publish_leaves_the_old_or_the_new_version_and_no_leftove
         let (store, lake) = fresh();
         publish(lake.clone(), "p1", 10).await.unwrap();
         store.disarm();
+        its_process_died(&lake).await;
         (store, lake)
     };
     let (store, lake) = setup().await;
@@ -526,6 +556,7 @@ async fn a_fault_during_publish_leaves_the_old_or_the_new_version_and_no_leftove
         let first = publish(lake.clone(), "p2", 20).await;
         let hit = store.fired();
         store.disarm();
+        its_process_died(&lake).await;
         let what =
             format!("{fault:?} ({hit:?}, {:?})", first.as_ref().err().map(|e| e.to_string()));
         let now = published(&lake).await;
