@@ -240,7 +240,8 @@ const LAND_AFTER: &str = "\
 Examples:
   strata land orders exports/orders-2026-01-01.csv
   strata land orders exports/                    (every .csv, .jsonl, .ndjson, .json, .parquet)
-  strata land orders 'exports/orders-*.csv'      (quoted: strata expands * and ?)
+  strata land orders 'exports/orders-*.csv'      (quoted: strata expands *, ?, [...] and **)
+  strata land orders 'exports/**/*.csv'          (** crosses directories; hidden names skipped)
   strata land events events.log --format jsonl
   strata land orders exports/ --rehash           (read every file again; changed ones land)";
 
@@ -408,7 +409,7 @@ pub struct LandArgs {
     /// The raw source to land into (a dataset-style name, e.g. `orders`).
     pub source: String,
 
-    /// Files, directories (searched recursively) or glob patterns.
+    /// Files, directories (searched recursively) or glob patterns (`*`, `?`, `[...]`, `**`).
     #[arg(required = true, value_name = "FILE|DIR|GLOB")]
     pub inputs: Vec<String>,
 
