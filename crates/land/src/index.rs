@@ -681,9 +681,9 @@ impl SourceIndex {
             let (schemas, batches) = entries_out(entries);
             let file =
                 ChunkFileOut { format: INDEX_CHUNK_FORMAT, source: &source, schemas, batches };
-            let body = serde_json::to_vec(&file).map_err(|e| Error::Corrupt {
+            let body = serde_json::to_vec(&file).map_err(|e| Error::Serialize {
                 path: index_path(&source).to_string(),
-                detail: e.to_string(),
+                source: e,
             })?;
             writes.push((i, chunk_path(&source, &body), PutPayload::from(body)));
         }
@@ -717,7 +717,7 @@ impl SourceIndex {
         };
         let path = index_path(&self.source);
         let body = serde_json::to_vec(&file)
-            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
+            .map_err(|source| Error::Serialize { path: path.to_string(), source })?;
         lake.store()
             .put(&path, PutPayload::from(body))
             .await
@@ -1007,6 +1007,10 @@ pub async fn land_indexed(
     Ok(Indexed::Read(Box::new(outcome)))
 }
 
+/// How many entries one announcement tries before giving up: each failure means another landing
+/// took the entry, so this bounds the landings racing on one source.
+const APPEND_ATTEMPTS: u32 = 1000;
+
 /// `format` of a log entry.
 pub const LOG_FORMAT: &str = "strata.raw-log.v1";
 
@@ -1055,11 +1059,11 @@ pub(crate) async fn append_to_log(
     from: u64,
 ) -> Result<u64> {
     let mut seq = log_end(lake, source, from).await? + 1;
-    for _ in 0..1000 {
+    for _ in 0..APPEND_ATTEMPTS {
         let path = log_path(source, seq);
         let entry = LogEntry { format: LOG_FORMAT.into(), seq, batch_id: batch_id.into() };
         let body = serde_json::to_vec(&entry)
-            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
+            .map_err(|source| Error::Serialize { path: path.to_string(), source })?;
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match lake.store().put_opts(&path, PutPayload::from(body), opts).await {
             Ok(_) => return Ok(seq),
@@ -1075,14 +1079,7 @@ pub(crate) async fn append_to_log(
             Err(e) => return Err(Error::store("create", &path, e)),
         }
     }
-    Err(Error::store(
-        "create",
-        log_path(source, seq),
-        object_store::Error::Generic {
-            store: "raw log",
-            source: "more than 1000 landings raced for the next log entry; land again".into(),
-        },
-    ))
+    Err(Error::LogContended { raw_source: source.to_string(), attempts: APPEND_ATTEMPTS })
 }
 
 #[cfg(test)]

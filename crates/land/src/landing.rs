@@ -269,7 +269,7 @@ pub(crate) async fn land_logged(
     let logged = crate::index::append_to_log(lake, source, &manifest.batch_id, log_from).await?;
     strata_publish::crash::point("land-before-manifest");
     let mut body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::Input { path: manifest_at.to_string(), detail: e.to_string() })?;
+        .map_err(|source| Error::Serialize { path: manifest_at.to_string(), source })?;
     body.push(b'\n');
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     match lake.store().put_opts(&manifest_at, PutPayload::from(body), opts).await {
@@ -610,10 +610,7 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
             }
             CsvMsg::Rows(batch) => out.write(batch).await?,
             CsvMsg::Block(read) => {
-                let (batch, lines) = read.await.map_err(|e| Error::Input {
-                    path: input.display.clone(),
-                    detail: format!("the CSV reader stopped: {e}"),
-                })??;
+                let (batch, lines) = read.await.map_err(|e| reader_stopped(input, e))??;
                 out.write(batch).await?;
                 for line in lines {
                     out.take_line(line).await?;
@@ -622,10 +619,7 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
             CsvMsg::Line(line) => out.take_line(line).await?,
         }
     }
-    parser.await.map_err(|e| Error::Input {
-        path: input.display.clone(),
-        detail: format!("the CSV reader stopped: {e}"),
-    })?;
+    parser.await.map_err(|e| reader_stopped(input, e))?;
     if !schema_seen {
         return Err(Error::Input {
             path: input.display.clone(),
@@ -633,6 +627,13 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
         });
     }
     Ok(())
+}
+
+/// The CSV reader's task panicked or was cancelled: a bug, not a problem of the input.
+fn reader_stopped(input: &Input, e: tokio::task::JoinError) -> Error {
+    Error::Internal {
+        message: format!("cannot land {}: the CSV reader stopped: {e}", input.display),
+    }
 }
 
 /// How many bytes of plain lines (no quotes) are read as one block on another thread, at most

@@ -634,14 +634,11 @@ impl Dataset {
             });
         }
         if parent.partition_by != partition_by {
-            return Err(Error::Usage(format!(
-                "dataset {:?} is partitioned by [{}] but this publish is partitioned by [{}]; \
-                 use the dataset's partitioning, or pass --replace-all to repartition the \
-                 whole dataset",
-                self.name,
-                parent.partition_by.join(", "),
-                partition_by.join(", ")
-            )));
+            return Err(Error::PartitioningConflict {
+                dataset: self.name.clone(),
+                existing: parent.partition_by.clone(),
+                requested: partition_by.to_vec(),
+            });
         }
         Ok(())
     }
@@ -756,7 +753,7 @@ impl Dataset {
         ctx: &RunContext,
     ) -> Result<(RecordHead, NewChunks)> {
         if staged.run_id != ctx.run_id() {
-            return Err(Error::Usage(format!(
+            return Err(Error::internal(format!(
                 "staged files belong to run {} but the context is run {}",
                 staged.run_id,
                 ctx.run_id()
@@ -771,11 +768,10 @@ impl Dataset {
             }
         }
         if staged.rows == 0 && !options.replace_all && options.owned.is_none() {
-            return Err(Error::Usage(format!(
-                "run {} staged no rows, so there is nothing to publish; pass --replace-all to \
-                 publish an empty version of {:?}",
-                staged.run_id, self.name
-            )));
+            return Err(Error::NothingToPublish {
+                dataset: self.name.clone(),
+                run_id: staged.run_id.clone(),
+            });
         }
         let mut written = staged.partitions.clone();
         for p in &mut written {
@@ -927,11 +923,7 @@ impl Dataset {
                 }
             }
         }
-        Err(Error::Usage(format!(
-            "gave up allocating a version number for {:?} after {MAX_VERSION_ATTEMPTS} attempts; \
-             more than that many writers are racing, retry later",
-            self.name
-        )))
+        Err(Error::VersionsExhausted { dataset: self.name.clone(), attempts: MAX_VERSION_ATTEMPTS })
     }
 
     /// Removes a record this process prepared and could not publish (its pointer entry went to
@@ -1074,11 +1066,7 @@ impl Dataset {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Usage(format!(
-            "gave up publishing {:?} after {MAX_REBASES} rebases: other writers keep publishing \
-             first; retry later",
-            self.name
-        )))
+        Err(Error::RebasesExhausted { dataset: self.name.clone(), rebases: MAX_REBASES })
     }
 
     fn conflict(&self, run_id: &str, expected_seq: u64, found: Option<&Flip>) -> Error {
@@ -1169,7 +1157,7 @@ impl Dataset {
             }
         }
         Err(last_error
-            .unwrap_or_else(|| Error::Usage(format!("{path} kept vanishing after creation"))))
+            .unwrap_or_else(|| Error::internal(format!("{path} kept vanishing after creation"))))
     }
 
     /// Stages, prepares and flips in one call.
@@ -1349,7 +1337,7 @@ impl Dataset {
             p.run_id = ctx.run_id().to_string();
             for f in &mut p.files {
                 let Some(rest) = f.path.strip_prefix(&from) else {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::internal(format!(
                         "cannot adopt {}: it is not staged by run {}",
                         f.path, staged.run_id
                     )));

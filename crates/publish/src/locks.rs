@@ -325,9 +325,7 @@ async fn take(lake: &Lake, path: &Path, info: &LockInfo, clock: Clock) -> Result
             None => {}
         }
     }
-    Err(Error::Usage(format!(
-        "could not settle the lock {path}: it keeps changing hands; retry in a moment"
-    )))
+    Err(Error::LockContended { path: path.to_string() })
 }
 
 /// Locks every partition of `boundary` for `run_id`, or fails naming the live run that holds one

@@ -270,21 +270,19 @@ pub fn partition_columns(
     let mut indices = Vec::with_capacity(partition_by.len());
     for col in partition_by {
         validate_partition_column(col)?;
-        let idx = schema.index_of(col).map_err(|_| {
-            Error::Usage(format!(
-                "cannot partition by {col:?}: the data has no such column (columns: {})",
-                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-            ))
+        let idx = schema.index_of(col).map_err(|_| Error::NoSuchPartitionColumn {
+            column: col.clone(),
+            columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
         })?;
         let t = schema.field(idx).data_type();
         if !partitionable(t) {
-            return Err(Error::Usage(format!(
-                "cannot partition by {col:?} of type {t}: use a string, integer, date or boolean \
-                 column"
-            )));
+            return Err(Error::UnpartitionableColumn {
+                column: col.clone(),
+                data_type: t.to_string(),
+            });
         }
         if indices.contains(&idx) {
-            return Err(Error::Usage(format!("--partition-by names {col:?} twice")));
+            return Err(Error::PartitionColumnTwice { column: col.clone() });
         }
         indices.push(idx);
     }
@@ -345,18 +343,19 @@ impl StagingWriter {
                     .key
                     .iter()
                     .map(|k| {
-                        batch.column_by_name(k).cloned().ok_or_else(|| {
-                            Error::Usage(format!(
-                                "key column {k:?} is not in {:?}; fix the key declaration",
-                                self.dataset.name()
-                            ))
+                        batch.column_by_name(k).cloned().ok_or_else(|| Error::MissingKeyColumn {
+                            dataset: self.dataset.name().to_string(),
+                            column: k.clone(),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                self.key_order
-                    .get_or_insert_with(Default::default)
-                    .update(&keys)
-                    .map_err(|e| Error::Usage(format!("keys of {:?}: {e}", self.dataset.name())))?;
+                self.key_order.get_or_insert_with(Default::default).update(&keys).map_err(
+                    |cause| Error::Totals {
+                        dataset: self.dataset.name().to_string(),
+                        what: "keys",
+                        cause,
+                    },
+                )?;
             }
         }
         if self.partition_cols.is_empty() {
@@ -438,8 +437,11 @@ impl StagingWriter {
             }),
         });
         if let Some(t) = &mut writer.totals {
-            t.update(batch)
-                .map_err(|e| Error::Usage(format!("control totals of {dataset:?}: {e}")))?;
+            t.update(batch).map_err(|cause| Error::Totals {
+                dataset: dataset.clone(),
+                what: "control totals",
+                cause,
+            })?;
         }
         let mut offset = 0usize;
         while offset < batch.num_rows() {
