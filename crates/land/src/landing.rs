@@ -30,10 +30,10 @@ use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
 
 use crate::csv::{read_plain, CsvItem, CsvReader, Next, PlainBlock, PlainLine};
 use crate::error::{Error, Result};
+use crate::layout::{batch_dir, manifest_path, RAW_DIR};
 use crate::line_ends::LineEndReader;
+use crate::raw_log;
 
-/// The directory of the raw layer in a lake.
-pub const RAW_DIR: &str = "_raw";
 /// The provenance column every raw batch carries: the input line (CSV, JSON lines) or row
 /// (Parquet) a row came from, 1-based.
 pub const LINE_COLUMN: &str = "_line";
@@ -164,18 +164,6 @@ impl LandOutcome {
     }
 }
 
-pub fn source_prefix(source: &str) -> Path {
-    Path::from(format!("{RAW_DIR}/{source}"))
-}
-
-pub fn batch_dir(source: &str, batch_id: &str) -> String {
-    format!("{RAW_DIR}/{source}/batch={batch_id}")
-}
-
-pub fn manifest_path(source: &str, batch_id: &str) -> Path {
-    Path::from(format!("{}/_batch.json", batch_dir(source, batch_id)))
-}
-
 /// The schema of a rejects file.
 pub fn rejects_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -265,8 +253,8 @@ pub(crate) async fn land_logged(
         landed_at: ctx.now(),
     };
     // Announced in the source's log before it exists, so that readers find it without listing
-    // the batch directories (see `crate::index`).
-    let logged = crate::index::append_to_log(lake, source, &manifest.batch_id, log_from).await?;
+    // the batch directories (see `crate::raw_log`).
+    let logged = raw_log::append(lake, source, &manifest.batch_id, log_from).await?;
     strata_publish::crash::point("land-before-manifest");
     let mut body = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| Error::Serialize { path: manifest_at.to_string(), source })?;

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::context::RunContext;
 use crate::crash;
 use crate::deletion::{self, Holder, RecordFound, Referenced};
-use crate::error::{Error, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::lake::Lake;
 use crate::layout;
 use crate::model::Base;
@@ -27,6 +27,7 @@ use crate::model::{
     VersionBrief, VersionRecord, CHECKPOINT_FORMAT, CHUNK_FORMAT, FLIP_FORMAT, VERSION_FORMAT,
     VERSION_FORMAT_V1,
 };
+use crate::names::validate_dataset_name;
 use crate::protocol;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
 
@@ -146,11 +147,15 @@ pub struct Dataset {
     name: String,
 }
 
-impl Dataset {
-    pub(crate) fn new(lake: Lake, name: String) -> Self {
-        Dataset { lake, name }
+impl Lake {
+    /// A handle on one dataset (which need not exist yet). Fails only on an invalid name.
+    pub fn dataset(&self, name: &str) -> Result<Dataset> {
+        validate_dataset_name(name)?;
+        Ok(Dataset { lake: self.clone(), name: name.to_string() })
     }
+}
 
+impl Dataset {
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -606,7 +611,13 @@ impl Dataset {
         schema: arrow::datatypes::SchemaRef,
         options: WriterOptions,
     ) -> Result<StagingWriter> {
-        StagingWriter::new(self.clone(), ctx.run_id().to_string(), schema, options)
+        StagingWriter::new(
+            self.lake.clone(),
+            self.name.clone(),
+            ctx.run_id().to_string(),
+            schema,
+            options,
+        )
     }
 
     /// The record of the current version, or `None` if the dataset was never published.
@@ -1504,16 +1515,4 @@ enum Created {
 enum Outcome<T> {
     Ours,
     Theirs(Option<T>),
-}
-
-/// An error with its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -264,6 +264,18 @@ impl Error {
     }
 }
 
+/// An error with its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 /// Errors of the store that a user causes or fixes: bad credentials, missing bucket, bad path,
 /// a full disk, a read-only file system.
 fn store_error_is_user_error(e: &object_store::Error) -> bool {

@@ -12,8 +12,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::dataset::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::layout;
 use crate::model::{PartitionEntry, RecordHead};
 use crate::names::validate_dataset_name;
@@ -169,7 +168,7 @@ impl Lake {
         match self.store.list_with_delimiter(None).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let text = crate::dataset::error_chain(&e);
+                let text = error_chain(&e);
                 let endpoint = std::env::var("AWS_ENDPOINT")
                     .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
                     .unwrap_or_else(|_| "the AWS default endpoint".into());
@@ -222,12 +221,6 @@ impl Lake {
     /// The URL the lake was opened from, without credentials.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// A handle on one dataset (which need not exist yet). Fails only on an invalid name.
-    pub fn dataset(&self, name: &str) -> Result<Dataset> {
-        validate_dataset_name(name)?;
-        Ok(Dataset::new(self.clone(), name.to_string()))
     }
 
     /// The names of the datasets that have at least one published version, sorted.

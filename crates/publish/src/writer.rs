@@ -23,7 +23,6 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::crash;
-use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::model::{FileEntry, PartitionEntry};
@@ -81,7 +80,8 @@ pub struct Staged {
 
 /// Writes batches into per-partition Parquet files of one run.
 pub struct StagingWriter {
-    dataset: Dataset,
+    lake: Lake,
+    dataset: String,
     run_id: String,
     schema: SchemaRef,
     options: WriterOptions,
@@ -98,7 +98,7 @@ pub struct StagingWriter {
 impl std::fmt::Debug for StagingWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StagingWriter")
-            .field("dataset", &self.dataset.name())
+            .field("dataset", &self.dataset)
             .field("run_id", &self.run_id)
             .field("partitions", &self.partitions.len())
             .field("rows", &self.rows)
@@ -303,8 +303,10 @@ fn partitionable(t: &DataType) -> bool {
 }
 
 impl StagingWriter {
+    /// A writer of `run_id`'s files of `dataset` (a valid name) in `lake`.
     pub(crate) fn new(
-        dataset: Dataset,
+        lake: Lake,
+        dataset: String,
         run_id: String,
         schema: SchemaRef,
         options: WriterOptions,
@@ -312,6 +314,7 @@ impl StagingWriter {
         let partition_cols = partition_columns(&schema, &options.partition_by)?;
         let props = writer_properties(options.max_row_group_size);
         Ok(StagingWriter {
+            lake,
             dataset,
             run_id,
             schema,
@@ -332,7 +335,7 @@ impl StagingWriter {
             return Ok(());
         }
         let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
-        let batch = inject_fault(self.dataset.name(), batch)?;
+        let batch = inject_fault(&self.dataset, batch)?;
         if !self.dictionaries_chosen {
             self.props = with_dictionaries(self.props.clone(), &batch);
             self.dictionaries_chosen = true;
@@ -344,17 +347,13 @@ impl StagingWriter {
                     .iter()
                     .map(|k| {
                         batch.column_by_name(k).cloned().ok_or_else(|| Error::MissingKeyColumn {
-                            dataset: self.dataset.name().to_string(),
+                            dataset: self.dataset.clone(),
                             column: k.clone(),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 self.key_order.get_or_insert_with(Default::default).update(&keys).map_err(
-                    |cause| Error::Totals {
-                        dataset: self.dataset.name().to_string(),
-                        what: "keys",
-                        cause,
-                    },
+                    |cause| Error::Totals { dataset: self.dataset.clone(), what: "keys", cause },
                 )?;
             }
         }
@@ -424,7 +423,7 @@ impl StagingWriter {
         values: Vec<Option<String>>,
         batch: &RecordBatch,
     ) -> Result<()> {
-        let dataset = self.dataset.name().to_string();
+        let dataset = self.dataset.clone();
         let spec = self.options.totals.as_ref();
         let writer = self.partitions.entry(key.clone()).or_insert_with(|| PartitionWriter {
             key,
@@ -449,7 +448,7 @@ impl StagingWriter {
                 let path =
                     layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
                 writer.open = Some(ParquetSink::create(
-                    self.dataset.lake(),
+                    &self.lake,
                     path,
                     self.schema.clone(),
                     self.props.clone(),
