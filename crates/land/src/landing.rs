@@ -23,7 +23,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
@@ -259,22 +259,16 @@ pub(crate) async fn land_logged(
     let mut body = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| Error::Serialize { path: manifest_at.to_string(), source })?;
     body.push(b'\n');
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match lake.store().put_opts(&manifest_at, PutPayload::from(body), opts).await {
-        Ok(_) => Ok((LandOutcome::Landed(manifest), Some(logged))),
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => {
-            // Another process landed the same content at the same time.
-            let existing =
-                read_manifest(lake, manifest_at.clone()).await?.ok_or_else(|| Error::Corrupt {
-                    path: manifest_at.to_string(),
-                    detail: "it exists but cannot be read".into(),
-                })?;
-            Ok((LandOutcome::AlreadyLanded(existing), Some(logged)))
-        }
-        Err(e) => Err(Error::store("create", &manifest_at, e)),
+    if lake.create_if_absent(&manifest_at, body).await? {
+        return Ok((LandOutcome::Landed(manifest), Some(logged)));
     }
+    // Another process landed the same content at the same time.
+    let existing =
+        read_manifest(lake, manifest_at.clone()).await?.ok_or_else(|| Error::Corrupt {
+            path: manifest_at.to_string(),
+            detail: "it exists but cannot be read".into(),
+        })?;
+    Ok((LandOutcome::AlreadyLanded(existing), Some(logged)))
 }
 
 /// How much of an input one read asks for: large, so that a local file is read in few system
