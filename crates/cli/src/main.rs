@@ -142,6 +142,7 @@ fn class_of(err: &anyhow::Error) -> Option<strata_publish::ErrorClass> {
             .map(|e| e.class())
             .or_else(|| e.downcast_ref::<strata_publish::Error>().map(|e| e.class()))
             .or_else(|| e.downcast_ref::<strata_medallion::Error>().map(|e| e.class()))
+            .or_else(|| e.downcast_ref::<strata_land::Error>().map(|e| e.class()))
     })
 }
 

@@ -1,5 +1,7 @@
 //! The one error type of `strata-land`.
 
+use strata_publish::ErrorClass;
+
 /// What can go wrong while landing raw data.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,30 +45,57 @@ pub enum Error {
         source: object_store::Error,
     },
 
+    /// More landings than strata retries for raced for the next entry of the source's log.
+    #[error(
+        "could not announce a batch in the log of source {raw_source}: more than {attempts} \
+         landings raced for the next log entry; land again"
+    )]
+    LogContended { raw_source: String, attempts: u32 },
+
     /// Arrow failed building a batch.
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+
+    /// Serialising a raw-layer file failed (a bug: every one is serialisable).
+    #[error("cannot serialise {path}")]
+    Serialize {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A task of strata's own stopped (it panicked or was cancelled): a bug.
+    #[error("{message}")]
+    Internal { message: String },
 }
 
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// What a scheduler should do about this error (see [`strata_publish::ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Lake(e) => e.class(),
+            Error::DamagedBatch { .. } => ErrorClass::CheckFailed,
+            Error::LogContended { .. } => ErrorClass::Busy,
+            Error::Input { .. } | Error::Corrupt { .. } | Error::ColumnTypes { .. } => {
+                ErrorClass::User
+            }
+            Error::Store { source, .. } => match source {
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => ErrorClass::User,
+                _ => ErrorClass::Internal,
+            },
+            Error::Arrow(_) | Error::Serialize { .. } | Error::Internal { .. } => {
+                ErrorClass::Internal
+            }
+        }
+    }
+
     /// True when the user can fix it (exit code 2).
     pub fn is_user_error(&self) -> bool {
-        match self {
-            Error::Lake(e) => e.is_user_error(),
-            Error::Input { .. }
-            | Error::Corrupt { .. }
-            | Error::DamagedBatch { .. }
-            | Error::ColumnTypes { .. } => true,
-            Error::Store { source, .. } => matches!(
-                source,
-                object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-            ),
-            Error::Arrow(_) => false,
-        }
+        self.class() == ErrorClass::User
     }
 
     pub(crate) fn store(
@@ -75,5 +104,31 @@ impl Error {
         source: object_store::Error,
     ) -> Self {
         Error::Store { op, path: path.to_string(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_class_a_scheduler_acts_on() {
+        let raced = Error::LogContended { raw_source: "orders".into(), attempts: 1000 };
+        assert_eq!(raced.class(), ErrorClass::Busy);
+        assert!(raced.to_string().contains("land again"), "{raced}");
+        let damaged = Error::DamagedBatch {
+            raw_source: "orders".into(),
+            batch: "ab".into(),
+            input: "o.csv".into(),
+            path: "p".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(damaged.class(), ErrorClass::CheckFailed);
+        let bad = Error::Input { path: "o.csv".into(), detail: "no header".into() };
+        assert!(bad.is_user_error());
+        let bug = Error::Internal { message: "the CSV reader stopped".into() };
+        assert_eq!(bug.class(), ErrorClass::Internal);
+        let locked = Error::Lake(strata_publish::Error::LockLost { run_id: "r".into() });
+        assert_eq!(locked.class(), ErrorClass::Busy);
     }
 }

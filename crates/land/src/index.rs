@@ -5,10 +5,9 @@
 //! already landed (a sha256 of the whole file), and which batches hold rows of a business-date
 //! window (a scan of every batch). The index keeps all three.
 //!
-//! It is a cache, never the truth. The truth is the source's log and the batches' manifests.
-//! Every batch is announced in the log `_raw/<source>/_log/<seq>.json` (create-if-absent, one
-//! sequence number after another) *before* its manifest commits it, so the log names every
-//! batch. The index remembers how much of the log it has read; loading it reads only the log
+//! It is a cache, never the truth. The truth is the source's log (`crate::raw_log`, which names
+//! every batch before its manifest commits it) and the batches' manifests. The index remembers
+//! how much of the log it has read; loading it reads only the log
 //! entries after that, and the manifests of the batches they name (a batch announced whose
 //! manifest is not there yet stays pending, and is looked for again on the next load). So
 //! loading costs the same after ten batches as after ten thousand, and no batch can be missed:
@@ -32,12 +31,14 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use strata_publish::Lake;
 
 use crate::error::{Error, Result};
-use crate::landing::{manifest_path, read_manifest, source_prefix, BatchManifest, Input};
+use crate::landing::{read_manifest, BatchManifest, Input};
+use crate::layout::{manifest_path, source_prefix};
+use crate::raw_log;
 
 /// `format` of an index file.
 pub const INDEX_FORMAT: &str = "strata.raw-index.v2";
@@ -315,7 +316,7 @@ impl SourceIndex {
         };
         // The log entries written since, and the batches still pending.
         let mut announced = std::mem::take(&mut index.pending);
-        while let Some(id) = read_log_entry(lake, source, index.log + 1).await? {
+        while let Some(id) = raw_log::read(lake, source, index.log + 1).await? {
             announced.insert(id);
             index.log += 1;
             index.dirty = true;
@@ -436,9 +437,9 @@ impl SourceIndex {
             .filter_map(|d| d.filename().and_then(|d| d.strip_prefix("batch=")))
             .map(str::to_string)
             .collect();
-        let end = log_end(lake, source, 0).await?;
+        let end = raw_log::end(lake, source, 0).await?;
         let ids: Vec<Option<String>> = futures::stream::iter(1..=end)
-            .map(|seq| read_log_entry(lake, source, seq))
+            .map(|seq| raw_log::read(lake, source, seq))
             .buffered(16)
             .try_collect()
             .await?;
@@ -681,9 +682,9 @@ impl SourceIndex {
             let (schemas, batches) = entries_out(entries);
             let file =
                 ChunkFileOut { format: INDEX_CHUNK_FORMAT, source: &source, schemas, batches };
-            let body = serde_json::to_vec(&file).map_err(|e| Error::Corrupt {
+            let body = serde_json::to_vec(&file).map_err(|e| Error::Serialize {
                 path: index_path(&source).to_string(),
-                detail: e.to_string(),
+                source: e,
             })?;
             writes.push((i, chunk_path(&source, &body), PutPayload::from(body)));
         }
@@ -717,7 +718,7 @@ impl SourceIndex {
         };
         let path = index_path(&self.source);
         let body = serde_json::to_vec(&file)
-            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
+            .map_err(|source| Error::Serialize { path: path.to_string(), source })?;
         lake.store()
             .put(&path, PutPayload::from(body))
             .await
@@ -1005,84 +1006,6 @@ pub async fn land_indexed(
         index.log += 1;
     }
     Ok(Indexed::Read(Box::new(outcome)))
-}
-
-/// `format` of a log entry.
-pub const LOG_FORMAT: &str = "strata.raw-log.v1";
-
-fn log_path(source: &str, seq: u64) -> Path {
-    Path::from(format!("{}/_log/{seq:020}.json", source_prefix(source)))
-}
-
-#[derive(Serialize, Deserialize)]
-struct LogEntry {
-    format: String,
-    seq: u64,
-    batch_id: String,
-}
-
-/// The batch log entry `seq` announces, `None` if there is no such entry.
-async fn read_log_entry(lake: &Lake, source: &str, seq: u64) -> Result<Option<String>> {
-    let path = log_path(source, seq);
-    let Some(bytes) = lake.get_opt(&path).await? else { return Ok(None) };
-    match serde_json::from_slice::<LogEntry>(&bytes) {
-        Ok(e) if e.format == LOG_FORMAT && e.seq == seq => Ok(Some(e.batch_id)),
-        Ok(_) | Err(_) => Err(Error::Corrupt {
-            path: path.to_string(),
-            detail: "it is not a raw log entry; restore it from a backup (strata never \
-                     rewrites log entries)"
-                .into(),
-        }),
-    }
-}
-
-/// The last entry of the log, probing from `from` (an entry known to exist, or 0). Entries are
-/// created one after another, so the log has no holes.
-async fn log_end(lake: &Lake, source: &str, from: u64) -> Result<u64> {
-    strata_publish::protocol::last_in_sequence(from, |seq| async move {
-        Ok(lake.exists(&log_path(source, seq)).await?)
-    })
-    .await
-}
-
-/// Announces `batch_id` in the source's log: creates the entry after the log's last one (found
-/// from `from`, a lower bound). Returns its sequence number. An entry of this batch already at
-/// the end (an earlier attempt whose answer was lost) is reused.
-pub(crate) async fn append_to_log(
-    lake: &Lake,
-    source: &str,
-    batch_id: &str,
-    from: u64,
-) -> Result<u64> {
-    let mut seq = log_end(lake, source, from).await? + 1;
-    for _ in 0..1000 {
-        let path = log_path(source, seq);
-        let entry = LogEntry { format: LOG_FORMAT.into(), seq, batch_id: batch_id.into() };
-        let body = serde_json::to_vec(&entry)
-            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match lake.store().put_opts(&path, PutPayload::from(body), opts).await {
-            Ok(_) => return Ok(seq),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => {
-                if read_log_entry(lake, source, seq).await?.as_deref() == Some(batch_id) {
-                    return Ok(seq);
-                }
-                seq += 1;
-            }
-            Err(e) => return Err(Error::store("create", &path, e)),
-        }
-    }
-    Err(Error::store(
-        "create",
-        log_path(source, seq),
-        object_store::Error::Generic {
-            store: "raw log",
-            source: "more than 1000 landings raced for the next log entry; land again".into(),
-        },
-    ))
 }
 
 #[cfg(test)]
@@ -1510,36 +1433,6 @@ mod tests {
             let options = crate::LandOptions::default();
             let out = land_indexed(&lake, &mut new, &file, None, &options, &ctx).await.unwrap();
             assert!(matches!(out, Indexed::Known(id) if id == landed[7]));
-        }
-
-        #[tokio::test]
-        async fn the_end_of_the_log_is_found_from_any_lower_bound() {
-            let lake = Lake::open("memory://", OpenMode::Create).unwrap();
-            assert_eq!(log_end(&lake, "orders", 0).await.unwrap(), 0);
-            for i in 1..=37u64 {
-                let seq = append_to_log(&lake, "orders", &format!("{i:064}"), i / 3).await.unwrap();
-                assert_eq!(seq, i);
-            }
-            for from in [0, 1, 5, 36, 37] {
-                assert_eq!(log_end(&lake, "orders", from).await.unwrap(), 37, "from {from}");
-            }
-            // Announcing a batch again takes a new entry (a landing that crashed and ran again
-            // does that); a batch is read once however often it is announced.
-            assert_eq!(
-                append_to_log(&lake, "orders", &format!("{:064}", 37), 0).await.unwrap(),
-                38
-            );
-            assert_eq!(
-                read_log_entry(&lake, "orders", 38).await.unwrap(),
-                Some(format!("{:064}", 37))
-            );
-            assert_eq!(read_log_entry(&lake, "orders", 39).await.unwrap(), None);
-            lake.store()
-                .put(&log_path("orders", 39), PutPayload::from_static(b"junk"))
-                .await
-                .unwrap();
-            let err = read_log_entry(&lake, "orders", 39).await.unwrap_err();
-            assert!(err.to_string().contains("_log/00000000000000000039.json"), "{err}");
         }
     }
 

@@ -23,17 +23,17 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use strata_publish::{FileEntry, Lake, ParquetSink, RunContext};
 
 use crate::csv::{read_plain, CsvItem, CsvReader, Next, PlainBlock, PlainLine};
 use crate::error::{Error, Result};
+use crate::layout::{batch_dir, manifest_path, RAW_DIR};
 use crate::line_ends::LineEndReader;
+use crate::raw_log;
 
-/// The directory of the raw layer in a lake.
-pub const RAW_DIR: &str = "_raw";
 /// The provenance column every raw batch carries: the input line (CSV, JSON lines) or row
 /// (Parquet) a row came from, 1-based.
 pub const LINE_COLUMN: &str = "_line";
@@ -164,18 +164,6 @@ impl LandOutcome {
     }
 }
 
-pub fn source_prefix(source: &str) -> Path {
-    Path::from(format!("{RAW_DIR}/{source}"))
-}
-
-pub fn batch_dir(source: &str, batch_id: &str) -> String {
-    format!("{RAW_DIR}/{source}/batch={batch_id}")
-}
-
-pub fn manifest_path(source: &str, batch_id: &str) -> Path {
-    Path::from(format!("{}/_batch.json", batch_dir(source, batch_id)))
-}
-
 /// The schema of a rejects file.
 pub fn rejects_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -265,28 +253,22 @@ pub(crate) async fn land_logged(
         landed_at: ctx.now(),
     };
     // Announced in the source's log before it exists, so that readers find it without listing
-    // the batch directories (see `crate::index`).
-    let logged = crate::index::append_to_log(lake, source, &manifest.batch_id, log_from).await?;
+    // the batch directories (see `crate::raw_log`).
+    let logged = raw_log::append(lake, source, &manifest.batch_id, log_from).await?;
     strata_publish::crash::point("land-before-manifest");
     let mut body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::Input { path: manifest_at.to_string(), detail: e.to_string() })?;
+        .map_err(|source| Error::Serialize { path: manifest_at.to_string(), source })?;
     body.push(b'\n');
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match lake.store().put_opts(&manifest_at, PutPayload::from(body), opts).await {
-        Ok(_) => Ok((LandOutcome::Landed(manifest), Some(logged))),
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => {
-            // Another process landed the same content at the same time.
-            let existing =
-                read_manifest(lake, manifest_at.clone()).await?.ok_or_else(|| Error::Corrupt {
-                    path: manifest_at.to_string(),
-                    detail: "it exists but cannot be read".into(),
-                })?;
-            Ok((LandOutcome::AlreadyLanded(existing), Some(logged)))
-        }
-        Err(e) => Err(Error::store("create", &manifest_at, e)),
+    if lake.create_if_absent(&manifest_at, body).await? {
+        return Ok((LandOutcome::Landed(manifest), Some(logged)));
     }
+    // Another process landed the same content at the same time.
+    let existing =
+        read_manifest(lake, manifest_at.clone()).await?.ok_or_else(|| Error::Corrupt {
+            path: manifest_at.to_string(),
+            detail: "it exists but cannot be read".into(),
+        })?;
+    Ok((LandOutcome::AlreadyLanded(existing), Some(logged)))
 }
 
 /// How much of an input one read asks for: large, so that a local file is read in few system
@@ -610,10 +592,7 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
             }
             CsvMsg::Rows(batch) => out.write(batch).await?,
             CsvMsg::Block(read) => {
-                let (batch, lines) = read.await.map_err(|e| Error::Input {
-                    path: input.display.clone(),
-                    detail: format!("the CSV reader stopped: {e}"),
-                })??;
+                let (batch, lines) = read.await.map_err(|e| reader_stopped(input, e))??;
                 out.write(batch).await?;
                 for line in lines {
                     out.take_line(line).await?;
@@ -622,10 +601,7 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
             CsvMsg::Line(line) => out.take_line(line).await?,
         }
     }
-    parser.await.map_err(|e| Error::Input {
-        path: input.display.clone(),
-        detail: format!("the CSV reader stopped: {e}"),
-    })?;
+    parser.await.map_err(|e| reader_stopped(input, e))?;
     if !schema_seen {
         return Err(Error::Input {
             path: input.display.clone(),
@@ -633,6 +609,13 @@ async fn land_csv(input: &Input, options: &LandOptions, out: &mut BatchWriter) -
         });
     }
     Ok(())
+}
+
+/// The CSV reader's task panicked or was cancelled: a bug, not a problem of the input.
+fn reader_stopped(input: &Input, e: tokio::task::JoinError) -> Error {
+    Error::Internal {
+        message: format!("cannot land {}: the CSV reader stopped: {e}", input.display),
+    }
 }
 
 /// How many bytes of plain lines (no quotes) are read as one block on another thread, at most

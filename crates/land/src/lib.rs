@@ -33,7 +33,9 @@ mod error;
 mod index;
 mod inputs;
 mod landing;
+mod layout;
 pub mod line_ends;
+mod raw_log;
 mod verify;
 
 pub use columns::{read_columns, TypeConflict};
@@ -44,8 +46,8 @@ pub use index::{
 };
 pub use inputs::{expand_inputs, expand_inputs_allow_empty};
 pub use landing::{
-    batch_dir, json_line_values, land, list_sources, manifest_path, rejects_schema, source_prefix,
-    BatchManifest, Input, InputFormat, InputInfo, LandOptions, LandOutcome, BATCH_FORMAT,
-    LINE_COLUMN, RAW_DIR,
+    json_line_values, land, list_sources, rejects_schema, BatchManifest, Input, InputFormat,
+    InputInfo, LandOptions, LandOutcome, BATCH_FORMAT, LINE_COLUMN,
 };
+pub use layout::{batch_dir, manifest_path, source_prefix, RAW_DIR};
 pub use verify::{check_file, verify_batch, verify_batches, FileCheck};

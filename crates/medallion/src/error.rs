@@ -77,10 +77,8 @@ impl Error {
     pub fn class(&self) -> strata_publish::ErrorClass {
         match self {
             Error::Lake(e) => e.class(),
-            Error::Quality { .. }
-            | Error::Damaged { .. }
-            | Error::Reconciliation { .. }
-            | Error::Land(strata_land::Error::DamagedBatch { .. }) => {
+            Error::Land(e) => e.class(),
+            Error::Quality { .. } | Error::Damaged { .. } | Error::Reconciliation { .. } => {
                 strata_publish::ErrorClass::CheckFailed
             }
             e if e.is_user_error() => strata_publish::ErrorClass::User,

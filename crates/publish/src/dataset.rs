@@ -1,16 +1,17 @@
 //! One dataset of a lake: reading its pointer and versions, publishing, rolling back, verifying.
 //!
-//! Every commit is a create-if-absent ([`PutMode::Create`]) of the next pointer entry, which
-//! local disk, memory and S3 all provide. The retry loop for the one contended step, allocating
-//! a version number, lives in [`Dataset::prepare`]; the flip itself is never retried blindly: an
-//! `AlreadyExists` answer is resolved by reading what is there (see [`Dataset::flip`]).
+//! Every commit is a create-if-absent ([`Lake::create_if_absent`]) of the next pointer entry
+//! (the pointer is a numbered log, [`crate::numbered`]), which local disk, memory and S3 all
+//! provide. The retry loop for the one contended step, allocating a version number, lives in
+//! [`Dataset::prepare`]; the flip itself is never retried blindly: an `AlreadyExists` answer is
+//! resolved by reading what is there (see [`Dataset::flip`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -18,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::context::RunContext;
 use crate::crash;
 use crate::deletion::{self, Holder, RecordFound, Referenced};
-use crate::error::{Error, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::lake::Lake;
 use crate::layout;
 use crate::model::Base;
@@ -27,6 +28,8 @@ use crate::model::{
     VersionBrief, VersionRecord, CHECKPOINT_FORMAT, CHUNK_FORMAT, FLIP_FORMAT, VERSION_FORMAT,
     VERSION_FORMAT_V1,
 };
+use crate::names::validate_dataset_name;
+use crate::numbered::{End, NumberedLog};
 use crate::protocol;
 use crate::writer::{Staged, StagingWriter, WriterOptions};
 
@@ -146,11 +149,38 @@ pub struct Dataset {
     name: String,
 }
 
-impl Dataset {
-    pub(crate) fn new(lake: Lake, name: String) -> Self {
-        Dataset { lake, name }
+impl Lake {
+    /// A handle on one dataset (which need not exist yet). Fails only on an invalid name.
+    pub fn dataset(&self, name: &str) -> Result<Dataset> {
+        validate_dataset_name(name)?;
+        Ok(Dataset { lake: self.clone(), name: name.to_string() })
     }
 
+    /// The names of the datasets that have at least one published version, sorted.
+    pub async fn datasets(&self) -> Result<Vec<String>> {
+        let listing = self
+            .store()
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| Error::store("list", self.url(), e))?;
+        let mut names = Vec::new();
+        for prefix in listing.common_prefixes {
+            let Some(name) = prefix.filename().map(str::to_string) else {
+                continue;
+            };
+            if validate_dataset_name(&name).is_err() {
+                continue; // _strata, _raw, or a foreign directory
+            }
+            if layout::pointer_log(&name).list(self).await?.last().is_some() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Dataset {
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -163,40 +193,16 @@ impl Dataset {
         self.lake.store()
     }
 
-    async fn read_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
-        let Some(bytes) = self.lake.get_opt(path).await? else { return Ok(None) };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })
-    }
-
-    /// Sequence numbers of the pointer entries, sorted.
-    async fn pointer_seqs(&self) -> Result<Vec<u64>> {
-        Ok(self.pointer_listing().await?.0)
-    }
-
-    /// Sequence numbers of the pointer entries and of the checkpoints, each sorted.
-    async fn pointer_listing(&self) -> Result<(Vec<u64>, Vec<u64>)> {
-        let prefix = layout::pointer_prefix(&self.name);
-        let listing = self
-            .store()
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| Error::store("list", &prefix, e))?;
-        let mut seqs: Vec<u64> =
-            listing.objects.iter().filter_map(|o| layout::parse_numbered(&o.location)).collect();
-        let mut checkpoints: Vec<u64> =
-            listing.objects.iter().filter_map(|o| layout::parse_checkpoint(&o.location)).collect();
-        seqs.sort_unstable();
-        checkpoints.sort_unstable();
-        Ok((seqs, checkpoints))
+    /// The dataset's pointer: a gap-free numbered log of flips, with checkpoints.
+    fn pointer(&self) -> NumberedLog {
+        layout::pointer_log(&self.name)
     }
 
     /// The flips 1..=`seq` from a checkpoint, if it is there and whole; `None` sends the reader
     /// back to the entries, which are the truth.
     async fn read_checkpoint(&self, seq: u64) -> Option<Vec<Flip>> {
-        let path = layout::checkpoint_path(&self.name, seq);
-        let cp: Checkpoint = self.read_json(&path).await.ok().flatten()?;
+        let path = self.pointer().checkpoint_path(seq);
+        let cp: Checkpoint = self.lake.read_json(&path).await.ok().flatten()?;
         let whole = cp.format == CHECKPOINT_FORMAT
             && cp.seq == seq
             && cp.flips.len() as u64 == seq
@@ -218,16 +224,18 @@ impl Dataset {
             return;
         }
         let cp = Checkpoint { format: CHECKPOINT_FORMAT.to_string(), seq, flips };
-        let path = layout::checkpoint_path(&self.name, seq);
+        let path = self.pointer().checkpoint_path(seq);
         let _ = self.create_json(&path, &cp, "pointer checkpoint").await;
     }
 
     async fn read_flip(&self, seq: u64) -> Result<Option<Flip>> {
-        let path = layout::pointer_path(&self.name, seq);
-        let Some(flip): Option<Flip> = self.read_json(&path).await? else { return Ok(None) };
+        let pointer = self.pointer();
+        let Some(flip): Option<Flip> = pointer.read_json(&self.lake, seq).await? else {
+            return Ok(None);
+        };
         if flip.seq != seq || flip.format != FLIP_FORMAT {
             return Err(Error::Corrupt {
-                path: path.to_string(),
+                path: pointer.path(seq).to_string(),
                 detail: format!("it says seq {} format {:?}", flip.seq, flip.format),
             });
         }
@@ -248,7 +256,10 @@ impl Dataset {
             Some(seq) => seq,
             None => self.read_head_hint().await,
         };
-        let seq = self.probe_head(lower).await?;
+        let seq = match self.pointer().end(&self.lake, lower).await? {
+            End::Last(seq) => seq,
+            End::Gap(gap) => return Err(self.gap_error(gap)),
+        };
         if seq == 0 {
             return Ok(None);
         }
@@ -266,9 +277,9 @@ impl Dataset {
 
     /// [`Dataset::head`] by listing the whole log and checking it for gaps.
     async fn head_listed(&self) -> Result<Option<Flip>> {
-        let seqs = self.pointer_seqs().await?;
-        let Some(&last) = seqs.last() else { return Ok(None) };
-        if let Some(gap) = protocol::first_gap(&seqs) {
+        let listing = self.pointer().list(&self.lake).await?;
+        let Some(last) = listing.last() else { return Ok(None) };
+        if let Some(gap) = listing.first_gap() {
             return Err(self.gap_error(gap));
         }
         let flip = self.read_flip(last).await?;
@@ -285,7 +296,7 @@ impl Dataset {
             seq: u64,
         }
         let path = layout::head_hint_path(&self.name);
-        match self.read_json::<Hint>(&path).await {
+        match self.lake.read_json::<Hint>(&path).await {
             Ok(Some(h)) => h.seq,
             _ => 0,
         }
@@ -298,33 +309,9 @@ impl Dataset {
         let _ = self.store().put(&path, PutPayload::from(format!("{{\"seq\": {seq}}}"))).await;
     }
 
-    /// Whether pointer entry `seq` exists (entry 0 stands for the empty log, which always does).
-    async fn entry_exists(&self, seq: u64) -> Result<bool> {
-        if seq == 0 {
-            return Ok(true);
-        }
-        self.lake.exists(&layout::pointer_path(&self.name, seq)).await
-    }
-
-    /// The greatest `seq` whose entry exists, probing from `lower` (see [`Dataset::head`]).
-    async fn probe_head(&self, lower: u64) -> Result<u64> {
-        // The usual case, nothing published since `lower`: both probes at once.
-        let (next, after) =
-            futures::try_join!(self.entry_exists(lower + 1), self.entry_exists(lower + 2))?;
-        let last = match (next, after) {
-            (false, true) => return Err(self.gap_error(lower + 1)),
-            (false, false) => return Ok(lower),
-            (true, _) => protocol::last_in_sequence(lower + 1, |s| self.entry_exists(s)).await?,
-        };
-        if self.entry_exists(last + 2).await? {
-            return Err(self.gap_error(last + 1));
-        }
-        Ok(last)
-    }
-
     fn gap_error(&self, gap: u64) -> Error {
         Error::Corrupt {
-            path: layout::pointer_path(&self.name, gap).to_string(),
+            path: self.pointer().path(gap).to_string(),
             detail: "this pointer entry is missing while later ones exist; strata never deletes \
                      pointer entries"
                 .into(),
@@ -343,27 +330,23 @@ impl Dataset {
     /// Every pointer entry, oldest first: the dataset's history of publishes and rollbacks.
     /// Reads the latest whole checkpoint and the entries after it.
     pub async fn history(&self) -> Result<Vec<Flip>> {
-        let (seqs, checkpoints) = self.pointer_listing().await?;
-        if seqs.is_empty() {
-            return Err(self.not_found());
-        }
-        if let Some(gap) = protocol::first_gap(&seqs) {
+        let listing = self.pointer().list(&self.lake).await?;
+        let Some(last) = listing.last() else { return Err(self.not_found()) };
+        if let Some(gap) = listing.first_gap() {
             return Err(self.gap_error(gap));
         }
-        let last = *seqs.last().expect("non-empty");
         let mut flips = Vec::new();
-        let candidates: Vec<u64> = checkpoints.into_iter().rev().filter(|c| *c <= last).collect();
-        for c in candidates {
+        for c in listing.checkpoints_upto(last) {
             if let Some(cp) = self.read_checkpoint(c).await {
                 flips = cp;
                 break;
             }
         }
-        let rest = &seqs[flips.len()..];
+        let rest: Vec<u64> = (flips.len() as u64 + 1..=last).collect();
         let reads: Vec<_> = rest.iter().map(|&s| self.read_flip(s)).collect();
         let read: Vec<Option<Flip>> =
             futures::stream::iter(reads).buffered(IO_CONCURRENCY).try_collect().await?;
-        for (f, &s) in read.into_iter().zip(rest) {
+        for (f, &s) in read.into_iter().zip(&rest) {
             flips.push(f.ok_or_else(|| self.gap_error(s))?);
         }
         Ok(flips)
@@ -444,7 +427,7 @@ impl Dataset {
         }
         let path = Path::from(chunk.path.as_str());
         let corrupt = |detail: String| Error::Corrupt { path: chunk.path.clone(), detail };
-        let read: PartitionChunk = self.read_json(&path).await?.ok_or_else(|| {
+        let read: PartitionChunk = self.lake.read_json(&path).await?.ok_or_else(|| {
             corrupt("a version record names this chunk of partitions but it is missing".into())
         })?;
         let keys: Vec<&String> = read.partitions.iter().map(|p| &p.key).collect();
@@ -606,7 +589,13 @@ impl Dataset {
         schema: arrow::datatypes::SchemaRef,
         options: WriterOptions,
     ) -> Result<StagingWriter> {
-        StagingWriter::new(self.clone(), ctx.run_id().to_string(), schema, options)
+        StagingWriter::new(
+            self.lake.clone(),
+            self.name.clone(),
+            ctx.run_id().to_string(),
+            schema,
+            options,
+        )
     }
 
     /// The record of the current version, or `None` if the dataset was never published.
@@ -634,14 +623,11 @@ impl Dataset {
             });
         }
         if parent.partition_by != partition_by {
-            return Err(Error::Usage(format!(
-                "dataset {:?} is partitioned by [{}] but this publish is partitioned by [{}]; \
-                 use the dataset's partitioning, or pass --replace-all to repartition the \
-                 whole dataset",
-                self.name,
-                parent.partition_by.join(", "),
-                partition_by.join(", ")
-            )));
+            return Err(Error::PartitioningConflict {
+                dataset: self.name.clone(),
+                existing: parent.partition_by.clone(),
+                requested: partition_by.to_vec(),
+            });
         }
         Ok(())
     }
@@ -756,7 +742,7 @@ impl Dataset {
         ctx: &RunContext,
     ) -> Result<(RecordHead, NewChunks)> {
         if staged.run_id != ctx.run_id() {
-            return Err(Error::Usage(format!(
+            return Err(Error::internal(format!(
                 "staged files belong to run {} but the context is run {}",
                 staged.run_id,
                 ctx.run_id()
@@ -771,11 +757,10 @@ impl Dataset {
             }
         }
         if staged.rows == 0 && !options.replace_all && options.owned.is_none() {
-            return Err(Error::Usage(format!(
-                "run {} staged no rows, so there is nothing to publish; pass --replace-all to \
-                 publish an empty version of {:?}",
-                staged.run_id, self.name
-            )));
+            return Err(Error::NothingToPublish {
+                dataset: self.name.clone(),
+                run_id: staged.run_id.clone(),
+            });
         }
         let mut written = staged.partitions.clone();
         for p in &mut written {
@@ -927,11 +912,7 @@ impl Dataset {
                 }
             }
         }
-        Err(Error::Usage(format!(
-            "gave up allocating a version number for {:?} after {MAX_VERSION_ATTEMPTS} attempts; \
-             more than that many writers are racing, retry later",
-            self.name
-        )))
+        Err(Error::VersionsExhausted { dataset: self.name.clone(), attempts: MAX_VERSION_ATTEMPTS })
     }
 
     /// Removes a record this process prepared and could not publish (its pointer entry went to
@@ -982,7 +963,7 @@ impl Dataset {
                 Err(e) => Err(e),
             };
         }
-        let seqs = self.pointer_seqs().await?;
+        let seqs = self.pointer().list(&self.lake).await?.numbers();
         let mut found = Vec::new();
         for &seq in seqs.iter().filter(|&&s| s > after_seq) {
             if let Some(f) = self.read_flip(seq).await? {
@@ -1074,11 +1055,7 @@ impl Dataset {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Usage(format!(
-            "gave up publishing {:?} after {MAX_REBASES} rebases: other writers keep publishing \
-             first; retry later",
-            self.name
-        )))
+        Err(Error::RebasesExhausted { dataset: self.name.clone(), rebases: MAX_REBASES })
     }
 
     fn conflict(&self, run_id: &str, expected_seq: u64, found: Option<&Flip>) -> Error {
@@ -1120,7 +1097,7 @@ impl Dataset {
     /// earlier one whose answer was lost wrote it); [`Error::Conflict`] if another writer's entry
     /// is there; [`Error::UnknownCommit`] if the store never let us find out.
     async fn create_flip(&self, flip: &Flip) -> Result<()> {
-        let path = layout::pointer_path(&self.name, flip.seq);
+        let path = self.pointer().path(flip.seq);
         match self.create_resolving(&path, flip, "pointer entry").await {
             Ok(Outcome::Ours) => {
                 self.write_head_hint(flip.seq).await;
@@ -1156,11 +1133,11 @@ impl Dataset {
                 tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
             }
             match self.create_json(path, value, what).await {
-                Ok(Created::Yes) => return Ok(Outcome::Ours),
-                Ok(Created::AlreadyExists) => {}
+                Ok(true) => return Ok(Outcome::Ours),
+                Ok(false) => {}
                 Err(e) => last_error = Some(e),
             }
-            match self.read_json::<T>(path).await {
+            match self.lake.read_json::<T>(path).await {
                 Ok(Some(found)) if found == *value => return Ok(Outcome::Ours),
                 Ok(Some(found)) => return Ok(Outcome::Theirs(Some(found))),
                 Ok(None) => {}
@@ -1169,7 +1146,7 @@ impl Dataset {
             }
         }
         Err(last_error
-            .unwrap_or_else(|| Error::Usage(format!("{path} kept vanishing after creation"))))
+            .unwrap_or_else(|| Error::internal(format!("{path} kept vanishing after creation"))))
     }
 
     /// Stages, prepares and flips in one call.
@@ -1204,7 +1181,7 @@ impl Dataset {
     /// The publishes by `run_id` among the pointer entries after `after_seq`, oldest first.
     /// Empty when the dataset was never published.
     pub async fn flips_by(&self, run_id: &str, after_seq: u64) -> Result<Vec<Flip>> {
-        let seqs = self.pointer_seqs().await?;
+        let seqs = self.pointer().list(&self.lake).await?.numbers();
         let mut found = Vec::new();
         for &seq in seqs.iter().filter(|&&s| s > after_seq) {
             if let Some(f) = self.read_flip(seq).await? {
@@ -1301,7 +1278,7 @@ impl Dataset {
             .map_err(|e| Error::store("list", &prefix, e))?;
         let mut records = Vec::new();
         for path in listed {
-            let Some(v) = layout::parse_numbered(&path) else { continue };
+            let Some(v) = layout::version_records(&self.name).number_of(&path) else { continue };
             let Some(record) = self.read_record_shared(v).await? else { continue };
             records.push(RecordFound {
                 version: v,
@@ -1349,7 +1326,7 @@ impl Dataset {
             p.run_id = ctx.run_id().to_string();
             for f in &mut p.files {
                 let Some(rest) = f.path.strip_prefix(&from) else {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::internal(format!(
                         "cannot adopt {}: it is not staged by run {}",
                         f.path, staged.run_id
                     )));
@@ -1450,23 +1427,17 @@ impl Dataset {
     }
 
     /// Create-if-absent of a JSON object (compact: version records grow with the partitions,
-    /// and every run reads and writes some).
+    /// and every run reads and writes some): `true` if this call created it.
     async fn create_json<T: Serialize>(
         &self,
         path: &Path,
         value: &T,
         what: &'static str,
-    ) -> Result<Created> {
+    ) -> Result<bool> {
         let mut body =
             serde_json::to_vec(value).map_err(|source| Error::Serialize { what, source })?;
         body.push(b'\n');
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store().put_opts(path, PutPayload::from(body), opts).await {
-            Ok(_) => Ok(Created::Yes),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(Created::AlreadyExists),
-            Err(e) => Err(Error::store("create", path, e)),
-        }
+        self.lake.create_if_absent(path, body).await
     }
 }
 
@@ -1506,26 +1477,8 @@ fn replace_of(options: &PublishOptions) -> protocol::Replace {
     }
 }
 
-/// The answer to a create-if-absent.
-enum Created {
-    Yes,
-    AlreadyExists,
-}
-
 /// Whose object stands at a path after a resolved create-if-absent.
 enum Outcome<T> {
     Ours,
     Theirs(Option<T>),
-}
-
-/// An error with its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

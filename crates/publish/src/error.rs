@@ -4,7 +4,8 @@
 ///
 /// Variants a caller must tell apart have their own case: [`Error::Conflict`] (another writer
 /// flipped the pointer first), [`Error::UnknownCommit`] (the store did not say whether a flip
-/// landed), and the user-facing problems that [`Error::is_user_error`] reports.
+/// landed), the user-facing problems that [`Error::is_user_error`] reports, and so on.
+/// [`Error::class`] says what a scheduler should do about each.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -91,9 +92,71 @@ pub enum Error {
     #[error("cannot read {path}: {detail}")]
     InvalidInput { path: String, detail: String },
 
-    /// The request cannot be carried out as asked; the message says what to do instead.
-    #[error("{0}")]
-    Usage(String),
+    /// The publish is partitioned otherwise than the dataset, and does not replace it whole.
+    #[error(
+        "dataset {dataset:?} is partitioned by [{}] but this publish is partitioned by [{}]; use \
+         the dataset's partitioning, or pass --replace-all to repartition the whole dataset",
+        existing.join(", "),
+        requested.join(", ")
+    )]
+    PartitioningConflict { dataset: String, existing: Vec<String>, requested: Vec<String> },
+
+    /// A partition column names no column of the data.
+    #[error(
+        "cannot partition by {column:?}: the data has no such column (columns: {})",
+        columns.join(", ")
+    )]
+    NoSuchPartitionColumn { column: String, columns: Vec<String> },
+
+    /// A partition column has a type that cannot name partitions.
+    #[error(
+        "cannot partition by {column:?} of type {data_type}: use a string, integer, date or \
+         boolean column"
+    )]
+    UnpartitionableColumn { column: String, data_type: String },
+
+    /// The partition columns name one column twice.
+    #[error("--partition-by names {column:?} twice")]
+    PartitionColumnTwice { column: String },
+
+    /// A run staged no rows and the publish would not replace anything with them.
+    #[error(
+        "run {run_id} staged no rows, so there is nothing to publish; pass --replace-all to \
+         publish an empty version of {dataset:?}"
+    )]
+    NothingToPublish { dataset: String, run_id: String },
+
+    /// A declared key column is not in the data written.
+    #[error("key column {column:?} is not in {dataset:?}; fix the key declaration")]
+    MissingKeyColumn { dataset: String, column: String },
+
+    /// The control totals (or the key order) declared for a dataset cannot be computed over its
+    /// rows: a declared column is missing or of a type that cannot be totalled.
+    #[error("{what} of {dataset:?}: {cause}")]
+    Totals { dataset: String, what: &'static str, cause: strata_reconcile::Error },
+
+    /// Other processes kept taking over a lock while this one tried to settle it.
+    #[error("could not settle the lock {path}: it keeps changing hands; retry in a moment")]
+    LockContended { path: String },
+
+    /// Every version number a publish tried was taken by another writer.
+    #[error(
+        "gave up allocating a version number for {dataset:?} after {attempts} attempts; more \
+         than that many writers are racing, retry later"
+    )]
+    VersionsExhausted { dataset: String, attempts: u64 },
+
+    /// Other writers kept publishing first: the commit rebased as often as it may.
+    #[error(
+        "gave up publishing {dataset:?} after {rebases} rebases: other writers keep publishing \
+         first; retry later"
+    )]
+    RebasesExhausted { dataset: String, rebases: u32 },
+
+    /// strata called itself wrongly, or the store broke a promise of its contract: a bug, or a
+    /// store that is not fit for a lake. The message says what was found.
+    #[error("{message}")]
+    Internal { message: String },
 
     /// The lake URL or its configuration is unusable.
     #[error("cannot open lake {url}: {detail}")]
@@ -152,41 +215,65 @@ impl Error {
     /// What a scheduler should do about this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Locked { .. } | Error::LockLost { .. } | Error::Conflict { .. } => {
-                ErrorClass::Busy
-            }
-            e if e.is_user_error() => ErrorClass::User,
-            _ => ErrorClass::Internal,
-        }
-    }
-
-    /// True when the problem lies in what the user asked for or in the state of the lake they
-    /// pointed at (exit code 2), rather than in strata or the machine (exit code 1).
-    pub fn is_user_error(&self) -> bool {
-        match self {
+            Error::Locked { .. }
+            | Error::LockLost { .. }
+            | Error::LockContended { .. }
+            | Error::Conflict { .. }
+            | Error::VersionsExhausted { .. }
+            | Error::RebasesExhausted { .. } => ErrorClass::Busy,
+            // The run is left UNKNOWN: `strata history` (or `strata recover`) settles it.
+            Error::UnknownCommit { .. } => ErrorClass::NeedsPerson,
             Error::InvalidName { .. }
             | Error::DatasetNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::Corrupt { .. }
             | Error::MissingFile { .. }
             | Error::SchemaConflict { .. }
-            | Error::Conflict { .. }
-            | Error::Locked { .. }
-            | Error::LockLost { .. }
+            | Error::PartitioningConflict { .. }
+            | Error::NoSuchPartitionColumn { .. }
+            | Error::UnpartitionableColumn { .. }
+            | Error::PartitionColumnTwice { .. }
+            | Error::NothingToPublish { .. }
+            | Error::MissingKeyColumn { .. }
+            | Error::Totals { .. }
             | Error::InvalidInput { .. }
-            | Error::Usage(_)
-            | Error::Lake { .. } => true,
-            Error::Store { source, .. } => store_error_is_user_error(source),
-            Error::UnknownCommit { .. }
+            | Error::Lake { .. } => ErrorClass::User,
+            Error::Store { source, .. } if store_error_is_user_error(source) => ErrorClass::User,
+            Error::Store { .. }
+            | Error::Internal { .. }
             | Error::Parquet { .. }
             | Error::Arrow(_)
-            | Error::Serialize { .. } => false,
+            | Error::Serialize { .. } => ErrorClass::Internal,
         }
+    }
+
+    /// True when the problem lies in what the user asked for or in the state of the lake they
+    /// pointed at (exit code 2), rather than in strata or the machine (exit code 1), or in another
+    /// process (see [`Error::class`]).
+    pub fn is_user_error(&self) -> bool {
+        self.class() == ErrorClass::User
+    }
+
+    /// An invariant of strata's own that did not hold (see [`Error::Internal`]).
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Error::Internal { message: message.into() }
     }
 
     pub fn store(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
         Error::Store { op, path: path.to_string(), source }
     }
+}
+
+/// An error with its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 /// Errors of the store that a user causes or fixes: bad credentials, missing bucket, bad path,
@@ -223,4 +310,55 @@ pub fn io_problem(e: &(dyn std::error::Error + 'static)) -> Option<&'static str>
         cur = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_class_a_scheduler_acts_on() {
+        let busy = [
+            Error::LockContended { path: "_strata/locks/x".into() },
+            Error::VersionsExhausted { dataset: "d".into(), attempts: 3 },
+            Error::RebasesExhausted { dataset: "d".into(), rebases: 3 },
+            Error::LockLost { run_id: "r".into() },
+        ];
+        for e in &busy {
+            assert_eq!(e.class(), ErrorClass::Busy, "{e}");
+            assert!(!e.is_user_error(), "{e}");
+            assert!(e.to_string().contains("retry") || e.to_string().contains("again"), "{e}");
+        }
+        let unknown =
+            Error::UnknownCommit { dataset: "d".into(), run_id: "r".into(), detail: "x".into() };
+        assert_eq!(unknown.class(), ErrorClass::NeedsPerson);
+        let user = [
+            Error::PartitioningConflict {
+                dataset: "d".into(),
+                existing: vec!["a".into()],
+                requested: vec!["b".into(), "c".into()],
+            },
+            Error::NoSuchPartitionColumn { column: "x".into(), columns: vec!["a".into()] },
+            Error::UnpartitionableColumn { column: "x".into(), data_type: "Float64".into() },
+            Error::PartitionColumnTwice { column: "x".into() },
+            Error::NothingToPublish { dataset: "d".into(), run_id: "r".into() },
+            Error::MissingKeyColumn { dataset: "d".into(), column: "k".into() },
+        ];
+        for e in &user {
+            assert_eq!(e.class(), ErrorClass::User, "{e}");
+            assert!(e.is_user_error(), "{e}");
+        }
+        assert_eq!(
+            user[0].to_string(),
+            "dataset \"d\" is partitioned by [a] but this publish is partitioned by [b, c]; use \
+             the dataset's partitioning, or pass --replace-all to repartition the whole dataset"
+        );
+        assert_eq!(
+            user[1].to_string(),
+            "cannot partition by \"x\": the data has no such column (columns: a)"
+        );
+        let bug = Error::internal("staged files belong to run a but the context is run b");
+        assert_eq!(bug.class(), ErrorClass::Internal);
+        assert_eq!(bug.to_string(), "staged files belong to run a but the context is run b");
+    }
 }

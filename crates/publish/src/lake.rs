@@ -10,13 +10,11 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
 
-use crate::dataset::Dataset;
-use crate::error::{Error, Result};
-use crate::layout;
+use crate::error::{error_chain, Error, Result};
 use crate::model::{PartitionEntry, RecordHead};
-use crate::names::validate_dataset_name;
 
 /// A lake: an object store holding datasets, and the URL it was opened from.
 ///
@@ -169,7 +167,7 @@ impl Lake {
         match self.store.list_with_delimiter(None).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let text = crate::dataset::error_chain(&e);
+                let text = error_chain(&e);
                 let endpoint = std::env::var("AWS_ENDPOINT")
                     .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
                     .unwrap_or_else(|_| "the AWS default endpoint".into());
@@ -224,41 +222,6 @@ impl Lake {
         &self.url
     }
 
-    /// A handle on one dataset (which need not exist yet). Fails only on an invalid name.
-    pub fn dataset(&self, name: &str) -> Result<Dataset> {
-        validate_dataset_name(name)?;
-        Ok(Dataset::new(self.clone(), name.to_string()))
-    }
-
-    /// The names of the datasets that have at least one published version, sorted.
-    pub async fn datasets(&self) -> Result<Vec<String>> {
-        let listing = self
-            .store
-            .list_with_delimiter(None)
-            .await
-            .map_err(|e| Error::store("list", self.url(), e))?;
-        let mut names = Vec::new();
-        for prefix in listing.common_prefixes {
-            let Some(name) = prefix.filename().map(str::to_string) else {
-                continue;
-            };
-            if validate_dataset_name(&name).is_err() {
-                continue; // _strata, _raw, or a foreign directory
-            }
-            let pointer = layout::pointer_prefix(&name);
-            let listed = self
-                .store
-                .list_with_delimiter(Some(&pointer))
-                .await
-                .map_err(|e| Error::store("list", &pointer, e))?;
-            if listed.objects.iter().any(|o| layout::parse_numbered(&o.location).is_some()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
     /// Every object under `prefix`, recursively.
     pub async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>> {
         use futures::TryStreamExt;
@@ -307,6 +270,31 @@ impl Lake {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| Error::store("read", path, e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::store("read", path, e)),
+        }
+    }
+
+    /// Reads a JSON object, `None` if absent; [`Error::Corrupt`] if it does not parse (strata
+    /// writes every object whole, so it was changed afterwards).
+    pub async fn read_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        let Some(bytes) = self.get_opt(path).await? else { return Ok(None) };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })
+    }
+
+    /// Creates the object at `path` with `body` unless one is there (create-if-absent:
+    /// `PutMode::Create`, on S3 `If-None-Match: *`). `true` if this call created it; `false` if
+    /// an object was there (another writer's, or an earlier attempt's whose answer was lost:
+    /// read it back to tell). Of concurrent creates of one path exactly one gets `true`.
+    pub async fn create_if_absent(&self, path: &Path, body: Vec<u8>) -> Result<bool> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(e) => Err(Error::store("create", path, e)),
         }
     }
 }

@@ -9,19 +9,31 @@
 
 use object_store::path::Path;
 
+use crate::numbered::{Naming, NumberedLog};
+
 /// Directory of strata's own files inside a dataset.
 pub const META_DIR: &str = "_strata";
+
+/// How pointer entries, their checkpoints and version records are named: the number
+/// zero-padded to 20 digits, so that names sort as numbers.
+pub const NUMBERED: Naming = Naming::Exact { width: 20 };
 
 pub fn dataset_prefix(dataset: &str) -> Path {
     Path::from(dataset)
 }
 
-pub fn pointer_prefix(dataset: &str) -> Path {
-    Path::from(format!("{dataset}/{META_DIR}/pointer"))
+/// The pointer of a dataset: a gap-free numbered log of flips, with checkpoints.
+pub fn pointer_log(dataset: &str) -> NumberedLog {
+    NumberedLog::new(format!("{dataset}/{META_DIR}/pointer"), NUMBERED)
+}
+
+/// The version records of a dataset, named by version number (numbers may be skipped).
+pub fn version_records(dataset: &str) -> NumberedLog {
+    NumberedLog::new(format!("{dataset}/{META_DIR}/versions"), NUMBERED)
 }
 
 pub fn pointer_path(dataset: &str, seq: u64) -> Path {
-    Path::from(format!("{dataset}/{META_DIR}/pointer/{seq:020}.json"))
+    pointer_log(dataset).path(seq)
 }
 
 /// The hint `{"seq": n}`: a pointer entry known to exist, from which readers probe for the
@@ -33,25 +45,15 @@ pub fn head_hint_path(dataset: &str) -> Path {
 /// A checkpoint of the pointer log: every flip from 1 to `seq` in one object (a cache; the
 /// entries stay authoritative).
 pub fn checkpoint_path(dataset: &str, seq: u64) -> Path {
-    Path::from(format!("{dataset}/{META_DIR}/pointer/{seq:020}.checkpoint.json"))
-}
-
-/// The number in a checkpoint's file name.
-pub fn parse_checkpoint(path: &Path) -> Option<u64> {
-    let name = path.filename()?;
-    let digits = name.strip_suffix(".checkpoint.json")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    pointer_log(dataset).checkpoint_path(seq)
 }
 
 pub fn versions_prefix(dataset: &str) -> Path {
-    Path::from(format!("{dataset}/{META_DIR}/versions"))
+    version_records(dataset).dir()
 }
 
 pub fn version_path(dataset: &str, version: u64) -> Path {
-    Path::from(format!("{dataset}/{META_DIR}/versions/{version:020}.json"))
+    version_records(dataset).path(version)
 }
 
 /// Path of the `n`th chunk of partition entries that version `version` writes: under the run's
@@ -73,30 +75,32 @@ pub fn data_file_path(dataset: &str, run_id: &str, key: &str, n: usize) -> Strin
     }
 }
 
-/// The number in a pointer entry or version record file name (`…/00000000000000000042.json`).
-pub fn parse_numbered(path: &Path) -> Option<u64> {
-    let name = path.filename()?;
-    let digits = name.strip_suffix(".json")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn numbered_round_trip() {
-        assert_eq!(parse_numbered(&pointer_path("d", 42)), Some(42));
-        assert_eq!(parse_numbered(&version_path("d", u64::MAX)), Some(u64::MAX));
-        assert_eq!(parse_numbered(&Path::from("d/_strata/pointer/42.json")), None);
-        assert_eq!(parse_numbered(&checkpoint_path("d", 100)), None, "checkpoints are not entries");
-        assert_eq!(parse_checkpoint(&checkpoint_path("d", 100)), Some(100));
-        assert_eq!(parse_checkpoint(&pointer_path("d", 100)), None);
+        let pointer = pointer_log("d");
+        assert_eq!(pointer_path("d", 42).as_ref(), "d/_strata/pointer/00000000000000000042.json");
         assert_eq!(
-            parse_numbered(&Path::from("d/_strata/pointer/0000000000000000004x.json")),
+            checkpoint_path("d", 100).as_ref(),
+            "d/_strata/pointer/00000000000000000100.checkpoint.json"
+        );
+        assert_eq!(version_path("d", 7).as_ref(), "d/_strata/versions/00000000000000000007.json");
+        assert_eq!(pointer.number_of(&pointer_path("d", 42)), Some(42));
+        let versions = version_records("d");
+        assert_eq!(versions.number_of(&version_path("d", u64::MAX)), Some(u64::MAX));
+        assert_eq!(pointer.number_of(&Path::from("d/_strata/pointer/42.json")), None);
+        assert_eq!(
+            pointer.number_of(&checkpoint_path("d", 100)),
+            None,
+            "checkpoints are not entries"
+        );
+        assert_eq!(NUMBERED.parse_checkpoint("00000000000000000100.checkpoint.json"), Some(100));
+        assert_eq!(NUMBERED.parse_checkpoint("00000000000000000100.json"), None);
+        assert_eq!(
+            pointer.number_of(&Path::from("d/_strata/pointer/0000000000000000004x.json")),
             None
         );
     }

@@ -9,9 +9,10 @@
 //!   size, row count and sha256, copy-on-write: partitions the run did not write are reused from
 //!   the parent version by reference.
 //! - The **pointer** is an append-only log of flips (`_strata/pointer/<seq>.json`), each created
-//!   with create-if-absent. The entry with the greatest `seq` names the current version. Publishing
-//!   and rolling back each add one entry, so concurrent writers on the same pointer entry are
-//!   linearised by the store: exactly one create succeeds.
+//!   with create-if-absent (a numbered log, [`numbered`], like the raw log and the run logs).
+//!   The entry with the greatest `seq` names the current version. Publishing and rolling back
+//!   each add one entry, so concurrent writers on the same pointer entry are linearised by the
+//!   store: exactly one create succeeds.
 //!
 //! `docs/protocol.md` specifies the layout and the protocol for other readers.
 //!
@@ -56,6 +57,7 @@ pub mod layout;
 pub mod locks;
 pub mod model;
 pub mod names;
+pub mod numbered;
 pub mod protocol;
 mod writer;
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -289,14 +289,7 @@ async fn delete_if_present(lake: &Lake, path: &Path) -> Result<()> {
 async fn create(lake: &Lake, path: &Path, info: &LockInfo) -> Result<bool> {
     let body = serde_json::to_vec_pretty(info)
         .map_err(|source| Error::Serialize { what: "lock", source })?;
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match lake.store().put_opts(path, PutPayload::from(body), opts).await {
-        Ok(_) => Ok(true),
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => Ok(false),
-        Err(e) => Err(Error::store("create", path, e)),
-    }
+    lake.create_if_absent(path, body).await
 }
 
 fn locked(dataset: &str, key: &str, holder: &LockInfo) -> Error {
@@ -350,9 +343,7 @@ async fn take(lake: &Lake, path: &Path, info: &LockInfo, clock: Clock) -> Result
             None => {}
         }
     }
-    Err(Error::Usage(format!(
-        "could not settle the lock {path}: it keeps changing hands; retry in a moment"
-    )))
+    Err(Error::LockContended { path: path.to_string() })
 }
 
 /// Locks every partition of `boundary` for `run_id`, or fails naming the live run that holds one

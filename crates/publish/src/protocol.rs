@@ -1,7 +1,8 @@
 //! The decisions of the publish protocol as plain functions over plain data: which version number
 //! comes next, how a new version is assembled copy-on-write from its parent, whether a schema is
-//! compatible, which pointer entry is current, and whether the log is whole. No IO here; the
-//! [`crate::Dataset`] methods are thin adapters around these.
+//! compatible, and which pointer entry is current (whether the log is whole:
+//! [`crate::numbered`]). No IO here; the [`crate::Dataset`] methods are thin adapters around
+//! these.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,42 +27,6 @@ pub fn next_seq(head: Option<&Flip>) -> u64 {
 /// The current pointer entry of a log: the one with the greatest sequence number.
 pub fn head_of(entries: &[Flip]) -> Option<&Flip> {
     entries.iter().max_by_key(|f| f.seq)
-}
-
-/// Checks that sequence numbers run 1, 2, … without gaps, and returns the first missing number
-/// if they do not. `seqs` must be sorted.
-pub fn first_gap(seqs: &[u64]) -> Option<u64> {
-    seqs.iter().enumerate().find(|(i, s)| **s != *i as u64 + 1).map(|(i, _)| i as u64 + 1)
-}
-
-/// The last of a sequence of objects numbered 1, 2, … with no gaps (pointer entries, a source's
-/// raw log), found without listing them: from `from` (a number known to exist, or 0 for none)
-/// the step doubles up to the first missing number, then the interval is bisected. Costs about
-/// 2·log2 of the distance from `from`; `exists` does the looking.
-pub async fn last_in_sequence<E, F, Fut>(from: u64, mut exists: F) -> Result<u64, E>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = Result<bool, E>>,
-{
-    let (mut lo, mut step) = (from, 1u64);
-    let mut hi = loop {
-        let probe = lo.saturating_add(step);
-        if exists(probe).await? {
-            lo = probe;
-            step = step.saturating_mul(2);
-        } else {
-            break probe;
-        }
-    };
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if exists(mid).await? {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(lo)
 }
 
 /// How many partitions a chunk of a version's partition list holds at most.
@@ -535,23 +500,6 @@ mod tests {
         assert!(!rebase_allowed(None, now, &[part("k=a", "r2", 5)], &Replace::Written));
     }
 
-    #[tokio::test]
-    async fn the_last_of_a_sequence_is_found_from_any_start() {
-        for end in [0u64, 1, 2, 3, 7, 8, 100, 1000] {
-            for from in [0, end / 3, end.saturating_sub(1), end] {
-                let mut probes = 0;
-                let found = last_in_sequence(from, |n| {
-                    probes += 1;
-                    std::future::ready(Ok::<_, ()>(n <= end))
-                })
-                .await
-                .unwrap();
-                assert_eq!(found, end, "end {end} from {from}");
-                assert!(probes <= 2 * 64 - (end - from).leading_zeros() as u64 + 1, "{probes}");
-            }
-        }
-    }
-
     #[test]
     fn versions_and_seqs() {
         assert_eq!(first_candidate_version(None), 1);
@@ -561,9 +509,6 @@ mod tests {
         assert_eq!(next_seq(Some(&f)), 8);
         let log = vec![flip(1, 1), flip(3, 2), flip(2, 2)];
         assert_eq!(head_of(&log).map(|f| f.seq), Some(3));
-        assert_eq!(first_gap(&[1, 2, 3]), None);
-        assert_eq!(first_gap(&[1, 3]), Some(2));
-        assert_eq!(first_gap(&[2]), Some(1));
     }
 
     #[test]

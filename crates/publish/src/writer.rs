@@ -23,7 +23,6 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::crash;
-use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::model::{FileEntry, PartitionEntry};
@@ -81,7 +80,8 @@ pub struct Staged {
 
 /// Writes batches into per-partition Parquet files of one run.
 pub struct StagingWriter {
-    dataset: Dataset,
+    lake: Lake,
+    dataset: String,
     run_id: String,
     schema: SchemaRef,
     options: WriterOptions,
@@ -98,7 +98,7 @@ pub struct StagingWriter {
 impl std::fmt::Debug for StagingWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StagingWriter")
-            .field("dataset", &self.dataset.name())
+            .field("dataset", &self.dataset)
             .field("run_id", &self.run_id)
             .field("partitions", &self.partitions.len())
             .field("rows", &self.rows)
@@ -270,21 +270,19 @@ pub fn partition_columns(
     let mut indices = Vec::with_capacity(partition_by.len());
     for col in partition_by {
         validate_partition_column(col)?;
-        let idx = schema.index_of(col).map_err(|_| {
-            Error::Usage(format!(
-                "cannot partition by {col:?}: the data has no such column (columns: {})",
-                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-            ))
+        let idx = schema.index_of(col).map_err(|_| Error::NoSuchPartitionColumn {
+            column: col.clone(),
+            columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
         })?;
         let t = schema.field(idx).data_type();
         if !partitionable(t) {
-            return Err(Error::Usage(format!(
-                "cannot partition by {col:?} of type {t}: use a string, integer, date or boolean \
-                 column"
-            )));
+            return Err(Error::UnpartitionableColumn {
+                column: col.clone(),
+                data_type: t.to_string(),
+            });
         }
         if indices.contains(&idx) {
-            return Err(Error::Usage(format!("--partition-by names {col:?} twice")));
+            return Err(Error::PartitionColumnTwice { column: col.clone() });
         }
         indices.push(idx);
     }
@@ -305,8 +303,10 @@ fn partitionable(t: &DataType) -> bool {
 }
 
 impl StagingWriter {
+    /// A writer of `run_id`'s files of `dataset` (a valid name) in `lake`.
     pub(crate) fn new(
-        dataset: Dataset,
+        lake: Lake,
+        dataset: String,
         run_id: String,
         schema: SchemaRef,
         options: WriterOptions,
@@ -314,6 +314,7 @@ impl StagingWriter {
         let partition_cols = partition_columns(&schema, &options.partition_by)?;
         let props = writer_properties(options.max_row_group_size);
         Ok(StagingWriter {
+            lake,
             dataset,
             run_id,
             schema,
@@ -334,7 +335,7 @@ impl StagingWriter {
             return Ok(());
         }
         let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
-        let batch = inject_fault(self.dataset.name(), batch)?;
+        let batch = inject_fault(&self.dataset, batch)?;
         if !self.dictionaries_chosen {
             self.props = with_dictionaries(self.props.clone(), &batch);
             self.dictionaries_chosen = true;
@@ -345,18 +346,15 @@ impl StagingWriter {
                     .key
                     .iter()
                     .map(|k| {
-                        batch.column_by_name(k).cloned().ok_or_else(|| {
-                            Error::Usage(format!(
-                                "key column {k:?} is not in {:?}; fix the key declaration",
-                                self.dataset.name()
-                            ))
+                        batch.column_by_name(k).cloned().ok_or_else(|| Error::MissingKeyColumn {
+                            dataset: self.dataset.clone(),
+                            column: k.clone(),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                self.key_order
-                    .get_or_insert_with(Default::default)
-                    .update(&keys)
-                    .map_err(|e| Error::Usage(format!("keys of {:?}: {e}", self.dataset.name())))?;
+                self.key_order.get_or_insert_with(Default::default).update(&keys).map_err(
+                    |cause| Error::Totals { dataset: self.dataset.clone(), what: "keys", cause },
+                )?;
             }
         }
         if self.partition_cols.is_empty() {
@@ -425,7 +423,7 @@ impl StagingWriter {
         values: Vec<Option<String>>,
         batch: &RecordBatch,
     ) -> Result<()> {
-        let dataset = self.dataset.name().to_string();
+        let dataset = self.dataset.clone();
         let spec = self.options.totals.as_ref();
         let writer = self.partitions.entry(key.clone()).or_insert_with(|| PartitionWriter {
             key,
@@ -438,8 +436,11 @@ impl StagingWriter {
             }),
         });
         if let Some(t) = &mut writer.totals {
-            t.update(batch)
-                .map_err(|e| Error::Usage(format!("control totals of {dataset:?}: {e}")))?;
+            t.update(batch).map_err(|cause| Error::Totals {
+                dataset: dataset.clone(),
+                what: "control totals",
+                cause,
+            })?;
         }
         let mut offset = 0usize;
         while offset < batch.num_rows() {
@@ -447,7 +448,7 @@ impl StagingWriter {
                 let path =
                     layout::data_file_path(&dataset, &self.run_id, &writer.key, writer.done.len());
                 writer.open = Some(ParquetSink::create(
-                    self.dataset.lake(),
+                    &self.lake,
                     path,
                     self.schema.clone(),
                     self.props.clone(),

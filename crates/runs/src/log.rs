@@ -22,12 +22,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use strata_medallion::stages::{StageReport, Window};
 use strata_medallion::types::Finding;
 pub use strata_publish::model::Base;
+use strata_publish::numbered::{Doubled, Naming, NumberedLog};
 use strata_publish::Lake;
 
 use crate::error::{Error, Result};
@@ -271,60 +272,51 @@ impl RunManifest {
     }
 }
 
+/// How a run's log names its entries: by their number alone, four digits at least; names of
+/// earlier strata (`0011-COMMITTING.json`) are read by their number.
+const ENTRY_NAMES: Naming = Naming::Tagged { width: 4 };
+
+/// The log of a run: a numbered log ([`strata_publish::numbered`]).
+fn log_of(run_id: &str) -> NumberedLog {
+    NumberedLog::new(format!("{RUNS_DIR}/{run_id}"), ENTRY_NAMES)
+}
+
 /// The path of entry `entry` of a run's log: the number alone, whatever the state.
 pub fn entry_path(run_id: &str, entry: u32) -> Path {
-    Path::from(format!("{RUNS_DIR}/{run_id}/{entry:04}.json"))
+    log_of(run_id).path(entry.into())
 }
 
 /// The number of a log entry from its file name: `0011.json`, or `0011-COMMITTING.json` as
 /// lakes written by earlier versions name them. `None` for anything else.
 pub fn parse_entry_name(name: &str) -> Option<u32> {
-    let stem = name.strip_suffix(".json")?;
-    let digits = stem.split_once('-').map_or(stem, |(n, _)| n);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    ENTRY_NAMES.parse(name).and_then(|n| u32::try_from(n).ok())
 }
 
-/// Two or more files of one log with the same entry number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DoubledEntry {
-    pub entry: u32,
-    pub paths: Vec<Path>,
-}
-
-/// The entries of a log by number, oldest first (pure). Two files with one number are a log
-/// that an older strata let two processes write at once: `Err` names them.
-pub fn order_entries(paths: Vec<Path>) -> std::result::Result<Vec<(u32, Path)>, DoubledEntry> {
-    let mut numbered: Vec<(u32, Path)> = paths
-        .into_iter()
-        .filter_map(|p| p.filename().and_then(parse_entry_name).map(|n| (n, p)))
-        .collect();
-    numbered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-    if let Some(w) = numbered.windows(2).find(|w| w[0].0 == w[1].0) {
-        let entry = w[0].0;
-        let paths = numbered.into_iter().filter(|(m, _)| *m == entry).map(|(_, p)| p).collect();
-        return Err(DoubledEntry { entry, paths });
-    }
-    Ok(numbered)
-}
-
+/// The entries of a run's log by number, oldest first (one listing). Two files with one number
+/// are a log that an older strata let two processes write at once: a corrupt log that names
+/// them.
 async fn entry_paths(lake: &Lake, run_id: &str) -> Result<Vec<(u32, Path)>> {
-    let prefix = Path::from(format!("{RUNS_DIR}/{run_id}"));
-    order_entries(lake.list_paths(&prefix).await?).map_err(|DoubledEntry { entry: n, paths }| {
-        strata_publish::Error::Corrupt {
-            path: format!("{prefix}/"),
+    let log = log_of(run_id);
+    let listing = log.list(lake).await?;
+    if let Some(Doubled { number: n, paths }) = listing.doubled() {
+        return Err(strata_publish::Error::Corrupt {
+            path: format!("{}/", log.dir()),
             detail: format!(
-            "the log of run {run_id} has {} entries numbered {n} ({}): two processes moved the \
-             run at once under an earlier strata. A person must decide which holds; `strata \
-             show-run {run_id}` and `strata history <dataset>` show the evidence",
-            paths.len(),
-            paths.iter().map(|p| p.filename().unwrap_or_default()).collect::<Vec<_>>().join(", ")
-        ),
+                "the log of run {run_id} has {} entries numbered {n} ({}): two processes moved \
+                 the run at once under an earlier strata. A person must decide which holds; \
+                 `strata show-run {run_id}` and `strata history <dataset>` show the evidence",
+                paths.len(),
+                paths
+                    .iter()
+                    .map(|p| p.filename().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
-        .into()
-    })
+        .into());
+    }
+    // Numbers past u32 are not entries strata wrote (it counts entries in u32).
+    Ok(listing.entries.into_iter().filter_map(|(n, p)| Some((u32::try_from(n).ok()?, p))).collect())
 }
 
 /// The log of one run, open for appending.
@@ -421,20 +413,16 @@ impl RunLog {
         Ok(())
     }
 
+    /// Creates the manifest's entry; [`Error::RunMoved`] if another process created it first.
     async fn write(&self) -> Result<()> {
         let m = &self.manifest;
-        let path = entry_path(&m.run_id, m.entry);
         let mut body = serde_json::to_vec_pretty(m)
             .map_err(|source| Error::Serialize { run_id: m.run_id.clone(), source })?;
         body.push(b'\n');
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.lake.store().put_opts(&path, PutPayload::from(body), opts).await {
-            Ok(_) => Ok(()),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Err(Error::RunMoved { run_id: m.run_id.clone(), entry: m.entry }),
-            Err(e) => Err(strata_publish::Error::store("create", &path, e).into()),
+        if log_of(&m.run_id).create(&self.lake, m.entry.into(), body).await? {
+            Ok(())
+        } else {
+            Err(Error::RunMoved { run_id: m.run_id.clone(), entry: m.entry })
         }
     }
 }
@@ -446,10 +434,7 @@ pub async fn run_log(lake: &Lake, run_id: &str) -> Result<Vec<RunManifest>> {
     let paths = entry_paths(lake, run_id).await?;
     let mut entries = Vec::with_capacity(paths.len());
     for (_, p) in paths {
-        let Some(bytes) = lake.get_opt(&p).await? else { continue };
-        let m: RunManifest = serde_json::from_slice(&bytes).map_err(|e| {
-            strata_publish::Error::Corrupt { path: p.to_string(), detail: e.to_string() }
-        })?;
+        let Some(m) = lake.read_json::<RunManifest>(&p).await? else { continue };
         entries.push(m);
     }
     if entries.is_empty() {
@@ -549,8 +534,5 @@ pub async fn open_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 /// The latest entry of one run's log (one listing and one read).
 pub async fn latest_entry(lake: &Lake, run_id: &str) -> Result<Option<RunManifest>> {
     let Some((_, last)) = entry_paths(lake, run_id).await?.pop() else { return Ok(None) };
-    let Some(bytes) = lake.get_opt(&last).await? else { return Ok(None) };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        strata_publish::Error::Corrupt { path: last.to_string(), detail: e.to_string() }.into()
-    })
+    Ok(lake.read_json(&last).await?)
 }

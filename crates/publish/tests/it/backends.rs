@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
                 commit_rebases_over_disjoint_partitions_only,
                 adopting_checkpointed_files_verifies_and_moves_them,
                 the_head_is_found_from_any_hint,
+                numbered_logs_take_each_number_once_and_find_their_end,
             );
         }
     };

@@ -1038,3 +1038,74 @@ pub async fn the_head_is_found_from_any_hint(lake: Lake) {
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("00000000000000000012.json"), "{err}");
 }
+
+/// The numbered-log primitive the pointer, the raw log and the run logs are built on: a number is
+/// taken once however many writers race for it, the end is found by probing from any lower
+/// bound, a missing entry before later ones is a gap, a listing orders entries by number and
+/// keeps checkpoints apart, and two entries with one number (the old run-log naming) are found.
+pub async fn numbered_logs_take_each_number_once_and_find_their_end(lake: Lake) {
+    use strata_publish::numbered::{End, Naming, NumberedLog};
+    let log = NumberedLog::new("events/_log", Naming::Exact { width: 20 });
+    assert_eq!(log.last(&lake, 0).await.unwrap(), 0);
+    assert_eq!(log.end(&lake, 0).await.unwrap(), End::Last(0));
+    assert!(log.list(&lake).await.unwrap().entries.is_empty());
+    assert_eq!(log.read(&lake, 1).await.unwrap(), None);
+    // Eight writers race for each of the first 12 numbers: exactly one wins each.
+    for n in 1..=12u64 {
+        let racers = (0..8).map(|w| {
+            let (lake, log) = (lake.clone(), log.clone());
+            tokio::spawn(async move {
+                let body = format!("{{\"n\": {n}, \"writer\": {w}}}\n").into_bytes();
+                log.create(&lake, n, body).await.unwrap()
+            })
+        });
+        let won: Vec<bool> =
+            futures::future::join_all(racers).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "entry {n}: {won:?}");
+        let entry: serde_json::Value = log.read_json(&lake, n).await.unwrap().unwrap();
+        assert_eq!(entry["n"], n);
+        assert!(won[entry["writer"].as_u64().unwrap() as usize], "the winner's body stands");
+    }
+    for from in [0, 1, 5, 11, 12] {
+        assert_eq!(log.last(&lake, from).await.unwrap(), 12, "from {from}");
+        assert_eq!(log.end(&lake, from).await.unwrap(), End::Last(12), "from {from}");
+    }
+    // A checkpoint and a foreign file are not entries.
+    lake.store().put(&log.checkpoint_path(10), PutPayload::from_static(b"{}")).await.unwrap();
+    lake.store()
+        .put(&Path::from("events/_log/notes.txt"), PutPayload::from_static(b"x"))
+        .await
+        .unwrap();
+    let listing = log.list(&lake).await.unwrap();
+    assert_eq!(listing.numbers(), (1..=12).collect::<Vec<u64>>());
+    assert_eq!(listing.checkpoints, vec![10]);
+    assert_eq!((listing.first_gap(), listing.doubled()), (None, None));
+    // An entry missing before later ones is a gap, found by probing and by listing.
+    lake.store().delete(&log.path(7)).await.unwrap();
+    assert_eq!(log.end(&lake, 3).await.unwrap(), End::Gap(7));
+    assert_eq!(log.end(&lake, 6).await.unwrap(), End::Gap(7));
+    assert_eq!(log.list(&lake).await.unwrap().first_gap(), Some(7));
+    // A log in the naming of earlier run logs: read by number, a doubled number reported.
+    let runs = NumberedLog::new("_strata/runs/r1", Naming::Tagged { width: 4 });
+    for name in ["0001-PLANNED.json", "0002.json", "0009-RUNNING.json", "0010.json"] {
+        let p = Path::from(format!("_strata/runs/r1/{name}"));
+        lake.store().put(&p, PutPayload::from_static(b"{}")).await.unwrap();
+    }
+    assert_eq!(runs.path(11).as_ref(), "_strata/runs/r1/0011.json");
+    let listing = runs.list(&lake).await.unwrap();
+    assert_eq!(listing.numbers(), vec![1, 2, 9, 10]);
+    assert_eq!(listing.doubled(), None);
+    assert!(!runs.create(&lake, 10, b"{}".to_vec()).await.unwrap(), "10 is taken");
+    lake.store()
+        .put(&Path::from("_strata/runs/r1/0010-VALIDATING.json"), PutPayload::from_static(b"{}"))
+        .await
+        .unwrap();
+    let doubled = runs.list(&lake).await.unwrap().doubled().unwrap();
+    assert_eq!(doubled.number, 10);
+    let names: Vec<&str> = doubled.paths.iter().filter_map(|p| p.filename()).collect();
+    assert_eq!(names, ["0010-VALIDATING.json", "0010.json"]);
+    // Another run's log with a longer id that starts the same is not listed with it.
+    let other = NumberedLog::new("_strata/runs/r10", Naming::Tagged { width: 4 });
+    assert!(other.create(&lake, 1, b"{}".to_vec()).await.unwrap());
+    assert_eq!(runs.list(&lake).await.unwrap().entries.len(), 5);
+}
