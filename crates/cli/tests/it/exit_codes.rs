@@ -26,6 +26,9 @@ fn exit_2_for_a_usage_or_definition_error() {
     assert!(line.contains("not found") && line.contains("strata datasets"), "{line}");
     let line = env.user_error(&["show-run", "nosuch"]);
     assert!(line.contains("strata runs"), "{line}");
+    // A query that fails on the data is the query's to fix, not a bug of strata.
+    let line = env.user_error(&["query", "SELECT CAST(status AS INT) FROM orders"]);
+    assert!(line.contains("failed on its data") && line.contains("TRY_CAST"), "{line}");
 }
 
 /// 3: the data failed a check; nothing was published.
