@@ -42,9 +42,6 @@ use crate::raw_log;
 
 /// `format` of an index file.
 pub const INDEX_FORMAT: &str = "strata.raw-index.v2";
-/// `format` of an index file from before chunks: every batch inline. Still read; the next write
-/// converts it.
-const INDEX_FORMAT_V1: &str = "strata.raw-index.v1";
 /// `format` of a chunk of the index.
 pub const INDEX_CHUNK_FORMAT: &str = "strata.raw-index-chunk.v1";
 /// Batches per chunk.
@@ -220,12 +217,6 @@ struct IndexFile {
     pending: BTreeSet<String>,
     #[serde(default)]
     chunks: Vec<ChunkRef>,
-    /// `strata.raw-index.v1`: the distinct schemas of the batches, each kept once.
-    #[serde(default)]
-    schemas: Vec<arrow::datatypes::Schema>,
-    /// `strata.raw-index.v1`: every batch.
-    #[serde(default)]
-    batches: Vec<Entry>,
     /// Input identity (location, size, entity tag) → the batch it was landed as.
     #[serde(default)]
     inputs: BTreeMap<String, String>,
@@ -300,11 +291,11 @@ impl SourceIndex {
         strata_publish::names::validate_dataset_name(source)?;
         let path = index_path(source);
         let bytes = lake.get_opt(&path).await?;
-        // A damaged or foreign index, or one from before the log, is rebuilt.
+        // A damaged or foreign index, or one of an earlier format, is rebuilt.
         let cached = bytes
             .and_then(|b| serde_json::from_slice::<IndexFile>(&b).ok())
             .filter(|f| f.source == source && f.log.is_some())
-            .filter(|f| f.format == INDEX_FORMAT || f.format == INDEX_FORMAT_V1)
+            .filter(|f| f.format == INDEX_FORMAT)
             .filter(|f| {
                 // Every chunk named where this index keeps its chunks, and not empty.
                 let dir = format!("{}/_index/", source_prefix(source));
@@ -330,35 +321,18 @@ impl SourceIndex {
         let mut index = SourceIndex::empty(source, f.log.unwrap_or(0));
         index.inputs = f.inputs;
         index.pending = f.pending;
-        if f.format == INDEX_FORMAT {
-            for c in f.chunks {
-                let n = index.chunks.len();
-                for id in &c.batches {
-                    index.place.insert(id.clone(), n);
-                }
-                index.chunks.push(Chunk {
-                    stored: Some(c.path),
-                    ids: c.batches,
-                    dates: c.dates,
-                    entries: None,
-                });
+        for c in f.chunks {
+            let n = index.chunks.len();
+            for id in &c.batches {
+                index.place.insert(id.clone(), n);
             }
-            return index;
+            index.chunks.push(Chunk {
+                stored: Some(c.path),
+                ids: c.batches,
+                dates: c.dates,
+                entries: None,
+            });
         }
-        // strata.raw-index.v1: every batch inline, in batch id order; chunked in landing order.
-        let mut entries = Vec::with_capacity(f.batches.len());
-        for e in f.batches {
-            let id = e.manifest.batch_id.clone();
-            match entry_in(e, &f.schemas) {
-                Some(e) => entries.push(e),
-                // A reference to no schema: a damaged entry; read its manifest again.
-                None => {
-                    index.pending.insert(id);
-                }
-            }
-        }
-        index.append_all(entries);
-        index.dirty = true;
         index
     }
 
@@ -1389,10 +1363,11 @@ mod tests {
             assert!(named[0].ends_with(&left[0]));
         }
 
-        /// An index from before chunks (every batch inline) is read, dates and inputs included,
-        /// and written back in chunks.
+        /// An index of the pre-release format (every batch inline, `strata.raw-index.v1`) is
+        /// not read: it is rebuilt from the truth (the batch directories and the log), and
+        /// written back in the current format.
         #[tokio::test]
-        async fn an_index_with_inline_batches_is_read_and_written_in_chunks() {
+        async fn an_index_of_the_pre_release_format_is_rebuilt() {
             let lake = Lake::open("memory://", OpenMode::Create).unwrap();
             let files = Arc::new(InMemory::new());
             let mut index = SourceIndex::load(&lake, "orders").await.unwrap();
@@ -1408,29 +1383,32 @@ mod tests {
                 index.chunks.iter().flat_map(|c| c.entries.clone().unwrap()).collect();
             let (schemas, batches) = entries_out(&entries);
             let v1 = serde_json::json!({
-                "format": INDEX_FORMAT_V1, "source": "orders", "log": index.log,
+                "format": "strata.raw-index.v1", "source": "orders", "log": index.log,
                 "pending": [], "schemas": schemas, "batches": batches, "inputs": index.inputs,
             });
             let body = serde_json::to_vec(&v1).unwrap();
             lake.store().put(&index_path("orders"), PutPayload::from(body)).await.unwrap();
             let mut old = SourceIndex::load(&lake, "orders").await.unwrap();
-            assert_eq!(old.len(), 70);
-            assert_eq!(old.dates(&landed[5], key), Some(range));
-            let known = old.inputs.len();
-            assert_eq!(known, 70, "every input identity kept");
+            assert_eq!(old.len(), 70, "every batch found again");
+            assert_eq!(old.dates(&landed[5], key), None, "nothing is taken from the old file");
+            assert!(old.inputs.is_empty());
+            assert_eq!(old.manifest(&lake, &landed[5]).await.unwrap().unwrap().rows, 1);
             old.save(&lake).await.unwrap();
             let written = head(&lake).await;
             assert_eq!(written["format"], INDEX_FORMAT);
             assert_eq!(chunk_paths(&written).len(), 2);
             assert!(written.get("batches").is_none());
+            // An input the old file knew is read again (its content is found landed), then known.
             let mut new = SourceIndex::load(&lake, "orders").await.unwrap();
-            assert_eq!(new.manifest(&lake, &landed[5]).await.unwrap().unwrap().rows, 1);
-            assert_eq!(new.dates(&landed[5], key), Some(range));
-            // Landing a known input again reads nothing.
             let file =
                 Input { store: files.clone(), path: Path::from("d7.csv"), display: "d7".into() };
             let ctx = RunContext::new("run-2", chrono::DateTime::UNIX_EPOCH).unwrap();
             let options = crate::LandOptions::default();
+            let out = land_indexed(&lake, &mut new, &file, None, &options, &ctx).await.unwrap();
+            assert!(
+                matches!(&out, Indexed::Read(o) if matches!(**o, crate::LandOutcome::AlreadyLanded(ref m) if m.batch_id == landed[7])),
+                "{out:?}"
+            );
             let out = land_indexed(&lake, &mut new, &file, None, &options, &ctx).await.unwrap();
             assert!(matches!(out, Indexed::Known(id) if id == landed[7]));
         }

@@ -368,26 +368,26 @@ mod tests {
 
     /// A version record with one partition per value of `by`.
     fn record(by: &str, values: &[Option<&str>]) -> VersionRecord {
-        let partitions: Vec<serde_json::Value> = values
+        let partitions: Vec<strata_publish::PartitionEntry> = values
             .iter()
             .map(|v| {
-                serde_json::json!({
+                serde_json::from_value(serde_json::json!({
                     "key": format!("{by}={}", v.unwrap_or(strata_publish::names::NULL_PARTITION)),
                     "values": [v], "run_id": "r", "written_in": 1, "rows": 1, "bytes": 1,
                     "files": [],
-                })
+                }))
+                .unwrap()
             })
             .collect();
         let head: strata_publish::RecordHead = serde_json::from_value(serde_json::json!({
-            "format": "strata.version.v1", "dataset": "d", "version": 1, "parent": null,
+            "format": "strata.version.v2", "dataset": "d", "version": 1, "parent": null,
             "publish_seq": 1, "run_id": "r", "created_at": "2026-01-01T00:00:00Z",
             "partition_by": [by], "schema": {"fields": [], "metadata": {}},
             "summary": {"rows": 0, "files": 0, "bytes": 0, "partitions": 0,
                         "partitions_written": 0, "partitions_reused": 0, "partitions_dropped": 0},
-            "partitions": partitions,
         }))
         .unwrap();
-        head.with_partitions(head.inline.clone().unwrap())
+        head.with_partitions(partitions)
     }
 
     fn kept(table: VersionTable) -> Vec<Option<String>> {

@@ -26,7 +26,6 @@ use crate::model::Base;
 use crate::model::{
     Checkpoint, ChunkRef, FileEntry, Flip, FlipKind, PartitionChunk, PartitionEntry, RecordHead,
     VersionBrief, VersionRecord, CHECKPOINT_FORMAT, CHUNK_FORMAT, FLIP_FORMAT, VERSION_FORMAT,
-    VERSION_FORMAT_V1,
 };
 use crate::names::validate_dataset_name;
 use crate::numbered::{End, NumberedLog};
@@ -392,12 +391,10 @@ impl Dataset {
         let bytes = got.bytes().await.map_err(|e| Error::store("read", &path, e))?;
         let record: RecordHead = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt { path: path.to_string(), detail: e.to_string() })?;
-        let well_formed = match record.format.as_str() {
-            VERSION_FORMAT => record.inline.is_none(),
-            VERSION_FORMAT_V1 => record.inline.is_some(),
-            _ => false,
-        };
-        if record.version != version || record.dataset != self.name || !well_formed {
+        if record.version != version
+            || record.dataset != self.name
+            || record.format != VERSION_FORMAT
+        {
             return Err(Error::Corrupt {
                 path: path.to_string(),
                 detail: format!(
@@ -447,7 +444,7 @@ impl Dataset {
         Ok(parts)
     }
 
-    /// The partitions of the chunks `which` (indexes into [`protocol::chunks_of`] the record),
+    /// The partitions of the chunks `which` (indexes into the record's `chunks`),
     /// read concurrently; chunks in `new` are taken from there.
     async fn load_chunks(
         &self,
@@ -455,10 +452,6 @@ impl Dataset {
         which: &std::collections::BTreeSet<usize>,
         new: &std::collections::BTreeMap<String, Arc<Vec<PartitionEntry>>>,
     ) -> Result<protocol::LoadedChunks> {
-        if let Some(inline) = &record.inline {
-            let all = Arc::new(inline.clone());
-            return Ok(which.iter().map(|&i| (i, all.clone())).collect());
-        }
         let mut loaded = std::collections::BTreeMap::new();
         let mut reads = Vec::new();
         for &i in which {
@@ -490,11 +483,6 @@ impl Dataset {
         keep: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<VersionRecord> {
         let record = draft.record.as_ref();
-        if let Some(inline) = &record.inline {
-            return Ok(
-                record.with_partitions(inline.iter().filter(|p| keep(&p.key)).cloned().collect())
-            );
-        }
         let which: std::collections::BTreeSet<usize> = record
             .chunks
             .iter()
@@ -769,8 +757,7 @@ impl Dataset {
         let replace = replace_of(options);
         let loaded = match (parent, protocol::touched_keys(&written, &replace)) {
             (Some(parent), Some(keys)) => {
-                let chunks = protocol::chunks_of(parent);
-                let which = protocol::chunks_for(&chunks, keys.iter().map(String::as_str));
+                let which = protocol::chunks_for(&parent.chunks, keys.iter().map(String::as_str));
                 self.load_chunks(parent, &which, &Default::default()).await?
             }
             _ => Default::default(),
@@ -791,7 +778,6 @@ impl Dataset {
             schema,
             summary: assembled.summary,
             chunks: assembled.chunks,
-            inline: None,
             evidence: staged.evidence.clone(),
         };
         Ok((record, assembled.new.into_iter().collect()))
@@ -1009,8 +995,7 @@ impl Dataset {
         record: &RecordHead,
         keys: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<PartitionEntry>> {
-        let chunks = protocol::chunks_of(record);
-        let which = protocol::chunks_for(&chunks, keys.iter().map(String::as_str));
+        let which = protocol::chunks_for(&record.chunks, keys.iter().map(String::as_str));
         let loaded = self.load_chunks(record, &which, &Default::default()).await?;
         Ok(loaded.values().flat_map(|c| c.iter().cloned()).collect())
     }

@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 /// `format` of a version record that lists its partitions in chunks ([`RecordHead`]).
 pub const VERSION_FORMAT: &str = "strata.version.v2";
-/// `format` of a version record that lists its partitions inline (written before chunks; still
-/// read).
-pub const VERSION_FORMAT_V1: &str = "strata.version.v1";
 /// `format` of a chunk of a version's partition list.
 pub const CHUNK_FORMAT: &str = "strata.partitions.v1";
 /// `format` of a pointer entry.
@@ -109,8 +106,7 @@ pub struct PartitionChunk {
 }
 
 /// A version record as stored: everything a reader needs to find one version's files, with
-/// the partitions in chunks. Records of format `strata.version.v1` hold them inline instead
-/// (`inline`), and read as one chunk.
+/// the partitions in chunks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordHead {
     pub format: String,
@@ -128,9 +124,6 @@ pub struct RecordHead {
     /// In key order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
-    /// The partitions of a `strata.version.v1` record.
-    #[serde(rename = "partitions", default, skip_serializing_if = "Option::is_none")]
-    pub inline: Option<Vec<PartitionEntry>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
 }
@@ -143,7 +136,7 @@ impl RecordHead {
 
     /// The whole record, given its partitions (all of them, or the ones a reader selected).
     pub fn with_partitions(&self, partitions: Vec<PartitionEntry>) -> VersionRecord {
-        VersionRecord { head: RecordHead { inline: None, ..self.clone() }, partitions }
+        VersionRecord { head: self.clone(), partitions }
     }
 }
 
@@ -166,8 +159,7 @@ pub fn key_values(key: &str) -> Vec<Option<String>> {
 /// (`record.version`, `record.schema`, …).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionRecord {
-    /// The stored record's header; its `inline` partitions (a `strata.version.v1` record) are
-    /// in `partitions` instead.
+    /// The stored record's header.
     pub head: RecordHead,
     /// Sorted by `key`.
     pub partitions: Vec<PartitionEntry>,

@@ -4,7 +4,6 @@
 //! [`crate::numbered`]). No IO here; the [`crate::Dataset`] methods are thin adapters around
 //! these.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -56,15 +55,6 @@ pub fn touched_keys(written: &[PartitionEntry], replace: &Replace) -> Option<BTr
     Some(keys)
 }
 
-/// The chunks of a record, in key order: a `strata.version.v1` record's inline partitions read
-/// as one chunk with no path.
-pub fn chunks_of(head: &RecordHead) -> Cow<'_, [ChunkRef]> {
-    match &head.inline {
-        Some(parts) => Cow::Owned(vec![chunk_ref(String::new(), parts)]),
-        None => Cow::Borrowed(&head.chunks),
-    }
-}
-
 /// The chunk that holds `key`, or would hold it if it were added: the last chunk whose first
 /// key is not after it (the first chunk for a key before all of them).
 pub fn chunk_of(chunks: &[ChunkRef], key: &str) -> usize {
@@ -93,7 +83,7 @@ pub fn chunk_ref(path: String, parts: &[PartitionEntry]) -> ChunkRef {
     }
 }
 
-/// The partitions of some chunks of a record, by index in [`chunks_of`] it.
+/// The partitions of some chunks of a record, by index in its `chunks`.
 pub type LoadedChunks = BTreeMap<usize, Arc<Vec<PartitionEntry>>>;
 
 /// The partition list of a new version, assembled copy-on-write from its parent's.
@@ -112,7 +102,7 @@ pub struct Assembled {
 /// Every partition in `written` replaces the parent's partition with the same key. The parent's
 /// other partitions are reused as they are (same files, same paths), except those `replace`
 /// owns, which are dropped. Only the parent's chunks that hold a key the publish writes or owns
-/// are rewritten (`loaded` holds their partitions, by index in [`chunks_of`] the parent); the
+/// are rewritten (`loaded` holds their partitions, by index in the parent's `chunks`); the
 /// others are named again, unread. A rewritten run of adjacent chunks is cut again into chunks
 /// of at most [`CHUNK_PARTITIONS`], so a dataset that grows by appending rewrites only its last,
 /// partly filled chunk. `path_of(n)` names the `n`th new chunk.
@@ -124,7 +114,7 @@ pub fn assemble(
 ) -> Assembled {
     written.sort_by(|a, b| a.key.cmp(&b.key));
     let written_keys: BTreeSet<String> = written.iter().map(|p| p.key.clone()).collect();
-    let parent_chunks = parent.map(|(h, _)| chunks_of(h)).unwrap_or_default();
+    let parent_chunks: &[ChunkRef] = parent.map_or(&[], |(h, _)| h.chunks.as_slice());
     let parent_count: u64 = parent_chunks.iter().map(|c| c.keys.len() as u64).sum();
     let mut out = Assembled { chunks: Vec::new(), new: Vec::new(), summary: Summary::default() };
     // Cuts sorted partitions into new chunks.
@@ -154,7 +144,7 @@ pub fn assemble(
         (Some(_), None) => cut(written, &mut out),
         (Some(_), Some(_)) if parent_chunks.is_empty() => cut(written, &mut out),
         (Some(touched), Some((_, loaded))) => {
-            let affected = chunks_for(&parent_chunks, touched.iter().map(String::as_str));
+            let affected = chunks_for(parent_chunks, touched.iter().map(String::as_str));
             let mut written = written.into_iter().peekable();
             let mut i = 0;
             while i < parent_chunks.len() {
@@ -314,7 +304,6 @@ mod tests {
             schema: Schema::empty(),
             summary: Summary::default(),
             chunks: Vec::new(),
-            inline: None,
             evidence: None,
         };
         let mut loaded = BTreeMap::new();
@@ -462,18 +451,12 @@ mod tests {
     }
 
     #[test]
-    fn a_record_with_inline_partitions_reads_as_one_chunk() {
-        let (mut head, _) = chunked(Vec::new(), 64);
-        head.format = crate::model::VERSION_FORMAT_V1.into();
-        head.inline = Some(vec![part("k=a", "r1", 1), part("k=b", "r1", 2)]);
-        let chunks = chunks_of(&head);
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].keys, vec!["k=a", "k=b"]);
-        assert_eq!(chunks[0].rows, 3);
+    fn partition_values_are_read_from_keys() {
         assert_eq!(
             crate::model::key_values("a=1/b=__HIVE_DEFAULT_PARTITION__/c=x=y"),
             vec![Some("1".to_string()), None, Some("x=y".to_string())]
         );
+        assert!(crate::model::key_values("").is_empty());
     }
 
     #[test]

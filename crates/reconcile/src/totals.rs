@@ -331,14 +331,9 @@ pub struct ControlTotals {
     pub key_hash: Option<String>,
     /// Order-independent hash of every whole row (hex, 256 bits).
     pub row_hash: String,
-    /// The row encoding the hashes were computed over ([`crate::ENCODING`]). Totals stored
-    /// before it was recorded used `strata.row.v1`.
-    #[serde(default = "encoding_v1")]
+    /// The row encoding the hashes were computed over ([`crate::ENCODING`]): hashes over
+    /// different encodings are never compared.
     pub encoding: String,
-}
-
-fn encoding_v1() -> String {
-    "strata.row.v1".to_string()
 }
 
 /// Min and max of a business-time column.

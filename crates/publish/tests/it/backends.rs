@@ -23,7 +23,7 @@ macro_rules! conformance_tests {
                 corrupt_or_truncated_json_is_reported,
                 records_read_again_are_current,
                 a_publish_rewrites_only_the_chunks_that_hold_its_partitions,
-                records_with_inline_partitions_are_still_read,
+                records_of_the_pre_release_format_are_refused,
                 previewed_records_are_reused_only_while_current,
                 schema_conflict_is_refused_and_nothing_changes,
                 bad_partition_values_are_refused_and_nothing_changes,

@@ -610,36 +610,34 @@ pub async fn a_publish_rewrites_only_the_chunks_that_hold_its_partitions(lake: L
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
-/// A record written before chunks (`strata.version.v1`, partitions inline) is still read, and
-/// the next publish on top of it writes chunks.
-pub async fn records_with_inline_partitions_are_still_read(lake: Lake) {
+/// A record of the pre-release format (`strata.version.v1`, partitions inline instead of in
+/// chunks) is not read: it is reported as corrupt, naming the file and its format, and nothing is
+/// published on top of it.
+pub async fn records_of_the_pre_release_format_are_refused(lake: Lake) {
     let ds = lake.dataset("orders").unwrap();
     let v1 = publish_days(&ds, "r1", 0, &days(&["2026-01-01", "2026-01-02"], 2, 1, 1)).await;
     let whole = full(&ds, &v1.record).await;
     let path = layout::version_path("orders", 1);
-    let old = RecordHead {
-        format: "strata.version.v1".into(),
-        chunks: Vec::new(),
-        inline: Some(whole.partitions.clone()),
-        ..whole.head.clone()
-    };
-    let body = serde_json::to_value(&old).unwrap();
-    assert!(body.get("chunks").is_none() && body["partitions"].is_array(), "{body}");
-    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&body).unwrap())).await.unwrap();
-    for c in &v1.record.chunks {
-        lake.store().delete(&Path::from(c.path.as_str())).await.unwrap();
-    }
+    let mut old = serde_json::to_value(&whole.head).unwrap();
+    old["format"] = "strata.version.v1".into();
+    old.as_object_mut().unwrap().remove("chunks");
+    old["partitions"] = serde_json::to_value(&whole.partitions).unwrap();
+    lake.store().put(&path, PutPayload::from(serde_json::to_vec(&old).unwrap())).await.unwrap();
     let other = Lake::from_store(lake.store().clone(), "other");
     let ods = other.dataset("orders").unwrap();
-    let read = ods.current().await.unwrap();
-    assert!(read.chunks.is_empty());
-    assert_eq!(read.partitions, whole.partitions);
-    let v2 = publish_days(&ods, "r2", 1, &days(&["2026-01-03"], 1, 10, 1)).await;
-    assert_eq!(v2.record.format, "strata.version.v2");
-    assert_eq!(v2.record.summary.partitions, 3);
-    let keys: Vec<String> =
-        full(&ods, &v2.record).await.partitions.into_iter().map(|p| p.key).collect();
-    assert_eq!(keys, ["day=2026-01-01", "day=2026-01-02", "day=2026-01-03"]);
+    let err = ods.current().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }) && err.is_user_error(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("00000000000000000001.json") && text.contains("strata.version.v1"),
+        "{text}"
+    );
+    let rows = days(&["2026-01-03"], 1, 10, 1);
+    let err = publish_rows(&ods, &ctx("r2", 1), &rows, by_day(), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert_eq!(ods.history().await.unwrap().len(), 1, "nothing was published");
 }
 
 /// Version records are parsed once per process and cached by entity tag: a record changed in

@@ -173,10 +173,10 @@ fn a_lost_or_duplicated_row_is_caught() {
 fn totals_hashed_over_another_encoding_say_so() {
     let base = totals(&[rows(50)]);
     assert_eq!(base.encoding, strata_reconcile::ENCODING);
-    // Evidence stored before the encoding was recorded reads as the first encoding.
+    // Totals hashed over another encoding (here the pre-release one) say so.
     let mut json = serde_json::to_value(&base).unwrap();
-    json.as_object_mut().unwrap().remove("encoding");
-    let old: ControlTotals = serde_json::from_value(json).unwrap();
+    json["encoding"] = "strata.row.v1".into();
+    let old: ControlTotals = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(old.encoding, "strata.row.v1");
     let diffs = compare(&old, &base);
     assert_eq!(diffs.len(), 1, "{diffs:?}");
@@ -187,6 +187,10 @@ fn totals_hashed_over_another_encoding_say_so() {
     let err = ControlTotals::combine([&base, &old]).unwrap_err().to_string();
     assert!(err.contains("strata.row.v1") && err.contains("recompute"), "{err}");
     assert_eq!(ControlTotals::combine([&base, &base]).unwrap().encoding, base.encoding);
+    // Totals that do not say their encoding (pre-release strata) are not read.
+    json.as_object_mut().unwrap().remove("encoding");
+    let err = serde_json::from_value::<ControlTotals>(json).unwrap_err();
+    assert!(err.to_string().contains("encoding"), "{err}");
 }
 
 #[test]
