@@ -254,23 +254,6 @@ async fn release_paths(lake: &Lake, paths: &[Path], mine: impl Fn(&LockInfo) -> 
     }
 }
 
-/// The live lock `run_id` holds in `boundary`, if any: proof that the run is still going.
-pub async fn live_lock_of(
-    lake: &Lake,
-    run_id: &str,
-    boundary: &BTreeMap<String, Vec<String>>,
-    now: DateTime<Utc>,
-) -> Result<Option<LockInfo>> {
-    for (_, _, p) in lock_paths(boundary) {
-        if let Some(info) = read_lock(lake, &p).await? {
-            if info.run_id == run_id && stale_reason(&info, now).is_none() {
-                return Ok(Some(info));
-            }
-        }
-    }
-    Ok(None)
-}
-
 async fn read_lock(lake: &Lake, path: &Path) -> Result<Option<LockInfo>> {
     let Some(bytes) = lake.get_opt(path).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)

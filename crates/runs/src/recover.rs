@@ -229,17 +229,9 @@ pub async fn recover(
     };
     let mut report = RecoveryReport::default();
     for m in candidates {
-        if let Some(holder) =
-            locks::live_lock_of(lake, &m.run_id, &m.output_boundary, clock()).await?
-        {
-            if only.is_some() {
-                return Err(Error::StillRunning { run_id: m.run_id, holder: Box::new(holder) });
-            }
-            report.live.push(LiveRun::of(&m, &holder));
-            continue;
-        }
         // The run's partitions are held while it is settled, so that two recoveries (or a
-        // recovery and a new run) never settle it at once.
+        // recovery and a new run) never settle it at once. A run still running holds them
+        // itself: taking them fails, naming it.
         let held = match locks::acquire(lake, &m.run_id, &m.output_boundary, lease, clock).await {
             Ok(held) => held,
             Err(strata_publish::Error::Locked { holder, .. }) => {

@@ -52,6 +52,15 @@ fn two_days_later() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::days(2)
 }
 
+/// `strata recover` over the whole lake, as recovery `id` with the wall clock `clock`.
+async fn recover_all(
+    lake: &Lake,
+    id: &str,
+    clock: Clock,
+) -> strata_runs::Result<recover::RecoveryReport> {
+    recover::recover(lake, None, &ctx(id), clock, strata_publish::locks::DEFAULT_LEASE).await
+}
+
 /// What the faulted attempt's process would leave once it exits: the locks it could not
 /// release name a process that is gone (this test process lives on, and a live process on this
 /// host keeps its locks whatever their lease says).
@@ -252,15 +261,9 @@ async fn a_fault_at_any_store_operation_of_a_run_is_settled_by_recovery_and_a_re
         if hit.is_some() {
             fired += 1;
         }
-        recover::recover(
-            &lake,
-            None,
-            &ctx("recovery"),
-            a_day_later,
-            strata_publish::locks::DEFAULT_LEASE,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+        recover_all(&lake, "recovery", a_day_later)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
         let again = run(&lake, &p, "r2", a_day_later)
             .await
             .unwrap_or_else(|e| panic!("{what}: the rerun failed: {e}"));
@@ -307,15 +310,9 @@ async fn a_fault_during_approve_or_reject_leaves_the_run_decided_or_undecided_ne
                 first.as_ref().err().map(|e| e.to_string())
             );
             // Settle as an operator would: recover; if the run is still held, decide again.
-            recover::recover(
-                &lake,
-                None,
-                &ctx("recovery"),
-                a_day_later,
-                strata_publish::locks::DEFAULT_LEASE,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+            recover_all(&lake, "recovery", a_day_later)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
             let state = runs::latest_entry(&lake, "held").await.unwrap().unwrap().state;
             if state == RunState::AwaitingReview {
                 decide(verb, &lake, a_day_later)
@@ -417,27 +414,12 @@ async fn a_fault_during_recovery_is_settled_by_recovering_again() {
         // Count recovery's operations on this lake, then enumerate faults over them.
         let snapshot = copy_of(&lake).await;
         let (count_store, count_lake) = snapshot_lake(&snapshot).await;
-        recover::recover(
-            &count_lake,
-            None,
-            &ctx("recovery"),
-            a_day_later,
-            strata_publish::locks::DEFAULT_LEASE,
-        )
-        .await
-        .unwrap();
+        recover_all(&count_lake, "recovery", a_day_later).await.unwrap();
         let plan = faults(&counts(&count_store));
         for fault in plan {
             let (store, lake) = snapshot_lake(&snapshot).await;
             store.arm(fault);
-            let first = recover::recover(
-                &lake,
-                None,
-                &ctx("recovery"),
-                a_day_later,
-                strata_publish::locks::DEFAULT_LEASE,
-            )
-            .await;
+            let first = recover_all(&lake, "recovery", a_day_later).await;
             let hit = store.fired();
             store.disarm();
             its_process_died(&lake).await;
@@ -446,15 +428,9 @@ async fn a_fault_during_recovery_is_settled_by_recovering_again() {
                 "write #{nth} failed, then recovery {fault:?} ({hit:?}, {:?})",
                 first.as_ref().err().map(|e| e.to_string())
             );
-            recover::recover(
-                &lake,
-                None,
-                &ctx("recovery2"),
-                two_days_later,
-                strata_publish::locks::DEFAULT_LEASE,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{what}: recovering again failed: {e}"));
+            recover_all(&lake, "recovery2", two_days_later)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: recovering again failed: {e}"));
             let again = run(&lake, &p, "r2", two_days_later)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: the rerun failed: {e}"));
