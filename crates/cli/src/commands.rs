@@ -73,8 +73,11 @@ async fn hold_dataset(ds: &Dataset, ctx: &strata_publish::RunContext) -> anyhow:
 
 /// The Parquet files named by `--from`: files as given, directories searched recursively for
 /// `*.parquet`, in sorted order so that the same inputs always give the same output.
+/// The Parquet files `--from` names: files as they are, directories searched recursively for
+/// `*.parquet` (hidden names skipped, link loops and unreadable directories reported), each file
+/// once under its real path. The walk is land's.
 fn input_files(from: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    let mut args = Vec::with_capacity(from.len());
     for path in from {
         let meta = std::fs::metadata(path).map_err(|e| {
             user_error!(
@@ -82,45 +85,29 @@ fn input_files(from: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 path.display()
             )
         })?;
+        let text = path.to_str().ok_or_else(|| {
+            user_error!("--from {}: the path is not valid UTF-8; rename it", path.display())
+        })?;
         if meta.is_dir() {
-            let before = files.len();
-            collect_parquet(path, &mut files)?;
-            if files.len() == before {
-                return Err(user_error!(
-                    "--from {} is a directory with no *.parquet files in it",
-                    path.display()
-                ));
-            }
+            // Wildcards in the directory's own name are names, not patterns.
+            let dir = glob::Pattern::escape(text.trim_end_matches('/'));
+            args.push(format!("{dir}/**/*.parquet"));
         } else {
-            files.push(path.clone());
+            args.push(glob::Pattern::escape(text));
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut unique = Vec::new();
-    for f in files {
-        let canonical = std::fs::canonicalize(&f)
-            .map_err(|e| user_error!("cannot read {}: {e}", f.display()))?;
-        if seen.insert(canonical.clone()) {
-            unique.push(canonical);
+    strata_land::expand_inputs(FsPath::new("."), &args).map_err(|e| match e {
+        strata_land::Error::Input { path, detail } => {
+            let path = path.strip_suffix("/**/*.parquet").unwrap_or(&path).to_string();
+            let detail = if detail.contains("matches no file") {
+                "it is a directory with no *.parquet files in it".to_string()
+            } else {
+                detail
+            };
+            user_error!("--from {path}: {detail}")
         }
-    }
-    Ok(unique)
-}
-
-fn collect_parquet(dir: &FsPath, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| user_error!("cannot list {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect_parquet(&p, files)?;
-        } else if p.extension().is_some_and(|e| e == "parquet") {
-            files.push(p);
-        }
-    }
-    Ok(())
+        other => anyhow::Error::new(other),
+    })
 }
 
 async fn publish(

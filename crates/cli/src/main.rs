@@ -50,44 +50,15 @@ macro_rules! user_error {
     ($($arg:tt)*) => { anyhow::Error::new($crate::UserError(format!($($arg)*))) };
 }
 
-/// glibc's allocator, tuned for the commands that move data (`run`, `land`):
-///
-/// - It gives every thread that allocates under contention an arena of its own (up to eight per
-///   core), and memory freed in one arena is not reused by another: a sort followed by a
-///   many-file write can hold hundreds of MiB more than it uses. `MALLOC_ARENA_MAX=2` caps them.
-/// - It serves a large block from its heap, not from a mapping of its own, once a block that
-///   large has been freed (the threshold rises with every such free, up to 32 MiB). Record
-///   batches, Parquet pages and column chunks are blocks of 1 to 32 MiB, allocated and freed all
-///   the time, and the heap they leave behind is not given back. At scale factor 1 the heap
-///   peaked at 0.53 GiB (heaptrack) while the process held 0.7–0.8 GiB; at scale factor 3 it held
-///   1.2 GiB. `MALLOC_MMAP_THRESHOLD_=1048576` fixes the threshold at 1 MiB, so such blocks are
-///   mapped and unmapped: 0.9 GiB at scale factor 3.
-///
-/// glibc reads these variables only at start, so strata starts itself again (same process id)
-/// with the ones not already set; set either to override it. Other commands do not pay the few
-/// milliseconds of a second start.
-fn tune_malloc() {
-    use std::os::unix::process::CommandExt;
-    const SETTINGS: [(&str, &str); 2] =
-        [("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "1048576")];
-    if !cfg!(target_env = "gnu") {
-        return;
-    }
-    let missing: Vec<(&str, &str)> =
-        SETTINGS.into_iter().filter(|(var, _)| std::env::var_os(var).is_none()).collect();
-    if missing.is_empty() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    // `exec` only returns on failure; then strata simply runs with the default allocator.
-    let _ = std::process::Command::new(exe).args(std::env::args_os().skip(1)).envs(missing).exec();
-}
+/// mimalloc, not glibc's allocator. glibc gives every contended thread an arena of its own and
+/// keeps the heap that 1–32 MiB record batches, pages and column chunks leave behind, so the
+/// process held far more than it used; mimalloc reuses freed memory across threads and returns
+/// it to the system, which keeps peak RSS near the live heap (figures in docs/pipeline.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if matches!(cli.command, cli::Command::Run(_) | cli::Command::Land(_)) {
-        tune_malloc();
-    }
     // At least two workers, so that lock renewal never waits behind a busy transform.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

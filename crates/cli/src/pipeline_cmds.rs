@@ -21,6 +21,9 @@ fn date(flag: &str, s: &str) -> anyhow::Result<NaiveDate> {
     })
 }
 
+/// The longest window a run takes: longer is a typo in a year, not a backfill.
+const MAX_WINDOW_DAYS: i64 = 36_525;
+
 pub async fn run(
     settings: &Settings,
     lake_flag: bool,
@@ -37,6 +40,14 @@ pub async fn run(
             let (from, to) = (date("--from", f)?, date("--to", t)?);
             if from > to {
                 return Err(user_error!("--from {from} is after --to {to}; swap them"));
+            }
+            let days = (to - from).num_days() + 1;
+            if days > MAX_WINDOW_DAYS {
+                return Err(user_error!(
+                    "--from {from} --to {to} spans {days} days; a window covers at most \
+                     {MAX_WINDOW_DAYS} (100 years). Check the years, or leave out --from and \
+                     --to to recompute every date found in the input"
+                ));
             }
             Some(Window { from, to })
         }

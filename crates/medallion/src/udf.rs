@@ -1,10 +1,11 @@
 //! Functions the cleaning query calls in place of DataFusion's own where those cost most of a
 //! stage's time. Each gives exactly the result of the SQL it replaces:
 //!
-//! - `strata_decimal_<p>_<s>(text)` is `TRY_CAST(text AS DECIMAL(p, s))`. Plain numbers
-//!   (`-12.5`, `+3`, `7.`) are read directly; anything else goes to Arrow's cast, so the rules for
-//!   rounding, signs and what is not a number stay Arrow's. Arrow's own reading formats two
-//!   strings per value.
+//! - `strata_decimal_<p>_<s>(text)` is `TRY_CAST(text AS DECIMAL(p, s))` for every value the
+//!   type holds exactly, and NULL for a value it would have to round (`1.005` as
+//!   `decimal(15, 2)`): a contract type is a promise about the data, and a value that breaks it
+//!   is quarantined, not changed. It reads `-12.5`, `+3`, `7.`, `.5` and `1.5e3` (which
+//!   `TRY_CAST` does not). Arrow's own reading formats two strings per value.
 //! - `strata_text(x)` is `NULLIF(TRIM(CAST(x AS VARCHAR)), '')`. Text keeps its type, and a
 //!   column with nothing to trim or blank out is passed on as it is, not copied.
 //! - `strata_pack(a, b, …)` packs texts (nulls too) into one binary value, which [`unpack`]
@@ -20,7 +21,6 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, Decimal128Array, LargeStringArray, StringArray,
     StringViewArray, StringViewBuilder,
 };
-use datafusion::arrow::compute::CastOptions;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, DecimalType};
 use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
@@ -306,30 +306,64 @@ impl TryDecimal {
         })
     }
 
-    /// A plain number: an optional sign, digits, and optionally a point and at most `scale`
-    /// digits, with no more than 38 digits once scaled. Anything else is `None` (left to Arrow).
-    fn plain(&self, text: &str) -> Option<i128> {
+    /// The value of `text` at this scale, if it is a number the type holds exactly: an optional
+    /// sign, digits with an optional point (at least one digit), and an optional exponent
+    /// (`e-3`). `None` for anything else, for a value with non-zero digits below the scale, and
+    /// for one with more digits than the precision.
+    fn exact(&self, text: &str) -> Option<i128> {
         let b = text.as_bytes();
         let (negative, b) = match b.first() {
             Some(b'-') => (true, &b[1..]),
             Some(b'+') => (false, &b[1..]),
             _ => (false, b),
         };
-        let point = b.iter().position(|&c| c == b'.').unwrap_or(b.len());
-        let (int, frac) = (&b[..point], b.get(point + 1..).unwrap_or(&[]));
-        let scale = self.scale as usize;
-        if int.is_empty() || frac.len() > scale || int.len() + scale > 38 {
+        let e = b.iter().position(|&c| c == b'e' || c == b'E').unwrap_or(b.len());
+        let (mantissa, exponent) = (&b[..e], b.get(e + 1..));
+        let point = mantissa.iter().position(|&c| c == b'.').unwrap_or(mantissa.len());
+        let (int, frac) = (&mantissa[..point], mantissa.get(point + 1..).unwrap_or(&[]));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        if !int.iter().chain(frac).all(u8::is_ascii_digit) {
+            return None;
+        }
+        let exponent: i64 = match exponent {
+            None => 0,
+            Some(x) => {
+                let digits = x.strip_prefix(b"-").or_else(|| x.strip_prefix(b"+")).unwrap_or(x);
+                if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                std::str::from_utf8(x).ok()?.parse().ok()?
+            }
+        };
+        // The digits without leading zeros, and the power of ten the last one stands for once
+        // scaled.
+        let digits: Vec<u8> = int.iter().chain(frac).copied().skip_while(|&c| c == b'0').collect();
+        if digits.is_empty() {
+            return Some(0);
+        }
+        let mut shift = exponent - frac.len() as i64 + i64::from(self.scale);
+        let mut digits = digits.as_slice();
+        while shift < 0 {
+            match digits.split_last() {
+                Some((b'0', rest)) => {
+                    digits = rest;
+                    shift += 1;
+                }
+                _ => return None,
+            }
+        }
+        if digits.len() as i64 + shift > 38 {
             return None;
         }
         let mut v: i128 = 0;
-        for &c in int.iter().chain(frac) {
-            if !c.is_ascii_digit() {
-                return None;
-            }
+        for &c in digits {
             v = v * 10 + i128::from(c - b'0');
         }
-        v *= 10i128.pow((scale - frac.len()) as u32);
-        Some(if negative { -v } else { v })
+        v *= 10i128.pow(shift as u32);
+        let v = if negative { -v } else { v };
+        Decimal128Type::is_valid_decimal_precision(v, self.precision).then_some(v)
     }
 }
 
@@ -356,35 +390,8 @@ impl ScalarUDFImpl for TryDecimal {
         };
         let array = arg.to_array(rows)?;
         let texts = Texts::of(&array)?;
-        let mut other = false;
-        let values = (0..rows).map(|i| match texts.get(i) {
-            None => None,
-            Some(t) => match self.plain(t.trim()) {
-                Some(x) => {
-                    Decimal128Type::is_valid_decimal_precision(x, self.precision).then_some(x)
-                }
-                None => {
-                    other = true;
-                    None
-                }
-            },
-        });
-        let mut out: Decimal128Array = values.collect();
-        if other {
-            // Values that are not plain numbers: Arrow's cast decides, value by value.
-            let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
-            let target = DataType::Decimal128(self.precision, self.scale);
-            let options = CastOptions { safe: true, ..Default::default() };
-            let cast = datafusion::arrow::compute::cast_with_options(&text, &target, &options)?;
-            let cast = cast.as_primitive::<Decimal128Type>();
-            let plain = out;
-            out = (0..rows)
-                .map(|i| match plain.is_valid(i) {
-                    true => Some(plain.value(i)),
-                    false => cast.is_valid(i).then(|| cast.value(i)),
-                })
-                .collect();
-        }
+        let out: Decimal128Array =
+            (0..rows).map(|i| texts.get(i).and_then(|t| self.exact(t.trim()))).collect();
         Ok(ColumnarValue::Array(Arc::new(
             out.with_precision_and_scale(self.precision, self.scale)?,
         )))
@@ -396,7 +403,9 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::StringViewArray;
 
-    /// `TRY_CAST` and the function agree on every value, through SQL.
+    /// `TRY_CAST` and the function agree on every value the type holds exactly, through SQL;
+    /// where `TRY_CAST` rounds, the function gives NULL, and it reads an exponent, which
+    /// `TRY_CAST` does not.
     #[tokio::test]
     async fn decimals_read_as_try_cast_does() {
         let values = [
@@ -438,7 +447,7 @@ mod tests {
         let batch = datafusion::arrow::record_batch::RecordBatch::try_from_iter([("t", texts)])
             .expect("batch");
         ctx.register_batch("v", batch).expect("register");
-        let mut checked = 0;
+        let (mut checked, mut rounded, mut exponents) = (0, 0, 0);
         for (p, s) in [(15, 2), (38, 0), (5, 5), (10, 0)] {
             let f = decimal_function(p, s).expect("a function");
             let sql = format!("SELECT t, TRY_CAST(t AS DECIMAL({p},{s})) AS a, {f}(t) AS b FROM v");
@@ -450,12 +459,27 @@ mod tests {
                     let show = |x: &ArrayRef| {
                         datafusion::arrow::util::display::array_value_to_string(x, i).expect("show")
                     };
-                    assert_eq!(show(a), show(c), "{:?} as decimal({p},{s})", show(t));
+                    let text = show(t);
+                    let below_scale = text
+                        .trim()
+                        .split_once('.')
+                        .is_some_and(|(_, f)| f.trim_end_matches('0').len() > s as usize);
+                    if below_scale && !c.is_valid(i) {
+                        rounded += 1;
+                        continue;
+                    }
+                    // Arrow does not read an exponent; the function does, exactly.
+                    if text.contains(['e', 'E']) && !a.is_valid(i) && c.is_valid(i) {
+                        exponents += 1;
+                        continue;
+                    }
+                    assert_eq!(show(a), show(c), "{text:?} as decimal({p},{s})");
                     checked += 1;
                 }
             }
         }
-        assert_eq!(checked, 4 * (values.len() + 1));
+        assert_eq!(checked + rounded + exponents, 4 * (values.len() + 1));
+        assert!(rounded >= 10, "{rounded}: the values TRY_CAST rounds are in the list");
     }
 
     #[tokio::test]
@@ -542,14 +566,40 @@ mod tests {
     }
 
     #[test]
-    fn plain_numbers_only() {
+    fn exact_values_only() {
         let f = TryDecimal::new(15, 2).expect("valid");
-        assert_eq!(f.plain("12.5"), Some(1250));
-        assert_eq!(f.plain("-0.07"), Some(-7));
-        assert_eq!(f.plain("+3"), Some(300));
-        assert_eq!(f.plain("1.005"), None, "rounding is left to Arrow");
-        assert_eq!(f.plain(".5"), None);
-        assert_eq!(f.plain("1e3"), None);
+        for (text, want) in [
+            ("12.5", Some(1250)),
+            ("-0.07", Some(-7)),
+            ("+3", Some(300)),
+            ("7.", Some(700)),
+            (".5", Some(50)),
+            ("-.5", Some(-50)),
+            ("1.500", Some(150)),
+            ("1e3", Some(100_000)),
+            ("1.25E1", Some(1250)),
+            ("125e-2", Some(125)),
+            ("1500e-3", Some(150)),
+            ("1500e-5", None),
+            ("0e99", Some(0)),
+            ("0.000e-40", Some(0)),
+            ("1.005", None),
+            ("1.25e-1", None),
+            ("1e-3", None),
+            ("9999999999999.99", Some(999_999_999_999_999)),
+            ("99999999999999.99", None),
+            ("1e40", None),
+            ("1e", None),
+            ("e3", None),
+            (".", None),
+            ("", None),
+            ("1.2.3", None),
+            ("1e3.5", None),
+            ("1e1234567", None),
+            ("١٢", None),
+        ] {
+            assert_eq!(f.exact(text), want, "{text:?}");
+        }
         assert!(TryDecimal::new(40, 2).is_none() && TryDecimal::new(10, -1).is_none());
     }
 

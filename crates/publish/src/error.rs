@@ -79,7 +79,7 @@ pub enum Error {
         holder.run_id, holder.pid, holder.host, holder.acquired_at.to_rfc3339(),
         holder.expires_at.to_rfc3339()
     )]
-    Locked { what: String, holder: Box<crate::locks::LockInfo> },
+    Locked { what: String, holder: Box<crate::model::LockInfo> },
 
     /// The run stalled past its lock's lease and another run took the lock over.
     #[error(

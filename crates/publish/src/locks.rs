@@ -30,7 +30,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lake::Lake;
@@ -50,19 +49,7 @@ pub const LEASE_ENV: &str = "STRATA_LOCK_LEASE_SECS";
 /// expire even when the run's clock is pinned), so the caller passes it in.
 pub type Clock = fn() -> DateTime<Utc>;
 
-/// What a lock object says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockInfo {
-    pub format: String,
-    pub run_id: String,
-    pub host: String,
-    pub pid: u32,
-    /// The holder process's start time (clock ticks since boot), to tell a reused pid apart.
-    #[serde(default)]
-    pub pid_start: Option<u64>,
-    pub acquired_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
+pub use crate::model::LockInfo;
 
 impl LockInfo {
     /// Whether `other` was taken by the same process for the same run.
@@ -161,11 +148,27 @@ pub fn overlap(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<Strin
     })
 }
 
-/// The lock objects for an output boundary: dataset → owned partition keys (empty: the whole
-/// dataset).
+/// The most partitions of one dataset a run locks one by one; a run owning more locks the whole
+/// dataset, so that a long backfill writes (and renews) one lock per dataset, not one per day.
+pub const MAX_PARTITION_LOCKS: usize = 256;
+
+/// The boundary as it is locked (pure): a dataset with more than [`MAX_PARTITION_LOCKS`] owned
+/// partitions is locked whole (an empty key list).
+pub fn lock_boundary(boundary: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    boundary
+        .iter()
+        .map(|(ds, keys)| {
+            let keys = if keys.len() > MAX_PARTITION_LOCKS { Vec::new() } else { keys.clone() };
+            (ds.clone(), keys)
+        })
+        .collect()
+}
+
+/// The lock objects for an output boundary as locked ([`lock_boundary`]): dataset → owned
+/// partition keys (empty: the whole dataset).
 pub fn lock_paths(boundary: &BTreeMap<String, Vec<String>>) -> Vec<(String, String, Path)> {
     let mut out = Vec::new();
-    for (ds, keys) in boundary {
+    for (ds, keys) in &lock_boundary(boundary) {
         if keys.is_empty() {
             out.push((ds.clone(), WHOLE.to_string(), lock_path(ds, WHOLE)));
         }
@@ -366,7 +369,7 @@ pub async fn acquire(
     }
     // Whole-dataset and partition locks exclude each other.
     if failure.is_none() {
-        failure = cross_check(lake, &info, boundary, clock).await.err();
+        failure = cross_check(lake, &info, &lock_boundary(boundary), clock).await.err();
     }
     if let Some(e) = failure {
         locks.release().await;
@@ -565,6 +568,23 @@ mod tests {
                 "_strata/locks/orders/d=2026-01-01.json",
                 "_strata/locks/orders/d=2026-01-02.json"
             ]
+        );
+    }
+
+    #[test]
+    fn a_long_backfill_locks_the_whole_dataset() {
+        let days = |n: usize| (0..n).map(|i| format!("d={i:05}")).collect::<Vec<_>>();
+        let mut b = BTreeMap::new();
+        b.insert("orders".to_string(), days(MAX_PARTITION_LOCKS + 1));
+        b.insert("daily".to_string(), days(MAX_PARTITION_LOCKS));
+        let locked = lock_boundary(&b);
+        assert!(locked["orders"].is_empty(), "locked whole");
+        assert_eq!(locked["daily"].len(), MAX_PARTITION_LOCKS, "locked per partition");
+        let paths = lock_paths(&b);
+        assert_eq!(paths.len(), MAX_PARTITION_LOCKS + 1);
+        assert_eq!(
+            paths.last().map(|p| p.2.to_string()).as_deref(),
+            Some("_strata/locks/orders/_all.json")
         );
     }
 }

@@ -370,3 +370,17 @@ pub struct Approval {
     pub at: DateTime<Utc>,
     pub note: Option<String>,
 }
+
+/// What a lock object says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub format: String,
+    pub run_id: String,
+    pub host: String,
+    pub pid: u32,
+    /// The holder process's start time (clock ticks since boot), to tell a reused pid apart.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}

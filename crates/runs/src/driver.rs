@@ -218,6 +218,10 @@ pub async fn run_pipeline(
             })
         }
         Err(e) => {
+            if let Some(taken) = taken_over(lake, log.manifest()).await {
+                // Another process settled the run meanwhile: what it left is its to keep.
+                return Err(taken);
+            }
             let message = e.to_string();
             match after_failure(log.manifest().state) {
                 AfterFailure::Leave => {}
@@ -260,6 +264,22 @@ pub async fn run_pipeline(
             Err(e)
         }
     }
+}
+
+/// When another process wrote a later entry of this run's log (it took over a run that stalled
+/// past its lease, and recovery settled it), the error that says so, with what was published.
+async fn taken_over(lake: &Lake, mine: &RunManifest) -> Option<Error> {
+    let now = runs::latest_entry(lake, &mine.run_id).await.ok()??;
+    if now.entry <= mine.entry {
+        return None;
+    }
+    let what = if now.published.is_empty() {
+        "nothing of it is published".to_string()
+    } else {
+        let names: Vec<String> = now.published.iter().map(|(d, v)| format!("{d} v{v}")).collect();
+        format!("published: {}", names.join(", "))
+    };
+    Some(Error::TakenOver { run_id: mine.run_id.clone(), state: now.state, what })
 }
 
 /// Refuses to go on while a stopped run that may have flipped some of these partitions is not
@@ -857,6 +877,8 @@ pub async fn approve(
     let failed = "the run was marked FAILED; run the pipeline again";
     let result = match check_bases(log.manifest(), &outputs, failed).await {
         Ok(()) => Box::pin(commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx)).await,
+        // The store failed, not the check: recovery returns the run to review.
+        Err(e) if !matches!(e, Error::BaseMoved { .. }) => Err(e),
         Err(e) => {
             let message = e.to_string();
             let mut cleaned = true;
@@ -878,6 +900,12 @@ pub async fn approve(
             Err(e)
         }
     };
+    if result.is_err() {
+        if let Some(taken) = taken_over(lake, log.manifest()).await {
+            lock.release().await;
+            return Err(taken);
+        }
+    }
     if result.is_err() && log.manifest().state == RunState::Committing {
         // A flip may have been attempted: recovery settles it; nothing is deleted here.
         let message = result.as_ref().err().map(|e| e.to_string());

@@ -48,6 +48,15 @@ pub enum Error {
     )]
     RunMoved { run_id: String, entry: u32 },
 
+    /// The run stalled past its lock's lease (a paused process, a suspended machine), and another
+    /// process took it over and settled it meanwhile; this process stopped without touching it.
+    #[error(
+        "run {run_id} stalled past its lock's lease and another process took it over: the run is \
+         {state} now ({what}). This process did nothing more; `strata show-run {run_id}` shows \
+         the run"
+    )]
+    TakenOver { run_id: String, state: RunState, what: String },
+
     /// A run's output was validated against a version of a dataset that is no longer current,
     /// and what the run writes changed since: publishing it would overwrite newer data, or
     /// publish it on a base another of its datasets no longer matches.
@@ -138,6 +147,7 @@ impl Error {
             Error::StillRunning { .. }
             | Error::Unsettled { .. }
             | Error::RunMoved { .. }
+            | Error::TakenOver { .. }
             | Error::ChangedDuringRecovery { .. } => ErrorClass::Busy,
             Error::BaseMoved { .. } => ErrorClass::NeedsPerson,
             Error::Reconciliation { .. }

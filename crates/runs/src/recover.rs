@@ -31,6 +31,9 @@ pub enum Decision {
     Published,
     /// Nothing of the run is visible.
     Failed,
+    /// An approval of a held run stopped before its first flip: the run goes back to
+    /// AWAITING_REVIEW with its staged output, to be approved or rejected again.
+    BackToReview,
     /// Some datasets were flipped and are still current; these were prepared and not yet, and
     /// their pointers have not moved since: they can be flipped as prepared.
     RollForward(Vec<String>),
@@ -70,10 +73,19 @@ impl DatasetView {
 /// boundary shows. A run is only rolled forward when every dataset it already flipped is still
 /// current at the run's version and every dataset left to flip is unmoved since it was prepared,
 /// so the run never ends published on a base that another of its datasets no longer matches.
-pub fn decide(state: RunState, run_id: &str, views: &BTreeMap<String, DatasetView>) -> Decision {
+/// `held`: the run was held for review (so COMMITTING means an approval claimed it).
+pub fn decide(
+    state: RunState,
+    held: bool,
+    run_id: &str,
+    views: &BTreeMap<String, DatasetView>,
+) -> Decision {
     let flipped: Vec<&String> =
         views.iter().filter(|(_, v)| v.flipped.is_some()).map(|(d, _)| d).collect();
     if flipped.is_empty() {
+        if held && matches!(state, RunState::Committing | RunState::Unknown) {
+            return Decision::BackToReview;
+        }
         return Decision::Failed;
     }
     if !matches!(state, RunState::Committing | RunState::Unknown) {
@@ -353,7 +365,8 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
     let from = m.state;
     let mut views = views_of(lake, &m).await?;
     let mut evidence: Vec<String> = views.iter().map(|(d, v)| describe(&m.run_id, d, v)).collect();
-    let mut decision = decide(from, &m.run_id, &views);
+    let held = !m.publish_plan.is_empty();
+    let mut decision = decide(from, held, &m.run_id, &views);
     if let Decision::RollForward(missing) = &decision {
         for ds_name in missing {
             let ds = lake.dataset(ds_name)?;
@@ -368,7 +381,7 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         // Settled from what the pointers show now, so that a pointer that moved while rolling
         // forward is reported rather than assumed.
         views = views_of(lake, &m).await?;
-        decision = match decide(from, &m.run_id, &views) {
+        decision = match decide(from, held, &m.run_id, &views) {
             Decision::RollForward(_) => Decision::Unknown(format!(
                 "rolling forward did not land on every dataset; {}",
                 visibility(&m.run_id, &views)
@@ -416,8 +429,39 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             ));
         }
     }
+    if decision == Decision::BackToReview {
+        // The staged output is the held run's: keep all of it, drop the records the approval
+        // prepared (no pointer names them).
+        let keep: BTreeSet<String> =
+            m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
+        for ds_name in m.output_boundary.keys() {
+            let ds = lake.dataset(ds_name)?;
+            let base = m.bases.get(ds_name).copied().unwrap_or_default();
+            let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
+            removed += done.removed.len() as u64;
+            if let Some(why) = done.kept_because {
+                return Err(Error::ChangedDuringRecovery {
+                    run_id: m.run_id.clone(),
+                    detail: format!("{ds_name}: {why}"),
+                });
+            }
+        }
+        kept = keep.len() as u64;
+        evidence.push(format!(
+            "an approval stopped before publishing anything; removed {removed} prepared \
+             record(s), kept the {kept} staged file(s) held for review"
+        ));
+    }
     crash::point("during-recovery");
     let (to, action) = match &decision {
+        Decision::BackToReview => (
+            RunState::AwaitingReview,
+            format!(
+                "an approval stopped before publishing; back to AWAITING_REVIEW: `strata approve \
+                 {}` or `strata reject {}`",
+                m.run_id, m.run_id
+            ),
+        ),
         Decision::Published => (RunState::Published, "published; marked PUBLISHED".to_string()),
         Decision::Failed => (
             RunState::Failed,
@@ -433,6 +477,10 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         let published = flipped.clone();
         let why = match &decision {
             Decision::Failed => Some(format!("the run stopped in state {from}; recovered")),
+            Decision::BackToReview => Some(format!(
+                "held for review; an approval stopped in state {from} before publishing \
+                 anything (recovered)"
+            )),
             Decision::Unknown(w) => Some(w.clone()),
             _ => None,
         };
@@ -441,6 +489,9 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             m.recovery = Some(recovery.clone());
             if to == RunState::Failed {
                 m.checkpoints = reusable(&m.checkpoints, &published).cloned().collect();
+            }
+            if to == RunState::AwaitingReview {
+                m.prepared.clear();
             }
             m.published = published;
             if to != RunState::Published {
@@ -509,31 +560,35 @@ mod tests {
             ("b", view(Some(5), None, (4, 4, "x"))),
         ]);
         for st in [Planned, InputLocked, Running, Validating, Committing, Unknown] {
-            assert_eq!(decide(st, "r", &none), Decision::Failed, "{st}");
+            assert_eq!(decide(st, false, "r", &none), Decision::Failed, "{st}");
+        }
+        // Nothing flipped of a held run an approval claimed: back to review.
+        for st in [Committing, Unknown] {
+            assert_eq!(decide(st, true, "r", &none), Decision::BackToReview, "{st}");
         }
         // Everything flipped: PUBLISHED, even if a pointer moved afterwards.
         let all = views(vec![
             ("a", view(Some(3), Some(3), (3, 3, "r"))),
             ("b", view(Some(5), Some(5), (9, 1, "x"))),
         ]);
-        assert_eq!(decide(Committing, "r", &all), Decision::Published);
+        assert_eq!(decide(Committing, false, "r", &all), Decision::Published);
         // Half flipped, the flipped one still current, the other unmoved: roll forward.
         let mut half = views(vec![
             ("a", view(Some(3), Some(3), (3, 3, "r"))),
             ("b", view(Some(5), None, (4, 4, "x"))),
         ]);
-        assert_eq!(decide(Unknown, "r", &half), Decision::RollForward(vec!["b".into()]));
+        assert_eq!(decide(Unknown, false, "r", &half), Decision::RollForward(vec!["b".into()]));
         // A flip where the state machine never flips.
-        assert!(matches!(decide(Running, "r", &half), Decision::Unknown(_)));
+        assert!(matches!(decide(Running, false, "r", &half), Decision::Unknown(_)));
         // The other's pointer moved since it was prepared.
         half.get_mut("b").unwrap().head = Some((5, 6, "y".into()));
-        let Decision::Unknown(why) = decide(Committing, "r", &half) else { panic!() };
+        let Decision::Unknown(why) = decide(Committing, false, "r", &half) else { panic!() };
         assert!(why.contains("b moved since the run prepared it"), "{why}");
         assert!(why.contains("visible now: a v3; not visible: b"), "{why}");
         // The record of the unflipped version is gone.
         half.get_mut("b").unwrap().head = Some((4, 4, "x".into()));
         half.get_mut("b").unwrap().publish_seq = None;
-        assert!(matches!(decide(Committing, "r", &half), Decision::Unknown(_)));
+        assert!(matches!(decide(Committing, false, "r", &half), Decision::Unknown(_)));
     }
 
     #[test]
@@ -544,11 +599,11 @@ mod tests {
             ("orders", view(Some(2), Some(2), (3, 1, "first"))),
             ("daily_revenue", view(Some(2), None, (1, 1, "first"))),
         ]);
-        assert_eq!(decide(Committing, "r", &rolled_back), Decision::Failed);
+        assert_eq!(decide(Committing, false, "r", &rolled_back), Decision::Failed);
         // The same, with a third dataset of the run still current: a person must decide.
         let mut partly = rolled_back.clone();
         partly.insert("customers".into(), view(Some(4), Some(4), (4, 4, "r")));
-        let Decision::Unknown(why) = decide(Committing, "r", &partly) else { panic!() };
+        let Decision::Unknown(why) = decide(Committing, false, "r", &partly) else { panic!() };
         assert!(why.contains("orders moved after the run published it"), "{why}");
         assert!(
             why.contains("visible now: customers v4; not visible: daily_revenue, orders"),

@@ -182,6 +182,11 @@ fn schema_conflicts_and_unreadable_inputs() {
     refused(&env, &["publish", "orders", "--from", "absent.parquet"], &["absent.parquet"]);
     std::fs::create_dir_all(env.path("empty")).unwrap();
     refused(&env, &["publish", "orders", "--from", "empty"], &["no *.parquet files"]);
+    // A link back to a directory that contains it is reported, not followed forever.
+    std::fs::create_dir_all(env.path("looped/inner")).unwrap();
+    std::fs::copy(env.path("v1.parquet"), env.path("looped/inner/a.parquet")).unwrap();
+    std::os::unix::fs::symlink(env.path("looped"), env.path("looped/inner/back")).unwrap();
+    refused(&env, &["publish", "orders", "--from", "looped"], &["--from", "looped", "loop"]);
     refused(
         &env,
         &["publish", "orders", "--from", "v1.parquet", "--partition-by", "amount_typo"],

@@ -21,6 +21,12 @@ fn exit_2_for_a_usage_or_definition_error() {
     let toml = toml.to_str().unwrap();
     let line = env.user_error(&["run", "--pipeline", toml, "--only", "nosuch"]);
     assert!(line.contains("--only names \"nosuch\""), "{line}");
+    // A window of millennia is a typo in a year: refused before anything is locked or landed.
+    let before = env.snapshot();
+    let line =
+        env.user_error(&["run", "--pipeline", toml, "--from", "0026-01-01", "--to", "2026-01-31"]);
+    assert!(line.contains("spans 730516 days") && line.contains("Check the years"), "{line}");
+    assert_eq!(env.snapshot(), before, "nothing was written");
     env.ok(&["run", "--pipeline", toml]);
     let line = env.user_error(&["versions", "nosuch"]);
     assert!(line.contains("not found") && line.contains("strata datasets"), "{line}");

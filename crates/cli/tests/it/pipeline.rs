@@ -494,56 +494,6 @@ fn output_into_a_closed_pipe_is_not_an_error() {
     }
 }
 
-/// `strata run` starts itself again with glibc's allocator tuned (arenas capped, a fixed mmap
-/// threshold), keeping a value the user set. Read from the running process's environment.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[test]
-fn runs_tune_the_allocator_unless_told_otherwise() {
-    let env = Env::new();
-    let toml = shop(&env, 0, &[]);
-    let toml = toml.to_str().unwrap();
-    let environ_of = |user: Option<&str>| -> Vec<String> {
-        let mut cmd = env.cmd(&["run", "--pipeline", toml, "--force"]);
-        cmd.env_remove("MALLOC_ARENA_MAX").env_remove("MALLOC_MMAP_THRESHOLD_");
-        if let Some(v) = user {
-            cmd.env("MALLOC_MMAP_THRESHOLD_", v);
-        }
-        let child = cmd
-            .env("STRATA_PAUSE_AT", "after-lock:3000")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let path = format!("/proc/{}/environ", child.id());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let vars = loop {
-            let vars: Vec<String> = std::fs::read(&path)
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .map(|v| String::from_utf8_lossy(v).to_string())
-                .filter(|v| v.starts_with("MALLOC_"))
-                .collect();
-            // Before the second start the variables are not there yet.
-            if vars.iter().any(|v| v.starts_with("MALLOC_ARENA_MAX=")) {
-                break vars;
-            }
-            assert!(std::time::Instant::now() < deadline, "strata never started again: {vars:?}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut vars = vars;
-        vars.sort();
-        vars
-    };
-    assert_eq!(environ_of(None), ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=1048576"]);
-    assert_eq!(
-        environ_of(Some("2097152")),
-        ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=2097152"],
-        "a value the user set is kept"
-    );
-}
-
 /// A one-source pipeline in `<dir>/tiny`: source `orders` reads `data/*.<ext>`; cleaned
 /// `orders` has `order_id bigint`, `order_date date`, `amount bigint` and `updated_at
 /// timestamp` (latest wins), plus `extra` columns. Returns the pipeline file.
@@ -746,6 +696,37 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     assert_eq!(
         csv(&env, "SELECT order_id, _rule, _reason FROM \"orders.quarantine\""),
         "order_id,_rule,_reason\nx,contract,order_id: cannot read x as bigint\n"
+    );
+}
+
+/// A decimal the contract's type would have to round is quarantined as `contract`, not
+/// published rounded; exact values in any notation are read as written, in CSV and JSON lines.
+#[test]
+fn a_decimal_that_would_be_rounded_is_quarantined() {
+    let env = Env::new();
+    let toml = tiny(&env, "*", ", price = \"decimal(10,2)\"");
+    let toml = toml.to_str().unwrap();
+    std::fs::write(
+        env.path("tiny/data/a.csv"),
+        "order_id,order_date,price\n1,2026-01-01,1.005\n2,2026-01-01,1.50\n3,2026-01-01,.5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.path("tiny/data/b.jsonl"),
+        "{\"order_id\": 4, \"order_date\": \"2026-01-01\", \"price\": 1.25e1}\n\
+         {\"order_id\": 5, \"order_date\": \"2026-01-01\", \"price\": 0.125}\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", toml]);
+    assert_eq!(
+        csv(&env, "SELECT order_id, price FROM orders ORDER BY 1"),
+        "order_id,price\n2,1.50\n3,0.50\n4,12.50\n"
+    );
+    assert_eq!(
+        csv(&env, "SELECT order_id, _rule, _reason FROM \"orders.quarantine\" ORDER BY 1"),
+        "order_id,_rule,_reason\n\
+         1,contract,\"price: cannot read 1.005 as decimal(10,2)\"\n\
+         5,contract,\"price: cannot read 0.125 as decimal(10,2)\"\n"
     );
 }
 

@@ -166,6 +166,34 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// An approval killed after it claimed the run and prepared its records, before any flip: the
+/// run goes back to AWAITING_REVIEW with its staged output, the prepared records are dropped,
+/// and approving again publishes it.
+#[test]
+fn an_approval_killed_before_its_first_flip_goes_back_to_review() {
+    let env = Env::new();
+    let toml = shop_with(&env, "MANUAL_REVIEW");
+    env.held(&["run", "--pipeline", &toml]);
+    let id = latest_run(&env)["run_id"].as_str().unwrap().to_string();
+    let out = env.cmd(&["approve", &id]).env("STRATA_CRASH_AT", "before-flips").output().unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(latest_run(&env)["state"], "COMMITTING");
+    let out = env.ok(&["recover"]);
+    assert!(out.contains("COMMITTING -> AWAITING_REVIEW"), "{out}");
+    assert!(out.contains(&format!("strata approve {id}")), "{out}");
+    let run = latest_run(&env);
+    assert_eq!(run["state"], "AWAITING_REVIEW");
+    assert_eq!(run["prepared"], serde_json::json!({}), "the prepared records are dropped");
+    assert!(crate::runs::orphans(&env).iter().all(|p| p.contains(&format!("run_id={id}"))));
+    assert!(env.run(&["versions", "orders"]).status.code() == Some(2), "nothing published");
+    // Recovery leaves it alone from now on, and approving again publishes the held output.
+    assert!(env.ok(&["recover"]).contains("nothing to recover"));
+    let out = env.ok(&["approve", &id]);
+    assert!(out.contains("approved and PUBLISHED"), "{out}");
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders WHERE order_id = 1004"), "n\n1\n");
+    assert_eq!(crate::runs::orphans(&env), Vec::<String>::new());
+}
+
 #[test]
 fn gates_on_thresholds() {
     // 5 of 20 orders are quarantined (25%): a 10% gate at FAIL_RUN stops the run.
