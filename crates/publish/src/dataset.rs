@@ -1285,6 +1285,20 @@ impl Dataset {
         Ok(Discarded { removed: verdict.delete, kept_because: verdict.kept_because })
     }
 
+    /// Deletes staged files of `run_id` that the run decided not to publish (a partition a
+    /// FAIL_PARTITION rule withheld), through the deletion authority: only files under the run's
+    /// own prefix, and none once a pointer entry names a version of the run.
+    pub async fn discard_staged(&self, run_id: &str, files: &[String]) -> Result<Discarded> {
+        let prefix = format!("{}/", layout::run_prefix(&self.name, run_id));
+        let staged: Vec<String> =
+            files.iter().filter(|p| p.starts_with(&prefix)).cloned().collect();
+        let referenced = Referenced::of(&self.flips_after(0).await?);
+        let keep = std::collections::BTreeSet::new();
+        let verdict = deletion::decide(run_id, &[], &staged, &keep, &referenced, Holder::Caller);
+        self.delete_decided(&verdict.delete).await?;
+        Ok(Discarded { removed: verdict.delete, kept_because: verdict.kept_because })
+    }
+
     /// Checks files against their recorded size and sha256 (reading each whole).
     pub async fn check_files(&self, files: Vec<FileEntry>) -> Result<Vec<FileProblem>> {
         let checks = futures::stream::iter(files.into_iter().map(|f| self.check_file(f)))

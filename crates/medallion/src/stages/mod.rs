@@ -4,7 +4,10 @@
 //!
 //! - [`land`]: landing a pipeline's sources and choosing the raw batches of a window;
 //! - [`sql`]: the SQL of the cleaned stage (casts, contract, rules) and the partition keys;
-//! - [`clean`]: the cleaned stage: cast, check, deduplicate, split accepted from quarantined;
+//! - [`clean`]: the cleaned stage: cast, check, deduplicate, split accepted from quarantined
+//!   (`clean_pass`: what its one pass over the rows counts);
+//! - [`scope`]: what a cleaned stage publishes: owned and withheld partitions, rule findings,
+//!   whether its counts reconcile (pure);
 //! - [`model`]: a curated model's SQL over its inputs;
 //! - this module: what the stages share (the run's options, the session, stage reports, staged
 //!   outputs).
@@ -28,8 +31,10 @@ pub use crate::types::Finding;
 use crate::types::{ExpectedSum, StageKind};
 
 mod clean;
+mod clean_pass;
 mod land;
 mod model;
+pub mod scope;
 mod sql;
 
 pub use clean::clean;
