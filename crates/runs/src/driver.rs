@@ -177,23 +177,11 @@ pub async fn run_pipeline(
             return Err(e);
         }
     };
+    let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session };
+    let inputs =
+        Inputs { batches: &batches, boundary: input_boundary, found: failed_checkpoints(&earlier) };
     // Boxed: the stages' futures are large, and every caller would carry them inline.
-    let result = Box::pin(drive(
-        lake,
-        pipeline,
-        options,
-        ctx,
-        &plan,
-        &session,
-        &batches,
-        input_boundary,
-        &failed_checkpoints(&earlier),
-        &mut log,
-        &lock,
-        progress,
-        &mut reports,
-    ))
-    .await;
+    let result = Box::pin(drive(&job, inputs, &mut log, &lock, progress, &mut reports)).await;
     side_work_done().await;
     match result {
         Ok(None) => {
@@ -349,18 +337,15 @@ fn failed_checkpoints(runs: &[RunManifest]) -> Checkpoints {
 
 /// Adopts the checkpoints of `stage_key` for `datasets`, if every one is there and verifies:
 /// the stage's report (as the checkpointing run recorded it) and its outputs, ready to publish.
-#[allow(clippy::too_many_arguments)]
 async fn reuse(
-    lake: &Lake,
+    job: &Job<'_>,
     found: &Checkpoints,
     stage_key: &str,
     stage: StageKind,
     datasets: &[String],
     window: Option<Window>,
-    plan: &Plan,
-    options: &RunOptions,
-    ctx: &RunContext,
 ) -> Result<Option<(StageReport, Vec<Output>)>> {
+    let (lake, plan, options, ctx) = (job.lake, job.plan, job.options, job.ctx);
     let mut cps = Vec::new();
     for d in datasets {
         match found.get(&(stage_key.to_string(), d.clone())) {
@@ -395,114 +380,81 @@ async fn reuse(
     let full = options.window.is_none();
     let outs = adopted
         .into_iter()
-        .zip(datasets)
-        .map(|(staged, n)| {
+        .zip(&cps)
+        .map(|(staged, cp)| {
+            let n = &cp.dataset;
+            // As the stage decided (a withheld partition is not owned); checkpoints recorded
+            // before the decision was kept are published as the plan says.
+            let (replace_all, owned) = match &cp.scope {
+                Some(scope) => (scope.replace_all, scope.owned.clone()),
+                None => (full, (!full).then(|| plan.boundary[n].iter().cloned().collect())),
+            };
+            let reason = Some(format!("run {}", ctx.run_id()));
             Ok(Output {
                 ds: lake.dataset(n)?,
                 staged,
-                options: strata_publish::PublishOptions {
-                    replace_all: full,
-                    owned: (!full).then(|| plan.boundary[n].iter().cloned().collect()),
-                    reason: Some(format!("run {}", ctx.run_id())),
-                },
+                options: strata_publish::PublishOptions { replace_all, owned, reason },
             })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some((report, outs)))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every step of one run reads.
+struct Job<'a> {
+    lake: &'a Lake,
+    pipeline: &'a Pipeline,
+    options: &'a RunOptions,
+    ctx: &'a RunContext,
+    plan: &'a Plan,
+    session: &'a SessionContext,
+}
+
+/// The run's inputs, fixed before it starts: the raw batches each cleaned stage reads, and the
+/// checkpoints of failed runs it may reuse.
+struct Inputs<'a> {
+    batches: &'a BTreeMap<String, Vec<BatchManifest>>,
+    boundary: Vec<InputBatch>,
+    found: Checkpoints,
+}
+
+/// What the stages computed: each staged output, and the version record each dataset will
+/// have (or has, for a dataset read but not computed), which later stages and the checks read.
+#[derive(Default)]
+struct Computed {
+    outputs: Vec<Output>,
+    previews: BTreeMap<String, Draft>,
+    /// Dataset → what identifies its content (a stage key, or `<dataset>@<version>`).
+    stage_keys: BTreeMap<String, String>,
+}
+
+/// INPUT_LOCKED, RUNNING, VALIDATING, then COMMITTING or AWAITING_REVIEW. Returns the versions
+/// published, or `None` when the run is held for review.
 async fn drive(
-    lake: &Lake,
-    pipeline: &Pipeline,
-    options: &RunOptions,
-    ctx: &RunContext,
-    plan: &Plan,
-    session: &SessionContext,
-    batches: &BTreeMap<String, Vec<BatchManifest>>,
-    input_boundary: Vec<InputBatch>,
-    found: &Checkpoints,
+    job: &Job<'_>,
+    mut inputs: Inputs<'_>,
     log: &mut RunLog,
     lock: &locks::RunLocks,
     progress: &mut (dyn FnMut(&StageReport) + Send),
     reports: &mut Vec<StageReport>,
 ) -> Result<Option<BTreeMap<String, u64>>> {
-    log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = input_boundary).await?;
+    let ctx = job.ctx;
+    let boundary = std::mem::take(&mut inputs.boundary);
+    log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = boundary).await?;
     log.advance(RunState::Running, ctx.now(), |_| {}).await?;
-    let mut outputs: Vec<Output> = Vec::new();
-    let mut previews: BTreeMap<String, Draft> = BTreeMap::new();
-    let mut stage_keys: BTreeMap<String, String> = BTreeMap::new();
-    for (name, window) in &plan.cleaned {
-        let def = &pipeline.cleaned[name];
-        let raw = batches.get(name).map(Vec::as_slice).unwrap_or_default();
-        let ids: Vec<&str> = raw.iter().map(|b| b.batch_id.as_str()).collect();
-        let key = hash_json(&json!({
-            "pipeline": pipeline.version, "stage": "clean", "dataset": name,
-            "window": window, "full": options.window.is_none(), "inputs": ids,
-        }));
-        stage_keys.insert(name.clone(), key.clone());
-        let names = vec![name.clone(), format!("{name}.quarantine")];
-        let reused =
-            reuse(lake, found, &key, StageKind::Clean, &names, *window, plan, options, ctx).await?;
-        let (report, outs) = match reused {
-            Some(x) => x,
-            None => Box::pin(clean(lake, session, pipeline, name, def, raw, *window, ctx)).await?,
-        };
-        record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
-        for o in &outs {
-            previews
-                .insert(o.ds.name().to_string(), o.ds.preview(&o.staged, &o.options, ctx).await?);
-        }
+    let mut computed = Computed::default();
+    for (name, window) in &job.plan.cleaned {
+        let report = clean_stage(job, &inputs, name, *window, log, &mut computed).await?;
         progress(&report);
         reports.push(report);
-        outputs.extend(outs);
     }
-    for (name, window) in &plan.models {
-        let def = &pipeline.models[name];
-        let deps = &pipeline.model_deps[name];
-        // Inputs this run does not compute are read at their current version, pinned here and
-        // recorded as the run's reference-data bindings.
-        let mut bindings = Vec::new();
-        for d in deps {
-            if previews.contains_key(d) {
-                continue;
-            }
-            let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
-                return Err(Error::Plan(format!(
-                    "models.{name} reads {d:?}, which has no published version yet; run the \
-                     pipeline without --only, or run {d} first"
-                )));
-            };
-            let record = &draft.record;
-            bindings.push(Binding {
-                dataset: d.clone(),
-                version: record.version,
-                run_id: record.run_id.clone(),
-            });
-            stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
-            previews.insert(d.clone(), draft);
-        }
-        let dep_keys: Vec<&String> = deps.iter().map(|d| &stage_keys[d]).collect();
-        let key = hash_json(&json!({
-            "pipeline": pipeline.version, "stage": "model", "dataset": name,
-            "window": window, "deps": dep_keys,
-        }));
-        stage_keys.insert(name.clone(), key.clone());
-        let names = std::slice::from_ref(name);
-        let reused =
-            reuse(lake, found, &key, StageKind::Model, names, *window, plan, options, ctx).await?;
-        let (report, out) = match reused {
-            Some((report, mut outs)) => (report, outs.remove(0)),
-            None => model(lake, options, pipeline, name, def, deps, *window, &previews, ctx)
-                .await
-                .map_err(|e| in_model(name, &def.sql, e))?,
-        };
-        record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
-        previews.insert(name.clone(), out.ds.preview(&out.staged, &out.options, ctx).await?);
+    for (name, window) in &job.plan.models {
+        let report = model_stage(job, &inputs.found, name, *window, log, &mut computed).await?;
         progress(&report);
         reports.push(report);
-        outputs.push(out);
     }
+    let Computed { mut outputs, previews, .. } = computed;
+    let (lake, pipeline) = (job.lake, job.pipeline);
     // VALIDATING: the pointers as they are now are the bases recovery measures from.
     let mut bases = BTreeMap::new();
     for o in &outputs {
@@ -579,6 +531,96 @@ async fn drive(
         }
     }
     Ok(Some(published))
+}
+
+/// The cleaned stage `name`: computed, or adopted from a failed run's checkpoint of the same
+/// work, and recorded with its checkpoint.
+async fn clean_stage(
+    job: &Job<'_>,
+    inputs: &Inputs<'_>,
+    name: &str,
+    window: Option<Window>,
+    log: &mut RunLog,
+    computed: &mut Computed,
+) -> Result<StageReport> {
+    let (lake, pipeline, ctx) = (job.lake, job.pipeline, job.ctx);
+    let def = &pipeline.cleaned[name];
+    let raw = inputs.batches.get(name).map(Vec::as_slice).unwrap_or_default();
+    let ids: Vec<&str> = raw.iter().map(|b| b.batch_id.as_str()).collect();
+    let key = hash_json(&json!({
+        "pipeline": pipeline.version, "stage": "clean", "dataset": name,
+        "window": window, "full": job.options.window.is_none(), "inputs": ids,
+    }));
+    computed.stage_keys.insert(name.to_string(), key.clone());
+    let names = vec![name.to_string(), format!("{name}.quarantine")];
+    let reused = reuse(job, &inputs.found, &key, StageKind::Clean, &names, window).await?;
+    let (report, outs) = match reused {
+        Some(x) => x,
+        None => Box::pin(clean(lake, job.session, pipeline, name, def, raw, window, ctx)).await?,
+    };
+    record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
+    for o in &outs {
+        let preview = o.ds.preview(&o.staged, &o.options, ctx).await?;
+        computed.previews.insert(o.ds.name().to_string(), preview);
+    }
+    computed.outputs.extend(outs);
+    Ok(report)
+}
+
+/// The model `name`: computed over the previews of its inputs (those this run does not
+/// compute are pinned at their current version, and recorded as the run's reference-data
+/// bindings), or adopted from a checkpoint of the same work.
+async fn model_stage(
+    job: &Job<'_>,
+    found: &Checkpoints,
+    name: &str,
+    window: Option<Window>,
+    log: &mut RunLog,
+    computed: &mut Computed,
+) -> Result<StageReport> {
+    let (lake, pipeline, ctx) = (job.lake, job.pipeline, job.ctx);
+    let def = &pipeline.models[name];
+    let deps = &pipeline.model_deps[name];
+    let mut bindings = Vec::new();
+    for d in deps {
+        if computed.previews.contains_key(d) {
+            continue;
+        }
+        let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
+            return Err(Error::Plan(format!(
+                "models.{name} reads {d:?}, which has no published version yet; run the \
+                 pipeline without --only, or run {d} first"
+            )));
+        };
+        let record = &draft.record;
+        bindings.push(Binding {
+            dataset: d.clone(),
+            version: record.version,
+            run_id: record.run_id.clone(),
+        });
+        computed.stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
+        computed.previews.insert(d.clone(), draft);
+    }
+    let dep_keys: Vec<&String> = deps.iter().map(|d| &computed.stage_keys[d]).collect();
+    let key = hash_json(&json!({
+        "pipeline": pipeline.version, "stage": "model", "dataset": name,
+        "window": window, "deps": dep_keys,
+    }));
+    computed.stage_keys.insert(name.to_string(), key.clone());
+    let names = [name.to_string()];
+    let (report, out) = match reuse(job, found, &key, StageKind::Model, &names, window).await? {
+        Some((report, mut outs)) => (report, outs.remove(0)),
+        None => {
+            model(lake, job.options, pipeline, name, def, deps, window, &computed.previews, ctx)
+                .await
+                .map_err(|e| in_model(name, &def.sql, e))?
+        }
+    };
+    record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
+    let preview = out.ds.preview(&out.staged, &out.options, ctx).await?;
+    computed.previews.insert(name.to_string(), preview);
+    computed.outputs.push(out);
+    Ok(report)
 }
 
 /// COMMITTING: prepares every record first, so that the flips are the only work left, then
@@ -712,6 +754,12 @@ async fn record_stage(
             let mut c = StagedCheckpoint::new(key, o.ds.name(), &o.staged);
             c.stats = stats.clone();
             c.report = Some(report.clone());
+            c.scope = Some(PublishPlan {
+                replace_all: o.options.replace_all,
+                owned: o.options.owned.clone(),
+                reason: None,
+                evidence: None,
+            });
             c
         })
         .collect();

@@ -76,6 +76,10 @@ pub struct StagedCheckpoint {
     /// The stage's whole report (counts, sums, findings), to validate a reuse like a run.
     #[serde(default)]
     pub report: Option<StageReport>,
+    /// How the stage decided its output is published (the partitions it owns; a partition a
+    /// FAIL_PARTITION rule withheld is not owned), so a reuse publishes it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<PublishPlan>,
 }
 
 impl StagedCheckpoint {
@@ -91,6 +95,7 @@ impl StagedCheckpoint {
             stats: BTreeMap::new(),
             keys: staged.keys,
             report: None,
+            scope: None,
         }
     }
 

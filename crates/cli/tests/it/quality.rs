@@ -166,6 +166,26 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// A stage that withheld a partition (FAIL_PARTITION), reused by the rerun of a run that was
+/// killed: the withheld partition keeps its published rows, as in the uninterrupted run.
+#[test]
+fn a_reused_stage_still_withholds_its_failed_partition() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    env.ok(&["run", "--pipeline", toml.to_str().unwrap()]);
+    let day1_sql =
+        "SELECT count(*) AS n, sum(amount) AS s FROM orders WHERE order_date = DATE '2026-01-01'";
+    let day1 = csv(&env, day1_sql);
+    let toml = shop_with(&env, "FAIL_PARTITION");
+    let mut cmd = env.cmd(&["run", "--pipeline", &toml]);
+    let out = cmd.env("STRATA_CRASH_AT", "before-flips").output().unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = env.ok(&["run", "--pipeline", &toml]);
+    assert!(out.contains("reused"), "the rerun reuses the cleaned stage: {out}");
+    assert_eq!(csv(&env, day1_sql), day1, "the withheld partition keeps its published rows");
+    assert_eq!(versions(&env, "orders"), 2);
+}
+
 /// An approval killed after it claimed the run and prepared its records, before any flip: the
 /// run goes back to AWAITING_REVIEW with its staged output, the prepared records are dropped,
 /// and approving again publishes it.

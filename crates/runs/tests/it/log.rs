@@ -103,6 +103,7 @@ fn checkpoint(run_id: &str) -> StagedCheckpoint {
         stats: Default::default(),
         keys: None,
         report: None,
+        scope: None,
     }
 }
 
