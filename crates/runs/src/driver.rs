@@ -67,6 +67,105 @@ pub async fn run_pipeline(
 ) -> Result<RunSummary> {
     let plan = plan(pipeline, options)?;
     let mut reports = Vec::new();
+    let session = session(lake, options)?;
+    let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session };
+    let (gathered, side_work) = gather(&job, progress, &mut reports).await?;
+    let params =
+        RunParams { window: options.window, only: options.only.clone(), force: options.force };
+    let run_key = hash_json(&json!({
+        "pipeline": pipeline.version,
+        "window": options.window,
+        "only": options.only,
+        "inputs": gathered.boundary,
+    }));
+    // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
+    // release after publishing.
+    let earlier = runs::open_runs(lake).await?;
+    if !options.force {
+        if let Some(previous) = already_published(lake, &plan.boundary, &run_key).await? {
+            side_work.done().await;
+            return Ok(RunSummary {
+                run_id: ctx.run_id().to_string(),
+                state: RunState::Published,
+                already_published_by: Some(previous.run_id.clone()),
+                stages: reports,
+                published: previous.published,
+            });
+        }
+    }
+    let (mut log, lock) = match begin(&job, params, run_key).await {
+        Ok(x) => x,
+        Err(e) => {
+            side_work.done().await;
+            return Err(e);
+        }
+    };
+    let inputs = Inputs {
+        batches: &gathered.batches,
+        boundary: gathered.boundary,
+        found: failed_checkpoints(&earlier),
+    };
+    // Boxed: the stages' futures are large, and every caller would carry them inline.
+    let result = Box::pin(drive(&job, inputs, &mut log, &lock, progress, &mut reports)).await;
+    side_work.done().await;
+    let result = match result {
+        Ok(published) => Ok(published),
+        Err(e) => Err(after_error(&job, &mut log, e).await),
+    };
+    lock.release().await;
+    let published = result?;
+    let state = match &published {
+        Some(_) => RunState::Published,
+        None => RunState::AwaitingReview,
+    };
+    if published.is_some() {
+        release_superseded_checkpoints(lake, &earlier, &plan.boundary).await;
+    }
+    Ok(RunSummary {
+        run_id: ctx.run_id().to_string(),
+        state,
+        already_published_by: None,
+        stages: reports,
+        published: published.unwrap_or_default(),
+    })
+}
+
+/// What the run reads, gathered before it begins.
+struct Gathered {
+    /// Cleaned dataset → the raw batches it reads.
+    batches: BTreeMap<String, Vec<BatchManifest>>,
+    /// Every batch read, once.
+    boundary: Vec<InputBatch>,
+}
+
+/// Work started on the side while the run goes on: the source indexes being saved, and the
+/// current records of the datasets the run touches being read ahead.
+struct SideWork {
+    saving: Vec<tokio::task::JoinHandle<strata_land::Result<()>>>,
+    warming: Vec<tokio::task::JoinHandle<strata_publish::Result<()>>>,
+}
+
+impl SideWork {
+    /// Waits for the index writes, and stops any record still being read ahead.
+    async fn done(self) {
+        for s in self.saving {
+            let _ = s.await;
+        }
+        for w in self.warming {
+            w.abort();
+        }
+    }
+}
+
+/// Lands every source (content-addressed and idempotent, so it needs no run state of its own)
+/// and fixes the input boundary: the batches each cleaned stage reads (within a window, only
+/// those that can hold a row of it).
+async fn gather(
+    job: &Job<'_>,
+    progress: &mut (dyn FnMut(&StageReport) + Send),
+    reports: &mut Vec<StageReport>,
+) -> Result<(Gathered, SideWork)> {
+    let (lake, pipeline, plan, ctx) = (job.lake, job.pipeline, job.plan, job.ctx);
     // The current records of the datasets the run writes or reads are read and parsed on the
     // side while the sources land; later stages find them in the lake's cache (checked against
     // the store on every read, so never stale).
@@ -80,24 +179,34 @@ pub async fn run_pipeline(
         .filter_map(|d| lake.dataset(d).ok())
         .map(|ds| tokio::spawn(async move { ds.warm().await }))
         .collect();
-    // Land: content-addressed and idempotent, so it needs no run state of its own.
     let mut indexes: BTreeMap<String, strata_land::SourceIndex> = BTreeMap::new();
     for name in &plan.sources {
-        let (report, index) =
-            land_source(lake, pipeline, name, &pipeline.sources[name], ctx).await?;
+        let landed = land_source(lake, pipeline, name, &pipeline.sources[name], ctx).await;
+        let (report, index) = match landed {
+            Ok(x) => x,
+            Err(e) => {
+                SideWork { saving: Vec::new(), warming }.done().await;
+                return Err(e.into());
+            }
+        };
         progress(&report);
         reports.push(report);
         indexes.insert(name.clone(), index);
     }
-    // The input boundary: the batches each cleaned stage reads (within a window, only those
-    // that can hold a row of it).
-    let session = session(lake, options)?;
     let mut batches: BTreeMap<String, Vec<BatchManifest>> = BTreeMap::new();
+    let mut chosen = Ok(());
     for (name, window) in &plan.cleaned {
         let def = &pipeline.cleaned[name];
         let Some(index) = indexes.get_mut(&def.source) else { continue };
-        let read = batches_for_window(&session, lake, pipeline, name, def, index, *window).await?;
-        batches.insert(name.clone(), read);
+        match batches_for_window(job.session, lake, pipeline, name, def, index, *window).await {
+            Ok(read) => {
+                batches.insert(name.clone(), read);
+            }
+            Err(e) => {
+                chosen = Err(e);
+                break;
+            }
+        }
     }
     // The indexes are caches (a lost update costs a re-read, never a wrong answer), so they are
     // written while the run goes on; the run waits for them before it returns.
@@ -108,22 +217,18 @@ pub async fn run_pipeline(
             tokio::spawn(async move { index.save(&lake).await })
         })
         .collect();
-    // Waits for the index writes, and stops any record still being read ahead.
-    let side_work_done = || async {
-        for s in saving {
-            let _ = s.await;
-        }
-        for w in warming {
-            w.abort();
-        }
-    };
+    let side_work = SideWork { saving, warming };
+    if let Err(e) = chosen {
+        side_work.done().await;
+        return Err(e.into());
+    }
     let mut read: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for (name, bs) in &batches {
         for b in bs {
             read.insert((pipeline.cleaned[name].source.as_str(), b.batch_id.as_str()), b.rows);
         }
     }
-    let input_boundary: Vec<InputBatch> = read
+    let boundary: Vec<InputBatch> = read
         .into_iter()
         .map(|((source, id), rows)| InputBatch {
             source: source.to_string(),
@@ -131,29 +236,17 @@ pub async fn run_pipeline(
             rows,
         })
         .collect();
-    let params =
-        RunParams { window: options.window, only: options.only.clone(), force: options.force };
-    let run_key = hash_json(&json!({
-        "pipeline": pipeline.version,
-        "window": options.window,
-        "only": options.only,
-        "inputs": input_boundary,
-    }));
-    // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
-    // release after publishing.
-    let earlier = runs::open_runs(lake).await?;
-    if !options.force {
-        if let Some(previous) = already_published(lake, &plan.boundary, &run_key).await? {
-            side_work_done().await;
-            return Ok(RunSummary {
-                run_id: ctx.run_id().to_string(),
-                state: RunState::Published,
-                already_published_by: Some(previous.run_id.clone()),
-                stages: reports,
-                published: previous.published,
-            });
-        }
-    }
+    Ok((Gathered { batches, boundary }, side_work))
+}
+
+/// Locks the run's output boundary, checks that no stopped run is half-way through publishing
+/// it, and writes the run's first entry (PLANNED).
+async fn begin(
+    job: &Job<'_>,
+    params: RunParams,
+    run_key: String,
+) -> Result<(RunLog, locks::RunLocks)> {
+    let (lake, options, ctx, plan) = (job.lake, job.options, job.ctx, job.plan);
     let clock = options.clock.unwrap_or(chrono::Utc::now);
     let lock = locks::acquire(lake, ctx.run_id(), &plan.boundary, options.lease, clock).await?;
     strata_publish::crash::point("after-lock");
@@ -161,97 +254,65 @@ pub async fn run_pipeline(
         lock.release().await;
         return Err(e);
     }
-    let mut manifest = RunManifest::planned(
-        ctx.run_id(),
-        if options.window.is_some() { "window" } else { "full" },
-        params,
-    );
-    manifest.pipeline = Some((pipeline.settings.name.clone(), pipeline.version.clone()));
+    let mode = if options.window.is_some() { "window" } else { "full" };
+    let mut manifest = RunManifest::planned(ctx.run_id(), mode, params);
+    manifest.pipeline = Some((job.pipeline.settings.name.clone(), job.pipeline.version.clone()));
     manifest.output_boundary = plan.boundary.clone();
     manifest.run_key = Some(run_key);
     manifest.process = Some(format!("{}@{}", std::process::id(), locks::this_host()));
-    let mut log = match RunLog::begin(lake, manifest, ctx.now()).await {
-        Ok(l) => l,
+    match RunLog::begin(lake, manifest, ctx.now()).await {
+        Ok(log) => Ok((log, lock)),
         Err(e) => {
-            lock.release().await;
-            return Err(e);
-        }
-    };
-    let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session };
-    let inputs =
-        Inputs { batches: &batches, boundary: input_boundary, found: failed_checkpoints(&earlier) };
-    // Boxed: the stages' futures are large, and every caller would carry them inline.
-    let result = Box::pin(drive(&job, inputs, &mut log, &lock, progress, &mut reports)).await;
-    side_work_done().await;
-    match result {
-        Ok(None) => {
-            lock.release().await;
-            Ok(RunSummary {
-                run_id: ctx.run_id().to_string(),
-                state: RunState::AwaitingReview,
-                already_published_by: None,
-                stages: reports,
-                published: BTreeMap::new(),
-            })
-        }
-        Ok(Some(published)) => {
-            lock.release().await;
-            release_superseded_checkpoints(lake, &earlier, &plan.boundary).await;
-            Ok(RunSummary {
-                run_id: ctx.run_id().to_string(),
-                state: RunState::Published,
-                already_published_by: None,
-                stages: reports,
-                published,
-            })
-        }
-        Err(e) => {
-            if let Some(taken) = taken_over(lake, log.manifest()).await {
-                // Another process settled the run meanwhile: what it left is its to keep.
-                return Err(taken);
-            }
-            let message = e.to_string();
-            match after_failure(log.manifest().state) {
-                AfterFailure::Leave => {}
-                AfterFailure::MarkUnknown => {
-                    // A flip may have landed: nothing is deleted, recovery settles it. If even
-                    // UNKNOWN cannot be written, the log says COMMITTING, which recovery treats
-                    // the same way.
-                    let _ = log
-                        .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
-                        .await;
-                }
-                AfterFailure::CleanUpAndFail => {
-                    // Nothing was flipped: clean up, keep finished stages for a rerun, record
-                    // FAILED. A cleanup that cannot finish leaves the run for recovery.
-                    let keep: BTreeSet<String> = log
-                        .manifest()
-                        .checkpoints
-                        .iter()
-                        .flat_map(|c| c.files().map(str::to_string))
-                        .collect();
-                    let mut cleaned = true;
-                    for ds in plan.boundary.keys() {
-                        let Ok(ds) = lake.dataset(ds) else { continue };
-                        let base = log.manifest().bases.get(ds.name()).copied().unwrap_or_default();
-                        cleaned &= ds
-                            .discard_run(ctx.run_id(), base, &keep, Holder::Caller)
-                            .await
-                            .is_ok_and(|d| d.kept_because.is_none());
-                    }
-                    if cleaned {
-                        let _ = log
-                            .advance(RunState::Failed, ctx.now(), |m| {
-                                m.error = Some(message.clone())
-                            })
-                            .await;
-                    }
-                }
-            }
             lock.release().await;
             Err(e)
         }
     }
+}
+
+/// After a run's error: what its log's state says ([`after_failure`]) is done, unless another
+/// process took the run over meanwhile. Returns the error to report.
+async fn after_error(job: &Job<'_>, log: &mut RunLog, e: Error) -> Error {
+    let (lake, ctx) = (job.lake, job.ctx);
+    if let Some(taken) = taken_over(lake, log.manifest()).await {
+        // Another process settled the run meanwhile: what it left is its to keep.
+        return taken;
+    }
+    let message = e.to_string();
+    match after_failure(log.manifest().state) {
+        AfterFailure::Leave => {}
+        AfterFailure::MarkUnknown => {
+            // A flip may have landed: nothing is deleted, recovery settles it. If even UNKNOWN
+            // cannot be written, the log says COMMITTING, which recovery treats the same way.
+            let _ = log
+                .advance(RunState::Unknown, ctx.now(), |m| m.error = Some(message.clone()))
+                .await;
+        }
+        AfterFailure::CleanUpAndFail => {
+            // Nothing was flipped: clean up, keep finished stages for a rerun, record FAILED. A
+            // cleanup that cannot finish leaves the run for recovery.
+            let keep: BTreeSet<String> = log
+                .manifest()
+                .checkpoints
+                .iter()
+                .flat_map(|c| c.files().map(str::to_string))
+                .collect();
+            let mut cleaned = true;
+            for ds in job.plan.boundary.keys() {
+                let Ok(ds) = lake.dataset(ds) else { continue };
+                let base = log.manifest().bases.get(ds.name()).copied().unwrap_or_default();
+                cleaned &= ds
+                    .discard_run(ctx.run_id(), base, &keep, Holder::Caller)
+                    .await
+                    .is_ok_and(|d| d.kept_because.is_none());
+            }
+            if cleaned {
+                let _ = log
+                    .advance(RunState::Failed, ctx.now(), |m| m.error = Some(message.clone()))
+                    .await;
+            }
+        }
+    }
+    e
 }
 
 /// When another process wrote a later entry of this run's log (it took over a run that stalled
