@@ -38,7 +38,7 @@ use crate::log::{
 };
 use crate::plan::{plan, Plan};
 use crate::run_state::RunState;
-use crate::validate::{self, Approval, Check, Evidence, GateCounts, Verdict};
+use crate::validate::{self, Approval, Check, GateCounts, Verdict};
 
 /// How a run ended.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -515,16 +515,40 @@ async fn drive(
         reports.push(report);
     }
     let Computed { mut outputs, previews, .. } = computed;
-    let (lake, pipeline) = (job.lake, job.pipeline);
-    // VALIDATING: the pointers as they are now are the bases recovery measures from.
+    let verdict = check(job, log, reports, &mut outputs, &previews).await?;
+    if let Verdict::Hold(review) = verdict {
+        hold(log, ctx, &outputs, &review).await?;
+        return Ok(None);
+    }
+    let published = commit_outputs(log, outputs, previews, lock, ctx).await?;
+    for r in reports.iter_mut() {
+        if let Some(v) = published.get(&r.dataset) {
+            r.version = Some(*v);
+        }
+    }
+    Ok(Some(published))
+}
+
+/// VALIDATING: records each dataset's pointer as the run's base, checks the staged output and
+/// the gates, and records the results. A failed check or a FAIL_RUN gate is an error; otherwise
+/// each output carries its evidence, and the verdict says whether to publish or hold.
+async fn check(
+    job: &Job<'_>,
+    log: &mut RunLog,
+    reports: &mut [StageReport],
+    outputs: &mut [Output],
+    previews: &BTreeMap<String, Draft>,
+) -> Result<Verdict> {
+    let ctx = job.ctx;
+    // The pointers as they are now are the bases recovery measures from.
     let mut bases = BTreeMap::new();
-    for o in &outputs {
+    for o in outputs.iter() {
         if let Some(h) = o.ds.head().await? {
             bases.insert(o.ds.name().to_string(), Base { seq: h.seq, max_version: h.max_version });
         }
     }
     log.advance(RunState::Validating, ctx.now(), |m| m.bases = bases).await?;
-    let (checks, findings) = validate(lake, pipeline, reports, &outputs, &previews).await?;
+    let (checks, findings) = validate(job.lake, job.pipeline, reports, outputs, previews).await?;
     let verdict = validate::verdict(&checks, &findings);
     let proven_bad = matches!(verdict, Verdict::FailChecks(_));
     log.record(ctx.now(), |m| {
@@ -553,45 +577,39 @@ async fn drive(
         Verdict::Publish | Verdict::Hold(_) => {}
     }
     // The evidence each version record carries: its checks, and the findings on its dataset.
-    let evidence: BTreeMap<String, Evidence> = outputs
+    for o in outputs.iter_mut() {
+        let e = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
+        o.staged.evidence = Some(e);
+    }
+    Ok(verdict)
+}
+
+/// AWAITING_REVIEW: the staged output waits for `strata approve` or `strata reject`, with how
+/// each dataset is to be published.
+async fn hold(
+    log: &mut RunLog,
+    ctx: &RunContext,
+    outputs: &[Output],
+    review: &[String],
+) -> Result<()> {
+    let plan: BTreeMap<String, PublishPlan> = outputs
         .iter()
         .map(|o| {
-            let e = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
-            (o.ds.name().to_string(), e)
+            let plan = PublishPlan {
+                replace_all: o.options.replace_all,
+                owned: o.options.owned.clone(),
+                reason: o.options.reason.clone(),
+                evidence: o.staged.evidence.clone(),
+            };
+            (o.ds.name().to_string(), plan)
         })
         .collect();
-    for o in &mut outputs {
-        o.staged.evidence = evidence.get(o.ds.name()).cloned();
-    }
-    if let Verdict::Hold(review) = verdict {
-        // Held: the staged output waits for `strata approve` or `strata reject`.
-        let plan: BTreeMap<String, PublishPlan> = outputs
-            .iter()
-            .map(|o| {
-                let plan = PublishPlan {
-                    replace_all: o.options.replace_all,
-                    owned: o.options.owned.clone(),
-                    reason: o.options.reason.clone(),
-                    evidence: evidence.get(o.ds.name()).cloned(),
-                };
-                (o.ds.name().to_string(), plan)
-            })
-            .collect();
-        let why = review.join("; ");
-        log.advance(RunState::AwaitingReview, ctx.now(), |m| {
-            m.publish_plan = plan;
-            m.error = Some(format!("held for review: {why}"));
-        })
-        .await?;
-        return Ok(None);
-    }
-    let published = commit_outputs(log, outputs, previews, lock, ctx).await?;
-    for r in reports.iter_mut() {
-        if let Some(v) = published.get(&r.dataset) {
-            r.version = Some(*v);
-        }
-    }
-    Ok(Some(published))
+    let why = review.join("; ");
+    log.advance(RunState::AwaitingReview, ctx.now(), |m| {
+        m.publish_plan = plan;
+        m.error = Some(format!("held for review: {why}"));
+    })
+    .await
 }
 
 /// The cleaned stage `name`: computed, or adopted from a failed run's checkpoint of the same

@@ -104,7 +104,6 @@ impl Stage<'_> {
             .map(|r| (r.name.as_str(), r.severity))
             .collect();
         let (mut a_staged, q_staged, pass) = split_rows(query, a_ds, q_ds, def, self.ctx).await?;
-
         let flags: Vec<Flagged> = flagged
             .iter()
             .zip(&pass.flag_rows)
@@ -118,47 +117,14 @@ impl Stage<'_> {
                  query` over the raw batches shows the rows"
             ),
             })?;
-        let key_of = |day: &i32| {
-            let d = date_of_days(*day);
-            let value = if month { d.format("%Y-%m") } else { d.format("%Y-%m-%d") };
-            format!("{part_col}={value}")
-        };
-        let failed: BTreeSet<String> = pass.failed_days.iter().map(key_of).collect();
-        let accepted: BTreeSet<String> = pass.accepted_days.iter().map(key_of).collect();
-        let published: BTreeSet<String> = if scope::needs_published(self.requested, &failed) {
-            let current = a_ds.current_opt().await?;
-            current
-                .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
-                .unwrap_or_default()
-        } else {
-            BTreeSet::new()
-        };
         // A full run's window is the dates it found.
         let window = window.or_else(|| match (pass.min_day, pass.max_day) {
             (Some(lo), Some(hi)) => Some(Window { from: date_of_days(lo), to: date_of_days(hi) }),
             _ => None,
         });
-        let decided = scope::cleaned_scope(ScopeFacts {
-            part_col: &part_col,
-            grain: def.grain,
-            requested: self.requested,
-            window,
-            accepted: &accepted,
-            failed: &failed,
-            published: &published,
-        });
+        let (decided, failed) = self.decide(a_ds, &pass, window, &part_col).await?;
         // FAIL_PARTITION: a withheld partition is not published at all; its staged files go.
-        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut a_staged.partitions)
-            .into_iter()
-            .partition(|p| failed.contains(&p.key));
-        let withheld: u64 = dropped.iter().map(|p| p.rows).sum();
-        let files: Vec<String> =
-            dropped.iter().flat_map(|p| p.files.iter().map(|f| f.path.clone())).collect();
-        if !files.is_empty() {
-            a_ds.discard_staged(self.ctx.run_id(), &files).await?;
-        }
-        a_staged.partitions = kept;
-        a_staged.rows -= withheld;
+        let withheld = withhold(a_ds, &mut a_staged, &failed, self.ctx).await?;
         // Reconcile before anything is published: what was staged must be what was counted.
         let counts = Counts {
             input: pass.input,
@@ -178,21 +144,6 @@ impl Stage<'_> {
                 ),
             });
         }
-        let sum_cols = def.sum_columns(self.contract);
-        let text = |(v, s): (i128, i8)| strata_reconcile::decimal_text(v, s);
-        let sums = sum_cols
-            .iter()
-            .zip(&pass.sums)
-            .map(|(c, parts)| {
-                let parts = SumParts {
-                    input: text(parts[0]),
-                    accepted: text(parts[1]),
-                    duplicates: text(parts[2]),
-                    quarantined: text(parts[3]),
-                };
-                (c.clone(), parts)
-            })
-            .collect::<BTreeMap<_, _>>();
         let report = StageReport {
             stage: StageKind::Clean,
             dataset: name.to_string(),
@@ -205,14 +156,90 @@ impl Stage<'_> {
             window,
             millis: started.elapsed().as_millis() as u64,
             withheld,
-            failed_partitions: failed.iter().cloned().collect(),
+            failed_partitions: failed.into_iter().collect(),
             findings,
-            sums,
+            sums: self.sums(&pass),
             expected_partitions: Some(decided.expected.iter().cloned().collect()),
             ..Default::default()
         };
         Ok((report, decided.accepted, a_staged, decided.quarantine, q_staged))
     }
+
+    /// What the stage publishes ([`scope::cleaned_scope`]), and the partitions withheld.
+    async fn decide(
+        &self,
+        a_ds: &Dataset,
+        pass: &CleanPass,
+        window: Option<Window>,
+        part_col: &str,
+    ) -> Result<(scope::CleanedScope, BTreeSet<String>)> {
+        let month = self.def.grain == Grain::Month;
+        let key_of = |day: &i32| {
+            let d = date_of_days(*day);
+            let value = if month { d.format("%Y-%m") } else { d.format("%Y-%m-%d") };
+            format!("{part_col}={value}")
+        };
+        let failed: BTreeSet<String> = pass.failed_days.iter().map(key_of).collect();
+        let accepted: BTreeSet<String> = pass.accepted_days.iter().map(key_of).collect();
+        let published: BTreeSet<String> = if scope::needs_published(self.requested, &failed) {
+            let current = a_ds.current_opt().await?;
+            current
+                .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
+                .unwrap_or_default()
+        } else {
+            BTreeSet::new()
+        };
+        let decided = scope::cleaned_scope(ScopeFacts {
+            part_col,
+            grain: self.def.grain,
+            requested: self.requested,
+            window,
+            accepted: &accepted,
+            failed: &failed,
+            published: &published,
+        });
+        Ok((decided, failed))
+    }
+
+    /// The exact control totals of each sum column: input, accepted, duplicates, quarantined.
+    fn sums(&self, pass: &CleanPass) -> BTreeMap<String, SumParts> {
+        let text = |(v, s): (i128, i8)| strata_reconcile::decimal_text(v, s);
+        let sum_cols = self.def.sum_columns(self.contract);
+        sum_cols
+            .into_iter()
+            .zip(&pass.sums)
+            .map(|(c, parts)| {
+                let parts = SumParts {
+                    input: text(parts[0]),
+                    accepted: text(parts[1]),
+                    duplicates: text(parts[2]),
+                    quarantined: text(parts[3]),
+                };
+                (c, parts)
+            })
+            .collect()
+    }
+}
+
+/// Takes the withheld partitions out of the staged output and deletes their files; returns the
+/// rows they held.
+async fn withhold(
+    a_ds: &Dataset,
+    staged: &mut Staged,
+    failed: &BTreeSet<String>,
+    ctx: &RunContext,
+) -> Result<u64> {
+    let (dropped, kept): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut staged.partitions).into_iter().partition(|p| failed.contains(&p.key));
+    let withheld: u64 = dropped.iter().map(|p| p.rows).sum();
+    let files: Vec<String> =
+        dropped.iter().flat_map(|p| p.files.iter().map(|f| f.path.clone())).collect();
+    if !files.is_empty() {
+        a_ds.discard_staged(ctx.run_id(), &files).await?;
+    }
+    staged.partitions = kept;
+    staged.rows -= withheld;
+    Ok(withheld)
 }
 
 /// The cleaning query of a stage, ready to stream, and where each of its columns goes.
