@@ -305,21 +305,42 @@ fn recoverable(m: &RunManifest) -> bool {
 /// run), through the deletion authority, and takes it out of the register of open runs once
 /// everything is gone. Safe to repeat. Returns the objects removed.
 pub async fn clean_up_failed(lake: &Lake, m: &RunManifest) -> Result<u64> {
-    let mut removed = 0;
-    let mut whole = true;
-    let keep: BTreeSet<String> =
-        m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
-    for ds_name in m.output_boundary.keys() {
-        let ds = lake.dataset(ds_name)?;
-        let base = m.bases.get(ds_name).copied().unwrap_or_default();
-        let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
-        removed += done.removed.len() as u64;
-        whole &= done.kept_because.is_none();
-    }
-    if whole && m.checkpoints.is_empty() {
+    let (removed, kept_because) = discard_stopped(lake, m, &checkpoint_files(m), |_| false).await?;
+    if kept_because.is_empty() && m.checkpoints.is_empty() {
         runs::close(lake, &m.run_id).await;
     }
     Ok(removed)
+}
+
+/// The files of the run's checkpoints.
+fn checkpoint_files(m: &RunManifest) -> BTreeSet<String> {
+    m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect()
+}
+
+/// Removes what the stopped run `m` left on each dataset of its boundary (unpublished records,
+/// staged files), except `keep`, through the deletion authority, dataset by dataset; it stops
+/// after the first dataset whose objects had to stay and for which `stop` says so. Returns the
+/// objects removed, and dataset → why some of the run's objects had to stay.
+async fn discard_stopped(
+    lake: &Lake,
+    m: &RunManifest,
+    keep: &BTreeSet<String>,
+    stop: impl Fn(&str) -> bool,
+) -> Result<(u64, BTreeMap<String, String>)> {
+    let (mut removed, mut kept_because) = (0, BTreeMap::new());
+    for ds_name in m.output_boundary.keys() {
+        let ds = lake.dataset(ds_name)?;
+        let base = m.bases.get(ds_name).copied().unwrap_or_default();
+        let done = ds.discard_run(&m.run_id, base, keep, Holder::Stopped).await?;
+        removed += done.removed.len() as u64;
+        if let Some(why) = done.kept_because {
+            kept_because.insert(ds_name.clone(), why);
+            if stop(ds_name) {
+                break;
+            }
+        }
+    }
+    Ok((removed, kept_because))
 }
 
 /// What one dataset of a run's boundary shows: the run's flips after its base, the current
@@ -398,19 +419,18 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         let keep: BTreeSet<String> = reusable(&m.checkpoints, &flipped)
             .flat_map(|c| c.files().map(str::to_string))
             .collect();
-        for ds_name in m.output_boundary.keys() {
-            let ds = lake.dataset(ds_name)?;
-            let base = m.bases.get(ds_name).copied().unwrap_or_default();
-            let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
-            removed += done.removed.len() as u64;
-            if let Some(why) = done.kept_because.filter(|_| !flipped.contains_key(ds_name)) {
-                // A flip by the run appeared since it was inspected: never remove what may be
-                // visible; the next recovery sees the flip.
-                return Err(Error::ChangedDuringRecovery {
-                    run_id: m.run_id.clone(),
-                    detail: format!("{ds_name}: {why}"),
-                });
-            }
+        let unflipped = |d: &str| !flipped.contains_key(d);
+        let (gone, kept_because) = discard_stopped(lake, &m, &keep, unflipped).await?;
+        removed += gone;
+        if let Some((ds_name, why)) =
+            kept_because.into_iter().find(|(d, _)| !flipped.contains_key(d))
+        {
+            // A flip by the run appeared since it was inspected: never remove what may be
+            // visible; the next recovery sees the flip.
+            return Err(Error::ChangedDuringRecovery {
+                run_id: m.run_id.clone(),
+                detail: format!("{ds_name}: {why}"),
+            });
         }
         kept = keep.len() as u64;
         if removed > 0 {
@@ -432,19 +452,14 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
     if decision == Decision::BackToReview {
         // The staged output is the held run's: keep all of it, drop the records the approval
         // prepared (no pointer names them).
-        let keep: BTreeSet<String> =
-            m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect();
-        for ds_name in m.output_boundary.keys() {
-            let ds = lake.dataset(ds_name)?;
-            let base = m.bases.get(ds_name).copied().unwrap_or_default();
-            let done = ds.discard_run(&m.run_id, base, &keep, Holder::Stopped).await?;
-            removed += done.removed.len() as u64;
-            if let Some(why) = done.kept_because {
-                return Err(Error::ChangedDuringRecovery {
-                    run_id: m.run_id.clone(),
-                    detail: format!("{ds_name}: {why}"),
-                });
-            }
+        let keep = checkpoint_files(&m);
+        let (gone, kept_because) = discard_stopped(lake, &m, &keep, |_| true).await?;
+        removed += gone;
+        if let Some((ds_name, why)) = kept_because.into_iter().next() {
+            return Err(Error::ChangedDuringRecovery {
+                run_id: m.run_id.clone(),
+                detail: format!("{ds_name}: {why}"),
+            });
         }
         kept = keep.len() as u64;
         evidence.push(format!(
