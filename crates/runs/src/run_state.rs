@@ -8,6 +8,8 @@
 //!                                                  AWAITING_REVIEW -> COMMITTING | FAILED
 //! ```
 //!
+//! And back: COMMITTING or UNKNOWN -> AWAITING_REVIEW when an approval stopped before any flip.
+//!
 //! AWAITING_REVIEW holds a run whose output is staged and validated but needs a person
 //! (a MANUAL_REVIEW quality gate): `strata approve` commits it, `strata reject` fails it.
 //!
