@@ -50,14 +50,41 @@ macro_rules! user_error {
     ($($arg:tt)*) => { anyhow::Error::new($crate::UserError(format!($($arg)*))) };
 }
 
-/// mimalloc, not glibc's allocator. glibc gives every contended thread an arena of its own and
-/// keeps the heap that 1–32 MiB record batches, pages and column chunks leave behind, so the
-/// process held far more than it used; mimalloc reuses freed memory across threads and returns
-/// it to the system, which keeps peak RSS near the live heap (figures in docs/pipeline.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// glibc's allocator, tuned for moving data: record batches, Parquet pages and column chunks
+/// are blocks of 1 to 32 MiB, allocated and freed all the time, by several threads.
+///
+/// - By default glibc gives every thread that allocates under contention an arena of its own (up
+///   to eight per core), and memory freed in one arena is not reused by another: a sort followed
+///   by a many-file write held hundreds of MiB more than it used. `M_ARENA_MAX` caps them at 2.
+/// - By default glibc serves a large block from its heap, not from a mapping of its own, once a
+///   block that large has been freed (the threshold rises with every such free, up to 32 MiB), and
+///   the heap such blocks leave behind is not given back. `M_MMAP_THRESHOLD` fixes the threshold
+///   at 1 MiB, so those blocks are mapped and unmapped.
+///
+/// The figures are in docs/pipeline.md ("Memory"). `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_`
+/// set in the environment win over these. A `#[global_allocator]` such as mimalloc holds freed
+/// memory longer with its defaults, and its settings are read from the environment before main.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    let unset = |var: &str| std::env::var_os(var).is_none();
+    // SAFETY: mallopt only changes glibc's allocator parameters, and it is called first in main,
+    // before strata starts any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        if unset("MALLOC_ARENA_MAX") {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        if unset("MALLOC_MMAP_THRESHOLD_") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = cli::Cli::parse();
     // At least two workers, so that lock renewal never waits behind a busy transform.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);

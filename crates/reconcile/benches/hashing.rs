@@ -176,14 +176,6 @@ fn main() {
     };
     let only_rows = TotalsSpec::default();
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
-    println!(
-        "row digests: {}",
-        if strata_reconcile::lanes::available() {
-            "AVX-512, sixteen rows at a time"
-        } else {
-            "sha2, one row at a time (no AVX-512 here)"
-        }
-    );
     let data: Vec<(&str, Vec<RecordBatch>)> = [true, false]
         .into_iter()
         .map(|view| {

@@ -47,7 +47,10 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 /// compared as if they were data that differs.
 pub const ENCODING: &str = "strata.row.v2";
 
-use crate::lanes::{self, IV, LANES};
+/// The SHA-256 initial state.
+const IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
 
 /// Rows of some columns, encoded and SHA-256-padded, back to back in 64-byte blocks.
 #[derive(Debug, Default)]
@@ -95,19 +98,15 @@ impl EncodedRows {
     }
 
     /// The SHA-256 digests of every row, in order, into `out` (cleared first), as the eight
-    /// 32-bit words of SHA-256's final state (the digest is their big-endian bytes): sixteen
-    /// rows at a time where the CPU can ([`crate::lanes`]), the same digests as [`Self::digest`].
+    /// 32-bit words of SHA-256's final state (the digest is their big-endian bytes): the same
+    /// digests as [`Self::digest`], without the bytes.
     pub fn digest_words(&self, out: &mut Vec<[u32; 8]>) {
         out.clear();
         out.reserve(self.len());
-        for first in (0..self.len()).step_by(LANES) {
-            let rows = LANES.min(self.len() - first);
-            let starts =
-                std::array::from_fn(|l| if l < rows { (first + l) * self.slot } else { 0 });
-            let counts =
-                std::array::from_fn(|l| if l < rows { self.block_count(first + l) } else { 0 });
-            let states = lanes::states(&self.blocks, &starts, &counts);
-            out.extend_from_slice(&states[..rows]);
+        for i in 0..self.len() {
+            let mut state = IV;
+            sha2::block_api::compress256(&mut state, self.blocks(i));
+            out.push(state);
         }
     }
 }

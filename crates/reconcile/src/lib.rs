@@ -35,7 +35,6 @@
 //! ```
 
 mod encode;
-pub mod lanes;
 mod totals;
 
 pub use encode::{encode, encoded_rows, EncodedRows, RowEncoder, ENCODING};
