@@ -71,11 +71,10 @@ async fn hold_dataset(ds: &Dataset, ctx: &strata_publish::RunContext) -> anyhow:
         .await?)
 }
 
-/// The Parquet files named by `--from`: files as given, directories searched recursively for
-/// `*.parquet`, in sorted order so that the same inputs always give the same output.
 /// The Parquet files `--from` names: files as they are, directories searched recursively for
-/// `*.parquet` (hidden names skipped, link loops and unreadable directories reported), each file
-/// once under its real path. The walk is land's.
+/// `*.parquet` in sorted order, so that the same inputs always give the same output (hidden
+/// names skipped, link loops and unreadable directories reported), each file once under its
+/// real path. The walk is land's.
 fn input_files(from: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut args = Vec::with_capacity(from.len());
     for path in from {

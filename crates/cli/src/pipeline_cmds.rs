@@ -258,6 +258,11 @@ columns = { order_id = "bigint not null", order_date = "date not null", amount =
 rules = [
   { name = "amount_positive", range = { column = "amount", min = 0 } },
 ]
+# More than 30% of the rows quarantined fails the run and publishes nothing (without a
+# max_quarantine_rate gate the limit is 5%).
+gates = [
+  { name = "quarantine_rate", max_quarantine_rate = 0.30 },
+]
 
 [models.daily_revenue]
 sql = "models/daily_revenue.sql"

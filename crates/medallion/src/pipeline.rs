@@ -181,9 +181,40 @@ pub struct CleanedDef {
     /// accepted = what was written. Default: every decimal column of the contract.
     #[serde(default)]
     pub sums: Option<Vec<String>>,
-    /// Thresholds that trigger a severity.
+    /// Thresholds that trigger a severity. Without a `max_quarantine_rate` gate, the dataset
+    /// gets [`DEFAULT_GATE`] unless `default_gate = false`.
     #[serde(default)]
     pub gates: Vec<GateDef>,
+    /// Whether a dataset with no `max_quarantine_rate` gate gets [`DEFAULT_GATE`] (default true).
+    #[serde(default = "yes")]
+    pub default_gate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The name of the gate a cleaned dataset gets when it declares no `max_quarantine_rate` gate:
+/// more than [`DEFAULT_MAX_QUARANTINE_RATE`] of its rows quarantined fails the run, so a contract
+/// mistake that sets most rows aside is never published as if nothing happened.
+pub const DEFAULT_GATE: &str = "default_max_quarantine_rate";
+
+/// The threshold of [`DEFAULT_GATE`].
+pub const DEFAULT_MAX_QUARANTINE_RATE: f64 = 0.05;
+
+impl CleanedDef {
+    /// Adds [`DEFAULT_GATE`] unless the dataset has a `max_quarantine_rate` gate or opted out.
+    fn add_default_gate(&mut self) {
+        let has_rate =
+            self.gates.iter().any(|g| matches!(g.measure, GateMeasure::MaxQuarantineRate(_)));
+        if self.default_gate && !has_rate {
+            self.gates.push(GateDef {
+                name: DEFAULT_GATE.to_string(),
+                measure: GateMeasure::MaxQuarantineRate(DEFAULT_MAX_QUARANTINE_RATE),
+                severity: Severity::FailRun,
+            });
+        }
+    }
 }
 
 /// A threshold over a stage's counts: one measure, and what crossing it does.
@@ -396,6 +427,17 @@ impl Pipeline {
                         format!("cleaned.{name}.columns.{col} has no type"),
                     ));
                 }
+                if let Some((p, sc)) = crate::udf::decimal_of(&sql_type) {
+                    if !(1..=38).contains(&p) || sc < 0 || sc as u8 > p {
+                        return Err(err(
+                            line_of(col),
+                            format!(
+                                "cleaned.{name}.columns.{col} is {sql_type}: a decimal's precision \
+                                 is 1 to 38 and its scale 0 to its precision, e.g. decimal(12,2)"
+                            ),
+                        ));
+                    }
+                }
                 cols.push(ContractColumn { name: col.clone(), sql_type, nullable });
             }
             // toml::Table keeps file order only with preserve_order; sort by position in the file.
@@ -520,12 +562,14 @@ impl Pipeline {
         let model_order = topo_order(&model_deps, raw.models.keys()).map_err(|cycle| {
             err(None, format!("the models depend on each other in a cycle: {}", cycle.join(" -> ")))
         })?;
+        let mut cleaned = raw.cleaned;
+        cleaned.values_mut().for_each(CleanedDef::add_default_gate);
         Ok(Pipeline {
             file: file.to_path_buf(),
             dir,
             settings: raw.pipeline,
             sources: raw.sources,
-            cleaned: raw.cleaned,
+            cleaned,
             contracts,
             models: raw.models,
             model_sql,

@@ -47,12 +47,14 @@ pub(crate) fn decimal_function(precision: u8, scale: i8) -> Option<String> {
     TryDecimal::new(precision, scale).map(|f| f.name)
 }
 
-/// Precision and scale of a contract type written `decimal(p, s)` or `numeric(p, s)`.
+/// Precision and scale of a contract type written `decimal(p, s)`, `numeric(p, s)`, or
+/// `decimal(p)` (scale 0).
 pub(crate) fn decimal_of(sql_type: &str) -> Option<(u8, i8)> {
     let t: String = sql_type.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let t = t.to_ascii_lowercase();
     let args = t.strip_prefix("decimal(").or_else(|| t.strip_prefix("numeric("))?;
-    let (p, s) = args.strip_suffix(')')?.split_once(',')?;
+    let args = args.strip_suffix(')')?;
+    let (p, s) = args.split_once(',').unwrap_or((args, "0"));
     Some((p.parse().ok()?, s.parse().ok()?))
 }
 
@@ -561,7 +563,7 @@ mod tests {
         assert_eq!(decimal_of("decimal(15,2)"), Some((15, 2)));
         assert_eq!(decimal_of("NUMERIC( 10 , 0 )"), Some((10, 0)));
         assert_eq!(decimal_of("decimal"), None);
-        assert_eq!(decimal_of("decimal(10)"), None);
+        assert_eq!(decimal_of("decimal(10)"), Some((10, 0)));
         assert_eq!(decimal_of("bigint"), None);
     }
 

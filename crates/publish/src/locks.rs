@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! _strata/locks/<dataset>/<col>=<value>.json   a partition
-//! _strata/locks/<dataset>/_all.json            the whole dataset (runs with no window)
+//! _strata/locks/<dataset>/_all.json            the whole dataset (runs with no window, and runs
+//!                                              owning more than 256 of its partitions)
 //! ```
 //!
 //! Each lock is created with create-if-absent, so of two runs racing for a partition exactly one
@@ -415,15 +416,27 @@ async fn cross_check(
             let found: Vec<Path> = lake.list_paths(&prefix).await?;
             for p in found.iter().filter(|p| p.as_ref().ends_with(".json")) {
                 if let Some(other) = read_lock(lake, p).await? {
-                    if !other.same_holder(me) && stale_reason(&other, clock()).is_none() {
+                    if other.same_holder(me) {
+                        continue;
+                    }
+                    if stale_reason(&other, clock()).is_none() {
                         let key = p.filename().unwrap_or("?").trim_end_matches(".json");
                         return Err(locked(ds, &key.replace(',', "/"), &other));
                     }
+                    // A stale partition lock is removed, not skipped: its holder, should it
+                    // resume, must find it gone before it flips.
+                    remove_stale(lake, p, &other, me).await?;
                 }
             }
-        } else if let Some(other) = read_lock(lake, &lock_path(ds, WHOLE)).await? {
-            if !other.same_holder(me) && stale_reason(&other, clock()).is_none() {
-                return Err(locked(ds, WHOLE, &other));
+        } else {
+            let whole = lock_path(ds, WHOLE);
+            if let Some(other) = read_lock(lake, &whole).await? {
+                if !other.same_holder(me) {
+                    if stale_reason(&other, clock()).is_none() {
+                        return Err(locked(ds, WHOLE, &other));
+                    }
+                    remove_stale(lake, &whole, &other, me).await?;
+                }
             }
         }
     }
@@ -443,17 +456,28 @@ pub async fn sweep_stale(lake: &Lake, clock: Clock) -> Result<Vec<String>> {
         if stale_reason(&info, clock()).is_none() {
             continue;
         }
-        let marker = takeover_path(&path);
-        if !create(lake, &marker, &me).await? {
-            continue; // someone is taking it over right now
-        }
-        if read_lock(lake, &path).await?.as_ref() == Some(&info) {
-            delete_if_present(lake, &path).await?;
+        if remove_stale(lake, &path, &info, &me).await? {
             removed.push(path.to_string());
         }
-        let _ = lake.store().delete(&marker).await;
     }
     Ok(removed)
+}
+
+/// Removes the stale lock `info` at `path` through its takeover marker, so that a run taking
+/// the same lock over at the same moment is never robbed, and so that its holder, should it
+/// resume, finds its lock gone ([`RunLocks::confirm`]). False when another process is taking it
+/// over, or it changed meanwhile.
+async fn remove_stale(lake: &Lake, path: &Path, info: &LockInfo, me: &LockInfo) -> Result<bool> {
+    let marker = takeover_path(path);
+    if !create(lake, &marker, me).await? {
+        return Ok(false); // someone is taking it over right now
+    }
+    let same = read_lock(lake, path).await?.as_ref() == Some(info);
+    if same {
+        delete_if_present(lake, path).await?;
+    }
+    let _ = lake.store().delete(&marker).await;
+    Ok(same)
 }
 
 /// The lease from `STRATA_LOCK_LEASE_SECS`, or [`DEFAULT_LEASE`].

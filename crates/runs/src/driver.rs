@@ -290,21 +290,11 @@ async fn after_error(job: &Job<'_>, log: &mut RunLog, e: Error) -> Error {
         AfterFailure::CleanUpAndFail => {
             // Nothing was flipped: clean up, keep finished stages for a rerun, record FAILED. A
             // cleanup that cannot finish leaves the run for recovery.
-            let keep: BTreeSet<String> = log
-                .manifest()
-                .checkpoints
-                .iter()
-                .flat_map(|c| c.files().map(str::to_string))
-                .collect();
-            let mut cleaned = true;
-            for ds in job.plan.boundary.keys() {
-                let Ok(ds) = lake.dataset(ds) else { continue };
-                let base = log.manifest().bases.get(ds.name()).copied().unwrap_or_default();
-                cleaned &= ds
-                    .discard_run(ctx.run_id(), base, &keep, Holder::Caller)
-                    .await
-                    .is_ok_and(|d| d.kept_because.is_none());
-            }
+            let m = log.manifest();
+            let keep = crate::recover::checkpoint_files(m);
+            let discarded =
+                crate::recover::discard_stopped(lake, m, &keep, Holder::Caller, |_| false).await;
+            let cleaned = discarded.is_ok_and(|(_, kept_because)| kept_because.is_empty());
             if cleaned {
                 let _ = log
                     .advance(RunState::Failed, ctx.now(), |m| m.error = Some(message.clone()))
@@ -319,7 +309,9 @@ async fn after_error(job: &Job<'_>, log: &mut RunLog, e: Error) -> Error {
 /// past its lease, and recovery settled it), the error that says so, with what was published.
 async fn taken_over(lake: &Lake, mine: &RunManifest) -> Option<Error> {
     let now = runs::latest_entry(lake, &mine.run_id).await.ok()??;
-    if now.entry <= mine.entry {
+    // Only recovery moves a run whose process is alive (after taking its stale locks over); an
+    // entry of this process's own that the store reported lost is not a takeover.
+    if now.entry <= mine.entry || now.recovery.is_none() || now.recovery == mine.recovery {
         return None;
     }
     let what = if now.published.is_empty() {
@@ -413,6 +405,13 @@ async fn reuse(
             Some(c) => cps.push(c.clone()),
             None => return Ok(None),
         }
+    }
+    // A checkpoint recorded before stages kept their publish scope, by a stage that withheld
+    // partitions, cannot say which partitions it owns: computed again rather than guessed.
+    let withheld =
+        |c: &StagedCheckpoint| c.report.as_ref().is_some_and(|r| !r.failed_partitions.is_empty());
+    if cps.iter().any(|c| c.scope.is_none() && withheld(c)) {
+        return Ok(None);
     }
     let mut adopted = Vec::new();
     for c in &cps {
@@ -1007,22 +1006,18 @@ pub async fn approve(
         // The store failed, not the check: recovery returns the run to review.
         Err(e) if !matches!(e, Error::BaseMoved { .. }) => Err(e),
         Err(e) => {
+            // Recorded FAILED first, as a rejection is, so that a cleanup cut short is finished
+            // by recovery instead of returning the run to review with part of its output gone.
             let message = e.to_string();
-            let mut cleaned = true;
-            for o in &outputs {
-                let base = log.manifest().bases.get(o.ds.name()).copied().unwrap_or_default();
-                cleaned &=
-                    o.ds.discard_run(run_id, base, &BTreeSet::new(), Holder::Caller)
-                        .await
-                        .is_ok_and(|d| d.kept_because.is_none());
-            }
-            if cleaned {
-                let _ = log
-                    .advance(RunState::Failed, ctx.now(), |m| {
-                        m.error = Some(message);
-                        m.checkpoints.clear();
-                    })
-                    .await;
+            let failed = log
+                .advance(RunState::Failed, ctx.now(), |m| {
+                    m.error = Some(message);
+                    m.checkpoints.clear();
+                    m.cleanup = true;
+                })
+                .await;
+            if failed.is_ok() {
+                let _ = crate::recover::clean_up_failed(lake, log.manifest()).await;
             }
             Err(e)
         }

@@ -305,7 +305,8 @@ fn recoverable(m: &RunManifest) -> bool {
 /// run), through the deletion authority, and takes it out of the register of open runs once
 /// everything is gone. Safe to repeat. Returns the objects removed.
 pub async fn clean_up_failed(lake: &Lake, m: &RunManifest) -> Result<u64> {
-    let (removed, kept_because) = discard_stopped(lake, m, &checkpoint_files(m), |_| false).await?;
+    let (removed, kept_because) =
+        discard_stopped(lake, m, &checkpoint_files(m), Holder::Stopped, |_| false).await?;
     if kept_because.is_empty() && m.checkpoints.is_empty() {
         runs::close(lake, &m.run_id).await;
     }
@@ -313,7 +314,7 @@ pub async fn clean_up_failed(lake: &Lake, m: &RunManifest) -> Result<u64> {
 }
 
 /// The files of the run's checkpoints.
-fn checkpoint_files(m: &RunManifest) -> BTreeSet<String> {
+pub(crate) fn checkpoint_files(m: &RunManifest) -> BTreeSet<String> {
     m.checkpoints.iter().flat_map(|c| c.files().map(str::to_string)).collect()
 }
 
@@ -321,17 +322,18 @@ fn checkpoint_files(m: &RunManifest) -> BTreeSet<String> {
 /// staged files), except `keep`, through the deletion authority, dataset by dataset; it stops
 /// after the first dataset whose objects had to stay and for which `stop` says so. Returns the
 /// objects removed, and dataset → why some of the run's objects had to stay.
-async fn discard_stopped(
+pub(crate) async fn discard_stopped(
     lake: &Lake,
     m: &RunManifest,
     keep: &BTreeSet<String>,
+    holder: Holder,
     stop: impl Fn(&str) -> bool,
 ) -> Result<(u64, BTreeMap<String, String>)> {
     let (mut removed, mut kept_because) = (0, BTreeMap::new());
     for ds_name in m.output_boundary.keys() {
         let ds = lake.dataset(ds_name)?;
         let base = m.bases.get(ds_name).copied().unwrap_or_default();
-        let done = ds.discard_run(&m.run_id, base, keep, Holder::Stopped).await?;
+        let done = ds.discard_run(&m.run_id, base, keep, holder).await?;
         removed += done.removed.len() as u64;
         if let Some(why) = done.kept_because {
             kept_because.insert(ds_name.clone(), why);
@@ -420,7 +422,8 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             .flat_map(|c| c.files().map(str::to_string))
             .collect();
         let unflipped = |d: &str| !flipped.contains_key(d);
-        let (gone, kept_because) = discard_stopped(lake, &m, &keep, unflipped).await?;
+        let (gone, kept_because) =
+            discard_stopped(lake, &m, &keep, Holder::Stopped, unflipped).await?;
         removed += gone;
         if let Some((ds_name, why)) =
             kept_because.into_iter().find(|(d, _)| !flipped.contains_key(d))
@@ -453,7 +456,8 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         // The staged output is the held run's: keep all of it, drop the records the approval
         // prepared (no pointer names them).
         let keep = checkpoint_files(&m);
-        let (gone, kept_because) = discard_stopped(lake, &m, &keep, |_| true).await?;
+        let (gone, kept_because) =
+            discard_stopped(lake, &m, &keep, Holder::Stopped, |_| true).await?;
         removed += gone;
         if let Some((ds_name, why)) = kept_because.into_iter().next() {
             return Err(Error::ChangedDuringRecovery {
@@ -492,10 +496,20 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         let published = flipped.clone();
         let why = match &decision {
             Decision::Failed => Some(format!("the run stopped in state {from}; recovered")),
-            Decision::BackToReview => Some(format!(
-                "held for review; an approval stopped in state {from} before publishing \
-                 anything (recovered)"
-            )),
+            Decision::BackToReview => {
+                let review: Vec<String> = log
+                    .manifest()
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity == strata_publish::model::Severity::ManualReview)
+                    .map(|f| format!("{} {}: {}", f.dataset, f.source, f.detail))
+                    .collect();
+                Some(format!(
+                    "held for review: {}; an approval stopped in state {from} before publishing \
+                     anything (recovered)",
+                    review.join("; ")
+                ))
+            }
             Decision::Unknown(w) => Some(w.clone()),
             _ => None,
         };

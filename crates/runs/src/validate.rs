@@ -172,7 +172,13 @@ pub fn gate_findings(dataset: &str, gates: &[GateDef], c: GateCounts) -> Vec<Fin
                 _ => None,
             },
         };
-        if let Some(detail) = crossed {
+        if let Some(mut detail) = crossed {
+            if g.name == strata_medallion::pipeline::DEFAULT_GATE {
+                detail.push_str(&format!(
+                    " (the default gate; declare a max_quarantine_rate gate in \
+                     [cleaned.{dataset}], or set default_gate = false there, to choose otherwise)"
+                ));
+            }
             found.push(Finding {
                 severity: g.severity,
                 source: format!("gate {}", g.name),

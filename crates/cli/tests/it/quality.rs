@@ -186,6 +186,35 @@ fn a_reused_stage_still_withholds_its_failed_partition() {
     assert_eq!(versions(&env, "orders"), 2);
 }
 
+/// Without a max_quarantine_rate gate a cleaned dataset gets the default one: more than 5% of
+/// its rows quarantined fails the run (exit 3), naming the gate and how to choose otherwise, and
+/// nothing is published; `default_gate = false` opts out.
+#[test]
+fn garbage_is_not_published_by_default() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let gate =
+        "  { name = \"quarantine_rate\", max_quarantine_rate = 0.30, severity = \"WARN\" },\n";
+    assert!(text.contains(gate));
+    std::fs::write(&toml, text.replace(gate, "")).unwrap();
+    let toml = toml.to_str().unwrap();
+    let line = env.check_failed(&["run", "--pipeline", toml]);
+    for needle in
+        ["orders gate default_max_quarantine_rate", "25.00% > 5.00%", "default_gate = false"]
+    {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    assert!(line.contains("nothing was published"), "{line}");
+    assert_eq!(env.run(&["versions", "orders"]).status.code(), Some(2), "nothing published");
+    // Opting out, for orders only.
+    let text = std::fs::read_to_string(toml).unwrap();
+    let text = text.replacen("grain = \"day\"\n", "grain = \"day\"\ndefault_gate = false\n", 1);
+    std::fs::write(toml, text).unwrap();
+    env.ok(&["run", "--pipeline", toml]);
+    assert_eq!(versions(&env, "orders"), 1);
+}
+
 /// An approval killed after it claimed the run and prepared its records, before any flip: the
 /// run goes back to AWAITING_REVIEW with its staged output, the prepared records are dropped,
 /// and approving again publishes it.

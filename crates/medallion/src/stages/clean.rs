@@ -511,9 +511,9 @@ async fn split_rows(
         message: format!("cleaned stage: the writer task failed: {e}"),
     })?;
     written.and(read)?;
-    let a_staged = a_writer.finish().await?;
-    let q_staged = q_writer.finish().await?;
-    Ok((a_staged, q_staged, pass))
+    // Both finished even if one fails, so that no upload is left open.
+    let (a_staged, q_staged) = (a_writer.finish().await, q_writer.finish().await);
+    Ok((a_staged?, q_staged?, pass))
 }
 
 /// The rows of `batch` selected by `mask`, as columns `cols` cast to `schema`.

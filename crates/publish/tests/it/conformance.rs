@@ -913,6 +913,31 @@ pub async fn run_locks_exclude_overlaps_and_take_over_stale_ones(lake: Lake) {
     let h =
         acquire(&lake, "run-h", &boundary(&[("orders", &["d=5"])]), lease(), now).await.unwrap();
     h.release().await;
+    // A stale lock of the other kind is removed, not skipped, so that its holder, should it
+    // resume, finds it gone: a stale partition lock under a whole-dataset run (a long backfill
+    // locks whole), and a stale whole-dataset lock under a partition run.
+    let mut paused = LockInfo::for_this_process("paused", Utc::now(), lease());
+    paused.host = "elsewhere".into();
+    paused.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    put_lock(&lake, "_strata/locks/orders/d=7.json", &paused).await;
+    let many: Vec<String> = (0..300).map(|i| format!("d=2{i:03}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let w = acquire(&lake, "run-w", &boundary(&[("orders", many.as_slice())]), lease(), now)
+        .await
+        .unwrap();
+    let d7 = Path::from("_strata/locks/orders/d=7.json");
+    assert!(lake.get_opt(&d7).await.unwrap().is_none(), "the stale partition lock is gone");
+    let whole = Path::from("_strata/locks/orders/_all.json");
+    assert!(lake.get_opt(&whole).await.unwrap().is_some(), "300 partitions: locked whole");
+    let listed: Vec<_> =
+        lake.store().list(Some(&Path::from("_strata/locks/orders"))).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1, "one lock, not 300: {listed:?}");
+    w.release().await;
+    put_lock(&lake, "_strata/locks/orders/_all.json", &paused).await;
+    let p =
+        acquire(&lake, "run-p", &boundary(&[("orders", &["d=8"])]), lease(), now).await.unwrap();
+    assert!(lake.get_opt(&whole).await.unwrap().is_none(), "the stale whole lock is gone");
+    p.release().await;
     // The sweep removes stale locks and keeps live ones.
     put_lock(&lake, "_strata/locks/orders/d=6.json", &dead).await;
     let removed = sweep_stale(&lake, now).await.unwrap();
