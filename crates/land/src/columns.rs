@@ -119,6 +119,7 @@ mod tests {
             rejects: None,
             run_id: "r".into(),
             landed_at: chrono::DateTime::UNIX_EPOCH,
+            log_seq: None,
         }
     }
 

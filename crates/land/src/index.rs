@@ -126,7 +126,7 @@ impl Serialize for ManifestOut<'_> {
     ) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let m = self.0;
-        let mut s = serializer.serialize_struct("BatchManifest", 12)?;
+        let mut s = serializer.serialize_struct("BatchManifest", 13)?;
         s.serialize_field("format", &m.format)?;
         s.serialize_field("source", &m.source)?;
         s.serialize_field("batch_id", &m.batch_id)?;
@@ -139,6 +139,9 @@ impl Serialize for ManifestOut<'_> {
         s.serialize_field("rejects", &m.rejects)?;
         s.serialize_field("run_id", &m.run_id)?;
         s.serialize_field("landed_at", &m.landed_at)?;
+        if let Some(seq) = m.log_seq {
+            s.serialize_field("log_seq", &seq)?;
+        }
         s.end()
     }
 }
@@ -766,10 +769,9 @@ impl SourceIndex {
     }
 }
 
-/// Landing order: by landing time, then batch id (batches of one run land at the same time).
+/// Landing order ([`BatchManifest::landing_key`]).
 fn landing_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
-    let (a, b) = (&a.manifest, &b.manifest);
-    a.landed_at.cmp(&b.landed_at).then_with(|| a.batch_id.cmp(&b.batch_id))
+    a.manifest.landing_key().cmp(&b.manifest.landing_key())
 }
 
 /// The manifests of some batches, `None` for those without one.
@@ -1446,6 +1448,7 @@ mod tests {
             rejects: Some(file("r.jsonl")),
             run_id: "r1".into(),
             landed_at: chrono::DateTime::from_timestamp(1_800_000_000, 5).unwrap(),
+            log_seq: Some(7),
         };
         let written = serde_json::to_value(ManifestOut(&m)).unwrap();
         let expected = BatchManifest { schema: arrow::datatypes::Schema::empty(), ..m };

@@ -138,9 +138,20 @@ pub struct BatchManifest {
     pub rejects: Option<FileEntry>,
     pub run_id: String,
     pub landed_at: DateTime<Utc>,
+    /// The entry of the source's raw log that announced the batch: landing order among batches
+    /// landed at the same time (absent in batches landed before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_seq: Option<u64>,
 }
 
 impl BatchManifest {
+    /// The batch's place in landing order: landed later sorts later. Batches landed at the same
+    /// time (one `strata land` or `strata run`) are ordered by their raw-log entries, then by
+    /// id, so the order is total and the same for every reader of a lake.
+    pub fn landing_key(&self) -> (DateTime<Utc>, u64, &str) {
+        (self.landed_at, self.log_seq.unwrap_or(0), &self.batch_id)
+    }
+
     /// Lines (or rows) read from the input: landed + rejected + blank.
     pub fn lines(&self) -> u64 {
         self.rows + self.rejected + self.blank_lines
@@ -251,10 +262,12 @@ pub(crate) async fn land_logged(
         rejects,
         run_id: ctx.run_id().into(),
         landed_at: ctx.now(),
+        log_seq: None,
     };
     // Announced in the source's log before it exists, so that readers find it without listing
     // the batch directories (see `crate::raw_log`).
     let logged = raw_log::append(lake, source, &manifest.batch_id, log_from).await?;
+    let manifest = BatchManifest { log_seq: Some(logged), ..manifest };
     strata_publish::crash::point("land-before-manifest");
     let mut body = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| Error::Serialize { path: manifest_at.to_string(), source })?;

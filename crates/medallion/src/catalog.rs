@@ -266,6 +266,10 @@ async fn parquet_scan(
 /// The name of the column that carries a raw row's batch id.
 pub const BATCH_COLUMN: &str = "_batch";
 
+/// The name of the column that carries the landing order of a raw row's batch: 0 for the
+/// batch landed first among those read, and so on ([`strata_land::BatchManifest::landing_key`]).
+pub const ORDER_COLUMN: &str = "_order";
+
 /// The type of [`BATCH_COLUMN`]: dictionary-encoded, so that a row carries two bytes, not the
 /// 64 characters of the id, through the sort of the cleaned stage.
 fn batch_type() -> datafusion::arrow::datatypes::DataType {
@@ -274,14 +278,25 @@ fn batch_type() -> datafusion::arrow::datatypes::DataType {
 }
 
 /// Raw batches of one source as a table: the union of their columns (a column missing from a
-/// batch reads as null), plus `_batch`, the id of the batch each row came from. A column whose
-/// type differs between batches is read as text (see [`strata_land::columns`]).
+/// batch reads as null), plus `_batch`, the id of the batch each row came from, and `_order`,
+/// its landing order. A column whose type differs between batches is read as text (see
+/// [`strata_land::columns`]).
 #[derive(Debug)]
 pub struct RawTable {
     file_schema: SchemaRef,
     schema: SchemaRef,
-    files: Vec<(String, u64, String)>,
+    /// Each data file: path, size, batch id, landing order.
+    files: Vec<(String, u64, String, u32)>,
     url: ObjectStoreUrl,
+}
+
+/// The columns a raw table adds to its files' columns.
+fn provenance_fields() -> Vec<datafusion::arrow::datatypes::FieldRef> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    vec![
+        Arc::new(Field::new(BATCH_COLUMN, batch_type(), false)),
+        Arc::new(Field::new(ORDER_COLUMN, DataType::UInt32, false)),
+    ]
 }
 
 impl RawTable {
@@ -307,11 +322,19 @@ impl RawTable {
             ));
         }
         let file_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields.clone()));
-        fields.push(datafusion::arrow::datatypes::Field::new(BATCH_COLUMN, batch_type(), false));
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-        let files = batches
+        let mut all: Vec<datafusion::arrow::datatypes::FieldRef> =
+            fields.into_iter().map(Arc::new).collect();
+        all.extend(provenance_fields());
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(all));
+        let mut ordered: Vec<&strata_land::BatchManifest> = batches.iter().collect();
+        ordered.sort_by(|a, b| a.landing_key().cmp(&b.landing_key()));
+        let files = ordered
             .iter()
-            .filter_map(|b| b.data.as_ref().map(|d| (d.path.clone(), d.size, b.batch_id.clone())))
+            .enumerate()
+            .filter_map(|(order, b)| {
+                let d = b.data.as_ref()?;
+                Some((d.path.clone(), d.size, b.batch_id.clone(), order as u32))
+            })
             .collect();
         Ok(RawTable { file_schema, schema, files, url })
     }
@@ -343,21 +366,21 @@ impl TableProvider for RawTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let n = state.config().target_partitions().clamp(1, self.files.len().max(1));
         let mut groups: Vec<Vec<PartitionedFile>> = (0..n).map(|_| Vec::new()).collect();
-        for (i, (path, size, batch)) in self.files.iter().enumerate() {
+        for (i, (path, size, batch, order)) in self.files.iter().enumerate() {
             let mut f = PartitionedFile::new(path.clone(), *size);
-            f.partition_values = vec![datafusion::common::ScalarValue::Dictionary(
-                Box::new(datafusion::arrow::datatypes::DataType::UInt16),
-                Box::new(datafusion::common::ScalarValue::Utf8(Some(batch.clone()))),
-            )];
+            f.partition_values = vec![
+                datafusion::common::ScalarValue::Dictionary(
+                    Box::new(datafusion::arrow::datatypes::DataType::UInt16),
+                    Box::new(datafusion::common::ScalarValue::Utf8(Some(batch.clone()))),
+                ),
+                datafusion::common::ScalarValue::UInt32(Some(*order)),
+            ];
             groups[i % n].push(f);
         }
         let groups = groups.into_iter().filter(|g| !g.is_empty()).map(FileGroup::new).collect();
-        let table_schema =
-            TableSchema::builder(self.file_schema.clone())
-                .with_table_partition_cols(vec![Arc::new(
-                    datafusion::arrow::datatypes::Field::new(BATCH_COLUMN, batch_type(), false),
-                )])
-                .build();
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(provenance_fields())
+            .build();
         parquet_scan(state, &self.url, table_schema, &self.schema, groups, projection, limit).await
     }
 }

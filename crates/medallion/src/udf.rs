@@ -12,8 +12,6 @@
 //!   reads back: the landed text of a quarantined row travels through the stage's sort as one
 //!   column instead of one per contract column (each of which costs 4 bytes a row even when
 //!   null, as it is for every accepted row).
-//! - `strata_text_sha256(a, b, …)` is `sha256(concat_ws(chr(31), COALESCE(a, '\N'), …))`, hashed
-//!   as it goes instead of building the joined text first.
 
 use std::sync::Arc;
 
@@ -27,13 +25,12 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
-use sha2::{Digest, Sha256};
 
-/// Registers `strata_text`, `strata_text_sha256` and `strata_decimal_<p>_<s>` for each decimal type given.
+/// Registers `strata_text`, `strata_pack` and `strata_decimal_<p>_<s>` for each decimal type
+/// given.
 pub(crate) fn register(ctx: &SessionContext, decimals: impl IntoIterator<Item = (u8, i8)>) {
-    ctx.register_udf(ScalarUDF::from(RowText::new(RowKind::Sha256)));
     ctx.register_udf(ScalarUDF::from(Text::new()));
-    ctx.register_udf(ScalarUDF::from(RowText::new(RowKind::Pack)));
+    ctx.register_udf(ScalarUDF::from(Pack::new()));
     for (precision, scale) in decimals {
         if let Some(udf) = TryDecimal::new(precision, scale) {
             ctx.register_udf(ScalarUDF::from(udf));
@@ -207,34 +204,22 @@ pub(crate) fn unpack(packed: &ArrayRef, columns: usize) -> Result<Vec<ArrayRef>>
     Ok(out.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect())
 }
 
-/// What a [`RowText`] function makes of the texts of each row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum RowKind {
-    /// `strata_pack`: the texts packed so that [`unpack`] reads them back.
-    Pack,
-    /// `strata_text_sha256`: sha256 of the texts joined by chr(31), a null as `\N`.
-    Sha256,
-}
-
-/// A function of several text columns that gives one binary value per row.
+/// `strata_pack(a, b, …)`: the texts of each row packed into one binary value, which [`unpack`]
+/// reads back.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct RowText {
-    kind: RowKind,
+struct Pack {
     signature: Signature,
 }
 
-impl RowText {
-    fn new(kind: RowKind) -> Self {
-        RowText { kind, signature: Signature::variadic_any(Volatility::Immutable) }
+impl Pack {
+    fn new() -> Self {
+        Pack { signature: Signature::variadic_any(Volatility::Immutable) }
     }
 }
 
-impl ScalarUDFImpl for RowText {
+impl ScalarUDFImpl for Pack {
     fn name(&self) -> &str {
-        match self.kind {
-            RowKind::Pack => "strata_pack",
-            RowKind::Sha256 => "strata_text_sha256",
-        }
+        "strata_pack"
     }
 
     fn signature(&self) -> &Signature {
@@ -257,31 +242,18 @@ impl ScalarUDFImpl for RowText {
         let mut bytes = Vec::new();
         for row in 0..rows {
             bytes.clear();
-            for (i, column) in columns.iter().enumerate() {
-                let value = column.get(row);
-                match self.kind {
-                    // A null is tag 0; a text is tag 1, its length (u32, little-endian), its
-                    // bytes.
-                    RowKind::Pack => match value {
-                        None => bytes.push(0),
-                        Some(t) => {
-                            bytes.push(1);
-                            bytes.extend_from_slice(&(t.len() as u32).to_le_bytes());
-                            bytes.extend_from_slice(t.as_bytes());
-                        }
-                    },
-                    RowKind::Sha256 => {
-                        if i > 0 {
-                            bytes.push(0x1f);
-                        }
-                        bytes.extend_from_slice(value.unwrap_or("\\N").as_bytes());
+            for column in &columns {
+                // A null is tag 0; a text is tag 1, its length (u32, little-endian), its bytes.
+                match column.get(row) {
+                    None => bytes.push(0),
+                    Some(t) => {
+                        bytes.push(1);
+                        bytes.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                        bytes.extend_from_slice(t.as_bytes());
                     }
                 }
             }
-            match self.kind {
-                RowKind::Pack => out.append_value(&bytes),
-                RowKind::Sha256 => out.append_value(Sha256::digest(&bytes)),
-            }
+            out.append_value(&bytes);
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
@@ -603,26 +575,5 @@ mod tests {
             assert_eq!(f.exact(text), want, "{text:?}");
         }
         assert!(TryDecimal::new(40, 2).is_none() && TryDecimal::new(10, -1).is_none());
-    }
-
-    #[tokio::test]
-    async fn text_sha256_is_the_hash_of_the_joined_text() {
-        let ctx = SessionContext::new();
-        register(&ctx, []);
-        let a: ArrayRef = Arc::new(StringViewArray::from(vec![Some("x"), None, Some(""), None]));
-        let b: ArrayRef = Arc::new(StringViewArray::from(vec![Some("y"), Some("z"), None, None]));
-        let batch =
-            datafusion::arrow::record_batch::RecordBatch::try_from_iter([("a", a), ("b", b)])
-                .expect("batch");
-        ctx.register_batch("v", batch).expect("register");
-        let sql = "SELECT sha256(concat_ws(chr(31), COALESCE(a, '\\N'), COALESCE(b, '\\N'))) = \
-                   strata_text_sha256(a, b) AS same, strata_text_sha256(a, b) AS h FROM v";
-        let got = ctx.sql(sql).await.expect("sql").collect().await.expect("collect");
-        let same = got[0].column(0).as_boolean();
-        assert_eq!(same.len(), 4);
-        assert!(same.iter().all(|v| v == Some(true)), "{same:?}");
-        let h = got[0].column(1).as_binary::<i32>();
-        assert_eq!(h.value(0), Sha256::digest(b"x\x1fy").as_slice());
-        assert_ne!(h.value(1), h.value(3), "a null is not the empty text");
     }
 }

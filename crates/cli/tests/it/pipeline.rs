@@ -701,6 +701,41 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// Without `latest_by`, a correction wins: of two rows with the same key, the one from the
+/// later-landed batch is kept (and within one batch the later line), whatever the content, in
+/// either order of values; the same lake always gives the same winner.
+#[test]
+fn a_correction_landed_later_wins() {
+    for (first, second) in [(1000, 1010), (1010, 1000)] {
+        let env = Env::new();
+        let toml = tiny(&env, "csv", "");
+        let text =
+            std::fs::read_to_string(&toml).unwrap().replace("latest_by = \"updated_at\"\n", "");
+        std::fs::write(&toml, text).unwrap();
+        let toml = toml.to_str().unwrap();
+        let row = |amount: i64| format!("order_id,order_date,amount\n1,2026-01-01,{amount}\n");
+        std::fs::write(env.path("tiny/data/a.csv"), row(first)).unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        let amount = || csv(&env, "SELECT amount FROM orders WHERE order_id = 1");
+        assert_eq!(amount(), format!("amount\n{first}\n"));
+        // The correction comes in a later file.
+        std::fs::write(env.path("tiny/data/b.csv"), row(second)).unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        assert_eq!(amount(), format!("amount\n{second}\n"), "{first} then {second}");
+        // Recomputed from scratch over the same lake: the same winner.
+        env.ok(&["run", "--pipeline", toml, "--force"]);
+        assert_eq!(amount(), format!("amount\n{second}\n"));
+        // Within one batch, the later line wins.
+        std::fs::write(
+            env.path("tiny/data/c.csv"),
+            format!("order_id,order_date,amount\n1,2026-01-01,7\n1,2026-01-01,{first}\n"),
+        )
+        .unwrap();
+        env.ok(&["run", "--pipeline", toml]);
+        assert_eq!(amount(), format!("amount\n{first}\n"), "the later line of c.csv");
+    }
+}
+
 /// A decimal the contract's type would have to round is quarantined as `contract`, not
 /// published rounded; exact values in any notation are read as written, in CSV and JSON lines.
 #[test]

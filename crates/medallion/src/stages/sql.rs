@@ -93,9 +93,10 @@ fn rule_predicate(rule: &RuleDef) -> (String, String) {
 }
 
 /// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
-/// Columns: `_batch`, `_line`, `_landed` (the text as landed of every contract column, packed
-/// by `strata_pack`; null unless the row is quarantined), typed `<col>`, `_rule`, `_reason`, `_hash` (sha256 of the text as landed,
-/// binary) and `_v<n>` (rows failing a rule that does not quarantine).
+/// Columns: `_batch`, `_line`, `_order` (the batch's landing order), `_landed` (the text as
+/// landed of every contract column, packed by `strata_pack`; null unless the row is
+/// quarantined), typed `<col>`, `_rule`, `_reason` and `_v<n>` (rows failing a rule that does
+/// not quarantine).
 /// Deduplication needs no window function: the stage sorts these rows by key and rank order and
 /// keeps the first row of each key as it streams by.
 pub fn cleaning_sql(
@@ -103,7 +104,7 @@ pub fn cleaning_sql(
     contract: &[ContractColumn],
     raw_columns: &BTreeSet<String>,
 ) -> String {
-    let mut typed = vec!["_batch".to_string(), "_line".to_string()];
+    let mut typed = vec!["_batch".to_string(), "_line".to_string(), "_order".to_string()];
     for c in contract {
         let raw = if raw_columns.contains(&c.name) {
             format!("strata_text({})", ident(&c.name))
@@ -163,40 +164,37 @@ pub fn cleaning_sql(
         .map(|(cond, _, reason)| format!("WHEN {cond} THEN {reason}"))
         .collect::<Vec<_>>()
         .join(" ");
-    // sha256 of the landed texts joined by chr(31), a null as '\N'.
-    let hash_parts: Vec<String> =
-        contract.iter().map(|c| ident(&format!("{}__raw", c.name))).collect();
     // The text as landed is only kept for the quarantine: accepted rows carry it as null, in one
     // column (a null in each of sixteen text columns would still take 64 bytes a row), so the
     // sort that ranks them moves far fewer bytes.
-    let mut out = vec!["_batch".to_string(), "_line".to_string()];
+    let mut out = vec!["_batch".to_string(), "_line".to_string(), "_order".to_string()];
     let raws: Vec<String> = contract.iter().map(|c| ident(&format!("{}__raw", c.name))).collect();
     out.push(format!(
         "CASE WHEN _rule IS NULL THEN NULL ELSE strata_pack({}) END AS _landed",
         raws.join(", ")
     ));
     out.extend(contract.iter().map(|c| ident(&c.name)));
-    out.extend(["_rule", "_reason", "_hash"].map(String::from));
+    out.extend(["_rule", "_reason"].map(String::from));
     out.extend((0..flags.len()).map(|i| format!("_v{}", flag_ids[i])));
     format!(
         "WITH typed AS (SELECT {typed} FROM raw), \
          ruled AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
-                   CASE {reason_case} ELSE NULL END AS _reason, \
-                   strata_text_sha256({hash}) AS _hash{flags} FROM typed) \
+                   CASE {reason_case} ELSE NULL END AS _reason{flags} FROM typed) \
          SELECT {out} FROM ruled",
         typed = typed.join(", "),
-        hash = hash_parts.join(", "),
         flags = flags.concat(),
         out = out.join(", "),
     )
 }
 
-/// The order that ranks the rows of one key: the latest first, then by content, then by origin
-/// (which only orders rows identical in every column).
+/// The order that ranks the rows of one key, best first: the latest by `latest_by`, then (with
+/// no `latest_by`, or on a tie) the row of the later-landed batch, then the later line, so that
+/// a correction landed after the original always wins. The order is total, so the winner is
+/// the same on every run over the same lake.
 pub(super) fn rank_order(def: &CleanedDef) -> String {
     match &def.latest_by {
-        Some(l) => format!("{} DESC NULLS LAST, _hash DESC, _batch, _line", ident(l)),
-        None => "_hash DESC, _batch, _line".into(),
+        Some(l) => format!("{} DESC NULLS LAST, _order DESC, _line DESC", ident(l)),
+        None => "_order DESC, _line DESC".into(),
     }
 }
 
