@@ -12,8 +12,10 @@ strata lands raw files, runs cleaned and curated transforms in DataFusion, and p
 versioned Parquet behind an atomic JSON pointer. Every dataset version becomes visible all at
 once or not at all; rolling back is a pointer flip.
 
-A lake is a local directory or an S3 prefix (s3://bucket/prefix). It defaults to ./lake and is
-chosen with --lake or STRATA_LAKE.";
+A lake is a local directory or an S3 prefix (s3://bucket/prefix). Every verb finds the project's
+strata.toml in the current directory or the nearest parent (as cargo finds Cargo.toml) and uses
+its lake: `[pipeline] lake = \"...\"`, or lake/ beside the file. Outside a project the lake is
+./lake. --lake or STRATA_LAKE override it for every verb alike.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -45,7 +47,8 @@ Exit codes (for schedulers):
 )]
 pub struct Cli {
     /// Where the lake is: a local directory, file:///path, or s3://bucket/prefix.
-    /// [default: ./lake]
+    /// [default: the project's lake (the nearest strata.toml's `[pipeline] lake`, or lake/
+    /// beside it), else ./lake]
     #[arg(long, global = true, env = "STRATA_LAKE", value_name = "URL")]
     pub lake: Option<String>,
 
@@ -208,11 +211,13 @@ files stay no-ops, changed ones land as new batches).
 pipeline's lookback_days before it (to pick up late data). --from/--to run a range. With no
 window, the run covers every business date found in the input and replaces the datasets whole.
 
-The lake defaults to lake/ beside the pipeline file (--lake or STRATA_LAKE override it).";
+The pipeline file defaults to the strata.toml in this directory or the nearest parent. The lake
+is the one it names (`[pipeline] lake`), or lake/ beside it; --lake or STRATA_LAKE override it,
+for this and every other verb alike.";
 
 const RUN_AFTER: &str = "\
 Examples:
-  strata run                                     (./strata.toml, every date)
+  strata run                                     (the nearest strata.toml, every date)
   strata run --date 2026-01-03                   (one day, plus the lookback)
   strata run --from 2026-01-01 --to 2026-01-31 --only orders daily_revenue
   strata run --pipeline testdata/shop/strata.toml
@@ -289,9 +294,9 @@ With DuckDB, for instance:
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The pipeline file.
-    #[arg(long, value_name = "FILE", default_value = "strata.toml")]
-    pub pipeline: PathBuf,
+    /// The pipeline file. [default: strata.toml in this directory or the nearest parent]
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 
     /// Run one business date (YYYY-MM-DD).
     #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]

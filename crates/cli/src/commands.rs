@@ -27,14 +27,11 @@ use crate::settings::{run_context, Settings};
 use crate::{check_failed, user_error};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_cli(&cli);
-    let lake_flag = cli.lake.as_deref().is_some_and(|l| !l.is_empty());
+    let settings = Settings::from_cli(&cli)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match cli.command {
-        Command::Run(args) => {
-            crate::pipeline_cmds::run(&settings, lake_flag, args, &mut out).await?
-        }
+        Command::Run(args) => crate::pipeline_cmds::run(&settings, args, &mut out).await?,
         Command::Init(args) => crate::pipeline_cmds::init(args, &mut out)?,
         Command::Land(args) => land(&settings, args, &mut out).await?,
         Command::Publish(args) => publish(&settings, args, &mut out).await?,

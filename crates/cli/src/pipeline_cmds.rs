@@ -26,11 +26,17 @@ const MAX_WINDOW_DAYS: i64 = 36_525;
 
 pub async fn run(
     settings: &Settings,
-    lake_flag: bool,
     args: RunArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let pipeline = Pipeline::load(&args.pipeline).map_err(|e| user_error!("{e}"))?;
+    let Some(file) = &settings.project else {
+        return Err(user_error!(
+            "no {} here or in any parent directory; pass --pipeline FILE, or create one with \
+             `strata init`",
+            crate::settings::PROJECT_FILE
+        ));
+    };
+    let pipeline = Pipeline::load(file).map_err(|e| user_error!("{e}"))?;
     let requested = match (&args.date, &args.from, &args.to) {
         (Some(d), _, _) => {
             let d = date("--date", d)?;
@@ -58,12 +64,7 @@ pub async fn run(
         from: w.from - chrono::Duration::days(pipeline.settings.lookback_days.into()),
         to: w.to,
     });
-    let lake_url = if lake_flag {
-        settings.lake_url.clone()
-    } else {
-        pipeline.dir.join("lake").display().to_string()
-    };
-    let lake = Settings { lake_url }.open_lake(OpenMode::Create).await?;
+    let lake = settings.open_lake(OpenMode::Create).await?;
     let ctx = run_context()?;
     let options = RunOptions {
         window,

@@ -55,6 +55,10 @@ pub struct PipelineSection {
     pub lookback_days: u32,
     #[serde(default)]
     pub memory_limit: Option<String>,
+    /// The project's lake: a directory relative to the pipeline file, an absolute path, or an
+    /// `s3://` URL. Default: `lake` beside the pipeline file.
+    #[serde(default)]
+    pub lake: Option<String>,
 }
 
 /// A raw source.

@@ -123,7 +123,9 @@ impl Lake {
                 OpenMode::Existing => {
                     return Err(lake_err(
                         "the directory does not exist; publish or land something to create it, \
-                         or point --lake (or STRATA_LAKE) at an existing lake"
+                         or point --lake (or STRATA_LAKE) at an existing lake. Inside a project \
+                         (a directory with a strata.toml, or below one) the lake is the \
+                         project's"
                             .into(),
                     ))
                 }

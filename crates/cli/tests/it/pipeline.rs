@@ -701,6 +701,57 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// Every verb finds the project's strata.toml by walking up from the current directory and
+/// uses its lake (`[pipeline] lake`, or lake/ beside it); --lake and STRATA_LAKE override it;
+/// outside a project, `strata run` says how to name a pipeline.
+#[test]
+fn every_verb_finds_the_projects_lake() {
+    let env = Env::new();
+    let toml = tiny(&env, "csv", "");
+    std::fs::write(
+        env.path("tiny/data/a.csv"),
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,5,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    let sub = env.path("tiny/data");
+    let strata = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .current_dir(dir)
+            .env_remove("STRATA_LAKE")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    // From a subdirectory of the project: the run and every other verb use tiny/lake.
+    let (code, text) = strata(&sub, &["run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(env.path("tiny/lake/orders").is_dir(), "the lake is beside strata.toml");
+    let (code, text) = strata(&sub, &["datasets"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("orders"), "{text}");
+    // `[pipeline] lake` names another lake, relative to the file.
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let moved = text.replace("[pipeline]\n", "[pipeline]\nlake = \"../shared-lake\"\n");
+    std::fs::write(&toml, moved).unwrap();
+    let (code, text) = strata(&sub, &["run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(env.path("shared-lake/orders").is_dir(), "{text}");
+    let (code, text) = strata(&env.path("tiny"), &["versions", "orders"]);
+    assert_eq!(code, Some(0), "{text}");
+    // --lake overrides it, for every verb alike.
+    let (code, text) = strata(&sub, &["--lake", "/nonexistent/lake", "datasets"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("/nonexistent/lake"), "{text}");
+    // Outside any project, `strata run` says what to do.
+    let (code, text) = strata(env.path("").as_path(), &["run"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no strata.toml here or in any parent directory"), "{text}");
+    assert!(text.contains("--pipeline") && text.contains("strata init"), "{text}");
+}
+
 /// Without `latest_by`, a correction wins: of two rows with the same key, the one from the
 /// later-landed batch is kept (and within one batch the later line), whatever the content, in
 /// either order of values; the same lake always gives the same winner.
