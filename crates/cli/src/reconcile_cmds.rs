@@ -261,8 +261,15 @@ pub async fn reject(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ctx = run_context()?;
-    let removed =
-        strata_runs::driver::reject(&lake, &args.run_id, ctx.now(), args.note.clone()).await?;
+    let removed = strata_runs::driver::reject(
+        &lake,
+        &args.run_id,
+        ctx.now(),
+        crate::run_cmds::wall_clock,
+        strata_publish::locks::lease_from_env(),
+        args.note.clone(),
+    )
+    .await?;
     writeln!(
         out,
         "run {} rejected: FAILED, {removed} staged object(s) removed, nothing published",

@@ -105,6 +105,19 @@ impl Error {
     ) -> Self {
         Error::Store { op, path: path.to_string(), source }
     }
+
+    /// An input file that cannot be read (its permissions, say): the input's problem, named as
+    /// such, not the lake's.
+    pub(crate) fn unreadable_input(path: impl ToString, source: object_store::Error) -> Self {
+        let mut cause: &dyn std::error::Error = &source;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        Error::Input {
+            path: path.to_string(),
+            detail: format!("cannot read it ({cause}); check that it exists and may be read"),
+        }
+    }
 }
 
 #[cfg(test)]

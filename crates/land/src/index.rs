@@ -846,7 +846,7 @@ pub async fn input_identity(input: &Input) -> Result<InputIdentity> {
                 detail: "no such file; check the path".into(),
             })
         }
-        Err(e) => return Err(Error::store("read", &input.display, e)),
+        Err(e) => return Err(Error::unreadable_input(&input.display, e)),
     };
     let made_of_times =
         meta.e_tag.is_none() || input.store.to_string().starts_with("LocalFileSystem");

@@ -95,14 +95,21 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
                     "it is a directory with no .csv, .jsonl, .ndjson, .json or .parquet files",
                 ));
             }
-        } else {
+        } else if meta.is_file() {
             out.push((path, false));
+        } else {
+            return Err(input_error(
+                arg,
+                "it is not a regular file (a FIFO, socket or device); strata reads files only",
+            ));
         }
     }
     // Paths are compared and hashed as bytes: `PathBuf`'s own comparison and hash go component
     // by component, which costs more than the rest of a glob over thousands of files.
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut unique = Vec::new();
+    // A file reached under two names through a hard link is the same file.
+    let mut linked = HardLinks::default();
     // Each directory is resolved once; a file is resolved on its own only when it is a link.
     let mut dirs: HashMap<OsString, PathBuf> = HashMap::new();
     for (f, not_link) in out {
@@ -123,11 +130,32 @@ fn expand(base: &Path, args: &[String], allow_empty: bool) -> Result<Vec<PathBuf
             }
             _ => std::fs::canonicalize(&f).map_err(fail)?,
         };
-        if seen.insert(canonical.as_os_str().to_owned()) {
+        if seen.insert(canonical.as_os_str().to_owned()) && !linked.is_hard_link_seen(&canonical)? {
             unique.push(canonical);
         }
     }
     Ok(unique)
+}
+
+/// The files with more than one name already seen, by device and inode.
+#[derive(Default)]
+struct HardLinks(HashSet<(u64, u64)>);
+
+impl HardLinks {
+    /// Whether `path` is a file with several names, one of which was seen before.
+    fn is_hard_link_seen(&mut self, path: &Path) -> Result<bool> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta =
+                std::fs::metadata(path).map_err(|e| input_error(path.display(), e.to_string()))?;
+            if meta.nlink() > 1 {
+                return Ok(!self.0.insert((meta.dev(), meta.ino())));
+            }
+        }
+        let _ = path;
+        Ok(false)
+    }
 }
 
 /// The landable files under `dir`, in sorted order, skipping hidden names.
@@ -410,6 +438,27 @@ mod tests {
         assert_eq!(expand(d, &["**/*.csv"]), ["real/a.csv", "real/b.csv"]);
         assert_eq!(expand(d, &["."]), ["real/a.csv", "real/b.csv"]);
         assert_eq!(expand(d, &["link.csv", "real", "alias/*.csv"]), ["real/a.csv", "real/b.csv"]);
+    }
+
+    #[test]
+    fn a_hard_link_is_the_same_file() {
+        let dir = tree(&["real/a.csv", "real/b.csv"]);
+        let d = dir.path();
+        std::fs::hard_link(d.join("real/a.csv"), d.join("real/c.csv")).unwrap();
+        assert_eq!(expand(d, &["real"]), ["real/a.csv", "real/b.csv"]);
+        assert_eq!(expand(d, &["real/c.csv", "real/a.csv"]), ["real/c.csv"]);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_not_read() {
+        let dir = tree(&["a.csv"]);
+        let d = dir.path();
+        let made = std::process::Command::new("mkfifo").arg(d.join("f.csv")).status().unwrap();
+        assert!(made.success());
+        let e = expand_inputs(d, &["f.csv".to_string()]).unwrap_err().to_string();
+        assert!(e.contains("f.csv") && e.contains("not a regular file"), "{e}");
+        // In a directory it is not a file to land.
+        assert_eq!(expand(d, &["."]), ["a.csv"]);
     }
 
     #[test]

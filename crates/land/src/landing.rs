@@ -300,7 +300,7 @@ async fn open(input: &Input) -> Result<futures::stream::BoxStream<'static, Resul
                 detail: "no such file; check the path".into(),
             })
         }
-        Err(e) => return Err(Error::store("read", &input.display, e)),
+        Err(e) => return Err(Error::unreadable_input(&input.display, e)),
     };
     Ok(read_ranges(input.store.clone(), input.path.clone(), input.display.clone(), meta))
 }
@@ -333,7 +333,7 @@ pub(crate) fn read_ranges(
                             .into(),
                     }
                 }
-                e => Error::store("read", &display, e),
+                e => Error::unreadable_input(&display, e),
             })
         }
     });

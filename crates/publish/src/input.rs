@@ -34,7 +34,9 @@ impl ParquetInput {
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(invalid("no such file; check the path".into()));
             }
-            Err(e) => return Err(Error::store("read", &display, e)),
+            Err(e) => {
+                return Err(invalid(format!("cannot read it ({e}); check that it may be read")))
+            }
         };
         let reader = ParquetObjectReader::new(store, path).with_file_size(meta.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| {

@@ -611,6 +611,14 @@ async fn hold(
     .await
 }
 
+/// What identifies the content a later stage reads of a dataset this run computed: the stage's
+/// work, and the version its output is merged onto. A window run replaces some partitions and
+/// keeps the others (and the partitions a FAIL_PARTITION rule withheld) as published, so a model
+/// over it must be computed again when that version changed, even if the stage's work did not.
+fn content_key(stage_key: &str, preview: &Draft) -> String {
+    format!("{stage_key} onto {:?}", preview.record.parent)
+}
+
 /// The cleaned stage `name`: computed, or adopted from a failed run's checkpoint of the same
 /// work, and recorded with its checkpoint.
 async fn clean_stage(
@@ -629,7 +637,6 @@ async fn clean_stage(
         "pipeline": pipeline.version, "stage": "clean", "dataset": name,
         "window": window, "full": job.options.window.is_none(), "inputs": ids,
     }));
-    computed.stage_keys.insert(name.to_string(), key.clone());
     let names = vec![name.to_string(), format!("{name}.quarantine")];
     let reused = reuse(job, &inputs.found, &key, StageKind::Clean, &names, window).await?;
     let (report, outs) = match reused {
@@ -639,6 +646,7 @@ async fn clean_stage(
     record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
     for o in &outs {
         let preview = o.ds.preview(&o.staged, &o.options, ctx).await?;
+        computed.stage_keys.insert(o.ds.name().to_string(), content_key(&key, &preview));
         computed.previews.insert(o.ds.name().to_string(), preview);
     }
     computed.outputs.extend(outs);
@@ -684,7 +692,6 @@ async fn model_stage(
         "pipeline": pipeline.version, "stage": "model", "dataset": name,
         "window": window, "deps": dep_keys,
     }));
-    computed.stage_keys.insert(name.to_string(), key.clone());
     let names = [name.to_string()];
     let (report, out) = match reuse(job, found, &key, StageKind::Model, &names, window).await? {
         Some((report, mut outs)) => (report, outs.remove(0)),
@@ -696,6 +703,7 @@ async fn model_stage(
     };
     record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
     let preview = out.ds.preview(&out.staged, &out.options, ctx).await?;
+    computed.stage_keys.insert(name.to_string(), content_key(&key, &preview));
     computed.previews.insert(name.to_string(), preview);
     computed.outputs.push(out);
     Ok(report)
@@ -945,6 +953,12 @@ pub async fn approve(
     clock: locks::Clock,
     note: Option<String>,
 ) -> Result<BTreeMap<String, u64>> {
+    if let Some(settled) = settle_stopped_approval(lake, run_id, clock, lease).await? {
+        if settled.state == RunState::Published {
+            // An earlier approval had flipped a dataset before it stopped: recovery finished it.
+            return Ok(settled.published);
+        }
+    }
     let m = held_run(lake, run_id).await?;
     let ctx = RunContext::new(run_id, now)?;
     let mut outputs = Vec::new();
@@ -1070,8 +1084,11 @@ pub async fn reject(
     lake: &Lake,
     run_id: &str,
     now: chrono::DateTime<chrono::Utc>,
+    clock: locks::Clock,
+    lease: std::time::Duration,
     note: Option<String>,
 ) -> Result<u64> {
+    settle_stopped_approval(lake, run_id, clock, lease).await?;
     let m = held_run(lake, run_id).await?;
     let mut log = RunLog::resume(lake, m);
     let why = format!("rejected at review{}", note.map(|n| format!(": {n}")).unwrap_or_default());
@@ -1082,6 +1099,27 @@ pub async fn reject(
     })
     .await?;
     crate::recover::clean_up_failed(lake, log.manifest()).await
+}
+
+/// Settles an approval of `run_id` that stopped half-way (killed, or its store failed), as
+/// `strata recover` would: the run goes back to AWAITING_REVIEW if nothing was flipped, or is
+/// rolled forward to PUBLISHED. A run whose approval is still running is left alone (busy).
+/// Returns the run's latest entry if it settled one, `None` when there was nothing to settle.
+async fn settle_stopped_approval(
+    lake: &Lake,
+    run_id: &str,
+    clock: locks::Clock,
+    lease: std::time::Duration,
+) -> Result<Option<RunManifest>> {
+    let m = runs::run_log(lake, run_id).await?.pop().expect("run_log is never empty");
+    let stopped = matches!(m.state, RunState::Committing | RunState::Unknown);
+    if !stopped || m.publish_plan.is_empty() {
+        return Ok(None);
+    }
+    let by = format!("settle {run_id} {}", std::process::id());
+    let ctx = RunContext::generate(clock(), by.as_bytes());
+    crate::recover::recover(lake, Some(run_id), &ctx, clock, lease).await?;
+    Ok(runs::run_log(lake, run_id).await?.pop())
 }
 
 async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {

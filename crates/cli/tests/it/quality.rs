@@ -186,6 +186,67 @@ fn a_reused_stage_still_withholds_its_failed_partition() {
     assert_eq!(versions(&env, "orders"), 2);
 }
 
+/// A model checkpoint is reused only over the versions it was computed over: a run killed after
+/// its stages, then a publish that changes a partition the run withheld (FAIL_PARTITION), then
+/// the rerun: `daily_revenue` is computed again and agrees with the `orders` it is built from.
+#[test]
+fn a_reused_model_agrees_with_the_orders_published_since() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    env.ok(&["run", "--pipeline", toml.to_str().unwrap()]);
+    let toml = shop_with(&env, "FAIL_PARTITION");
+    let mut cmd = env.cmd(&["run", "--pipeline", &toml, "--date", "2026-01-03"]);
+    let out = cmd.env("STRATA_CRASH_AT", "before-flips").output().unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", String::from_utf8_lossy(&out.stderr));
+    env.ok(&["recover"]);
+    // 2026-01-01 published again by hand, one row fewer.
+    let files: serde_json::Value =
+        serde_json::from_str(&env.ok(&["files", "orders", "--json"])).unwrap();
+    let day1 = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["partition"] == "order_date=2026-01-01")
+        .unwrap()["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(day1).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.map(|b| b.unwrap()).next().unwrap();
+    let fewer = batch.slice(1, batch.num_rows() - 1);
+    let path = env.path("day1.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        fewer.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&fewer).unwrap();
+    w.close().unwrap();
+    env.ok(&[
+        "publish",
+        "orders",
+        "--from",
+        path.to_str().unwrap(),
+        "--partition-by",
+        "order_date",
+    ]);
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-01-03"]);
+    let from_orders = csv(
+        &env,
+        "SELECT count(*) AS n, sum(amount) AS s FROM orders WHERE order_date = DATE '2026-01-01'",
+    );
+    let from_model = csv(
+        &env,
+        "SELECT orders AS n, revenue AS s FROM daily_revenue WHERE order_date = DATE '2026-01-01'",
+    );
+    assert_eq!(from_model, from_orders, "daily_revenue is computed from the current orders");
+}
+
 /// Without a max_quarantine_rate gate a cleaned dataset gets the default one: more than 5% of
 /// its rows quarantined fails the run (exit 3), naming the gate and how to choose otherwise, and
 /// nothing is published; `default_gate = false` opts out.
@@ -240,6 +301,18 @@ fn an_approval_killed_before_its_first_flip_goes_back_to_review() {
     let out = env.ok(&["approve", &id]);
     assert!(out.contains("approved and PUBLISHED"), "{out}");
     assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders WHERE order_id = 1004"), "n\n1\n");
+    assert_eq!(crate::runs::orphans(&env), Vec::<String>::new());
+    // Approving (or rejecting) again right after a killed approval settles it first, as
+    // `strata recover` would, instead of reporting a race with a process that is gone.
+    for (verb, done) in [("approve", "approved and PUBLISHED"), ("reject", "rejected")] {
+        env.held(&["run", "--pipeline", &toml, "--force"]);
+        let id = latest_run(&env)["run_id"].as_str().unwrap().to_string();
+        let mut cmd = env.cmd(&["approve", &id]);
+        let out = cmd.env("STRATA_CRASH_AT", "before-flips").output().unwrap();
+        assert_eq!(out.status.code(), None, "{}", String::from_utf8_lossy(&out.stderr));
+        let out = env.ok(&[verb, &id]);
+        assert!(out.contains(done), "{verb}: {out}");
+    }
     assert_eq!(crate::runs::orphans(&env), Vec::<String>::new());
 }
 

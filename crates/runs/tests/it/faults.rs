@@ -344,7 +344,9 @@ async fn decide(verb: &str, lake: &Lake, clock: Clock) -> strata_runs::Result<()
             .await
             .map(|_| ())
     } else {
-        reject(lake, "held", at(), None).await.map(|_| ())
+        reject(lake, "held", at(), clock, std::time::Duration::from_secs(120), None)
+            .await
+            .map(|_| ())
     }
 }
 
