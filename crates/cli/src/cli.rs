@@ -66,6 +66,15 @@ pub enum Command {
     #[command(after_help = "Example:\n  strata init shop && cd shop && strata run")]
     Init(InitArgs),
 
+    /// Check a pipeline without running it: its definition, and every model's SQL planned
+    /// against the columns its inputs will have. Reads no data and writes nothing.
+    #[command(
+        after_help = "Every problem found is printed, one a line, naming the model file or the \
+strata.toml line; exit 2 if there is any.\n\nExample:\n  strata check\n  strata check --pipeline \
+pipelines/shop/strata.toml"
+    )]
+    Check(CheckArgs),
+
     /// Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer.
     #[command(long_about = LAND_LONG, after_help = LAND_AFTER)]
     Land(LandArgs),
@@ -393,6 +402,13 @@ pub struct RecoverArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The pipeline file. [default: strata.toml in this directory or the nearest parent]
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

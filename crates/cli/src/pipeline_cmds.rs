@@ -24,11 +24,23 @@ fn date(flag: &str, s: &str) -> anyhow::Result<NaiveDate> {
 /// The longest window a run takes: longer is a typo in a year, not a backfill.
 const MAX_WINDOW_DAYS: i64 = 36_525;
 
-pub async fn run(
-    settings: &Settings,
-    args: RunArgs,
-    out: &mut impl Write,
-) -> anyhow::Result<ExitCode> {
+/// The project's pipeline, loaded and checked: its definition, and every model's SQL planned
+/// against the columns its inputs will have, before anything is landed.
+async fn checked_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
+    let pipeline = project_pipeline(settings)?;
+    let problems = strata_medallion::check::plan_models(&pipeline).await;
+    if let Some(first) = problems.first() {
+        let more = match problems.len() {
+            1 => String::new(),
+            n => format!(" ({} more problem(s): `strata check` lists them all)", n - 1),
+        };
+        return Err(user_error!("{first}{more}; nothing was run"));
+    }
+    Ok(pipeline)
+}
+
+/// The project's pipeline file, loaded.
+fn project_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
     let Some(file) = &settings.project else {
         return Err(user_error!(
             "no {} here or in any parent directory; pass --pipeline FILE, or create one with \
@@ -36,7 +48,36 @@ pub async fn run(
             crate::settings::PROJECT_FILE
         ));
     };
-    let pipeline = Pipeline::load(file).map_err(|e| user_error!("{e}"))?;
+    Pipeline::load(file).map_err(|e| user_error!("{e}"))
+}
+
+/// `strata check`: every problem of the pipeline, one a line.
+pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let pipeline = project_pipeline(settings)?;
+    let problems = strata_medallion::check::plan_models(&pipeline).await;
+    for p in &problems {
+        writeln!(out, "{p}")?;
+    }
+    let file = pipeline.file.display();
+    if !problems.is_empty() {
+        return Err(user_error!("{file}: {} problem(s) found", problems.len()));
+    }
+    writeln!(
+        out,
+        "ok: {file}: {} source(s), {} cleaned dataset(s), {} model(s); every model plans",
+        pipeline.sources.len(),
+        pipeline.cleaned.len(),
+        pipeline.models.len()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(
+    settings: &Settings,
+    args: RunArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = checked_pipeline(settings).await?;
     let requested = match (&args.date, &args.from, &args.to) {
         (Some(d), _, _) => {
             let d = date("--date", d)?;

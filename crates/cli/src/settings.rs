@@ -31,6 +31,7 @@ impl Settings {
     pub fn from_cli(cli: &Cli) -> anyhow::Result<Self> {
         let pipeline_flag = match &cli.command {
             Command::Run(args) => args.pipeline.clone(),
+            Command::Check(args) => args.pipeline.clone(),
             _ => None,
         };
         let project = match pipeline_flag {

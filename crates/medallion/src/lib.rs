@@ -23,6 +23,7 @@ pub use catalog::{
     parse_table_name, session_for_lake, QueryOptions, RawTable, VersionTable, BATCH_COLUMN,
     LAKE_URL,
 };
+pub mod check;
 pub mod pipeline;
 pub mod stages;
 pub mod types;

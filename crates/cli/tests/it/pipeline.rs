@@ -701,6 +701,33 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// A typo in a model's SQL is reported before anything is landed, naming the model file
+/// (exit 2, the lake untouched); `strata check` lists every problem and runs nothing.
+#[test]
+fn a_model_typo_fails_before_anything_is_landed() {
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let toml = toml.to_str().unwrap();
+    let sql = env.path("shop/models/daily_revenue.sql");
+    let good = std::fs::read_to_string(&sql).unwrap();
+    assert!(good.contains("sum(amount)"), "{good}");
+    std::fs::write(&sql, good.replace("sum(amount)", "sum(amount_typo)")).unwrap();
+    let before = env.snapshot();
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(line.contains("models.daily_revenue (models/daily_revenue.sql)"), "{line}");
+    assert!(line.contains("amount_typo") && line.contains("nothing was run"), "{line}");
+    assert_eq!(env.snapshot(), before, "nothing landed");
+    let out = env.run(&["check", "--pipeline", toml]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("models.daily_revenue") && stdout.contains("amount_typo"), "{stdout}");
+    assert!(!stdout.contains("revenue_7d"), "only the broken model is reported: {stdout}");
+    std::fs::write(&sql, good).unwrap();
+    let out = env.ok(&["check", "--pipeline", toml]);
+    assert!(out.contains("ok:") && out.contains("2 model(s); every model plans"), "{out}");
+    assert_eq!(env.snapshot(), before, "check writes nothing");
+}
+
 /// Every verb finds the project's strata.toml by walking up from the current directory and
 /// uses its lake (`[pipeline] lake`, or lake/ beside it); --lake and STRATA_LAKE override it;
 /// outside a project, `strata run` says how to name a pipeline.

@@ -41,8 +41,9 @@ pub use clean::clean;
 use land::land_error;
 pub use land::{batches_for_window, forget_input_identities, land_source};
 pub use model::model;
+pub(crate) use sql::ident;
 pub use sql::{cleaning_sql, owned_keys, partition_column};
-use sql::{date_literal, ident, rank_order};
+use sql::{date_literal, rank_order};
 
 /// The business dates a run covers, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -10,7 +10,7 @@ use crate::types::{Bound, Grain, RuleCheck, Severity};
 use super::*;
 
 /// `"name"` with inner quotes doubled.
-pub(super) fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

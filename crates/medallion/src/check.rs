@@ -1,0 +1,161 @@
+//! Checking a pipeline before anything runs: every model's SQL is planned against the schemas
+//! its inputs will have (cleaned datasets from their contracts, models from the models before
+//! them), so a typo in a model is reported before any file is landed, with the model named.
+//! No data is read and nothing is written.
+
+use datafusion::prelude::SessionContext;
+
+use crate::pipeline::Pipeline;
+use crate::stages::{ident, partition_column};
+use crate::types::Grain;
+
+/// A problem found in a pipeline's definition, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `models.<name> (<file>)`, or `cleaned.<name>`.
+    pub at: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// Plans every model of `pipeline` over empty tables shaped like its inputs, in dependency
+/// order, and returns every problem found (none: every model plans). A model that reads one
+/// that failed is not planned: its problems would only repeat that one.
+pub async fn plan_models(pipeline: &Pipeline) -> Vec<Problem> {
+    let ctx = SessionContext::new();
+    let mut problems = Vec::new();
+    let mut failed = std::collections::BTreeSet::new();
+    for (name, def) in &pipeline.cleaned {
+        let mut columns: Vec<String> = pipeline.contracts[name]
+            .iter()
+            .map(|c| format!("CAST(NULL AS {}) AS {}", c.sql_type, ident(&c.name)))
+            .collect();
+        if def.grain == Grain::Month {
+            let part = partition_column(&def.business_date, def.grain);
+            columns.push(format!("CAST(NULL AS VARCHAR) AS {}", ident(&part)));
+        }
+        let sql = format!("SELECT {} WHERE FALSE", columns.join(", "));
+        let registered = match ctx.sql(&sql).await {
+            Ok(df) => ctx.register_table(ident(name).as_str(), df.into_view()).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = registered {
+            problems.push(Problem { at: format!("cleaned.{name}"), message: first_line(&e) });
+        }
+    }
+    for name in &pipeline.model_order {
+        let def = &pipeline.models[name];
+        let at = format!("models.{name} ({})", def.sql);
+        if pipeline.model_deps[name].iter().any(|d| failed.contains(d)) {
+            failed.insert(name.clone());
+            continue;
+        }
+        match ctx.sql(&pipeline.model_sql[name]).await {
+            Ok(df) => {
+                let schema = df.schema().as_arrow().clone();
+                match schema.field_with_name(&def.business_date) {
+                    Err(_) => problems.push(Problem {
+                        at: at.clone(),
+                        message: format!(
+                            "the result has no column {:?} (its business_date); columns: {}",
+                            def.business_date,
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }),
+                    Ok(f)
+                        if !matches!(
+                            f.data_type(),
+                            datafusion::arrow::datatypes::DataType::Date32
+                                | datafusion::arrow::datatypes::DataType::Null
+                        ) =>
+                    {
+                        problems.push(Problem {
+                            at: at.clone(),
+                            message: format!(
+                                "its business_date {:?} is {}, not a DATE; cast it in the SQL",
+                                def.business_date,
+                                f.data_type()
+                            ),
+                        })
+                    }
+                    Ok(_) => {}
+                }
+                if let Err(e) = ctx.register_table(ident(name).as_str(), df.into_view()) {
+                    problems.push(Problem { at, message: first_line(&e) });
+                }
+            }
+            Err(e) => {
+                problems.push(Problem { at, message: first_line(&e) });
+                failed.insert(name.clone());
+            }
+        }
+    }
+    problems
+}
+
+fn first_line(e: &datafusion::error::DataFusionError) -> String {
+    let text = e.strip_backtrace();
+    text.lines().next().unwrap_or_default().trim_start_matches("SQL error: ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(model_sql: &str) -> (tempfile::TempDir, Pipeline) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("models")).expect("models");
+        std::fs::write(dir.path().join("models/daily.sql"), model_sql).expect("sql");
+        std::fs::write(
+            dir.path().join("models/weekly.sql"),
+            "SELECT order_date, sum(revenue) AS revenue FROM daily GROUP BY order_date",
+        )
+        .expect("sql");
+        let toml = dir.path().join("strata.toml");
+        std::fs::write(
+            &toml,
+            "[pipeline]\nname = \"p\"\n\n[sources.orders]\npath = \"data/*.csv\"\n\n\
+             [cleaned.orders]\nsource = \"orders\"\nkey = [\"order_id\"]\n\
+             business_date = \"order_date\"\n\
+             columns = { order_id = \"bigint not null\", order_date = \"date not null\", \
+             amount = \"decimal(12,2)\" }\n\n\
+             [models.daily]\nsql = \"models/daily.sql\"\nbusiness_date = \"order_date\"\n\n\
+             [models.weekly]\nsql = \"models/weekly.sql\"\nbusiness_date = \"order_date\"\n",
+        )
+        .expect("toml");
+        let p = Pipeline::load(&toml).expect("loads");
+        (dir, p)
+    }
+
+    #[tokio::test]
+    async fn models_that_plan_have_no_problems() {
+        let (_d, p) = pipeline(
+            "SELECT order_date, sum(amount) AS revenue FROM orders \
+             WHERE order_date BETWEEN $from AND $to GROUP BY order_date",
+        );
+        assert_eq!(plan_models(&p).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_typo_is_named_with_its_model_once() {
+        let (_d, p) =
+            pipeline("SELECT order_date, sum(amount_typo) AS revenue FROM orders GROUP BY 1");
+        let problems = plan_models(&p).await;
+        assert_eq!(problems.len(), 1, "weekly, which reads daily, is not reported: {problems:?}");
+        assert_eq!(problems[0].at, "models.daily (models/daily.sql)");
+        assert!(problems[0].message.contains("amount_typo"), "{}", problems[0]);
+        let (_d, p) = pipeline("SELECT CAST(order_date AS VARCHAR) AS order_date FROM orders");
+        let problems = plan_models(&p).await;
+        assert!(problems[0].message.contains("not a DATE"), "{problems:?}");
+    }
+}
