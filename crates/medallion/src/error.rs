@@ -26,6 +26,16 @@ pub enum Error {
     #[error("{message}")]
     Quality { message: String },
 
+    /// A landed batch lacks columns the contract requires (not null, the key, the business
+    /// date): its rows cannot be cleaned, and nothing was staged.
+    #[error(
+        "cleaned.{dataset}: {file} (batch {batch}) has no column {}, which the contract requires; \
+         nothing was run. Fix the file and land it again, or make the column nullable in the \
+         contract",
+        columns.join(", ")
+    )]
+    MissingColumns { dataset: String, file: String, batch: String, columns: Vec<String> },
+
     /// An expression failed on the data (a division by zero, a cast or parse that fails).
     #[error("the query failed on its data: {cause}; change the SQL, for example with NULLIF or TRY_CAST")]
     FailedOnData { cause: String },
@@ -78,9 +88,10 @@ impl Error {
         match self {
             Error::Lake(e) => e.class(),
             Error::Land(e) => e.class(),
-            Error::Quality { .. } | Error::Damaged { .. } | Error::Reconciliation { .. } => {
-                strata_publish::ErrorClass::CheckFailed
-            }
+            Error::Quality { .. }
+            | Error::Damaged { .. }
+            | Error::Reconciliation { .. }
+            | Error::MissingColumns { .. } => strata_publish::ErrorClass::CheckFailed,
             e if e.is_user_error() => strata_publish::ErrorClass::User,
             _ => strata_publish::ErrorClass::Internal,
         }
@@ -93,6 +104,7 @@ impl Error {
             Error::Land(e) => e.is_user_error(),
             Error::Sql { .. }
             | Error::Quality { .. }
+            | Error::MissingColumns { .. }
             | Error::Reconciliation { .. }
             | Error::FailedOnData { .. }
             | Error::Totals(_)

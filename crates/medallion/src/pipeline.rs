@@ -71,6 +71,13 @@ pub struct SourceDef {
     pub format: Option<InputFormat>,
     #[serde(default)]
     pub delimiter: Option<String>,
+    /// What a batch missing a nullable contract column is (default WARN): INFO, WARN, FAIL_RUN
+    /// or MANUAL_REVIEW. A batch missing a required column always fails the run.
+    #[serde(default)]
+    pub on_missing_column: Option<Severity>,
+    /// What a batch with a column the contract does not name is (default WARN).
+    #[serde(default)]
+    pub on_extra_column: Option<Severity>,
 }
 
 /// A quality rule of a cleaned dataset: one check, and what a failure does.
@@ -397,6 +404,22 @@ impl Pipeline {
         for name in raw.sources.keys().chain(raw.cleaned.keys()).chain(raw.models.keys()) {
             strata_publish::names::validate_dataset_name(name)
                 .map_err(|e| err(line_of(name), format!("{e}")))?;
+        }
+        for (name, src) in &raw.sources {
+            for (key, sev) in [
+                ("on_missing_column", src.on_missing_column),
+                ("on_extra_column", src.on_extra_column),
+            ] {
+                if let Some(sev) = sev.filter(|s| !s.fits_a_gate()) {
+                    return Err(err(
+                        line_of(key),
+                        format!(
+                            "sources.{name}.{key} is \"{sev}\"; it can be INFO, WARN, FAIL_RUN or \
+                             MANUAL_REVIEW"
+                        ),
+                    ));
+                }
+            }
         }
         let mut contracts = BTreeMap::new();
         for (name, c) in &raw.cleaned {

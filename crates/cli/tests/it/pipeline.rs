@@ -701,6 +701,59 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// Schema drift: a batch missing a nullable column, or with a column the contract does not name,
+/// is a WARN finding in the run's summary and manifest (a source may make it FAIL_RUN); a batch
+/// missing a required column fails the run (exit 3) naming the file, the batch and the column,
+/// and nothing is published.
+#[test]
+fn schema_drift_is_reported_and_a_missing_required_column_stops_the_run() {
+    let env = Env::new();
+    let toml = tiny(&env, "csv", "");
+    let toml_s = toml.to_str().unwrap();
+    std::fs::write(
+        env.path("tiny/data/a.csv"),
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,5,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.path("tiny/data/b.csv"),
+        "order_id,order_date,updated_at,note\n2,2026-01-01,2026-01-01T10:00:00,hi\n",
+    )
+    .unwrap();
+    let out = env.ok(&["run", "--pipeline", toml_s]);
+    assert!(out.contains("schema drift"), "{out}");
+    let run = crate::quality::latest_run(&env);
+    let details: Vec<&str> = run["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["source"] == "schema drift")
+        .map(|f| f["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(details[0].starts_with("b.csv (batch ") && details[0].contains("no column amount"));
+    assert!(details[1].contains("has column note, which the contract does not name"));
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n2\n");
+    // The source makes a missing column fail the run.
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let strict = text.replace(
+        "path = \"data/*.csv\"\n",
+        "path = \"data/*.csv\"\non_missing_column = \"FAIL_RUN\"\n",
+    );
+    assert_ne!(strict, text);
+    std::fs::write(&toml, &strict).unwrap();
+    let line = env.check_failed(&["run", "--pipeline", toml_s, "--force"]);
+    assert!(line.contains("schema drift") && line.contains("no column amount"), "{line}");
+    std::fs::write(&toml, &text).unwrap();
+    // A file without the business date: the run stops before anything is staged.
+    std::fs::write(env.path("tiny/data/c.csv"), "order_id,amount\n3,7\n").unwrap();
+    let before = csv(&env, "SELECT count(*) AS n FROM orders");
+    let line = env.check_failed(&["run", "--pipeline", toml_s]);
+    assert!(line.contains("c.csv (batch ") && line.contains("has no column order_date"), "{line}");
+    assert!(line.contains("nothing was run"), "{line}");
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), before, "nothing published");
+}
+
 /// A typo in a model's SQL is reported before anything is landed, naming the model file
 /// (exit 2, the lake untouched); `strata check` lists every problem and runs nothing.
 #[test]

@@ -26,6 +26,7 @@ use crate::pipeline::{CleanedDef, ContractColumn, Pipeline};
 use crate::types::{Grain, Severity, StageKind};
 
 use super::clean_pass::{month_strings, CleanPass, KeyRanker};
+use super::drift;
 use super::scope::{self, Counts, Flagged, ScopeFacts};
 use super::*;
 
@@ -48,6 +49,8 @@ pub async fn clean(
     // Every raw data file read is first checked against the size and sha256 its manifest
     // records: a damaged file fails the run, naming the batch, instead of being published.
     strata_land::verify_batches(lake, raw).await.map_err(land_error)?;
+    // Schema drift: a batch missing a required column fails before anything is staged.
+    let drifted = drift_findings(pipeline, name, def, raw)?;
     let (a_ds, q_ds) = (lake.dataset(name)?, lake.dataset(&format!("{name}.quarantine"))?);
     let stage = Stage { name, def, contract, requested: window, ctx };
     let result = stage.run(session, raw, &a_ds, &q_ds, started).await;
@@ -55,7 +58,8 @@ pub async fn clean(
         a_ds.discard(ctx.run_id(), 0).await;
         q_ds.discard(ctx.run_id(), 0).await;
     }
-    let (report, a_scope, a_staged, q_scope, q_staged) = result?;
+    let (mut report, a_scope, a_staged, q_scope, q_staged) = result?;
+    report.findings.splice(0..0, drifted);
     let reason = Some(format!("run {}", ctx.run_id()));
     let output = |ds, staged, s: scope::Scope| Output {
         ds,
@@ -68,6 +72,43 @@ pub async fn clean(
     };
     let outputs = vec![output(a_ds, a_staged, a_scope), output(q_ds, q_staged, q_scope)];
     Ok((report, outputs))
+}
+
+/// The schema-drift findings of the raw batches a cleaned stage reads ([`super::drift`]).
+fn drift_findings(
+    pipeline: &Pipeline,
+    name: &str,
+    def: &CleanedDef,
+    raw: &[BatchManifest],
+) -> Result<Vec<crate::types::Finding>> {
+    let contract = &pipeline.contracts[name];
+    let mut required: BTreeSet<&str> =
+        contract.iter().filter(|c| !c.nullable).map(|c| c.name.as_str()).collect();
+    required.extend(def.key.iter().map(String::as_str));
+    required.insert(&def.business_date);
+    let batches: Vec<drift::BatchColumns> = raw
+        .iter()
+        .map(|b| drift::BatchColumns {
+            file: &b.input.name,
+            batch: &b.batch_id,
+            rows: b.rows,
+            columns: b.schema.fields().iter().map(|f| f.name().as_str()).collect(),
+        })
+        .collect();
+    let source = pipeline.sources.get(&def.source);
+    let default = drift::DriftPolicy::default();
+    let policy = drift::DriftPolicy {
+        on_missing_column: source
+            .and_then(|s| s.on_missing_column)
+            .unwrap_or(default.on_missing_column),
+        on_extra_column: source.and_then(|s| s.on_extra_column).unwrap_or(default.on_extra_column),
+    };
+    drift::drift(name, contract, &required, &batches, policy).map_err(|m| Error::MissingColumns {
+        dataset: name.to_string(),
+        file: m.file,
+        batch: m.batch,
+        columns: m.columns,
+    })
 }
 
 /// One cleaned stage of one run.

@@ -6,6 +6,7 @@
 //! - [`sql`]: the SQL of the cleaned stage (casts, contract, rules) and the partition keys;
 //! - [`clean`]: the cleaned stage: cast, check, deduplicate, split accepted from quarantined
 //!   (`clean_pass`: what its one pass over the rows counts);
+//! - [`drift`]: each raw batch's columns against the contract (pure);
 //! - [`scope`]: what a cleaned stage publishes: owned and withheld partitions, rule findings,
 //!   whether its counts reconcile (pure);
 //! - [`model`]: a curated model's SQL over its inputs;
@@ -32,6 +33,7 @@ use crate::types::{ExpectedSum, StageKind};
 
 mod clean;
 mod clean_pass;
+pub mod drift;
 mod land;
 mod model;
 pub mod scope;
