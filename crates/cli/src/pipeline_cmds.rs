@@ -28,7 +28,8 @@ const MAX_WINDOW_DAYS: i64 = 36_525;
 /// against the columns its inputs will have, before anything is landed.
 async fn checked_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
     let pipeline = project_pipeline(settings)?;
-    let problems = strata_medallion::check::plan_models(&pipeline).await;
+    let references = reference_schemas(settings, &pipeline).await?;
+    let problems = strata_medallion::check::plan_models(&pipeline, &references).await;
     if let Some(first) = problems.first() {
         let more = match problems.len() {
             1 => String::new(),
@@ -37,6 +38,27 @@ async fn checked_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
         return Err(user_error!("{first}{more}; nothing was run"));
     }
     Ok(pipeline)
+}
+
+/// The schema of each reference's current version in the lake (`None`: not published, or no
+/// lake yet). The lake is only opened when the pipeline has references.
+async fn reference_schemas(
+    settings: &Settings,
+    pipeline: &Pipeline,
+) -> anyhow::Result<std::collections::BTreeMap<String, Option<arrow::datatypes::Schema>>> {
+    let mut out = std::collections::BTreeMap::new();
+    if pipeline.references.is_empty() {
+        return Ok(out);
+    }
+    let lake = settings.open_lake(OpenMode::Existing).await.ok();
+    for name in pipeline.references.keys() {
+        let schema = match &lake {
+            Some(lake) => lake.dataset(name)?.current_head().await?.map(|h| h.schema.clone()),
+            None => None,
+        };
+        out.insert(name.clone(), schema);
+    }
+    Ok(out)
 }
 
 /// The project's pipeline file, loaded.
@@ -54,7 +76,8 @@ fn project_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
 /// `strata check`: every problem of the pipeline, one a line.
 pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let pipeline = project_pipeline(settings)?;
-    let problems = strata_medallion::check::plan_models(&pipeline).await;
+    let references = reference_schemas(settings, &pipeline).await?;
+    let problems = strata_medallion::check::plan_models(&pipeline, &references).await;
     for p in &problems {
         writeln!(out, "{p}")?;
     }

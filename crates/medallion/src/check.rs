@@ -3,6 +3,11 @@
 //! them), so a typo in a model is reported before any file is landed, with the model named.
 //! No data is read and nothing is written.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::pipeline::Pipeline;
@@ -24,12 +29,45 @@ impl std::fmt::Display for Problem {
 }
 
 /// Plans every model of `pipeline` over empty tables shaped like its inputs, in dependency
-/// order, and returns every problem found (none: every model plans). A model that reads one
-/// that failed is not planned: its problems would only repeat that one.
-pub async fn plan_models(pipeline: &Pipeline) -> Vec<Problem> {
+/// order, and returns every problem found (none: every model plans). `references` holds the
+/// schema of each reference's current version (`None`: not published). A model that reads one
+/// that failed, or a reference not published, is not planned: its problems would only repeat
+/// that one.
+pub async fn plan_models(
+    pipeline: &Pipeline,
+    references: &BTreeMap<String, Option<Schema>>,
+) -> Vec<Problem> {
     let ctx = SessionContext::new();
     let mut problems = Vec::new();
     let mut failed = std::collections::BTreeSet::new();
+    for name in pipeline.references.keys() {
+        match references.get(name).cloned().flatten() {
+            Some(schema) => {
+                let table = MemTable::try_new(Arc::new(schema), vec![vec![]]);
+                let registered =
+                    table.and_then(|t| ctx.register_table(ident(name).as_str(), Arc::new(t)));
+                if let Err(e) = registered {
+                    problems.push(Problem {
+                        at: format!("references.{name}"),
+                        message: first_line(&e),
+                    });
+                }
+            }
+            None => {
+                let used = pipeline.model_deps.values().any(|d| d.contains(name));
+                if used {
+                    problems.push(Problem {
+                        at: format!("references.{name}"),
+                        message: format!(
+                            "{name:?} has no published version in this lake; publish it first \
+                             (`strata publish {name} --from FILE`)"
+                        ),
+                    });
+                }
+                failed.insert(name.clone());
+            }
+        }
+    }
     for (name, def) in &pipeline.cleaned {
         let mut columns: Vec<String> = pipeline.contracts[name]
             .iter()
@@ -143,19 +181,19 @@ mod tests {
             "SELECT order_date, sum(amount) AS revenue FROM orders \
              WHERE order_date BETWEEN $from AND $to GROUP BY order_date",
         );
-        assert_eq!(plan_models(&p).await, vec![]);
+        assert_eq!(plan_models(&p, &BTreeMap::new()).await, vec![]);
     }
 
     #[tokio::test]
     async fn a_typo_is_named_with_its_model_once() {
         let (_d, p) =
             pipeline("SELECT order_date, sum(amount_typo) AS revenue FROM orders GROUP BY 1");
-        let problems = plan_models(&p).await;
+        let problems = plan_models(&p, &BTreeMap::new()).await;
         assert_eq!(problems.len(), 1, "weekly, which reads daily, is not reported: {problems:?}");
         assert_eq!(problems[0].at, "models.daily (models/daily.sql)");
         assert!(problems[0].message.contains("amount_typo"), "{}", problems[0]);
         let (_d, p) = pipeline("SELECT CAST(order_date AS VARCHAR) AS order_date FROM orders");
-        let problems = plan_models(&p).await;
+        let problems = plan_models(&p, &BTreeMap::new()).await;
         assert!(problems[0].message.contains("not a DATE"), "{problems:?}");
     }
 }

@@ -80,6 +80,13 @@ pub struct SourceDef {
     pub on_extra_column: Option<Severity>,
 }
 
+/// A dataset of the lake that the pipeline's models read but the pipeline does not compute: one
+/// loaded with `strata publish`, or written by another pipeline. A run reads it whole, at the
+/// version current when the run locks its inputs, and records that binding in its manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceDef {}
+
 /// A quality rule of a cleaned dataset: one check, and what a failure does.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawRule")]
@@ -320,6 +327,8 @@ struct RawFile {
     #[serde(default)]
     sources: BTreeMap<String, SourceDef>,
     #[serde(default)]
+    references: BTreeMap<String, ReferenceDef>,
+    #[serde(default)]
     cleaned: BTreeMap<String, CleanedDef>,
     #[serde(default)]
     models: BTreeMap<String, ModelDef>,
@@ -366,6 +375,8 @@ pub struct Pipeline {
     pub dir: PathBuf,
     pub settings: PipelineSection,
     pub sources: BTreeMap<String, SourceDef>,
+    /// Datasets of the lake the models read but the pipeline does not compute.
+    pub references: BTreeMap<String, ReferenceDef>,
     pub cleaned: BTreeMap<String, CleanedDef>,
     /// Contract columns of each cleaned dataset, in file order.
     pub contracts: BTreeMap<String, Vec<ContractColumn>>,
@@ -404,6 +415,20 @@ impl Pipeline {
         for name in raw.sources.keys().chain(raw.cleaned.keys()).chain(raw.models.keys()) {
             strata_publish::names::validate_dataset_name(name)
                 .map_err(|e| err(line_of(name), format!("{e}")))?;
+        }
+        for name in raw.references.keys() {
+            let at = line_of(&format!("[references.{name}]"));
+            strata_publish::names::validate_dataset_name(name)
+                .map_err(|e| err(at, format!("{e}")))?;
+            if raw.cleaned.contains_key(name) || raw.models.contains_key(name) {
+                return Err(err(
+                    at,
+                    format!(
+                        "references.{name}: the pipeline computes {name:?} itself; a reference is \
+                         a dataset it reads but does not compute. Rename one of them"
+                    ),
+                ));
+            }
         }
         for (name, src) in &raw.sources {
             for (key, sev) in [
@@ -551,9 +576,14 @@ impl Pipeline {
             hasher.update(sql.as_bytes());
             model_sql.insert(name.clone(), sql);
         }
-        // Dependencies: declared, plus every cleaned dataset or model the SQL names.
-        let known: BTreeSet<String> =
-            raw.cleaned.keys().chain(raw.models.keys()).cloned().collect();
+        // Dependencies: declared, plus every cleaned dataset, model or reference the SQL names.
+        let known: BTreeSet<String> = raw
+            .cleaned
+            .keys()
+            .chain(raw.models.keys())
+            .chain(raw.references.keys())
+            .cloned()
+            .collect();
         let mut model_deps = BTreeMap::new();
         for (name, m) in &raw.models {
             let refs = table_references(&model_sql[name]).map_err(|e| {
@@ -566,8 +596,9 @@ impl Pipeline {
                     return Err(err(
                         line_of(&m.sql),
                         format!(
-                            "models.{name} ({}) reads table {r:?}, which is neither a cleaned dataset \
-                             nor a model of this pipeline (those are: {})",
+                            "models.{name} ({}) reads table {r:?}, which is not a cleaned dataset, \
+                             model or reference of this pipeline (those are: {}); a dataset of the \
+                             lake the pipeline does not compute is declared as [references.{r}]",
                             m.sql,
                             known.iter().cloned().collect::<Vec<_>>().join(", ")
                         ),
@@ -580,7 +611,7 @@ impl Pipeline {
             }
             for d in &m.depends_on {
                 if !known.contains(d) {
-                    return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is neither a cleaned dataset nor a model")));
+                    return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is not a cleaned dataset, model or reference of this pipeline")));
                 }
                 deps.insert(d.clone());
             }
@@ -596,6 +627,7 @@ impl Pipeline {
             dir,
             settings: raw.pipeline,
             sources: raw.sources,
+            references: raw.references,
             cleaned,
             contracts,
             models: raw.models,

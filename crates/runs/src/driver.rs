@@ -72,11 +72,21 @@ pub async fn run_pipeline(
     let (gathered, side_work) = gather(&job, progress, &mut reports).await?;
     let params =
         RunParams { window: options.window, only: options.only.clone(), force: options.force };
+    // The references the models read, at their current versions: a run over a reference that
+    // changed is not the run that published before.
+    let mut references = BTreeMap::new();
+    for (m, _) in &plan.models {
+        for r in pipeline.model_deps[m].iter().filter(|d| pipeline.references.contains_key(*d)) {
+            let head = lake.dataset(r)?.head().await?;
+            references.insert(r.clone(), head.map(|h| h.to));
+        }
+    }
     let run_key = hash_json(&json!({
         "pipeline": pipeline.version,
         "window": options.window,
         "only": options.only,
         "inputs": gathered.boundary,
+        "references": references,
     }));
     // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
     // release after publishing.
@@ -673,9 +683,13 @@ async fn model_stage(
             continue;
         }
         let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
+            let next = if pipeline.references.contains_key(d) {
+                format!("publish it first (`strata publish {d} --from FILE`)")
+            } else {
+                format!("run the pipeline without --only, or run {d} first")
+            };
             return Err(Error::Plan(format!(
-                "models.{name} reads {d:?}, which has no published version yet; run the \
-                 pipeline without --only, or run {d} first"
+                "models.{name} reads {d:?}, which has no published version yet; {next}"
             )));
         };
         let record = &draft.record;

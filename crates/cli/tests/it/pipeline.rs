@@ -701,6 +701,92 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// Writes `users.parquet` in the test directory: user_id → country.
+fn users_parquet(env: &Env, rows: &[(i64, &str)]) -> String {
+    use arrow::array::{Int64Array, StringArray};
+    let batch = arrow::record_batch::RecordBatch::try_from_iter([
+        (
+            "user_id",
+            std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as _,
+        ),
+        (
+            "country",
+            std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))) as _,
+        ),
+    ])
+    .unwrap();
+    let path = env.path("users.parquet");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    path.display().to_string()
+}
+
+/// A model joins facts with a reference dataset the pipeline does not compute (published with
+/// `strata publish`, declared as `[references.users]`): the reference is read whole at its
+/// current version, recorded in the run's manifest, so a one-day run gives exactly the rows the
+/// full run gives for that day; a new version of the reference makes the next run compute again.
+#[test]
+fn models_join_a_reference_dataset_read_whole() {
+    let env = Env::new();
+    let dir = env.path("refs");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        "[pipeline]\nname = \"refs\"\n\n[sources.orders]\npath = \"data/*.csv\"\n\n\
+         [references.users]\n\n\
+         [cleaned.orders]\nsource = \"orders\"\nkey = [\"order_id\"]\nbusiness_date = \"order_date\"\n\
+         columns = { order_id = \"bigint not null\", order_date = \"date not null\", \
+         user_id = \"bigint not null\" }\n\n\
+         [models.by_country]\nsql = \"models/by_country.sql\"\nbusiness_date = \"order_date\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/by_country.sql"),
+        "SELECT o.order_date, u.country, count(*) AS orders FROM orders o \
+         JOIN users u ON o.user_id = u.user_id GROUP BY o.order_date, u.country",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data/orders.csv"),
+        "order_id,order_date,user_id\n1,2026-01-01,10\n2,2026-01-02,10\n3,2026-01-02,20\n",
+    )
+    .unwrap();
+    let toml = dir.join("strata.toml");
+    let toml = toml.to_str().unwrap();
+    // Not published yet: refused before anything is landed.
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(line.contains("references.users") && line.contains("strata publish users"), "{line}");
+    let users = users_parquet(&env, &[(10, "FR"), (20, "DE")]);
+    env.ok(&["publish", "users", "--from", &users]);
+    env.ok(&["run", "--pipeline", toml]);
+    let q = "SELECT order_date, country, orders FROM by_country ORDER BY 1, 2";
+    let full = csv(&env, q);
+    assert_eq!(
+        full,
+        "order_date,country,orders\n2026-01-01,FR,1\n2026-01-02,DE,1\n2026-01-02,FR,1\n"
+    );
+    let id = crate::quality::latest_run(&env)["run_id"].as_str().unwrap().to_string();
+    assert!(env.ok(&["show-run", &id]).contains("reads      users v1"));
+    // One day: the reference is read whole, so the day's rows are the full run's.
+    env.ok(&["run", "--pipeline", toml, "--date", "2026-01-02", "--force"]);
+    assert_eq!(csv(&env, q), full);
+    // A new version of the reference: the next run is not a no-op, and binds version 2.
+    let users = users_parquet(&env, &[(10, "FR"), (20, "AT")]);
+    env.ok(&["publish", "users", "--from", &users, "--replace-all"]);
+    let out = env.ok(&["run", "--pipeline", toml]);
+    assert!(!out.contains("nothing to do"), "{out}");
+    assert!(csv(&env, q).contains("2026-01-02,AT,1"), "{}", csv(&env, q));
+    let id = crate::quality::latest_run(&env)["run_id"].as_str().unwrap().to_string();
+    assert!(env.ok(&["show-run", &id]).contains("reads      users v2"));
+    // A table that is not declared stays an error.
+    std::fs::write(dir.join("models/by_country.sql"), "SELECT * FROM customers").unwrap();
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(line.contains("[references.customers]"), "{line}");
+}
+
 /// Schema drift: a batch missing a nullable column, or with a column the contract does not name,
 /// is a WARN finding in the run's summary and manifest (a source may make it FAIL_RUN); a batch
 /// missing a required column fails the run (exit 3) naming the file, the batch and the column,
