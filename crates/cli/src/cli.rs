@@ -311,6 +311,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "D", conflicts_with_all = ["from", "to"])]
     pub date: Option<String>,
 
+    /// Let this pipeline take over DATASET, which another writer owns (published with `strata
+    /// publish`, or by another pipeline); the run refuses otherwise. Repeatable.
+    #[arg(long, value_name = "DATASET")]
+    pub adopt: Vec<String>,
+
     /// First business date of a range (YYYY-MM-DD).
     #[arg(long, value_name = "D", requires = "to")]
     pub from: Option<String>,

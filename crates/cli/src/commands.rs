@@ -221,6 +221,7 @@ async fn stage_and_publish(
     let options = PublishOptions {
         replace_all: args.replace_all,
         reason: args.reason.clone(),
+        writer: Some(strata_publish::model::Owner::Publish),
         ..Default::default()
     };
     // On an error, `publish` has removed what the deletion authority allows.

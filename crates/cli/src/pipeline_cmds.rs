@@ -136,6 +136,7 @@ pub async fn run(
         memory_limit: pipeline.memory_limit().map_err(|e| user_error!("{e}"))?,
         target_partitions: 0,
         force: args.force,
+        adopt: args.adopt.clone(),
         lease: strata_publish::locks::lease_from_env(),
         clock: Some(crate::run_cmds::wall_clock),
     };

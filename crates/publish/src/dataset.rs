@@ -61,6 +61,11 @@ pub struct PublishOptions {
     pub owned: Option<std::collections::BTreeSet<String>>,
     /// Recorded in the version record and the pointer entry.
     pub reason: Option<String>,
+    /// Who writes this version ([`crate::model::Owner`]); the record carries the dataset's
+    /// owner, which this becomes if the dataset has none yet, or with `adopt`.
+    pub writer: Option<crate::model::Owner>,
+    /// Take the dataset over from its owner.
+    pub adopt: bool,
 }
 
 /// A version whose record is written but whose pointer entry is not: the state between
@@ -779,6 +784,10 @@ impl Dataset {
             summary: assembled.summary,
             chunks: assembled.chunks,
             evidence: staged.evidence.clone(),
+            owner: match &options.writer {
+                Some(w) => Some(w.next(parent.and_then(|p| p.owner.as_ref()), options.adopt)),
+                None => parent.and_then(|p| p.owner.clone()),
+            },
         };
         Ok((record, assembled.new.into_iter().collect()))
     }

@@ -126,6 +126,51 @@ pub struct RecordHead {
     pub chunks: Vec<ChunkRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// Who writes the dataset: whoever created it, carried from version to version until
+    /// another writer adopts it. Absent in versions written before owners were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// Who writes a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// The pipeline of this name.
+    Pipeline(String),
+    /// `strata publish`, by hand.
+    Publish,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Pipeline(name) => write!(f, "pipeline {name}"),
+            Owner::Publish => f.write_str("`strata publish`"),
+        }
+    }
+}
+
+impl Owner {
+    /// Whether `self` may write a dataset whose current version is owned by `current` (pure):
+    /// an unowned dataset, its own, or one it adopts explicitly. `strata publish` may write any
+    /// dataset (a correction of a pipeline's output stays the pipeline's); a pipeline never
+    /// writes over a dataset someone else owns unless it adopts it.
+    pub fn may_write(&self, current: Option<&Owner>, adopt: bool) -> bool {
+        match (self, current) {
+            (Owner::Publish, _) | (_, None) => true,
+            (mine, Some(theirs)) => mine == theirs || adopt,
+        }
+    }
+
+    /// The owner of the version `self` writes over `current` (pure): the current owner, unless
+    /// there is none or `self` adopts the dataset.
+    pub fn next(&self, current: Option<&Owner>, adopt: bool) -> Owner {
+        match current {
+            Some(owner) if !adopt => owner.clone(),
+            _ => self.clone(),
+        }
+    }
 }
 
 impl RecordHead {
@@ -383,4 +428,25 @@ pub struct LockInfo {
     pub pid_start: Option<u64>,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::Owner;
+
+    #[test]
+    fn a_pipeline_writes_only_what_it_owns_or_adopts() {
+        let shop = Owner::Pipeline("shop".into());
+        let other = Owner::Pipeline("other".into());
+        assert!(shop.may_write(None, false), "unowned");
+        assert!(shop.may_write(Some(&shop), false));
+        assert!(!shop.may_write(Some(&Owner::Publish), false), "published by hand");
+        assert!(!shop.may_write(Some(&other), false));
+        assert!(shop.may_write(Some(&other), true), "adopted");
+        assert!(Owner::Publish.may_write(Some(&shop), false), "a correction by hand");
+        // Ownership stays with the dataset's owner, moves on adoption, is taken when absent.
+        assert_eq!(Owner::Publish.next(Some(&shop), false), shop);
+        assert_eq!(shop.next(Some(&Owner::Publish), true), shop);
+        assert_eq!(shop.next(None, false), shop);
+    }
 }

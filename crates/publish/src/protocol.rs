@@ -305,6 +305,7 @@ mod tests {
             summary: Summary::default(),
             chunks: Vec::new(),
             evidence: None,
+            owner: None,
         };
         let mut loaded = BTreeMap::new();
         for (i, piece) in parts.chunks(size).enumerate() {

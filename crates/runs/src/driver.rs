@@ -29,6 +29,7 @@ use strata_medallion::stages::{
 };
 use strata_medallion::types::{Finding, GateMeasure, StageKind};
 use strata_publish::deletion::Holder;
+use strata_publish::model::Owner;
 use strata_publish::{locks, Draft, Lake, RunContext};
 
 use crate::error::{Error, Result};
@@ -69,9 +70,15 @@ pub async fn run_pipeline(
     let mut reports = Vec::new();
     let session = session(lake, options)?;
     let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session };
+    // Before anything is landed: a pipeline never writes a dataset someone else owns.
+    owns_its_outputs(&job).await?;
     let (gathered, side_work) = gather(&job, progress, &mut reports).await?;
-    let params =
-        RunParams { window: options.window, only: options.only.clone(), force: options.force };
+    let params = RunParams {
+        window: options.window,
+        only: options.only.clone(),
+        force: options.force,
+        adopt: options.adopt.clone(),
+    };
     // The references the models read, at their current versions: a run over a reference that
     // changed is not the run that published before.
     let mut references = BTreeMap::new();
@@ -315,6 +322,41 @@ async fn after_error(job: &Job<'_>, log: &mut RunLog, e: Error) -> Error {
     e
 }
 
+/// Who writes the run's outputs: its pipeline.
+fn writer(job: &Job<'_>) -> Owner {
+    Owner::Pipeline(job.pipeline.settings.name.clone())
+}
+
+/// Whether the run adopts `dataset` (or the cleaned dataset whose quarantine it is).
+fn adopts(job: &Job<'_>, dataset: &str) -> bool {
+    let base = dataset.strip_suffix(".quarantine").unwrap_or(dataset);
+    job.options.adopt.iter().any(|a| a == dataset || a == base)
+}
+
+/// Refuses a run that would write a dataset another writer owns ([`Owner::may_write`]).
+async fn owns_its_outputs(job: &Job<'_>) -> Result<()> {
+    let me = writer(job);
+    for name in job.plan.boundary.keys() {
+        let Some(head) = job.lake.dataset(name)?.current_head().await? else { continue };
+        if !me.may_write(head.owner.as_ref(), adopts(job, name)) {
+            return Err(Error::NotOwner {
+                dataset: name.strip_suffix(".quarantine").unwrap_or(name).to_string(),
+                owner: head.owner.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                pipeline: job.pipeline.settings.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Marks the run's outputs as written by its pipeline (adopting where asked).
+fn stamp(job: &Job<'_>, outs: &mut [Output]) {
+    for o in outs {
+        o.options.writer = Some(writer(job));
+        o.options.adopt = adopts(job, o.ds.name());
+    }
+}
+
 /// When another process wrote a later entry of this run's log (it took over a run that stalled
 /// past its lease, and recovery settled it), the error that says so, with what was published.
 async fn taken_over(lake: &Lake, mine: &RunManifest) -> Option<Error> {
@@ -463,7 +505,12 @@ async fn reuse(
             Ok(Output {
                 ds: lake.dataset(n)?,
                 staged,
-                options: strata_publish::PublishOptions { replace_all, owned, reason },
+                options: strata_publish::PublishOptions {
+                    replace_all,
+                    owned,
+                    reason,
+                    ..Default::default()
+                },
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -609,6 +656,8 @@ async fn hold(
                 owned: o.options.owned.clone(),
                 reason: o.options.reason.clone(),
                 evidence: o.staged.evidence.clone(),
+                writer: o.options.writer.clone(),
+                adopt: o.options.adopt,
             };
             (o.ds.name().to_string(), plan)
         })
@@ -649,10 +698,11 @@ async fn clean_stage(
     }));
     let names = vec![name.to_string(), format!("{name}.quarantine")];
     let reused = reuse(job, &inputs.found, &key, StageKind::Clean, &names, window).await?;
-    let (report, outs) = match reused {
+    let (report, mut outs) = match reused {
         Some(x) => x,
         None => Box::pin(clean(lake, job.session, pipeline, name, def, raw, window, ctx)).await?,
     };
+    stamp(job, &mut outs);
     record_stage(log, ctx, &report, &key, &outs, Vec::new()).await?;
     for o in &outs {
         let preview = o.ds.preview(&o.staged, &o.options, ctx).await?;
@@ -707,7 +757,7 @@ async fn model_stage(
         "window": window, "deps": dep_keys,
     }));
     let names = [name.to_string()];
-    let (report, out) = match reuse(job, found, &key, StageKind::Model, &names, window).await? {
+    let (report, mut out) = match reuse(job, found, &key, StageKind::Model, &names, window).await? {
         Some((report, mut outs)) => (report, outs.remove(0)),
         None => {
             model(lake, job.options, pipeline, name, def, deps, window, &computed.previews, ctx)
@@ -715,6 +765,7 @@ async fn model_stage(
                 .map_err(|e| in_model(name, &def.sql, e))?
         }
     };
+    stamp(job, std::slice::from_mut(&mut out));
     record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
     let preview = out.ds.preview(&out.staged, &out.options, ctx).await?;
     computed.stage_keys.insert(name.to_string(), content_key(&key, &preview));
@@ -857,8 +908,7 @@ async fn record_stage(
             c.scope = Some(PublishPlan {
                 replace_all: o.options.replace_all,
                 owned: o.options.owned.clone(),
-                reason: None,
-                evidence: None,
+                ..Default::default()
             });
             c
         })
@@ -1008,6 +1058,8 @@ pub async fn approve(
                 replace_all: plan.replace_all,
                 owned: plan.owned,
                 reason: Some(format!("run {run_id}, approved")),
+                writer: plan.writer,
+                adopt: plan.adopt,
             },
         });
     }

@@ -63,6 +63,14 @@ pub enum Error {
     #[error("run {run_id} cannot publish {dataset:?}: {detail}. Nothing more of the run was published; {next}")]
     BaseMoved { run_id: String, dataset: String, detail: String, next: String },
 
+    /// The run would write a dataset that someone else owns.
+    #[error(
+        "{dataset:?} is written by {owner}, not by pipeline {pipeline}; a pipeline does not \
+         overwrite a dataset it does not own, and nothing was run. Rename the pipeline's \
+         dataset, or pass --adopt {dataset} to let pipeline {pipeline} take it over"
+    )]
+    NotOwner { dataset: String, owner: String, pipeline: String },
+
     /// The run id is not in the lake.
     #[error("no run {run_id:?} in lake {lake}; `strata runs` lists the runs")]
     NoSuchRun { run_id: String, lake: String },
@@ -155,6 +163,7 @@ impl Error {
             | Error::StagedDamaged { .. } => ErrorClass::CheckFailed,
             Error::NoSuchRun { .. }
             | Error::NotARunId(_)
+            | Error::NotOwner { .. }
             | Error::AlreadyRecorded(_)
             | Error::WrongState { .. }
             | Error::Plan(_)

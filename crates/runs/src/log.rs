@@ -198,6 +198,9 @@ pub struct RunParams {
     /// `--force`: run even when a published run already computed exactly this.
     #[serde(default)]
     pub force: bool,
+    /// `--adopt`: datasets the run may take over from another owner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopt: Vec<String>,
 }
 
 /// A dataset a run read but did not compute, pinned at the version it read.
@@ -222,6 +225,11 @@ pub struct PublishPlan {
     /// The evidence its version record will carry.
     #[serde(default)]
     pub evidence: Option<Evidence>,
+    /// Who writes it, and whether the run adopts the dataset from its owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<strata_publish::model::Owner>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// What recovery found and did, recorded in the manifest of a run it moved.

@@ -134,6 +134,7 @@ mod tests {
             memory_limit: 256 << 20,
             target_partitions: 1,
             force: false,
+            adopt: Vec::new(),
             lease: std::time::Duration::from_secs(60),
             clock: None,
         }

@@ -701,6 +701,39 @@ fn parquet_batches_whose_types_differ_are_cast_per_contract() {
     );
 }
 
+/// A dataset records who writes it: a pipeline refuses to write one published by hand (exit 2,
+/// nothing landed or written) unless it adopts it with --adopt; a correction published by hand
+/// into a pipeline's dataset leaves it the pipeline's.
+#[test]
+fn a_pipeline_does_not_overwrite_a_dataset_it_does_not_own() {
+    // A Parquet file shaped like the pipeline's orders, from another lake.
+    let other = Env::new();
+    other.ok(&["run", "--pipeline", shop(&other, 2, &[]).to_str().unwrap()]);
+    let files: serde_json::Value =
+        serde_json::from_str(&other.ok(&["files", "orders", "--json"])).unwrap();
+    let file = files["files"][0]["location"].as_str().unwrap().to_string();
+
+    let env = Env::new();
+    let toml = shop(&env, 2, &[]);
+    let toml = toml.to_str().unwrap();
+    env.ok(&["publish", "orders", "--from", &file, "--partition-by", "order_date"]);
+    let before = env.snapshot();
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(
+        line.contains("\"orders\" is written by `strata publish`, not by pipeline shop")
+            && line.contains("--adopt orders"),
+        "{line}"
+    );
+    let mut after = env.snapshot();
+    // (Recovery, which every run does first, notes that it registered the lake's open runs.)
+    after.retain(|path, _| !path.starts_with("_strata/open/"));
+    assert_eq!(after, before, "nothing landed or written");
+    env.ok(&["run", "--pipeline", toml, "--adopt", "orders"]);
+    // A correction by hand keeps the dataset the pipeline's.
+    env.ok(&["publish", "orders", "--from", &file, "--partition-by", "order_date"]);
+    env.ok(&["run", "--pipeline", toml, "--force"]);
+}
+
 /// Writes `users.parquet` in the test directory: user_id → country.
 fn users_parquet(env: &Env, rows: &[(i64, &str)]) -> String {
     use arrow::array::{Int64Array, StringArray};

@@ -68,6 +68,7 @@ pub async fn clean(
             replace_all: s.replace_all,
             owned: s.owned,
             reason: reason.clone(),
+            ..Default::default()
         },
     };
     let outputs = vec![output(a_ds, a_staged, a_scope), output(q_ds, q_staged, q_scope)];

@@ -90,6 +90,8 @@ pub struct RunOptions {
     pub lease: std::time::Duration,
     /// The wall clock, for lock leases only (never for data).
     pub clock: Option<strata_publish::locks::Clock>,
+    /// Datasets the run may take over from another owner (`--adopt`).
+    pub adopt: Vec<String>,
 }
 
 /// What one stage did, as `strata run` prints it.

@@ -227,7 +227,11 @@ pub async fn model(
         expected_sums,
         ..Default::default()
     };
-    let options =
-        PublishOptions { replace_all: full, owned, reason: Some(format!("run {}", ctx.run_id())) };
+    let options = PublishOptions {
+        replace_all: full,
+        owned,
+        reason: Some(format!("run {}", ctx.run_id())),
+        ..Default::default()
+    };
     Ok((report, Output { ds, staged, options }))
 }

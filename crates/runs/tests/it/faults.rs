@@ -124,6 +124,7 @@ fn options(clock: Clock) -> RunOptions {
         memory_limit: 256 << 20,
         target_partitions: 1,
         force: false,
+        adopt: Vec::new(),
         lease: std::time::Duration::from_secs(120),
         clock: Some(clock),
     }
