@@ -128,6 +128,13 @@ impl TryFrom<RawRule> for RuleDef {
             checks.push(RuleCheck::Range { column: c.column, min: c.min, max: c.max });
         }
         if let Some(c) = r.enum_ {
+            if c.values.is_empty() {
+                return Err(format!(
+                    "rule {:?}: enum has no values, so every row would fail it; list the values \
+                     allowed",
+                    r.name
+                ));
+            }
             checks.push(RuleCheck::Enum { column: c.column, values: c.values });
         }
         if let Some(c) = r.regex {
@@ -431,6 +438,18 @@ impl Pipeline {
             }
         }
         for (name, src) in &raw.sources {
+            if let Some(d) = &src.delimiter {
+                let one = d.len() == 1 && d.is_ascii() && !matches!(d.as_str(), "\"" | "\n" | "\r");
+                if !one {
+                    return Err(err(
+                        line_of("delimiter"),
+                        format!(
+                            "sources.{name}.delimiter is {d:?}; it must be one ASCII character \
+                             other than a quote or a line break, e.g. \";\" or \"\\t\""
+                        ),
+                    ));
+                }
+            }
             for (key, sev) in [
                 ("on_missing_column", src.on_missing_column),
                 ("on_extra_column", src.on_extra_column),
@@ -446,8 +465,28 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(both) = raw.cleaned.keys().find(|n| raw.models.contains_key(*n)) {
+            return Err(err(
+                line_of(&format!("[models.{both}]")),
+                format!(
+                    "{both:?} is both a cleaned dataset and a model; each dataset has one \
+                     definition. Rename one of them"
+                ),
+            ));
+        }
         let mut contracts = BTreeMap::new();
         for (name, c) in &raw.cleaned {
+            let mut rule_names = BTreeSet::new();
+            if let Some(r) = c.rules.iter().find(|r| !rule_names.insert(r.name.as_str())) {
+                return Err(err(
+                    line_of(&format!("name = \"{}\"", r.name)),
+                    format!(
+                        "cleaned.{name} has two rules named {:?}; a rule's name is its reason in \
+                         the quarantine, so each must be unique",
+                        r.name
+                    ),
+                ));
+            }
             let at = |key: &str| line_of(&format!("[cleaned.{name}")).or_else(|| line_of(key));
             if !raw.sources.contains_key(&c.source) {
                 return Err(err(

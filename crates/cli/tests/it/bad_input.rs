@@ -249,6 +249,32 @@ fn pipeline_mistakes_name_where_they_are() {
         "{line}"
     );
     assert!(!env.lake().exists(), "nothing was landed");
+    // Definition mistakes that used to pass silently: each is one line with file and line.
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "values = [\"paid\", \"shipped\", \"refunded\"]",
+            "values = []",
+            "enum has no values",
+        ),
+        ("format = \"csv\"", "format = \"csv\"\ndelimiter = \";;\"", "must be one ASCII character"),
+        (
+            "{ name = \"amount_sane\",",
+            "{ name = \"amount_positive\",",
+            "two rules named \"amount_positive\"",
+        ),
+        (
+            "[models.daily_revenue]",
+            "[models.orders]\nsql = \"models/daily_revenue.sql\"\nbusiness_date = \"order_date\"\n\n[models.daily_revenue]",
+            "both a cleaned dataset and a model",
+        ),
+    ];
+    for (from, to, needle) in cases {
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&toml, text.replacen(from, to, 1)).unwrap();
+        let line = env.user_error(&["run", "--pipeline", toml.to_str().unwrap()]);
+        assert!(line.contains(&at) && line.contains(needle), "{needle}: {line}");
+        assert!(!env.lake().exists(), "nothing was landed");
+    }
     // A memory limit no run can work in.
     std::fs::write(&toml, text.replace("memory_limit = \"512MiB\"", "memory_limit = \"1KiB\""))
         .unwrap();
