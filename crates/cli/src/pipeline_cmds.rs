@@ -167,10 +167,12 @@ pub async fn run(
         strata_medallion::stages::forget_input_identities(&lake, &pipeline).await?;
     }
     let mut lines: Vec<String> = Vec::new();
+    let mut quarantined: Vec<String> = Vec::new();
     let mut done = 0usize;
     let mut progress = |r: &StageReport| {
         done += 1;
         lines.push(stage_line(r));
+        quarantined.extend(reasons_line(r));
         if tty {
             let width = 30;
             let filled = width * done.min(total) / total.max(1);
@@ -190,7 +192,7 @@ pub async fn run(
     let summary = match reports {
         Ok(s) => s,
         Err(e) => {
-            for l in &lines {
+            for l in lines.iter().chain(&quarantined) {
                 writeln!(out, "{l}")?;
             }
             let state = strata_runs::log::latest_entry(&lake, ctx.run_id())
@@ -228,7 +230,7 @@ pub async fn run(
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    for l in &lines {
+    for l in lines.iter().chain(&quarantined) {
         writeln!(out, "{l}")?;
     }
     if let Some(previous) = &summary.already_published_by {
@@ -270,6 +272,25 @@ pub async fn run(
         total_ms as f64 / 1000.0
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a cleaned stage that quarantined rows: its top reasons with their counts, and the query
+/// that shows them.
+fn reasons_line(r: &StageReport) -> Option<String> {
+    if r.quarantine_reasons.is_empty() {
+        return None;
+    }
+    let mut top: Vec<(&String, &u64)> = r.quarantine_reasons.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = top.iter().take(3).map(|(rule, n)| format!("{n} {rule}")).collect();
+    let more =
+        if top.len() > 3 { format!(" and {} more rule(s)", top.len() - 3) } else { String::new() };
+    Some(format!(
+        "quarantine {}: {}{more}; strata query 'SELECT _rule, _reason, * FROM \"{}.quarantine\"'",
+        r.dataset,
+        shown.join(", "),
+        r.dataset
+    ))
 }
 
 fn stage_line(r: &StageReport) -> String {

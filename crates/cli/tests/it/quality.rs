@@ -267,6 +267,16 @@ fn garbage_is_not_published_by_default() {
         assert!(line.contains(needle), "{needle}: {line}");
     }
     assert!(line.contains("nothing was published"), "{line}");
+    // The summary says why the rows were set aside, and where to look.
+    let out = env.run(&["run", "--pipeline", toml]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "quarantine orders: 2 contract, 1 amount_positive, 1 not_null and 1 more rule(s); \
+             strata query 'SELECT _rule, _reason, * FROM \"orders.quarantine\"'"
+        ),
+        "{stdout}"
+    );
     assert_eq!(env.run(&["versions", "orders"]).status.code(), Some(2), "nothing published");
     // Opting out, for orders only.
     let text = std::fs::read_to_string(toml).unwrap();

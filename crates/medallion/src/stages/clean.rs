@@ -201,6 +201,7 @@ impl Stage<'_> {
             failed_partitions: failed.into_iter().collect(),
             findings,
             sums: self.sums(&pass),
+            quarantine_reasons: pass.reasons.clone(),
             expected_partitions: Some(decided.expected.iter().cloned().collect()),
             ..Default::default()
         };
@@ -504,6 +505,7 @@ async fn split_rows(
                 batch = RecordBatch::try_new(q.schema.clone(), cols)?;
             }
             let (acc, quar, dup) = pass.masks(&batch, q.rule_i)?;
+            pass.count_reasons(&batch, q.rule_i, &quar)?;
             pass.add(
                 &batch,
                 (&acc, &quar, &dup),

@@ -45,6 +45,8 @@ pub(super) struct CleanPass {
     pub(super) min_day: Option<i32>,
     pub(super) max_day: Option<i32>,
     pub(super) keys: Option<KeyRanker>,
+    /// Quarantined rows by rule.
+    pub(super) reasons: std::collections::BTreeMap<String, u64>,
 }
 
 /// Finds the first row of each key in rows sorted by key, across batches.
@@ -96,6 +98,31 @@ impl KeyRanker {
 }
 
 impl CleanPass {
+    /// Counts the quarantined rows of `b` (`quar`) by their rule.
+    pub(super) fn count_reasons(
+        &mut self,
+        b: &RecordBatch,
+        rule_i: usize,
+        quar: &BooleanArray,
+    ) -> Result<()> {
+        if quar.true_count() == 0 {
+            return Ok(());
+        }
+        let rules = arrow::compute::cast(
+            &arrow::compute::filter(b.column(rule_i), quar)?,
+            &DataType::Utf8,
+        )?;
+        for rule in rules.as_string::<i32>().iter().flatten() {
+            match self.reasons.get_mut(rule) {
+                Some(n) => *n += 1,
+                None => {
+                    self.reasons.insert(rule.to_string(), 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// (accepted, quarantined, duplicates) masks of a batch of rows sorted by `_rule IS NULL`,
     /// key and rank order: a row is accepted when it passed every check and is the first of its
     /// key.

@@ -123,6 +123,9 @@ pub struct StageReport {
     /// What the rules and gates found, by severity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// Cleaned stages: quarantined rows by the rule that set them aside.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantine_reasons: BTreeMap<String, u64>,
     /// Exact sums of the declared columns, computed in SQL: column → input, accepted,
     /// duplicates, quarantined (decimal text).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
