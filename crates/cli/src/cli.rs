@@ -30,8 +30,9 @@ Exit codes (for schedulers):
   0  success, or nothing to do
   2  usage or definition error: bad flags, a bad strata.toml or SQL, an unknown dataset, version
      or run, an input or lake problem; the one-line message says what to fix
-  3  the data failed a check: a FAIL_RUN rule or gate, reconciliation, `strata verify`,
-     `strata reconcile`, a checksum on read; nothing was published
+  3  the data failed a check: a FAIL_RUN rule or gate (by default more than 5% quarantined),
+     a batch missing a required column, reconciliation, `strata verify`, `strata reconcile`, a
+     checksum on read; nothing was published
   4  busy: another process holds the partitions or moved the run first; retry later
   5  needs a person: a run held for review (AWAITING_REVIEW), a run left UNKNOWN, an approval
      whose datasets moved since the run was validated
