@@ -44,7 +44,8 @@ pub enum Error {
     /// New data does not have the dataset's schema.
     #[error(
         "schema of {source_desc} conflicts with dataset {dataset:?}: {detail}. Publish data with \
-         the dataset's schema, or pass --replace-all to replace the whole dataset with the new schema"
+         the dataset's schema, or replace the whole dataset with the new schema (`strata publish \
+         --replace-all`, or a pipeline run without a window)"
     )]
     SchemaConflict { dataset: String, source_desc: String, detail: String },
 

@@ -873,6 +873,27 @@ fn schema_drift_is_reported_and_a_missing_required_column_stops_the_run() {
     assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), before, "nothing published");
 }
 
+/// A window run that reads only batches lacking some columns publishes its quarantine with the
+/// same column types as a full run (`_reason` was Utf8 in one and Utf8View in the other, and
+/// the window run failed with a schema conflict).
+#[test]
+fn a_window_over_batches_lacking_columns_publishes_like_a_full_run() {
+    let env = Env::new();
+    let toml = tiny(&env, "csv", "");
+    let toml = toml.to_str().unwrap();
+    std::fs::write(
+        env.path("tiny/data/a.csv"),
+        "order_id,order_date,amount,updated_at\n1,2026-01-01,5,2026-01-01T10:00:00\n\
+         2,2026-01-01,x,2026-01-01T10:00:00\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", toml]);
+    std::fs::write(env.path("tiny/data/b.csv"), "order_id,order_date\n3,2026-01-02\n").unwrap();
+    env.ok(&["run", "--pipeline", toml, "--date", "2026-01-02"]);
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n2\n");
+    assert_eq!(csv(&env, "SELECT _rule FROM \"orders.quarantine\""), "_rule\ncontract\n");
+}
+
 /// A typo in a model's SQL is reported before anything is landed, naming the model file
 /// (exit 2, the lake untouched); `strata check` lists every problem and runs nothing.
 #[test]

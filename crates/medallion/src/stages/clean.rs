@@ -384,7 +384,9 @@ impl CleanQuery {
         if month {
             a_cols.push((idx(&part_col)?, part_col.clone()));
         }
-        let q_base = project(&schema, &q_cols);
+        // Text of the quarantine's own columns is always Utf8: `_reason` is built from the
+        // landed text, whose type depends on which batches a run reads.
+        let q_base = project(&schema, &q_cols, true);
         // The quarantine keeps the landed text of each contract column, as string views.
         let mut q_fields = q_base.fields().to_vec();
         q_fields.extend(
@@ -408,7 +410,7 @@ impl CleanQuery {
             fail_partition: flagged.iter().map(|(_, s)| *s == Severity::FailPartition).collect(),
             sum_idx: sum_cols.iter().map(|c| idx(c)).collect::<Result<_>>()?,
             sum_cols,
-            a_schema: project(&schema, &a_cols),
+            a_schema: project(&schema, &a_cols, false),
             q_schema: Arc::new(Schema::new(q_fields)),
             q_base,
             a_cols,
@@ -426,10 +428,11 @@ impl CleanQuery {
 }
 
 /// The schema of columns `cols` of `schema`, renamed; dictionary columns (the batch id) are
-/// written as plain text.
-fn project(schema: &SchemaRef, cols: &[(usize, String)]) -> SchemaRef {
+/// written as plain text, and with `text_as_utf8` every text column as Utf8.
+fn project(schema: &SchemaRef, cols: &[(usize, String)], text_as_utf8: bool) -> SchemaRef {
     let plain = |t: &DataType| match t {
         DataType::Dictionary(_, v) => v.as_ref().clone(),
+        DataType::Utf8View | DataType::LargeUtf8 if text_as_utf8 => DataType::Utf8,
         other => other.clone(),
     };
     Arc::new(Schema::new(
