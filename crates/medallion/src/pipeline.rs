@@ -531,12 +531,8 @@ impl Pipeline {
                 }
                 cols.push(ContractColumn { name: col.clone(), sql_type, nullable });
             }
-            // toml::Table keeps file order only with preserve_order; sort by position in the file.
-            cols.sort_by_key(|c| {
-                text.find(&format!("{} =", c.name))
-                    .or_else(|| text.find(&c.name))
-                    .unwrap_or(usize::MAX)
-            });
+            // `toml::Table` keeps the file's order (the `preserve_order` feature): the contract's
+            // columns are in the order written.
             let names: BTreeSet<&str> = cols.iter().map(|c| c.name.as_str()).collect();
             let mut need = vec![("business_date", c.business_date.clone())];
             need.extend(c.key.iter().map(|k| ("key", k.clone())));

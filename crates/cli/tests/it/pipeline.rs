@@ -873,6 +873,24 @@ fn schema_drift_is_reported_and_a_missing_required_column_stops_the_run() {
     assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), before, "nothing published");
 }
 
+/// The published columns are in the contract's order, whatever their names (a column named `h`
+/// or `e` used to sort first, found in `path =` or `name =` elsewhere in the file).
+#[test]
+fn columns_keep_the_contracts_order() {
+    let env = Env::new();
+    let toml = tiny(&env, "csv", ", h = \"varchar\", e = \"bigint\"");
+    std::fs::write(
+        env.path("tiny/data/a.csv"),
+        "order_id,order_date,amount,updated_at,h,e\n1,2026-01-01,5,2026-01-01T10:00:00,x,7\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", toml.to_str().unwrap()]);
+    assert_eq!(
+        csv(&env, "SELECT * FROM orders"),
+        "order_id,order_date,amount,updated_at,h,e\n1,2026-01-01,5,2026-01-01T10:00:00,x,7\n"
+    );
+}
+
 /// A window run that reads only batches lacking some columns publishes its quarantine with the
 /// same column types as a full run (`_reason` was Utf8 in one and Utf8View in the other, and
 /// the window run failed with a schema conflict).
