@@ -84,8 +84,10 @@ pub async fn run_pipeline(
     let mut references = BTreeMap::new();
     for (m, _) in &plan.models {
         for r in pipeline.model_deps[m].iter().filter(|d| pipeline.references.contains_key(*d)) {
-            let head = lake.dataset(r)?.head().await?;
-            references.insert(r.clone(), head.map(|h| h.to));
+            if !references.contains_key(r) {
+                let head = lake.dataset(r)?.head().await?;
+                references.insert(r.clone(), head.map(|h| h.to));
+            }
         }
     }
     let run_key = hash_json(&json!({
@@ -1177,7 +1179,7 @@ async fn settle_stopped_approval(
     clock: locks::Clock,
     lease: std::time::Duration,
 ) -> Result<Option<RunManifest>> {
-    let m = runs::run_log(lake, run_id).await?.pop().expect("run_log is never empty");
+    let Some(m) = runs::latest_entry(lake, run_id).await? else { return Ok(None) };
     let stopped = matches!(m.state, RunState::Committing | RunState::Unknown);
     if !stopped || m.publish_plan.is_empty() {
         return Ok(None);
@@ -1185,7 +1187,7 @@ async fn settle_stopped_approval(
     let by = format!("settle {run_id} {}", std::process::id());
     let ctx = RunContext::generate(clock(), by.as_bytes());
     crate::recover::recover(lake, Some(run_id), &ctx, clock, lease).await?;
-    Ok(runs::run_log(lake, run_id).await?.pop())
+    runs::latest_entry(lake, run_id).await
 }
 
 async fn held_run(lake: &Lake, run_id: &str) -> Result<RunManifest> {
