@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -17,7 +17,7 @@ use crate::types::Grain;
 /// A problem found in a pipeline's definition, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// `models.<name> (<file>)`, or `cleaned.<name>`.
+    /// `models.<name> (<file>)`, `cleaned.<name>`, or `cleaned.<name>.derive.<column>`.
     pub at: String,
     pub message: String,
 }
@@ -68,22 +68,20 @@ pub async fn plan_models(
             }
         }
     }
-    for (name, def) in &pipeline.cleaned {
-        let mut columns: Vec<String> = pipeline.contracts[name]
-            .iter()
-            .map(|c| format!("CAST(NULL AS {}) AS {}", c.sql_type, ident(&c.name)))
-            .collect();
-        if def.grain == Grain::Month {
-            let part = partition_column(&def.business_date, def.grain);
-            columns.push(format!("CAST(NULL AS VARCHAR) AS {}", ident(&part)));
-        }
-        let sql = format!("SELECT {} WHERE FALSE", columns.join(", "));
-        let registered = match ctx.sql(&sql).await {
-            Ok(df) => ctx.register_table(ident(name).as_str(), df.into_view()).map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = registered {
-            problems.push(Problem { at: format!("cleaned.{name}"), message: first_line(&e) });
+    for name in pipeline.cleaned.keys() {
+        match cleaned_schema(pipeline, name) {
+            Ok(schema) => {
+                let registered = MemTable::try_new(Arc::new(schema), vec![vec![]])
+                    .and_then(|t| ctx.register_table(ident(name).as_str(), Arc::new(t)));
+                if let Err(e) = registered {
+                    problems
+                        .push(Problem { at: format!("cleaned.{name}"), message: first_line(&e) });
+                }
+            }
+            Err(p) => {
+                problems.push(p);
+                failed.insert(name.clone());
+            }
         }
     }
     for name in &pipeline.model_order {
@@ -139,6 +137,38 @@ pub async fn plan_models(
         }
     }
     problems
+}
+
+/// The columns a cleaned dataset will have: its contract's, its derived columns', and the month
+/// column for month grain. A derived column that does not plan, or a business date that is not
+/// a DATE, is a problem.
+fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
+    let def = &pipeline.cleaned[name];
+    let at = |column: &str| format!("cleaned.{name}.derive.{column}");
+    let contract = crate::derive::contract_schema(&pipeline.contracts[name]).map_err(|p| {
+        Problem { at: format!("cleaned.{name}.columns.{}", p.column), message: p.message }
+    })?;
+    let derived = pipeline.derived.get(name).map(Vec::as_slice).unwrap_or_default();
+    let plans = crate::derive::plan(&contract, derived)
+        .map_err(|p| Problem { at: at(&p.column), message: p.message })?;
+    let mut fields: Vec<Field> = contract.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(plans.iter().map(|p| Field::new(&p.name, p.data_type.clone(), true)));
+    if let Some(p) = plans.iter().find(|p| p.name == def.business_date) {
+        if p.data_type != DataType::Date32 {
+            return Err(Problem {
+                at: at(&p.name),
+                message: format!(
+                    "it is the business date, but {} gives {}, not a DATE; CAST it AS DATE",
+                    p.sql, p.data_type
+                ),
+            });
+        }
+    }
+    if def.grain == Grain::Month {
+        let part = partition_column(&def.business_date, def.grain);
+        fields.push(Field::new(part, DataType::Utf8, true));
+    }
+    Ok(Schema::new(fields))
 }
 
 fn first_line(e: &datafusion::error::DataFusionError) -> String {

@@ -24,6 +24,7 @@ pub use catalog::{
     LAKE_URL,
 };
 pub mod check;
+pub mod derive;
 pub mod pipeline;
 pub mod stages;
 pub mod types;

@@ -200,6 +200,10 @@ pub struct CleanedDef {
     pub grain: Grain,
     /// Column name → `"<sql type>[ not null]"`, in contract order (the file's order).
     pub columns: toml::Table,
+    /// Derived column name → SQL expression over the typed contract columns (and the derived
+    /// columns before it), evaluated before the rules, in the order written.
+    #[serde(default)]
+    pub derive: toml::Table,
     #[serde(default)]
     pub rules: Vec<RuleDef>,
     /// Columns whose exact sums are reconciled: raw = accepted + quarantined + duplicates, and
@@ -364,6 +368,14 @@ impl CleanedDef {
     }
 }
 
+/// A column a cleaned dataset computes from its contract columns: `derive = { name = "sql" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub name: String,
+    /// The SQL expression, as written.
+    pub sql: String,
+}
+
 /// A column of a cleaned dataset's contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContractColumn {
@@ -387,6 +399,8 @@ pub struct Pipeline {
     pub cleaned: BTreeMap<String, CleanedDef>,
     /// Contract columns of each cleaned dataset, in file order.
     pub contracts: BTreeMap<String, Vec<ContractColumn>>,
+    /// Derived columns of each cleaned dataset, in the order written.
+    pub derived: BTreeMap<String, Vec<Derived>>,
     pub models: BTreeMap<String, ModelDef>,
     /// SQL text of each model.
     pub model_sql: BTreeMap<String, String>,
@@ -475,6 +489,7 @@ impl Pipeline {
             ));
         }
         let mut contracts = BTreeMap::new();
+        let mut derived_of = BTreeMap::new();
         for (name, c) in &raw.cleaned {
             let mut rule_names = BTreeSet::new();
             if let Some(r) = c.rules.iter().find(|r| !rule_names.insert(r.name.as_str())) {
@@ -533,7 +548,49 @@ impl Pipeline {
             }
             // `toml::Table` keeps the file's order (the `preserve_order` feature): the contract's
             // columns are in the order written.
-            let names: BTreeSet<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+            let contract_names: BTreeSet<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+            let mut derived = Vec::new();
+            for (col, sql) in &c.derive {
+                let at = line_of(&format!("{col} =")).or_else(|| at("derive"));
+                let sql = match sql.as_str().map(str::trim) {
+                    Some(s) if !s.is_empty() => s.to_string(),
+                    _ => {
+                        return Err(err(
+                            at,
+                            format!(
+                                "cleaned.{name}.derive.{col} must be a SQL expression over the                                  contract's columns, e.g. \"make_date(year, month, day)\""
+                            ),
+                        ))
+                    }
+                };
+                if contract_names.contains(col.as_str()) {
+                    return Err(err(
+                        at,
+                        format!(
+                            "cleaned.{name}: {col:?} is both a contract column and a derived one; \
+                             a derived column is computed, not read from the files: remove it \
+                             from columns (its type is the expression's; CAST it to choose)"
+                        ),
+                    ));
+                }
+                derived.push(Derived { name: col.clone(), sql });
+            }
+            let mut names = contract_names.clone();
+            names.extend(derived.iter().map(|d| d.name.as_str()));
+            if let Some(bd) = cols.iter().find(|cc| cc.name == c.business_date) {
+                if bd.sql_type != "date" {
+                    return Err(err(
+                        line_of(&format!("business_date = \"{}\"", c.business_date))
+                            .or_else(|| at("business_date")),
+                        format!(
+                            "cleaned.{name}.business_date {:?} is declared {}, but a business \
+                             date is a DATE: declare it \"date\", or derive one, e.g. derive = \
+                             {{ day = \"CAST({} AS DATE)\" }} with business_date = \"day\"",
+                            c.business_date, bd.sql_type, c.business_date
+                        ),
+                    ));
+                }
+            }
             let mut need = vec![("business_date", c.business_date.clone())];
             need.extend(c.key.iter().map(|k| ("key", k.clone())));
             if let Some(l) = &c.latest_by {
@@ -562,6 +619,15 @@ impl Pipeline {
                 }
             }
             for col in c.sums.iter().flatten() {
+                if !contract_names.contains(col.as_str()) && names.contains(col.as_str()) {
+                    return Err(err(
+                        line_of(&format!("\"{col}\"")),
+                        format!(
+                            "cleaned.{name}.sums names the derived column {col:?}; sums are of \
+                             contract columns, the values as landed"
+                        ),
+                    ));
+                }
                 need.push(("sums column", col.clone()));
                 if let Some(cc) = cols.iter().find(|cc| &cc.name == col) {
                     if !is_exact_numeric(&cc.sql_type) {
@@ -587,13 +653,15 @@ impl Pipeline {
                     return Err(err(
                         line_of(&format!("\"{col}\"")).or_else(|| at(what)),
                         format!(
-                            "cleaned.{name}: {what} {col:?} is not a column of the contract (columns: {})",
-                            cols.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                            "cleaned.{name}: {what} {col:?} is not a column of the contract or a \
+                             derived one (columns: {})",
+                            names.iter().copied().collect::<Vec<_>>().join(", ")
                         ),
                     ));
                 }
             }
             contracts.insert(name.clone(), cols);
+            derived_of.insert(name.clone(), derived);
         }
         let mut model_sql = BTreeMap::new();
         for (name, m) in &raw.models {
@@ -665,6 +733,7 @@ impl Pipeline {
             references: raw.references,
             cleaned,
             contracts,
+            derived: derived_of,
             models: raw.models,
             model_sql,
             model_order,

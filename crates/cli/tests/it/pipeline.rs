@@ -1093,3 +1093,83 @@ fn a_struct_column_that_drifts_is_named_with_both_types() {
     run_json(&env, &["--pipeline", toml]);
     assert_eq!(csv(&env, "SELECT count(*) AS n FROM orders"), "n\n2\n");
 }
+
+/// A flights-shaped pipeline whose business date is derived from `year, month, day`.
+fn flights(env: &Env, derive: &str) -> String {
+    let dir = env.path("flights");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        format!(
+            "[pipeline]\nname = \"flights\"\n\n[sources.flights]\npath = \"data/*.csv\"\n\n\
+             [cleaned.flights]\nsource = \"flights\"\nkey = [\"id\"]\n\
+             business_date = \"flight_date\"\ndefault_gate = false\n\
+             columns = {{ id = \"bigint not null\", year = \"int\", month = \"int\", \
+             day = \"int\", dep_delay = \"int\" }}\n\
+             derive = {{ {derive} }}\n\
+             rules = [{{ name = \"not_early\", sql = \"late OR dep_delay = 0\" }}]\n"
+        ),
+    )
+    .unwrap();
+    dir.join("strata.toml").display().to_string()
+}
+
+/// Derived columns: a business date made from `year, month, day` partitions the dataset, and a
+/// rule reads a derived column. A row whose expression fails (month 13) or gives no business
+/// date is quarantined as `derive`, with the expression in its reason; a one-day run gives the
+/// full run's rows. A derived expression that does not plan, or a derived business date that is
+/// not a DATE, is reported by `strata check` and stops `strata run` before anything is landed.
+#[test]
+fn derived_columns_make_the_business_date_and_quarantine_what_they_cannot_compute() {
+    let env = Env::new();
+    let good = "flight_date = \"make_date(year, month, day)\", late = \"dep_delay > 0\"";
+    let toml = flights(&env, good);
+    std::fs::write(
+        env.path("flights/data/f.csv"),
+        "id,year,month,day,dep_delay\n1,2026,1,31,5\n2,2026,13,1,0\n3,2026,2,,7\n\
+         4,2026,2,1,-3\n5,2026,2,1,0\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", &toml]);
+    let q = "SELECT id, flight_date, late FROM flights ORDER BY id";
+    let full = csv(&env, q);
+    assert_eq!(full, "id,flight_date,late\n1,2026-01-31,true\n5,2026-02-01,false\n");
+    let quarantine = csv(&env, "SELECT id, _rule, _reason FROM \"flights.quarantine\" ORDER BY id");
+    let lines: Vec<&str> = quarantine.lines().collect();
+    assert_eq!(lines.len(), 4, "{quarantine}");
+    assert!(
+        lines[1].starts_with("2,derive,\"flight_date = make_date(year, month, day) failed: "),
+        "{quarantine}"
+    );
+    assert_eq!(lines[2], "3,derive,\"flight_date = make_date(year, month, day) is null\"");
+    assert_eq!(lines[3], "4,not_early,not true: late OR dep_delay = 0");
+    let parts = csv(&env, "SELECT count(DISTINCT flight_date) AS n FROM flights");
+    assert_eq!(parts, "n\n2\n");
+    assert!(env.lake().join("flights").exists() || env.is_s3());
+    // One day at a time gives the full run's rows.
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01", "--force"]);
+    assert_eq!(csv(&env, q), full);
+
+    // Problems in a derived expression are found before anything is landed.
+    std::fs::write(env.path("flights/data/g.csv"), "id,year,month,day,dep_delay\n9,2026,3,1,0\n")
+        .unwrap();
+    let before = env.snapshot();
+    for (derive, expect) in [
+        ("flight_date = \"make_date(year, month, dya)\", late = \"dep_delay > 0\"", "dya"),
+        ("flight_date = \"year * 100 + month\", late = \"dep_delay > 0\"", "not a DATE"),
+        ("flight_date = \"make_date(year, month, day)\", late = \"random() > 0.5\"", "random()"),
+    ] {
+        let toml = flights(&env, derive);
+        let out = env.run(&["check", "--pipeline", &toml]);
+        assert_eq!(out.status.code(), Some(2), "{derive}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("cleaned.flights.derive.") && stdout.contains(expect), "{stdout}");
+        let line = env.user_error(&["run", "--pipeline", &toml]);
+        assert!(line.contains(expect) && line.contains("nothing was run"), "{line}");
+        assert_eq!(env.snapshot(), before, "nothing landed: {derive}");
+    }
+    // A derived column cannot also be a contract column.
+    let toml = flights(&env, "id = \"1\"");
+    let line = env.user_error(&["run", "--pipeline", &toml]);
+    assert!(line.contains("both a contract column and a derived one"), "{line}");
+}

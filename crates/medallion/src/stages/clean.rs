@@ -21,6 +21,7 @@ use strata_land::BatchManifest;
 use strata_publish::{Dataset, Lake, PublishOptions, RunContext, Staged, WriterOptions};
 
 use crate::catalog::{RawTable, LAKE_URL};
+use crate::derive::DerivePlan;
 use crate::error::{Error, Result};
 use crate::pipeline::{CleanedDef, ContractColumn, Pipeline};
 use crate::types::{Grain, Severity, StageKind};
@@ -52,7 +53,8 @@ pub async fn clean(
     // Schema drift: a batch missing a required column fails before anything is staged.
     let drifted = drift_findings(pipeline, name, def, raw)?;
     let (a_ds, q_ds) = (lake.dataset(name)?, lake.dataset(&format!("{name}.quarantine"))?);
-    let stage = Stage { name, def, contract, requested: window, ctx };
+    let derived = planned_derived(pipeline, name)?;
+    let stage = Stage { name, def, contract, derived: &derived, requested: window, ctx };
     let result = stage.run(session, raw, &a_ds, &q_ds, started).await;
     if result.is_err() {
         a_ds.discard(ctx.run_id(), 0).await;
@@ -75,6 +77,19 @@ pub async fn clean(
     Ok((report, outputs))
 }
 
+/// The derived columns of cleaned dataset `name`, planned over its contract's types.
+fn planned_derived(pipeline: &Pipeline, name: &str) -> Result<Vec<DerivePlan>> {
+    let derived = pipeline.derived.get(name).map(Vec::as_slice).unwrap_or_default();
+    if derived.is_empty() {
+        return Ok(Vec::new());
+    }
+    let problem = |p: crate::derive::ColumnProblem| Error::Sql {
+        message: format!("cleaned.{name}.derive.{}: {}", p.column, p.message),
+    };
+    let schema = crate::derive::contract_schema(&pipeline.contracts[name]).map_err(problem)?;
+    crate::derive::plan(&schema, derived).map_err(problem)
+}
+
 /// The schema-drift findings of the raw batches a cleaned stage reads ([`super::drift`]).
 fn drift_findings(
     pipeline: &Pipeline,
@@ -85,8 +100,10 @@ fn drift_findings(
     let contract = &pipeline.contracts[name];
     let mut required: BTreeSet<&str> =
         contract.iter().filter(|c| !c.nullable).map(|c| c.name.as_str()).collect();
-    required.extend(def.key.iter().map(String::as_str));
-    required.insert(&def.business_date);
+    // The key and the business date are required of the files unless they are derived.
+    let in_contract = |n: &&str| contract.iter().any(|c| c.name == *n);
+    required.extend(def.key.iter().map(String::as_str).filter(in_contract));
+    required.extend(Some(def.business_date.as_str()).filter(in_contract));
     let batches: Vec<drift::BatchColumns> = raw
         .iter()
         .map(|b| drift::BatchColumns {
@@ -117,6 +134,7 @@ struct Stage<'a> {
     name: &'a str,
     def: &'a CleanedDef,
     contract: &'a [ContractColumn],
+    derived: &'a [DerivePlan],
     /// The window asked for (`None`: every date found).
     requested: Option<Window>,
     ctx: &'a RunContext,
@@ -137,7 +155,8 @@ impl Stage<'_> {
         let month = def.grain == Grain::Month;
         // Month grain covers whole months.
         let window = self.requested.map(|w| if month { w.whole_months() } else { w });
-        let query = CleanQuery::open(session, name, def, self.contract, raw, window).await?;
+        let query =
+            CleanQuery::open(session, name, def, self.contract, self.derived, raw, window).await?;
         let part_col = query.part_col.clone();
         let flagged: Vec<(&str, Severity)> = def
             .rules
@@ -322,6 +341,7 @@ impl CleanQuery {
         name: &str,
         def: &CleanedDef,
         contract: &[ContractColumn],
+        derived: &[DerivePlan],
         raw: &[BatchManifest],
         window: Option<Window>,
     ) -> Result<Self> {
@@ -335,7 +355,12 @@ impl CleanQuery {
             &df_ctx,
             contract.iter().filter_map(|c| crate::udf::decimal_of(&c.sql_type)),
         );
-        let sql = cleaning_sql(def, contract, &raw_columns);
+        for (i, d) in derived.iter().enumerate() {
+            df_ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+                crate::derive::DeriveUdf::new(i, d),
+            ));
+        }
+        let sql = cleaning_sql(def, contract, derived, &raw_columns);
         df_ctx.register_table("checked", df_ctx.sql(&sql).await?.into_view())?;
         let bd = ident(&def.business_date);
         let in_window = match window {
@@ -379,8 +404,9 @@ impl CleanQuery {
             (idx("_batch")?, "_batch".into()),
             (idx("_line")?, "_line".into()),
         ];
+        let names = contract.iter().map(|c| &c.name).chain(derived.iter().map(|d| &d.name));
         let mut a_cols: Vec<(usize, String)> =
-            contract.iter().map(|c| Ok((idx(&c.name)?, c.name.clone()))).collect::<Result<_>>()?;
+            names.map(|n| Ok((idx(n)?, n.clone()))).collect::<Result<_>>()?;
         if month {
             a_cols.push((idx(&part_col)?, part_col.clone()));
         }

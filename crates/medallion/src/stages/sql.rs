@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
 
+use crate::derive::DerivePlan;
 use crate::pipeline::{CleanedDef, ContractColumn, RuleDef};
 use crate::types::{Bound, Grain, RuleCheck, Severity};
 
@@ -95,13 +96,18 @@ fn rule_predicate(rule: &RuleDef) -> (String, String) {
 /// The SQL of the cleaned stage, over a table `raw`: casts and checks every row.
 /// Columns: `_batch`, `_line`, `_order` (the batch's landing order), `_landed` (the text as
 /// landed of every contract column, packed by `strata_pack`; null unless the row is
-/// quarantined), typed `<col>`, `_rule`, `_reason` and `_v<n>` (rows failing a rule that does
-/// not quarantine).
+/// quarantined), typed `<col>`, the derived columns, `_rule`, `_reason` and `_v<n>` (rows
+/// failing a rule that does not quarantine).
+///
+/// Derived column `i` is computed by `strata_derive_<i>` ([`crate::derive::DeriveUdf`]), which
+/// must be registered; a row whose expression fails, or gives null for the key or the business
+/// date, is quarantined as `derive` with the expression in its reason.
 /// Deduplication needs no window function: the stage sorts these rows by key and rank order and
 /// keeps the first row of each key as it streams by.
 pub fn cleaning_sql(
     def: &CleanedDef,
     contract: &[ContractColumn],
+    derived: &[DerivePlan],
     raw_columns: &BTreeSet<String>,
 ) -> String {
     let mut typed = vec!["_batch".to_string(), "_line".to_string(), "_order".to_string()];
@@ -142,6 +148,40 @@ pub fn cleaning_sql(
             ));
         }
     }
+    // Derived columns: each one's own error first, then a null where a value is required.
+    let mut steps = String::new();
+    let mut from = "typed".to_string();
+    for (i, d) in derived.iter().enumerate() {
+        let r = ident(&format!("_d{i}"));
+        let mut args = vec!["_line".to_string()];
+        args.extend(d.args.iter().map(|a| ident(a)));
+        steps.push_str(&format!(
+            ", d{i} AS (SELECT *, {}['value'] AS {} FROM \
+             (SELECT *, {}({}) AS {r} FROM {from}))",
+            r,
+            ident(&d.name),
+            crate::derive::function_name(i),
+            args.join(", "),
+        ));
+        from = format!("d{i}");
+        checks.push((
+            format!("{r}['error'] IS NOT NULL"),
+            "derive".into(),
+            format!(
+                "concat({}, {r}['error'])",
+                literal(&format!("{} = {} failed: ", d.name, d.sql))
+            ),
+        ));
+    }
+    for d in derived {
+        if d.name == def.business_date || def.key.contains(&d.name) {
+            checks.push((
+                format!("{} IS NULL", ident(&d.name)),
+                "derive".into(),
+                literal(&format!("{} = {} is null", d.name, d.sql)),
+            ));
+        }
+    }
     // Rules that quarantine a record decide `_rule`; the others only flag rows (`_v<n>`), and
     // their severity decides what the flags do.
     let (mut flags, mut flag_ids) = (Vec::new(), Vec::new());
@@ -174,12 +214,13 @@ pub fn cleaning_sql(
         raws.join(", ")
     ));
     out.extend(contract.iter().map(|c| ident(&c.name)));
+    out.extend(derived.iter().map(|d| ident(&d.name)));
     out.extend(["_rule", "_reason"].map(String::from));
     out.extend((0..flags.len()).map(|i| format!("_v{}", flag_ids[i])));
     format!(
-        "WITH typed AS (SELECT {typed} FROM raw), \
+        "WITH typed AS (SELECT {typed} FROM raw){steps}, \
          ruled AS (SELECT *, CASE {rule_case} ELSE NULL END AS _rule, \
-                   CASE {reason_case} ELSE NULL END AS _reason{flags} FROM typed) \
+                   CASE {reason_case} ELSE NULL END AS _reason{flags} FROM {from}) \
          SELECT {out} FROM ruled",
         typed = typed.join(", "),
         flags = flags.concat(),
