@@ -35,7 +35,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use strata_land::InputFormat;
 
-use crate::types::{Bound, GateMeasure, Grain, RuleCheck, Severity};
+use crate::types::{Bound, GateMeasure, Grain, ReadMode, RuleCheck, Severity};
 
 /// A pipeline definition that could not be loaded: names the file, the line and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,6 +320,10 @@ pub struct ModelDef {
     /// Extra dependencies; those the SQL names are found on their own.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Inputs read whole in a windowed run (`{ users = "all" }`); the others are limited to
+    /// the window. References are always read whole.
+    #[serde(default)]
+    pub reads: BTreeMap<String, ReadMode>,
     /// Columns that identify a row: the output must have no duplicate key.
     #[serde(default)]
     pub key: Vec<String>,
@@ -717,6 +721,16 @@ impl Pipeline {
                     return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is not a cleaned dataset, model or reference of this pipeline")));
                 }
                 deps.insert(d.clone());
+            }
+            if let Some(other) = m.reads.keys().find(|r| !deps.contains(*r)) {
+                return Err(err(
+                    line_of(&format!("{other} =")).or_else(|| line_of("reads")),
+                    format!(
+                        "models.{name}.reads names {other:?}, which the model does not read (it \
+                         reads: {})",
+                        deps.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
             }
             model_deps.insert(name.clone(), deps);
         }

@@ -34,6 +34,39 @@ impl Grain {
     }
 }
 
+/// How much of an input a model reads in a windowed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ReadMode {
+    /// The dates of the window (and the model's `reads_days` before it): for facts.
+    #[default]
+    Window,
+    /// Every row, at its bound version, whatever the window: for inputs a model looks rows up
+    /// in (customers by id, a price list), whose dates are not the fact's dates.
+    All,
+}
+
+impl TryFrom<String> for ReadMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "window" => Ok(ReadMode::Window),
+            "all" => Ok(ReadMode::All),
+            other => Err(format!("reads is {other:?}; expected \"all\" or \"window\"")),
+        }
+    }
+}
+
+impl From<ReadMode> for String {
+    fn from(m: ReadMode) -> String {
+        match m {
+            ReadMode::Window => "window".into(),
+            ReadMode::All => "all".into(),
+        }
+    }
+}
+
 impl TryFrom<String> for Grain {
     type Error = String;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{owned_keys, partition_column, RunOptions, Window};
-use strata_medallion::types::Grain;
+use strata_medallion::types::{Grain, ReadMode};
 
 use crate::error::{Error, Result};
 
@@ -25,7 +25,8 @@ pub struct Plan {
 /// The plan of a run (pure): which datasets it computes over which dates, and the partitions it
 /// owns. A cleaned dataset of month grain recomputes whole months; a model recomputes the dates
 /// its inputs change on, plus the `reads_days` after them that read those dates (a 7-day
-/// rolling sum of a changed day U changes U through U+6).
+/// rolling sum of a changed day U changes U through U+6). A dataset a model reads whole
+/// (`reads = { users = "all" }`) is computed whole.
 pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
     for name in &options.only {
         if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
@@ -44,6 +45,17 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
         }
     }
     let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    // A dataset a model reads whole is computed whole: its rows for every date must be there,
+    // whatever the window (a user who signed up in January is joined to February's orders).
+    let read_whole: BTreeSet<&str> = pipeline
+        .model_order
+        .iter()
+        .filter(|m| selected(m))
+        .flat_map(|m| pipeline.models[m].reads.iter())
+        .filter(|(_, mode)| **mode == ReadMode::All)
+        .map(|(d, _)| d.as_str())
+        .collect();
+    let window_of = |name: &str| options.window.filter(|_| !read_whole.contains(name));
     let mut boundary = BTreeMap::new();
     let mut windows: BTreeMap<String, Option<Window>> = BTreeMap::new();
     let mut cleaned = Vec::new();
@@ -53,7 +65,7 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
             continue;
         }
         sources.insert(def.source.clone());
-        let w = match options.window {
+        let w = match window_of(name) {
             Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
             other => other,
         };
@@ -77,11 +89,14 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
             continue;
         }
         let def = &pipeline.models[name];
-        // The dates to recompute: where the inputs change, plus the model's look-back spill;
-        // everything when there is no window.
-        let w = options.window.map(|w| {
+        // The dates to recompute: where the inputs it reads by date change, plus the model's
+        // look-back spill; everything when there is no window. An input read whole changes no
+        // particular date of the model (a changed customer changes every order's row): the run
+        // recomputes its own window, and a restatement of every date is a full run.
+        let w = window_of(name).map(|w| {
             let ranges: Vec<Window> = pipeline.model_deps[name]
                 .iter()
+                .filter(|d| def.reads.get(*d) != Some(&ReadMode::All))
                 .filter_map(|d| windows.get(d).copied().flatten())
                 .collect();
             let (from, to) = if ranges.is_empty() {
@@ -180,6 +195,30 @@ mod tests {
         assert!(p.boundary["orders.quarantine"]
             .iter()
             .any(|k| k.contains("__HIVE_DEFAULT_PARTITION__")));
+    }
+
+    /// A model joining a month-grain input by date recomputes the input's whole month; read
+    /// whole (`reads = { customers = "all" }`), the input does not widen the model's window.
+    #[test]
+    fn an_input_read_whole_does_not_widen_a_models_window() {
+        let mut shop = shop();
+        shop.model_deps.get_mut("daily_revenue").map(|d| d.insert("customers".into()));
+        let days = |p: &Pipeline| {
+            let plan = plan(p, &options(Some(("2026-01-02", "2026-01-03")), &[]))
+                .unwrap_or_else(|e| panic!("{e}"));
+            window_of(&plan.models, "daily_revenue").map(|w| (w.from.to_string(), w.to.to_string()))
+        };
+        assert_eq!(days(&shop), Some(("2026-01-01".into(), "2026-01-31".into())));
+        if let Some(m) = shop.models.get_mut("daily_revenue") {
+            m.reads.insert("customers".into(), ReadMode::All);
+        }
+        assert_eq!(days(&shop), Some(("2026-01-02".into(), "2026-01-03".into())));
+        // ...and is computed whole in every run that computes the model.
+        let plan = plan(&shop, &options(Some(("2026-01-02", "2026-01-03")), &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(window_of(&plan.cleaned, "customers"), None);
+        assert!(plan.boundary["customers"].is_empty(), "the whole dataset");
+        assert_eq!(plan.boundary["orders"].len(), 2);
     }
 
     #[test]

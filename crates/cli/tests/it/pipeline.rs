@@ -1173,3 +1173,76 @@ fn derived_columns_make_the_business_date_and_quarantine_what_they_cannot_comput
     let line = env.user_error(&["run", "--pipeline", &toml]);
     assert!(line.contains("both a contract column and a derived one"), "{line}");
 }
+
+/// Orders joined with users, a month-grain cleaned dataset the model reads whole
+/// (`reads = { users = "all" }`).
+fn orders_and_users(env: &Env) -> String {
+    let dir = env.path("join");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        "[pipeline]\nname = \"join\"\n\n\
+         [sources.orders]\npath = \"data/orders*.csv\"\n\n[sources.users]\npath = \"data/users*.csv\"\n\n\
+         [cleaned.orders]\nsource = \"orders\"\nkey = [\"order_id\"]\nbusiness_date = \"order_date\"\n\
+         columns = { order_id = \"bigint not null\", order_date = \"date not null\", \
+         user_id = \"bigint not null\" }\n\n\
+         [cleaned.users]\nsource = \"users\"\nkey = [\"user_id\"]\nbusiness_date = \"signup_date\"\n\
+         grain = \"month\"\n\
+         columns = { user_id = \"bigint not null\", signup_date = \"date not null\", country = \"varchar\" }\n\n\
+         [models.by_country]\nsql = \"models/by_country.sql\"\nbusiness_date = \"order_date\"\n\
+         reads = { users = \"all\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/by_country.sql"),
+        "SELECT o.order_date, u.country, count(*) AS orders FROM orders o \
+         JOIN users u ON o.user_id = u.user_id GROUP BY o.order_date, u.country",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data/users.csv"),
+        "user_id,signup_date,country\n10,2026-01-15,FR\n20,2026-02-10,DE\n30,2026-03-01,IT\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data/orders.csv"),
+        "order_id,order_date,user_id\n1,2026-02-02,10\n2,2026-02-02,20\n3,2026-02-03,10\n\
+         4,2026-02-03,30\n5,2026-03-05,20\n",
+    )
+    .unwrap();
+    dir.join("strata.toml").display().to_string()
+}
+
+/// A model that joins facts with users it reads whole gives, run one day at a time, exactly
+/// the rows of a full run: every user is seen whatever its own signup month. A `reads` naming
+/// a table the model does not read is refused.
+#[test]
+fn one_day_runs_of_a_join_equal_the_full_run() {
+    let q = "SELECT order_date, country, orders FROM by_country ORDER BY 1, 2";
+    let full = Env::new();
+    let toml = orders_and_users(&full);
+    full.ok(&["run", "--pipeline", &toml]);
+    let expected = csv(&full, q);
+    assert_eq!(
+        expected,
+        "order_date,country,orders\n2026-02-02,DE,1\n2026-02-02,FR,1\n2026-02-03,FR,1\n\
+         2026-02-03,IT,1\n2026-03-05,DE,1\n"
+    );
+    let daily = Env::new();
+    let toml = orders_and_users(&daily);
+    for day in ["2026-02-02", "2026-02-03", "2026-03-05"] {
+        daily.ok(&["run", "--pipeline", &toml, "--date", day]);
+        let so_far = csv(&daily, q);
+        let want: Vec<&str> = expected
+            .lines()
+            .filter(|l| l.starts_with("order_date") || *l < day || l.starts_with(day))
+            .collect();
+        assert_eq!(so_far.lines().collect::<Vec<_>>(), want, "after {day}");
+    }
+    assert_eq!(csv(&daily, q), expected);
+    let text = std::fs::read_to_string(&toml).unwrap().replace("users = \"all\"", "usrs = \"all\"");
+    std::fs::write(&toml, text).unwrap();
+    let line = daily.user_error(&["run", "--pipeline", &toml]);
+    assert!(line.contains("models.by_country.reads names \"usrs\""), "{line}");
+}

@@ -13,7 +13,7 @@ use strata_publish::{Lake, PublishOptions, RunContext};
 use crate::catalog::{may_hold_dates, VersionTable, LAKE_URL};
 use crate::error::{Error, Result};
 use crate::pipeline::{ModelDef, Pipeline};
-use crate::types::{ExpectedSum, Grain, StageKind};
+use crate::types::{ExpectedSum, Grain, ReadMode, StageKind};
 
 use super::*;
 
@@ -54,11 +54,14 @@ pub async fn model(
             });
         };
         rows_in += draft.record.summary.rows;
+        // References, and inputs the model reads whole, have no date to limit.
+        let whole = def.reads.get(dep) == Some(&ReadMode::All);
         let bd_col = pipeline
             .cleaned
             .get(dep)
             .map(|c| c.business_date.clone())
-            .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()));
+            .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()))
+            .filter(|_| !whole);
         // Read only what the window needs: the window plus the model's look-back, skipping
         // the partitions outside it (and the chunks of the record that hold none of them).
         let df = match (window, bd_col) {
