@@ -11,7 +11,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::pipeline::Pipeline;
-use crate::stages::{ident, partition_column};
+use crate::stages::ident;
 use crate::types::Grain;
 
 /// A problem found in a pipeline's definition, naming where it is.
@@ -153,7 +153,7 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
         .map_err(|p| Problem { at: at(&p.column), message: p.message })?;
     let mut fields: Vec<Field> = contract.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(plans.iter().map(|p| Field::new(&p.name, p.data_type.clone(), true)));
-    if let Some(p) = plans.iter().find(|p| p.name == def.business_date) {
+    if let Some(p) = plans.iter().find(|p| def.is_business_date(&p.name)) {
         if p.data_type != DataType::Date32 {
             return Err(Problem {
                 at: at(&p.name),
@@ -164,8 +164,7 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
             });
         }
     }
-    if def.grain == Grain::Month {
-        let part = partition_column(&def.business_date, def.grain);
+    if let Some(part) = def.partition_column().filter(|_| def.grain == Grain::Month) {
         fields.push(Field::new(part, DataType::Utf8, true));
     }
     Ok(Schema::new(fields))

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use strata_land::InputFormat;
 
-use crate::types::{Bound, GateMeasure, Grain, ReadMode, RuleCheck, Severity};
+use crate::types::{Bound, Delivery, GateMeasure, Grain, ReadMode, RuleCheck, Severity};
 
 /// A pipeline definition that could not be loaded: names the file, the line and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +78,11 @@ pub struct SourceDef {
     /// What a batch with a column the contract does not name is (default WARN).
     #[serde(default)]
     pub on_extra_column: Option<Severity>,
+    /// How the source's files relate: `changes` (default: every batch merges by key, the
+    /// later-landed wins) or `snapshot` (the latest-landed batch is the whole table). Snapshots
+    /// feed cleaned datasets without a business date.
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 /// A dataset of the lake that the pipeline's models read but the pipeline does not compute: one
@@ -195,7 +200,10 @@ pub struct CleanedDef {
     pub key: Vec<String>,
     #[serde(default)]
     pub latest_by: Option<String>,
-    pub business_date: String,
+    /// The DATE column that partitions the dataset. Without one, the dataset is a reference
+    /// (snapshot) dataset: computed and published whole, unpartitioned.
+    #[serde(default)]
+    pub business_date: Option<String>,
     #[serde(default)]
     pub grain: Grain,
     /// Column name → `"<sql type>[ not null]"`, in contract order (the file's order).
@@ -232,6 +240,17 @@ pub const DEFAULT_GATE: &str = "default_max_quarantine_rate";
 pub const DEFAULT_MAX_QUARANTINE_RATE: f64 = 0.05;
 
 impl CleanedDef {
+    /// The column partitioning the accepted rows: the business date, or `<date>_month` for
+    /// month grain; none for a reference dataset.
+    pub fn partition_column(&self) -> Option<String> {
+        self.business_date.as_deref().map(|bd| crate::stages::partition_column(bd, self.grain))
+    }
+
+    /// Whether `column` is the business date.
+    pub fn is_business_date(&self, column: &str) -> bool {
+        self.business_date.as_deref() == Some(column)
+    }
+
     /// Adds [`DEFAULT_GATE`] unless the dataset has a `max_quarantine_rate` gate or opted out.
     fn add_default_gate(&mut self) {
         let has_rate =
@@ -581,21 +600,60 @@ impl Pipeline {
             }
             let mut names = contract_names.clone();
             names.extend(derived.iter().map(|d| d.name.as_str()));
-            if let Some(bd) = cols.iter().find(|cc| cc.name == c.business_date) {
+            if let Some(bd) = cols.iter().find(|cc| c.is_business_date(&cc.name)) {
                 if bd.sql_type != "date" {
                     return Err(err(
-                        line_of(&format!("business_date = \"{}\"", c.business_date))
+                        line_of(&format!("business_date = \"{}\"", bd.name))
                             .or_else(|| at("business_date")),
                         format!(
                             "cleaned.{name}.business_date {:?} is declared {}, but a business \
                              date is a DATE: declare it \"date\", or derive one, e.g. derive = \
                              {{ day = \"CAST({} AS DATE)\" }} with business_date = \"day\"",
-                            c.business_date, bd.sql_type, c.business_date
+                            bd.name, bd.sql_type, bd.name
                         ),
                     ));
                 }
             }
-            let mut need = vec![("business_date", c.business_date.clone())];
+            let mut need: Vec<(&str, String)> =
+                c.business_date.iter().map(|bd| ("business_date", bd.clone())).collect();
+            let delivery = raw.sources.get(&c.source).map(|s| s.delivery).unwrap_or_default();
+            match (&c.business_date, delivery) {
+                (Some(_), Delivery::Snapshot) => {
+                    return Err(err(
+                        line_of("delivery").or_else(|| at("business_date")),
+                        format!(
+                            "cleaned.{name} has a business_date, but its source {:?} is delivered \
+                             as snapshots; a snapshot is a whole table with no dates to window: \
+                             remove business_date to make {name} a reference dataset, or set \
+                             delivery = \"changes\"",
+                            c.source
+                        ),
+                    ));
+                }
+                (None, _) if c.grain == Grain::Month => {
+                    return Err(err(
+                        line_of("grain").or_else(|| at("grain")),
+                        format!(
+                            "cleaned.{name}.grain is month, but it has no business_date to \
+                             partition by; add business_date, or remove grain"
+                        ),
+                    ));
+                }
+                (None, _) => {
+                    if let Some(r) = c.rules.iter().find(|r| r.severity == Severity::FailPartition)
+                    {
+                        return Err(err(
+                            line_of(&format!("\"{}\"", r.name)).or_else(|| at("rules")),
+                            format!(
+                                "rule {:?} of cleaned.{name} is FAIL_PARTITION, but {name} has no \
+                                 business_date and so no partitions; make it FAIL_RUN",
+                                r.name
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
             need.extend(c.key.iter().map(|k| ("key", k.clone())));
             if let Some(l) = &c.latest_by {
                 need.push(("latest_by", l.clone()));

@@ -34,6 +34,39 @@ impl Grain {
     }
 }
 
+/// How the files of a source relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Delivery {
+    /// Every file adds or corrects rows; all batches merge by key, the later-landed wins.
+    #[default]
+    Changes,
+    /// Every file is the whole table: the latest-landed batch is the whole truth, and a row
+    /// missing from it is gone.
+    Snapshot,
+}
+
+impl TryFrom<String> for Delivery {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "changes" => Ok(Delivery::Changes),
+            "snapshot" => Ok(Delivery::Snapshot),
+            other => Err(format!("delivery is {other:?}; expected \"snapshot\" or \"changes\"")),
+        }
+    }
+}
+
+impl From<Delivery> for String {
+    fn from(d: Delivery) -> String {
+        match d {
+            Delivery::Changes => "changes".into(),
+            Delivery::Snapshot => "snapshot".into(),
+        }
+    }
+}
+
 /// How much of an input a model reads in a windowed run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -452,7 +452,7 @@ async fn reuse(
     datasets: &[String],
     window: Option<Window>,
 ) -> Result<Option<(StageReport, Vec<Output>)>> {
-    let (lake, plan, options, ctx) = (job.lake, job.plan, job.options, job.ctx);
+    let (lake, plan, ctx) = (job.lake, job.plan, job.ctx);
     let mut cps = Vec::new();
     for d in datasets {
         match found.get(&(stage_key.to_string(), d.clone())) {
@@ -491,7 +491,6 @@ async fn reuse(
     report.reused_from = Some(cp.run_id.clone());
     report.note = format!("reused the checksummed output of run {}", cp.run_id);
     report.millis = 0;
-    let full = options.window.is_none();
     let outs = adopted
         .into_iter()
         .zip(&cps)
@@ -499,6 +498,8 @@ async fn reuse(
             let n = &cp.dataset;
             // As the stage decided (a withheld partition is not owned); checkpoints recorded
             // before the decision was kept are published as the plan says.
+            // An empty boundary is the whole dataset (a full run, or a dataset computed whole).
+            let full = plan.boundary.get(n).is_none_or(Vec::is_empty);
             let (replace_all, owned) = match &cp.scope {
                 Some(scope) => (scope.replace_all, scope.owned.clone()),
                 None => (full, (!full).then(|| plan.boundary[n].iter().cloned().collect())),

@@ -65,13 +65,16 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
             continue;
         }
         sources.insert(def.source.clone());
-        let w = match window_of(name) {
-            Some(w) if def.grain == Grain::Month => Some(w.whole_months()),
-            other => other,
+        // A reference dataset (no business date) is computed and published whole.
+        let w = match (window_of(name), def.partition_column()) {
+            (_, None) => None,
+            (Some(w), Some(_)) if def.grain == Grain::Month => Some(w.whole_months()),
+            (other, Some(_)) => other,
         };
-        let part = partition_column(&def.business_date, def.grain);
-        let keys: Vec<String> =
-            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default();
+        let keys: Vec<String> = match (w, def.partition_column()) {
+            (Some(w), Some(part)) => owned_keys(&part, def.grain, w).into_iter().collect(),
+            _ => Vec::new(),
+        };
         let mut q_keys: Vec<String> = w
             .map(|w| owned_keys("quarantine_date", def.grain, w).into_iter().collect())
             .unwrap_or_default();

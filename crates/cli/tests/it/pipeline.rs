@@ -1246,3 +1246,108 @@ fn one_day_runs_of_a_join_equal_the_full_run() {
     let line = daily.user_error(&["run", "--pipeline", &toml]);
     assert!(line.contains("models.by_country.reads names \"usrs\""), "{line}");
 }
+
+/// Flights (business date derived), airports delivered as snapshots and carriers delivered as
+/// changes, both cleaned datasets without a business date, joined by a model.
+fn flights_with_references(env: &Env) -> String {
+    let dir = env.path("refs");
+    for d in ["data", "airports", "carriers", "models"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("strata.toml"),
+        "[pipeline]\nname = \"refs\"\n\n\
+         [sources.flights]\npath = \"data/*.csv\"\n\n\
+         [sources.airports]\npath = \"airports/*.csv\"\ndelivery = \"snapshot\"\n\n\
+         [sources.carriers]\npath = \"carriers/*.csv\"\ndelivery = \"changes\"\n\n\
+         [cleaned.flights]\nsource = \"flights\"\nkey = [\"id\"]\nbusiness_date = \"flight_date\"\n\
+         columns = { id = \"bigint not null\", year = \"int\", month = \"int\", day = \"int\", \
+         origin = \"varchar\", carrier = \"varchar\" }\n\
+         derive = { flight_date = \"make_date(year, month, day)\" }\n\n\
+         [cleaned.airports]\nsource = \"airports\"\nkey = [\"code\"]\ndefault_gate = false\n\
+         columns = { code = \"varchar not null\", city = \"varchar not null\" }\n\
+         rules = [{ name = \"iata\", regex = { column = \"code\", pattern = \"^[A-Z]{3}$\" } }]\n\n\
+         [cleaned.carriers]\nsource = \"carriers\"\nkey = [\"carrier\"]\n\
+         columns = { carrier = \"varchar not null\", name = \"varchar\" }\n\n\
+         [models.by_city]\nsql = \"models/by_city.sql\"\nbusiness_date = \"flight_date\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/by_city.sql"),
+        "SELECT f.flight_date, a.city, c.name AS carrier, count(*) AS flights FROM flights f \
+         JOIN airports a ON f.origin = a.code JOIN carriers c ON f.carrier = c.carrier \
+         GROUP BY 1, 2, 3",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data/f1.csv"),
+        "id,year,month,day,origin,carrier\n1,2026,1,31,JFK,AA\n2,2026,2,1,SFO,UA\n\
+         3,2026,2,1,JFK,UA\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("airports/2026-01.csv"),
+        "code,city\nJFK,New York\nSFO,San Francisco\nxx,Nowhere\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("carriers/a.csv"), "carrier,name\nAA,American\nUA,United\n").unwrap();
+    dir.join("strata.toml").display().to_string()
+}
+
+/// Reference datasets: a cleaned dataset without a business date is computed and published
+/// whole and unpartitioned in every run (a one-day run too), with its contract, rules and
+/// quarantine. Delivered as snapshots, the latest-landed file is the whole table (a row missing
+/// from it is gone); delivered as changes, every file merges by key and the later-landed wins.
+/// A snapshot source cannot feed a dated dataset.
+#[test]
+fn reference_datasets_are_snapshots_or_merged_changes() {
+    let env = Env::new();
+    let toml = flights_with_references(&env);
+    env.ok(&["run", "--pipeline", &toml]);
+    let q = "SELECT flight_date, city, carrier, flights FROM by_city ORDER BY 1, 2, 3";
+    assert_eq!(
+        csv(&env, q),
+        "flight_date,city,carrier,flights\n2026-01-31,New York,American,1\n\
+         2026-02-01,New York,United,1\n2026-02-01,San Francisco,United,1\n"
+    );
+    assert_eq!(
+        csv(&env, "SELECT code, _rule FROM \"airports.quarantine\""),
+        "code,_rule\nxx,iata\n"
+    );
+    let files = env.ok(&["files", "airports"]);
+    assert_eq!(files.lines().count(), 1, "{files}");
+    assert!(!files.contains("code="), "a reference dataset is not partitioned: {files}");
+    // A new snapshot replaces the table; a change file corrects one carrier and adds one.
+    std::fs::write(env.path("refs/airports/2026-02.csv"), "code,city\nJFK,NYC\nLAX,Los Angeles\n")
+        .unwrap();
+    std::fs::write(env.path("refs/carriers/b.csv"), "carrier,name\nUA,United Airlines\nDL,Delta\n")
+        .unwrap();
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01"]);
+    assert_eq!(
+        csv(&env, "SELECT code, city FROM airports ORDER BY 1"),
+        "code,city\nJFK,NYC\nLAX,Los Angeles\n",
+        "the latest snapshot is the whole table"
+    );
+    assert_eq!(
+        csv(&env, "SELECT carrier, name FROM carriers ORDER BY 1"),
+        "carrier,name\nAA,American\nDL,Delta\nUA,United Airlines\n",
+        "changes merge by key, the later-landed wins"
+    );
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM \"airports.quarantine\""), "n\n0\n");
+    // The one-day run recomputed its day only, over the new references.
+    assert_eq!(
+        csv(&env, q),
+        "flight_date,city,carrier,flights\n2026-01-31,New York,American,1\n\
+         2026-02-01,NYC,United Airlines,1\n"
+    );
+    // A snapshot source cannot feed a dataset with a business date.
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("path = \"data/*.csv\"\n", "path = \"data/*.csv\"\ndelivery = \"snapshot\"\n");
+    std::fs::write(&toml, text).unwrap();
+    let line = env.user_error(&["run", "--pipeline", &toml]);
+    assert!(
+        line.contains("cleaned.flights has a business_date") && line.contains("snapshot"),
+        "{line}"
+    );
+}

@@ -103,7 +103,7 @@ fn drift_findings(
     // The key and the business date are required of the files unless they are derived.
     let in_contract = |n: &&str| contract.iter().any(|c| c.name == *n);
     required.extend(def.key.iter().map(String::as_str).filter(in_contract));
-    required.extend(Some(def.business_date.as_str()).filter(in_contract));
+    required.extend(def.business_date.as_deref().filter(in_contract));
     let batches: Vec<drift::BatchColumns> = raw
         .iter()
         .map(|b| drift::BatchColumns {
@@ -183,7 +183,8 @@ impl Stage<'_> {
             (Some(lo), Some(hi)) => Some(Window { from: date_of_days(lo), to: date_of_days(hi) }),
             _ => None,
         });
-        let (decided, failed) = self.decide(a_ds, &pass, window, &part_col).await?;
+        let (decided, failed) =
+            self.decide(a_ds, &pass, window, part_col.as_deref().unwrap_or_default()).await?;
         // FAIL_PARTITION: a withheld partition is not published at all; its staged files go.
         let withheld = withhold(a_ds, &mut a_staged, &failed, self.ctx).await?;
         // Reconcile before anything is published: what was staged must be what was counted.
@@ -311,10 +312,12 @@ struct CleanQuery {
     stream: SendableRecordBatchStream,
     /// The stream's schema, plus the month column for month grain.
     schema: SchemaRef,
-    month: bool,
-    part_col: String,
+    /// The month column added to each batch (month grain).
+    month: Option<String>,
+    /// The accepted rows' partition column; none for a reference dataset.
+    part_col: Option<String>,
     rule_i: usize,
-    bd_i: usize,
+    bd_i: Option<usize>,
     landed_i: usize,
     key_idx: Vec<usize>,
     /// Quarantine columns (index, name); the landed text is appended, unpacked.
@@ -362,14 +365,14 @@ impl CleanQuery {
         }
         let sql = cleaning_sql(def, contract, derived, &raw_columns);
         df_ctx.register_table("checked", df_ctx.sql(&sql).await?.into_view())?;
-        let bd = ident(&def.business_date);
-        let in_window = match window {
-            Some(w) => format!(
+        let in_window = match (window, &def.business_date) {
+            (Some(w), Some(bd)) => format!(
                 "({bd} BETWEEN {} AND {} OR {bd} IS NULL)",
                 date_literal(w.from),
-                date_literal(w.to)
+                date_literal(w.to),
+                bd = ident(bd)
             ),
-            None => "TRUE".into(),
+            _ => "TRUE".into(),
         };
         let key_order: Vec<String> = def.key.iter().map(|k| ident(k)).collect();
         let one_pass = format!(
@@ -378,13 +381,16 @@ impl CleanQuery {
             rank_order(def)
         );
         let stream = df_ctx.sql(&one_pass).await?.execute_stream().await?;
-        let month = def.grain == Grain::Month;
-        let part_col = partition_column(&def.business_date, def.grain);
+        let part_col = def.partition_column();
         // Month grain: the month of each row (its partition, and its quarantine date) is added
         // to each batch as it streams by.
-        let schema = if month {
+        let month = match (&part_col, def.grain) {
+            (Some(col), Grain::Month) => Some(col.clone()),
+            _ => None,
+        };
+        let schema = if let Some(month) = &month {
             let mut fields = stream.schema().fields().to_vec();
-            fields.push(Arc::new(Field::new(&part_col, DataType::Utf8, true)));
+            fields.push(Arc::new(Field::new(month, DataType::Utf8, true)));
             Arc::new(Schema::new(fields))
         } else {
             stream.schema()
@@ -396,19 +402,26 @@ impl CleanQuery {
                 ),
             })
         };
-        let (rule_i, bd_i) = (idx("_rule")?, idx(&def.business_date)?);
-        let q_cols: Vec<(usize, String)> = vec![
-            (if month { idx(&part_col)? } else { bd_i }, "quarantine_date".to_string()),
+        let rule_i = idx("_rule")?;
+        let bd_i = def.business_date.as_deref().map(idx).transpose()?;
+        // A reference dataset's quarantine has no date to be partitioned by.
+        let q_date = match (&month, bd_i) {
+            (Some(m), _) => Some(idx(m)?),
+            (None, bd_i) => bd_i,
+        };
+        let mut q_cols: Vec<(usize, String)> =
+            q_date.map(|i| (i, "quarantine_date".to_string())).into_iter().collect();
+        q_cols.extend([
             (rule_i, "_rule".into()),
             (idx("_reason")?, "_reason".into()),
             (idx("_batch")?, "_batch".into()),
             (idx("_line")?, "_line".into()),
-        ];
+        ]);
         let names = contract.iter().map(|c| &c.name).chain(derived.iter().map(|d| &d.name));
         let mut a_cols: Vec<(usize, String)> =
             names.map(|n| Ok((idx(n)?, n.clone()))).collect::<Result<_>>()?;
-        if month {
-            a_cols.push((idx(&part_col)?, part_col.clone()));
+        if let Some(m) = &month {
+            a_cols.push((idx(m)?, m.clone()));
         }
         // Text of the quarantine's own columns is always Utf8: `_reason` is built from the
         // landed text, whose type depends on which batches a run reads.
@@ -484,10 +497,10 @@ async fn split_rows(
     let a_totals = strata_reconcile::TotalsSpec {
         key: def.key.clone(),
         sums: q.sum_cols.clone(),
-        time: Some(def.business_date.clone()),
+        time: def.business_date.clone(),
     };
     let a_options = WriterOptions {
-        partition_by: vec![q.part_col.clone()],
+        partition_by: q.part_col.iter().cloned().collect(),
         totals: Some(a_totals),
         // Accepted rows leave the one pass sorted by key: uniqueness is proved in constant
         // memory.
@@ -496,7 +509,7 @@ async fn split_rows(
     };
     let mut a_writer = a_ds.writer(ctx, q.a_schema.clone(), a_options)?;
     let q_options = WriterOptions {
-        partition_by: vec!["quarantine_date".into()],
+        partition_by: q.part_col.iter().map(|_| "quarantine_date".to_string()).collect(),
         totals: Some(strata_reconcile::TotalsSpec::default()),
         ..Default::default()
     };
@@ -528,9 +541,9 @@ async fn split_rows(
         let (mut pending, mut pending_rows) = (Vec::new(), 0usize);
         while let Some(batch) = q.stream.next().await {
             let mut batch = batch?;
-            if q.month {
+            if let (Some(_), Some(bd_i)) = (&q.month, q.bd_i) {
                 let mut cols = batch.columns().to_vec();
-                cols.push(month_strings(batch.column(q.bd_i), &mut months)?);
+                cols.push(month_strings(batch.column(bd_i), &mut months)?);
                 batch = RecordBatch::try_new(q.schema.clone(), cols)?;
             }
             let (acc, quar, dup) = pass.masks(&batch, q.rule_i)?;

@@ -148,7 +148,7 @@ impl CleanPass {
         &mut self,
         b: &RecordBatch,
         (acc, quar, dup): (&BooleanArray, &BooleanArray, &BooleanArray),
-        bd_i: usize,
+        bd_i: Option<usize>,
         flag_cols: &[usize],
         fail_partition: &[bool],
         sum_idx: &[usize],
@@ -158,7 +158,7 @@ impl CleanPass {
         self.quarantined += quar.true_count() as u64;
         self.accepted += acc.true_count() as u64;
         self.duplicates += dup.true_count() as u64;
-        let days = b.column(bd_i).as_any().downcast_ref::<Date32Array>();
+        let days = bd_i.and_then(|i| b.column(i).as_any().downcast_ref::<Date32Array>());
         if let Some(days) = days {
             for d in days.iter().flatten() {
                 self.min_day = Some(self.min_day.map_or(d, |m| m.min(d)));

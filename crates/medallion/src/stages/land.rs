@@ -15,7 +15,7 @@ use strata_publish::{Lake, RunContext};
 use crate::catalog::{RawTable, LAKE_URL};
 use crate::error::{Error, Result};
 use crate::pipeline::{CleanedDef, Pipeline};
-use crate::types::StageKind;
+use crate::types::{Delivery, StageKind};
 
 use super::*;
 
@@ -108,8 +108,12 @@ pub async fn batches_for_window(
     index: &mut strata_land::SourceIndex,
     window: Option<Window>,
 ) -> Result<Vec<BatchManifest>> {
+    if pipeline.sources.get(&def.source).map(|s| s.delivery) == Some(Delivery::Snapshot) {
+        return Ok(latest_batch(all_batches(lake, index).await?));
+    }
     let Some(window) = window else { return all_batches(lake, index).await };
-    let Some(column) = pipeline.contracts[name].iter().find(|c| c.name == def.business_date) else {
+    let Some(column) = pipeline.contracts[name].iter().find(|c| def.is_business_date(&c.name))
+    else {
         return all_batches(lake, index).await;
     };
     let key = format!("clean.v1:{}:{}", column.name, column.sql_type);
@@ -180,6 +184,11 @@ pub async fn batches_for_window(
         .filter(|(m, r)| r.or_else(|| index.dates(&m.batch_id, &key)).is_none_or(|r| wanted(&r)))
         .map(|(m, _)| m)
         .collect())
+}
+
+/// The batch landed last (a snapshot source's whole truth); none when nothing is landed.
+pub fn latest_batch(batches: Vec<BatchManifest>) -> Vec<BatchManifest> {
+    batches.into_iter().max_by(|a, b| a.landing_key().cmp(&b.landing_key())).into_iter().collect()
 }
 
 pub(super) async fn all_batches(

@@ -17,6 +17,15 @@ use crate::types::{ExpectedSum, Grain, ReadMode, StageKind};
 
 use super::*;
 
+/// The business date of a model's input: a dated cleaned dataset's or a model's; none for a
+/// reference (snapshot) dataset or a reference of the lake, which are read whole.
+fn input_date(pipeline: &Pipeline, dep: &str) -> Option<String> {
+    match pipeline.cleaned.get(dep) {
+        Some(c) => c.business_date.clone(),
+        None => pipeline.models.get(dep).map(|m| m.business_date.clone()),
+    }
+}
+
 /// Computes a model and stages its output. `inputs` are the records this run prepared for its
 /// dependencies (not yet published); other dependencies are read at their current version.
 #[allow(clippy::too_many_arguments)]
@@ -56,12 +65,7 @@ pub async fn model(
         rows_in += draft.record.summary.rows;
         // References, and inputs the model reads whole, have no date to limit.
         let whole = def.reads.get(dep) == Some(&ReadMode::All);
-        let bd_col = pipeline
-            .cleaned
-            .get(dep)
-            .map(|c| c.business_date.clone())
-            .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()))
-            .filter(|_| !whole);
+        let bd_col = input_date(pipeline, dep).filter(|_| !whole);
         // Read only what the window needs: the window plus the model's look-back, skipping
         // the partitions outside it (and the chunks of the record that hold none of them).
         let df = match (window, bd_col) {
@@ -100,20 +104,14 @@ pub async fn model(
                 ),
             });
         };
-        let bd_col = pipeline
-            .cleaned
-            .get(dep)
-            .map(|c| c.business_date.clone())
-            .or_else(|| pipeline.models.get(dep).map(|m| m.business_date.clone()))
-            .unwrap_or_default();
-        let filter = match window {
-            Some(w) => format!(
+        let filter = match (window, input_date(pipeline, dep)) {
+            (Some(w), Some(bd_col)) => format!(
                 " WHERE {} BETWEEN {} AND {}",
                 ident(&bd_col),
                 date_literal(w.from),
                 date_literal(w.to)
             ),
-            None => String::new(),
+            _ => String::new(),
         };
         let b = session
             .sql(&format!(

@@ -140,7 +140,7 @@ pub fn cleaning_sql(
         ));
     }
     for c in contract {
-        if !c.nullable || c.name == def.business_date || def.key.contains(&c.name) {
+        if !c.nullable || def.is_business_date(&c.name) || def.key.contains(&c.name) {
             checks.push((
                 format!("{} IS NULL", ident(&c.name)),
                 "not_null".into(),
@@ -174,7 +174,7 @@ pub fn cleaning_sql(
         ));
     }
     for d in derived {
-        if d.name == def.business_date || def.key.contains(&d.name) {
+        if def.is_business_date(&d.name) || def.key.contains(&d.name) {
             checks.push((
                 format!("{} IS NULL", ident(&d.name)),
                 "derive".into(),
