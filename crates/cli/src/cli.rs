@@ -317,6 +317,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DATASET")]
     pub adopt: Vec<String>,
 
+    /// Read the latest version of every reference pinned `as_originally_run`, instead of the
+    /// version the runs that published these dates read (a restatement with new reference data).
+    #[arg(long)]
+    pub refresh_references: bool,
+
     /// First business date of a range (YYYY-MM-DD).
     #[arg(long, value_name = "D", requires = "to")]
     pub from: Option<String>,

@@ -137,6 +137,7 @@ pub async fn run(
         target_partitions: 0,
         force: args.force,
         adopt: args.adopt.clone(),
+        refresh_references: args.refresh_references,
         lease: strata_publish::locks::lease_from_env(),
         clock: Some(crate::run_cmds::wall_clock),
     };

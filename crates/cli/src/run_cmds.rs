@@ -158,10 +158,23 @@ pub async fn show_run(
         }
     }
     for b in &m.reference_data {
+        let from = if b.run_id == m.run_id {
+            "computed by this run".to_string()
+        } else {
+            format!("published by run {}", b.run_id)
+        };
+        let as_in = match b.as_in.as_slice() {
+            [] => String::new(),
+            runs => format!(", as run {} read it", runs.join(", ")),
+        };
+        let hash = b.row_hash.as_deref().map(|h| format!(", rows {}", &h[..16.min(h.len())]));
         writeln!(
             out,
-            "reads      {} v{} (pinned: not computed by this run)",
-            b.dataset, b.version
+            "reads      {} v{} ({}: {from}{as_in}{})",
+            b.dataset,
+            b.version,
+            b.policy,
+            hash.unwrap_or_default()
         )?;
     }
     if !m.checks.is_empty() {

@@ -35,7 +35,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use strata_land::InputFormat;
 
-use crate::types::{Bound, Delivery, GateMeasure, Grain, ReadMode, RuleCheck, Severity};
+use crate::types::{
+    Bound, Delivery, GateMeasure, Grain, Pin, PinPolicy, ReadMode, RuleCheck, Severity,
+};
 
 /// A pipeline definition that could not be loaded: names the file, the line and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,10 +89,29 @@ pub struct SourceDef {
 
 /// A dataset of the lake that the pipeline's models read but the pipeline does not compute: one
 /// loaded with `strata publish`, or written by another pipeline. A run reads it whole, at the
-/// version current when the run locks its inputs, and records that binding in its manifest.
+/// version its policy binds when the run locks its inputs, and records that binding in its
+/// manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReferenceDef {}
+pub struct ReferenceDef {
+    /// `latest` (default) or `as_originally_run`.
+    #[serde(default)]
+    pub policy: Option<PinPolicy>,
+    /// Exactly this version, always.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+impl ReferenceDef {
+    /// The version choice this reference declares.
+    pub fn pin(&self) -> Pin {
+        match (self.version, self.policy) {
+            (Some(v), _) => Pin::Version(v),
+            (None, Some(PinPolicy::AsOriginallyRun)) => Pin::AsOriginallyRun,
+            (None, _) => Pin::Latest,
+        }
+    }
+}
 
 /// A quality rule of a cleaned dataset: one check, and what a failure does.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -225,6 +246,10 @@ pub struct CleanedDef {
     /// Whether a dataset with no `max_quarantine_rate` gate gets [`DEFAULT_GATE`] (default true).
     #[serde(default = "yes")]
     pub default_gate: bool,
+    /// A reference dataset (no business date): which of its versions a model reads, `latest`
+    /// (default: the one this run computes) or `as_originally_run`.
+    #[serde(default)]
+    pub policy: Option<PinPolicy>,
 }
 
 fn yes() -> bool {
@@ -436,6 +461,20 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// How the version of `dataset` a model reads is chosen, if it is a reference: a reference
+    /// of the lake, or a cleaned dataset without a business date. `None` for dated datasets and
+    /// models, which are read by date.
+    pub fn pin_of(&self, dataset: &str) -> Option<Pin> {
+        if let Some(r) = self.references.get(dataset) {
+            return Some(r.pin());
+        }
+        let c = self.cleaned.get(dataset).filter(|c| c.business_date.is_none())?;
+        Some(match c.policy {
+            Some(PinPolicy::AsOriginallyRun) => Pin::AsOriginallyRun,
+            _ => Pin::Latest,
+        })
+    }
+
     /// Loads and checks `strata.toml` and the SQL files it names.
     pub fn load(file: &Path) -> Result<Pipeline, DefinitionError> {
         let display = file.display().to_string();
@@ -464,6 +503,16 @@ impl Pipeline {
             let at = line_of(&format!("[references.{name}]"));
             strata_publish::names::validate_dataset_name(name)
                 .map_err(|e| err(at, format!("{e}")))?;
+            let def = &raw.references[name];
+            if def.version.is_some() && def.policy == Some(PinPolicy::AsOriginallyRun) {
+                return Err(err(
+                    at,
+                    format!(
+                        "references.{name} has both version and policy = \"as_originally_run\"; \
+                         keep one: version pins one version for every run"
+                    ),
+                ));
+            }
             if raw.cleaned.contains_key(name) || raw.models.contains_key(name) {
                 return Err(err(
                     at,
@@ -627,6 +676,16 @@ impl Pipeline {
                              remove business_date to make {name} a reference dataset, or set \
                              delivery = \"changes\"",
                             c.source
+                        ),
+                    ));
+                }
+                (Some(_), _) if c.policy.is_some() => {
+                    return Err(err(
+                        line_of("policy").or_else(|| at("policy")),
+                        format!(
+                            "cleaned.{name}.policy chooses which version of a reference dataset \
+                             models read, but {name} has a business_date; remove policy (a \
+                             dated dataset is read by date)"
                         ),
                     ));
                 }

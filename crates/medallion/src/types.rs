@@ -67,6 +67,42 @@ impl From<Delivery> for String {
     }
 }
 
+/// How a run chooses the version of a reference it reads (`policy` in `strata.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinPolicy {
+    /// The version current when the run locks its inputs.
+    #[default]
+    Latest,
+    /// For dates published before, the version their original run read.
+    AsOriginallyRun,
+}
+
+/// Which version of a reference a run binds: a policy, or an exact version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pin {
+    /// The version current when the run locks its inputs (for a reference the run computes,
+    /// the version it publishes).
+    #[default]
+    Latest,
+    /// Exactly this version (`version = N`).
+    Version(u64),
+    /// A run over dates published before reads the version their original run recorded;
+    /// over new dates, the latest.
+    AsOriginallyRun,
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pin::Latest => f.write_str("latest"),
+            Pin::Version(v) => write!(f, "version = {v}"),
+            Pin::AsOriginallyRun => f.write_str("as_originally_run"),
+        }
+    }
+}
+
 /// How much of an input a model reads in a windowed run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -506,6 +506,11 @@ impl Dataset {
         Ok(self.current_head().await?.map(|record| Draft { record, new: Arc::default() }))
     }
 
+    /// Published version `version` as a [`Draft`]; reads only the record, not its chunks.
+    pub async fn draft_of_version(&self, version: u64) -> Result<Draft> {
+        Ok(Draft { record: self.published_head(version).await?, new: Arc::default() })
+    }
+
     /// The stored record of the current version (its chunks unread), or `None` if the dataset
     /// was never published.
     pub async fn current_head(&self) -> Result<Option<Arc<RecordHead>>> {

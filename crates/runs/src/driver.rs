@@ -27,7 +27,7 @@ use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{
     batches_for_window, clean, land_source, model, session, Output, RunOptions, StageReport, Window,
 };
-use strata_medallion::types::{Finding, GateMeasure, StageKind};
+use strata_medallion::types::{Finding, GateMeasure, Pin, StageKind};
 use strata_publish::deletion::Holder;
 use strata_publish::model::Owner;
 use strata_publish::{locks, Draft, Lake, RunContext};
@@ -37,6 +37,7 @@ use crate::log::{
     self as runs, Base, Binding, InputBatch, PublishPlan, RunLog, RunManifest, RunParams,
     StagedCheckpoint,
 };
+use crate::pins;
 use crate::plan::{plan, Plan};
 use crate::run_state::RunState;
 use crate::validate::{self, Approval, Check, GateCounts, Verdict};
@@ -69,7 +70,9 @@ pub async fn run_pipeline(
     let plan = plan(pipeline, options)?;
     let mut reports = Vec::new();
     let session = session(lake, options)?;
-    let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session };
+    // Which version of each reference the models read: decided before anything is written.
+    let pins = pins::resolve(lake, pipeline, &plan, options.refresh_references).await?;
+    let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session, pins: &pins };
     // Before anything is landed: a pipeline never writes a dataset someone else owns.
     owns_its_outputs(&job).await?;
     let (gathered, side_work) = gather(&job, progress, &mut reports).await?;
@@ -78,17 +81,18 @@ pub async fn run_pipeline(
         only: options.only.clone(),
         force: options.force,
         adopt: options.adopt.clone(),
+        refresh_references: options.refresh_references,
     };
-    // The references the models read, at their current versions: a run over a reference that
-    // changed is not the run that published before.
+    // The versions of the references the models read: a run over a reference that changed is
+    // not the run that published before. One the run computes is in its inputs already.
     let mut references = BTreeMap::new();
-    for (m, _) in &plan.models {
-        for r in pipeline.model_deps[m].iter().filter(|d| pipeline.references.contains_key(*d)) {
-            if !references.contains_key(r) {
-                let head = lake.dataset(r)?.head().await?;
-                references.insert(r.clone(), head.map(|h| h.to));
-            }
-        }
+    for (r, resolved) in &pins {
+        let version = match resolved {
+            pins::Resolved::Version { version, .. } => Some(*version),
+            pins::Resolved::Latest if computes(&plan, r) => continue,
+            pins::Resolved::Latest => lake.dataset(r)?.head().await?.map(|h| h.to),
+        };
+        references.insert(r.clone(), version);
     }
     let run_key = hash_json(&json!({
         "pipeline": pipeline.version,
@@ -528,6 +532,13 @@ struct Job<'a> {
     ctx: &'a RunContext,
     plan: &'a Plan,
     session: &'a SessionContext,
+    /// The version each reference the models read is bound to.
+    pins: &'a BTreeMap<String, pins::Resolved>,
+}
+
+/// Whether the run computes `dataset` itself.
+fn computes(plan: &Plan, dataset: &str) -> bool {
+    plan.cleaned.iter().chain(&plan.models).any(|(n, _)| n == dataset)
 }
 
 /// The run's inputs, fixed before it starts: the raw batches each cleaned stage reads, and the
@@ -546,6 +557,11 @@ struct Computed {
     previews: BTreeMap<String, Draft>,
     /// Dataset → what identifies its content (a stage key, or `<dataset>@<version>`).
     stage_keys: BTreeMap<String, String>,
+    /// Inputs the models read at a version bound before they ran (pinned references, and
+    /// datasets the run does not compute).
+    bound: BTreeMap<String, Draft>,
+    /// Datasets whose binding is recorded in the manifest.
+    recorded: BTreeSet<String>,
 }
 
 /// INPUT_LOCKED, RUNNING, VALIDATING, then COMMITTING or AWAITING_REVIEW. Returns the versions
@@ -560,9 +576,36 @@ async fn drive(
 ) -> Result<Option<BTreeMap<String, u64>>> {
     let ctx = job.ctx;
     let boundary = std::mem::take(&mut inputs.boundary);
-    log.advance(RunState::InputLocked, ctx.now(), |m| m.input_boundary = boundary).await?;
-    log.advance(RunState::Running, ctx.now(), |_| {}).await?;
     let mut computed = Computed::default();
+    // Every reference not computed by this run is bound now, with the inputs.
+    let mut bindings = Vec::new();
+    for (name, resolved) in job.pins {
+        let (draft, policy, as_in) = match resolved {
+            pins::Resolved::Version { version, as_in } => {
+                let draft = job.lake.dataset(name)?.draft_of_version(*version).await?;
+                (draft, job.pipeline.pin_of(name).unwrap_or_default(), as_in.clone())
+            }
+            pins::Resolved::Latest if computes(job.plan, name) => continue,
+            pins::Resolved::Latest => {
+                let Some(draft) = job.lake.dataset(name)?.draft_of_current().await? else {
+                    return Err(Error::Plan(format!(
+                        "the models read {name:?}, which has no published version yet; publish \
+                         it first (`strata publish {name} --from FILE`)"
+                    )));
+                };
+                (draft, Pin::Latest, Vec::new())
+            }
+        };
+        bindings.push(binding(job.lake, name, &draft, policy, as_in).await?);
+        computed.recorded.insert(name.clone());
+        computed.bound.insert(name.clone(), draft);
+    }
+    log.advance(RunState::InputLocked, ctx.now(), |m| {
+        m.input_boundary = boundary;
+        m.reference_data = bindings;
+    })
+    .await?;
+    log.advance(RunState::Running, ctx.now(), |_| {}).await?;
     for (name, window) in &job.plan.cleaned {
         let report = clean_stage(job, &inputs, name, *window, log, &mut computed).await?;
         progress(&report);
@@ -732,7 +775,14 @@ async fn model_stage(
     let deps = &pipeline.model_deps[name];
     let mut bindings = Vec::new();
     for d in deps {
-        if computed.previews.contains_key(d) {
+        if computed.bound.contains_key(d) {
+            continue;
+        }
+        if let Some(preview) = computed.previews.get(d) {
+            // A reference this run computes is bound to the version it publishes.
+            if pipeline.pin_of(d).is_some() && computed.recorded.insert(d.clone()) {
+                bindings.push(binding(lake, d, preview, Pin::Latest, Vec::new()).await?);
+            }
             continue;
         }
         let Some(draft) = lake.dataset(d)?.draft_of_current().await? else {
@@ -745,16 +795,22 @@ async fn model_stage(
                 "models.{name} reads {d:?}, which has no published version yet; {next}"
             )));
         };
-        let record = &draft.record;
-        bindings.push(Binding {
-            dataset: d.clone(),
-            version: record.version,
-            run_id: record.run_id.clone(),
-        });
-        computed.stage_keys.insert(d.clone(), format!("{d}@{}", record.version));
-        computed.previews.insert(d.clone(), draft);
+        bindings.push(binding(lake, d, &draft, Pin::Latest, Vec::new()).await?);
+        computed.recorded.insert(d.clone());
+        computed.bound.insert(d.clone(), draft);
     }
-    let dep_keys: Vec<&String> = deps.iter().map(|d| &computed.stage_keys[d]).collect();
+    // What the model reads: bound versions first, then what this run computed.
+    let mut reads = computed.previews.clone();
+    let mut dep_keys = Vec::new();
+    for d in deps {
+        match computed.bound.get(d) {
+            Some(draft) => {
+                dep_keys.push(format!("{d}@{}", draft.record.version));
+                reads.insert(d.clone(), draft.clone());
+            }
+            None => dep_keys.push(computed.stage_keys[d].clone()),
+        }
+    }
     let key = hash_json(&json!({
         "pipeline": pipeline.version, "stage": "model", "dataset": name,
         "window": window, "deps": dep_keys,
@@ -762,11 +818,9 @@ async fn model_stage(
     let names = [name.to_string()];
     let (report, mut out) = match reuse(job, found, &key, StageKind::Model, &names, window).await? {
         Some((report, mut outs)) => (report, outs.remove(0)),
-        None => {
-            model(lake, job.options, pipeline, name, def, deps, window, &computed.previews, ctx)
-                .await
-                .map_err(|e| in_model(name, &def.sql, e))?
-        }
+        None => model(lake, job.options, pipeline, name, def, deps, window, &reads, ctx)
+            .await
+            .map_err(|e| in_model(name, &def.sql, e))?,
     };
     stamp(job, std::slice::from_mut(&mut out));
     record_stage(log, ctx, &report, &key, std::slice::from_ref(&out), bindings).await?;
@@ -775,6 +829,28 @@ async fn model_stage(
     computed.previews.insert(name.to_string(), preview);
     computed.outputs.push(out);
     Ok(report)
+}
+
+/// The binding of `dataset` at the version of `draft`, with the hash of its rows.
+async fn binding(
+    lake: &Lake,
+    dataset: &str,
+    draft: &Draft,
+    policy: Pin,
+    as_in: Vec<String>,
+) -> Result<Binding> {
+    let record = lake.dataset(dataset)?.select(draft, &|_| true).await?;
+    let totals: Option<Vec<_>> = record.partitions.iter().map(|p| p.totals.as_ref()).collect();
+    let row_hash =
+        totals.and_then(|t| strata_reconcile::ControlTotals::combine(t).ok()).map(|t| t.row_hash);
+    Ok(Binding {
+        dataset: dataset.to_string(),
+        version: draft.record.version,
+        run_id: draft.record.run_id.clone(),
+        policy,
+        row_hash,
+        as_in,
+    })
 }
 
 /// COMMITTING: prepares every record first, so that the flips are the only work left, then

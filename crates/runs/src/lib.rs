@@ -19,6 +19,7 @@ mod error;
 
 pub mod driver;
 pub mod log;
+pub mod pins;
 pub mod plan;
 pub mod recover;
 pub mod run_state;

@@ -201,15 +201,29 @@ pub struct RunParams {
     /// `--adopt`: datasets the run may take over from another owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopt: Vec<String>,
+    /// `--refresh-references`: references pinned `as_originally_run` read the latest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_references: bool,
 }
 
-/// A dataset a run read but did not compute, pinned at the version it read.
+/// A dataset a run's models read at one exact version: every reference (of the lake, or a
+/// reference dataset the run computes), and every input the run did not compute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     pub dataset: String,
     pub version: u64,
-    /// The run that published that version.
+    /// The run that published that version (this run, for a reference it computes).
     pub run_id: String,
+    /// How the version was chosen.
+    #[serde(default)]
+    pub policy: strata_medallion::types::Pin,
+    /// Order-independent hash of every row of that version (the sum of its partitions'
+    /// control-total row hashes), when its partitions carry totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_hash: Option<String>,
+    /// With `as_originally_run`: the earlier runs whose binding this one repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub as_in: Vec<String>,
 }
 
 /// How a held run's staged output of one dataset is to be published once approved.

@@ -153,6 +153,7 @@ mod tests {
             target_partitions: 1,
             force: false,
             adopt: Vec::new(),
+            refresh_references: false,
             lease: std::time::Duration::from_secs(60),
             clock: None,
         }

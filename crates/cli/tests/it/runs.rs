@@ -573,7 +573,8 @@ fn operator_commands_and_idempotent_reruns() {
         env.ok(&["run", "--pipeline", toml, "--only", "daily_revenue", "--date", "2026-01-02"]);
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let shown = env.ok(&["show-run", &id]);
-    assert!(shown.contains("reads      orders v2 (pinned"), "{shown}");
+    assert!(shown.contains("reads      orders v2 (latest: published by run "), "{shown}");
+    assert!(shown.contains(", rows "), "the binding holds the hash of its rows: {shown}");
     assert!(shown.contains("checks     2 of 2 passed"), "{shown}");
     let log: serde_json::Value =
         serde_json::from_str(&env.ok(&["show-run", &id, "--json"])).unwrap();

@@ -92,6 +92,9 @@ pub struct RunOptions {
     pub clock: Option<strata_publish::locks::Clock>,
     /// Datasets the run may take over from another owner (`--adopt`).
     pub adopt: Vec<String>,
+    /// References pinned `as_originally_run` read their latest version instead
+    /// (`--refresh-references`).
+    pub refresh_references: bool,
 }
 
 /// What one stage did, as `strata run` prints it.

@@ -125,6 +125,7 @@ fn options(clock: Clock) -> RunOptions {
         target_partitions: 1,
         force: false,
         adopt: Vec::new(),
+        refresh_references: false,
         lease: std::time::Duration::from_secs(120),
         clock: Some(clock),
     }
