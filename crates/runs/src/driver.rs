@@ -593,7 +593,7 @@ async fn drive(
                          it first (`strata publish {name} --from FILE`)"
                     )));
                 };
-                (draft, Pin::Latest, Vec::new())
+                (draft, job.pipeline.pin_of(name).unwrap_or_default(), Vec::new())
             }
         };
         bindings.push(binding(job.lake, name, &draft, policy, as_in).await?);
@@ -780,8 +780,10 @@ async fn model_stage(
         }
         if let Some(preview) = computed.previews.get(d) {
             // A reference this run computes is bound to the version it publishes.
-            if pipeline.pin_of(d).is_some() && computed.recorded.insert(d.clone()) {
-                bindings.push(binding(lake, d, preview, Pin::Latest, Vec::new()).await?);
+            if let Some(policy) = pipeline.pin_of(d) {
+                if computed.recorded.insert(d.clone()) {
+                    bindings.push(binding(lake, d, preview, policy, Vec::new()).await?);
+                }
             }
             continue;
         }

@@ -35,30 +35,36 @@ pub enum Resolved {
 }
 
 /// What the runs that published the dates a run recomputes had bound for a reference: run id →
-/// the version it recorded (`None`: it recorded no binding for it, e.g. a run from before
-/// references were pinned).
-pub type Originals = BTreeMap<String, Option<u64>>;
+/// the version it recorded and the hash of that version's rows (`None`: it recorded no binding
+/// for it, e.g. a run from before references were pinned).
+pub type Originals = BTreeMap<String, Option<(u64, Option<String>)>>;
 
 /// The decision (pure): the version a run binds for reference `name` under `pin`.
 /// `as_originally_run` with every earlier run that recorded a binding agreeing binds that
 /// version; with none, the latest; with runs that disagree, the run cannot be one computation
-/// and is refused (the message says how to split it).
+/// and is refused (the message says how to split it). Versions with the same row hash hold the
+/// same rows and agree (a snapshot recomputed unchanged); the latest of them is bound.
 pub fn decide(name: &str, pin: Pin, refresh: bool, originals: &Originals) -> Result<Resolved> {
     match pin {
         Pin::Latest => Ok(Resolved::Latest),
         Pin::Version(version) => Ok(Resolved::Version { version, as_in: Vec::new() }),
         Pin::AsOriginallyRun if refresh => Ok(Resolved::Latest),
         Pin::AsOriginallyRun => {
-            let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-            for (run, v) in originals {
-                if let Some(v) = v {
-                    by_version.entry(*v).or_default().push(run.clone());
+            // Content → the versions holding it, and the runs that read them.
+            let mut by_content: BTreeMap<String, (BTreeSet<u64>, Vec<String>)> = BTreeMap::new();
+            for (run, bound) in originals {
+                if let Some((v, hash)) = bound {
+                    let content = hash.clone().unwrap_or_else(|| format!("version {v}"));
+                    let entry = by_content.entry(content).or_default();
+                    entry.0.insert(*v);
+                    entry.1.push(run.clone());
                 }
             }
-            match by_version.len() {
+            match by_content.len() {
                 0 => Ok(Resolved::Latest),
                 1 => {
-                    let (version, as_in) = by_version.into_iter().next().expect("one");
+                    let (versions, as_in) = by_content.into_values().next().expect("one");
+                    let version = *versions.last().expect("a version per content");
                     Ok(Resolved::Version { version, as_in })
                 }
                 _ => Err(Error::Plan(format!(
@@ -66,9 +72,12 @@ pub fn decide(name: &str, pin: Pin, refresh: bool, originals: &Originals) -> Res
                      published by runs that read different versions of it ({}); a run reads one \
                      version. Run the dates of each separately (`strata show-run <run>` shows \
                      their windows), or pass --refresh-references to read the latest",
-                    by_version
-                        .iter()
-                        .map(|(v, runs)| format!("v{v} by {}", runs.join(", ")))
+                    by_content
+                        .values()
+                        .map(|(vs, runs)| {
+                            let vs: Vec<String> = vs.iter().map(|v| format!("v{v}")).collect();
+                            format!("{} by {}", vs.join("/"), runs.join(", "))
+                        })
                         .collect::<Vec<_>>()
                         .join("; ")
                 ))),
@@ -140,7 +149,7 @@ async fn originals(
         let manifest = crate::log::latest_entry(lake, &run).await?;
         let bound = manifest
             .and_then(|m| m.reference_data.into_iter().find(|b| b.dataset == reference))
-            .map(|b| b.version);
+            .map(|b| (b.version, b.row_hash));
         out.insert(run, bound);
     }
     Ok(out)
@@ -151,7 +160,7 @@ mod tests {
     use super::*;
 
     fn originals(pairs: &[(&str, Option<u64>)]) -> Originals {
-        pairs.iter().map(|(r, v)| (r.to_string(), *v)).collect()
+        pairs.iter().map(|(r, v)| (r.to_string(), v.map(|v| (v, None)))).collect()
     }
 
     #[test]
@@ -182,6 +191,22 @@ mod tests {
         );
         // --refresh-references
         assert_eq!(decide("a", Pin::AsOriginallyRun, true, &o).unwrap(), Resolved::Latest);
+    }
+
+    /// A snapshot recomputed unchanged is a new version with the same rows: the runs that read
+    /// either agree, and the later version is bound.
+    #[test]
+    fn versions_with_the_same_rows_agree() {
+        let mut o = Originals::new();
+        o.insert("r1".into(), Some((1, Some("aa".into()))));
+        o.insert("r2".into(), Some((2, Some("aa".into()))));
+        assert_eq!(
+            decide("a", Pin::AsOriginallyRun, false, &o).unwrap(),
+            Resolved::Version { version: 2, as_in: vec!["r1".into(), "r2".into()] }
+        );
+        o.insert("r3".into(), Some((3, Some("bb".into()))));
+        let e = decide("a", Pin::AsOriginallyRun, false, &o).unwrap_err().to_string();
+        assert!(e.contains("v1/v2 by r1, r2") && e.contains("v3 by r3"), "{e}");
     }
 
     #[test]

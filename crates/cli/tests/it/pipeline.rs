@@ -1351,3 +1351,119 @@ fn reference_datasets_are_snapshots_or_merged_changes() {
         "{line}"
     );
 }
+
+/// The first line of `show-run <id>` that names `dataset`'s binding.
+fn binding_line(env: &Env, dataset: &str) -> String {
+    let id = crate::quality::latest_run(env)["run_id"].as_str().unwrap().to_string();
+    let shown = env.ok(&["show-run", &id]);
+    shown
+        .lines()
+        .find(|l| l.starts_with(&format!("reads      {dataset} ")))
+        .unwrap_or_else(|| panic!("no binding of {dataset}: {shown}"))
+        .to_string()
+}
+
+/// Pinning: a reference dataset the run computes is bound to the version it publishes, and
+/// `show-run` shows the binding (version, policy, row hash). Pinned `as_originally_run`, a
+/// backfill of a date published before reads the version its original run read, even after the
+/// snapshot changed; `--refresh-references` reads the latest; a new date reads the latest.
+#[test]
+fn a_backfill_reads_the_reference_version_its_original_run_read() {
+    let env = Env::new();
+    let toml = flights_with_references(&env);
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("[cleaned.airports]\n", "[cleaned.airports]\npolicy = \"as_originally_run\"\n");
+    std::fs::write(&toml, text).unwrap();
+    env.ok(&["run", "--pipeline", &toml]);
+    let first = binding_line(&env, "airports");
+    assert!(
+        first.starts_with("reads      airports v1 (as_originally_run: computed by this run, rows "),
+        "{first}"
+    );
+    let day = "SELECT city FROM by_city WHERE flight_date = DATE '2026-02-01' ORDER BY 1";
+    assert_eq!(csv(&env, day), "city\nNew York\nSan Francisco\n");
+    // The snapshot changes; the backfill of 2026-02-01 still reads v1, as its original run did.
+    std::fs::write(env.path("refs/airports/2026-02.csv"), "code,city\nJFK,NYC\nSFO,SF\n").unwrap();
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01"]);
+    assert_eq!(csv(&env, "SELECT city FROM airports ORDER BY 1"), "city\nNYC\nSF\n");
+    assert_eq!(csv(&env, day), "city\nNew York\nSan Francisco\n", "as originally run");
+    let line = binding_line(&env, "airports");
+    assert!(line.contains("airports v1 (as_originally_run: published by run "), "{line}");
+    assert!(line.contains(", as run "), "{line}");
+    // --refresh-references restates the day with the current snapshot.
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01", "--refresh-references"]);
+    assert_eq!(csv(&env, day), "city\nNYC\nSF\n");
+    let line = binding_line(&env, "airports");
+    assert!(line.contains("(as_originally_run: computed by this run, rows "), "{line}");
+    // A new date has no original run: it reads the latest.
+    std::fs::write(
+        env.path("refs/data/f2.csv"),
+        "id,year,month,day,origin,carrier\n9,2026,2,2,JFK,AA\n",
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-02"]);
+    assert_eq!(
+        csv(&env, "SELECT city FROM by_city WHERE flight_date = DATE '2026-02-02'"),
+        "city\nNYC\n"
+    );
+}
+
+/// A reference of the lake pinned `version = N` is read at that version whatever is current,
+/// and a version never published is refused before anything is written.
+#[test]
+fn a_reference_pinned_to_a_version_reads_that_version() {
+    let env = Env::new();
+    let dir = env.path("refs");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let toml = dir.join("strata.toml");
+    let write_toml = |pin: &str| {
+        std::fs::write(
+            &toml,
+            format!(
+                "[pipeline]\nname = \"refs\"\n\n[sources.orders]\npath = \"data/*.csv\"\n\n\
+                 [references.users]\n{pin}\n\n\
+                 [cleaned.orders]\nsource = \"orders\"\nkey = [\"order_id\"]\n\
+                 business_date = \"order_date\"\n\
+                 columns = {{ order_id = \"bigint not null\", order_date = \"date not null\", \
+                 user_id = \"bigint not null\" }}\n\n\
+                 [models.by_country]\nsql = \"models/by_country.sql\"\nbusiness_date = \"order_date\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_toml("version = 1");
+    std::fs::write(
+        dir.join("models/by_country.sql"),
+        "SELECT o.order_date, u.country, count(*) AS orders FROM orders o \
+         JOIN users u ON o.user_id = u.user_id GROUP BY o.order_date, u.country",
+    )
+    .unwrap();
+    std::fs::write(dir.join("data/orders.csv"), "order_id,order_date,user_id\n1,2026-01-01,10\n")
+        .unwrap();
+    let toml = toml.to_str().unwrap();
+    let users = users_parquet(&env, &[(10, "FR")]);
+    env.ok(&["publish", "users", "--from", &users]);
+    let users = users_parquet(&env, &[(10, "DE")]);
+    env.ok(&["publish", "users", "--from", &users, "--replace-all"]);
+    env.ok(&["run", "--pipeline", toml]);
+    assert_eq!(
+        csv(&env, "SELECT country FROM by_country"),
+        "country\nFR\n",
+        "v1, not the current v2"
+    );
+    assert!(binding_line(&env, "users")
+        .starts_with("reads      users v1 (version = 1: published by run "));
+    write_toml("version = 9");
+    let before = env.snapshot();
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(
+        line.contains("users is pinned to version 9") && line.contains("strata versions users"),
+        "{line}"
+    );
+    assert_eq!(env.snapshot(), before, "nothing written");
+    write_toml("version = 1\npolicy = \"as_originally_run\"");
+    let line = env.user_error(&["run", "--pipeline", toml]);
+    assert!(line.contains("both version and policy"), "{line}");
+}
