@@ -128,9 +128,9 @@ fn external(e: strata_publish::Error) -> DataFusionError {
 }
 
 /// Whether a partition with `values` (of columns `by`) can hold a row whose `column` is within
-/// `[from, to]`: when the version is partitioned by that date (`column=YYYY-MM-DD`) or by its
-/// month (`<column>_month=YYYY-MM`), the others are not read at all. Any other layout, and a
-/// value that is not a date, may hold anything.
+/// `[from, to]`: when the version is partitioned first by that date (`column=YYYY-MM-DD`) or by
+/// its month (`<column>_month=YYYY-MM`), whatever columns follow, the others are not read at
+/// all. Any other layout, and a value that is not a date, may hold anything.
 pub fn may_hold_dates(
     by: &[String],
     values: &[Option<String>],
@@ -138,12 +138,10 @@ pub fn may_hold_dates(
     from: NaiveDate,
     to: NaiveDate,
 ) -> bool {
-    let month = if by == [column.to_string()] {
-        false
-    } else if by == [format!("{column}_month")] {
-        true
-    } else {
-        return true;
+    let month = match by.first() {
+        Some(first) if first == column => false,
+        Some(first) if *first == format!("{column}_month") => true,
+        _ => return true,
     };
     let v = match values.first() {
         Some(Some(v)) => v,

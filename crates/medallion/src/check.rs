@@ -94,37 +94,40 @@ pub async fn plan_models(
         match ctx.sql(&pipeline.model_sql[name]).await {
             Ok(df) => {
                 let schema = df.schema().as_arrow().clone();
-                match schema.field_with_name(&def.business_date) {
-                    Err(_) => problems.push(Problem {
-                        at: at.clone(),
-                        message: format!(
-                            "the result has no column {:?} (its business_date); columns: {}",
-                            def.business_date,
-                            schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    }),
-                    Ok(f)
-                        if !matches!(
-                            f.data_type(),
-                            datafusion::arrow::datatypes::DataType::Date32
-                                | datafusion::arrow::datatypes::DataType::Null
-                        ) =>
-                    {
-                        problems.push(Problem {
+                let columns = || {
+                    let names: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    names.join(", ")
+                };
+                if let Some(bd) = &def.business_date {
+                    match schema.field_with_name(bd) {
+                        Err(_) => problems.push(Problem {
                             at: at.clone(),
                             message: format!(
-                                "its business_date {:?} is {}, not a DATE; cast it in the SQL",
-                                def.business_date,
-                                f.data_type()
+                                "the result has no column {bd:?} (its business_date); columns: {}",
+                                columns()
                             ),
-                        })
+                        }),
+                        Ok(f) if !matches!(f.data_type(), DataType::Date32 | DataType::Null) => {
+                            problems.push(Problem {
+                                at: at.clone(),
+                                message: format!(
+                                    "its business_date {bd:?} is {}, not a DATE; cast it in the SQL",
+                                    f.data_type()
+                                ),
+                            })
+                        }
+                        Ok(_) => {}
                     }
-                    Ok(_) => {}
+                }
+                for col in def.partition_by.iter().filter(|c| schema.field_with_name(c).is_err()) {
+                    problems.push(Problem {
+                        at: at.clone(),
+                        message: format!(
+                            "the result has no column {col:?} (of its partition_by); columns: {}",
+                            columns()
+                        ),
+                    });
                 }
                 if let Err(e) = ctx.register_table(ident(name).as_str(), df.into_view()) {
                     problems.push(Problem { at, message: first_line(&e) });

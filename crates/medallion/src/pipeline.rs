@@ -227,6 +227,10 @@ pub struct CleanedDef {
     pub business_date: Option<String>,
     #[serde(default)]
     pub grain: Grain,
+    /// Columns that partition the accepted rows below the business date (or alone, without
+    /// one): `["tenant"]`.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
     /// Column name → `"<sql type>[ not null]"`, in contract order (the file's order).
     pub columns: toml::Table,
     /// Derived column name → SQL expression over the typed contract columns (and the derived
@@ -269,6 +273,11 @@ impl CleanedDef {
     /// month grain; none for a reference dataset.
     pub fn partition_column(&self) -> Option<String> {
         self.business_date.as_deref().map(|bd| crate::stages::partition_column(bd, self.grain))
+    }
+
+    /// Every column partitioning the accepted rows, the date's first.
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.partition_column().into_iter().chain(self.partition_by.iter().cloned()).collect()
     }
 
     /// Whether `column` is the business date.
@@ -355,7 +364,13 @@ pub struct SumCheck {
 pub struct ModelDef {
     /// Path of the SQL file, relative to the pipeline file.
     pub sql: String,
-    pub business_date: String,
+    /// The DATE column of the result that partitions it. Without one, the model is a
+    /// full-refresh model: computed whole in every run that computes it.
+    #[serde(default)]
+    pub business_date: Option<String>,
+    /// Columns of the result that partition it below the business date (or alone).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
     #[serde(default)]
     pub grain: Grain,
     /// How many days before a partition the SQL reads (a 7-day rolling window reads 6).
@@ -400,6 +415,18 @@ pub fn is_exact_numeric(sql_type: &str) -> bool {
         || t.starts_with("numeric")
         || ["bigint", "int", "integer", "smallint", "tinyint", "int8", "int4", "int2"]
             .contains(&t.as_str())
+}
+
+impl ModelDef {
+    /// The column partitioning the output by date: the business date, or `<date>_month`.
+    pub fn partition_column(&self) -> Option<String> {
+        self.business_date.as_deref().map(|bd| crate::stages::partition_column(bd, self.grain))
+    }
+
+    /// Every column partitioning the output, the date's first.
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.partition_column().into_iter().chain(self.partition_by.iter().cloned()).collect()
+    }
 }
 
 impl CleanedDef {
@@ -739,6 +766,19 @@ impl Pipeline {
                     }
                 }
             }
+            let mut seen = BTreeSet::new();
+            for col in &c.partition_by {
+                if c.is_business_date(col) || !seen.insert(col.as_str()) {
+                    return Err(err(
+                        line_of("partition_by").or_else(|| at("partition_by")),
+                        format!(
+                            "cleaned.{name}.partition_by names {col:?} twice, or names the \
+                             business date, which always partitions the dataset first"
+                        ),
+                    ));
+                }
+                need.push(("partition_by column", col.clone()));
+            }
             for col in c.sums.iter().flatten() {
                 if !contract_names.contains(col.as_str()) && names.contains(col.as_str()) {
                     return Err(err(
@@ -838,6 +878,24 @@ impl Pipeline {
                     return Err(err(line_of(d), format!("models.{name}.depends_on names {d:?}, which is not a cleaned dataset, model or reference of this pipeline")));
                 }
                 deps.insert(d.clone());
+            }
+            let mut seen = BTreeSet::new();
+            for col in &m.partition_by {
+                if m.business_date.as_deref() == Some(col.as_str()) || !seen.insert(col.as_str()) {
+                    return Err(err(
+                        line_of("partition_by").or_else(|| line_of(&m.sql)),
+                        format!(
+                            "models.{name}.partition_by names {col:?} twice, or names the \
+                             business date, which always partitions the output first"
+                        ),
+                    ));
+                }
+            }
+            if m.business_date.is_none() && m.grain == Grain::Month {
+                return Err(err(
+                    line_of(&m.sql),
+                    format!("models.{name}.grain is month, but it has no business_date"),
+                ));
             }
             if let Some(other) = m.reads.keys().find(|r| !deps.contains(*r)) {
                 return Err(err(

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use strata_medallion::pipeline::Pipeline;
+use strata_medallion::stages::scope::date_segment;
 use strata_medallion::types::Pin;
 use strata_publish::Lake;
 
@@ -140,7 +141,7 @@ async fn originals(
         let ds = lake.dataset(m)?;
         let Some(draft) = ds.draft_of_current().await? else { continue };
         let owned: BTreeSet<&str> = plan.boundary[m].iter().map(String::as_str).collect();
-        let keep = |key: &str| owned.is_empty() || owned.contains(key);
+        let keep = |key: &str| owned.is_empty() || owned.contains(date_segment(key));
         let record = ds.select(&draft, &keep).await?;
         runs.extend(record.partitions.iter().map(|p| p.run_id.clone()));
     }

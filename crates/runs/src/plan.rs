@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use strata_medallion::pipeline::Pipeline;
-use strata_medallion::stages::{owned_keys, partition_column, RunOptions, Window};
+use strata_medallion::stages::{owned_keys, RunOptions, Window};
 use strata_medallion::types::{Grain, ReadMode};
 
 use crate::error::{Error, Result};
@@ -96,7 +96,8 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
         // look-back spill; everything when there is no window. An input read whole changes no
         // particular date of the model (a changed customer changes every order's row): the run
         // recomputes its own window, and a restatement of every date is a full run.
-        let w = window_of(name).map(|w| {
+        // A model without a business date is a full-refresh model: computed whole.
+        let w = window_of(name).filter(|_| def.business_date.is_some()).map(|w| {
             let ranges: Vec<Window> = pipeline.model_deps[name]
                 .iter()
                 .filter(|d| def.reads.get(*d) != Some(&ReadMode::All))
@@ -117,11 +118,11 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
                 w
             }
         });
-        let part = partition_column(&def.business_date, def.grain);
-        boundary.insert(
-            name.clone(),
-            w.map(|w| owned_keys(&part, def.grain, w).into_iter().collect()).unwrap_or_default(),
-        );
+        let keys: Vec<String> = match (w, def.partition_column()) {
+            (Some(w), Some(part)) => owned_keys(&part, def.grain, w).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        boundary.insert(name.clone(), keys);
         windows.insert(name.clone(), w);
         models.push((name.clone(), w));
     }

@@ -65,8 +65,11 @@ pub fn stage_checks(r: &StageReport, staged: &Staged, quarantine: Option<&Staged
         }
         if let Some(expected) = &r.expected_partitions {
             let written: Vec<&String> = staged.partitions.iter().map(|p| &p.key).collect();
+            // A dataset partitioned below its date has each date's rows in partitions under it.
+            let present =
+                |k: &String| written.iter().any(|w| *w == k || w.starts_with(&format!("{k}/")));
             let missing: Vec<&str> =
-                expected.iter().filter(|k| !written.contains(k)).map(String::as_str).collect();
+                expected.iter().filter(|k| !present(k)).map(String::as_str).collect();
             let detail = if missing.is_empty() {
                 format!("{} partition(s)", expected.len())
             } else {

@@ -1467,3 +1467,77 @@ fn a_reference_pinned_to_a_version_reads_that_version() {
     let line = env.user_error(&["run", "--pipeline", toml]);
     assert!(line.contains("both version and policy"), "{line}");
 }
+
+/// `partition_by`: a cleaned dataset and a model partitioned by a derived tenant below their
+/// business date, and a full-refresh model without a business date. A one-day run owns every
+/// tenant of its day: a tenant that disappeared from the day is emptied, the other days are
+/// kept; the full-refresh model is recomputed whole.
+#[test]
+fn datasets_partition_by_a_tenant_below_their_date() {
+    let env = Env::new();
+    let dir = env.path("tenants");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        "[pipeline]\nname = \"tenants\"\n\n[sources.flights]\npath = \"data/*.csv\"\n\n\
+         [cleaned.flights]\nsource = \"flights\"\nkey = [\"id\"]\nbusiness_date = \"flight_date\"\n\
+         partition_by = [\"tenant\"]\n\
+         columns = { id = \"bigint not null\", year = \"int\", month = \"int\", day = \"int\", \
+         origin = \"varchar\" }\n\
+         derive = { flight_date = \"make_date(year, month, day)\", tenant = \"lower(origin)\" }\n\n\
+         [models.by_tenant]\nsql = \"by_tenant.sql\"\nbusiness_date = \"flight_date\"\n\
+         partition_by = [\"tenant\"]\n\n\
+         [models.totals]\nsql = \"totals.sql\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("by_tenant.sql"),
+        "SELECT flight_date, tenant, count(*) AS flights FROM flights GROUP BY 1, 2",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("totals.sql"),
+        "SELECT tenant, sum(flights) AS flights FROM by_tenant GROUP BY 1",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("data/a.csv"),
+        "id,year,month,day,origin\n1,2026,1,31,JFK\n2,2026,2,1,SFO\n3,2026,2,1,JFK\n",
+    )
+    .unwrap();
+    let toml = dir.join("strata.toml").display().to_string();
+    env.ok(&["run", "--pipeline", &toml]);
+    let files = env.ok(&["files", "by_tenant"]);
+    assert!(
+        files.contains("/flight_date=2026-02-01/tenant=sfo/") && files.lines().count() == 3,
+        "{files}"
+    );
+    assert_eq!(
+        csv(&env, "SELECT tenant, flights FROM totals ORDER BY 1"),
+        "tenant,flights\njfk,2\nsfo,1\n"
+    );
+    // A correction moves flight 2 to JFK: the day's sfo partition is emptied, 2026-01-31 kept.
+    std::fs::write(dir.join("data/b.csv"), "id,year,month,day,origin\n2,2026,2,1,JFK\n").unwrap();
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01"]);
+    for ds in ["flights", "by_tenant"] {
+        let files = env.ok(&["files", ds]);
+        assert!(!files.contains("tenant=sfo"), "{ds}: {files}");
+        assert!(files.contains("flight_date=2026-01-31/tenant=jfk"), "{ds}: {files}");
+    }
+    assert_eq!(
+        csv(&env, "SELECT flight_date, tenant, flights FROM by_tenant ORDER BY 1, 2"),
+        "flight_date,tenant,flights\n2026-01-31,jfk,1\n2026-02-01,jfk,2\n"
+    );
+    assert_eq!(
+        csv(&env, "SELECT tenant, flights FROM totals ORDER BY 1"),
+        "tenant,flights\njfk,3\n"
+    );
+    // A partition column the result does not have is found before anything runs.
+    std::fs::write(
+        dir.join("by_tenant.sql"),
+        "SELECT flight_date, count(*) AS flights FROM flights GROUP BY 1",
+    )
+    .unwrap();
+    let line = env.user_error(&["run", "--pipeline", &toml]);
+    assert!(line.contains("\"tenant\" (of its partition_by)"), "{line}");
+}

@@ -183,8 +183,10 @@ impl Stage<'_> {
             (Some(lo), Some(hi)) => Some(Window { from: date_of_days(lo), to: date_of_days(hi) }),
             _ => None,
         });
-        let (decided, failed) =
-            self.decide(a_ds, &pass, window, part_col.as_deref().unwrap_or_default()).await?;
+        let staged_keys: BTreeSet<String> =
+            a_staged.partitions.iter().map(|p| p.key.clone()).collect();
+        let part_col = part_col.as_deref().unwrap_or_default();
+        let (decided, failed) = self.decide(a_ds, &pass, window, part_col, &staged_keys).await?;
         // FAIL_PARTITION: a withheld partition is not published at all; its staged files go.
         let withheld = withhold(a_ds, &mut a_staged, &failed, self.ctx).await?;
         // Reconcile before anything is published: what was staged must be what was counted.
@@ -235,6 +237,7 @@ impl Stage<'_> {
         pass: &CleanPass,
         window: Option<Window>,
         part_col: &str,
+        staged: &BTreeSet<String>,
     ) -> Result<(scope::CleanedScope, BTreeSet<String>)> {
         let month = self.def.grain == Grain::Month;
         let key_of = |day: &i32| {
@@ -246,9 +249,8 @@ impl Stage<'_> {
         let accepted: BTreeSet<String> = pass.accepted_days.iter().map(key_of).collect();
         let published: BTreeSet<String> = if scope::needs_published(self.requested, &failed) {
             let current = a_ds.current_opt().await?;
-            current
-                .map(|r| r.partitions.iter().map(|p| p.key.clone()).collect())
-                .unwrap_or_default()
+            let keys = current.map(|r| r.partitions.into_iter().map(|p| p.key));
+            keys.into_iter().flatten().map(|k| scope::date_segment(&k).to_string()).collect()
         } else {
             BTreeSet::new()
         };
@@ -261,6 +263,12 @@ impl Stage<'_> {
             failed: &failed,
             published: &published,
         });
+        // Partitioned below the date: the run owns every partition of the dates it owns.
+        let mut decided = decided;
+        if let (false, Some(dates)) = (self.def.partition_by.is_empty(), &decided.accepted.owned) {
+            let published = super::model::published_keys_of(a_ds, dates).await?;
+            decided.accepted.owned = Some(scope::expand_owned(dates, &published, staged));
+        }
         Ok((decided, failed))
     }
 
@@ -292,8 +300,9 @@ async fn withhold(
     failed: &BTreeSet<String>,
     ctx: &RunContext,
 ) -> Result<u64> {
-    let (dropped, kept): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut staged.partitions).into_iter().partition(|p| failed.contains(&p.key));
+    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut staged.partitions)
+        .into_iter()
+        .partition(|p| failed.contains(scope::date_segment(&p.key)));
     let withheld: u64 = dropped.iter().map(|p| p.rows).sum();
     let files: Vec<String> =
         dropped.iter().flat_map(|p| p.files.iter().map(|f| f.path.clone())).collect();
@@ -500,7 +509,7 @@ async fn split_rows(
         time: def.business_date.clone(),
     };
     let a_options = WriterOptions {
-        partition_by: q.part_col.iter().cloned().collect(),
+        partition_by: def.partition_columns(),
         totals: Some(a_totals),
         // Accepted rows leave the one pass sorted by key: uniqueness is proved in constant
         // memory.

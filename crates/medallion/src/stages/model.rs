@@ -22,8 +22,19 @@ use super::*;
 fn input_date(pipeline: &Pipeline, dep: &str) -> Option<String> {
     match pipeline.cleaned.get(dep) {
         Some(c) => c.business_date.clone(),
-        None => pipeline.models.get(dep).map(|m| m.business_date.clone()),
+        None => pipeline.models.get(dep).and_then(|m| m.business_date.clone()),
     }
+}
+
+/// The published partitions of `ds` whose date segment is one of `dates`.
+pub(super) async fn published_keys_of(
+    ds: &strata_publish::Dataset,
+    dates: &BTreeSet<String>,
+) -> Result<BTreeSet<String>> {
+    let Some(draft) = ds.draft_of_current().await? else { return Ok(BTreeSet::new()) };
+    let keep = |key: &str| dates.contains(super::scope::date_segment(key));
+    let record = ds.select(&draft, &keep).await?;
+    Ok(record.partitions.iter().map(|p| p.key.clone()).collect())
 }
 
 /// Computes a model and stages its output. `inputs` are the records this run prepared for its
@@ -167,34 +178,50 @@ pub async fn model(
         ))?;
     }
     let schema = df.schema().as_arrow().clone();
-    let Ok(field) = schema.field_with_name(&def.business_date) else {
-        return Err(Error::Sql {
-            message: format!(
-                "models.{name}: the SQL's result has no column {:?} (its business_date); columns: {}",
-                def.business_date,
-                schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        });
-    };
-    if field.data_type() != &DataType::Date32 {
-        return Err(Error::Sql {
-            message: format!(
-                "models.{name}: column {:?} is {}, but a business date must be DATE; cast it in the SQL",
-                def.business_date,
-                field.data_type()
-            ),
-        });
+    let columns =
+        || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+    for col in &def.partition_by {
+        if schema.field_with_name(col).is_err() {
+            return Err(Error::Sql {
+                message: format!(
+                    "models.{name}: the SQL's result has no column {col:?} (of its partition_by); \
+                     columns: {}",
+                    columns()
+                ),
+            });
+        }
     }
-    let bd = datafusion::prelude::col(ident(&def.business_date));
-    if let Some(w) = window {
-        df = df.filter(between_dates(bd.clone(), w.from, w.to))?;
-    }
-    let part_col = partition_column(&def.business_date, def.grain);
-    if def.grain == Grain::Month {
-        df = df.with_column(
-            &part_col,
-            datafusion::functions::expr_fn::to_char(bd, datafusion::prelude::lit("%Y-%m")),
-        )?;
+    // A model without a business date is a full-refresh model: computed whole.
+    let window = window.filter(|_| def.business_date.is_some());
+    if let Some(bd_name) = &def.business_date {
+        let Ok(field) = schema.field_with_name(bd_name) else {
+            return Err(Error::Sql {
+                message: format!(
+                    "models.{name}: the SQL's result has no column {bd_name:?} (its \
+                     business_date); columns: {}",
+                    columns()
+                ),
+            });
+        };
+        if field.data_type() != &DataType::Date32 {
+            return Err(Error::Sql {
+                message: format!(
+                    "models.{name}: column {bd_name:?} is {}, but a business date must be DATE; \
+                     cast it in the SQL",
+                    field.data_type()
+                ),
+            });
+        }
+        let bd = datafusion::prelude::col(ident(bd_name));
+        if let Some(w) = window {
+            df = df.filter(between_dates(bd.clone(), w.from, w.to))?;
+        }
+        if def.grain == Grain::Month {
+            df = df.with_column(
+                &partition_column(bd_name, def.grain),
+                datafusion::functions::expr_fn::to_char(bd, datafusion::prelude::lit("%Y-%m")),
+            )?;
+        }
     }
     // A fixed row order makes the files byte-identical from run to run.
     let sort: Vec<_> = df
@@ -205,7 +232,6 @@ pub async fn model(
         .collect();
     let df = df.sort(sort)?;
     let stream = df.execute_stream().await?;
-    let owned = window.map(|w| owned_keys(&part_col, def.grain, w));
     let full = window.is_none();
     let mut sums = def.sums.clone();
     sums.extend(def.reconcile.iter().map(|c| c.column.clone()));
@@ -214,9 +240,24 @@ pub async fn model(
     let totals = Some(strata_reconcile::TotalsSpec {
         key: def.key.clone(),
         sums,
-        time: Some(def.business_date.clone()),
+        time: def.business_date.clone(),
     });
-    let (ds, staged) = stage_stream(lake, name, stream, vec![part_col], totals, ctx).await?;
+    let by = def.partition_columns();
+    let (ds, staged) = stage_stream(lake, name, stream, by, totals, ctx).await?;
+    let owned = match (window, def.partition_column()) {
+        (Some(w), Some(part_col)) => {
+            let dates = owned_keys(&part_col, def.grain, w);
+            if def.partition_by.is_empty() {
+                Some(dates)
+            } else {
+                // Partitioned below the date: every partition of the window's dates.
+                let staged_keys = staged.partitions.iter().map(|p| p.key.clone()).collect();
+                let published = published_keys_of(&ds, &dates).await?;
+                Some(super::scope::expand_owned(&dates, &published, &staged_keys))
+            }
+        }
+        _ => None,
+    };
     let report = StageReport {
         stage: StageKind::Model,
         dataset: name.to_string(),

@@ -96,6 +96,28 @@ pub fn cleaned_scope(f: ScopeFacts<'_>) -> CleanedScope {
     }
 }
 
+/// The date segment of a partition key (`order_date=2026-01-01` of
+/// `order_date=2026-01-01/tenant=a`): a dataset partitioned below its date has its date first.
+pub fn date_segment(key: &str) -> &str {
+    key.split('/').next().unwrap_or(key)
+}
+
+/// The partitions a run owns in a dataset partitioned below its date (`partition_by`): every
+/// partition, published or staged, whose date segment the run owns. A day's tenant that
+/// disappeared is owned, so it is emptied (pure).
+pub fn expand_owned(
+    owned_dates: &BTreeSet<String>,
+    published: &BTreeSet<String>,
+    staged: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    published
+        .iter()
+        .chain(staged)
+        .filter(|k| owned_dates.contains(date_segment(k)))
+        .cloned()
+        .collect()
+}
+
 /// A rule that does not quarantine, with the accepted rows that fail it.
 #[derive(Debug, Clone, Copy)]
 pub struct Flagged<'a> {
@@ -164,6 +186,20 @@ pub fn counts_mismatch(c: Counts) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_owns_every_partition_below_its_dates() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let owned = set(&["d=2026-01-02"]);
+        let published = set(&["d=2026-01-01/t=a", "d=2026-01-02/t=a", "d=2026-01-02/t=b"]);
+        let staged = set(&["d=2026-01-02/t=a", "d=2026-01-02/t=c"]);
+        assert_eq!(
+            expand_owned(&owned, &published, &staged),
+            set(&["d=2026-01-02/t=a", "d=2026-01-02/t=b", "d=2026-01-02/t=c"]),
+            "t=b, gone from the day, is owned and so emptied; 2026-01-01 is kept"
+        );
+        assert_eq!(date_segment("d=2026-01-02"), "d=2026-01-02");
+    }
     use chrono::NaiveDate;
 
     fn day(d: u32) -> NaiveDate {
