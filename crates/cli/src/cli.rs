@@ -124,6 +124,24 @@ pipelines/shop/strata.toml"
     )]
     Reject(ReviewArgs),
 
+    /// Take a landed batch out of every later run's input (its files are kept, the action is
+    /// recorded with who, when and why).
+    #[command(long_about = RETIRE_LONG, after_help = RETIRE_AFTER)]
+    Retire(RetireArgs),
+
+    /// Put a retired batch back into the input of later runs.
+    #[command(
+        after_help = "Example:\n  strata unretire orders orders-2026-01-02.csv --reason \"the sender confirmed it\"\n  strata run --date 2026-01-02"
+    )]
+    Unretire(RetireArgs),
+
+    /// List the batches of a source that are retired now, or with --history every retire and
+    /// unretire.
+    #[command(
+        after_help = "Example:\n  strata retired orders\n  strata retired orders --history --json"
+    )]
+    Retired(RetiredArgs),
+
     /// Make an earlier version current again (a pointer flip: no data is read or copied).
     #[command(
         after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\""
@@ -504,6 +522,49 @@ pub struct DatasetArgs {
     pub dataset: String,
 
     /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const RETIRE_LONG: &str = "Take a landed batch out of the input of every later run.\n\n\
+A source file that was withdrawn, sent twice under two names, or landed by mistake keeps \
+contributing its rows to every run that reads its dates. `strata retire` records, in the \
+source's retirement log (_raw/<source>/_retired/), that the batch is retired: who, when and why. \
+The raw batch itself is never changed or deleted. Every later run leaves it out of its input \
+boundary, so the next run over its dates recomputes them without it (the run is not \"nothing \
+to do\"); a full `strata run` recomputes every date. `strata unretire` puts it back.\n\n\
+BATCH is the batch id (as `_batch` in a quarantine, or `strata runs`/`show-run` list it), a \
+unique prefix of it, or the name of the file it was landed from.";
+
+const RETIRE_AFTER: &str = "Examples:\n  strata retire orders orders-2026-01-02.csv --reason \"withdrawn by the sender, ticket 4711\"\n  strata retire orders 9f2c1ab4 --reason \"duplicate of orders-2026-01-02.csv\"\n  strata run --date 2026-01-02\n  strata retired orders";
+
+#[derive(Debug, Args)]
+pub struct RetireArgs {
+    /// The source the batch was landed into.
+    pub source: String,
+
+    /// The batch: its id, a unique prefix of it, or the name of the file it was landed from.
+    pub batch: String,
+
+    /// Why; recorded with who and when.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetiredArgs {
+    /// The source.
+    pub source: String,
+
+    /// Every retire and unretire, oldest first, instead of the batches retired now.
+    #[arg(long)]
+    pub history: bool,
+
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -25,6 +25,7 @@ use crate::output;
 use crate::run_cmds::wall_clock;
 use crate::settings::{run_context, Settings};
 use crate::{check_failed, user_error};
+use strata_land::retire::RetireAction;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_cli(&cli)?;
@@ -40,6 +41,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Versions(args) => versions(&settings, args, &mut out).await?,
         Command::History(args) => history(&settings, args, &mut out).await?,
         Command::Rollback(args) => rollback(&settings, args, &mut out).await?,
+        Command::Retire(args) => {
+            crate::retire_cmds::retire(&settings, args, RetireAction::Retire, &mut out).await?
+        }
+        Command::Unretire(args) => {
+            crate::retire_cmds::retire(&settings, args, RetireAction::Unretire, &mut out).await?
+        }
+        Command::Retired(args) => crate::retire_cmds::retired(&settings, args, &mut out).await?,
         Command::Query(args) => query(&settings, args, &mut out).await?,
         Command::Verify(args) => verify(&settings, args, &mut out).await?,
         Command::Files(args) => files(&settings, args, &mut out).await?,

@@ -6,6 +6,7 @@ mod commands;
 mod output;
 mod pipeline_cmds;
 mod reconcile_cmds;
+mod retire_cmds;
 mod run_cmds;
 mod settings;
 

@@ -36,6 +36,7 @@ mod landing;
 mod layout;
 pub mod line_ends;
 mod raw_log;
+pub mod retire;
 mod verify;
 
 pub use columns::{read_columns, TypeConflict};

@@ -13,6 +13,8 @@
 //! | `after-lock` | a pipeline run holds its locks, no manifest written yet |
 //! | `before-flips` | a pipeline run is COMMITTING: every record prepared, no flip yet |
 //! | `during-recovery` | recovery cleaned up a run, its new state not yet written |
+//! | `before-retire-entry` | `strata retire`/`unretire` decided, its log entry not yet written |
+//! | `after-retire-entry` | its retirement log entry written |
 //!
 //! `docs/protocol.md` lists them all.
 

@@ -10,6 +10,7 @@
 //! - `quality`: reconciliation and quality gates by severity, `strata reconcile`;
 //! - `races`: operators racing each other: approve/reject, approve/approve, stale approvals,
 //!   recovery after a rollback;
+//! - `retire`: retiring a landed batch and putting it back;
 //! - `runs`: run manifests, recovery, locks and reruns; the crash matrix with random kills;
 //! - `s3`: S3 configuration errors and credential hygiene.
 
@@ -24,5 +25,6 @@ mod pipeline;
 mod publish_flow;
 mod quality;
 mod races;
+mod retire;
 mod runs;
 mod s3;

@@ -99,6 +99,9 @@ pub async fn forget_input_identities(lake: &Lake, pipeline: &Pipeline) -> Result
 /// from the source's index (which reads only the chunks that may hold the window); a batch the
 /// index has no range for is scanned once, and its range recorded in the index (the caller saves
 /// it).
+///
+/// A batch retired with `strata retire` is never read; of a snapshot source, the latest batch
+/// not retired is read.
 pub async fn batches_for_window(
     session: &SessionContext,
     lake: &Lake,
@@ -108,9 +111,27 @@ pub async fn batches_for_window(
     index: &mut strata_land::SourceIndex,
     window: Option<Window>,
 ) -> Result<Vec<BatchManifest>> {
+    let retired = strata_land::retire::retired(lake, &def.source).await.map_err(land_error)?;
+    let live = |batches: Vec<BatchManifest>| -> Vec<BatchManifest> {
+        batches.into_iter().filter(|b| !retired.contains_key(&b.batch_id)).collect()
+    };
     if pipeline.sources.get(&def.source).map(|s| s.delivery) == Some(Delivery::Snapshot) {
-        return Ok(latest_batch(all_batches(lake, index).await?));
+        return Ok(latest_batch(live(all_batches(lake, index).await?)));
     }
+    let found = window_batches(session, lake, pipeline, name, def, index, window).await?;
+    Ok(live(found))
+}
+
+/// [`batches_for_window`] before retired batches are taken out.
+async fn window_batches(
+    session: &SessionContext,
+    lake: &Lake,
+    pipeline: &Pipeline,
+    name: &str,
+    def: &CleanedDef,
+    index: &mut strata_land::SourceIndex,
+    window: Option<Window>,
+) -> Result<Vec<BatchManifest>> {
     let Some(window) = window else { return all_batches(lake, index).await };
     let Some(column) = pipeline.contracts[name].iter().find(|c| def.is_business_date(&c.name))
     else {
