@@ -167,6 +167,28 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
             });
         }
     }
+    // A rule's SQL is checked here, against the columns it will see, so that a typo names the
+    // rule rather than the generated cleaning query.
+    let df_schema = datafusion::common::DFSchema::try_from(Schema::new(fields.clone()))
+        .map_err(|e| Problem { at: format!("cleaned.{name}"), message: first_line(&e) })?;
+    let ctx = SessionContext::new();
+    for rule in &def.rules {
+        let crate::types::RuleCheck::Sql(sql) = &rule.check else { continue };
+        let at = format!("cleaned.{name}.rules.{}", rule.name);
+        let expr = ctx
+            .parse_sql_expr(sql, &df_schema)
+            .map_err(|e| Problem { at: at.clone(), message: first_line(&e) })?;
+        use datafusion::logical_expr::ExprSchemable;
+        let t = expr
+            .get_type(&df_schema)
+            .map_err(|e| Problem { at: at.clone(), message: first_line(&e) })?;
+        if !matches!(t, DataType::Boolean | DataType::Null) {
+            return Err(Problem {
+                at,
+                message: format!("{sql} is {t}, not true or false; a rule's sql is a condition"),
+            });
+        }
+    }
     if let Some(part) = def.partition_column().filter(|_| def.grain == Grain::Month) {
         fields.push(Field::new(part, DataType::Utf8, true));
     }
@@ -175,7 +197,11 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
 
 fn first_line(e: &datafusion::error::DataFusionError) -> String {
     let text = e.strip_backtrace();
-    text.lines().next().unwrap_or_default().trim_start_matches("SQL error: ").to_string()
+    let line = text.lines().next().unwrap_or_default();
+    ["SQL error: ", "Error during planning: ", "Schema error: "]
+        .iter()
+        .fold(line, |l, p| l.strip_prefix(p).unwrap_or(l))
+        .to_string()
 }
 
 #[cfg(test)]
@@ -213,6 +239,34 @@ mod tests {
             "SELECT order_date, sum(amount) AS revenue FROM orders \
              WHERE order_date BETWEEN $from AND $to GROUP BY order_date",
         );
+        assert_eq!(plan_models(&p, &BTreeMap::new()).await, vec![]);
+    }
+
+    /// A rule's SQL is checked against the cleaned dataset's columns, and named as the rule.
+    #[tokio::test]
+    async fn a_rule_typo_is_named_with_its_rule() {
+        let (_d, mut p) =
+            pipeline("SELECT order_date, sum(amount) AS revenue FROM orders GROUP BY 1");
+        let rule = |sql: &str| crate::pipeline::RuleDef {
+            name: "positive".into(),
+            check: crate::types::RuleCheck::Sql(sql.into()),
+            severity: crate::types::Severity::QuarantineRecord,
+        };
+        if let Some(c) = p.cleaned.get_mut("orders") {
+            c.rules = vec![rule("amout > 0")];
+        }
+        let problems = plan_models(&p, &BTreeMap::new()).await;
+        assert_eq!(problems.len(), 1, "the models reading it are not reported: {problems:?}");
+        assert_eq!(problems[0].at, "cleaned.orders.rules.positive");
+        assert!(problems[0].message.contains("amout"), "{}", problems[0]);
+        if let Some(c) = p.cleaned.get_mut("orders") {
+            c.rules = vec![rule("amount + 1")];
+        }
+        let problems = plan_models(&p, &BTreeMap::new()).await;
+        assert!(problems[0].message.contains("not true or false"), "{problems:?}");
+        if let Some(c) = p.cleaned.get_mut("orders") {
+            c.rules = vec![rule("amount > 0 AND order_date IS NOT NULL")];
+        }
         assert_eq!(plan_models(&p, &BTreeMap::new()).await, vec![]);
     }
 
