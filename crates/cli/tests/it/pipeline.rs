@@ -18,7 +18,7 @@ pub(crate) fn shop(env: &Env, lookback: u32, skip: &[&str]) -> PathBuf {
     toml
 }
 
-fn copy_dir(src: &Path, dst: &Path, skip: &[&str]) {
+pub(crate) fn copy_dir(src: &Path, dst: &Path, skip: &[&str]) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
