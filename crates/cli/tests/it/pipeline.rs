@@ -292,6 +292,14 @@ fn definition_errors_name_the_file_the_line_and_the_key() {
             "unknown field `colour`",
         ),
         (text.replace("source = \"customers\"", "source = \"clients\""), "no [sources.clients]"),
+        (
+            text.replace("order_date = \"date not null\"", "order_date = \"bigint not null\""),
+            "business_date \"order_date\" is declared bigint, but a business date is a DATE",
+        ),
+        (
+            text.replace("grain = \"month\"", "grain = \"month\"\npolicy = \"as_originally_run\""),
+            "cleaned.customers.policy",
+        ),
     ];
     for (broken, needle) in cases {
         std::fs::write(&toml, &broken).unwrap();
