@@ -71,7 +71,8 @@ pub async fn run_pipeline(
     let mut reports = Vec::new();
     let session = session(lake, options)?;
     // Which version of each reference the models read: decided before anything is written.
-    let pins = pins::resolve(lake, pipeline, &plan, options.refresh_references).await?;
+    let pins =
+        pins::resolve(lake, pipeline, &plan, options.window, options.refresh_references).await?;
     let job = Job { lake, pipeline, options, ctx, plan: &plan, session: &session, pins: &pins };
     // Before anything is landed: a pipeline never writes a dataset someone else owns.
     owns_its_outputs(&job).await?;
@@ -85,15 +86,13 @@ pub async fn run_pipeline(
     };
     // The versions of the references the models read: a run over a reference that changed is
     // not the run that published before. One the run computes is in its inputs already.
-    let mut references = BTreeMap::new();
-    for (r, resolved) in &pins {
-        let version = match resolved {
-            pins::Resolved::Version { version, .. } => Some(*version),
-            pins::Resolved::Latest if computes(&plan, r) => continue,
-            pins::Resolved::Latest => lake.dataset(r)?.head().await?.map(|h| h.to),
-        };
-        references.insert(r.clone(), version);
-    }
+    let references: BTreeMap<&String, u64> = pins
+        .iter()
+        .filter_map(|(r, resolved)| match resolved {
+            pins::Resolved::Version { version, .. } => Some((r, *version)),
+            pins::Resolved::Latest => None,
+        })
+        .collect();
     let run_key = hash_json(&json!({
         "pipeline": pipeline.version,
         "window": options.window,
@@ -536,11 +535,6 @@ struct Job<'a> {
     pins: &'a BTreeMap<String, pins::Resolved>,
 }
 
-/// Whether the run computes `dataset` itself.
-fn computes(plan: &Plan, dataset: &str) -> bool {
-    plan.cleaned.iter().chain(&plan.models).any(|(n, _)| n == dataset)
-}
-
 /// The run's inputs, fixed before it starts: the raw batches each cleaned stage reads, and the
 /// checkpoints of failed runs it may reuse.
 struct Inputs<'a> {
@@ -580,23 +574,9 @@ async fn drive(
     // Every reference not computed by this run is bound now, with the inputs.
     let mut bindings = Vec::new();
     for (name, resolved) in job.pins {
-        let (draft, policy, as_in) = match resolved {
-            pins::Resolved::Version { version, as_in } => {
-                let draft = job.lake.dataset(name)?.draft_of_version(*version).await?;
-                (draft, job.pipeline.pin_of(name).unwrap_or_default(), as_in.clone())
-            }
-            pins::Resolved::Latest if computes(job.plan, name) => continue,
-            pins::Resolved::Latest => {
-                let Some(draft) = job.lake.dataset(name)?.draft_of_current().await? else {
-                    return Err(Error::Plan(format!(
-                        "the models read {name:?}, which has no published version yet; publish \
-                         it first (`strata publish {name} --from FILE`)"
-                    )));
-                };
-                (draft, job.pipeline.pin_of(name).unwrap_or_default(), Vec::new())
-            }
-        };
-        bindings.push(binding(job.lake, name, &draft, policy, as_in).await?);
+        let pins::Resolved::Version { version, how, as_in } = resolved else { continue };
+        let draft = job.lake.dataset(name)?.draft_of_version(*version).await?;
+        bindings.push(binding(job.lake, name, &draft, *how, as_in.clone()).await?);
         computed.recorded.insert(name.clone());
         computed.bound.insert(name.clone(), draft);
     }
@@ -780,10 +760,8 @@ async fn model_stage(
         }
         if let Some(preview) = computed.previews.get(d) {
             // A reference this run computes is bound to the version it publishes.
-            if let Some(policy) = pipeline.pin_of(d) {
-                if computed.recorded.insert(d.clone()) {
-                    bindings.push(binding(lake, d, preview, policy, Vec::new()).await?);
-                }
+            if pipeline.pin_of(d).is_some() && computed.recorded.insert(d.clone()) {
+                bindings.push(binding(lake, d, preview, Pin::Latest, Vec::new()).await?);
             }
             continue;
         }
@@ -876,11 +854,21 @@ async fn commit_outputs(
     lock.check()?;
     let versions: BTreeMap<String, u64> =
         prepared.iter().map(|(ds, p)| (ds.name().to_string(), p.record.version)).collect();
+    // The references this run computes are bound to the versions it publishes: a record
+    // prepared may have taken a later number than its preview.
+    let prepare = |m: &mut RunManifest| {
+        for b in m.reference_data.iter_mut().filter(|b| b.run_id == m.run_id) {
+            if let Some(v) = versions.get(&b.dataset) {
+                b.version = *v;
+            }
+        }
+        m.prepared = versions.clone();
+    };
     if log.manifest().state == RunState::Committing {
         // An approval claimed the run first; the prepared versions are progress.
-        log.record(ctx.now(), |m| m.prepared = versions).await?;
+        log.record(ctx.now(), prepare).await?;
     } else {
-        log.advance(RunState::Committing, ctx.now(), |m| m.prepared = versions).await?;
+        log.advance(RunState::Committing, ctx.now(), prepare).await?;
     }
     strata_publish::crash::point("before-flips");
     let mut published = BTreeMap::new();

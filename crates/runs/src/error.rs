@@ -95,6 +95,39 @@ pub enum Error {
     #[error("{0}")]
     Plan(String),
 
+    /// A reference pinned `as_originally_run` was read at different contents by the runs that
+    /// published the dates this run recomputes.
+    #[error(
+        "{reference} is pinned as_originally_run, but the dates this run recomputes were \
+         published by runs that read different versions of it ({bound}); a run reads one \
+         version. Run the dates of each separately (`strata show-run <run>` shows their \
+         windows), or pass --refresh-references to read the latest"
+    )]
+    PinConflict { reference: String, bound: String },
+
+    /// A model reads a dataset with no published version, which this run does not compute.
+    #[error(
+        "the models read {dataset:?}, which has no published version yet; {}",
+        if *of_the_lake {
+            format!("publish it first (`strata publish {dataset} --from FILE`)")
+        } else {
+            format!("run the pipeline without --only, or with --only {dataset} first")
+        }
+    )]
+    NotPublished { dataset: String, of_the_lake: bool },
+
+    /// The version a policy chose for an input cannot be read.
+    #[error(
+        "{dataset} is bound to version {version} ({how}), which cannot be read ({detail}); \
+         `strata versions {dataset}` lists its versions: pin one that is published"
+    )]
+    UnreadablePin {
+        dataset: String,
+        version: u64,
+        how: strata_medallion::types::Pin,
+        detail: String,
+    },
+
     /// The output does not reconcile with its input: nothing was published.
     #[error(
         "reconciliation failed, nothing was published: {failed}. The output does not match its \
@@ -167,6 +200,9 @@ impl Error {
             | Error::AlreadyRecorded(_)
             | Error::WrongState { .. }
             | Error::Plan(_)
+            | Error::PinConflict { .. }
+            | Error::NotPublished { .. }
+            | Error::UnreadablePin { .. }
             | Error::ModelFailed { .. } => ErrorClass::User,
             Error::InvalidTransition { .. } | Error::Serialize { .. } => ErrorClass::Internal,
         }

@@ -19,20 +19,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::scope::date_segment;
+use strata_medallion::stages::{owned_keys, Window};
 use strata_medallion::types::Pin;
 use strata_publish::Lake;
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 
-/// The version a run binds for one reference.
+/// The version a run binds for one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    /// The latest: the current version at input lock, or the one this run computes.
+    /// The latest: the version this run computes (after [`resolve`], only for datasets the run
+    /// computes).
     Latest,
-    /// Exactly this version; `as_in` names the earlier runs whose binding it repeats
-    /// (`as_originally_run`).
-    Version { version: u64, as_in: Vec<String> },
+    /// Exactly this version, chosen as `how` says: the latest at input lock, the pinned
+    /// `version = N`, or `as_originally_run` repeating the binding of the runs in `as_in`.
+    Version { version: u64, how: Pin, as_in: Vec<String> },
 }
 
 /// What the runs that published the dates a run recomputes had bound for a reference: run id →
@@ -44,18 +46,25 @@ pub type Originals = BTreeMap<String, Option<(u64, Option<String>)>>;
 /// `as_originally_run` with every earlier run that recorded a binding agreeing binds that
 /// version; with none, the latest; with runs that disagree, the run cannot be one computation
 /// and is refused (the message says how to split it). Versions with the same row hash hold the
-/// same rows and agree (a snapshot recomputed unchanged); the latest of them is bound.
+/// same rows and agree (a snapshot recomputed unchanged); the latest of them is bound. A
+/// version some runs recorded with a hash and others without is one content.
 pub fn decide(name: &str, pin: Pin, refresh: bool, originals: &Originals) -> Result<Resolved> {
     match pin {
         Pin::Latest => Ok(Resolved::Latest),
-        Pin::Version(version) => Ok(Resolved::Version { version, as_in: Vec::new() }),
+        Pin::Version(version) => Ok(Resolved::Version { version, how: pin, as_in: Vec::new() }),
         Pin::AsOriginallyRun if refresh => Ok(Resolved::Latest),
         Pin::AsOriginallyRun => {
+            let hash_of: BTreeMap<u64, &String> = originals
+                .values()
+                .flatten()
+                .filter_map(|(v, h)| h.as_ref().map(|h| (*v, h)))
+                .collect();
             // Content → the versions holding it, and the runs that read them.
             let mut by_content: BTreeMap<String, (BTreeSet<u64>, Vec<String>)> = BTreeMap::new();
             for (run, bound) in originals {
-                if let Some((v, hash)) = bound {
-                    let content = hash.clone().unwrap_or_else(|| format!("version {v}"));
+                if let Some((v, _)) = bound {
+                    let content =
+                        hash_of.get(v).map(|h| h.to_string()).unwrap_or_else(|| format!("v{v}"));
                     let entry = by_content.entry(content).or_default();
                     entry.0.insert(*v);
                     entry.1.push(run.clone());
@@ -66,82 +75,123 @@ pub fn decide(name: &str, pin: Pin, refresh: bool, originals: &Originals) -> Res
                 1 => {
                     let (versions, as_in) = by_content.into_values().next().expect("one");
                     let version = *versions.last().expect("a version per content");
-                    Ok(Resolved::Version { version, as_in })
+                    Ok(Resolved::Version { version, how: pin, as_in })
                 }
-                _ => Err(Error::Plan(format!(
-                    "{name} is pinned as_originally_run, but the dates this run recomputes were \
-                     published by runs that read different versions of it ({}); a run reads one \
-                     version. Run the dates of each separately (`strata show-run <run>` shows \
-                     their windows), or pass --refresh-references to read the latest",
-                    by_content
+                _ => Err(Error::PinConflict {
+                    reference: name.to_string(),
+                    bound: by_content
                         .values()
                         .map(|(vs, runs)| {
                             let vs: Vec<String> = vs.iter().map(|v| format!("v{v}")).collect();
                             format!("{} by {}", vs.join("/"), runs.join(", "))
                         })
                         .collect::<Vec<_>>()
-                        .join("; ")
-                ))),
+                        .join("; "),
+                }),
             }
         }
     }
 }
 
-/// The references the planned models read, with how each is to be pinned.
-pub fn references_read(pipeline: &Pipeline, plan: &Plan) -> BTreeMap<String, Pin> {
+/// The inputs the planned models read at a version bound when the run locks its inputs: every
+/// reference (of the lake, or a reference dataset), and every input the run does not compute
+/// (with `--only`), with how each is chosen.
+pub fn bound_inputs(pipeline: &Pipeline, plan: &Plan) -> BTreeMap<String, Pin> {
+    let computed: BTreeSet<&str> =
+        plan.cleaned.iter().chain(&plan.models).map(|(n, _)| n.as_str()).collect();
     plan.models
         .iter()
         .flat_map(|(m, _)| &pipeline.model_deps[m])
-        .filter_map(|d| pipeline.pin_of(d).map(|p| (d.clone(), p)))
+        .filter_map(|d| match pipeline.pin_of(d) {
+            Some(p) => Some((d.clone(), p)),
+            None if !computed.contains(d.as_str()) => Some((d.clone(), Pin::Latest)),
+            None => None,
+        })
         .collect()
 }
 
-/// The version each reference the planned models read is bound to ([`decide`]), reading the
-/// manifests of the runs that published the dates the plan recomputes when a policy needs them.
-/// A pinned version that was never published is refused before anything is written.
+/// The dates a run was asked for: its window without the lookback days before it.
+fn requested(pipeline: &Pipeline, window: Option<Window>) -> Option<Window> {
+    window.map(|w| {
+        let from = w.from + chrono::Duration::days(pipeline.settings.lookback_days.into());
+        Window { from: from.min(w.to), to: w.to }
+    })
+}
+
+/// The version each input bound at input lock is read at ([`decide`]). The latest of a dataset
+/// the run does not compute is its current version now, so that the run key, the binding and
+/// what the models read agree. `as_originally_run` looks at the dates the run was asked for
+/// (not the lookback days): a daily run of a new day reads the latest, a backfill of published
+/// days what they were computed with. A version that cannot be read, or an input never
+/// published, is refused before anything is landed.
 pub async fn resolve(
     lake: &Lake,
     pipeline: &Pipeline,
     plan: &Plan,
+    window: Option<Window>,
     refresh: bool,
 ) -> Result<BTreeMap<String, Resolved>> {
+    let computed: BTreeSet<&str> =
+        plan.cleaned.iter().chain(&plan.models).map(|(n, _)| n.as_str()).collect();
+    let asked = requested(pipeline, window);
     let mut out = BTreeMap::new();
-    for (name, pin) in references_read(pipeline, plan) {
+    for (name, pin) in bound_inputs(pipeline, plan) {
         let originals = match pin {
-            Pin::AsOriginallyRun if !refresh => originals(lake, pipeline, plan, &name).await?,
+            Pin::AsOriginallyRun if !refresh => {
+                originals(lake, pipeline, plan, asked, &name).await?
+            }
             _ => Originals::new(),
         };
-        let resolved = decide(&name, pin, refresh, &originals)?;
-        if let Resolved::Version { version, .. } = &resolved {
-            lake.dataset(&name)?.published_head(*version).await.map_err(|e| {
-                Error::Plan(format!(
-                    "{name} is pinned to version {version}, which cannot be read ({e}); \
-                     `strata versions {name}` lists its versions"
-                ))
-            })?;
-        }
+        let resolved = match decide(&name, pin, refresh, &originals)? {
+            Resolved::Latest if computed.contains(name.as_str()) => Resolved::Latest,
+            Resolved::Latest => match lake.dataset(&name)?.head().await? {
+                Some(head) => {
+                    Resolved::Version { version: head.to, how: Pin::Latest, as_in: vec![] }
+                }
+                None => {
+                    return Err(Error::NotPublished {
+                        dataset: name.clone(),
+                        of_the_lake: pipeline.references.contains_key(&name),
+                    })
+                }
+            },
+            Resolved::Version { version, how, as_in } => {
+                lake.dataset(&name)?.published_head(version).await.map_err(|e| {
+                    Error::UnreadablePin {
+                        dataset: name.clone(),
+                        version,
+                        how,
+                        detail: e.to_string(),
+                    }
+                })?;
+                Resolved::Version { version, how, as_in }
+            }
+        };
         out.insert(name, resolved);
     }
     Ok(out)
 }
 
-/// The bindings for `reference` recorded by the runs that wrote the partitions the plan's
-/// models recompute (those that read it).
+/// The bindings for `reference` recorded by the runs that wrote the partitions, of the dates
+/// asked for (all, without a window), of the dated models of the plan that read it.
 async fn originals(
     lake: &Lake,
     pipeline: &Pipeline,
     plan: &Plan,
+    asked: Option<Window>,
     reference: &str,
 ) -> Result<Originals> {
     let mut runs = BTreeSet::new();
     for (m, _) in &plan.models {
+        let def = &pipeline.models[m];
+        let Some(part_col) = def.partition_column() else { continue };
         if !pipeline.model_deps[m].contains(reference) {
             continue;
         }
+        let dates: Option<BTreeSet<String>> = asked.map(|w| owned_keys(&part_col, def.grain, w));
         let ds = lake.dataset(m)?;
         let Some(draft) = ds.draft_of_current().await? else { continue };
-        let owned: BTreeSet<&str> = plan.boundary[m].iter().map(String::as_str).collect();
-        let keep = |key: &str| owned.is_empty() || owned.contains(date_segment(key));
+        let keep = |key: &str| dates.as_ref().is_none_or(|d| d.contains(date_segment(key)));
         let record = ds.select(&draft, &keep).await?;
         runs.extend(record.partitions.iter().map(|p| p.run_id.clone()));
     }
@@ -170,7 +220,7 @@ mod tests {
         assert_eq!(decide("a", Pin::Latest, false, &o).unwrap(), Resolved::Latest);
         assert_eq!(
             decide("a", Pin::Version(4), true, &o).unwrap(),
-            Resolved::Version { version: 4, as_in: vec![] }
+            Resolved::Version { version: 4, how: Pin::Version(4), as_in: vec![] }
         );
     }
 
@@ -179,7 +229,11 @@ mod tests {
         let o = originals(&[("r1", Some(1)), ("r2", Some(1)), ("old", None)]);
         assert_eq!(
             decide("a", Pin::AsOriginallyRun, false, &o).unwrap(),
-            Resolved::Version { version: 1, as_in: vec!["r1".into(), "r2".into()] }
+            Resolved::Version {
+                version: 1,
+                how: Pin::AsOriginallyRun,
+                as_in: vec!["r1".into(), "r2".into()]
+            }
         );
         // New dates: nothing to repeat.
         assert_eq!(
@@ -203,11 +257,27 @@ mod tests {
         o.insert("r2".into(), Some((2, Some("aa".into()))));
         assert_eq!(
             decide("a", Pin::AsOriginallyRun, false, &o).unwrap(),
-            Resolved::Version { version: 2, as_in: vec!["r1".into(), "r2".into()] }
+            Resolved::Version {
+                version: 2,
+                how: Pin::AsOriginallyRun,
+                as_in: vec!["r1".into(), "r2".into()]
+            }
         );
         o.insert("r3".into(), Some((3, Some("bb".into()))));
         let e = decide("a", Pin::AsOriginallyRun, false, &o).unwrap_err().to_string();
         assert!(e.contains("v1/v2 by r1, r2") && e.contains("v3 by r3"), "{e}");
+    }
+
+    /// One version recorded with its row hash by one run and without by another is one content.
+    #[test]
+    fn a_version_with_and_without_its_hash_is_one_content() {
+        let mut o = Originals::new();
+        o.insert("new".into(), Some((1, Some("aa".into()))));
+        o.insert("old".into(), Some((1, None)));
+        assert!(matches!(
+            decide("a", Pin::AsOriginallyRun, false, &o).unwrap(),
+            Resolved::Version { version: 1, .. }
+        ));
     }
 
     #[test]

@@ -96,9 +96,7 @@ fn the_flights_example(make: impl Fn() -> Env) {
     let files = env.ok(&["files", "delays"]);
     assert!(files.contains("flight_date=2026-01-02/tenant=west/"), "{files}");
     assert!(binding(&env, "planes").starts_with("reads      planes v1 (latest: published by run "));
-    assert!(
-        binding(&env, "airports").contains("airports v1 (as_originally_run: computed by this run")
-    );
+    assert!(binding(&env, "airports").contains("airports v1 (latest: computed by this run"));
 
     // One day at a time, on another lake: every day's rows are the full run's.
     let daily = make();
@@ -134,7 +132,7 @@ fn the_flights_example(make: impl Fn() -> Env) {
     .unwrap();
     env.ok(&["run", "--pipeline", &toml, "--date", "2026-01-04"]);
     let line = binding(&env, "airports");
-    assert!(line.contains("(as_originally_run: computed by this run, rows "), "{line}");
+    assert!(line.contains("(latest: computed by this run, rows "), "{line}");
     assert!(!line.contains("airports v1 "), "a new version: {line}");
     let jfk = "SELECT DISTINCT flight_date, origin_city FROM delays WHERE origin_city LIKE \
                'New York%' ORDER BY 1";
@@ -144,6 +142,17 @@ fn the_flights_example(make: impl Fn() -> Env) {
          2026-01-03,New York\n2026-01-04,New York JFK\n"
     );
 
+    // Days first computed with different airports cannot be backfilled as one run.
+    let before = env.snapshot();
+    let line =
+        env.user_error(&["run", "--pipeline", &toml, "--from", "2026-01-03", "--to", "2026-01-04"]);
+    assert!(
+        line.contains("airports is pinned as_originally_run")
+            && line.contains("v1 by ")
+            && line.contains("--refresh-references"),
+        "{line}"
+    );
+    assert_eq!(env.snapshot(), before, "refused before anything is written");
     // A backfill of the first three days reads the airports their runs read.
     env.ok(&["run", "--pipeline", &toml, "--from", "2026-01-01", "--to", "2026-01-03"]);
     let line = binding(&env, "airports");

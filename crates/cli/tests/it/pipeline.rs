@@ -1381,12 +1381,13 @@ fn a_backfill_reads_the_reference_version_its_original_run_read() {
     let toml = flights_with_references(&env);
     let text = std::fs::read_to_string(&toml)
         .unwrap()
-        .replace("[cleaned.airports]\n", "[cleaned.airports]\npolicy = \"as_originally_run\"\n");
+        .replace("[cleaned.airports]\n", "[cleaned.airports]\npolicy = \"as_originally_run\"\n")
+        .replace("name = \"refs\"\n", "name = \"refs\"\nlookback_days = 1\n");
     std::fs::write(&toml, text).unwrap();
     env.ok(&["run", "--pipeline", &toml]);
     let first = binding_line(&env, "airports");
     assert!(
-        first.starts_with("reads      airports v1 (as_originally_run: computed by this run, rows "),
+        first.starts_with("reads      airports v1 (latest: computed by this run, rows "),
         "{first}"
     );
     let day = "SELECT city FROM by_city WHERE flight_date = DATE '2026-02-01' ORDER BY 1";
@@ -1403,7 +1404,7 @@ fn a_backfill_reads_the_reference_version_its_original_run_read() {
     env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01", "--refresh-references"]);
     assert_eq!(csv(&env, day), "city\nNYC\nSF\n");
     let line = binding_line(&env, "airports");
-    assert!(line.contains("(as_originally_run: computed by this run, rows "), "{line}");
+    assert!(line.contains("(latest: computed by this run, rows "), "{line}");
     // A new date has no original run: it reads the latest.
     std::fs::write(
         env.path("refs/data/f2.csv"),
@@ -1413,8 +1414,10 @@ fn a_backfill_reads_the_reference_version_its_original_run_read() {
     env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-02"]);
     assert_eq!(
         csv(&env, "SELECT city FROM by_city WHERE flight_date = DATE '2026-02-02'"),
-        "city\nNYC\n"
+        "city\nNYC\n",
+        "the day asked for is new: the latest, though its lookback day was published before"
     );
+    assert!(binding_line(&env, "airports").contains("(latest: computed by this run"));
 }
 
 /// A reference of the lake pinned `version = N` is read at that version whatever is current,
@@ -1467,7 +1470,8 @@ fn a_reference_pinned_to_a_version_reads_that_version() {
     let before = env.snapshot();
     let line = env.user_error(&["run", "--pipeline", toml]);
     assert!(
-        line.contains("users is pinned to version 9") && line.contains("strata versions users"),
+        line.contains("users is bound to version 9 (version = 9)")
+            && line.contains("strata versions users"),
         "{line}"
     );
     assert_eq!(env.snapshot(), before, "nothing written");
