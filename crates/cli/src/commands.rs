@@ -208,7 +208,10 @@ async fn stage_and_publish(
     partition_by: Vec<String>,
     args: &PublishArgs,
 ) -> anyhow::Result<strata_publish::Published> {
-    let options = WriterOptions { partition_by, ..Default::default() };
+    // Control totals (row count and row hash) for every partition: a reference bound by a run
+    // records the hash of its rows, and `strata reconcile` has them without reading the files.
+    let totals = Some(strata_reconcile::TotalsSpec::default());
+    let options = WriterOptions { partition_by, totals, ..Default::default() };
     let mut writer = ds.writer(ctx, schema, options)?;
     let staged = async {
         for input in &mut inputs {

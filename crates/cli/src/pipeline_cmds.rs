@@ -287,7 +287,7 @@ fn reasons_line(r: &StageReport) -> Option<String> {
     let more =
         if top.len() > 3 { format!(" and {} more rule(s)", top.len() - 3) } else { String::new() };
     Some(format!(
-        "quarantine {}: {}{more}; strata query 'SELECT _rule, _reason, * FROM \"{}.quarantine\"'",
+        "quarantine {}: {}{more}; strata query 'SELECT * FROM \"{}.quarantine\" ORDER BY _rule'",
         r.dataset,
         shown.join(", "),
         r.dataset

@@ -120,14 +120,21 @@ pub async fn plan_models(
                         Ok(_) => {}
                     }
                 }
-                for col in def.partition_by.iter().filter(|c| schema.field_with_name(c).is_err()) {
-                    problems.push(Problem {
-                        at: at.clone(),
-                        message: format!(
-                            "the result has no column {col:?} (of its partition_by); columns: {}",
-                            columns()
-                        ),
-                    });
+                let fields: Vec<Field> =
+                    schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                for col in &def.partition_by {
+                    if schema.field_with_name(col).is_err() {
+                        problems.push(Problem {
+                            at: at.clone(),
+                            message: format!(
+                                "the result has no column {col:?} (of its partition_by); \
+                                 columns: {}",
+                                columns()
+                            ),
+                        });
+                    } else if let Some(message) = partition_column_problem(col, &fields) {
+                        problems.push(Problem { at: at.clone(), message });
+                    }
                 }
                 if let Err(e) = ctx.register_table(ident(name).as_str(), df.into_view()) {
                     problems.push(Problem { at, message: first_line(&e) });
@@ -167,6 +174,11 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
             });
         }
     }
+    for col in &def.partition_by {
+        let at = format!("cleaned.{name}.partition_by");
+        partition_column_problem(col, &fields)
+            .map_or(Ok(()), |message| Err(Problem { at, message }))?;
+    }
     // A rule's SQL is checked here, against the columns it will see, so that a typo names the
     // rule rather than the generated cleaning query.
     let df_schema = datafusion::common::DFSchema::try_from(Schema::new(fields.clone()))
@@ -193,6 +205,22 @@ fn cleaned_schema(pipeline: &Pipeline, name: &str) -> Result<Schema, Problem> {
         fields.push(Field::new(part, DataType::Utf8, true));
     }
     Ok(Schema::new(fields))
+}
+
+/// Why column `col` of `fields` cannot partition a dataset: a name that cannot name a directory,
+/// or a type whose values do not (floats, timestamps, decimals…).
+fn partition_column_problem(col: &str, fields: &[Field]) -> Option<String> {
+    if let Err(e) = strata_publish::names::validate_partition_column(col) {
+        return Some(format!("{col:?} cannot name partition directories: {e}"));
+    }
+    let f = fields.iter().find(|f| f.name() == col)?;
+    (!strata_publish::partitionable(f.data_type())).then(|| {
+        format!(
+            "{col:?} is {}; a partition column is text, an integer, a boolean or a DATE: \
+             derive one, e.g. CAST({col} AS VARCHAR), or CAST({col} AS DATE) for a timestamp",
+            f.data_type()
+        )
+    })
 }
 
 fn first_line(e: &datafusion::error::DataFusionError) -> String {

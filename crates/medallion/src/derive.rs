@@ -86,7 +86,7 @@ pub fn plan(
         }
         let data_type = expr.get_type(&df_schema).map_err(|e| problem(first_line(&e)))?;
         // An aggregate or window function has no value per row: planning it says so.
-        ctx.create_physical_expr(expr.clone(), &df_schema).map_err(|e| {
+        physical(&ctx, expr.clone(), &df_schema).map_err(|e| {
             problem(format!(
                 "{} cannot be computed row by row ({}); a derived column is a function of one \
                  row's columns",
@@ -117,6 +117,25 @@ fn reads_the_clock(expr: &Expr) -> Option<String> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// The expression as it runs: coerced, simplified (functions such as `coalesce` or
+/// `arrow_cast` are rewritten into what the engine evaluates) and planned, as a query plans it.
+fn physical(
+    ctx: &SessionContext,
+    expr: Expr,
+    df_schema: &DFSchema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    use datafusion::logical_expr::simplify::SimplifyContext;
+    use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+    let state = ctx.state();
+    let context = SimplifyContext::builder()
+        .with_schema(Arc::new(df_schema.clone()))
+        .with_config_options(Arc::new(state.config_options().as_ref().clone()))
+        .build();
+    let simplifier = ExprSimplifier::new(context);
+    let expr = simplifier.simplify(simplifier.coerce(expr, df_schema)?)?;
+    ctx.create_physical_expr(expr, df_schema)
 }
 
 fn first_line(e: &datafusion::error::DataFusionError) -> String {
@@ -209,7 +228,7 @@ impl DeriveUdf {
         let ctx = SessionContext::new();
         let expr = ctx.parse_sql_expr(&self.sql, &df_schema)?;
         let value = expr.get_type(&df_schema)?;
-        let expr = ctx.create_physical_expr(expr, &df_schema)?;
+        let expr = physical(&ctx, expr, &df_schema)?;
         let compiled = Compiled { types: types.to_vec(), schema, expr, value };
         *cached = Some(compiled.clone());
         Ok(compiled)
@@ -364,7 +383,11 @@ mod tests {
     #[tokio::test]
     async fn a_failing_row_gets_its_error_and_the_others_their_value() {
         let schema = contract_schema(&contract()).unwrap();
-        let plans = plan(&schema, &derived(&[("d", "make_date(year, month, day)")])).unwrap();
+        let plans = plan(
+            &schema,
+            &derived(&[("d", "make_date(coalesce(year, 2026), month, nvl(day, 1))")]),
+        )
+        .unwrap();
         let ctx = SessionContext::new();
         ctx.register_udf(ScalarUDF::from(DeriveUdf::new(0, &plans[0])));
         let ints = |v: Vec<Option<i32>>| Arc::new(Int32Array::from(v)) as ArrayRef;
@@ -392,9 +415,9 @@ mod tests {
         let v = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
         let v: Vec<Option<String>> =
             v.as_string::<i32>().iter().map(|s| s.map(String::from)).collect();
-        assert_eq!(v, vec![Some("2026-01-31".to_string()), None, None]);
+        assert_eq!(v, vec![Some("2026-01-31".to_string()), None, Some("2026-01-01".to_string())]);
         let e = b.column(1).as_string::<i32>();
-        assert!(e.is_null(0) && e.is_null(2), "a null input gives a null, not an error");
+        assert!(e.is_null(0) && e.is_null(2), "coalesce and nvl are evaluated: {e:?}");
         assert!(!e.value(1).is_empty(), "month 13 is an error: {:?}", e.value(1));
     }
 }

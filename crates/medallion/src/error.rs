@@ -36,6 +36,24 @@ pub enum Error {
     )]
     MissingColumns { dataset: String, file: String, batch: String, columns: Vec<String> },
 
+    /// A snapshot source delivered a file whose content is an earlier batch, not the latest one
+    /// it reads.
+    #[error(
+        "sources.{raw_source}: {file} holds exactly the rows of batch {batch} (landed earlier \
+         from {landed_from}), but a snapshot source reads its latest batch, {latest} (from \
+         {latest_from}); nothing was run. If {file} is the table now, retire the newer batch \
+         (`strata retire {raw_source} {latest_from} --reason ...`); if it was delivered by \
+         mistake, move it out of the source's path"
+    )]
+    SnapshotReverted {
+        raw_source: String,
+        file: String,
+        batch: String,
+        landed_from: String,
+        latest: String,
+        latest_from: String,
+    },
+
     /// An expression failed on the data (a division by zero, a cast or parse that fails).
     #[error("the query failed on its data: {cause}; change the SQL, for example with NULLIF or TRY_CAST")]
     FailedOnData { cause: String },
@@ -91,7 +109,8 @@ impl Error {
             Error::Quality { .. }
             | Error::Damaged { .. }
             | Error::Reconciliation { .. }
-            | Error::MissingColumns { .. } => strata_publish::ErrorClass::CheckFailed,
+            | Error::MissingColumns { .. }
+            | Error::SnapshotReverted { .. } => strata_publish::ErrorClass::CheckFailed,
             e if e.is_user_error() => strata_publish::ErrorClass::User,
             _ => strata_publish::ErrorClass::Internal,
         }
@@ -105,6 +124,7 @@ impl Error {
             Error::Sql { .. }
             | Error::Quality { .. }
             | Error::MissingColumns { .. }
+            | Error::SnapshotReverted { .. }
             | Error::Reconciliation { .. }
             | Error::FailedOnData { .. }
             | Error::Totals(_)

@@ -657,11 +657,26 @@ impl Pipeline {
                         return Err(err(
                             at,
                             format!(
-                                "cleaned.{name}.derive.{col} must be a SQL expression over the                                  contract's columns, e.g. \"make_date(year, month, day)\""
+                                "cleaned.{name}.derive.{col} must be a SQL expression over the \
+                                 contract's columns, e.g. \"make_date(year, month, day)\""
                             ),
                         ))
                     }
                 };
+                let internal = col.starts_with('_')
+                    || col == "quarantine_date"
+                    || col.is_empty()
+                    || c.business_date.as_deref().is_some_and(|bd| *col == format!("{bd}_month"));
+                if internal {
+                    return Err(err(
+                        at,
+                        format!(
+                            "cleaned.{name}.derive.{col}: names starting with '_', \
+                             \"quarantine_date\" and \"<business_date>_month\" are strata's own \
+                             columns; choose another name"
+                        ),
+                    ));
+                }
                 if contract_names.contains(col.as_str()) {
                     return Err(err(
                         at,

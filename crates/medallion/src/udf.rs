@@ -30,6 +30,7 @@ use datafusion::prelude::SessionContext;
 /// given.
 pub(crate) fn register(ctx: &SessionContext, decimals: impl IntoIterator<Item = (u8, i8)>) {
     ctx.register_udf(ScalarUDF::from(Text::new()));
+    ctx.register_udf(ScalarUDF::from(PartitionProblem::new()));
     ctx.register_udf(ScalarUDF::from(Pack::new()));
     for (precision, scale) in decimals {
         if let Some(udf) = TryDecimal::new(precision, scale) {
@@ -162,6 +163,49 @@ impl ScalarUDFImpl for Text {
             other => return exec_err!("strata_text: unexpected {other}"),
         };
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// `strata_partition_problem(value)`: why `value` cannot name a partition directory (a `/`, a
+/// leading `_`, too long…), as text; null when it can, and for null (which has its own
+/// partition).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PartitionProblem {
+    signature: Signature,
+}
+
+impl PartitionProblem {
+    fn new() -> Self {
+        PartitionProblem { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for PartitionProblem {
+    fn name(&self) -> &str {
+        "strata_partition_problem"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("strata_partition_problem takes one argument");
+        };
+        let array = arg.to_array(args.number_rows)?;
+        // As the writer names the partition: the value's text.
+        let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let out: StringArray = text
+            .iter()
+            .map(|v| v.and_then(strata_publish::names::partition_value_problem))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 

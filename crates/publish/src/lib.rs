@@ -72,5 +72,6 @@ pub use model::{
     FileEntry, Flip, FlipKind, PartitionEntry, RecordHead, Summary, VersionBrief, VersionRecord,
 };
 pub use writer::{
-    partition_columns, writer_properties, ParquetSink, Staged, StagingWriter, WriterOptions,
+    partition_columns, partitionable, writer_properties, ParquetSink, Staged, StagingWriter,
+    WriterOptions,
 };

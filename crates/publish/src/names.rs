@@ -78,6 +78,15 @@ pub fn validate_partition_column(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Why `value` cannot be a partition value (the `value` of `col=value`), if it cannot: the
+/// reason alone, for a row's quarantine reason.
+pub fn partition_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("an empty string cannot name a directory".into());
+    }
+    check_segment(value).err()
+}
+
 /// Checks a partition value (the `value` of `col=value`). Null values use [`NULL_PARTITION`].
 pub fn validate_partition_value(column: &str, value: &str) -> Result<()> {
     if value.is_empty() {
@@ -99,8 +108,17 @@ pub fn validate_partition_value(column: &str, value: &str) -> Result<()> {
     })
 }
 
+/// The longest partition value, in bytes: a path segment of most file systems holds 255.
+pub const MAX_PARTITION_VALUE_LEN: usize = 200;
+
 /// The checks shared by every path segment built from user data.
 fn check_segment(s: &str) -> std::result::Result<(), String> {
+    if s.len() > MAX_PARTITION_VALUE_LEN {
+        return Err(format!(
+            "it is {} bytes long; a partition value is at most {MAX_PARTITION_VALUE_LEN}",
+            s.len()
+        ));
+    }
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Err(format!("it contains the control character {c:?}"));
     }

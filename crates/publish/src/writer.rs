@@ -290,7 +290,7 @@ pub fn partition_columns(
 }
 
 /// Whether a column type can name partitions.
-fn partitionable(t: &DataType) -> bool {
+pub fn partitionable(t: &DataType) -> bool {
     t.is_integer()
         || matches!(
             t,

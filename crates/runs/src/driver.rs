@@ -494,32 +494,43 @@ async fn reuse(
     report.reused_from = Some(cp.run_id.clone());
     report.note = format!("reused the checksummed output of run {}", cp.run_id);
     report.millis = 0;
-    let outs = adopted
-        .into_iter()
-        .zip(&cps)
-        .map(|(staged, cp)| {
-            let n = &cp.dataset;
-            // As the stage decided (a withheld partition is not owned); checkpoints recorded
-            // before the decision was kept are published as the plan says.
-            // An empty boundary is the whole dataset (a full run, or a dataset computed whole).
-            let full = plan.boundary.get(n).is_none_or(Vec::is_empty);
-            let (replace_all, owned) = match &cp.scope {
-                Some(scope) => (scope.replace_all, scope.owned.clone()),
-                None => (full, (!full).then(|| plan.boundary[n].iter().cloned().collect())),
-            };
-            let reason = Some(format!("run {}", ctx.run_id()));
-            Ok(Output {
-                ds: lake.dataset(n)?,
-                staged,
-                options: strata_publish::PublishOptions {
-                    replace_all,
-                    owned,
-                    reason,
-                    ..Default::default()
-                },
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut outs = Vec::new();
+    for (staged, cp) in adopted.into_iter().zip(&cps) {
+        let n = &cp.dataset;
+        let ds = lake.dataset(n)?;
+        // As the stage decided (a withheld partition is not owned); checkpoints recorded
+        // before the decision was kept are published as the plan says.
+        // An empty boundary is the whole dataset (a full run, or a dataset computed whole).
+        let full = plan.boundary.get(n).is_none_or(Vec::is_empty);
+        let (replace_all, mut owned) = match &cp.scope {
+            Some(scope) => (scope.replace_all, scope.owned.clone()),
+            None => (full, (!full).then(|| plan.boundary[n].iter().cloned().collect())),
+        };
+        // Partitioned below its date: the partitions of the owned dates are those published
+        // now, which may differ from when the checkpoint was taken (a rollback since).
+        let owned_dates = cp.scope.as_ref().and_then(|s| s.owned_dates.clone());
+        if let Some(dates) = &owned_dates {
+            let published = strata_medallion::stages::published_keys_of(&ds, dates).await?;
+            let staged_keys = staged.partitions.iter().map(|p| p.key.clone()).collect();
+            owned = Some(strata_medallion::stages::scope::expand_owned(
+                dates,
+                &published,
+                &staged_keys,
+            ));
+        }
+        let reason = Some(format!("run {}", ctx.run_id()));
+        outs.push(Output {
+            ds,
+            staged,
+            options: strata_publish::PublishOptions {
+                replace_all,
+                owned,
+                reason,
+                ..Default::default()
+            },
+            owned_dates,
+        });
+    }
     Ok(Some((report, outs)))
 }
 
@@ -684,6 +695,7 @@ async fn hold(
                 evidence: o.staged.evidence.clone(),
                 writer: o.options.writer.clone(),
                 adopt: o.options.adopt,
+                owned_dates: o.owned_dates.clone(),
             };
             (o.ds.name().to_string(), plan)
         })
@@ -931,8 +943,10 @@ async fn validate(
         let quarantine = by_name.get(format!("{}.quarantine", r.dataset).as_str());
         checks.extend(validate::stage_checks(r, &out.staged, quarantine.map(|q| &q.staged)));
         if let Some(def) = pipeline.cleaned.get(&r.dataset).filter(|d| !d.gates.is_empty()) {
-            let measures_change =
-                def.gates.iter().any(|g| matches!(g.measure, GateMeasure::MaxRowChange(_)));
+            let measures_change = def.gates.iter().any(|g| {
+                matches!(g.measure, GateMeasure::MaxRowChange(_))
+                    || g.name == strata_medallion::pipeline::DEFAULT_GATE
+            });
             let rows_before = match measures_change {
                 true => lake.dataset(&r.dataset)?.current_head().await?.map(|c| c.summary.rows),
                 false => None,
@@ -940,6 +954,7 @@ async fn validate(
             let counts = GateCounts {
                 rows_in: r.rows_in,
                 quarantined: r.quarantined,
+                rejected: r.rejected_at_landing,
                 rows_before,
                 rows_after: previews.get(&r.dataset).map_or(0, |p| p.record.summary.rows),
             };
@@ -977,6 +992,7 @@ async fn record_stage(
             c.scope = Some(PublishPlan {
                 replace_all: o.options.replace_all,
                 owned: o.options.owned.clone(),
+                owned_dates: o.owned_dates.clone(),
                 ..Default::default()
             });
             c
@@ -1123,6 +1139,7 @@ pub async fn approve(
         outputs.push(Output {
             ds,
             staged,
+            owned_dates: plan.owned_dates,
             options: strata_publish::PublishOptions {
                 replace_all: plan.replace_all,
                 owned: plan.owned,

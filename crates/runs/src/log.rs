@@ -244,6 +244,10 @@ pub struct PublishPlan {
     pub writer: Option<strata_publish::model::Owner>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// For a dataset partitioned below its date: the dates owned, from which `owned` was
+    /// expanded over the partitions published when the stage ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_dates: Option<BTreeSet<String>>,
 }
 
 /// What recovery found and did, recorded in the manifest of a run it moved.

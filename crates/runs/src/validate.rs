@@ -137,11 +137,16 @@ pub fn output_check(dataset: &str, staged: &Staged) -> Check {
     )
 }
 
+use strata_medallion::pipeline::DEFAULT_GATE;
+
 /// What a cleaned stage's gates measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateCounts {
     pub rows_in: u64,
     pub quarantined: u64,
+    /// Lines of the batches read that landing set aside (unparseable), for a reference dataset
+    /// (which reads its batches whole); they count as quarantined.
+    pub rejected: u64,
     /// Rows of the dataset's current version, if it has one.
     pub rows_before: Option<u64>,
     /// Rows of the version this run would publish.
@@ -154,10 +159,29 @@ pub fn gate_findings(dataset: &str, gates: &[GateDef], c: GateCounts) -> Vec<Fin
     for g in gates {
         let crossed = match g.measure {
             GateMeasure::MaxQuarantineRate(max) => {
-                let rate =
-                    if c.rows_in == 0 { 0.0 } else { c.quarantined as f64 / c.rows_in as f64 };
-                (rate > max)
-                    .then(|| format!("quarantine rate {:.2}% > {:.2}%", rate * 100.0, max * 100.0))
+                let (bad, all) = (c.quarantined + c.rejected, c.rows_in + c.rejected);
+                let rate = if all == 0 { 0.0 } else { bad as f64 / all as f64 };
+                let emptied = match c.rows_before {
+                    // The default gate also stops a dataset that had rows being published
+                    // empty: an export that is all garbage, or only a header.
+                    Some(b) if b > 0 && c.rows_after == 0 && g.name == DEFAULT_GATE => {
+                        Some(format!("{dataset} would be published empty (it has {b} rows now)"))
+                    }
+                    _ => None,
+                };
+                let rejected = match c.rejected {
+                    0 => String::new(),
+                    n => format!(", counting {n} line(s) landing could not read"),
+                };
+                emptied.or_else(|| {
+                    (rate > max).then(|| {
+                        format!(
+                            "quarantine rate {:.2}% > {:.2}%{rejected}",
+                            rate * 100.0,
+                            max * 100.0
+                        )
+                    })
+                })
             }
             GateMeasure::MaxRowChange(max) => match c.rows_before {
                 Some(b) if b > 0 => {
@@ -176,7 +200,7 @@ pub fn gate_findings(dataset: &str, gates: &[GateDef], c: GateCounts) -> Vec<Fin
             },
         };
         if let Some(mut detail) = crossed {
-            if g.name == strata_medallion::pipeline::DEFAULT_GATE {
+            if g.name == DEFAULT_GATE {
                 detail.push_str(&format!(
                     " (the default gate; declare a max_quarantine_rate gate in \
                      [cleaned.{dataset}], or set default_gate = false there, to choose otherwise)"
@@ -318,6 +342,7 @@ mod tests {
         let counts = |rows_in, quarantined, rows_before, rows_after| GateCounts {
             rows_in,
             quarantined,
+            rejected: 0,
             rows_before,
             rows_after,
         };
@@ -334,6 +359,34 @@ mod tests {
         assert_eq!(found[0].source, "gate c");
         // No input rows: a rate of zero.
         assert!(gate_findings("orders", &gates, counts(0, 0, None, 0)).is_empty());
+        // Lines landing could not read count as quarantined.
+        let c = GateCounts { rejected: 6, ..counts(4, 0, None, 4) };
+        assert_eq!(
+            gate_findings("orders", &gates, c)[0].detail,
+            "quarantine rate 60.00% > 10.00%, counting 6 line(s) landing could not read"
+        );
+    }
+
+    /// The default gate stops a dataset that had rows from being published empty, even when
+    /// nothing was quarantined (a snapshot that is only a header); declared gates do not.
+    #[test]
+    fn the_default_gate_stops_an_emptied_dataset() {
+        let default = gate(DEFAULT_GATE, GateMeasure::MaxQuarantineRate(0.05), Severity::FailRun);
+        let c = GateCounts {
+            rows_in: 0,
+            quarantined: 0,
+            rejected: 0,
+            rows_before: Some(4),
+            rows_after: 0,
+        };
+        let found = gate_findings("airports", std::slice::from_ref(&default), c);
+        assert!(found[0]
+            .detail
+            .starts_with("airports would be published empty (it has 4 rows now)"));
+        let declared = gate("q", GateMeasure::MaxQuarantineRate(0.05), Severity::FailRun);
+        assert!(gate_findings("airports", &[declared], c).is_empty());
+        let first = GateCounts { rows_before: None, ..c };
+        assert!(gate_findings("airports", &[default], first).is_empty(), "nothing published yet");
     }
 
     #[test]

@@ -1176,6 +1176,10 @@ fn derived_columns_make_the_business_date_and_quarantine_what_they_cannot_comput
         assert!(line.contains(expect) && line.contains("nothing was run"), "{line}");
         assert_eq!(env.snapshot(), before, "nothing landed: {derive}");
     }
+    // strata's own column names cannot be derived.
+    let toml = flights(&env, "flight_date = \"make_date(year, month, day)\", _rule = \"1\"");
+    let line = env.user_error(&["run", "--pipeline", &toml]);
+    assert!(line.contains("strata's own columns"), "{line}");
     // A derived column cannot also be a contract column.
     let toml = flights(&env, "id = \"1\"");
     let line = env.user_error(&["run", "--pipeline", &toml]);
@@ -1347,6 +1351,25 @@ fn reference_datasets_are_snapshots_or_merged_changes() {
         csv(&env, q),
         "flight_date,city,carrier,flights\n2026-01-31,New York,American,1\n\
          2026-02-01,NYC,United Airlines,1\n"
+    );
+    // The table goes back to an earlier export, byte for byte: that is an earlier batch, not
+    // the latest, so the run stops and says how to choose (exit 3), and retiring the newer
+    // snapshot makes the earlier one the table again.
+    std::fs::copy(env.path("refs/airports/2026-01.csv"), env.path("refs/airports/2026-03.csv"))
+        .unwrap();
+    let before = env.snapshot();
+    let line = env.check_failed(&["run", "--pipeline", &toml]);
+    assert!(
+        line.contains("2026-03.csv holds exactly the rows of batch")
+            && line.contains("strata retire airports 2026-02.csv"),
+        "{line}"
+    );
+    assert_eq!(env.snapshot(), before, "nothing published");
+    env.ok(&["retire", "airports", "2026-02.csv", "--reason", "the March export restores January"]);
+    env.ok(&["run", "--pipeline", &toml]);
+    assert_eq!(
+        csv(&env, "SELECT code, city FROM airports ORDER BY 1"),
+        "code,city\nJFK,New York\nSFO,San Francisco\n"
     );
     // A snapshot source cannot feed a dataset with a business date.
     let text = std::fs::read_to_string(&toml)
@@ -1544,6 +1567,33 @@ fn datasets_partition_by_a_tenant_below_their_date() {
         csv(&env, "SELECT tenant, flights FROM totals ORDER BY 1"),
         "tenant,flights\njfk,3\n"
     );
+    // A value that cannot name a directory sets its row aside, not the run.
+    let long = "X".repeat(300);
+    std::fs::write(
+        dir.join("data/c.csv"),
+        format!("id,year,month,day,origin\n7,2026,2,1,A/B\n8,2026,2,1,{long}\n9,2026,2,1,JFK\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("strata.toml")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        text.replace("[cleaned.flights]\n", "[cleaned.flights]\ndefault_gate = false\n"),
+    )
+    .unwrap();
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-02-01"]);
+    let q = csv(&env, "SELECT id, _rule, _reason FROM \"flights.quarantine\" ORDER BY id");
+    assert!(q.contains("7,partition_value,tenant = a/b: it contains '/'"), "{q}");
+    assert!(q.contains("8,partition_value,") && q.contains("bytes long"), "{q}");
+    assert_eq!(csv(&env, "SELECT count(*) AS n FROM flights WHERE id = 9"), "n\n1\n");
+    // A partition column of a type that cannot name directories is found before anything runs.
+    std::fs::write(
+        dir.join("strata.toml"),
+        text.replace("tenant = \"lower(origin)\"", "tenant = \"CAST(id AS DOUBLE)\""),
+    )
+    .unwrap();
+    let line = env.user_error(&["run", "--pipeline", &toml]);
+    assert!(line.contains("cleaned.flights.partition_by") && line.contains("Float64"), "{line}");
+    std::fs::write(dir.join("strata.toml"), &text).unwrap();
     // A partition column the result does not have is found before anything runs.
     std::fs::write(
         dir.join("by_tenant.sql"),
@@ -1552,4 +1602,42 @@ fn datasets_partition_by_a_tenant_below_their_date() {
     .unwrap();
     let line = env.user_error(&["run", "--pipeline", &toml]);
     assert!(line.contains("\"tenant\" (of its partition_by)"), "{line}");
+}
+
+/// A reference dataset is not replaced by garbage: a snapshot whose lines landing cannot read
+/// counts them as quarantined, and one that is only a header would empty the table; both fail
+/// the run by the default gate (exit 3) and leave the published table as it was.
+#[test]
+fn a_garbage_or_empty_snapshot_is_not_published() {
+    let env = Env::new();
+    let dir = env.path("snap");
+    std::fs::create_dir_all(dir.join("ref")).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        "[pipeline]\nname = \"snap\"\n\n[sources.airports]\npath = \"ref/*.csv\"\n\
+         delivery = \"snapshot\"\n\n[cleaned.airports]\nsource = \"airports\"\nkey = [\"code\"]\n\
+         columns = { code = \"varchar not null\", city = \"varchar not null\" }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("ref/1.csv"), "code,city\nJFK,New York\nSFO,San Francisco\n").unwrap();
+    let toml = dir.join("strata.toml").display().to_string();
+    env.ok(&["run", "--pipeline", &toml]);
+    let table = "SELECT code FROM airports ORDER BY 1";
+    assert_eq!(csv(&env, table), "code\nJFK\nSFO\n");
+    std::fs::write(
+        dir.join("ref/2.csv"),
+        "code,city\nJFK,New York,extra\nSFO,\"San Francisco\nLAX\n",
+    )
+    .unwrap();
+    let line = env.check_failed(&["run", "--pipeline", &toml]);
+    assert!(
+        line.contains("landing could not read") || line.contains("would be published empty"),
+        "{line}"
+    );
+    assert_eq!(csv(&env, table), "code\nJFK\nSFO\n");
+    env.ok(&["retire", "airports", "2.csv", "--reason", "garbage export"]);
+    std::fs::write(dir.join("ref/3.csv"), "code,city\n").unwrap();
+    let line = env.check_failed(&["run", "--pipeline", &toml]);
+    assert!(line.contains("airports would be published empty (it has 2 rows now)"), "{line}");
+    assert_eq!(csv(&env, table), "code\nJFK\nSFO\n");
 }

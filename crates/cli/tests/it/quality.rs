@@ -273,7 +273,7 @@ fn garbage_is_not_published_by_default() {
     assert!(
         stdout.contains(
             "quarantine orders: 2 contract, 1 amount_positive, 1 not_null and 1 more rule(s); \
-             strata query 'SELECT _rule, _reason, * FROM \"orders.quarantine\"'"
+             strata query 'SELECT * FROM \"orders.quarantine\" ORDER BY _rule'"
         ),
         "{stdout}"
     );

@@ -60,10 +60,15 @@ pub async fn clean(
         a_ds.discard(ctx.run_id(), 0).await;
         q_ds.discard(ctx.run_id(), 0).await;
     }
-    let (mut report, a_scope, a_staged, q_scope, q_staged) = result?;
+    let (mut report, a_scope, a_staged, q_scope, q_staged, owned_dates) = result?;
     report.findings.splice(0..0, drifted);
+    // A reference dataset reads its batches whole: every line a batch could not land is a line
+    // of the table lost, and counts as quarantined.
+    if def.business_date.is_none() {
+        report.rejected_at_landing = raw.iter().map(|b| b.rejected).sum();
+    }
     let reason = Some(format!("run {}", ctx.run_id()));
-    let output = |ds, staged, s: scope::Scope| Output {
+    let output = |ds, staged, s: scope::Scope, owned_dates| Output {
         ds,
         staged,
         options: PublishOptions {
@@ -72,8 +77,10 @@ pub async fn clean(
             reason: reason.clone(),
             ..Default::default()
         },
+        owned_dates,
     };
-    let outputs = vec![output(a_ds, a_staged, a_scope), output(q_ds, q_staged, q_scope)];
+    let outputs =
+        vec![output(a_ds, a_staged, a_scope, owned_dates), output(q_ds, q_staged, q_scope, None)];
     Ok((report, outputs))
 }
 
@@ -140,7 +147,7 @@ struct Stage<'a> {
     ctx: &'a RunContext,
 }
 
-type Decided = (StageReport, scope::Scope, Staged, scope::Scope, Staged);
+type Decided = (StageReport, scope::Scope, Staged, scope::Scope, Staged, Option<BTreeSet<String>>);
 
 impl Stage<'_> {
     async fn run(
@@ -186,7 +193,8 @@ impl Stage<'_> {
         let staged_keys: BTreeSet<String> =
             a_staged.partitions.iter().map(|p| p.key.clone()).collect();
         let part_col = part_col.as_deref().unwrap_or_default();
-        let (decided, failed) = self.decide(a_ds, &pass, window, part_col, &staged_keys).await?;
+        let (decided, failed, owned_dates) =
+            self.decide(a_ds, &pass, window, part_col, &staged_keys).await?;
         // FAIL_PARTITION: a withheld partition is not published at all; its staged files go.
         let withheld = withhold(a_ds, &mut a_staged, &failed, self.ctx).await?;
         // Reconcile before anything is published: what was staged must be what was counted.
@@ -227,10 +235,11 @@ impl Stage<'_> {
             expected_partitions: Some(decided.expected.iter().cloned().collect()),
             ..Default::default()
         };
-        Ok((report, decided.accepted, a_staged, decided.quarantine, q_staged))
+        Ok((report, decided.accepted, a_staged, decided.quarantine, q_staged, owned_dates))
     }
 
-    /// What the stage publishes ([`scope::cleaned_scope`]), and the partitions withheld.
+    /// What the stage publishes ([`scope::cleaned_scope`]), the partitions withheld, and for a
+    /// dataset partitioned below its date the dates it owns.
     async fn decide(
         &self,
         a_ds: &Dataset,
@@ -238,7 +247,7 @@ impl Stage<'_> {
         window: Option<Window>,
         part_col: &str,
         staged: &BTreeSet<String>,
-    ) -> Result<(scope::CleanedScope, BTreeSet<String>)> {
+    ) -> Result<(scope::CleanedScope, BTreeSet<String>, Option<BTreeSet<String>>)> {
         let month = self.def.grain == Grain::Month;
         let key_of = |day: &i32| {
             let d = date_of_days(*day);
@@ -265,11 +274,13 @@ impl Stage<'_> {
         });
         // Partitioned below the date: the run owns every partition of the dates it owns.
         let mut decided = decided;
+        let mut owned_dates = None;
         if let (false, Some(dates)) = (self.def.partition_by.is_empty(), &decided.accepted.owned) {
-            let published = super::model::published_keys_of(a_ds, dates).await?;
+            let published = published_keys_of(a_ds, dates).await?;
+            owned_dates = Some(dates.clone());
             decided.accepted.owned = Some(scope::expand_owned(dates, &published, staged));
         }
-        Ok((decided, failed))
+        Ok((decided, failed, owned_dates))
     }
 
     /// The exact control totals of each sum column: input, accepted, duplicates, quarantined.

@@ -54,10 +54,20 @@ pub async fn land_source(
         tokio::join!(strata_land::SourceIndex::load(lake, name), Box::pin(inputs));
     let inputs = inputs?;
     let mut index = index.map_err(land_error)?;
+    // A snapshot file under a new name whose content is an earlier batch's.
+    let mut redelivered: Vec<(String, BatchManifest)> = Vec::new();
     for (input, identity) in inputs {
+        let file = input.path.filename().unwrap_or(input.display.as_str()).to_string();
         let outcome = strata_land::land_indexed(lake, &mut index, &input, identity, &options, ctx)
             .await
             .map_err(land_error)?;
+        if let strata_land::Indexed::Read(read) = &outcome {
+            if let strata_land::LandOutcome::AlreadyLanded(m) = read.as_ref() {
+                if source.delivery == Delivery::Snapshot && m.input.name != file {
+                    redelivered.push((file, m.clone()));
+                }
+            }
+        }
         match outcome {
             strata_land::Indexed::Read(read) => match *read {
                 strata_land::LandOutcome::Landed(m) => {
@@ -71,6 +81,9 @@ pub async fn land_source(
             strata_land::Indexed::Known(_) => old += 1,
         }
     }
+    if !redelivered.is_empty() {
+        snapshot_is_latest(lake, name, &mut index, &redelivered).await?;
+    }
     report.note = if new + old == 0 {
         format!("no file matches {}; using the batches already landed", source.path)
     } else {
@@ -78,6 +91,35 @@ pub async fn land_source(
     };
     report.millis = started.elapsed().as_millis() as u64;
     Ok((report, index))
+}
+
+/// A snapshot source reads its latest landed batch. A file delivered now whose content equals an
+/// earlier batch (the table went back to an earlier export) lands as that batch, which is not
+/// the latest: reading the latest would silently ignore the file. Refused, saying how to choose.
+async fn snapshot_is_latest(
+    lake: &Lake,
+    source: &str,
+    index: &mut strata_land::SourceIndex,
+    redelivered: &[(String, BatchManifest)],
+) -> Result<()> {
+    let retired = strata_land::retire::retired(lake, source).await.map_err(land_error)?;
+    let live: Vec<BatchManifest> = all_batches(lake, index)
+        .await?
+        .into_iter()
+        .filter(|b| !retired.contains_key(&b.batch_id))
+        .collect();
+    let Some(latest) = latest_batch(live).pop() else { return Ok(()) };
+    match redelivered.iter().find(|(_, m)| m.batch_id != latest.batch_id) {
+        Some((file, m)) => Err(Error::SnapshotReverted {
+            raw_source: source.to_string(),
+            file: file.clone(),
+            batch: m.batch_id.clone(),
+            landed_from: m.input.name.clone(),
+            latest: latest.batch_id.clone(),
+            latest_from: latest.input.name.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Makes the next landing of every source of the pipeline read and hash each of its inputs

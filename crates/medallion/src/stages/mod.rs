@@ -15,7 +15,7 @@
 //!
 //! Time never comes from the clock here: the run window and the run context are parameters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{Datelike, Duration, NaiveDate};
@@ -126,6 +126,10 @@ pub struct StageReport {
     /// What the rules and gates found, by severity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// Reference datasets: lines of the batches read that landing could not parse (they count
+    /// towards the quarantine rate).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rejected_at_landing: u64,
     /// Cleaned stages: quarantined rows by the rule that set them aside.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quarantine_reasons: BTreeMap<String, u64>,
@@ -139,6 +143,10 @@ pub struct StageReport {
     /// The partitions the accepted rows fall in (what must be written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_partitions: Option<Vec<String>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The parts of an exact sum in the cleaned stage.
@@ -187,6 +195,21 @@ pub struct Output {
     pub ds: Dataset,
     pub staged: Staged,
     pub options: PublishOptions,
+    /// For a dataset partitioned below its date: the dates the stage owns, from which
+    /// `options.owned` was expanded over the partitions published then (a reuse of the staged
+    /// output expands them again over what is published by then).
+    pub owned_dates: Option<BTreeSet<String>>,
+}
+
+/// The published partitions of `ds` whose date segment is one of `dates`.
+pub async fn published_keys_of(
+    ds: &strata_publish::Dataset,
+    dates: &BTreeSet<String>,
+) -> Result<BTreeSet<String>> {
+    let Some(draft) = ds.draft_of_current().await? else { return Ok(BTreeSet::new()) };
+    let keep = |key: &str| dates.contains(scope::date_segment(key));
+    let record = ds.select(&draft, &keep).await?;
+    Ok(record.partitions.iter().map(|p| p.key.clone()).collect())
 }
 
 /// Streams a query's batches into the staging writer of `dataset`. Nothing is visible yet.

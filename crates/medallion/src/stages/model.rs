@@ -26,17 +26,6 @@ fn input_date(pipeline: &Pipeline, dep: &str) -> Option<String> {
     }
 }
 
-/// The published partitions of `ds` whose date segment is one of `dates`.
-pub(super) async fn published_keys_of(
-    ds: &strata_publish::Dataset,
-    dates: &BTreeSet<String>,
-) -> Result<BTreeSet<String>> {
-    let Some(draft) = ds.draft_of_current().await? else { return Ok(BTreeSet::new()) };
-    let keep = |key: &str| dates.contains(super::scope::date_segment(key));
-    let record = ds.select(&draft, &keep).await?;
-    Ok(record.partitions.iter().map(|p| p.key.clone()).collect())
-}
-
 /// Computes a model and stages its output. `inputs` are the records this run prepared for its
 /// dependencies (not yet published); other dependencies are read at their current version.
 #[allow(clippy::too_many_arguments)]
@@ -244,19 +233,19 @@ pub async fn model(
     });
     let by = def.partition_columns();
     let (ds, staged) = stage_stream(lake, name, stream, by, totals, ctx).await?;
-    let owned = match (window, def.partition_column()) {
+    let (owned, owned_dates) = match (window, def.partition_column()) {
         (Some(w), Some(part_col)) => {
             let dates = owned_keys(&part_col, def.grain, w);
             if def.partition_by.is_empty() {
-                Some(dates)
+                (Some(dates), None)
             } else {
                 // Partitioned below the date: every partition of the window's dates.
                 let staged_keys = staged.partitions.iter().map(|p| p.key.clone()).collect();
                 let published = published_keys_of(&ds, &dates).await?;
-                Some(super::scope::expand_owned(&dates, &published, &staged_keys))
+                (Some(super::scope::expand_owned(&dates, &published, &staged_keys)), Some(dates))
             }
         }
-        _ => None,
+        _ => (None, None),
     };
     let report = StageReport {
         stage: StageKind::Model,
@@ -275,5 +264,5 @@ pub async fn model(
         reason: Some(format!("run {}", ctx.run_id())),
         ..Default::default()
     };
-    Ok((report, Output { ds, staged, options }))
+    Ok((report, Output { ds, staged, options, owned_dates }))
 }

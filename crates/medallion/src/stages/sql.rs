@@ -173,6 +173,19 @@ pub fn cleaning_sql(
             ),
         ));
     }
+    // A partition value that cannot name a directory sets its row aside, not the run.
+    for col in &def.partition_by {
+        let problem = format!("strata_partition_problem({})", ident(col));
+        checks.push((
+            format!("{problem} IS NOT NULL"),
+            "partition_value".into(),
+            format!(
+                "concat({}, CAST({} AS VARCHAR), ': ', {problem})",
+                literal(&format!("{col} = ")),
+                ident(col)
+            ),
+        ));
+    }
     for d in derived {
         if def.is_business_date(&d.name) || def.key.contains(&d.name) {
             checks.push((
