@@ -51,10 +51,23 @@ async fn reference_schemas(
         return Ok(out);
     }
     let lake = settings.open_lake(OpenMode::Existing).await.ok();
-    for name in pipeline.references.keys() {
-        let schema = match &lake {
-            Some(lake) => lake.dataset(name)?.current_head().await?.map(|h| h.schema.clone()),
-            None => None,
+    for (name, def) in &pipeline.references {
+        let schema = match (&lake, def.version) {
+            // Pinned: the models will read that version, with its schema.
+            (Some(lake), Some(v)) => match lake.dataset(name)?.published_head(v).await {
+                Ok(h) => Some(h.schema.clone()),
+                Err(e) => {
+                    return Err(user_error!(
+                        "references.{name} is pinned to version {v}, which cannot be read ({e}); \
+                         `strata versions {name}` lists its versions: pin one that is published; \
+                         nothing was run"
+                    ))
+                }
+            },
+            (Some(lake), None) => {
+                lake.dataset(name)?.current_head().await?.map(|h| h.schema.clone())
+            }
+            (None, _) => None,
         };
         out.insert(name.clone(), schema);
     }

@@ -167,7 +167,10 @@ pub async fn show_run(
             [] => String::new(),
             runs => format!(", as run {} read it", runs.join(", ")),
         };
-        let hash = b.row_hash.as_deref().map(|h| format!(", rows {}", &h[..16.min(h.len())]));
+        let hash = b
+            .row_hash
+            .as_deref()
+            .map(|h| format!(", rows {}", h.chars().take(16).collect::<String>()));
         writeln!(
             out,
             "reads      {} v{} ({}: {from}{as_in}{})",

@@ -52,6 +52,14 @@ pub enum Error {
     )]
     LogContended { raw_source: String, attempts: u32 },
 
+    /// More retire/unretire actions than strata retries for raced for the next entry of the
+    /// source's retirement log.
+    #[error(
+        "could not record the action in the retirement log of source {raw_source}: more than \
+         {attempts} other actions raced for its next entry; run the same command again"
+    )]
+    RetireContended { raw_source: String, attempts: u32 },
+
     /// Arrow failed building a batch.
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -78,7 +86,7 @@ impl Error {
         match self {
             Error::Lake(e) => e.class(),
             Error::DamagedBatch { .. } => ErrorClass::CheckFailed,
-            Error::LogContended { .. } => ErrorClass::Busy,
+            Error::LogContended { .. } | Error::RetireContended { .. } => ErrorClass::Busy,
             Error::Input { .. } | Error::Corrupt { .. } | Error::ColumnTypes { .. } => {
                 ErrorClass::User
             }
@@ -129,6 +137,9 @@ mod tests {
         let raced = Error::LogContended { raw_source: "orders".into(), attempts: 1000 };
         assert_eq!(raced.class(), ErrorClass::Busy);
         assert!(raced.to_string().contains("land again"), "{raced}");
+        let retired = Error::RetireContended { raw_source: "orders".into(), attempts: 1000 };
+        assert_eq!(retired.class(), ErrorClass::Busy);
+        assert!(retired.to_string().contains("run the same command again"), "{retired}");
         let damaged = Error::DamagedBatch {
             raw_source: "orders".into(),
             batch: "ab".into(),

@@ -77,7 +77,7 @@ pub async fn entries(lake: &Lake, source: &str) -> Result<Vec<RetireEntry>> {
     for seq in 1..=last {
         let corrupt = |detail: &str| Error::Corrupt {
             path: log.path(seq).to_string(),
-            detail: format!("{detail}; restore it from a backup (strata never rewrites it)"),
+            detail: format!("{detail}; strata never rewrites it"),
         };
         let Some(bytes) = log.read(lake, seq).await? else {
             return Err(corrupt("the entry is missing while later ones exist"));
@@ -152,7 +152,7 @@ pub async fn record(
         }
         // Another action took the entry: read the log again and decide again.
     }
-    Err(Error::LogContended { raw_source: target.source.to_string(), attempts: APPEND_ATTEMPTS })
+    Err(Error::RetireContended { raw_source: target.source.to_string(), attempts: APPEND_ATTEMPTS })
 }
 
 #[cfg(test)]

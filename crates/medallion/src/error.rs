@@ -38,21 +38,8 @@ pub enum Error {
 
     /// A snapshot source delivered a file whose content is an earlier batch, not the latest one
     /// it reads.
-    #[error(
-        "sources.{raw_source}: {file} holds exactly the rows of batch {batch} (landed earlier \
-         from {landed_from}), but a snapshot source reads its latest batch, {latest} (from \
-         {latest_from}); nothing was run. If {file} is the table now, retire the newer batch \
-         (`strata retire {raw_source} {latest_from} --reason ...`); if it was delivered by \
-         mistake, move it out of the source's path"
-    )]
-    SnapshotReverted {
-        raw_source: String,
-        file: String,
-        batch: String,
-        landed_from: String,
-        latest: String,
-        latest_from: String,
-    },
+    #[error(transparent)]
+    SnapshotReverted(Box<SnapshotReverted>),
 
     /// An expression failed on the data (a division by zero, a cast or parse that fails).
     #[error("the query failed on its data: {cause}; change the SQL, for example with NULLIF or TRY_CAST")]
@@ -97,6 +84,24 @@ pub enum Error {
     DataFusion(#[source] DataFusionError),
 }
 
+/// A snapshot file whose content is an earlier batch of its source, not the latest one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "sources.{raw_source}: {file} holds exactly the rows of batch {batch} (landed earlier from \
+     {landed_from}), but a snapshot source reads its latest batch, {latest} (from \
+     {latest_from}); nothing was run. If {file} is the table now, retire the newer batch \
+     (`strata retire {raw_source} {latest_from} --reason ...`); if it was delivered by mistake, \
+     move it out of the source's path"
+)]
+pub struct SnapshotReverted {
+    pub raw_source: String,
+    pub file: String,
+    pub batch: String,
+    pub landed_from: String,
+    pub latest: String,
+    pub latest_from: String,
+}
+
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -110,7 +115,7 @@ impl Error {
             | Error::Damaged { .. }
             | Error::Reconciliation { .. }
             | Error::MissingColumns { .. }
-            | Error::SnapshotReverted { .. } => strata_publish::ErrorClass::CheckFailed,
+            | Error::SnapshotReverted(_) => strata_publish::ErrorClass::CheckFailed,
             e if e.is_user_error() => strata_publish::ErrorClass::User,
             _ => strata_publish::ErrorClass::Internal,
         }
@@ -124,7 +129,7 @@ impl Error {
             Error::Sql { .. }
             | Error::Quality { .. }
             | Error::MissingColumns { .. }
-            | Error::SnapshotReverted { .. }
+            | Error::SnapshotReverted(_)
             | Error::Reconciliation { .. }
             | Error::FailedOnData { .. }
             | Error::Totals(_)

@@ -531,12 +531,25 @@ impl Pipeline {
             strata_publish::names::validate_dataset_name(name)
                 .map_err(|e| err(at, format!("{e}")))?;
             let def = &raw.references[name];
-            if def.version.is_some() && def.policy == Some(PinPolicy::AsOriginallyRun) {
+            if let (Some(v), Some(p)) = (def.version, def.policy) {
+                let p = match p {
+                    PinPolicy::Latest => "latest",
+                    PinPolicy::AsOriginallyRun => "as_originally_run",
+                };
                 return Err(err(
                     at,
                     format!(
-                        "references.{name} has both version and policy = \"as_originally_run\"; \
-                         keep one: version pins one version for every run"
+                        "references.{name} has both version = {v} and policy = \"{p}\"; keep \
+                         one: version pins one version for every run, policy chooses one per run"
+                    ),
+                ));
+            }
+            if def.version == Some(0) {
+                return Err(err(
+                    at,
+                    format!(
+                        "references.{name}.version is 0; versions count from 1 (`strata versions \
+                         {name}` lists them)"
                     ),
                 ));
             }

@@ -1493,14 +1493,13 @@ fn a_reference_pinned_to_a_version_reads_that_version() {
     let before = env.snapshot();
     let line = env.user_error(&["run", "--pipeline", toml]);
     assert!(
-        line.contains("users is bound to version 9 (version = 9)")
-            && line.contains("strata versions users"),
+        line.contains("users is pinned to version 9") && line.contains("strata versions users"),
         "{line}"
     );
     assert_eq!(env.snapshot(), before, "nothing written");
     write_toml("version = 1\npolicy = \"as_originally_run\"");
     let line = env.user_error(&["run", "--pipeline", toml]);
-    assert!(line.contains("both version and policy"), "{line}");
+    assert!(line.contains("both version = 1 and policy"), "{line}");
 }
 
 /// `partition_by`: a cleaned dataset and a model partitioned by a derived tenant below their

@@ -110,14 +110,14 @@ async fn snapshot_is_latest(
         .collect();
     let Some(latest) = latest_batch(live).pop() else { return Ok(()) };
     match redelivered.iter().find(|(_, m)| m.batch_id != latest.batch_id) {
-        Some((file, m)) => Err(Error::SnapshotReverted {
+        Some((file, m)) => Err(Error::SnapshotReverted(Box::new(crate::error::SnapshotReverted {
             raw_source: source.to_string(),
             file: file.clone(),
             batch: m.batch_id.clone(),
             landed_from: m.input.name.clone(),
             latest: latest.batch_id.clone(),
             latest_from: latest.input.name.clone(),
-        }),
+        }))),
         None => Ok(()),
     }
 }
