@@ -131,7 +131,9 @@ pub enum Error {
     /// The output does not reconcile with its input: nothing was published.
     #[error(
         "reconciliation failed, nothing was published: {failed}. The output does not match its \
-         input; report this with run id {run_id}"
+         input: when a failed check is a model's reconcile sum, the model's SQL drops or repeats \
+         rows (an inner join without a match, a filter) and the fix is in the model; otherwise \
+         report this with run id {run_id}"
     )]
     Reconciliation { run_id: String, failed: String },
 
