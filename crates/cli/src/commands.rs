@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retired(args) => crate::retire_cmds::retired(&settings, args, &mut out).await?,
         Command::Query(args) => query(&settings, args, &mut out).await?,
         Command::Verify(args) => verify(&settings, args, &mut out).await?,
+        Command::Diff(args) => crate::diff_cmds::diff(&settings, args, &mut out).await?,
         Command::Files(args) => files(&settings, args, &mut out).await?,
         Command::Runs(args) => crate::run_cmds::runs(&settings, args, &mut out).await?,
         Command::ShowRun(args) => crate::run_cmds::show_run(&settings, args, &mut out).await?,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod diff_cmds;
 mod output;
 mod pipeline_cmds;
 mod reconcile_cmds;

@@ -25,6 +25,7 @@ pub use catalog::{
 };
 pub mod check;
 pub mod derive;
+pub mod diff;
 pub mod pipeline;
 pub mod stages;
 pub mod types;

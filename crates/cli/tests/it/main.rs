@@ -6,6 +6,7 @@
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
 //! - `flights`: the flights example end to end (references, pinning, derive, partition_by);
+//! - `diff`: `strata diff` (classification, duplicates, tolerance, fast path, thresholds);
 //! - `exit_codes`: the exit-code contract, one case per class;
 //! - `crash`: the real binary aborted at named crash points leaves the published state untouched;
 //! - `quality`: reconciliation and quality gates by severity, `strata reconcile`;
@@ -19,6 +20,7 @@
 
 mod bad_input;
 mod crash;
+mod diff;
 mod exit_codes;
 mod flights;
 mod harness;
