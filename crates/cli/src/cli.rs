@@ -144,7 +144,7 @@ pipelines/shop/strata.toml"
 
     /// Make an earlier version current again (a pointer flip: no data is read or copied).
     #[command(
-        after_help = "Example:\n  strata rollback orders --to 3 --reason \"late file was wrong\""
+        after_help = "Examples:\n  strata rollback orders --to 3 --reason \"late file was wrong\"\n  strata rollback orders --to-time 2026-12-01T06:00:00Z --reason \"undo this morning's runs\""
     )]
     Rollback(RollbackArgs),
 
@@ -580,8 +580,18 @@ pub struct RollbackArgs {
     pub dataset: String,
 
     /// The published version to make current.
-    #[arg(long, value_name = "VERSION")]
-    pub to: u64,
+    #[arg(
+        long,
+        value_name = "VERSION",
+        required_unless_present = "to_time",
+        conflicts_with = "to_time"
+    )]
+    pub to: Option<u64>,
+
+    /// Make current the version that was current at this instant (RFC 3339, e.g.
+    /// 2026-12-01T10:00:00Z), found in the pointer history.
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
 
     /// Why; recorded in the history.
     #[arg(long, value_name = "TEXT")]

@@ -463,9 +463,21 @@ async fn rollback(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
+    let to = match (args.to, &args.to_time) {
+        (Some(v), _) => v,
+        (None, Some(t)) => {
+            let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+                user_error!(
+                    "--to-time {t:?} is not an RFC 3339 time ({e}); e.g. 2026-12-01T10:00:00Z"
+                )
+            })?;
+            ds.version_at(at.with_timezone(&chrono::Utc)).await?
+        }
+        (None, None) => return Err(user_error!("give --to VERSION or --to-time TIME")),
+    };
     let ctx = run_context()?;
     let held = hold_dataset(&ds, &ctx).await?;
-    let outcome = ds.rollback(args.to, args.reason, &ctx).await;
+    let outcome = ds.rollback(to, args.reason, &ctx).await;
     held.release().await;
     let outcome = outcome?;
     let (flip, changed) = match &outcome {

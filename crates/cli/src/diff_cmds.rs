@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use strata_medallion::diff::{self, DiffOptions, DiffReport, Side, Thresholds, Verdict};
-use strata_medallion::{parse_table_name, session_for_lake, QueryOptions};
+use strata_medallion::{parse_table_name, record_of, session_for_lake, QueryOptions};
 use strata_publish::OpenMode;
 
 use crate::cli::DiffArgs;
@@ -12,14 +12,15 @@ use crate::output;
 use crate::settings::Settings;
 use crate::{check_failed, user_error};
 
-/// The version a side names: `orders` (current) or `orders@3`.
+/// The version a side names: `orders` (current), `orders@3`, or `orders@<RFC 3339 time>`.
 async fn side(lake: &strata_publish::Lake, label: &str) -> anyhow::Result<Side> {
     let Some((name, version)) = parse_table_name(label) else {
         return Err(user_error!(
-            "{label:?} is not a dataset or a version; write `orders` or `\"orders@3\"`"
+            "{label:?} is not a dataset or a version; write `orders`, `\"orders@3\"` or \
+             `\"orders@2026-12-01T10:00:00Z\"`"
         ));
     };
-    let record = lake.dataset(name)?.version_or_current(version).await?;
+    let record = record_of(&lake.dataset(name)?, version).await?;
     Ok(Side { label: label.to_string(), record })
 }
 

@@ -43,12 +43,42 @@ impl Default for QueryOptions {
     }
 }
 
-/// Splits `"orders@3"` into `("orders", Some(3))` and `"orders"` into `("orders", None)`.
-/// Returns `None` when the part after `@` is not a version number.
-pub fn parse_table_name(name: &str) -> Option<(&str, Option<u64>)> {
+/// Which version of a dataset a table name reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionRef {
+    /// `orders`: the current version.
+    Current,
+    /// `orders@3`.
+    Number(u64),
+    /// `orders@2026-12-01T10:00:00Z`: the version current at that instant (RFC 3339).
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+/// Splits `"orders@3"` into `("orders", Number(3))`, `"orders@2026-12-01T10:00:00Z"` into
+/// `("orders", At(…))` and `"orders"` into `("orders", Current)`. Returns `None` when the part
+/// after `@` is neither a version number nor an RFC 3339 time.
+pub fn parse_table_name(name: &str) -> Option<(&str, VersionRef)> {
     match name.rsplit_once('@') {
-        None => Some((name, None)),
-        Some((base, v)) => v.parse().ok().map(|v| (base, Some(v))),
+        None => Some((name, VersionRef::Current)),
+        Some((base, v)) => {
+            if let Ok(n) = v.parse() {
+                return Some((base, VersionRef::Number(n)));
+            }
+            let at = chrono::DateTime::parse_from_rfc3339(v).ok()?;
+            Some((base, VersionRef::At(at.with_timezone(&chrono::Utc))))
+        }
+    }
+}
+
+/// The record a version reference names.
+pub async fn record_of(
+    dataset: &strata_publish::Dataset,
+    r: VersionRef,
+) -> std::result::Result<VersionRecord, strata_publish::Error> {
+    match r {
+        VersionRef::Current => dataset.current().await,
+        VersionRef::Number(v) => dataset.version(v).await,
+        VersionRef::At(t) => dataset.version(dataset.version_at(t).await?).await,
     }
 }
 
@@ -110,11 +140,7 @@ impl SchemaProvider for LakeSchema {
             return Ok(None);
         }
         let dataset = self.lake.dataset(base).map_err(external)?;
-        let record = match version {
-            Some(v) => dataset.version(v).await,
-            None => dataset.current().await,
-        }
-        .map_err(external)?;
+        let record = record_of(&dataset, version).await.map_err(external)?;
         Ok(Some(Arc::new(VersionTable::new(record, self.url.clone()))))
     }
 
@@ -447,9 +473,16 @@ mod tests {
 
     #[test]
     fn table_names() {
-        assert_eq!(parse_table_name("orders"), Some(("orders", None)));
-        assert_eq!(parse_table_name("orders@3"), Some(("orders", Some(3))));
-        assert_eq!(parse_table_name("cleaned.orders@12"), Some(("cleaned.orders", Some(12))));
+        use VersionRef::*;
+        assert_eq!(parse_table_name("orders"), Some(("orders", Current)));
+        assert_eq!(parse_table_name("orders@3"), Some(("orders", Number(3))));
+        assert_eq!(parse_table_name("cleaned.orders@12"), Some(("cleaned.orders", Number(12))));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(
+            parse_table_name("orders@2026-12-01T10:00:00Z"),
+            Some(("orders", At(at.with_timezone(&chrono::Utc))))
+        );
         assert_eq!(parse_table_name("orders@x"), None);
+        assert_eq!(parse_table_name("orders@2026-12-01"), None, "a time, not a date");
     }
 }

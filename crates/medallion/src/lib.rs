@@ -20,8 +20,8 @@ mod catalog;
 mod error;
 
 pub use catalog::{
-    parse_table_name, session_for_lake, QueryOptions, RawTable, VersionTable, BATCH_COLUMN,
-    LAKE_URL,
+    parse_table_name, record_of, session_for_lake, QueryOptions, RawTable, VersionRef,
+    VersionTable, BATCH_COLUMN, LAKE_URL,
 };
 pub mod check;
 pub mod derive;

@@ -356,6 +356,22 @@ impl Dataset {
         Ok(flips)
     }
 
+    /// The version that was current at instant `at`, from the pointer history (a rollback
+    /// counts: it made its target current).
+    pub async fn version_at(&self, at: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let history = self.history().await?;
+        protocol::version_at(&history, at).ok_or_else(|| Error::NoVersionAt {
+            dataset: self.name.clone(),
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            first: history
+                .iter()
+                .map(|f| f.at)
+                .min()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        })
+    }
+
     /// The published versions, oldest first, marking the current one.
     pub async fn versions(&self) -> Result<Vec<VersionListing>> {
         let history = self.history().await?;

@@ -27,6 +27,13 @@ pub enum Error {
     )]
     VersionNotFound { dataset: String, version: u64, detail: String },
 
+    /// A dataset had no version yet at the instant asked for.
+    #[error(
+        "{dataset} had no version at {at}: its first was published at {first}; ask for a later \
+         time, or `strata history {dataset}` lists every flip"
+    )]
+    NoVersionAt { dataset: String, at: String, first: String },
+
     /// A JSON file of the protocol (pointer entry or version record) could not be parsed.
     #[error(
         "{path} is corrupt ({detail}); strata wrote it whole, so it was truncated or edited \
@@ -227,6 +234,7 @@ impl Error {
             Error::InvalidName { .. }
             | Error::DatasetNotFound { .. }
             | Error::VersionNotFound { .. }
+            | Error::NoVersionAt { .. }
             | Error::Corrupt { .. }
             | Error::MissingFile { .. }
             | Error::SchemaConflict { .. }

@@ -28,6 +28,15 @@ pub fn head_of(entries: &[Flip]) -> Option<&Flip> {
     entries.iter().max_by_key(|f| f.seq)
 }
 
+/// The version current at instant `at`, from a dataset's pointer history (pure): the target of
+/// the last flip made at or before it (by sequence number, so a clock that stepped back never
+/// reorders the history). `None` before the first flip.
+pub fn version_at(history: &[Flip], at: chrono::DateTime<chrono::Utc>) -> Option<u64> {
+    let mut flips: Vec<&Flip> = history.iter().collect();
+    flips.sort_by_key(|f| f.seq);
+    flips.iter().take_while(|f| f.at <= at).last().map(|f| f.to)
+}
+
 /// How many partitions a chunk of a version's partition list holds at most.
 pub const CHUNK_PARTITIONS: usize = 64;
 
@@ -349,6 +358,31 @@ mod tests {
                 partitions: 0,
             },
         }
+    }
+
+    /// The version current at an instant: the last flip at or before it, a rollback included,
+    /// in sequence order even when a clock stepped back.
+    #[test]
+    fn the_version_current_at_an_instant() {
+        let at = |secs: i64| Utc.timestamp_opt(secs, 0).unwrap();
+        let mut f1 = flip(1, 1);
+        f1.at = at(100);
+        let mut f2 = flip(2, 2);
+        f2.at = at(200);
+        let mut back = flip(3, 2);
+        back.to = 1;
+        back.at = at(300);
+        let history = vec![back.clone(), f1.clone(), f2.clone()];
+        assert_eq!(version_at(&history, at(99)), None);
+        assert_eq!(version_at(&history, at(100)), Some(1));
+        assert_eq!(version_at(&history, at(250)), Some(2));
+        assert_eq!(version_at(&history, at(300)), Some(1), "the rollback made 1 current");
+        // A flip stamped earlier than the one before it (a clock stepped back) ends the walk.
+        let mut skewed = flip(4, 3);
+        skewed.at = at(150);
+        let history = vec![f1, f2, back, skewed];
+        assert_eq!(version_at(&history, at(250)), Some(2), "the later flip stamped 150 is after");
+        assert_eq!(version_at(&history, at(400)), Some(3));
     }
 
     #[test]

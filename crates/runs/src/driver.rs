@@ -1270,7 +1270,15 @@ async fn settle_stopped_approval(
     }
     let by = format!("settle {run_id} {}", std::process::id());
     let ctx = RunContext::generate(clock(), by.as_bytes());
-    crate::recover::recover(lake, Some(run_id), &ctx, clock, lease).await?;
+    match crate::recover::recover(lake, Some(run_id), &ctx, clock, lease).await {
+        // Its approval is alive: another approve or reject is publishing it right now, and
+        // this one lost the race.
+        Err(Error::StillRunning { .. }) => {
+            return Err(Error::RunMoved { run_id: run_id.to_string(), entry: m.entry })
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     runs::latest_entry(lake, run_id).await
 }
 

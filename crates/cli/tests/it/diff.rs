@@ -140,3 +140,32 @@ fn diff_reads_no_file_of_an_unchanged_partition() {
     assert_eq!(report["report"]["identical"], 1);
     assert_eq!(report["report"]["modified"], 1);
 }
+
+/// A version by time: `"t@<RFC 3339>"` reads the version current then, in `strata query` and
+/// `strata diff`, and `strata rollback --to-time` makes it current again; before the first
+/// version it is an error naming the first.
+#[test]
+fn versions_are_named_by_the_time_they_were_current() {
+    let mut env = Env::new();
+    let v1 = write(&env, "v1.parquet", &[(1, None, 1.0, "x")]);
+    let v2 = write(&env, "v2.parquet", &[(1, None, 2.0, "x")]);
+    env.vars.push(("STRATA_NOW".into(), "2026-12-01T10:00:00Z".into()));
+    env.ok(&["publish", "t", "--from", &v1]);
+    env.vars.push(("STRATA_NOW".into(), "2026-12-02T10:00:00Z".into()));
+    env.ok(&["publish", "t", "--from", &v2, "--replace-all"]);
+    let at = |t: &str| env.ok(&["query", &format!("SELECT v FROM \"t@{t}\""), "--format", "csv"]);
+    assert_eq!(at("2026-12-01T12:00:00Z"), "v\n1.0\n");
+    assert_eq!(at("2026-12-02T10:00:00Z"), "v\n2.0\n");
+    let line = env.user_error(&["query", "SELECT v FROM \"t@2026-11-30T00:00:00Z\""]);
+    assert!(
+        line.contains("t had no version at 2026-11-30T00:00:00Z")
+            && line.contains("2026-12-01T10:00:00Z"),
+        "{line}"
+    );
+    let line = env.check_failed(&["diff", "t@2026-12-01T12:00:00Z", "t", "--key", "k1"]);
+    assert!(line.contains("1 row(s) changed (1 modified"), "{line}");
+    env.ok(&["rollback", "t", "--to-time", "2026-12-01T12:00:00Z", "--reason", "undo"]);
+    assert_eq!(env.ok(&["query", "SELECT v FROM t", "--format", "csv"]), "v\n1.0\n");
+    let line = env.user_error(&["rollback", "t", "--to-time", "yesterday"]);
+    assert!(line.contains("RFC 3339"), "{line}");
+}
