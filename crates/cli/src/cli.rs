@@ -76,6 +76,12 @@ pipelines/shop/strata.toml"
     )]
     Check(CheckArgs),
 
+    /// Show what `strata run` with the same arguments would do, and why, without doing it:
+    /// the inputs, every partition it would replace, the reference bindings, whether it is a
+    /// no-op. Writes nothing.
+    #[command(long_about = PLAN_LONG, after_help = PLAN_AFTER)]
+    Plan(PlanArgs),
+
     /// Land raw files (CSV, JSON lines, Parquet) in the immutable raw layer.
     #[command(long_about = LAND_LONG, after_help = LAND_AFTER)]
     Land(LandArgs),
@@ -324,6 +330,27 @@ Examples:
 
 With DuckDB, for instance:
   duckdb -c \"SELECT count(*) FROM read_parquet([$(strata files orders --quoted)])\"";
+
+const PLAN_LONG: &str = "Show what `strata run` with the same arguments would do, and why, \
+without doing it.\n\n\
+The plan is computed by the same functions the run uses. It lists, per source, the files found \
+and those not landed yet; for every dataset the run would write, the partitions it would replace \
+and why (in the window, a lookback day, a whole month, downstream of an input recomputed on that \
+date, rolling-window spillover from reads_days), or why it is replaced whole; the version each \
+reference would be read at; and whether the run would be a no-op. Nothing is written: no file \
+is landed, no lock taken, no manifest created.";
+
+const PLAN_AFTER: &str = "Examples:\n  strata plan --date 2026-01-03\n  strata plan --from 2026-01-01 --to 2026-01-31 --only daily_revenue --json\n  strata plan --graph";
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Print the dataset graph (text, then Mermaid) instead of the plan.
+    #[arg(long)]
+    pub graph: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => crate::pipeline_cmds::run(&settings, args, &mut out).await?,
         Command::Init(args) => crate::pipeline_cmds::init(args, &mut out)?,
         Command::Check(_) => crate::pipeline_cmds::check(&settings, &mut out).await?,
+        Command::Plan(args) => crate::pipeline_cmds::plan(&settings, args, &mut out).await?,
         Command::Land(args) => land(&settings, args, &mut out).await?,
         Command::Publish(args) => publish(&settings, args, &mut out).await?,
         Command::Datasets(args) => datasets(&settings, args, &mut out).await?,

@@ -86,6 +86,147 @@ fn project_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
     Pipeline::load(file).map_err(|e| user_error!("{e}"))
 }
 
+/// `strata plan`: what `strata run` with the same arguments would do, and why; writes nothing.
+pub async fn plan(
+    settings: &Settings,
+    args: crate::cli::PlanArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = checked_pipeline(settings).await?;
+    if args.graph {
+        print_graph(out, &pipeline)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = run_options(&pipeline, &args.run)?;
+    let lake = settings.open_lake(OpenMode::Existing).await.map_err(|e| {
+        user_error!(
+            "{e}; a first `strata run` creates the lake and lands every file, there is nothing \
+             to plan against yet"
+        )
+    })?;
+    let preview = strata_runs::preview::preview(&lake, &pipeline, &options).await?;
+    if args.run.json {
+        crate::output::json(out, &preview)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "plan of a run of pipeline {} ({}) over {}{}",
+        pipeline.settings.name,
+        &pipeline.version[..12],
+        lake.url(),
+        match options.window {
+            Some(w) => format!(", business dates {} to {}", w.from, w.to),
+            None => ", every business date found".into(),
+        }
+    )?;
+    for s in &preview.sources {
+        writeln!(
+            out,
+            "source   {:<20} {} file(s), {} new or changed, {} batch(es) landed",
+            s.source,
+            s.files,
+            s.new_files.len(),
+            s.landed_batches
+        )?;
+        for f in &s.new_files {
+            writeln!(out, "  new    {f}")?;
+        }
+    }
+    for (name, n) in &preview.batches {
+        writeln!(out, "reads    {name:<20} {n} landed batch(es)")?;
+    }
+    for (name, b) in &preview.bindings {
+        match b {
+            strata_runs::pins::Resolved::Version { version, how, as_in } => {
+                let as_in = if as_in.is_empty() {
+                    String::new()
+                } else {
+                    format!(", as run {} read it", as_in.join(", "))
+                };
+                writeln!(out, "binds    {name} v{version} ({how}{as_in})")?
+            }
+            strata_runs::pins::Resolved::Latest => {
+                writeln!(out, "binds    {name}: the version this run computes")?
+            }
+        }
+    }
+    for step in &preview.steps {
+        match &step.whole {
+            Some(why) => writeln!(out, "writes   {:<20} whole: {}", step.dataset, why_text(why))?,
+            None => {
+                writeln!(
+                    out,
+                    "writes   {:<20} {} partition(s)",
+                    step.dataset,
+                    step.partitions.len()
+                )?;
+                for (key, why) in &step.partitions {
+                    writeln!(out, "  {key:<40} {}", why_text(why))?;
+                }
+            }
+        }
+    }
+    let noop = match &preview.noop {
+        strata_runs::preview::NoOp::Yes { run_id } => {
+            format!("a no-op: run {run_id} already published exactly this (--force runs anyway)")
+        }
+        strata_runs::preview::NoOp::No => "computes and publishes".into(),
+        strata_runs::preview::NoOp::AfterLanding => {
+            "computes and publishes (new files: whether they change anything is known once they \
+             are landed)"
+                .into()
+        }
+    };
+    writeln!(out, "the run  {noop}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn why_text(why: &strata_runs::plan::Why) -> String {
+    use strata_runs::plan::Why;
+    match why {
+        Why::InWindow => "in the window".into(),
+        Why::Undated => "quarantined rows without a date (every windowed run owns them)".into(),
+        Why::Lookback => "a lookback day (late data)".into(),
+        Why::WholeMonth => "month grain: the window's whole month".into(),
+        Why::Downstream { inputs } => {
+            format!("downstream of {} recomputed on that date", inputs.join(", "))
+        }
+        Why::Spillover { reads_days } => {
+            format!("rolling-window spillover (reads_days = {reads_days})")
+        }
+        Why::FullRun => "a run without a window replaces it".into(),
+        Why::NoBusinessDate => "no business date: computed whole".into(),
+        Why::ReadWhole { by } => format!("read whole by {}: computed whole", by.join(", ")),
+    }
+}
+
+/// The dataset graph: sources → cleaned datasets → models (and references), as text and as a
+/// Mermaid flowchart.
+fn print_graph(out: &mut impl Write, p: &Pipeline) -> anyhow::Result<()> {
+    let mut edges: Vec<(String, String)> = Vec::new();
+    for (name, c) in &p.cleaned {
+        edges.push((format!("source {}", c.source), name.clone()));
+    }
+    for (m, deps) in &p.model_deps {
+        for d in deps {
+            edges.push((d.clone(), m.clone()));
+        }
+    }
+    for (from, to) in &edges {
+        writeln!(out, "{from} -> {to}")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "```mermaid")?;
+    writeln!(out, "flowchart LR")?;
+    let id = |n: &str| n.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    for (from, to) in &edges {
+        writeln!(out, "  {}[\"{from}\"] --> {}[\"{to}\"]", id(from), id(to))?;
+    }
+    writeln!(out, "```")?;
+    Ok(())
+}
+
 /// `strata check`: every problem of the pipeline, one a line.
 pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let pipeline = project_pipeline(settings)?;
@@ -108,12 +249,8 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run(
-    settings: &Settings,
-    args: RunArgs,
-    out: &mut impl Write,
-) -> anyhow::Result<ExitCode> {
-    let pipeline = checked_pipeline(settings).await?;
+/// The options of a run (or of its plan): the window asked for, widened by the lookback days.
+fn run_options(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<RunOptions> {
     let requested = match (&args.date, &args.from, &args.to) {
         (Some(d), _, _) => {
             let d = date("--date", d)?;
@@ -141,9 +278,7 @@ pub async fn run(
         from: w.from - chrono::Duration::days(pipeline.settings.lookback_days.into()),
         to: w.to,
     });
-    let lake = settings.open_lake(OpenMode::Create).await?;
-    let ctx = run_context()?;
-    let options = RunOptions {
+    Ok(RunOptions {
         window,
         only: args.only.clone(),
         memory_limit: pipeline.memory_limit().map_err(|e| user_error!("{e}"))?,
@@ -153,7 +288,19 @@ pub async fn run(
         refresh_references: args.refresh_references,
         lease: strata_publish::locks::lease_from_env(),
         clock: Some(crate::run_cmds::wall_clock),
-    };
+    })
+}
+
+pub async fn run(
+    settings: &Settings,
+    args: RunArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = checked_pipeline(settings).await?;
+    let options = run_options(&pipeline, &args)?;
+    let window = options.window;
+    let lake = settings.open_lake(OpenMode::Create).await?;
+    let ctx = run_context()?;
     let total = pipeline.sources.len() + pipeline.cleaned.len() + pipeline.models.len();
     let tty = std::io::stderr().is_terminal() && !args.json;
     if !args.json {

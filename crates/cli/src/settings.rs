@@ -32,6 +32,7 @@ impl Settings {
         let pipeline_flag = match &cli.command {
             Command::Run(args) => args.pipeline.clone(),
             Command::Check(args) => args.pipeline.clone(),
+            Command::Plan(args) => args.run.pipeline.clone(),
             _ => None,
         };
         let project = match pipeline_flag {

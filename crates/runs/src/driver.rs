@@ -86,20 +86,8 @@ pub async fn run_pipeline(
     };
     // The versions of the references the models read: a run over a reference that changed is
     // not the run that published before. One the run computes is in its inputs already.
-    let references: BTreeMap<&String, u64> = pins
-        .iter()
-        .filter_map(|(r, resolved)| match resolved {
-            pins::Resolved::Version { version, .. } => Some((r, *version)),
-            pins::Resolved::Latest => None,
-        })
-        .collect();
-    let run_key = hash_json(&json!({
-        "pipeline": pipeline.version,
-        "window": options.window,
-        "only": options.only,
-        "inputs": gathered.boundary,
-        "references": references,
-    }));
+
+    let run_key = run_key(pipeline, options, &gathered.boundary, &pins);
     // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
     // release after publishing.
     let earlier = runs::open_runs(lake).await?;
@@ -244,21 +232,53 @@ async fn gather(
         side_work.done().await;
         return Err(e.into());
     }
+    let boundary = input_boundary(pipeline, &batches);
+    Ok((Gathered { batches, boundary }, side_work))
+}
+
+/// Every raw batch the cleaned stages read, once, in (source, batch) order: the input boundary.
+pub(crate) fn input_boundary(
+    pipeline: &Pipeline,
+    batches: &BTreeMap<String, Vec<BatchManifest>>,
+) -> Vec<InputBatch> {
     let mut read: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (name, bs) in &batches {
+    for (name, bs) in batches {
         for b in bs {
             read.insert((pipeline.cleaned[name].source.as_str(), b.batch_id.as_str()), b.rows);
         }
     }
-    let boundary: Vec<InputBatch> = read
-        .into_iter()
+    read.into_iter()
         .map(|((source, id), rows)| InputBatch {
             source: source.to_string(),
             batch_id: id.to_string(),
             rows,
         })
+        .collect()
+}
+
+/// What identifies what a run computes: the pipeline's version, the parameters, the input
+/// boundary and the version bound for every input it does not compute. Two runs with the same
+/// key publish the same data.
+pub(crate) fn run_key(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    boundary: &[InputBatch],
+    pins: &BTreeMap<String, pins::Resolved>,
+) -> String {
+    let references: BTreeMap<&String, u64> = pins
+        .iter()
+        .filter_map(|(r, resolved)| match resolved {
+            pins::Resolved::Version { version, .. } => Some((r, *version)),
+            pins::Resolved::Latest => None,
+        })
         .collect();
-    Ok((Gathered { batches, boundary }, side_work))
+    hash_json(&json!({
+        "pipeline": pipeline.version,
+        "window": options.window,
+        "only": options.only,
+        "inputs": boundary,
+        "references": references,
+    }))
 }
 
 /// Locks the run's output boundary, checks that no stopped run is half-way through publishing
@@ -1012,7 +1032,7 @@ async fn record_stage(
 /// Such a run published to the datasets of this run's boundary (the same key means the same plan),
 /// so it wrote the versions their pointers name now: only those runs are read, never the whole
 /// history of runs.
-async fn already_published(
+pub(crate) async fn already_published(
     lake: &Lake,
     boundary: &BTreeMap<String, Vec<String>>,
     run_key: &str,

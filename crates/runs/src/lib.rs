@@ -21,6 +21,7 @@ pub mod driver;
 pub mod log;
 pub mod pins;
 pub mod plan;
+pub mod preview;
 pub mod recover;
 pub mod run_state;
 pub mod validate;

@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 use crate::plan::Plan;
 
 /// The version a run binds for one input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resolved {
     /// The latest: the version this run computes (after [`resolve`], only for datasets the run
     /// computes).

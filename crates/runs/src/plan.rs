@@ -134,6 +134,154 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
     Ok(Plan { cleaned, models, sources, boundary })
 }
 
+/// Why a run replaces a partition, or a whole dataset.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "why")]
+pub enum Why {
+    /// A date the run was asked for.
+    InWindow,
+    /// The quarantine's rows whose business date is missing: every windowed run owns them.
+    Undated,
+    /// One of the `lookback_days` before the window, recomputed for late data.
+    Lookback,
+    /// In a month of the window (month grain recomputes whole months).
+    WholeMonth,
+    /// Recomputed because an input it reads by date changes on that date.
+    Downstream { inputs: Vec<String> },
+    /// After the window: the model reads `reads_days` back, so a changed day U changes its
+    /// days U through U + reads_days.
+    Spillover { reads_days: u32 },
+    /// The whole dataset: a run without a window.
+    FullRun,
+    /// The whole dataset: it has no business date (a reference dataset, a full-refresh model).
+    NoBusinessDate,
+    /// The whole dataset: a model reads it whole (`reads = { x = "all" }`).
+    ReadWhole { by: Vec<String> },
+}
+
+/// What a run does to one dataset, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    pub dataset: String,
+    /// Replaced whole (with the reason), or partition by partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole: Option<Why>,
+    /// Partition key → why it is replaced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<(String, Why)>,
+}
+
+/// Why the plan replaces what it does (pure): for every dataset it writes, the whole dataset
+/// with the reason, or each owned partition with its reason. `lookback_days` tells the dates
+/// asked for from the look-back ones; it is the same plan [`plan`] made, explained.
+pub fn explain(pipeline: &Pipeline, options: &RunOptions, plan: &Plan) -> Vec<Step> {
+    let lookback = chrono::Duration::days(pipeline.settings.lookback_days.into());
+    let asked = options.window.map(|w| Window { from: (w.from + lookback).min(w.to), to: w.to });
+    let read_whole: BTreeMap<&str, Vec<String>> = {
+        let mut m: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (model, _) in &plan.models {
+            for (d, mode) in &pipeline.models[model].reads {
+                if *mode == ReadMode::All {
+                    m.entry(d.as_str()).or_default().push(model.clone());
+                }
+            }
+        }
+        m
+    };
+    let day_of = |key: &str| -> Option<chrono::NaiveDate> {
+        let value = key.split('/').next()?.split_once('=')?.1;
+        chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()
+    };
+    let mut steps = Vec::new();
+    let whole_why = |name: &str, dated: bool| -> Why {
+        if !dated {
+            Why::NoBusinessDate
+        } else if let Some(by) = read_whole.get(name) {
+            Why::ReadWhole { by: by.clone() }
+        } else {
+            Why::FullRun
+        }
+    };
+    for (name, w) in &plan.cleaned {
+        let def = &pipeline.cleaned[name];
+        let dated = def.business_date.is_some();
+        for ds in [name.clone(), format!("{name}.quarantine")] {
+            let keys = &plan.boundary[&ds];
+            if keys.is_empty() || w.is_none() {
+                steps.push(Step {
+                    dataset: ds,
+                    whole: Some(whole_why(name, dated)),
+                    partitions: vec![],
+                });
+                continue;
+            }
+            let partitions = keys
+                .iter()
+                .map(|k| {
+                    let why = match (day_of(k), asked) {
+                        _ if k.ends_with(strata_publish::names::NULL_PARTITION) => Why::Undated,
+                        _ if def.grain == Grain::Month => Why::WholeMonth,
+                        (Some(d), Some(a)) if d >= a.from && d <= a.to => Why::InWindow,
+                        (Some(_), Some(_)) => Why::Lookback,
+                        // The quarantine's rows without a date.
+                        _ => Why::InWindow,
+                    };
+                    (k.clone(), why)
+                })
+                .collect();
+            steps.push(Step { dataset: ds, whole: None, partitions });
+        }
+    }
+    let windows: BTreeMap<&str, Option<Window>> =
+        plan.cleaned.iter().chain(&plan.models).map(|(n, w)| (n.as_str(), *w)).collect();
+    for (name, w) in &plan.models {
+        let def = &pipeline.models[name];
+        let keys = &plan.boundary[name];
+        let Some(w) = w.filter(|_| !keys.is_empty()) else {
+            let dated = def.business_date.is_some();
+            steps.push(Step {
+                dataset: name.clone(),
+                whole: Some(whole_why(name, dated)),
+                partitions: vec![],
+            });
+            continue;
+        };
+        let _ = w;
+        let ran = options.window;
+        let partitions = keys
+            .iter()
+            .map(|k| {
+                let why = match (day_of(k), asked, ran) {
+                    _ if def.grain == Grain::Month => Why::WholeMonth,
+                    (Some(d), Some(a), _) if d >= a.from && d <= a.to => Why::InWindow,
+                    (Some(d), _, Some(r)) if d >= r.from && d <= r.to => Why::Lookback,
+                    (Some(d), _, Some(r)) if d > r.to => {
+                        Why::Spillover { reads_days: def.reads_days }
+                    }
+                    _ => {
+                        // Before the window: an input recomputes that date (a month-grain
+                        // input's whole month, say).
+                        let inputs = pipeline.model_deps[name]
+                            .iter()
+                            .filter(|dep| def.reads.get(*dep) != Some(&ReadMode::All))
+                            .filter(|dep| {
+                                windows.get(dep.as_str()).copied().flatten().is_some_and(|iw| {
+                                    day_of(k).is_some_and(|d| d >= iw.from && d <= iw.to)
+                                })
+                            })
+                            .cloned()
+                            .collect();
+                        Why::Downstream { inputs }
+                    }
+                };
+                (k.clone(), why)
+            })
+            .collect();
+        steps.push(Step { dataset: name.clone(), whole: None, partitions });
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +372,47 @@ mod tests {
         assert_eq!(window_of(&plan.cleaned, "customers"), None);
         assert!(plan.boundary["customers"].is_empty(), "the whole dataset");
         assert_eq!(plan.boundary["orders"].len(), 2);
+    }
+
+    /// The seed's case: a 30-day rolling model whose input changed on June 15 replaces June 15
+    /// through July 14, and the plan says why for each day.
+    #[test]
+    fn a_changed_day_spills_over_into_the_rolling_days_that_read_it() {
+        let mut shop = shop();
+        if let Some(m) = shop.models.get_mut("revenue_7d") {
+            m.reads_days = 29;
+        }
+        shop.settings.lookback_days = 0;
+        let opts = options(Some(("2026-06-15", "2026-06-15")), &[]);
+        let p = plan(&shop, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let rolling =
+            window_of(&p.models, "revenue_7d").map(|w| (w.from.to_string(), w.to.to_string()));
+        assert_eq!(rolling, Some(("2026-06-15".into(), "2026-07-14".into())));
+        let steps = explain(&shop, &opts, &p);
+        let step = steps.iter().find(|s| s.dataset == "revenue_7d").unwrap();
+        assert_eq!(step.partitions.len(), 30);
+        assert_eq!(step.partitions[0], ("order_date=2026-06-15".into(), Why::InWindow));
+        assert_eq!(
+            step.partitions[29],
+            ("order_date=2026-07-14".into(), Why::Spillover { reads_days: 29 })
+        );
+        // The month-grain customers recompute June whole; orders only the day.
+        let customers = steps.iter().find(|s| s.dataset == "customers").unwrap();
+        assert_eq!(
+            customers.partitions,
+            vec![("signup_date_month=2026-06".into(), Why::WholeMonth)]
+        );
+        // With a look-back of 2 days, the two days before are look-back days.
+        shop.settings.lookback_days = 2;
+        let opts = options(Some(("2026-06-13", "2026-06-15")), &[]);
+        let p = plan(&shop, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let orders = explain(&shop, &opts, &p).into_iter().find(|s| s.dataset == "orders").unwrap();
+        let whys: Vec<&Why> = orders.partitions.iter().map(|(_, w)| w).collect();
+        assert_eq!(whys, [&Why::Lookback, &Why::Lookback, &Why::InWindow]);
+        // A full run replaces every dataset whole.
+        let full = options(None, &[]);
+        let p = plan(&shop, &full).unwrap_or_else(|e| panic!("{e}"));
+        assert!(explain(&shop, &full, &p).iter().all(|s| s.whole == Some(Why::FullRun)));
     }
 
     #[test]

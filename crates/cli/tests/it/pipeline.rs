@@ -1640,3 +1640,67 @@ fn a_garbage_or_empty_snapshot_is_not_published() {
     assert!(line.contains("airports would be published empty (it has 2 rows now)"), "{line}");
     assert_eq!(csv(&env, table), "code\nJFK\nSFO\n");
 }
+
+fn planning(env: &Env) {
+    let toml = shop(env, 2, &["orders-2026-01-03.csv"]);
+    let toml = toml.to_str().unwrap();
+    // No lake yet: nothing to plan against.
+    let line = env.user_error(&["plan", "--pipeline", toml]);
+    assert!(line.contains("a first `strata run` creates the lake"), "{line}");
+    env.ok(&["run", "--pipeline", toml]);
+    let before = env.snapshot();
+    let plan = env.ok(&["plan", "--pipeline", toml, "--date", "2026-01-03"]);
+    assert_eq!(env.snapshot(), before, "plan writes nothing");
+    for expected in [
+        "order_date=2026-01-01                    a lookback day (late data)",
+        "order_date=2026-01-03                    in the window",
+        "order_date=2026-01-09                    rolling-window spillover (reads_days = 6)",
+        "signup_date_month=2026-01                month grain: the window's whole month",
+        "quarantined rows without a date",
+    ] {
+        assert!(plan.contains(expected), "{expected}: {plan}");
+    }
+    // A new file is listed; the run then follows the plan: the partitions it replaces are the
+    // ones the plan named.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/shop/data/orders/orders-2026-01-03.csv");
+    std::fs::copy(src, env.path("shop/data/orders/orders-2026-01-03.csv")).unwrap();
+    let json = env.ok(&["plan", "--pipeline", toml, "--date", "2026-01-03", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let orders = p["sources"].as_array().unwrap().iter().find(|s| s["source"] == "orders").unwrap();
+    assert!(orders["new_files"].to_string().contains("orders-2026-01-03.csv"), "{orders}");
+    assert_eq!(p["noop"]["noop"], "after_landing");
+    let planned: Vec<String> =
+        p["steps"].as_array().unwrap().iter().find(|s| s["dataset"] == "revenue_7d").unwrap()
+            ["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k[0].as_str().unwrap().to_string())
+            .collect();
+    let run = run_json(env, &["--pipeline", toml, "--date", "2026-01-03"]);
+    let id = run["run_id"].as_str().unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show-run", id, "--json"])).unwrap();
+    let owned = log.as_array().unwrap().last().unwrap()["output_boundary"]["revenue_7d"].clone();
+    let owned: Vec<String> =
+        owned.as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
+    assert_eq!(planned, owned, "the run replaces what the plan said");
+    // Now the same run would be a no-op, and the plan says so.
+    let plan = env.ok(&["plan", "--pipeline", toml, "--date", "2026-01-03"]);
+    assert!(plan.contains(&format!("a no-op: run {id} already published exactly this")), "{plan}");
+    let graph = env.ok(&["plan", "--pipeline", toml, "--graph"]);
+    assert!(graph.contains("orders -> daily_revenue") && graph.contains("flowchart LR"), "{graph}");
+}
+
+#[test]
+fn plan_shows_what_a_run_would_replace_and_why_and_writes_nothing() {
+    planning(&Env::new());
+}
+
+#[test]
+fn plan_shows_what_a_run_would_replace_and_why_and_writes_nothing_s3() {
+    if let Some(env) = Env::s3() {
+        planning(&env);
+    }
+}
