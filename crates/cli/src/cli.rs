@@ -380,9 +380,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "D", requires = "from")]
     pub to: Option<String>,
 
-    /// Only these datasets (cleaned datasets or models).
-    #[arg(long, value_name = "DATASET", num_args = 1..)]
+    /// Only these datasets: names, globs (`'daily_*'`), `+X` (X and everything it reads) or
+    /// `X+` (X and everything that reads it, each over the dates X's change affects).
+    #[arg(long, value_name = "SELECTOR", num_args = 1..)]
     pub only: Vec<String>,
+
+    /// With --only: also everything downstream of each dataset selected (as `X+`).
+    #[arg(long, requires = "only")]
+    pub downstream: bool,
 
     /// Run even if a published run already computed exactly this (same pipeline version,
     /// parameters and inputs); publishes a new, byte-identical version.

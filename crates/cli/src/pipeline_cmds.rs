@@ -280,7 +280,11 @@ fn run_options(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<RunOptions
     });
     Ok(RunOptions {
         window,
-        only: args.only.clone(),
+        only: args
+            .only
+            .iter()
+            .map(|o| if args.downstream && !o.ends_with('+') { format!("{o}+") } else { o.clone() })
+            .collect(),
         memory_limit: pipeline.memory_limit().map_err(|e| user_error!("{e}"))?,
         target_partitions: 0,
         force: args.force,

@@ -28,23 +28,8 @@ pub struct Plan {
 /// rolling sum of a changed day U changes U through U+6). A dataset a model reads whole
 /// (`reads = { users = "all" }`) is computed whole.
 pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
-    for name in &options.only {
-        if !pipeline.cleaned.contains_key(name) && !pipeline.models.contains_key(name) {
-            return Err(Error::Plan(format!(
-                "--only names {name:?}, which is neither a cleaned dataset nor a model of {} \
-                 (datasets: {})",
-                pipeline.file.display(),
-                pipeline
-                    .cleaned
-                    .keys()
-                    .chain(pipeline.models.keys())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    let selected = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    let chosen = select(pipeline, &options.only)?;
+    let selected = |name: &str| options.only.is_empty() || chosen.contains(name);
     // A dataset a model reads whole is computed whole: its rows for every date must be there,
     // whatever the window (a user who signed up in January is joined to February's orders).
     let read_whole: BTreeSet<&str> = pipeline
@@ -132,6 +117,56 @@ pub fn plan(pipeline: &Pipeline, options: &RunOptions) -> Result<Plan> {
         sources.into_iter().collect()
     };
     Ok(Plan { cleaned, models, sources, boundary })
+}
+
+/// The datasets `--only` selects (pure). Each selector is a cleaned dataset or model by name,
+/// a glob of names (`daily_*`), `+X` (X and everything it reads, transitively: what a rebuild
+/// of X needs) or `X+` (X and everything that reads it: what a change of X affects). A
+/// selector that matches nothing is an error listing the datasets.
+pub fn select(pipeline: &Pipeline, selectors: &[String]) -> Result<BTreeSet<String>> {
+    let names: Vec<&String> = pipeline.cleaned.keys().chain(pipeline.models.keys()).collect();
+    let computed = |n: &str| pipeline.cleaned.contains_key(n) || pipeline.models.contains_key(n);
+    let mut out = BTreeSet::new();
+    for sel in selectors {
+        let up = sel.starts_with('+');
+        let down = sel.len() > 1 && sel.ends_with('+');
+        let core = sel.trim_start_matches('+').trim_end_matches('+');
+        let matched: Vec<&String> = if core.contains(['*', '?', '[']) {
+            let pattern = glob::Pattern::new(core)
+                .map_err(|e| Error::Plan(format!("--only {sel:?} is not a valid pattern ({e})")))?;
+            names.iter().copied().filter(|n| pattern.matches(n)).collect()
+        } else {
+            names.iter().copied().filter(|n| n.as_str() == core).collect()
+        };
+        if matched.is_empty() {
+            return Err(Error::Plan(format!(
+                "--only names {sel:?}, which matches no cleaned dataset or model of {} \
+                 (datasets: {}); +X adds what X reads, X+ what reads X",
+                pipeline.file.display(),
+                names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for m in matched {
+            out.insert(m.clone());
+            let mut stack = vec![m.clone()];
+            while let Some(n) = stack.pop().filter(|_| up) {
+                for d in pipeline.model_deps.get(&n).into_iter().flatten() {
+                    if computed(d) && out.insert(d.clone()) {
+                        stack.push(d.clone());
+                    }
+                }
+            }
+            let mut stack = vec![m.clone()];
+            while let Some(n) = stack.pop().filter(|_| down) {
+                for (model, deps) in &pipeline.model_deps {
+                    if deps.contains(&n) && out.insert(model.clone()) {
+                        stack.push(model.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Why a run replaces a partition, or a whole dataset.
@@ -413,6 +448,34 @@ mod tests {
         let full = options(None, &[]);
         let p = plan(&shop, &full).unwrap_or_else(|e| panic!("{e}"));
         assert!(explain(&shop, &full, &p).iter().all(|s| s.whole == Some(Why::FullRun)));
+    }
+
+    /// Selectors: names, globs, `+X` (upstream) and `X+` (downstream).
+    #[test]
+    fn selectors_pick_a_dataset_with_its_upstream_or_downstream() {
+        let shop = shop();
+        let set = |sels: &[&str]| {
+            let sels: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
+            select(&shop, &sels).map(|s| s.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(set(&["orders"]).unwrap(), ["orders"]);
+        assert_eq!(set(&["orders+"]).unwrap(), ["daily_revenue", "orders", "revenue_7d"]);
+        assert_eq!(set(&["+revenue_7d"]).unwrap(), ["daily_revenue", "orders", "revenue_7d"]);
+        assert_eq!(set(&["+daily_revenue"]).unwrap(), ["daily_revenue", "orders"]);
+        assert_eq!(set(&["*revenue*"]).unwrap(), ["daily_revenue", "revenue_7d"]);
+        assert_eq!(
+            set(&["cust*", "daily_revenue+"]).unwrap(),
+            ["customers", "daily_revenue", "revenue_7d"]
+        );
+        assert!(set(&["nosuch*"]).unwrap_err().to_string().contains("matches no cleaned dataset"));
+        // A change of orders, planned downstream: the models follow its window, with spillover.
+        let mut opts = options(Some(("2026-01-02", "2026-01-02")), &["orders+"]);
+        opts.only = vec!["orders+".into()];
+        let p = plan(&shop, &opts).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.cleaned.iter().all(|(n, _)| n == "orders"));
+        let rolling =
+            window_of(&p.models, "revenue_7d").map(|w| (w.from.to_string(), w.to.to_string()));
+        assert_eq!(rolling, Some(("2026-01-02".into(), "2026-01-08".into())));
     }
 
     #[test]

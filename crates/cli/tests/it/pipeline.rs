@@ -1693,6 +1693,23 @@ fn planning(env: &Env) {
     assert!(plan.contains(&format!("a no-op: run {id} already published exactly this")), "{plan}");
     let graph = env.ok(&["plan", "--pipeline", toml, "--graph"]);
     assert!(graph.contains("orders -> daily_revenue") && graph.contains("flowchart LR"), "{graph}");
+    // A change of orders and what it affects downstream, with the rolling spillover.
+    let args = ["plan", "--pipeline", toml, "--only", "orders", "--downstream", "--json"];
+    let json = env.ok(&[&args[..], &["--date", "2026-01-02"]].concat());
+    let p: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let steps: Vec<(&str, usize)> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["dataset"].as_str().unwrap(), s["partitions"].as_array().map_or(0, Vec::len)))
+        .collect();
+    assert_eq!(
+        steps,
+        [("orders", 3), ("orders.quarantine", 4), ("daily_revenue", 3), ("revenue_7d", 9)],
+        "customers is not selected; revenue_7d spills over 6 days past the window"
+    );
+    let line = env.user_error(&["plan", "--pipeline", toml, "--only", "nosuch+"]);
+    assert!(line.contains("matches no cleaned dataset or model"), "{line}");
 }
 
 #[test]
