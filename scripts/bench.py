@@ -4,7 +4,8 @@
 Run through ./scripts/bench.sh (or `just bench`), which installs tpchgen-cli and duckdb from PyPI
 into a virtualenv and builds strata in release mode. Prints, for each tool, the median wall time,
 peak RSS and rows per second over several alternating runs, and strata's ratio to DuckDB; then the
-one-day incremental run after 10 and after 1,000 days of history.
+one-day incremental run after 10 and after 1,000 days of history, and `strata diff` of a one-day
+change in 1,000 daily partitions against a diff that reads them all.
 """
 
 import argparse
@@ -155,6 +156,49 @@ def incremental(args, strata):
     print()
 
 
+def diff_bench(args, strata, venv):
+    """`strata diff` of a one-day change in 1,000 daily partitions: the fast path (partitions
+    with equal row hashes unread) against a diff that reads every partition (`--where TRUE`)."""
+    days, per_day = 1000, args.rows_per_day
+    work = Path(args.dir) / "diff"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    py = str(venv / "bin" / "python")
+    script = f"""
+import duckdb
+duckdb.sql(\"\"\"COPY (SELECT i AS id, DATE '2020-01-01' + CAST(i // {per_day} AS INTEGER) AS day,
+  CAST(i % 997 AS DOUBLE) * 1.5 AS amount FROM range({days * per_day}) t(i))
+  TO '{work}/v1.parquet' (FORMAT parquet)\"\"\")
+duckdb.sql(\"\"\"COPY (SELECT id, day, CASE WHEN id % 10 = 0 THEN amount + 1 ELSE amount END AS amount
+  FROM '{work}/v1.parquet' WHERE day = DATE '2020-06-01') TO '{work}/day.parquet' (FORMAT parquet)\"\"\")
+"""
+    subprocess.run([py, "-c", script], check=True)
+    lake = str(work / "lake")
+    run_measured([strata, "--lake", lake, "publish", "t", "--from", str(work / "v1.parquet"),
+                  "--partition-by", "day"], work)
+    run_measured([strata, "--lake", lake, "publish", "t", "--from", str(work / "day.parquet"),
+                  "--partition-by", "day"], work)
+
+    def diff(extra):
+        cmd = [strata, "--lake", lake, "diff", "t@1", "t@2", "--key", "id",
+               "--max-changed-rows", str(per_day)] + extra
+        return run_measured(cmd, work)
+
+    samples = {"one day read (fast path)": [], "every partition read (--where TRUE)": []}
+    for _ in range(args.runs):
+        samples["one day read (fast path)"].append(diff([]))
+        samples["every partition read (--where TRUE)"].append(diff(["--where", "TRUE"]))
+    print(f"diff: a one-day change in {days} daily partitions ({per_day} rows/day), "
+          f"median of {args.runs} runs")
+    print()
+    print("| strata diff | wall time | peak RSS |")
+    print("|---|---|---|")
+    for name, got in samples.items():
+        secs = statistics.median(s for s, _, _ in got)
+        print(f"| {name} | {secs:.3f} s | {max(m for _, m, _ in got) / 2**20:.0f} MiB |")
+    print()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sf", default=os.environ.get("STRATA_BENCH_SF", "1"), help="TPC-H scale factor (default 1)")
@@ -163,7 +207,7 @@ def main():
     p.add_argument("--strata", required=True)
     p.add_argument("--venv", required=True)
     p.add_argument("--rows-per-day", type=int, default=1000)
-    p.add_argument("--only", choices=["lineitem", "incremental"], default=None)
+    p.add_argument("--only", choices=["lineitem", "incremental", "diff"], default=None)
     p.add_argument("--reuse-history", action="store_true",
                    help="keep the incremental lakes of an earlier run and go on from their last day")
     args = p.parse_args()
@@ -172,6 +216,8 @@ def main():
         lineitem(args, args.strata, venv)
     if args.only in (None, "incremental"):
         incremental(args, args.strata)
+    if args.only in (None, "diff"):
+        diff_bench(args, args.strata, venv)
 
 
 if __name__ == "__main__":

@@ -409,10 +409,11 @@ pub async fn diff(
     let same_rows: u64 = parts.same.values().sum();
     // Rows and duplicates, per side.
     for side in ["a", "b"] {
+        // One pass: a key with n rows adds n times 1/n to the count of duplicated keys.
         let q = format!(
-            "SELECT (SELECT count(*) FROM {side}) AS n, \
-             (SELECT count(*) FROM (SELECT {by} FROM {side} WHERE _n > 1 GROUP BY {by})) AS dk, \
-             (SELECT count(*) FROM {side} WHERE _n > 1) AS dr"
+            "SELECT count(*) AS n, \
+             CAST(round(coalesce(sum(CASE WHEN _n > 1 THEN 1.0 / _n END), 0)) AS BIGINT) AS dk, \
+             sum(CASE WHEN _n > 1 THEN 1 ELSE 0 END) AS dr FROM {side}"
         );
         let v = scalars(&ctx, &q).await?;
         let (n, dk, dr) = (nth(&v, 0), nth(&v, 1), nth(&v, 2));
@@ -424,66 +425,94 @@ pub async fn diff(
                 (n + same_rows, dk, dr);
         }
     }
-    let classes =
-        ctx.sql("SELECT _class, count(*) FROM j GROUP BY _class").await?.collect().await?;
-    for batch in &classes {
-        for i in 0..batch.num_rows() {
-            let class = array_value_to_string(batch.column(0), i)?;
-            let n: u64 = array_value_to_string(batch.column(1), i)?.parse().unwrap_or(0);
-            match class.as_str() {
-                "identical" => report.identical += n,
-                "modified" => report.modified += n,
-                "added" => report.added += n,
-                _ => report.removed += n,
+    // The changed rows, kept: the samples and the per-partition counts read them, not the join
+    // again (they are the difference, usually a small part of what was read).
+    let changed = ctx.sql("SELECT * FROM j WHERE _class <> 'identical'").await?;
+    let changed_schema = Arc::new(changed.schema().as_arrow().clone());
+    let changed = changed.collect().await?;
+    ctx.register_table(
+        "jc",
+        Arc::new(datafusion::datasource::MemTable::try_new(changed_schema, vec![changed])?),
+    )?;
+    // Per column: one pass over the joined rows, and one over each side.
+    let casts: Vec<Option<String>> = common
+        .iter()
+        .map(|c| {
+            let ta = sa.field_with_name(c).ok()?.data_type().clone();
+            let tb = sb.field_with_name(c).ok()?.data_type().clone();
+            let numeric = |t: &DataType| is_exact(t) || is_float(t);
+            if !(numeric(&ta) && numeric(&tb)) {
+                return None;
+            }
+            if is_float(&ta) || is_float(&tb) {
+                return Some("DOUBLE".to_string());
+            }
+            let scale = |t: &DataType| match t {
+                DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => *s,
+                _ => 0,
+            };
+            Some(format!("DECIMAL(38, {})", scale(&ta).max(scale(&tb)).max(0)))
+        })
+        .collect();
+    let matched = "_class IN ('identical', 'modified')";
+    let mut aggs = vec![format!("sum(CASE WHEN {matched} THEN 1 ELSE 0 END)")];
+    for class in ["identical", "modified", "added", "removed"] {
+        aggs.push(format!("sum(CASE WHEN _class = '{class}' THEN 1 ELSE 0 END)"));
+    }
+    aggs.extend(
+        (0..common.len()).map(|i| format!("sum(CASE WHEN {matched} AND _d{i} THEN 1 ELSE 0 END)")),
+    );
+    let joined_counts = scalars(&ctx, &format!("SELECT {} FROM j", aggs.join(", "))).await?;
+    let compared = nth(&joined_counts, 0);
+    report.identical = nth(&joined_counts, 1) + same_rows;
+    report.modified = nth(&joined_counts, 2);
+    report.added = nth(&joined_counts, 3);
+    report.removed = nth(&joined_counts, 4);
+    let side_stats = |side: &str| {
+        let mut cols = Vec::new();
+        for (i, c) in common.iter().enumerate() {
+            cols.push(format!("count(*) - count({}) AS n{i}", ident(c)));
+            if let Some(cast) = &casts[i] {
+                cols.push(format!(
+                    "CAST(coalesce(sum(CAST({} AS {cast})), 0) AS VARCHAR) AS s{i}",
+                    ident(c)
+                ));
             }
         }
-    }
-    report.identical += same_rows;
-    // Per column.
+        if cols.is_empty() {
+            cols.push("count(*)".into());
+        }
+        format!("SELECT {} FROM {side}", cols.join(", "))
+    };
+    let (stats_a, stats_b) =
+        (texts(&ctx, &side_stats("a")).await?, texts(&ctx, &side_stats("b")).await?);
+    let mut at = 0usize;
     for (i, c) in common.iter().enumerate() {
-        let q = format!(
-            "SELECT sum(CASE WHEN _class IN ('identical', 'modified') THEN 1 ELSE 0 END), \
-             sum(CASE WHEN _class IN ('identical', 'modified') AND _d{i} THEN 1 ELSE 0 END) \
-             FROM j"
-        );
-        let v = scalars(&ctx, &q).await?;
-        let (compared, differ) = (nth(&v, 0), nth(&v, 1));
-        let nulls = |side: &str| format!("SELECT count(*) - count({}) FROM {side}", ident(c));
-        let nulls_a = nth(&scalars(&ctx, &nulls("a")).await?, 0);
-        let nulls_b = nth(&scalars(&ctx, &nulls("b")).await?, 0);
+        let count = |v: &[Option<String>], k: usize| {
+            v.get(k).cloned().flatten().and_then(|t| t.parse().ok()).unwrap_or(0u64)
+        };
+        let differ = nth(&joined_counts, i + 5);
         let mut col = ColumnDiff {
             column: c.clone(),
             compared,
             differ,
             match_rate: if compared == 0 { 1.0 } else { 1.0 - differ as f64 / compared as f64 },
-            nulls_a,
-            nulls_b,
+            nulls_a: count(&stats_a, at),
+            nulls_b: count(&stats_b, at),
             ..Default::default()
         };
-        let ta = sa.field_with_name(c).map(|f| f.data_type().clone()).ok();
-        let tb = sb.field_with_name(c).map(|f| f.data_type().clone()).ok();
-        if let (Some(ta), Some(tb)) = (ta, tb) {
-            let numeric = |t: &DataType| is_exact(t) || is_float(t);
-            if numeric(&ta) && numeric(&tb) {
-                let cast = if is_float(&ta) || is_float(&tb) {
-                    "DOUBLE".to_string()
-                } else {
-                    let scale = |t: &DataType| match t {
-                        DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => *s,
-                        _ => 0,
-                    };
-                    format!("DECIMAL(38, {})", scale(&ta).max(scale(&tb)).max(0))
-                };
+        at += 1;
+        if let Some(cast) = &casts[i] {
+            let (sum_a, sum_b) =
+                (stats_a.get(at).cloned().flatten(), stats_b.get(at).cloned().flatten());
+            at += 1;
+            if let (Some(x), Some(y)) = (&sum_a, &sum_b) {
                 let q = format!(
-                    "SELECT CAST(sa AS VARCHAR), CAST(sb AS VARCHAR), CAST(sb - sa AS VARCHAR) \
-                     FROM (SELECT (SELECT coalesce(sum(CAST({c} AS {cast})), 0) FROM a) AS sa, \
-                     (SELECT coalesce(sum(CAST({c} AS {cast})), 0) FROM b) AS sb)",
-                    c = ident(c)
+                    "SELECT CAST(CAST('{y}' AS {cast}) - CAST('{x}' AS {cast}) AS VARCHAR)"
                 );
-                let t = texts(&ctx, &q).await?;
-                let at = |i: usize| t.get(i).cloned().flatten();
-                (col.sum_a, col.sum_b, col.delta) = (at(0), at(1), at(2));
+                col.delta = texts(&ctx, &q).await?.first().cloned().flatten();
             }
+            (col.sum_a, col.sum_b) = (sum_a, sum_b);
         }
         report.columns.push(col);
     }
@@ -515,10 +544,7 @@ pub async fn diff(
     }
     if !layout.is_empty() {
         let cols: Vec<String> = (0..layout.len()).map(|i| format!("_p{i}")).collect();
-        let q = format!(
-            "SELECT {c}, sum(CASE WHEN _class <> 'identical' THEN 1 ELSE 0 END) FROM j GROUP BY {c}",
-            c = cols.join(", ")
-        );
+        let q = format!("SELECT {c}, count(*) FROM jc GROUP BY {c}", c = cols.join(", "));
         for batch in ctx.sql(&q).await?.collect().await? {
             for i in 0..batch.num_rows() {
                 let key: Vec<String> = layout
@@ -552,7 +578,7 @@ pub async fn diff(
         let key_cols: Vec<String> = (0..key.len()).map(|i| format!("_k{i}")).collect();
         let order = key_cols.join(", ");
         let sample = |class: &str| {
-            format!("SELECT * FROM j WHERE _class = '{class}' ORDER BY {order} LIMIT {n}")
+            format!("SELECT * FROM jc WHERE _class = '{class}' ORDER BY {order} LIMIT {n}")
         };
         let rows = |batches: Vec<RecordBatch>, class: &str| -> Vec<Row> {
             let mut out = Vec::new();
