@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
+use crate::derive::first_line;
 use crate::pipeline::Pipeline;
 use crate::stages::ident;
 use crate::types::Grain;
@@ -221,15 +222,6 @@ fn partition_column_problem(col: &str, fields: &[Field]) -> Option<String> {
             f.data_type()
         )
     })
-}
-
-fn first_line(e: &datafusion::error::DataFusionError) -> String {
-    let text = e.strip_backtrace();
-    let line = text.lines().next().unwrap_or_default();
-    ["SQL error: ", "Error during planning: ", "Schema error: "]
-        .iter()
-        .fold(line, |l, p| l.strip_prefix(p).unwrap_or(l))
-        .to_string()
 }
 
 #[cfg(test)]

@@ -138,7 +138,8 @@ fn physical(
     ctx.create_physical_expr(expr, df_schema)
 }
 
-fn first_line(e: &datafusion::error::DataFusionError) -> String {
+/// The first line of a DataFusion error, without its category prefix.
+pub(crate) fn first_line(e: &datafusion::error::DataFusionError) -> String {
     let text = e.strip_backtrace();
     let line = text.lines().next().unwrap_or_default();
     ["SQL error: ", "Error during planning: ", "Schema error: ", "Execution error: "]

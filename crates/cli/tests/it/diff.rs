@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 
 use crate::harness::Env;
+use crate::pipeline::write_parquet;
 
 /// A row: key (k1, k2 — k2 may be NULL), value v, partition p.
 type Row = (i64, Option<&'static str>, f64, &'static str);
@@ -18,16 +19,8 @@ fn write(env: &Env, name: &str, rows: &[Row]) -> String {
         ("v", Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2)))),
         ("p", Arc::new(StringArray::from(rows.iter().map(|r| Some(r.3)).collect::<Vec<_>>()))),
     ];
-    let batch = RecordBatch::try_from_iter(columns).unwrap();
     let path = env.path(name);
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(&path, columns);
     path.display().to_string()
 }
 

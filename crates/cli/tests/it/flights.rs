@@ -7,14 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Date32Array, StringArray};
 
 use crate::harness::Env;
-use crate::pipeline::copy_dir;
-
-fn csv(env: &Env, sql: &str) -> String {
-    env.ok(&["query", sql, "--format", "csv"])
-}
+use crate::pipeline::{binding_line as binding, copy_dir, csv, write_parquet};
 
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
 fn day(s: &str) -> i32 {
@@ -41,33 +37,14 @@ fn flights(env: &Env) -> String {
         ),
         ("valid_to", Arc::new(Date32Array::from(vec![Some(day("2026-01-02")), None, None]))),
     ];
-    let batch = RecordBatch::try_from_iter(columns).unwrap();
     let path = env.path("planes.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(&path, columns);
     env.ok(&["publish", "planes", "--from", path.to_str().unwrap()]);
     dst.join("strata.toml").display().to_string()
 }
 
 const DELAYS: &str = "SELECT flight_date, tenant, origin_city, carrier, plane, flights, \
                       total_delay FROM delays ORDER BY 1, 2, 3, 4, 5";
-
-/// The first line of `show-run` of the latest run binding `dataset`.
-fn binding(env: &Env, dataset: &str) -> String {
-    let id = crate::quality::latest_run(env)["run_id"].as_str().unwrap().to_string();
-    let shown = env.ok(&["show-run", &id]);
-    shown
-        .lines()
-        .find(|l| l.starts_with(&format!("reads      {dataset} ")))
-        .unwrap_or_else(|| panic!("no binding of {dataset}: {shown}"))
-        .to_string()
-}
 
 fn the_flights_example(make: impl Fn() -> Env) {
     // Full.

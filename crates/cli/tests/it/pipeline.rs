@@ -50,7 +50,7 @@ fn stage<'a>(report: &'a serde_json::Value, stage: &str, dataset: &str) -> &'a s
         .unwrap()
 }
 
-fn csv(env: &Env, sql: &str) -> String {
+pub(crate) fn csv(env: &Env, sql: &str) -> String {
     env.ok(&["query", sql, "--format", "csv"])
 }
 
@@ -642,7 +642,7 @@ fn a_damaged_raw_batch_fails_the_run_and_names_it_s3() {
 }
 
 /// Writes a Parquet file of the given columns.
-fn write_parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+pub(crate) fn write_parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
     let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
     let file = std::fs::File::create(path).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
@@ -1384,7 +1384,7 @@ fn reference_datasets_are_snapshots_or_merged_changes() {
 }
 
 /// The first line of `show-run <id>` that names `dataset`'s binding.
-fn binding_line(env: &Env, dataset: &str) -> String {
+pub(crate) fn binding_line(env: &Env, dataset: &str) -> String {
     let id = crate::quality::latest_run(env)["run_id"].as_str().unwrap().to_string();
     let shown = env.ok(&["show-run", &id]);
     shown

@@ -2,11 +2,7 @@
 //! input and put back, on local disk and S3, and killed at its crash points.
 
 use crate::harness::Env;
-use crate::pipeline::tiny;
-
-fn csv(env: &Env, sql: &str) -> String {
-    env.ok(&["query", sql, "--format", "csv"])
-}
+use crate::pipeline::{csv, tiny};
 
 /// The tiny pipeline with two files; b.csv holds rows for two days.
 fn two_files(env: &Env) -> String {
