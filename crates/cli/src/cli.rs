@@ -166,6 +166,19 @@ pipelines/shop/strata.toml"
     )]
     Verify(VerifyArgs),
 
+    /// List the shadows (versions computed with `strata run --mode shadow`, not current), with
+    /// their state and the version each holds.
+    #[command(after_help = "Examples:\n  strata shadows\n  strata shadows orders --json")]
+    Shadows(ShadowsArgs),
+
+    /// Make a shadow's versions current, without recomputing them, all datasets or none.
+    #[command(long_about = PROMOTE_LONG, after_help = PROMOTE_AFTER)]
+    Promote(PromoteArgs),
+
+    /// Discard a shadow: its versions, files and name (a promoted shadow loses only its name).
+    #[command(after_help = "Example:\n  strata drop-shadow fix-123")]
+    DropShadow(DropShadowArgs),
+
     /// Compare two versions row by row, by key: schema, rows identical, modified, added and
     /// removed, per column and per partition. Exit 3 when they differ beyond the thresholds.
     #[command(long_about = DIFF_LONG, after_help = DIFF_AFTER)]
@@ -175,6 +188,28 @@ pipelines/shop/strata.toml"
     #[command(after_help = FILES_AFTER)]
     Files(FilesArgs),
 }
+
+const PROMOTE_LONG: &str = "\
+Make the versions a shadow run computed (`strata run --mode shadow --shadow NAME`) current: no
+data is read or recomputed. For each dataset of the shadow:
+
+  the pointer has not moved since the shadow was built  -> the shadow's version is made current
+  it moved, but not on a partition the shadow replaces  -> the shadow's partitions are merged
+                                                           onto the current version (a new
+                                                           version, copy-on-write)
+  it moved on a partition the shadow replaces           -> conflict: nothing is promoted, the
+                                                           message names the dataset, what moved
+                                                           and the partitions (exit 5)
+
+Promotion is all-or-nothing: every version is prepared before the first pointer flips, and a
+promotion killed half-way is finished (or returned to the shadow) by `strata recover` or the next
+`strata promote`. History shows each flip as `promote` with the reason.";
+
+const PROMOTE_AFTER: &str = "\
+Examples:
+  strata run --from 2026-01-01 --to 2026-01-31 --mode shadow --shadow fix-123
+  strata diff daily_revenue \"daily_revenue@shadow:fix-123\"
+  strata promote fix-123 --reason \"ticket 123: revenue excluded refunds\"";
 
 const RECONCILE_LONG: &str = "\
 Print the control totals of a dataset version: rows, exact sums of the declared columns, the
@@ -400,7 +435,61 @@ pub struct RunArgs {
     #[arg(long)]
     pub rehash: bool,
 
+    /// How the run publishes what it computed. replace: replace the published partitions.
+    /// dry-run: compute and validate, keep nothing. shadow: publish to the shadow --shadow NAME,
+    /// leaving every pointer alone (`strata promote NAME` makes it current). compare-only:
+    /// compute, validate and diff against the published versions; keep only the report.
+    #[arg(long, value_enum, default_value_t = Mode::Replace)]
+    pub mode: Mode,
+
+    /// The shadow to publish to, with --mode shadow (letters, digits, '_', '-', '.').
+    #[arg(long, value_name = "NAME")]
+    pub shadow: Option<String>,
+
     /// Print the stage reports as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--mode` of `strata run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Replace,
+    DryRun,
+    Shadow,
+    CompareOnly,
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowsArgs {
+    /// Only the shadows holding this dataset.
+    pub dataset: Option<String>,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The shadow.
+    pub name: String,
+
+    /// Why, recorded in every pointer entry the promotion writes.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DropShadowArgs {
+    /// The shadow.
+    pub name: String,
+
+    /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -411,8 +500,12 @@ pub struct ReconcileArgs {
     pub dataset: String,
 
     /// The version [default: the current one].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "shadow")]
     pub version: Option<u64>,
+
+    /// The version shadow NAME holds.
+    #[arg(long, value_name = "NAME")]
+    pub shadow: Option<String>,
 
     /// Compare with this version.
     #[arg(long, value_name = "M", conflicts_with = "input")]
@@ -709,9 +802,10 @@ pub struct DiffArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Also write the report as JSON to FILE (evidence).
-    #[arg(long, value_name = "FILE")]
-    pub save: Option<std::path::PathBuf>,
+    /// Keep the report as evidence: in the manifest of the shadow run when a side is a shadow
+    /// (`orders@shadow:NAME`), and as JSON in FILE when one is given.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub save: Option<Option<std::path::PathBuf>>,
 }
 
 #[derive(Debug, Args)]
@@ -720,8 +814,12 @@ pub struct VerifyArgs {
     pub dataset: String,
 
     /// The version to verify [default: the current one].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "shadow")]
     pub version: Option<u64>,
+
+    /// Verify the version shadow NAME holds.
+    #[arg(long, value_name = "NAME")]
+    pub shadow: Option<String>,
 
     /// Print the report as JSON.
     #[arg(long)]

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use serde_json::json;
-use strata_medallion::{session_for_lake, QueryOptions};
+use strata_medallion::{record_of, session_for_lake, QueryOptions, VersionRef};
 use strata_publish::input::ParquetInput;
 use strata_publish::locks::{self, RunLocks};
 use strata_publish::{Dataset, OpenMode, PublishOptions, RollbackOutcome, WriterOptions};
@@ -52,6 +52,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query(&settings, args, &mut out).await?,
         Command::Verify(args) => verify(&settings, args, &mut out).await?,
         Command::Diff(args) => crate::diff_cmds::diff(&settings, args, &mut out).await?,
+        Command::Shadows(args) => crate::shadow_cmds::shadows(&settings, args, &mut out).await?,
+        Command::Promote(args) => crate::shadow_cmds::promote(&settings, args, &mut out).await?,
+        Command::DropShadow(args) => {
+            crate::shadow_cmds::drop_shadow(&settings, args, &mut out).await?
+        }
         Command::Files(args) => files(&settings, args, &mut out).await?,
         Command::Runs(args) => crate::run_cmds::runs(&settings, args, &mut out).await?,
         Command::ShowRun(args) => crate::run_cmds::show_run(&settings, args, &mut out).await?,
@@ -585,7 +590,13 @@ async fn verify(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let ds = dataset(settings, &args.dataset, OpenMode::Existing).await?;
-    let report = ds.verify(args.version).await?;
+    let report = match &args.shadow {
+        Some(name) => {
+            let record = record_of(&ds, VersionRef::Shadow(name)).await?;
+            ds.verify_record(&record).await?
+        }
+        None => ds.verify(args.version).await?,
+    };
     let ok = report.problems.is_empty();
     if args.json {
         output::json(out, &json!({ "ok": ok, "report": report }))?;

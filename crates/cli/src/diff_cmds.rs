@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use strata_medallion::diff::{self, DiffOptions, DiffReport, Side, Thresholds, Verdict};
-use strata_medallion::{parse_table_name, record_of, session_for_lake, QueryOptions};
+use strata_medallion::{parse_table_name, record_of, session_for_lake, QueryOptions, VersionRef};
 use strata_publish::OpenMode;
 
 use crate::cli::DiffArgs;
@@ -16,8 +16,8 @@ use crate::{check_failed, user_error};
 async fn side(lake: &strata_publish::Lake, label: &str) -> anyhow::Result<Side> {
     let Some((name, version)) = parse_table_name(label) else {
         return Err(user_error!(
-            "{label:?} is not a dataset or a version; write `orders`, `\"orders@3\"` or \
-             `\"orders@2026-12-01T10:00:00Z\"`"
+            "{label:?} is not a dataset or a version; write `orders`, `\"orders@3\"`, \
+             `\"orders@2026-12-01T10:00:00Z\"` or `\"orders@shadow:NAME\"`"
         ));
     };
     let record = record_of(&lake.dataset(name)?, version).await?;
@@ -54,7 +54,27 @@ pub async fn diff(
     };
     let verdict = diff::verdict(&report, thresholds);
     let json = serde_json::json!({ "verdict": verdict, "report": report });
-    if let Some(path) = &args.save {
+    let shadow_side = [&args.a, &args.b].into_iter().find_map(|l| match parse_table_name(l) {
+        Some((_, VersionRef::Shadow(name))) => Some(name.to_string()),
+        _ => None,
+    });
+    match (&args.save, &shadow_side) {
+        (Some(None), None) => {
+            return Err(user_error!(
+                "--save without a FILE keeps the report with a shadow run, and neither side is a \
+                 shadow (`orders@shadow:NAME`); name a file: --save report.json"
+            ))
+        }
+        (Some(_), Some(name)) => {
+            let at = crate::run_cmds::wall_clock();
+            let run = strata_runs::shadow::attach_diff(&lake, name, report.clone(), at).await?;
+            if !args.json {
+                writeln!(out, "kept the report with shadow {name} (run {run})")?;
+            }
+        }
+        _ => {}
+    }
+    if let Some(Some(path)) = &args.save {
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, text + "\n").map_err(|e| {
             user_error!(
@@ -86,6 +106,25 @@ pub async fn diff(
             ))
         }
     }
+}
+
+/// A diff in one line, as a compare-only run prints each.
+pub fn one_line(r: &DiffReport) -> String {
+    let schema = if r.schema.is_empty() { "" } else { "; the schema changed" };
+    format!(
+        "diff {} -> {}: rows {} -> {}, identical {}, modified {}, added {}, removed {} \
+         ({} partition(s) changed, {} identical by their hashes){schema}",
+        r.a,
+        r.b,
+        r.rows_a,
+        r.rows_b,
+        r.identical,
+        r.modified,
+        r.added,
+        r.removed,
+        r.partitions.iter().filter(|p| p.changed > 0).count(),
+        r.partitions_skipped
+    )
 }
 
 fn print_report(out: &mut impl Write, r: &DiffReport, verdict: Verdict) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ mod reconcile_cmds;
 mod retire_cmds;
 mod run_cmds;
 mod settings;
+mod shadow_cmds;
 
 use std::process::ExitCode;
 

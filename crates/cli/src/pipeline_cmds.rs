@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{RunOptions, StageReport, Window};
-use strata_medallion::types::StageKind;
+use strata_medallion::types::{Backfill, StageKind};
 use strata_publish::OpenMode;
 use strata_runs::driver::run_pipeline;
 
-use crate::cli::{InitArgs, RunArgs};
+use crate::cli::{InitArgs, Mode, RunArgs};
 use crate::output;
 use crate::settings::{run_context, Settings};
 use crate::user_error;
@@ -278,7 +278,26 @@ fn run_options(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<RunOptions
         from: w.from - chrono::Duration::days(pipeline.settings.lookback_days.into()),
         to: w.to,
     });
+    let backfill = match (args.mode, &args.shadow) {
+        (Mode::Shadow, Some(name)) => {
+            strata_publish::shadow::validate_shadow_name(name)?;
+            Backfill::Shadow { name: name.clone() }
+        }
+        (Mode::Shadow, None) => {
+            return Err(user_error!(
+                "--mode shadow needs --shadow NAME: the name readers and `strata promote` use, \
+                 e.g. --shadow fix-123"
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(user_error!("--shadow NAME goes with --mode shadow; add --mode shadow"))
+        }
+        (Mode::Replace, None) => Backfill::Replace,
+        (Mode::DryRun, None) => Backfill::DryRun,
+        (Mode::CompareOnly, None) => Backfill::CompareOnly,
+    };
     Ok(RunOptions {
+        backfill,
         window,
         only: args
             .only
@@ -390,6 +409,9 @@ pub async fn run(
                 "state": summary.state,
                 "already_published_by": summary.already_published_by,
                 "published": summary.published,
+                "shadow": summary.shadow,
+                "diffs": summary.diffs,
+                "notes": summary.notes,
                 "stages": summary.stages,
             }),
         )?;
@@ -429,13 +451,40 @@ pub async fn run(
         return Ok(ExitCode::from(crate::EXIT_NEEDS_PERSON));
     }
     let total_ms: u64 = summary.stages.iter().map(|r| r.millis).sum();
-    writeln!(
-        out,
-        "run {} PUBLISHED {} in {:.1} s",
-        summary.run_id,
-        summary.published.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", "),
-        total_ms as f64 / 1000.0
-    )?;
+    let versions =
+        summary.published.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", ");
+    let secs = total_ms as f64 / 1000.0;
+    match (summary.state, &summary.shadow) {
+        (strata_runs::run_state::RunState::Shadowed, Some(name)) => {
+            writeln!(
+                out,
+                "run {} SHADOWED {versions} as shadow {name} in {secs:.1} s; nothing current \
+                 changed. Read it as \"<dataset>@shadow:{name}\", compare it with `strata diff \
+                 <dataset> \"<dataset>@shadow:{name}\"`, then `strata promote {name}` or \
+                 `strata drop-shadow {name}`",
+                summary.run_id
+            )?;
+        }
+        (strata_runs::run_state::RunState::Discarded, _) => {
+            for d in &summary.diffs {
+                writeln!(out, "{}", crate::diff_cmds::one_line(d))?;
+            }
+            for n in &summary.notes {
+                writeln!(out, "note: {n}")?;
+            }
+            let what = match options.backfill {
+                Backfill::CompareOnly => {
+                    "computed, validated and compared; the report is kept in \
+                                          its manifest (`strata show-run`), nothing else"
+                }
+                _ => "computed and validated; nothing was kept",
+            };
+            writeln!(out, "run {} DISCARDED in {secs:.1} s: {what}", summary.run_id)?;
+        }
+        _ => {
+            writeln!(out, "run {} PUBLISHED {versions} in {secs:.1} s", summary.run_id)?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

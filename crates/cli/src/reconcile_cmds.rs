@@ -101,7 +101,13 @@ pub async fn reconcile(
 ) -> anyhow::Result<ExitCode> {
     let lake = settings.open_lake(OpenMode::Existing).await?;
     let ds = lake.dataset(&args.dataset)?;
-    let record = ds.version_or_current(args.version).await?;
+    let record = match &args.shadow {
+        Some(name) => {
+            let shadow = strata_medallion::VersionRef::Shadow(name);
+            strata_medallion::record_of(&ds, shadow).await?
+        }
+        None => ds.version_or_current(args.version).await?,
+    };
     let parts = partition_totals(&ds, &record, args.input).await?;
     let totals = combined(&parts)?;
     let mut differences: Vec<serde_json::Value> = Vec::new();

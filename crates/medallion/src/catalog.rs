@@ -45,22 +45,27 @@ impl Default for QueryOptions {
 
 /// Which version of a dataset a table name reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionRef {
+pub enum VersionRef<'a> {
     /// `orders`: the current version.
     Current,
     /// `orders@3`.
     Number(u64),
     /// `orders@2026-12-01T10:00:00Z`: the version current at that instant (RFC 3339).
     At(chrono::DateTime<chrono::Utc>),
+    /// `orders@shadow:fix-123`: the version shadow `fix-123` holds.
+    Shadow(&'a str),
 }
 
 /// Splits `"orders@3"` into `("orders", Number(3))`, `"orders@2026-12-01T10:00:00Z"` into
 /// `("orders", At(…))` and `"orders"` into `("orders", Current)`. Returns `None` when the part
 /// after `@` is neither a version number nor an RFC 3339 time.
-pub fn parse_table_name(name: &str) -> Option<(&str, VersionRef)> {
+pub fn parse_table_name(name: &str) -> Option<(&str, VersionRef<'_>)> {
     match name.rsplit_once('@') {
         None => Some((name, VersionRef::Current)),
         Some((base, v)) => {
+            if let Some(shadow) = v.strip_prefix("shadow:") {
+                return Some((base, VersionRef::Shadow(shadow)));
+            }
             if let Ok(n) = v.parse() {
                 return Some((base, VersionRef::Number(n)));
             }
@@ -73,12 +78,17 @@ pub fn parse_table_name(name: &str) -> Option<(&str, VersionRef)> {
 /// The record a version reference names.
 pub async fn record_of(
     dataset: &strata_publish::Dataset,
-    r: VersionRef,
+    r: VersionRef<'_>,
 ) -> std::result::Result<VersionRecord, strata_publish::Error> {
     match r {
         VersionRef::Current => dataset.current().await,
         VersionRef::Number(v) => dataset.version(v).await,
         VersionRef::At(t) => dataset.version(dataset.version_at(t).await?).await,
+        VersionRef::Shadow(name) => {
+            let shadow = dataset.lake().require_shadow(name).await?;
+            let v = shadow.version_of(dataset.name())?.version;
+            dataset.full(&*dataset.shadow_head(v, &shadow.run_id).await?).await
+        }
     }
 }
 
@@ -483,6 +493,7 @@ mod tests {
             Some(("orders", At(at.with_timezone(&chrono::Utc))))
         );
         assert_eq!(parse_table_name("orders@x"), None);
+        assert_eq!(parse_table_name("orders@shadow:fix-1"), Some(("orders", Shadow("fix-1"))));
         assert_eq!(parse_table_name("orders@2026-12-01"), None, "a time, not a date");
     }
 }

@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use strata_publish::model::PartitionEntry;
 use strata_publish::VersionRecord;
 
@@ -51,7 +51,7 @@ pub struct DiffOptions {
 }
 
 /// Columns added, removed or retyped from A to B.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaDiff {
     pub added: Vec<(String, String)>,
     pub removed: Vec<(String, String)>,
@@ -127,7 +127,7 @@ pub fn split(a: &VersionRecord, b: &VersionRecord) -> Split {
 }
 
 /// One column's comparison over the rows whose key is on both sides.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDiff {
     pub column: String,
     /// Rows matched by key (identical or modified) that were compared.
@@ -149,7 +149,7 @@ pub struct ColumnDiff {
 }
 
 /// One partition of either side.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionDiff {
     pub key: String,
     pub rows_a: u64,
@@ -165,7 +165,7 @@ pub struct PartitionDiff {
 pub type Row = BTreeMap<String, Option<String>>;
 
 /// Sample rows of each class.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Samples {
     pub modified: Vec<Row>,
     pub added: Vec<Row>,
@@ -174,7 +174,7 @@ pub struct Samples {
 }
 
 /// What `strata diff` found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiffReport {
     pub a: String,
     pub b: String,
@@ -213,7 +213,7 @@ pub struct Thresholds {
 }
 
 /// What a diff concludes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Identical,

@@ -67,6 +67,45 @@ impl From<Delivery> for String {
     }
 }
 
+/// How a run publishes what it computed (`strata run --mode`): the backfill modes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum Backfill {
+    /// Replace the published partitions (the default).
+    #[default]
+    Replace,
+    /// Compute and validate; keep nothing.
+    DryRun,
+    /// Compute, validate and publish to the named shadow ref; the pointers stay.
+    Shadow { name: String },
+    /// Compute and validate, then diff against the published version; keep only the report.
+    CompareOnly,
+    /// Replace partitions of a closed period, recorded as a restatement.
+    Restatement { reason: String, approver: Option<String> },
+}
+
+impl Backfill {
+    pub fn is_replace(&self) -> bool {
+        *self == Backfill::Replace
+    }
+
+    /// Whether the run publishes anything to a dataset's pointer.
+    pub fn flips_pointers(&self) -> bool {
+        matches!(self, Backfill::Replace | Backfill::Restatement { .. })
+    }
+
+    /// The name `--mode` takes.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backfill::Replace => "replace",
+            Backfill::DryRun => "dry-run",
+            Backfill::Shadow { .. } => "shadow",
+            Backfill::CompareOnly => "compare-only",
+            Backfill::Restatement { .. } => "restatement",
+        }
+    }
+}
+
 /// How a run chooses the version of a reference it reads (`policy` in `strata.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -66,6 +66,8 @@ pub struct PublishOptions {
     pub writer: Option<crate::model::Owner>,
     /// Take the dataset over from its owner.
     pub adopt: bool,
+    /// What the flip records: a publish, a promotion of a shadow, a restatement.
+    pub kind: FlipKind,
 }
 
 /// A version whose record is written but whose pointer entry is not: the state between
@@ -144,6 +146,8 @@ pub struct VersionListing {
     pub published_seq: u64,
     pub parent: Option<u64>,
     pub current: bool,
+    /// How it was published: `publish`, `promote` (from a shadow) or `restatement`.
+    pub kind: FlipKind,
 }
 
 /// A handle on one dataset. Cheap to clone; holds no state besides the name.
@@ -378,9 +382,10 @@ impl Dataset {
         let current = protocol::head_of(&history).map(|h| h.to);
         Ok(history
             .iter()
-            .filter(|f| f.kind == FlipKind::Publish)
+            .filter(|f| f.kind.first_publish())
             .map(|f| VersionListing {
                 brief: f.version.clone(),
+                kind: f.kind,
                 published_seq: f.seq,
                 parent: f.from,
                 current: Some(f.to) == current,
@@ -586,7 +591,7 @@ impl Dataset {
             };
         };
         match self.read_flip(record.publish_seq).await? {
-            Some(f) if f.kind == FlipKind::Publish && f.to == version && f.run_id == record.run_id => {
+            Some(f) if f.kind.first_publish() && f.to == version && f.run_id == record.run_id => {
                 Ok(record)
             }
             _ => Err(not_found(
@@ -1037,7 +1042,7 @@ impl Dataset {
     /// removed.
     pub async fn commit(&self, mut prepared: Prepared, ctx: &RunContext) -> Result<Published> {
         for _ in 0..MAX_REBASES {
-            let flip = flip_for(&prepared.record, prepared.head.as_ref(), ctx);
+            let flip = flip_for(&prepared.record, prepared.head.as_ref(), &prepared.options, ctx);
             match self.create_flip(&flip).await {
                 Ok(()) => {
                     crash::point("after-flip");
@@ -1091,8 +1096,8 @@ impl Dataset {
     /// they are unreachable either way). If the store answers "already exists" to a retried
     /// request whose first attempt did land, the entry found is ours and the flip succeeded.
     pub async fn flip(&self, prepared: Prepared, ctx: &RunContext) -> Result<Published> {
-        let Prepared { record, head, .. } = prepared;
-        let flip = flip_for(&record, head.as_ref(), ctx);
+        let Prepared { record, head, options, .. } = prepared;
+        let flip = flip_for(&record, head.as_ref(), &options, ctx);
         match self.create_flip(&flip).await {
             Ok(()) => {
                 crash::point("after-flip");
@@ -1200,7 +1205,7 @@ impl Dataset {
         let mut found = Vec::new();
         for &seq in seqs.iter().filter(|&&s| s > after_seq) {
             if let Some(f) = self.read_flip(seq).await? {
-                if f.run_id == run_id && f.kind == FlipKind::Publish {
+                if f.run_id == run_id && f.kind.first_publish() {
                     found.push(f);
                 }
             }
@@ -1235,8 +1240,8 @@ impl Dataset {
             return Ok(None);
         }
         let what = match now.kind {
-            FlipKind::Publish => format!("run {} published version {}", now.run_id, now.to),
             FlipKind::Rollback => format!("a rollback made version {} current", now.to),
+            kind => format!("run {} published version {} ({kind})", now.run_id, now.to),
         };
         Ok(Some(format!(
             "its pointer moved from entry #{base_seq} to #{} ({what}), and that changed \
@@ -1254,7 +1259,15 @@ impl Dataset {
     /// Flips the pointer to a record that was prepared and never published (recovery rolling a
     /// run forward). `Ok(None)` when that is no longer possible as prepared: the record is gone,
     /// or the pointer moved since.
-    pub async fn flip_record(&self, version: u64, ctx: &RunContext) -> Result<Option<Published>> {
+    /// `kind` and `reason` are what the flip records (a promotion rolled forward is still a
+    /// promotion).
+    pub async fn flip_record(
+        &self,
+        version: u64,
+        kind: FlipKind,
+        reason: Option<String>,
+        ctx: &RunContext,
+    ) -> Result<Option<Published>> {
         let Some(record) = self.read_record_shared(version).await? else { return Ok(None) };
         // Every chunk it names must be readable before it is made current.
         self.full(&record).await?;
@@ -1262,12 +1275,154 @@ impl Dataset {
         if protocol::next_seq(head.as_ref()) != record.publish_seq {
             return Ok(None);
         }
-        let flip = flip_for(&record, head.as_ref(), ctx);
+        let options = PublishOptions { kind, reason, ..Default::default() };
+        let flip = flip_for(&record, head.as_ref(), &options, ctx);
         match self.create_flip(&flip).await {
             Ok(()) => Ok(Some(Published { record: record.as_ref().clone(), flip })),
             Err(Error::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The record of a version a shadow run prepared (published or not), written by `run_id`.
+    pub async fn shadow_head(&self, version: u64, run_id: &str) -> Result<Arc<RecordHead>> {
+        match self.read_record_shared(version).await? {
+            Some(r) if r.run_id == run_id => Ok(r),
+            _ => Err(Error::VersionNotFound {
+                dataset: self.name.clone(),
+                version,
+                detail: format!(
+                    " (the shadow's record of run {run_id} is gone: the shadow was dropped)"
+                ),
+            }),
+        }
+    }
+
+    /// Prepares to make the version `shadow` holds current, on behalf of the shadow's run
+    /// (`ctx` carries its id): the record as built when the pointer has not moved since, or its
+    /// partitions merged copy-on-write onto the current version as a new record when the pointer
+    /// moved without touching them ([`protocol::promotion`]). [`Error::PromoteConflict`] names
+    /// the partitions that changed otherwise; nothing is written then. [`Dataset::commit`] flips
+    /// the result as a `kind` flip with `reason`.
+    pub async fn prepare_promotion(
+        &self,
+        shadow_name: &str,
+        shadow: &crate::shadow::ShadowVersion,
+        kind: FlipKind,
+        reason: Option<String>,
+        ctx: &RunContext,
+    ) -> Result<Prepared> {
+        let record = self.shadow_head(shadow.version, ctx.run_id()).await?;
+        let base = match record.parent {
+            Some(v) => self.read_record_shared(v).await?,
+            None => None,
+        };
+        // What the shadow version changed: the partitions it wrote, and those of its parent it
+        // dropped (owned and found empty).
+        let written: Vec<PartitionEntry> = self
+            .full(&record)
+            .await?
+            .partitions
+            .into_iter()
+            .filter(|p| p.written_in == record.version)
+            .collect();
+        let keys = |r: &RecordHead| -> std::collections::BTreeSet<String> {
+            r.chunks.iter().flat_map(|c| c.keys.iter().cloned()).collect()
+        };
+        let dropped: std::collections::BTreeSet<String> = match &base {
+            Some(b) => keys(b).difference(&keys(&record)).cloned().collect(),
+            None => Default::default(),
+        };
+        // A version that reused nothing of its parent may have replaced it whole: never merged.
+        let replace_all = base.is_some() && record.summary.partitions_reused == 0;
+        let staged = Staged {
+            run_id: ctx.run_id().to_string(),
+            schema: Arc::new(record.schema.clone()),
+            partition_by: record.partition_by.clone(),
+            rows: written.iter().map(|p| p.rows).sum(),
+            partitions: written,
+            evidence: record.evidence.clone(),
+            keys: None,
+        };
+        let options = PublishOptions {
+            replace_all,
+            owned: (!replace_all).then_some(dropped),
+            reason,
+            writer: record.owner.clone(),
+            adopt: false,
+            kind,
+        };
+        let head = self.head().await?;
+        let head_seq = head.as_ref().map_or(0, |h| h.seq);
+        let now = self.parent_of(head.as_ref()).await?;
+        let blockers = if head_seq == shadow.base_seq {
+            Vec::new()
+        } else {
+            let replace = replace_of(&options);
+            let touched = protocol::touched_keys(&staged.partitions, &replace).unwrap_or_default();
+            let parts = |r: Option<Arc<RecordHead>>| {
+                let touched = &touched;
+                async move {
+                    Ok::<_, Error>(match r {
+                        Some(r) => {
+                            let p = self.partitions_holding(&r, touched).await?;
+                            Some((r, p))
+                        }
+                        None => None,
+                    })
+                }
+            };
+            let (then, now_parts) = (parts(base.clone()).await?, parts(now.clone()).await?);
+            protocol::rebase_blockers(
+                then.as_ref().map(|(h, p)| (h.as_ref(), p.as_slice())),
+                now_parts.as_ref().map(|(h, p)| (h.as_ref(), p.as_slice())),
+                &staged.partitions,
+                &replace,
+            )
+        };
+        match protocol::promotion(shadow.base_seq, head_seq, blockers) {
+            protocol::Promotion::Direct => Ok(Prepared {
+                record: record.as_ref().clone(),
+                head,
+                parent: base,
+                staged,
+                options,
+            }),
+            protocol::Promotion::Rebase => {
+                self.prepare_on(staged, options, head, now, None, ctx).await
+            }
+            protocol::Promotion::Conflict(partitions) => {
+                let moved = match &head {
+                    Some(h) => format!(
+                        "it was at entry #{} (version {}) and is at #{} now (version {}, {} by \
+                         run {})",
+                        shadow.base_seq,
+                        shadow.base_version.map_or("none".into(), |v| v.to_string()),
+                        h.seq,
+                        h.to,
+                        h.kind,
+                        h.run_id
+                    ),
+                    None => "it has no current version now".into(),
+                };
+                Err(Error::PromoteConflict {
+                    shadow: shadow_name.to_string(),
+                    dataset: self.name.clone(),
+                    moved,
+                    partitions,
+                })
+            }
+        }
+    }
+
+    /// Removes a record `run_id` prepared that no pointer entry names, and the chunks it wrote
+    /// itself, through the deletion authority (a promotion that stopped before its flip).
+    pub async fn discard_record(&self, version: u64, run_id: &str) -> Result<()> {
+        let Some(record) = self.read_record_shared(version).await? else { return Ok(()) };
+        if record.run_id != run_id {
+            return Ok(());
+        }
+        self.discard_prepared(&record, record.publish_seq).await
     }
 
     /// Removes what an unpublished run left: version records of `run_id` numbered above
@@ -1401,7 +1556,11 @@ impl Dataset {
 
     /// Recomputes size and sha256 of every file of a version (the current one by default).
     pub async fn verify(&self, version: Option<u64>) -> Result<VerifyReport> {
-        let record = self.version_or_current(version).await?;
+        self.verify_record(&self.version_or_current(version).await?).await
+    }
+
+    /// Recomputes size and sha256 of every file `record` lists (a shadow's version, say).
+    pub async fn verify_record(&self, record: &VersionRecord) -> Result<VerifyReport> {
         let mut problems = self.check_files(record.files().cloned().collect()).await?;
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(VerifyReport {
@@ -1481,15 +1640,22 @@ fn own_chunks(dataset: &str, record: &RecordHead) -> Vec<String> {
     record.chunks.iter().filter(|c| c.path.starts_with(own)).map(|c| c.path.clone()).collect()
 }
 
-fn flip_for(record: &RecordHead, head: Option<&Flip>, ctx: &RunContext) -> Flip {
+/// The pointer entry that publishes `record` over `head`: of the kind and with the reason of the
+/// publish `options` (the record's own reason when they give none).
+fn flip_for(
+    record: &RecordHead,
+    head: Option<&Flip>,
+    options: &PublishOptions,
+    ctx: &RunContext,
+) -> Flip {
     Flip {
         format: FLIP_FORMAT.to_string(),
         seq: record.publish_seq,
-        kind: FlipKind::Publish,
+        kind: options.kind,
         from: head.map(|h| h.to),
         to: record.version,
         run_id: record.run_id.clone(),
-        reason: record.reason.clone(),
+        reason: options.reason.clone().or_else(|| record.reason.clone()),
         at: ctx.now(),
         max_version: record.version.max(head.map_or(0, |h| h.max_version)),
         version: record.brief(),

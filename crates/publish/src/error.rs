@@ -34,6 +34,30 @@ pub enum Error {
     )]
     NoVersionAt { dataset: String, at: String, first: String },
 
+    /// No shadow of that name.
+    #[error(
+        "no shadow named {shadow:?} in lake {lake}; `strata shadows` lists them, and `strata run \
+         --mode shadow --shadow NAME` computes one"
+    )]
+    ShadowNotFound { shadow: String, lake: String },
+
+    /// The shadow holds no version of the dataset asked for.
+    #[error(
+        "shadow {shadow:?} holds no version of {dataset:?}; it holds {}",
+        holds.join(", ")
+    )]
+    NotInShadow { shadow: String, dataset: String, holds: Vec<String> },
+
+    /// A shadow version cannot be made current: what it replaces changed since it was built.
+    #[error(
+        "cannot promote shadow {shadow:?}: {dataset}'s pointer moved since the shadow was built \
+         ({moved}), and that changed partitions the shadow replaces: {}. Nothing was promoted. \
+         Compute the shadow again on the current data (`strata drop-shadow {shadow}`, then the \
+         shadow run again)",
+        partitions.join(", ")
+    )]
+    PromoteConflict { shadow: String, dataset: String, moved: String, partitions: Vec<String> },
+
     /// A JSON file of the protocol (pointer entry or version record) could not be parsed.
     #[error(
         "{path} is corrupt ({detail}); strata wrote it whole, so it was truncated or edited \
@@ -231,10 +255,14 @@ impl Error {
             | Error::RebasesExhausted { .. } => ErrorClass::Busy,
             // The run is left UNKNOWN: `strata history` (or `strata recover`) settles it.
             Error::UnknownCommit { .. } => ErrorClass::NeedsPerson,
+            // Retrying does not help: a person decides whether to rebuild the shadow.
+            Error::PromoteConflict { .. } => ErrorClass::NeedsPerson,
             Error::InvalidName { .. }
             | Error::DatasetNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::NoVersionAt { .. }
+            | Error::ShadowNotFound { .. }
+            | Error::NotInShadow { .. }
             | Error::Corrupt { .. }
             | Error::MissingFile { .. }
             | Error::SchemaConflict { .. }

@@ -59,6 +59,7 @@ pub mod model;
 pub mod names;
 pub mod numbered;
 pub mod protocol;
+pub mod shadow;
 mod writer;
 
 pub use context::RunContext;

@@ -253,13 +253,27 @@ impl VersionBrief {
 }
 
 /// Why the pointer moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlipKind {
     /// A new version was published.
+    #[default]
     Publish,
     /// An earlier version was made current again.
     Rollback,
+    /// A version computed in a shadow (`strata promote`) was made current: published for the
+    /// first time, by the shadow's run.
+    Promote,
+    /// A new version replaced partitions of a closed period (a restatement, with its reason).
+    Restatement,
+}
+
+impl FlipKind {
+    /// Whether the flip makes a version current for the first time (every kind but a
+    /// rollback): the version is then published, and its run is the flip's run.
+    pub fn first_publish(self) -> bool {
+        !matches!(self, FlipKind::Rollback)
+    }
 }
 
 impl std::fmt::Display for FlipKind {
@@ -267,6 +281,8 @@ impl std::fmt::Display for FlipKind {
         f.write_str(match self {
             FlipKind::Publish => "publish",
             FlipKind::Rollback => "rollback",
+            FlipKind::Promote => "promote",
+            FlipKind::Restatement => "restatement",
         })
     }
 }

@@ -209,18 +209,64 @@ pub fn rebase_allowed(
     written: &[PartitionEntry],
     replace: &Replace,
 ) -> bool {
-    let Some(keys) = touched_keys(written, replace) else { return false };
+    rebase_blockers(base, now, written, replace).is_empty()
+}
+
+/// What stops a version prepared on `base` from being re-merged onto `now`, one phrase each: the
+/// partitions it writes or owns that differ between the two (by key), or why the whole dataset
+/// counts as changed. Empty when the rebase is allowed ([`rebase_allowed`]).
+pub fn rebase_blockers(
+    base: Option<(&RecordHead, &[PartitionEntry])>,
+    now: Option<(&RecordHead, &[PartitionEntry])>,
+    written: &[PartitionEntry],
+    replace: &Replace,
+) -> Vec<String> {
+    let Some(keys) = touched_keys(written, replace) else {
+        return vec!["every partition (the version replaces the dataset whole)".into()];
+    };
     let (Some((base, base_parts)), Some((now, now_parts))) = (base, now) else {
         // Created concurrently from nothing, or emptied: never merge blindly.
-        return base.is_none() && now.is_none();
+        return match (base.is_none(), now.is_none()) {
+            (true, true) => Vec::new(),
+            (true, false) => vec!["every partition (the dataset was created meanwhile)".into()],
+            _ => vec!["every partition (the dataset has no current version now)".into()],
+        };
     };
-    if base.partition_by != now.partition_by || base.schema != now.schema {
-        return false;
+    if base.partition_by != now.partition_by {
+        return vec!["every partition (the dataset was partitioned again)".into()];
+    }
+    if base.schema != now.schema {
+        return vec!["every partition (the dataset's schema changed)".into()];
     }
     fn find<'a>(parts: &'a [PartitionEntry], k: &str) -> Option<&'a PartitionEntry> {
         parts.binary_search_by(|p| p.key.as_str().cmp(k)).ok().map(|i| &parts[i])
     }
-    keys.iter().all(|k| find(base_parts, k) == find(now_parts, k))
+    keys.into_iter().filter(|k| find(base_parts, k) != find(now_parts, k)).collect()
+}
+
+/// How a version computed on the pointer entry `base_seq` (a shadow's) becomes current now that
+/// the pointer is at `head_seq` (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promotion {
+    /// The pointer has not moved: the version is flipped as it is.
+    Direct,
+    /// The pointer moved without touching anything the version replaces: its partitions are
+    /// merged onto the current version, copy-on-write, as a new version.
+    Rebase,
+    /// The pointer moved and changed these partitions (or the whole dataset): a person decides.
+    Conflict(Vec<String>),
+}
+
+/// Decides a [`Promotion`] from the pointer then and now and, when it moved, the blockers
+/// [`rebase_blockers`] found.
+pub fn promotion(base_seq: u64, head_seq: u64, blockers: Vec<String>) -> Promotion {
+    if base_seq == head_seq {
+        Promotion::Direct
+    } else if blockers.is_empty() {
+        Promotion::Rebase
+    } else {
+        Promotion::Conflict(blockers)
+    }
 }
 
 /// Compares the schema of new data with the dataset's: same column names, in the same order,
@@ -516,6 +562,31 @@ mod tests {
         assert!(rebase_allowed(base, now2, &[part("k=a", "r2", 5)], &Replace::Written));
         assert!(!rebase_allowed(base, now, &[part("k=a", "r2", 5)], &Replace::All));
         assert!(!rebase_allowed(None, now, &[part("k=a", "r2", 5)], &Replace::Written));
+    }
+
+    #[test]
+    fn a_promotion_flips_as_built_rebases_or_names_what_moved() {
+        let base_parts = vec![part("k=a", "r1", 1), part("k=b", "r1", 2)];
+        let (base, _) = chunked(base_parts.clone(), 64);
+        let now_parts = vec![part("k=a", "r1", 1), part("k=b", "r3", 7)];
+        let (mut now, _) = chunked(now_parts.clone(), 64);
+        let b = Some((&base, base_parts.as_slice()));
+        let n = Some((&now, now_parts.as_slice()));
+        let shadow_a = [part("k=a", "s", 5)];
+        let shadow_b = [part("k=b", "s", 5)];
+        assert_eq!(promotion(3, 3, vec!["ignored".into()]), Promotion::Direct);
+        let clean = rebase_blockers(b, n, &shadow_a, &Replace::Written);
+        assert_eq!(promotion(3, 4, clean), Promotion::Rebase);
+        let moved = rebase_blockers(b, n, &shadow_b, &Replace::Written);
+        assert_eq!(promotion(3, 4, moved), Promotion::Conflict(vec!["k=b".into()]));
+        let whole = rebase_blockers(b, n, &shadow_a, &Replace::All);
+        assert!(whole[0].contains("replaces the dataset whole"), "{whole:?}");
+        now.partition_by = vec!["other".into()];
+        let n = Some((&now, now_parts.as_slice()));
+        let layout = rebase_blockers(b, n, &shadow_a, &Replace::Written);
+        assert!(layout[0].contains("partitioned again"), "{layout:?}");
+        assert!(rebase_blockers(None, None, &shadow_a, &Replace::Written).is_empty());
+        assert!(!rebase_blockers(None, b, &shadow_a, &Replace::Written).is_empty());
     }
 
     #[test]

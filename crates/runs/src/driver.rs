@@ -27,7 +27,7 @@ use strata_medallion::pipeline::Pipeline;
 use strata_medallion::stages::{
     batches_for_window, clean, land_source, model, session, Output, RunOptions, StageReport, Window,
 };
-use strata_medallion::types::{Finding, GateMeasure, Pin, StageKind};
+use strata_medallion::types::{Backfill, Finding, GateMeasure, Pin, StageKind};
 use strata_publish::deletion::Holder;
 use strata_publish::model::Owner;
 use strata_publish::{locks, Draft, Lake, RunContext};
@@ -50,8 +50,25 @@ pub struct RunSummary {
     /// Set when nothing was run because this published run already computed exactly this.
     pub already_published_by: Option<String>,
     pub stages: Vec<StageReport>,
-    /// Dataset → version published.
+    /// Dataset → version published (to the shadow, for a shadow run).
     pub published: BTreeMap<String, u64>,
+    /// The shadow the versions were published to (`--mode shadow`).
+    pub shadow: Option<String>,
+    /// What `--mode compare-only` found against the published versions.
+    pub diffs: Vec<strata_medallion::diff::DiffReport>,
+    /// Anything the run could not do that it was asked to (a dataset compare-only could not
+    /// diff).
+    pub notes: Vec<String>,
+}
+
+/// How a run that did not fail ended.
+enum Ended {
+    /// Published to the pointers (or to a shadow: see the state): dataset → version.
+    Published(RunState, BTreeMap<String, u64>),
+    /// Held for review.
+    Held,
+    /// Computed and validated, nothing kept (dry-run, compare-only).
+    Discarded { diffs: Vec<strata_medallion::diff::DiffReport>, notes: Vec<String> },
 }
 
 fn hash_json(value: &serde_json::Value) -> String {
@@ -68,6 +85,12 @@ pub async fn run_pipeline(
     progress: &mut (dyn FnMut(&StageReport) + Send),
 ) -> Result<RunSummary> {
     let plan = plan(pipeline, options)?;
+    if let Backfill::Shadow { name } = &options.backfill {
+        strata_publish::shadow::validate_shadow_name(name)?;
+        if let Some(taken) = lake.shadow(name).await? {
+            return Err(Error::ShadowExists { name: name.clone(), run_id: taken.run_id });
+        }
+    }
     let mut reports = Vec::new();
     let session = session(lake, options)?;
     // Which version of each reference the models read: decided before anything is written.
@@ -83,6 +106,7 @@ pub async fn run_pipeline(
         force: options.force,
         adopt: options.adopt.clone(),
         refresh_references: options.refresh_references,
+        backfill: options.backfill.clone(),
     };
     // The versions of the references the models read: a run over a reference that changed is
     // not the run that published before. One the run computes is in its inputs already.
@@ -91,7 +115,8 @@ pub async fn run_pipeline(
     // The open runs (not the whole history): the checkpoints of failed runs to reuse, and to
     // release after publishing.
     let earlier = runs::open_runs(lake).await?;
-    if !options.force {
+    // A dry run or a comparison is asked for to be done, whatever was published before.
+    if !options.force && options.backfill.flips_pointers() {
         if let Some(previous) = already_published(lake, &plan.boundary, &run_key).await? {
             side_work.done().await;
             return Ok(RunSummary {
@@ -100,6 +125,9 @@ pub async fn run_pipeline(
                 already_published_by: Some(previous.run_id.clone()),
                 stages: reports,
                 published: previous.published,
+                shadow: None,
+                diffs: Vec::new(),
+                notes: Vec::new(),
             });
         }
     }
@@ -123,21 +151,35 @@ pub async fn run_pipeline(
         Err(e) => Err(after_error(&job, &mut log, e).await),
     };
     lock.release().await;
-    let published = result?;
-    let state = match &published {
-        Some(_) => RunState::Published,
-        None => RunState::AwaitingReview,
-    };
-    if published.is_some() {
-        release_superseded_checkpoints(lake, &earlier, &plan.boundary).await;
-    }
-    Ok(RunSummary {
+    let mut summary = RunSummary {
         run_id: ctx.run_id().to_string(),
-        state,
+        state: RunState::Published,
         already_published_by: None,
         stages: reports,
-        published: published.unwrap_or_default(),
-    })
+        published: BTreeMap::new(),
+        shadow: match &options.backfill {
+            Backfill::Shadow { name } => Some(name.clone()),
+            _ => None,
+        },
+        diffs: Vec::new(),
+        notes: Vec::new(),
+    };
+    match result? {
+        Ended::Published(state, published) => {
+            if state == RunState::Published {
+                release_superseded_checkpoints(lake, &earlier, &plan.boundary).await;
+            }
+            summary.state = state;
+            summary.published = published;
+        }
+        Ended::Held => summary.state = RunState::AwaitingReview,
+        Ended::Discarded { diffs, notes } => {
+            summary.state = RunState::Discarded;
+            summary.diffs = diffs;
+            summary.notes = notes;
+        }
+    }
+    Ok(summary)
 }
 
 /// What the run reads, gathered before it begins.
@@ -272,13 +314,17 @@ pub(crate) fn run_key(
             pins::Resolved::Latest => None,
         })
         .collect();
-    hash_json(&json!({
+    let mut key = json!({
         "pipeline": pipeline.version,
         "window": options.window,
         "only": options.only,
         "inputs": boundary,
         "references": references,
-    }))
+    });
+    if !options.backfill.is_replace() {
+        key["backfill"] = json!(options.backfill);
+    }
+    hash_json(&key)
 }
 
 /// Locks the run's output boundary, checks that no stopped run is half-way through publishing
@@ -444,7 +490,11 @@ enum AfterFailure {
 
 fn after_failure(state: RunState) -> AfterFailure {
     match state {
-        RunState::Unknown | RunState::Published | RunState::Failed => AfterFailure::Leave,
+        RunState::Unknown
+        | RunState::Published
+        | RunState::Failed
+        | RunState::Shadowed
+        | RunState::Discarded => AfterFailure::Leave,
         RunState::Committing => AfterFailure::MarkUnknown,
         RunState::Planned
         | RunState::InputLocked
@@ -598,7 +648,7 @@ async fn drive(
     lock: &locks::RunLocks,
     progress: &mut (dyn FnMut(&StageReport) + Send),
     reports: &mut Vec<StageReport>,
-) -> Result<Option<BTreeMap<String, u64>>> {
+) -> Result<Ended> {
     let ctx = job.ctx;
     let boundary = std::mem::take(&mut inputs.boundary);
     let mut computed = Computed::default();
@@ -629,17 +679,81 @@ async fn drive(
     }
     let Computed { mut outputs, previews, .. } = computed;
     let verdict = check(job, log, reports, &mut outputs, &previews).await?;
+    if matches!(job.options.backfill, Backfill::DryRun | Backfill::CompareOnly) {
+        // Held for review or not, nothing of a dry run or a comparison is published.
+        let (diffs, notes) = match job.options.backfill {
+            Backfill::CompareOnly => compare(job, &outputs, &previews).await?,
+            _ => (Vec::new(), Vec::new()),
+        };
+        discard(job, log, diffs.clone(), &notes).await?;
+        return Ok(Ended::Discarded { diffs, notes });
+    }
     if let Verdict::Hold(review) = verdict {
         hold(log, ctx, &outputs, &review).await?;
-        return Ok(None);
+        return Ok(Ended::Held);
     }
-    let published = commit_outputs(log, outputs, previews, lock, ctx).await?;
+    let (state, published) = commit_outputs(log, outputs, previews, lock, ctx).await?;
     for r in reports.iter_mut() {
         if let Some(v) = published.get(&r.dataset) {
             r.version = Some(*v);
         }
     }
-    Ok(Some(published))
+    Ok(Ended::Published(state, published))
+}
+
+/// `--mode compare-only`: each dataset the run computed (not its quarantine) diffed against its
+/// published version, by the dataset's key. A dataset with no key, or never published, is
+/// named in the notes instead.
+async fn compare(
+    job: &Job<'_>,
+    outputs: &[Output],
+    previews: &BTreeMap<String, Draft>,
+) -> Result<(Vec<strata_medallion::diff::DiffReport>, Vec<String>)> {
+    use strata_medallion::diff::{self, DiffOptions, Side};
+    let session =
+        strata_medallion::session_for_lake(job.lake, strata_medallion::QueryOptions::default())
+            .await?;
+    let (mut diffs, mut notes) = (Vec::new(), Vec::new());
+    for o in outputs.iter().filter(|o| !o.ds.name().ends_with(".quarantine")) {
+        let name = o.ds.name();
+        let Some(preview) = previews.get(name) else { continue };
+        let Some(published) = o.ds.current_opt().await? else {
+            notes.push(format!("{name}: never published; nothing to compare with"));
+            continue;
+        };
+        let a = Side { label: format!("{name}@{}", published.version), record: published };
+        let b = Side {
+            label: format!("{name} (run {})", job.ctx.run_id()),
+            record: o.ds.select(preview, &|_| true).await?,
+        };
+        let options = DiffOptions { samples: 5, ..Default::default() };
+        match diff::diff(&session, &a, &b, &options).await {
+            Ok(report) => diffs.push(report),
+            Err(e) => notes.push(format!("{name}: not compared: {e}")),
+        }
+    }
+    Ok((diffs, notes))
+}
+
+/// DISCARDED: the run's staging is removed; its manifest keeps the checks, the findings and the
+/// diffs. Recorded first (with the cleanup still to do), so that recovery finishes a removal
+/// cut short.
+async fn discard(
+    job: &Job<'_>,
+    log: &mut RunLog,
+    diffs: Vec<strata_medallion::diff::DiffReport>,
+    notes: &[String],
+) -> Result<()> {
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
+    log.advance(RunState::Discarded, job.ctx.now(), |m| {
+        m.diffs = diffs;
+        m.checkpoints.clear();
+        m.cleanup = true;
+        m.error = note;
+    })
+    .await?;
+    crate::recover::clean_up_failed(job.lake, log.manifest()).await?;
+    Ok(())
 }
 
 /// VALIDATING: records each dataset's pointer as the run's base, checks the staged output and
@@ -874,7 +988,7 @@ async fn commit_outputs(
     mut previews: BTreeMap<String, Draft>,
     lock: &locks::RunLocks,
     ctx: &RunContext,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<(RunState, BTreeMap<String, u64>)> {
     let mut prepared = Vec::new();
     for o in outputs {
         let p = match previews.remove(o.ds.name()) {
@@ -901,6 +1015,10 @@ async fn commit_outputs(
         log.record(ctx.now(), prepare).await?;
     } else {
         log.advance(RunState::Committing, ctx.now(), prepare).await?;
+    }
+    if let Backfill::Shadow { name } = log.manifest().params.backfill.clone() {
+        let versions = publish_shadow(log, &name, &prepared, ctx).await?;
+        return Ok((RunState::Shadowed, versions));
     }
     strata_publish::crash::point("before-flips");
     let mut published = BTreeMap::new();
@@ -942,7 +1060,70 @@ async fn commit_outputs(
         m.checkpoints.clear();
     })
     .await?;
-    Ok(published)
+    Ok((RunState::Published, published))
+}
+
+/// SHADOWED: the prepared versions are published to the shadow ref `name` (one object, created
+/// if absent: the shadow appears whole or not at all), and the pointers are left alone. A name
+/// another run took meanwhile fails the run, removing what it prepared.
+async fn publish_shadow(
+    log: &mut RunLog,
+    name: &str,
+    prepared: &[(strata_publish::Dataset, strata_publish::Prepared)],
+    ctx: &RunContext,
+) -> Result<BTreeMap<String, u64>> {
+    use strata_publish::shadow::{ShadowRef, ShadowVersion, SHADOW_FORMAT};
+    let lake = log.lake().clone();
+    let datasets: BTreeMap<String, ShadowVersion> = prepared
+        .iter()
+        .map(|(ds, p)| {
+            let version = ShadowVersion {
+                version: p.record.version,
+                base_version: p.record.parent,
+                base_seq: p.publish_seq() - 1,
+            };
+            (ds.name().to_string(), version)
+        })
+        .collect();
+    let versions: BTreeMap<String, u64> =
+        datasets.iter().map(|(d, v)| (d.clone(), v.version)).collect();
+    let shadow = ShadowRef {
+        format: SHADOW_FORMAT.into(),
+        name: name.to_string(),
+        run_id: ctx.run_id().to_string(),
+        created_at: ctx.now(),
+        datasets,
+    };
+    strata_publish::crash::point("before-shadow-ref");
+    if !lake.create_shadow(&shadow).await? {
+        let taken = lake.shadow(name).await?.map(|s| s.run_id).unwrap_or_default();
+        let e = Error::ShadowExists { name: name.to_string(), run_id: taken };
+        let (_, kept) = crate::recover::discard_stopped(
+            &lake,
+            log.manifest(),
+            &BTreeSet::new(),
+            Holder::Caller,
+            |_| false,
+        )
+        .await?;
+        if kept.is_empty() {
+            let message = e.to_string();
+            log.advance(RunState::Failed, ctx.now(), |m| m.error = Some(message)).await?;
+        }
+        return Err(e);
+    }
+    strata_publish::crash::point("after-shadow-ref");
+    let shadowed = versions.clone();
+    log.advance(RunState::Shadowed, ctx.now(), |m| {
+        m.shadow = Some(runs::ShadowInfo {
+            name: name.to_string(),
+            versions: shadowed,
+            bases: m.bases.clone(),
+        });
+        m.checkpoints.clear();
+    })
+    .await?;
+    Ok(versions)
 }
 
 /// VALIDATING: gathers what the checks and gates compare (the stages' counts, what the writer
@@ -1166,6 +1347,7 @@ pub async fn approve(
                 reason: Some(format!("run {run_id}, approved")),
                 writer: plan.writer,
                 adopt: plan.adopt,
+                kind: Default::default(),
             },
         });
     }
@@ -1188,7 +1370,9 @@ pub async fn approve(
     // The pointers may have moved between the check and the claim.
     let failed = "the run was marked FAILED; run the pipeline again";
     let result = match check_bases(log.manifest(), &outputs, failed).await {
-        Ok(()) => Box::pin(commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx)).await,
+        Ok(()) => Box::pin(commit_outputs(&mut log, outputs, BTreeMap::new(), &lock, &ctx))
+            .await
+            .map(|(_, published)| published),
         // The store failed, not the check: recovery returns the run to review.
         Err(e) if !matches!(e, Error::BaseMoved { .. }) => Err(e),
         Err(e) => {

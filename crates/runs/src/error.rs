@@ -158,6 +158,17 @@ pub enum Error {
     )]
     StagedDamaged { run_id: String, path: String, problem: String, expected: String, found: String },
 
+    /// A shadow of that name exists already.
+    #[error(
+        "a shadow named {name:?} exists already (run {run_id}); choose another --shadow name, or \
+         `strata drop-shadow {name}` first"
+    )]
+    ShadowExists { name: String, run_id: String },
+
+    /// The shadow cannot be promoted or dropped in the state its run is in.
+    #[error("shadow {name:?} (run {run_id}) is {state}: {message}")]
+    ShadowState { name: String, run_id: String, state: RunState, message: String },
+
     /// A run changed while recovery was settling it.
     #[error(
         "run {run_id} changed while being recovered ({detail}); run `strata recover --run \
@@ -205,7 +216,13 @@ impl Error {
             | Error::PinConflict { .. }
             | Error::NotPublished { .. }
             | Error::UnreadablePin { .. }
-            | Error::ModelFailed { .. } => ErrorClass::User,
+            | Error::ModelFailed { .. }
+            | Error::ShadowExists { .. } => ErrorClass::User,
+            Error::ShadowState { state, .. } => match state {
+                RunState::Committing => ErrorClass::Busy,
+                RunState::Unknown => ErrorClass::NeedsPerson,
+                _ => ErrorClass::User,
+            },
             Error::InvalidTransition { .. } | Error::Serialize { .. } => ErrorClass::Internal,
         }
     }

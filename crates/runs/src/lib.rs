@@ -11,7 +11,8 @@
 //! - [`plan`]: what a run computes over which dates, and the partitions it owns (pure);
 //! - [`driver`]: running a pipeline, approving and rejecting a held run;
 //! - [`validate`]: the reconciliation checks, the gates and the run's verdict (pure);
-//! - [`recover`]: settling runs that stopped before a terminal state.
+//! - [`recover`]: settling runs that stopped before a terminal state;
+//! - [`shadow`]: listing, promoting and dropping shadows (`--mode shadow`).
 //!
 //! Locks, the deletion authority and the pointer protocol live below, in `strata-publish`.
 
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod preview;
 pub mod recover;
 pub mod run_state;
+pub mod shadow;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -26,7 +26,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use strata_medallion::stages::{StageReport, Window};
-use strata_medallion::types::Finding;
+use strata_medallion::types::{Backfill, Finding};
 pub use strata_publish::model::Base;
 use strata_publish::numbered::{Doubled, Naming, NumberedLog};
 use strata_publish::Lake;
@@ -184,6 +184,36 @@ pub struct RunManifest {
     /// What recovery found and did, when recovery moved the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// For a shadow run (from SHADOWED on): the shadow it published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowInfo>,
+    /// For a shadow being promoted (from the promotion's COMMITTING on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+    /// Diffs kept as evidence: what `--mode compare-only` found against the published
+    /// versions, and reports `strata diff --save` attached to a shadow run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<strata_medallion::diff::DiffReport>,
+}
+
+/// The shadow a shadow run published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowInfo {
+    pub name: String,
+    /// Dataset → the version the shadow holds.
+    pub versions: BTreeMap<String, u64>,
+    /// Dataset → the pointer the shadow was built on (the run's bases when it was shadowed).
+    pub bases: BTreeMap<String, Base>,
+}
+
+/// A promotion of a shadow run's versions to the pointers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The `strata promote` operation's own id.
+    pub by: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The parameters a run was started with.
@@ -204,6 +234,9 @@ pub struct RunParams {
     /// `--refresh-references`: references pinned `as_originally_run` read the latest.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh_references: bool,
+    /// `--mode`: how the run publishes.
+    #[serde(default, skip_serializing_if = "Backfill::is_replace")]
+    pub backfill: Backfill,
 }
 
 /// A dataset a run's models read at one exact version: every reference (of the lake, or a
@@ -299,6 +332,9 @@ impl RunManifest {
             error: None,
             cleanup: false,
             recovery: None,
+            shadow: None,
+            promotion: None,
+            diffs: Vec::new(),
         }
     }
 }
@@ -379,6 +415,11 @@ impl RunLog {
 
     pub fn manifest(&self) -> &RunManifest {
         &self.manifest
+    }
+
+    /// The lake the log is in.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// Continues the log of a run from its latest entry (recovery).
@@ -496,6 +537,7 @@ pub async fn list_runs(lake: &Lake) -> Result<Vec<RunManifest>> {
 pub fn needs_attention(m: &RunManifest) -> bool {
     !m.state.is_terminal()
         || (m.state == RunState::Failed && (!m.checkpoints.is_empty() || m.cleanup))
+        || (m.state == RunState::Discarded && m.cleanup)
 }
 
 fn open_marker(run_id: &str) -> Path {

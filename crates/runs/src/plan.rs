@@ -340,6 +340,7 @@ mod tests {
             refresh_references: false,
             lease: std::time::Duration::from_secs(60),
             clock: None,
+            backfill: Default::default(),
         }
     }
 

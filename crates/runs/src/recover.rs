@@ -9,6 +9,11 @@
 //! | COMMITTING / UNKNOWN | flips on some datasets, still current; the others' pointers unmoved since they were prepared | the remaining prepared versions are flipped (roll forward), **PUBLISHED** |
 //! | COMMITTING / UNKNOWN | flips on some; a flipped one moved since (rolled back, republished), or an unflipped one's pointer moved | **UNKNOWN**, with what is visible now |
 //!
+//! A held run's approval that stopped before any flip goes back to AWAITING_REVIEW; a promotion
+//! of a shadow that stopped before any flip goes back to SHADOWED (the records it prepared for
+//! a rebase are removed; the shadow's own stay). A shadow run that stopped while committing is
+//! SHADOWED if its shadow ref names it, FAILED otherwise.
+//!
 //! A run whose lock is live (its process is running, or its lease has not expired) is left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +23,7 @@ use serde::Serialize;
 use strata_publish::crash;
 use strata_publish::deletion::Holder;
 use strata_publish::locks::{self, Clock};
+use strata_publish::model::FlipKind;
 use strata_publish::{Lake, RunContext};
 
 use crate::error::{Error, Result};
@@ -34,6 +40,10 @@ pub enum Decision {
     /// An approval of a held run stopped before its first flip: the run goes back to
     /// AWAITING_REVIEW with its staged output, to be approved or rejected again.
     BackToReview,
+    /// A promotion of a shadow stopped before its first flip: the run goes back to SHADOWED.
+    BackToShadow,
+    /// A shadow run stopped after its shadow ref was created: it is SHADOWED.
+    Shadowed,
     /// Some datasets were flipped and are still current; these were prepared and not yet, and
     /// their pointers have not moved since: they can be flipped as prepared.
     RollForward(Vec<String>),
@@ -69,24 +79,60 @@ impl DatasetView {
     }
 }
 
-/// The decision table (pure): from the run's latest state and what each dataset of its output
-/// boundary shows. A run is only rolled forward when every dataset it already flipped is still
-/// current at the run's version and every dataset left to flip is unmoved since it was prepared,
-/// so the run never ends published on a base that another of its datasets no longer matches.
-/// `held`: the run was held for review (so COMMITTING means an approval claimed it).
+/// What a run's commit does, as recovery must know to settle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Flips the run's versions: a run's own commit, or (`held`) the approval of a run held for
+    /// review.
+    Flips { held: bool },
+    /// Creates the run's shadow ref (`--mode shadow`); `made`: the ref exists and names the run.
+    ShadowRef { made: bool },
+    /// Flips a shadow run's versions (`strata promote`).
+    Promotion,
+}
+
+impl Commit {
+    /// What `m` commits; `shadow_ref_made` says whether its shadow ref names it.
+    pub fn of(m: &RunManifest, shadow_ref_made: bool) -> Commit {
+        match (&m.params.backfill, &m.promotion) {
+            (_, Some(_)) => Commit::Promotion,
+            (strata_medallion::types::Backfill::Shadow { .. }, None) => {
+                Commit::ShadowRef { made: shadow_ref_made }
+            }
+            _ => Commit::Flips { held: !m.publish_plan.is_empty() },
+        }
+    }
+}
+
+/// The decision table (pure): from the run's latest state, what its commit does, and what each
+/// dataset of its output boundary shows. A run is only rolled forward when every dataset it
+/// already flipped is still current at the run's version and every dataset left to flip is
+/// unmoved since it was prepared, so the run never ends published on a base that another of its
+/// datasets no longer matches.
 pub fn decide(
     state: RunState,
-    held: bool,
+    commit: Commit,
     run_id: &str,
     views: &BTreeMap<String, DatasetView>,
 ) -> Decision {
     let flipped: Vec<&String> =
         views.iter().filter(|(_, v)| v.flipped.is_some()).map(|(d, _)| d).collect();
-    if flipped.is_empty() {
-        if held && matches!(state, RunState::Committing | RunState::Unknown) {
-            return Decision::BackToReview;
+    let committing = matches!(state, RunState::Committing | RunState::Unknown);
+    if let Commit::ShadowRef { made } = commit {
+        if !flipped.is_empty() {
+            return Decision::Unknown(format!(
+                "a shadow run never flips a pointer, yet flips by it exist on {}",
+                flipped.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+            ));
         }
-        return Decision::Failed;
+        return if made && committing { Decision::Shadowed } else { Decision::Failed };
+    }
+    if flipped.is_empty() {
+        return match commit {
+            Commit::Flips { held: true } if committing => Decision::BackToReview,
+            Commit::Promotion if committing => Decision::BackToShadow,
+            _ => Decision::Failed,
+        };
     }
     if !matches!(state, RunState::Committing | RunState::Unknown) {
         return Decision::Unknown(format!(
@@ -108,7 +154,7 @@ pub fn decide(
     if moved.is_empty() && stuck.is_empty() {
         return Decision::RollForward(missing);
     }
-    if !views.values().any(|v| v.still_current(run_id)) {
+    if !views.values().any(|v| v.still_current(run_id)) && commit != Commit::Promotion {
         // What it published was rolled back or replaced since, and the rest cannot follow:
         // nothing of the run is visible, which is what FAILED says. The files of the versions
         // it published stay (the pointer's history names them).
@@ -277,7 +323,7 @@ async fn settle(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Option<
         Some(now) if recoverable(&now) => now,
         _ => return Ok(None),
     };
-    if m.state == RunState::Failed {
+    if matches!(m.state, RunState::Failed | RunState::Discarded) {
         // Settled already; only its staging is left to remove.
         let removed = clean_up_failed(lake, &m).await?;
         return Ok(Some(Recovered {
@@ -297,14 +343,15 @@ async fn settle(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Option<
 /// a terminal state, or a rejected run whose staging is still to be removed. A run awaiting
 /// review is not stopped: it waits for `strata approve` or `strata reject`.
 fn recoverable(m: &RunManifest) -> bool {
-    (!m.state.is_terminal() && m.state != RunState::AwaitingReview)
-        || (m.state == RunState::Failed && m.cleanup)
+    (!m.state.is_terminal() && !matches!(m.state, RunState::AwaitingReview | RunState::Shadowed))
+        || (matches!(m.state, RunState::Failed | RunState::Discarded) && m.cleanup)
 }
 
 /// Removes the staging of a run recorded FAILED with [`RunManifest::cleanup`] set (a rejected
 /// run), through the deletion authority, and takes it out of the register of open runs once
 /// everything is gone. Safe to repeat. Returns the objects removed.
 pub async fn clean_up_failed(lake: &Lake, m: &RunManifest) -> Result<u64> {
+    crate::shadow::remove_ref_of(lake, m).await?;
     let (removed, kept_because) =
         discard_stopped(lake, m, &checkpoint_files(m), Holder::Stopped, |_| false).await?;
     if kept_because.is_empty() && m.checkpoints.is_empty() {
@@ -388,13 +435,29 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
     let from = m.state;
     let mut views = views_of(lake, &m).await?;
     let mut evidence: Vec<String> = views.iter().map(|(d, v)| describe(&m.run_id, d, v)).collect();
-    let held = !m.publish_plan.is_empty();
-    let mut decision = decide(from, held, &m.run_id, &views);
+    let shadow_ref_made = match &m.params.backfill {
+        strata_medallion::types::Backfill::Shadow { name } => {
+            let found = lake.shadow(name).await?;
+            evidence.push(match &found {
+                Some(r) if r.run_id == m.run_id => format!("shadow ref {name} names this run"),
+                Some(r) => format!("shadow ref {name} names run {}", r.run_id),
+                None => format!("no shadow ref {name}"),
+            });
+            found.is_some_and(|r| r.run_id == m.run_id)
+        }
+        _ => false,
+    };
+    let commit = Commit::of(&m, shadow_ref_made);
+    let mut decision = decide(from, commit, &m.run_id, &views);
     if let Decision::RollForward(missing) = &decision {
+        let (kind, reason) = match &m.promotion {
+            Some(p) => (FlipKind::Promote, p.reason.clone()),
+            None => (FlipKind::Publish, None),
+        };
         for ds_name in missing {
             let ds = lake.dataset(ds_name)?;
             let v = m.prepared[ds_name];
-            if let Some(p) = ds.flip_record(v, ctx).await? {
+            if let Some(p) = ds.flip_record(v, kind, reason.clone(), ctx).await? {
                 evidence.push(format!(
                     "{ds_name}: rolled forward, pointer #{} publishes prepared version {v}",
                     p.flip.seq
@@ -404,7 +467,7 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
         // Settled from what the pointers show now, so that a pointer that moved while rolling
         // forward is reported rather than assumed.
         views = views_of(lake, &m).await?;
-        decision = match decide(from, held, &m.run_id, &views) {
+        decision = match decide(from, commit, &m.run_id, &views) {
             Decision::RollForward(_) => Decision::Unknown(format!(
                 "rolling forward did not land on every dataset; {}",
                 visibility(&m.run_id, &views)
@@ -471,8 +534,38 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
              record(s), kept the {kept} staged file(s) held for review"
         ));
     }
+    if decision == Decision::BackToShadow {
+        // The shadow's own records and files stay; only the records the promotion prepared to
+        // rebase onto a moved pointer go (no pointer names them).
+        let shadow = m.shadow.clone().unwrap_or_else(|| runs::ShadowInfo {
+            name: String::new(),
+            versions: BTreeMap::new(),
+            bases: BTreeMap::new(),
+        });
+        for (ds_name, v) in &m.prepared {
+            if shadow.versions.get(ds_name) != Some(v) {
+                lake.dataset(ds_name)?.discard_record(*v, &m.run_id).await?;
+                removed += 1;
+            }
+        }
+        evidence.push(format!(
+            "a promotion stopped before publishing anything; removed {removed} record(s) it              prepared, the shadow's versions stay"
+        ));
+    }
     crash::point("during-recovery");
     let (to, action) = match &decision {
+        Decision::BackToShadow => (
+            RunState::Shadowed,
+            format!(
+                "a promotion stopped before publishing; back to SHADOWED: `strata promote {}` \
+                 again",
+                m.shadow.as_ref().map_or("NAME", |s| s.name.as_str())
+            ),
+        ),
+        Decision::Shadowed => (
+            RunState::Shadowed,
+            "its shadow ref was created before it stopped; marked SHADOWED".to_string(),
+        ),
         Decision::BackToReview => (
             RunState::AwaitingReview,
             format!(
@@ -521,6 +614,28 @@ async fn recover_run(lake: &Lake, m: RunManifest, ctx: &RunContext) -> Result<Re
             }
             if to == RunState::AwaitingReview {
                 m.prepared.clear();
+            }
+            if to == RunState::Shadowed {
+                match m.shadow.clone() {
+                    // A promotion that did not start: the run is the shadow it was.
+                    Some(shadow) => {
+                        m.bases = shadow.bases.clone();
+                        m.prepared = shadow.versions.clone();
+                        m.promotion = None;
+                    }
+                    None => {
+                        let name = match &m.params.backfill {
+                            strata_medallion::types::Backfill::Shadow { name } => name.clone(),
+                            _ => String::new(),
+                        };
+                        m.shadow = Some(runs::ShadowInfo {
+                            name,
+                            versions: m.prepared.clone(),
+                            bases: m.bases.clone(),
+                        });
+                        m.checkpoints.clear();
+                    }
+                }
             }
             m.published = published;
             if to != RunState::Published {
@@ -589,35 +704,58 @@ mod tests {
             ("b", view(Some(5), None, (4, 4, "x"))),
         ]);
         for st in [Planned, InputLocked, Running, Validating, Committing, Unknown] {
-            assert_eq!(decide(st, false, "r", &none), Decision::Failed, "{st}");
+            assert_eq!(
+                decide(st, Commit::Flips { held: false }, "r", &none),
+                Decision::Failed,
+                "{st}"
+            );
         }
         // Nothing flipped of a held run an approval claimed: back to review.
         for st in [Committing, Unknown] {
-            assert_eq!(decide(st, true, "r", &none), Decision::BackToReview, "{st}");
+            assert_eq!(
+                decide(st, Commit::Flips { held: true }, "r", &none),
+                Decision::BackToReview,
+                "{st}"
+            );
         }
         // Everything flipped: PUBLISHED, even if a pointer moved afterwards.
         let all = views(vec![
             ("a", view(Some(3), Some(3), (3, 3, "r"))),
             ("b", view(Some(5), Some(5), (9, 1, "x"))),
         ]);
-        assert_eq!(decide(Committing, false, "r", &all), Decision::Published);
+        assert_eq!(
+            decide(Committing, Commit::Flips { held: false }, "r", &all),
+            Decision::Published
+        );
         // Half flipped, the flipped one still current, the other unmoved: roll forward.
         let mut half = views(vec![
             ("a", view(Some(3), Some(3), (3, 3, "r"))),
             ("b", view(Some(5), None, (4, 4, "x"))),
         ]);
-        assert_eq!(decide(Unknown, false, "r", &half), Decision::RollForward(vec!["b".into()]));
+        assert_eq!(
+            decide(Unknown, Commit::Flips { held: false }, "r", &half),
+            Decision::RollForward(vec!["b".into()])
+        );
         // A flip where the state machine never flips.
-        assert!(matches!(decide(Running, false, "r", &half), Decision::Unknown(_)));
+        assert!(matches!(
+            decide(Running, Commit::Flips { held: false }, "r", &half),
+            Decision::Unknown(_)
+        ));
         // The other's pointer moved since it was prepared.
         half.get_mut("b").unwrap().head = Some((5, 6, "y".into()));
-        let Decision::Unknown(why) = decide(Committing, false, "r", &half) else { panic!() };
+        let Decision::Unknown(why) = decide(Committing, Commit::Flips { held: false }, "r", &half)
+        else {
+            panic!()
+        };
         assert!(why.contains("b moved since the run prepared it"), "{why}");
         assert!(why.contains("visible now: a v3; not visible: b"), "{why}");
         // The record of the unflipped version is gone.
         half.get_mut("b").unwrap().head = Some((4, 4, "x".into()));
         half.get_mut("b").unwrap().publish_seq = None;
-        assert!(matches!(decide(Committing, false, "r", &half), Decision::Unknown(_)));
+        assert!(matches!(
+            decide(Committing, Commit::Flips { held: false }, "r", &half),
+            Decision::Unknown(_)
+        ));
     }
 
     #[test]
@@ -628,11 +766,18 @@ mod tests {
             ("orders", view(Some(2), Some(2), (3, 1, "first"))),
             ("daily_revenue", view(Some(2), None, (1, 1, "first"))),
         ]);
-        assert_eq!(decide(Committing, false, "r", &rolled_back), Decision::Failed);
+        assert_eq!(
+            decide(Committing, Commit::Flips { held: false }, "r", &rolled_back),
+            Decision::Failed
+        );
         // The same, with a third dataset of the run still current: a person must decide.
         let mut partly = rolled_back.clone();
         partly.insert("customers".into(), view(Some(4), Some(4), (4, 4, "r")));
-        let Decision::Unknown(why) = decide(Committing, false, "r", &partly) else { panic!() };
+        let Decision::Unknown(why) =
+            decide(Committing, Commit::Flips { held: false }, "r", &partly)
+        else {
+            panic!()
+        };
         assert!(why.contains("orders moved after the run published it"), "{why}");
         assert!(
             why.contains("visible now: customers v4; not visible: daily_revenue, orders"),

@@ -10,6 +10,16 @@
 //!
 //! And back: COMMITTING or UNKNOWN -> AWAITING_REVIEW when an approval stopped before any flip.
 //!
+//! Backfill modes that publish nothing to the pointers:
+//!
+//! ```text
+//! VALIDATING -> DISCARDED                      dry-run, compare-only: computed, validated, kept nothing
+//! COMMITTING -> SHADOWED                       shadow: published to a shadow ref
+//! SHADOWED -> COMMITTING -> PUBLISHED          strata promote (back to SHADOWED if it stopped
+//!                                              before any flip)
+//! SHADOWED -> FAILED                           strata drop-shadow
+//! ```
+//!
 //! AWAITING_REVIEW holds a run whose output is staged and validated but needs a person
 //! (a MANUAL_REVIEW quality gate): `strata approve` commits it, `strata reject` fails it.
 //!
@@ -41,10 +51,15 @@ pub enum RunState {
     Failed,
     /// A commit may or may not have landed; recovery decides from durable state.
     Unknown,
+    /// Published to a shadow ref, not to the pointers: `strata promote` makes it current,
+    /// `strata drop-shadow` discards it.
+    Shadowed,
+    /// Computed and validated, and nothing kept by design (`--mode dry-run`, `compare-only`).
+    Discarded,
 }
 
 impl RunState {
-    pub const ALL: [RunState; 9] = [
+    pub const ALL: [RunState; 11] = [
         RunState::Planned,
         RunState::InputLocked,
         RunState::Running,
@@ -54,11 +69,13 @@ impl RunState {
         RunState::Published,
         RunState::Failed,
         RunState::Unknown,
+        RunState::Shadowed,
+        RunState::Discarded,
     ];
 
     /// Whether no transition leaves this state.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunState::Published | RunState::Failed)
+        matches!(self, RunState::Published | RunState::Failed | RunState::Discarded)
     }
 
     /// The name as manifests and `strata runs` show it.
@@ -73,6 +90,8 @@ impl RunState {
             RunState::Published => "PUBLISHED",
             RunState::Failed => "FAILED",
             RunState::Unknown => "UNKNOWN",
+            RunState::Shadowed => "SHADOWED",
+            RunState::Discarded => "DISCARDED",
         }
     }
 }
@@ -111,12 +130,14 @@ pub fn transition(from: RunState, to: RunState) -> Result<RunState, InvalidTrans
         Planned => matches!(to, InputLocked | Failed),
         InputLocked => matches!(to, Running | Failed),
         Running => matches!(to, Validating | Failed),
-        Validating => matches!(to, Committing | AwaitingReview | Failed),
+        Validating => matches!(to, Committing | AwaitingReview | Failed | Discarded),
         AwaitingReview => matches!(to, Committing | Failed),
-        // Back to review: an approval stopped before its first flip (recovery decides).
-        Committing => matches!(to, Published | Failed | Unknown | AwaitingReview),
-        Unknown => matches!(to, Published | Failed | AwaitingReview),
-        Published | Failed => false,
+        // Back to review (or to the shadow): an approval (a promotion) stopped before its first
+        // flip (recovery decides).
+        Committing => matches!(to, Published | Failed | Unknown | AwaitingReview | Shadowed),
+        Unknown => matches!(to, Published | Failed | AwaitingReview | Shadowed),
+        Shadowed => matches!(to, Committing | Failed),
+        Published | Failed | Discarded => false,
     };
     if allowed {
         Ok(to)
@@ -142,12 +163,17 @@ mod tests {
             (Validating, Committing),
             (Validating, AwaitingReview),
             (Validating, Failed),
+            (Validating, Discarded),
             (AwaitingReview, Committing),
             (AwaitingReview, Failed),
             (Committing, Published),
             (Committing, Failed),
             (Committing, Unknown),
             (Committing, AwaitingReview),
+            (Committing, Shadowed),
+            (Shadowed, Committing),
+            (Shadowed, Failed),
+            (Unknown, Shadowed),
             (Unknown, Published),
             (Unknown, Failed),
             (Unknown, AwaitingReview),

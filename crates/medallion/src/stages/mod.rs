@@ -95,6 +95,8 @@ pub struct RunOptions {
     /// References pinned `as_originally_run` read their latest version instead
     /// (`--refresh-references`).
     pub refresh_references: bool,
+    /// How the run publishes (`--mode`).
+    pub backfill: crate::types::Backfill,
 }
 
 /// What one stage did, as `strata run` prints it.

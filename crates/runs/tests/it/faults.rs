@@ -128,6 +128,7 @@ fn options(clock: Clock) -> RunOptions {
         refresh_references: false,
         lease: std::time::Duration::from_secs(120),
         clock: Some(clock),
+        backfill: Default::default(),
     }
 }
 
