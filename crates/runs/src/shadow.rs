@@ -365,7 +365,7 @@ pub async fn drop_shadow(
     match m.state {
         RunState::Published => {
             lake.delete_shadow(name).await?;
-            return Ok(Dropped { name: name.into(), run_id, removed: 1, was_promoted: true });
+            Ok(Dropped { name: name.into(), run_id, removed: 1, was_promoted: true })
         }
         RunState::Shadowed => {
             let mut log = RunLog::resume(lake, m);
@@ -375,12 +375,12 @@ pub async fn drop_shadow(
             })
             .await?;
             let removed = crate::recover::clean_up_failed(lake, log.manifest()).await?;
-            return Ok(Dropped { name: name.into(), run_id, removed, was_promoted: false });
+            Ok(Dropped { name: name.into(), run_id, removed, was_promoted: false })
         }
         RunState::Failed => {
             // Dropped before, and cut short: finish it.
             let removed = crate::recover::clean_up_failed(lake, &m).await?;
-            return Ok(Dropped { name: name.into(), run_id, removed, was_promoted: false });
+            Ok(Dropped { name: name.into(), run_id, removed, was_promoted: false })
         }
         RunState::Committing => Err(state_error(&m, "a `strata promote` is promoting it now")),
         RunState::Unknown => Err(state_error(
