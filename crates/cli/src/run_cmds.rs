@@ -88,7 +88,17 @@ fn published_text(m: &RunManifest) -> String {
             line.to_string()
         };
     }
-    m.published.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", ")
+    let list = |v: &std::collections::BTreeMap<String, u64>| {
+        v.iter().map(|(d, v)| format!("{d} v{v}")).collect::<Vec<_>>().join(", ")
+    };
+    match (&m.shadow, m.state) {
+        (Some(s), RunState::Shadowed) => format!("shadow {}: {}", s.name, list(&s.versions)),
+        (Some(s), RunState::Published) => {
+            format!("{} (shadow {} promoted)", list(&m.published), s.name)
+        }
+        _ if m.state == RunState::Discarded => format!("{} diff(s), nothing kept", m.diffs.len()),
+        _ => list(&m.published),
+    }
 }
 
 pub async fn show_run(
@@ -114,6 +124,20 @@ pub async fn show_run(
     };
     let force = if m.params.force { " --force" } else { "" };
     writeln!(out, "mode       {} ({}){only}{force}", m.mode, window_text(m))?;
+    if !m.params.backfill.is_replace() {
+        writeln!(out, "backfill   {}", m.params.backfill.as_str())?;
+    }
+    if let Some(s) = &m.shadow {
+        let versions: Vec<String> = s.versions.iter().map(|(d, v)| format!("{d} v{v}")).collect();
+        writeln!(out, "shadow     {}: {}", s.name, versions.join(", "))?;
+    }
+    if let Some(p) = &m.promotion {
+        let why = p.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        writeln!(out, "promoted   {} by {}{why}", output::time(&p.at), p.by)?;
+    }
+    for d in &m.diffs {
+        writeln!(out, "{}", crate::diff_cmds::one_line(d))?;
+    }
     if let Some(p) = &m.process {
         writeln!(out, "process    {p}")?;
     }

@@ -241,7 +241,24 @@ pub fn rebase_blockers(
     fn find<'a>(parts: &'a [PartitionEntry], k: &str) -> Option<&'a PartitionEntry> {
         parts.binary_search_by(|p| p.key.as_str().cmp(k)).ok().map(|i| &parts[i])
     }
-    keys.into_iter().filter(|k| find(base_parts, k) != find(now_parts, k)).collect()
+    keys.into_iter().filter(|k| !same_content(find(base_parts, k), find(now_parts, k))).collect()
+}
+
+/// Whether two entries of one partition hold the same rows: the same entry, or entries whose
+/// recorded control totals have the same row count and order-independent row hash (another run
+/// wrote the same rows again). Entries without totals are compared as entries.
+pub fn same_content(a: Option<&PartitionEntry>, b: Option<&PartitionEntry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => match (&a.totals, &b.totals) {
+            (Some(ta), Some(tb)) => {
+                a.rows == b.rows && ta.encoding == tb.encoding && ta.row_hash == tb.row_hash
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// How a version computed on the pointer entry `base_seq` (a shadow's) becomes current now that
@@ -586,6 +603,20 @@ mod tests {
         let layout = rebase_blockers(b, n, &shadow_a, &Replace::Written);
         assert!(layout[0].contains("partitioned again"), "{layout:?}");
         assert!(rebase_blockers(None, None, &shadow_a, &Replace::Written).is_empty());
+        // Another run wrote the same rows again (other files, the same row hash): unchanged.
+        let totals = |h: &str| strata_reconcile::ControlTotals {
+            rows: 2,
+            row_hash: h.into(),
+            ..Default::default()
+        };
+        let (mut x, mut y) = (part("k=b", "r1", 2), part("k=b", "r3", 2));
+        assert!(!same_content(Some(&x), Some(&y)), "no totals: compared as entries");
+        x.totals = Some(totals("aa"));
+        y.totals = Some(totals("aa"));
+        assert!(same_content(Some(&x), Some(&y)));
+        y.totals = Some(totals("bb"));
+        assert!(!same_content(Some(&x), Some(&y)));
+        assert!(!same_content(Some(&x), None));
         assert!(!rebase_blockers(None, b, &shadow_a, &Replace::Written).is_empty());
     }
 

@@ -5,6 +5,8 @@
 //! - `pipeline`: `strata run` on the example pipeline, and `strata init`;
 //! - `publish_flow`: publish, versions, history, rollback, query, verify, files end to end;
 //! - `bad_input`: every kind of bad input gets one clear line, exit code 2, and changes nothing;
+//! - `backfill`: backfill modes: shadow, diff, promote (conflicts, rebases, crash points),
+//!   dry-run and compare-only, dropping a shadow;
 //! - `flights`: the flights example end to end (references, pinning, derive, partition_by);
 //! - `diff`: `strata diff` (classification, duplicates, tolerance, fast path, thresholds);
 //! - `exit_codes`: the exit-code contract, one case per class;
@@ -18,6 +20,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod backfill;
 mod bad_input;
 mod crash;
 mod diff;
