@@ -166,6 +166,17 @@ pipelines/shop/strata.toml"
     )]
     Verify(VerifyArgs),
 
+    /// Close a dataset's period through a date: those partitions may change again only by a
+    /// recorded restatement.
+    #[command(long_about = CLOSE_LONG, after_help = CLOSE_AFTER)]
+    Close(CloseArgs),
+
+    /// List the restatements of closed periods: why, who approved, what changed.
+    #[command(
+        after_help = "Examples:\n  strata restatements\n  strata restatements orders --json"
+    )]
+    Restatements(RestatementsArgs),
+
     /// List the shadows (versions computed with `strata run --mode shadow`, not current), with
     /// their state and the version each holds.
     #[command(after_help = "Examples:\n  strata shadows\n  strata shadows orders --json")]
@@ -188,6 +199,29 @@ pipelines/shop/strata.toml"
     #[command(after_help = FILES_AFTER)]
     Files(FilesArgs),
 }
+
+const CLOSE_LONG: &str = "\
+Record that a dataset's partitions dated on or before --through are closed (certified, reported,
+submitted). The closing is kept in the lake with who, when and why, and shown by `strata
+versions`, `strata history` and `strata plan`.
+
+From then on, a run or promotion that would change the rows of a closed partition fails (exit 5),
+naming the dataset, the partitions and the closing; recomputing a closed partition to the same
+rows (a lookback, say) is not a change. Only `strata run --mode restatement --reason CODE
+[--approver NAME]` publishes such a change: its version records the prior version, the reason,
+the approver, every restated partition's rows and sums before and after, and the raw batches it
+read that the prior version did not. `strata history` shows it as RESTATEMENT and `strata
+restatements` lists them. With `restatement_review = true` in [pipeline], a restatement is held
+for `strata approve` first.
+
+A month partition is closed from its first day; a partition whose key holds no date (a dataset
+not partitioned by date) is closed as soon as anything is. A closing never moves back.";
+
+const CLOSE_AFTER: &str = "\
+Examples:
+  strata close orders --through 2026-01-31 --reason \"January filed with the regulator\"
+  strata run --from 2026-01-01 --to 2026-01-31 --mode restatement --reason LATE-REFUNDS \\
+      --approver cfo@example.com";
 
 const PROMOTE_LONG: &str = "\
 Make the versions a shadow run computed (`strata run --mode shadow --shadow NAME`) current: no
@@ -439,12 +473,22 @@ pub struct RunArgs {
     /// dry-run: compute and validate, keep nothing. shadow: publish to the shadow --shadow NAME,
     /// leaving every pointer alone (`strata promote NAME` makes it current). compare-only:
     /// compute, validate and diff against the published versions; keep only the report.
+    /// restatement: replace partitions of a closed period (`strata close`), with --reason CODE
+    /// and optionally --approver NAME, recorded in the version.
     #[arg(long, value_enum, default_value_t = Mode::Replace)]
     pub mode: Mode,
 
     /// The shadow to publish to, with --mode shadow (letters, digits, '_', '-', '.').
     #[arg(long, value_name = "NAME")]
     pub shadow: Option<String>,
+
+    /// With --mode restatement: the reason code recorded with the restatement.
+    #[arg(long, value_name = "CODE")]
+    pub reason: Option<String>,
+
+    /// With --mode restatement: who approved it (recorded).
+    #[arg(long, value_name = "NAME")]
+    pub approver: Option<String>,
 
     /// Print the stage reports as JSON.
     #[arg(long)]
@@ -458,6 +502,35 @@ pub enum Mode {
     DryRun,
     Shadow,
     CompareOnly,
+    Restatement,
+}
+
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// The dataset.
+    pub dataset: String,
+
+    /// The last business date closed (YYYY-MM-DD).
+    #[arg(long, value_name = "D")]
+    pub through: String,
+
+    /// Why (recorded with the closing).
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// Print the closing as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestatementsArgs {
+    /// Only this dataset's.
+    pub dataset: Option<String>,
+
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

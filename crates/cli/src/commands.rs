@@ -52,6 +52,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query(&settings, args, &mut out).await?,
         Command::Verify(args) => verify(&settings, args, &mut out).await?,
         Command::Diff(args) => crate::diff_cmds::diff(&settings, args, &mut out).await?,
+        Command::Close(args) => crate::close_cmds::close(&settings, args, &mut out).await?,
+        Command::Restatements(args) => {
+            crate::close_cmds::restatements(&settings, args, &mut out).await?
+        }
         Command::Shadows(args) => crate::shadow_cmds::shadows(&settings, args, &mut out).await?,
         Command::Promote(args) => crate::shadow_cmds::promote(&settings, args, &mut out).await?,
         Command::DropShadow(args) => {
@@ -422,15 +426,17 @@ async fn versions(
                 v.brief.files.to_string(),
                 v.brief.bytes.to_string(),
                 v.parent.map_or("-".into(), |p| p.to_string()),
+                crate::close_cmds::kind_text(v.kind),
             ]
         })
         .collect();
     output::table(
         out,
-        &["VERSION", "RUN ID", "CREATED", "ROWS", "FILES", "BYTES", "PARENT"],
+        &["VERSION", "RUN ID", "CREATED", "ROWS", "FILES", "BYTES", "PARENT", "KIND"],
         &rows,
     )?;
     writeln!(out, "(* = current)")?;
+    crate::close_cmds::closing_line(&ds, out).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -451,7 +457,7 @@ async fn history(
             vec![
                 f.seq.to_string(),
                 output::time(&f.at),
-                f.kind.to_string(),
+                crate::close_cmds::kind_text(f.kind),
                 f.from.map_or("-".into(), |v| v.to_string()),
                 f.to.to_string(),
                 f.run_id.clone(),
@@ -460,6 +466,7 @@ async fn history(
         })
         .collect();
     output::table(out, &["SEQ", "AT", "KIND", "FROM", "TO", "RUN ID", "REASON"], &rows)?;
+    crate::close_cmds::closing_line(&ds, out).await?;
     Ok(ExitCode::SUCCESS)
 }
 

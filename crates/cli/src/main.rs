@@ -2,6 +2,7 @@
 //! resolved in `settings`, and the commands call the library crates.
 
 mod cli;
+mod close_cmds;
 mod commands;
 mod diff_cmds;
 mod output;

@@ -167,6 +167,19 @@ pub async fn plan(
             }
         }
     }
+    for (d, c) in &preview.closed {
+        let what = if c.whole {
+            "it replaces the dataset whole".to_string()
+        } else {
+            format!("{} closed partition(s): {}", c.partitions.len(), c.partitions.join(", "))
+        };
+        writeln!(
+            out,
+            "closed   {d} is {}; {what}. The run fails if their rows change, unless it runs with \
+             --mode restatement --reason CODE",
+            c.closing.describe()
+        )?;
+    }
     let noop = match &preview.noop {
         strata_runs::preview::NoOp::Yes { run_id } => {
             format!("a no-op: run {run_id} already published exactly this (--force runs anyway)")
@@ -278,6 +291,11 @@ fn run_options(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<RunOptions
         from: w.from - chrono::Duration::days(pipeline.settings.lookback_days.into()),
         to: w.to,
     });
+    if args.mode != Mode::Restatement && (args.reason.is_some() || args.approver.is_some()) {
+        return Err(user_error!(
+            "--reason and --approver go with --mode restatement; add --mode restatement"
+        ));
+    }
     let backfill = match (args.mode, &args.shadow) {
         (Mode::Shadow, Some(name)) => {
             strata_publish::shadow::validate_shadow_name(name)?;
@@ -292,6 +310,17 @@ fn run_options(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<RunOptions
         (_, Some(_)) => {
             return Err(user_error!("--shadow NAME goes with --mode shadow; add --mode shadow"))
         }
+        (Mode::Restatement, None) => match &args.reason {
+            Some(reason) if !reason.trim().is_empty() => {
+                Backfill::Restatement { reason: reason.clone(), approver: args.approver.clone() }
+            }
+            _ => {
+                return Err(user_error!(
+                    "--mode restatement needs --reason CODE: why closed partitions change, \
+                     recorded with the restatement (e.g. --reason LATE-REFUNDS)"
+                ))
+            }
+        },
         (Mode::Replace, None) => Backfill::Replace,
         (Mode::DryRun, None) => Backfill::DryRun,
         (Mode::CompareOnly, None) => Backfill::CompareOnly,
@@ -443,9 +472,10 @@ pub async fn run(
         writeln!(
             out,
             "run {id} is AWAITING_REVIEW: its output is staged and checked, and held for a \
-             person (MANUAL_REVIEW). `strata approve {id}` publishes it, `strata reject {id}` \
-             discards it",
-            id = summary.run_id
+             person (MANUAL_REVIEW: {why}). `strata approve {id}` publishes it, `strata reject \
+             {id}` discards it",
+            id = summary.run_id,
+            why = summary.notes.join("; ")
         )?;
         // Not a success: nothing was published, and a person has to decide.
         return Ok(ExitCode::from(crate::EXIT_NEEDS_PERSON));

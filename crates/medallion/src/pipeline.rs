@@ -61,6 +61,10 @@ pub struct PipelineSection {
     /// `s3://` URL. Default: `lake` beside the pipeline file.
     #[serde(default)]
     pub lake: Option<String>,
+    /// Whether a restatement of a closed period (`strata run --mode restatement`) is held for a
+    /// person's approval (MANUAL_REVIEW) before it is published.
+    #[serde(default)]
+    pub restatement_review: bool,
 }
 
 /// A raw source.

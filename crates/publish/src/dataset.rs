@@ -68,6 +68,8 @@ pub struct PublishOptions {
     pub adopt: bool,
     /// What the flip records: a publish, a promotion of a shadow, a restatement.
     pub kind: FlipKind,
+    /// Recorded in the version record of a restatement.
+    pub restatement: Option<crate::closing::Restatement>,
 }
 
 /// A version whose record is written but whose pointer entry is not: the state between
@@ -711,6 +713,7 @@ impl Dataset {
         let first = fresh.then(|| {
             let mut record = record.clone();
             record.evidence = staged.evidence.clone();
+            record.restatement = options.restatement.clone();
             (record, preview.new.as_ref().clone())
         });
         self.prepare_on(staged, options.clone(), head, parent, first, ctx).await
@@ -814,6 +817,7 @@ impl Dataset {
                 Some(w) => Some(w.next(parent.and_then(|p| p.owner.as_ref()), options.adopt)),
                 None => parent.and_then(|p| p.owner.clone()),
             },
+            restatement: options.restatement.clone(),
         };
         Ok((record, assembled.new.into_iter().collect()))
     }
@@ -1351,6 +1355,7 @@ impl Dataset {
             writer: record.owner.clone(),
             adopt: false,
             kind,
+            restatement: None,
         };
         let head = self.head().await?;
         let head_seq = head.as_ref().map_or(0, |h| h.seq);
@@ -1413,6 +1418,105 @@ impl Dataset {
                 })
             }
         }
+    }
+
+    /// Every closing of the dataset, oldest first ([`crate::closing`]).
+    pub async fn closings(&self) -> Result<Vec<crate::closing::Closing>> {
+        let log = layout::closings_log(&self.name);
+        let mut found = Vec::new();
+        for n in log.list(&self.lake).await?.numbers() {
+            if let Some(c) = log.read_json(&self.lake, n).await? {
+                found.push(c);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The closing in force, if any.
+    pub async fn closing(&self) -> Result<Option<crate::closing::Closing>> {
+        Ok(crate::closing::in_force(&self.closings().await?).cloned())
+    }
+
+    /// Records that partitions dated on or before `through` are closed. A closing never moves
+    /// back: one through an earlier date than the closing in force is refused.
+    pub async fn close(
+        &self,
+        through: chrono::NaiveDate,
+        reason: Option<String>,
+        by: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::closing::Closing> {
+        self.require_head().await?;
+        let log = layout::closings_log(&self.name);
+        loop {
+            let closings = self.closings().await?;
+            if let Some(c) = crate::closing::in_force(&closings).filter(|c| c.through > through) {
+                return Err(Error::ClosingBackwards {
+                    dataset: self.name.clone(),
+                    through: through.to_string(),
+                    closing: c.describe(),
+                });
+            }
+            let seq = closings.iter().map(|c| c.seq).max().unwrap_or(0) + 1;
+            let closing = crate::closing::Closing {
+                format: crate::closing::CLOSING_FORMAT.into(),
+                seq,
+                dataset: self.name.clone(),
+                through,
+                reason: reason.clone(),
+                by: by.to_string(),
+                at,
+            };
+            let body = serde_json::to_vec_pretty(&closing)
+                .map_err(|source| Error::Serialize { what: "closing", source })?;
+            if log.create(&self.lake, seq, body).await? {
+                return Ok(closing);
+            }
+        }
+    }
+
+    /// The closed partitions a version built on the current one would change (its rows differ
+    /// from the partition it replaces), with the closing in force; `None` when nothing closed
+    /// changes. `draft` is the new version as previewed or prepared.
+    pub async fn closed_changes(
+        &self,
+        draft: &Draft,
+    ) -> Result<Option<(crate::closing::Closing, Vec<crate::closing::RestatedPartition>)>> {
+        let Some(closing) = self.closing().await? else { return Ok(None) };
+        let record = draft.record.as_ref();
+        let Some(parent) = record.parent else { return Ok(None) };
+        let parent = self.published_head(parent).await?;
+        let keys = |r: &RecordHead| -> std::collections::BTreeSet<String> {
+            r.chunks.iter().flat_map(|c| c.keys.iter().cloned()).collect()
+        };
+        let (old, new) = (keys(&parent), keys(record));
+        let after = self.select(draft, &|k| crate::closing::is_closed(k, closing.through)).await?;
+        // What the version touches: the partitions it wrote, and those of its parent it dropped.
+        let mut touched: std::collections::BTreeSet<String> = after
+            .partitions
+            .iter()
+            .filter(|p| p.written_in == record.version)
+            .map(|p| p.key.clone())
+            .collect();
+        touched.extend(old.difference(&new).cloned());
+        touched.retain(|k| crate::closing::is_closed(k, closing.through));
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        let parent_draft = Draft { record: parent, new: Arc::default() };
+        let before = self.select(&parent_draft, &|k| touched.contains(k)).await?;
+        let changed = crate::closing::restated(
+            closing.through,
+            &touched,
+            &before.partitions,
+            &after.partitions,
+        );
+        Ok((!changed.is_empty()).then_some((closing, changed)))
+    }
+
+    /// A [`Draft`] of a record already in the store (a prepared one).
+    pub fn draft_of(record: RecordHead) -> Draft {
+        Draft { record: Arc::new(record), new: Arc::default() }
     }
 
     /// Removes a record `run_id` prepared that no pointer entry names, and the chunks it wrote

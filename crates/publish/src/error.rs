@@ -58,6 +58,23 @@ pub enum Error {
     )]
     PromoteConflict { shadow: String, dataset: String, moved: String, partitions: Vec<String> },
 
+    /// A closing through an earlier date than the one in force.
+    #[error(
+        "{dataset} is {closing}; a closing never moves back, so --through {through} changes \
+         nothing. Restate the partitions with `strata run --mode restatement --reason CODE` instead"
+    )]
+    ClosingBackwards { dataset: String, through: String, closing: String },
+
+    /// A publish would change partitions of a closed period without being a restatement.
+    #[error(
+        "{dataset} is {closing}, and {what} would change {} closed partition(s): {}. Nothing was \
+         published. If the change is wanted, run it as a restatement: `strata run … --mode \
+         restatement --reason CODE [--approver NAME]`",
+        partitions.len(),
+        partitions.join(", ")
+    )]
+    ClosedPeriod { dataset: String, closing: String, what: String, partitions: Vec<String> },
+
     /// A JSON file of the protocol (pointer entry or version record) could not be parsed.
     #[error(
         "{path} is corrupt ({detail}); strata wrote it whole, so it was truncated or edited \
@@ -256,12 +273,13 @@ impl Error {
             // The run is left UNKNOWN: `strata history` (or `strata recover`) settles it.
             Error::UnknownCommit { .. } => ErrorClass::NeedsPerson,
             // Retrying does not help: a person decides whether to rebuild the shadow.
-            Error::PromoteConflict { .. } => ErrorClass::NeedsPerson,
+            Error::PromoteConflict { .. } | Error::ClosedPeriod { .. } => ErrorClass::NeedsPerson,
             Error::InvalidName { .. }
             | Error::DatasetNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::NoVersionAt { .. }
             | Error::ShadowNotFound { .. }
+            | Error::ClosingBackwards { .. }
             | Error::NotInShadow { .. }
             | Error::Corrupt { .. }
             | Error::MissingFile { .. }

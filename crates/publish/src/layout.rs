@@ -32,6 +32,11 @@ pub fn version_records(dataset: &str) -> NumberedLog {
     NumberedLog::new(format!("{dataset}/{META_DIR}/versions"), NUMBERED)
 }
 
+/// The closings of a dataset ([`crate::closing`]): a gap-free numbered log.
+pub fn closings_log(dataset: &str) -> NumberedLog {
+    NumberedLog::new(format!("{dataset}/{META_DIR}/closings"), NUMBERED)
+}
+
 pub fn pointer_path(dataset: &str, seq: u64) -> Path {
     pointer_log(dataset).path(seq)
 }

@@ -45,6 +45,7 @@
 //! ```
 
 pub mod checked;
+pub mod closing;
 pub mod context;
 pub mod crash;
 mod dataset;

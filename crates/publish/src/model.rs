@@ -130,6 +130,10 @@ pub struct RecordHead {
     /// another writer adopts it. Absent in versions written before owners were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// For a version that changed partitions of a closed period: why, who approved it, what
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restatement: Option<crate::closing::Restatement>,
 }
 
 /// Who writes a dataset.

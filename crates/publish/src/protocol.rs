@@ -378,6 +378,7 @@ mod tests {
             chunks: Vec::new(),
             evidence: None,
             owner: None,
+            restatement: None,
         };
         let mut loaded = BTreeMap::new();
         for (i, piece) in parts.chunks(size).enumerate() {

@@ -57,7 +57,7 @@ pub struct RunSummary {
     /// What `--mode compare-only` found against the published versions.
     pub diffs: Vec<strata_medallion::diff::DiffReport>,
     /// Anything the run could not do that it was asked to (a dataset compare-only could not
-    /// diff).
+    /// diff), or why it is held for review.
     pub notes: Vec<String>,
 }
 
@@ -65,8 +65,8 @@ pub struct RunSummary {
 enum Ended {
     /// Published to the pointers (or to a shadow: see the state): dataset → version.
     Published(RunState, BTreeMap<String, u64>),
-    /// Held for review.
-    Held,
+    /// Held for review, for these reasons.
+    Held(Vec<String>),
     /// Computed and validated, nothing kept (dry-run, compare-only).
     Discarded { diffs: Vec<strata_medallion::diff::DiffReport>, notes: Vec<String> },
 }
@@ -172,7 +172,10 @@ pub async fn run_pipeline(
             summary.state = state;
             summary.published = published;
         }
-        Ended::Held => summary.state = RunState::AwaitingReview,
+        Ended::Held(review) => {
+            summary.state = RunState::AwaitingReview;
+            summary.notes = review;
+        }
         Ended::Discarded { diffs, notes } => {
             summary.state = RunState::Discarded;
             summary.diffs = diffs;
@@ -690,9 +693,9 @@ async fn drive(
     }
     if let Verdict::Hold(review) = verdict {
         hold(log, ctx, &outputs, &review).await?;
-        return Ok(Ended::Held);
+        return Ok(Ended::Held(review));
     }
-    let (state, published) = commit_outputs(log, outputs, previews, lock, ctx).await?;
+    let (state, published) = Box::pin(commit_outputs(log, outputs, previews, lock, ctx)).await?;
     for r in reports.iter_mut() {
         if let Some(v) = published.get(&r.dataset) {
             r.version = Some(*v);
@@ -808,7 +811,88 @@ async fn check(
         let e = validate::evidence_for(o.ds.name(), ctx.run_id(), &checks, &findings);
         o.staged.evidence = Some(e);
     }
+    let restating = closed_periods(job, log.manifest(), outputs, previews).await?;
+    if restating && job.pipeline.settings.restatement_review {
+        if let Verdict::Publish = verdict {
+            return Ok(Verdict::Hold(vec![
+                "a restatement of a closed period (`restatement_review = true`)".into(),
+            ]));
+        }
+    }
     Ok(verdict)
+}
+
+/// Which closed partitions the run changes: refused unless the run is a restatement, whose
+/// versions then record it ([`strata_publish::closing::Restatement`]); a shadow is checked
+/// when promoted, and a dry run or a comparison publishes nothing. Returns whether the run
+/// restates anything.
+async fn closed_periods(
+    job: &Job<'_>,
+    m: &RunManifest,
+    outputs: &mut [Output],
+    previews: &BTreeMap<String, Draft>,
+) -> Result<bool> {
+    use strata_publish::closing::{BatchRef, Restatement};
+    let mut restating = false;
+    if matches!(
+        job.options.backfill,
+        Backfill::DryRun | Backfill::CompareOnly | Backfill::Shadow { .. }
+    ) {
+        return Ok(false);
+    }
+    for o in outputs.iter_mut() {
+        let Some(preview) = previews.get(o.ds.name()) else { continue };
+        let Some((closing, partitions)) = o.ds.closed_changes(preview).await? else { continue };
+        match &job.options.backfill {
+            Backfill::Replace => {
+                return Err(strata_publish::Error::ClosedPeriod {
+                    dataset: o.ds.name().to_string(),
+                    closing: closing.describe(),
+                    what: format!("run {}", job.ctx.run_id()),
+                    partitions: partitions.into_iter().map(|p| p.key).collect(),
+                }
+                .into())
+            }
+            Backfill::Restatement { reason, approver } => {
+                let prior = preview.record.parent;
+                let prior_run = match prior {
+                    Some(v) => Some(o.ds.published_head(v).await?.run_id.clone()),
+                    None => None,
+                };
+                let read_before: BTreeSet<(String, String)> = match prior_run {
+                    Some(r) => runs::latest_entry(job.lake, &r)
+                        .await?
+                        .map(|p| {
+                            p.input_boundary.into_iter().map(|b| (b.source, b.batch_id)).collect()
+                        })
+                        .unwrap_or_default(),
+                    None => BTreeSet::new(),
+                };
+                let inputs_added = m
+                    .input_boundary
+                    .iter()
+                    .filter(|b| !read_before.contains(&(b.source.clone(), b.batch_id.clone())))
+                    .map(|b| BatchRef {
+                        source: b.source.clone(),
+                        batch_id: b.batch_id.clone(),
+                        rows: b.rows,
+                    })
+                    .collect();
+                o.options.kind = strata_publish::model::FlipKind::Restatement;
+                o.options.restatement = Some(Restatement {
+                    reason: reason.clone(),
+                    approver: approver.clone(),
+                    prior_version: prior,
+                    closing,
+                    partitions,
+                    inputs_added,
+                });
+                restating = true;
+            }
+            Backfill::DryRun | Backfill::CompareOnly | Backfill::Shadow { .. } => {}
+        }
+    }
+    Ok(restating)
 }
 
 /// AWAITING_REVIEW: the staged output waits for `strata approve` or `strata reject`, with how
@@ -830,6 +914,7 @@ async fn hold(
                 writer: o.options.writer.clone(),
                 adopt: o.options.adopt,
                 owned_dates: o.owned_dates.clone(),
+                restatement: o.options.restatement.clone(),
             };
             (o.ds.name().to_string(), plan)
         })
@@ -1347,7 +1432,11 @@ pub async fn approve(
                 reason: Some(format!("run {run_id}, approved")),
                 writer: plan.writer,
                 adopt: plan.adopt,
-                kind: Default::default(),
+                kind: match plan.restatement {
+                    Some(_) => strata_publish::model::FlipKind::Restatement,
+                    None => Default::default(),
+                },
+                restatement: plan.restatement,
             },
         });
     }

@@ -281,6 +281,9 @@ pub struct PublishPlan {
     /// expanded over the partitions published when the stage ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned_dates: Option<BTreeSet<String>>,
+    /// For a restatement of a closed period: what its version records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restatement: Option<strata_publish::closing::Restatement>,
 }
 
 /// What recovery found and did, recorded in the manifest of a run it moved.

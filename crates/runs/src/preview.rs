@@ -47,6 +47,18 @@ pub struct Preview {
     /// Raw batches the cleaned stages would read, per cleaned dataset (known batches only).
     pub batches: BTreeMap<String, usize>,
     pub noop: NoOp,
+    /// Dataset → the closing in force and the closed partitions the run would replace (the
+    /// run fails if it changes their rows, unless it is a restatement).
+    pub closed: BTreeMap<String, ClosedTouch>,
+}
+
+/// Closed partitions a run would replace.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClosedTouch {
+    pub closing: strata_publish::closing::Closing,
+    /// The closed partitions it replaces; every partition when it replaces the dataset whole.
+    pub partitions: Vec<String>,
+    pub whole: bool,
 }
 
 /// The batch id a local file would land as: the sha256 of its bytes.
@@ -130,5 +142,19 @@ pub async fn preview(lake: &Lake, pipeline: &Pipeline, options: &RunOptions) -> 
             None => NoOp::No,
         }
     };
-    Ok(Preview { steps, sources, bindings, batches, noop })
+    let mut closed = BTreeMap::new();
+    for step in &steps {
+        let Some(closing) = lake.dataset(&step.dataset)?.closing().await? else { continue };
+        let whole = step.whole.is_some();
+        let partitions: Vec<String> = step
+            .partitions
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| strata_publish::closing::is_closed(k, closing.through))
+            .collect();
+        if whole || !partitions.is_empty() {
+            closed.insert(step.dataset.clone(), ClosedTouch { closing, partitions, whole });
+        }
+    }
+    Ok(Preview { steps, sources, bindings, batches, noop, closed })
 }

@@ -251,8 +251,28 @@ async fn claim_and_flip(
     let mut prepared = Vec::new();
     for (d, sv) in &shadow.datasets {
         let ds = lake.dataset(d)?;
-        match ds.prepare_promotion(name, sv, FlipKind::Promote, why.clone(), ctx).await {
-            Ok(p) => prepared.push((ds, sv.version, p)),
+        let ready = match ds.prepare_promotion(name, sv, FlipKind::Promote, why.clone(), ctx).await
+        {
+            Ok(p) => {
+                // A promotion never changes a closed period: that takes a restatement.
+                let draft = strata_publish::Dataset::draft_of(p.record.clone());
+                let closed = ds.closed_changes(&draft).await;
+                prepared.push((ds.clone(), sv.version, p));
+                match closed {
+                    Ok(None) => Ok(()),
+                    Ok(Some((closing, parts))) => Err(strata_publish::Error::ClosedPeriod {
+                        dataset: d.clone(),
+                        closing: closing.describe(),
+                        what: format!("promoting shadow {name}"),
+                        partitions: parts.into_iter().map(|p| p.key).collect(),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(()) => {}
             Err(e) => {
                 // Nothing was flipped: the records prepared for a rebase go, and the run is the
                 // shadow it was.
@@ -374,6 +394,7 @@ pub async fn drop_shadow(
                 m.cleanup = true;
             })
             .await?;
+            strata_publish::crash::point("after-drop-mark");
             let removed = crate::recover::clean_up_failed(lake, log.manifest()).await?;
             Ok(Dropped { name: name.into(), run_id, removed, was_promoted: false })
         }

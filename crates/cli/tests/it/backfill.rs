@@ -377,3 +377,189 @@ fn dry_run_and_compare_only_keep_nothing_but_their_reports() {
     let line = env.user_error(&["run", "--pipeline", &toml, "--mode", "shadow", "--shadow", "a/b"]);
     assert!(line.contains("shadow name"), "{line}");
 }
+
+fn late_order(env: &Env, file: &str, line: &str) {
+    std::fs::write(
+        env.path(&format!("shop/data/orders/{file}")),
+        format!("order_id,customer_id,order_date,amount,status,updated_at\n{line}\n"),
+    )
+    .unwrap();
+}
+
+fn restating(env: &Env) {
+    let toml = published_shop(env, 2);
+    let out = env.ok(&["close", "orders", "--through", "2026-01-02", "--reason", "filed"]);
+    assert!(out.contains("closed through 2026-01-02"), "{out}");
+    let line = env.user_error(&["close", "orders", "--through", "2026-01-01"]);
+    assert!(line.contains("never moves back"), "{line}");
+    for verb in ["versions", "history"] {
+        let out = env.ok(&[verb, "orders"]);
+        assert!(out.contains("closed through 2026-01-02") && out.contains("filed"), "{out}");
+    }
+    let plan = env.ok(&["plan", "--pipeline", &toml, "--date", "2026-01-03"]);
+    assert!(plan.contains("closed   orders is closed through 2026-01-02"), "{plan}");
+    assert!(plan.contains("order_date=2026-01-01, order_date=2026-01-02"), "{plan}");
+    // Recomputing closed days to the same rows (the lookback) is not a change.
+    env.ok(&["run", "--pipeline", &toml, "--date", "2026-01-03", "--force"]);
+    // A late order for a closed day: refused, nothing published.
+    late_order(
+        env,
+        "orders-late-2026-01-02.csv",
+        "2099,2,2026-01-02,12.00,paid,2026-01-03T23:00:00",
+    );
+    let history = env.ok(&["history", "orders", "--json"]);
+    let line = env.needs_person(&["run", "--pipeline", &toml, "--date", "2026-01-03"]);
+    assert!(line.contains("closed through 2026-01-02"), "{line}");
+    assert!(line.contains("1 closed partition(s): order_date=2026-01-02"), "{line}");
+    assert!(line.contains("--mode restatement"), "{line}");
+    assert_eq!(env.ok(&["history", "orders", "--json"]), history);
+    let line = env.user_error(&[
+        "run",
+        "--pipeline",
+        &toml,
+        "--date",
+        "2026-01-03",
+        "--mode",
+        "restatement",
+    ]);
+    assert!(line.contains("--reason CODE"), "{line}");
+    // As a restatement: published, and recorded.
+    env.ok(&[
+        "run",
+        "--pipeline",
+        &toml,
+        "--date",
+        "2026-01-03",
+        "--mode",
+        "restatement",
+        "--reason",
+        "LATE-ORDER",
+        "--approver",
+        "cfo",
+    ]);
+    let history = json(env, &["history", "orders"]);
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "restatement", "{last}");
+    assert!(env.ok(&["history", "orders"]).contains("RESTATEMENT"));
+    let r = json(env, &["restatements"]);
+    let all = r["restatements"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "{r}");
+    let r = &all[0];
+    assert_eq!((r["dataset"].as_str(), r["reason"].as_str()), (Some("orders"), Some("LATE-ORDER")));
+    assert_eq!(r["approver"], "cfo");
+    assert_eq!(r["prior_version"].as_u64().unwrap() + 1, r["version"].as_u64().unwrap());
+    let parts = r["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{r}");
+    assert_eq!(parts[0]["key"], "order_date=2026-01-02");
+    assert_eq!(
+        parts[0]["rows_after"].as_u64().unwrap(),
+        parts[0]["rows_before"].as_u64().unwrap() + 1
+    );
+    assert_ne!(parts[0]["sums_after"]["amount"], parts[0]["sums_before"]["amount"], "{r}");
+    assert_eq!(r["inputs_added"].as_array().unwrap().len(), 1, "the late file: {r}");
+    assert_eq!(r["closing"]["through"], "2026-01-02");
+    env.ok(&["verify", "orders"]);
+    // A shadow that changes a closed day cannot be promoted: that takes a restatement.
+    late_order(
+        env,
+        "orders-late-2026-01-01.csv",
+        "1099,2,2026-01-01,7.00,paid,2026-01-03T23:30:00",
+    );
+    env.ok(&[
+        "run",
+        "--pipeline",
+        &toml,
+        "--date",
+        "2026-01-03",
+        "--mode",
+        "shadow",
+        "--shadow",
+        "late",
+    ]);
+    let history = env.ok(&["history", "orders", "--json"]);
+    let line = env.needs_person(&["promote", "late"]);
+    assert!(
+        line.contains("promoting shadow late") && line.contains("order_date=2026-01-01"),
+        "{line}"
+    );
+    assert_eq!(env.ok(&["history", "orders", "--json"]), history);
+    assert_eq!(shadow_of(&json(env, &["shadows"]), "late")["state"], "SHADOWED");
+}
+
+#[test]
+fn a_closed_period_changes_only_by_a_recorded_restatement() {
+    restating(&Env::new());
+}
+
+#[test]
+fn a_closed_period_changes_only_by_a_recorded_restatement_s3() {
+    if let Some(env) = Env::s3() {
+        restating(&env);
+    }
+}
+
+#[test]
+fn a_restatement_can_be_held_for_review() {
+    let env = Env::new();
+    let toml = published_shop(&env, 2);
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let text = text.replace("lookback_days = 2", "lookback_days = 2\nrestatement_review = true");
+    std::fs::write(&toml, text).unwrap();
+    env.ok(&["run", "--pipeline", &toml]);
+    env.ok(&["close", "orders", "--through", "2026-01-02"]);
+    late_order(
+        &env,
+        "orders-late-2026-01-02.csv",
+        "2099,2,2026-01-02,12.00,paid,2026-01-03T23:00:00",
+    );
+    let args = [
+        "run",
+        "--pipeline",
+        &toml,
+        "--date",
+        "2026-01-03",
+        "--mode",
+        "restatement",
+        "--reason",
+        "R1",
+    ];
+    let out = env.held(&args);
+    assert!(out.contains("AWAITING_REVIEW") && out.contains("restatement"), "{out}");
+    let runs = json(&env, &["runs", "--status", "AWAITING_REVIEW"]);
+    let id = runs[0]["run_id"].as_str().unwrap().to_string();
+    env.ok(&["approve", &id]);
+    let history = json(&env, &["history", "orders"]);
+    assert_eq!(history.as_array().unwrap().last().unwrap()["kind"], "restatement");
+    let r = json(&env, &["restatements", "orders"]);
+    assert_eq!(r["restatements"][0]["reason"], "R1");
+}
+
+#[test]
+fn a_drop_killed_half_way_is_finished_by_recovery() {
+    let env = Env::new();
+    let toml = published_shop(&env, 2);
+    fix_the_model(&env);
+    env.ok(&[
+        "run",
+        "--pipeline",
+        &toml,
+        "--only",
+        "daily_revenue",
+        "--mode",
+        "shadow",
+        "--shadow",
+        "x",
+    ]);
+    let run = shadow_of(&json(&env, &["shadows"]), "x")["run_id"].as_str().unwrap().to_string();
+    let out =
+        env.cmd(&["drop-shadow", "x"]).env("STRATA_CRASH_AT", "after-drop-mark").output().unwrap();
+    assert_eq!(out.status.code(), None);
+    // Marked dropped: it cannot be promoted any more.
+    let line = env.user_error(&["promote", "x"]);
+    assert!(line.contains("dropped"), "{line}");
+    env.ok(&["recover"]);
+    assert!(json(&env, &["shadows"])["shadows"].as_array().unwrap().is_empty());
+    let left: Vec<String> =
+        env.snapshot().into_keys().filter(|p| p.contains(&format!("run_id={run}"))).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
