@@ -32,7 +32,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match cli.command {
-        Command::Run(args) => crate::pipeline_cmds::run(&settings, args, &mut out).await?,
+        Command::Run(args) => {
+            Box::pin(crate::pipeline_cmds::run(&settings, args, &mut out)).await?
+        }
         Command::Init(args) => crate::pipeline_cmds::init(args, &mut out)?,
         Command::Check(_) => crate::pipeline_cmds::check(&settings, &mut out).await?,
         Command::Plan(args) => crate::pipeline_cmds::plan(&settings, args, &mut out).await?,
