@@ -35,7 +35,8 @@ Exit codes (for schedulers):
      checksum on read; nothing was published
   4  busy: another process holds the partitions or moved the run first; retry later
   5  needs a person: a run held for review (AWAITING_REVIEW), a run left UNKNOWN, an approval
-     whose datasets moved since the run was validated
+     whose datasets moved since the run was validated, a promotion whose shadow's partitions
+     changed since it was built, a change to a closed period without --mode restatement
   1  internal error: unexpected; printed with its cause chain, report it";
 
 #[derive(Debug, Parser)]
