@@ -759,6 +759,61 @@ mod tests {
     }
 
     #[test]
+    fn shadow_commits_and_promotions_settle_back_to_the_shadow() {
+        let none = views(vec![
+            ("a", view(Some(3), None, (2, 2, "x"))),
+            ("b", view(Some(5), None, (4, 4, "x"))),
+        ]);
+        // A shadow run stopped around its ref: the ref decides.
+        for st in [Committing, Unknown] {
+            assert_eq!(
+                decide(st, Commit::ShadowRef { made: true }, "r", &none),
+                Decision::Shadowed,
+                "{st}"
+            );
+            assert_eq!(decide(st, Commit::ShadowRef { made: false }, "r", &none), Decision::Failed);
+            // A promotion that flipped nothing goes back to the shadow, never to FAILED.
+            assert_eq!(decide(st, Commit::Promotion, "r", &none), Decision::BackToShadow);
+        }
+        // A shadow run never flips: a flip by it is for a person.
+        let flipped = views(vec![("a", view(Some(3), Some(3), (3, 3, "r")))]);
+        assert!(matches!(
+            decide(Committing, Commit::ShadowRef { made: true }, "r", &flipped),
+            Decision::Unknown(_)
+        ));
+        // A promotion half flipped rolls forward like any commit.
+        let half = views(vec![
+            ("a", view(Some(3), Some(3), (3, 3, "r"))),
+            ("b", view(Some(5), None, (4, 4, "x"))),
+        ]);
+        assert_eq!(
+            decide(Committing, Commit::Promotion, "r", &half),
+            Decision::RollForward(vec!["b".into()])
+        );
+        // Rolled back since, the rest stuck: UNKNOWN, not FAILED, so the shadow is never removed.
+        let rolled_back = views(vec![
+            ("a", view(Some(3), Some(3), (4, 1, "x"))),
+            ("b", view(Some(5), None, (5, 6, "y"))),
+        ]);
+        assert!(matches!(
+            decide(Committing, Commit::Promotion, "r", &rolled_back),
+            Decision::Unknown(_)
+        ));
+        assert_eq!(
+            decide(Committing, Commit::Flips { held: false }, "r", &rolled_back),
+            Decision::Failed
+        );
+        // What a manifest commits.
+        let mut m = RunManifest::planned("r", "full", Default::default());
+        assert_eq!(Commit::of(&m, false), Commit::Flips { held: false });
+        m.params.backfill = strata_medallion::types::Backfill::Shadow { name: "s".into() };
+        assert_eq!(Commit::of(&m, true), Commit::ShadowRef { made: true });
+        m.promotion =
+            Some(runs::Promotion { by: "p".into(), at: chrono::Utc::now(), reason: None });
+        assert_eq!(Commit::of(&m, true), Commit::Promotion);
+    }
+
+    #[test]
     fn a_flipped_dataset_that_was_rolled_back_stops_the_roll_forward() {
         // orders was published by the run, then rolled back to version 1 by an operator; the
         // model computed from the run's orders must not be published on top of version 1.
