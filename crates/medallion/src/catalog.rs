@@ -146,7 +146,9 @@ impl SchemaProvider for LakeSchema {
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         let Some((base, version)) = parse_table_name(name) else { return Ok(None) };
-        if !self.names.iter().any(|n| n == base) {
+        // A shadow may hold a dataset never published (a new model backfilled in a shadow).
+        let shadow = matches!(version, VersionRef::Shadow(_));
+        if !shadow && !self.names.iter().any(|n| n == base) {
             return Ok(None);
         }
         let dataset = self.lake.dataset(base).map_err(external)?;
@@ -155,7 +157,9 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        parse_table_name(name).is_some_and(|(base, _)| self.names.iter().any(|n| n == base))
+        parse_table_name(name).is_some_and(|(base, v)| {
+            matches!(v, VersionRef::Shadow(_)) || self.names.iter().any(|n| n == base)
+        })
     }
 }
 
